@@ -1,0 +1,38 @@
+# Every entry point creates or reuses .venv from the pinned dependencies in pyproject.toml,
+# so a fresh clone needs nothing but Python 3.11+ and access to PyPI.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+PORT   ?= 3000
+SEED   ?= 7
+
+.PHONY: demo serve test lint funnels bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --upgrade pip
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/funnelpilot demo --seed $(SEED)
+
+serve: $(STAMP)
+	$(BIN)/funnelpilot serve --port $(PORT)
+
+test: $(STAMP) lint
+	$(BIN)/python -m pytest
+
+lint: $(STAMP)
+	$(BIN)/cfn-lint template.yaml
+	SAM_CLI_TELEMETRY=0 $(BIN)/sam validate --lint --template template.yaml --region us-east-1
+
+funnels: $(STAMP)
+	$(BIN)/funnelpilot funnels
+
+bench: $(STAMP)
+	$(BIN)/python bench/run.py
+
+clean:
+	rm -rf .local .aws-sam .pytest_cache

@@ -1,0 +1,40 @@
+"""POST /signup: landing-page forms (JSON or form-encoded) → contact + contact.subscribed."""
+import json
+
+from aws_lambda_powertools import Logger
+from aws_lambda_powertools.event_handler import APIGatewayHttpResolver, Response
+
+from funnelpilot import contacts, http, tokens
+from funnelpilot.errors import InvalidField
+
+logger = Logger()
+app = APIGatewayHttpResolver(cors=http.cors())
+
+
+@app.post("/signup")
+def signup() -> Response:
+    event = app.current_event
+    signup = contacts.parse_signup(http.fields(event))
+    if signup.is_bot:
+        logger.info("honeypot filled; nothing stored")
+        return _accepted(tokens.contact_id(signup.email))
+    cid = contacts.subscribe(signup, ip=event.request_context.http.source_ip,
+                             user_agent=event.request_context.http.user_agent)
+    logger.info("contact subscribed", extra={"contact_id": cid, "list": signup.list_name})
+    if signup.redirect:
+        return Response(status_code=303, headers={"Location": signup.redirect}, body="")
+    return _accepted(cid)
+
+
+def _accepted(cid: str) -> Response:
+    return Response(status_code=202, content_type="application/json", body=json.dumps({"contact_id": cid}))
+
+
+@app.exception_handler(InvalidField)
+def invalid_field(exc: InvalidField) -> Response:
+    return http.error(400, exc.message, exc.field)
+
+
+@logger.inject_lambda_context
+def handler(event: dict, context) -> dict:
+    return app.resolve(event, context)

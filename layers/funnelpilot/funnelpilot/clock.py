@@ -1,0 +1,45 @@
+"""The one clock every module reads.
+
+On AWS it is wall-clock time. The local runtime speeds it up (``configure(speed=86400)``
+makes a simulated day pass in a real second) so that funnels spanning weeks run in
+seconds; Wait states are shortened by the same factor, keeping both views consistent.
+"""
+import math
+import time
+from datetime import datetime, timezone
+
+_speed = 1.0
+_real0 = time.time()
+_virtual0 = _real0
+
+
+def configure(speed: float = 1.0, start: float | None = None) -> None:
+    global _speed, _real0, _virtual0
+    _real0 = time.time()
+    _virtual0 = _real0 if start is None else start
+    _speed = float(speed)
+
+
+def speed() -> float:
+    return _speed
+
+
+def now() -> float:
+    """Seconds since the epoch on the (possibly compressed) clock."""
+    return _virtual0 + (time.time() - _real0) * _speed
+
+
+def utcnow() -> datetime:
+    return datetime.fromtimestamp(now(), tz=timezone.utc)
+
+
+def iso(ts: float | None = None) -> str:
+    dt = datetime.fromtimestamp(now() if ts is None else ts, tz=timezone.utc)
+    return dt.isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def real_seconds(virtual_seconds: float) -> int:
+    """How long to really wait for a simulated duration (whole seconds, as ASL requires)."""
+    if virtual_seconds <= 0:
+        return 0
+    return max(1, math.ceil(virtual_seconds / _speed))

@@ -1,0 +1,45 @@
+"""Typed settings read from the environment that template.yaml sets on every function."""
+import os
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+
+
+def _csv(name: str) -> tuple[str, ...]:
+    return tuple(v.strip().lower() for v in os.environ.get(name, "").split(",") if v.strip())
+
+
+@dataclass(frozen=True)
+class Config:
+    table: str
+    metrics_table: str
+    bus: str
+    secret_id: str
+    public_url: str
+    sender: str
+    sales_email: str
+    ses_configuration_set: str
+    redirect_hosts: tuple[str, ...]
+    cors_origins: tuple[str, ...]
+    content_dir: Path
+    region: str
+
+
+@cache
+def config() -> Config:
+    """Settings from the environment; defaults are the local runtime's resource names."""
+    env = os.environ.get
+    return Config(
+        table=env("TABLE_NAME", "ContactsTable"),
+        metrics_table=env("METRICS_TABLE_NAME", "MetricsTable"),
+        bus=env("BUS_NAME", "funnelpilot"),
+        secret_id=env("SECRET_ID", "SigningSecret"),
+        public_url=env("PUBLIC_URL", "http://127.0.0.1:3000").rstrip("/"),
+        sender=env("SENDER_EMAIL", "hello@example.com"),
+        sales_email=env("SALES_EMAIL", "sales@example.com"),
+        ses_configuration_set=env("SES_CONFIGURATION_SET", ""),
+        redirect_hosts=_csv("ALLOWED_REDIRECT_HOSTS"),
+        cors_origins=_csv("CORS_ORIGINS"),
+        content_dir=Path(env("CONTENT_DIR", "/opt")),
+        region=env("AWS_REGION", env("AWS_DEFAULT_REGION", "us-east-1")),
+    )

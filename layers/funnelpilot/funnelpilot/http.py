@@ -1,0 +1,51 @@
+"""Shared pieces of the HTTP handlers: body decoding, JSON errors, CORS."""
+import base64
+import binascii
+import json
+from urllib.parse import parse_qsl
+
+from aws_lambda_powertools.event_handler import CORSConfig, Response
+
+from funnelpilot.config import config
+from funnelpilot.errors import InvalidField
+
+MAX_BODY = 16 * 1024
+
+
+def error(status: int, message: str, field: str | None = None) -> Response:
+    body = {"error": message} | ({"field": field} if field else {})
+    return Response(status_code=status, content_type="application/json", body=json.dumps(body))
+
+
+def cors() -> CORSConfig | None:
+    origins = config().cors_origins
+    if not origins:
+        return None
+    return CORSConfig(allow_origin=origins[0], extra_origins=list(origins[1:]), max_age=600)
+
+
+def fields(event) -> dict:
+    """The request's fields from a JSON or form-encoded body (HTTP API v2 event)."""
+    body = event.body or ""
+    try:
+        data = base64.b64decode(body, validate=True) if event.is_base64_encoded else body.encode("utf-8", "surrogatepass")
+    except binascii.Error:
+        raise InvalidField("body", "body is not valid base64") from None
+    if len(data) > MAX_BODY:
+        raise InvalidField("body", f"body is larger than {MAX_BODY} bytes")
+    try:
+        raw = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise InvalidField("body", "body is not valid UTF-8") from None
+    content_type = (event.headers.get("content-type") or "").split(";")[0].strip().lower()
+    if content_type == "application/json":
+        try:
+            data = json.loads(raw or "{}")
+        except ValueError:
+            raise InvalidField("body", "body is not valid JSON") from None
+        if not isinstance(data, dict):
+            raise InvalidField("body", "body must be a JSON object")
+        return data
+    if content_type in ("application/x-www-form-urlencoded", ""):
+        return dict(parse_qsl(raw, keep_blank_values=True))
+    raise InvalidField("content-type", "send application/json or application/x-www-form-urlencoded")

@@ -1,0 +1,472 @@
+"""Run template.yaml on moto: tables, bus, rules, secrets, SES and state machines are
+created from the template; HTTP routes, EventBridge targets and Lambda invokes from
+Step Functions are dispatched to the real handlers in this process.
+
+    with Runtime(speed=86400) as rt:          # one simulated day per real second
+        rt.http("POST", "/signup", json={...})
+        rt.settle()                           # deliver events, let executions finish
+
+How it maps to AWS: see README.md ("Local runtime").
+"""
+import base64
+import importlib.util
+import io
+import json
+import os
+import queue
+import sys
+import threading
+import time
+import uuid
+import zipfile
+from dataclasses import dataclass
+from email import message_from_bytes
+from pathlib import Path
+from urllib.parse import parse_qsl, urlencode
+
+from funnelpilot.local.template import ACCOUNT, REGION, Template
+
+ROOT = Path(__file__).resolve().parents[4]
+LOCAL_SECRET = "local-development-secret-do-not-use-in-aws"
+
+
+@dataclass
+class Route:
+    method: str
+    path: str
+    function: str
+
+    def match(self, method: str, path: str) -> dict | None:
+        if self.method not in (method, "ANY"):
+            return None
+        want, got = self.path.strip("/").split("/"), path.strip("/").split("/")
+        params = {}
+        for i, part in enumerate(want):
+            if part.startswith("{") and part.endswith("+}"):
+                params[part[1:-2]] = "/".join(got[i:])
+                return params
+            if i >= len(got):
+                return None
+            if part.startswith("{") and part.endswith("}"):
+                if not got[i]:
+                    return None
+                params[part[1:-1]] = got[i]
+            elif part != got[i]:
+                return None
+        return params if len(got) == len(want) else None
+
+
+@dataclass
+class Function:
+    logical_id: str
+    module_path: Path
+    handler_name: str
+    env: dict
+    module: object = None
+
+    @property
+    def handler(self):
+        if self.module is None:
+            spec = importlib.util.spec_from_file_location(f"fp_fn_{self.logical_id}", self.module_path)
+            module = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(module)
+            self.module = module
+        return getattr(self.module, self.handler_name)
+
+
+class LambdaContext:
+    def __init__(self, name: str):
+        self.function_name = name
+        self.function_version = "$LATEST"
+        self.invoked_function_arn = f"arn:aws:lambda:{REGION}:{ACCOUNT}:function:{name}"
+        self.memory_limit_in_mb = 256
+        self.aws_request_id = uuid.uuid4().hex
+        self.log_group_name = f"/aws/lambda/{name}"
+        self.log_stream_name = "local"
+
+    def get_remaining_time_in_millis(self) -> int:
+        return 30_000
+
+
+class Runtime:
+    """One local funnelpilot stack. Use as a context manager (starts and stops moto)."""
+
+    def __init__(self, root: Path = ROOT, *, speed: float = 86_400.0, state_dir: Path | None = None,
+                 public_url: str = "http://127.0.0.1:3000", log_level: str = "WARNING",
+                 parameters: dict | None = None):
+        self.root = Path(root)
+        self.speed = speed
+        self.state_dir = Path(state_dir or self.root / ".local")
+        self.outbox = self.state_dir / "outbox"
+        self.public_url = public_url
+        self.log_level = log_level
+        self.template = Template.load(self.root, {"PublicUrl": public_url, **(parameters or {})})
+        self.functions: dict[str, Function] = {}
+        self.routes: list[Route] = []
+        self.schedules: list[dict] = []
+        self.dead_letters: list[dict] = []
+        self.errors: list[str] = []
+        self._deliveries: queue.Queue = queue.Queue()
+        self._in_flight = 0
+        self._lock = threading.Lock()
+        self._outbox_seen = 0
+        self._mock = None
+        self._env: dict[str, tuple[str, str]] = {}  # env var -> (value, first function setting it)
+
+    # ------------------------------------------------------------------ lifecycle
+    def __enter__(self) -> "Runtime":
+        self.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def start(self) -> None:
+        for key, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                           "AWS_SESSION_TOKEN": "testing", "AWS_DEFAULT_REGION": REGION,
+                           "AWS_REGION": REGION}.items():
+            os.environ[key] = value
+        from moto import mock_aws
+
+        from funnelpilot import clock
+        from funnelpilot.local import moto_adapter
+
+        self._mock = mock_aws(config={"stepfunctions": {"execute_state_machine": True},
+                                      "lambda": {"use_docker": False}})
+        self._mock.start()
+        moto_adapter.install(self.invoke, self._deliver)
+        clock.configure(speed=self.speed)
+        self.outbox.mkdir(parents=True, exist_ok=True)
+        self._create_resources()
+        from funnelpilot.config import config
+
+        config.cache_clear()  # settings are read from the environment the template just set
+
+    def stop(self) -> None:
+        if self._mock is None:
+            return
+        sfn = self.client("stepfunctions")
+        for arn in self.state_machine_arns():
+            for ex in sfn.list_executions(stateMachineArn=arn, statusFilter="RUNNING")["executions"]:
+                try:
+                    sfn.stop_execution(executionArn=ex["executionArn"], cause="local runtime stopped")
+                except Exception:  # noqa: BLE001 - best effort on shutdown
+                    pass
+        time.sleep(0.05)
+        self._mock.stop()
+        self._mock = None
+
+    def client(self, service: str):
+        import boto3
+
+        return boto3.client(service, region_name=REGION)
+
+    # ------------------------------------------------------------------ resources
+    def _create_resources(self) -> None:
+        t = self.template
+        iam = self.client("iam")
+        self.role_arn = iam.create_role(RoleName="funnelpilot-local",
+                                        AssumeRolePolicyDocument="{}")["Role"]["Arn"]
+        for lid in t.of_type("AWS::SecretsManager::Secret"):
+            self.client("secretsmanager").create_secret(Name=lid, SecretString=LOCAL_SECRET)
+            t.physical[lid] = lid  # on AWS Ref gives the ARN; GetSecretValue accepts either
+        for lid in t.of_type("AWS::DynamoDB::Table"):
+            self._create_table(lid, t.resolve(t.properties(lid)))
+        for lid in t.of_type("AWS::Events::EventBus"):
+            name = t.resolve(t.properties(lid))["Name"]
+            self.client("events").create_event_bus(Name=name)
+            t.physical[lid] = name
+            t.attributes[(lid, "Arn")] = f"arn:aws:events:{REGION}:{ACCOUNT}:event-bus/{name}"
+            t.attributes[(lid, "Name")] = name
+        for lid in t.of_type("AWS::SQS::Queue"):
+            url = self.client("sqs").create_queue(QueueName=lid)["QueueUrl"]
+            t.physical[lid] = url
+            t.attributes[(lid, "Arn")] = f"arn:aws:sqs:{REGION}:{ACCOUNT}:{lid}"
+            t.attributes[(lid, "QueueName")] = lid
+        ses = self.client("ses")
+        for lid in t.of_type("AWS::SES::ConfigurationSet"):
+            ses.create_configuration_set(ConfigurationSet={"Name": lid})
+            t.physical[lid] = lid
+        for lid in t.of_type("AWS::SES::EmailIdentity"):
+            identity = t.resolve(t.properties(lid))["EmailIdentity"]
+            ses.verify_email_identity(EmailAddress=identity)
+            t.physical[lid] = identity
+        for lid in t.of_type("AWS::Serverless::HttpApi"):
+            t.physical[lid] = "local"
+        for lid in t.of_type("AWS::Serverless::LayerVersion"):
+            t.physical[lid] = f"arn:aws:lambda:{REGION}:{ACCOUNT}:layer:{lid}:1"
+        functions = t.of_type("AWS::Serverless::Function")
+        for lid in functions:
+            t.physical[lid] = lid
+            t.attributes[(lid, "Arn")] = f"arn:aws:lambda:{REGION}:{ACCOUNT}:function:{lid}"
+        machines = t.of_type("AWS::Serverless::StateMachine")
+        for lid in machines:
+            name = t.resolve(t.properties(lid).get("Name", lid))
+            arn = f"arn:aws:states:{REGION}:{ACCOUNT}:stateMachine:{name}"
+            t.physical[lid] = arn
+            t.attributes[(lid, "Arn")] = arn
+            t.attributes[(lid, "Name")] = name
+        for lid in functions:
+            self._create_function(lid)
+        for lid in machines:
+            self._create_state_machine(lid)
+        for lid in functions:
+            self._wire_events(lid, t.properties(lid).get("Events", {}), t.attributes[(lid, "Arn")])
+        for lid in machines:
+            self._wire_events(lid, t.properties(lid).get("Events", {}), t.physical[lid])
+        for lid in t.of_type("AWS::Events::Rule"):
+            props = t.resolve(t.properties(lid))
+            self._put_rule(lid, props.get("EventBusName", "default"), props["EventPattern"], props["Targets"])
+
+    def _create_table(self, lid: str, props: dict) -> None:
+        name = props.get("TableName", lid)
+        kwargs = {k: props[k] for k in ("AttributeDefinitions", "KeySchema", "GlobalSecondaryIndexes",
+                                        "LocalSecondaryIndexes") if k in props}
+        self.client("dynamodb").create_table(TableName=name, BillingMode="PAY_PER_REQUEST", **kwargs)
+        ttl = props.get("TimeToLiveSpecification")
+        if ttl:
+            self.client("dynamodb").update_time_to_live(TableName=name, TimeToLiveSpecification=ttl)
+        self.template.physical[lid] = name
+        self.template.attributes[(lid, "Arn")] = f"arn:aws:dynamodb:{REGION}:{ACCOUNT}:table/{name}"
+
+    def _create_function(self, lid: str) -> None:
+        props = self.template.resolve(self.template.properties(lid))
+        module, _, attr = props["Handler"].rpartition(".")
+        env = {k: str(v) for k, v in props.get("Environment", {}).get("Variables", {}).items()}
+        env.setdefault("POWERTOOLS_LOG_LEVEL", self.log_level)
+        env["POWERTOOLS_METRICS_DISABLED"] = "true"
+        env["POWERTOOLS_TRACE_DISABLED"] = "true"
+        env["CONTENT_DIR"] = str(self.root / "infra")
+        for key, value in env.items():
+            first = self._env.setdefault(key, (value, lid))
+            if first[0] != value:
+                raise ValueError(f"template.yaml: env {key} differs between {first[1]} and {lid};"
+                                 " the local runtime runs all functions in one process")
+            os.environ[key] = value
+        path = self.root / props["CodeUri"] / (module.replace(".", "/") + ".py")
+        self.functions[lid] = Function(lid, path, attr, env)
+        buf = io.BytesIO()
+        zipfile.ZipFile(buf, "w").writestr("app.py", "")
+        self.client("lambda").create_function(FunctionName=lid, Runtime="python3.12", Role=self.role_arn,
+                                              Handler=props["Handler"], Code={"ZipFile": buf.getvalue()})
+
+    def _create_state_machine(self, lid: str) -> None:
+        t = self.template
+        props = t.properties(lid)
+        subs = {k: str(v) for k, v in t.resolve(props.get("DefinitionSubstitutions", {})).items()}
+        text = (self.root / props["DefinitionUri"]).read_text()
+        for key, value in subs.items():
+            text = text.replace("${" + key + "}", value)
+        definition = compress_waits(json.loads(text), self.speed)
+        self.client("stepfunctions").create_state_machine(
+            name=t.attributes[(lid, "Name")], definition=json.dumps(definition), roleArn=self.role_arn)
+
+    def _wire_events(self, lid: str, events: dict, target_arn: str) -> None:
+        t = self.template
+        for event_id, event in events.items():
+            props = t.resolve(event.get("Properties", {}))
+            kind = event["Type"]
+            if kind == "HttpApi":
+                self.routes.append(Route(props.get("Method", "ANY").upper(), props["Path"], lid))
+            elif kind == "EventBridgeRule":
+                target = {"Id": lid, "Arn": target_arn}
+                for key in ("InputTransformer", "Input", "InputPath"):
+                    if key in props:
+                        target[key] = props[key]
+                self._put_rule(f"{lid}{event_id}", props.get("EventBusName", "default"), props["Pattern"], [target])
+            elif kind in ("Schedule", "ScheduleV2"):
+                self.schedules.append({"function": lid, "arn": target_arn, "expression": props.get(
+                    "Schedule") or props.get("ScheduleExpression"), "input": props.get("Input"), "last": None})
+            else:
+                raise ValueError(f"template.yaml: {lid}.{event_id}: event type {kind} has no local equivalent")
+
+    def _put_rule(self, name: str, bus: str, pattern: dict, targets: list[dict]) -> None:
+        events = self.client("events")
+        events.put_rule(Name=name, EventBusName=bus, EventPattern=json.dumps(pattern))
+        events.put_targets(Rule=name, EventBusName=bus,
+                           Targets=[{k: v for k, v in tg.items() if k in ("Id", "Arn", "Input", "InputPath",
+                                                                          "InputTransformer")} for tg in targets])
+
+    # ------------------------------------------------------------------ dispatch
+    def invoke(self, function: str, payload: dict):
+        """Synchronous invoke (what a Step Functions Task or a direct call does)."""
+        fn = self.functions[function]
+        return fn.handler(payload, LambdaContext(function))
+
+    def _deliver(self, target_arn: str, payload: dict) -> None:
+        with self._lock:
+            self._in_flight += 1
+        self._deliveries.put((target_arn, payload, 0))
+
+    def pump(self) -> int:
+        """Deliver queued EventBridge matches to their targets; returns how many."""
+        done = 0
+        while True:
+            try:
+                arn, payload, attempt = self._deliveries.get_nowait()
+            except queue.Empty:
+                return done
+            try:
+                if ":function:" in arn:
+                    self.invoke(arn.split(":function:")[-1], payload)
+                elif ":sqs:" in arn:
+                    sqs = self.client("sqs")
+                    url = sqs.get_queue_url(QueueName=arn.rsplit(":", 1)[-1])["QueueUrl"]
+                    sqs.send_message(QueueUrl=url, MessageBody=json.dumps(payload))
+                elif ":stateMachine:" in arn:
+                    self.client("stepfunctions").start_execution(
+                        stateMachineArn=arn, name=uuid.uuid4().hex, input=json.dumps(payload))
+                else:
+                    raise ValueError(f"no local delivery for target {arn}")
+            except Exception as exc:  # noqa: BLE001 - async delivery: retry twice, then dead-letter
+                if attempt < 2:
+                    self._deliveries.put((arn, payload, attempt + 1))
+                    continue
+                self.dead_letters.append({"target": arn, "input": payload, "error": repr(exc)})
+                self.errors.append(f"{arn}: {exc!r}")
+            with self._lock:
+                self._in_flight -= 1
+            done += 1
+
+    def running_executions(self) -> list[dict]:
+        sfn = self.client("stepfunctions")
+        return [ex for arn in self.state_machine_arns()
+                for ex in sfn.list_executions(stateMachineArn=arn, statusFilter="RUNNING")["executions"]]
+
+    def state_machine_arns(self) -> list[str]:
+        return [self.template.physical[lid] for lid in self.template.of_type("AWS::Serverless::StateMachine")]
+
+    def settle(self, timeout: float = 30.0, poll: float = 0.02) -> bool:
+        """Pump events until no delivery is queued and no execution is running (or timeout)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            self.pump()
+            self.flush_outbox()
+            if self._in_flight == 0 and not self.running_executions():
+                self.pump()
+                if self._in_flight == 0:
+                    self.flush_outbox()
+                    return True
+            time.sleep(poll)
+        return False
+
+    # ------------------------------------------------------------------ HTTP
+    def http(self, method: str, path: str, *, json_body=None, form=None, body: str | bytes | None = None,
+             headers: dict | None = None, source_ip: str = "127.0.0.1") -> "HttpResponse":
+        """Call a route exactly as API Gateway (HTTP API, payload v2) would."""
+        path, _, query = path.partition("?")
+        headers = {k.lower(): v for k, v in (headers or {}).items()}
+        if json_body is not None:
+            body = json.dumps(json_body)
+            headers.setdefault("content-type", "application/json")
+        elif form is not None:
+            body = urlencode(form)
+            headers.setdefault("content-type", "application/x-www-form-urlencoded")
+        for route in self.routes:
+            params = route.match(method.upper(), path)
+            if params is not None:
+                break
+        else:
+            return HttpResponse(404, {"content-type": "application/json"}, b'{"message":"Not Found"}')
+        event = http_api_event(method.upper(), path, query, headers, body, params, route, source_ip)
+        result = self.invoke(route.function, event)
+        return HttpResponse.from_lambda(result)
+
+    # ------------------------------------------------------------------ outbox
+    def flush_outbox(self) -> list[Path]:
+        """Write every email SES accepted since the last call to .local/outbox/<message_id>.eml."""
+        from funnelpilot.local.moto_adapter import sent_emails
+
+        written = []
+        sent = sent_emails(ACCOUNT, REGION)
+        for ses_id, raw in sent[self._outbox_seen:]:
+            data = raw.encode() if isinstance(raw, str) else raw
+            name = message_from_bytes(data).get("X-Funnelpilot-Message-Id") or ses_id
+            path = self.outbox / f"{name}.eml"
+            path.write_bytes(data)
+            written.append(path)
+        self._outbox_seen = len(sent)
+        return written
+
+
+@dataclass
+class HttpResponse:
+    status: int
+    headers: dict
+    body: bytes
+
+    @classmethod
+    def from_lambda(cls, result) -> "HttpResponse":
+        if not isinstance(result, dict) or "statusCode" not in result:
+            return cls(200, {"content-type": "application/json"}, json.dumps(result).encode())
+        raw = result.get("body") or ""
+        body = base64.b64decode(raw) if result.get("isBase64Encoded") else raw.encode()
+        headers = {k.lower(): str(v) for k, v in (result.get("headers") or {}).items()}
+        for key, values in (result.get("multiValueHeaders") or {}).items():
+            headers[key.lower()] = ", ".join(values)
+        if result.get("cookies"):
+            headers["set-cookie"] = "; ".join(result["cookies"])
+        return cls(int(result["statusCode"]), headers, body)
+
+    def json(self):
+        return json.loads(self.body)
+
+
+def http_api_event(method, path, query, headers, body, params, route, source_ip) -> dict:
+    """An API Gateway HTTP API payload format 2.0 event."""
+    binary = isinstance(body, bytes)
+    content_type = headers.get("content-type", "")
+    textual = content_type.startswith(("application/json", "text/")) or not content_type
+    encode = body is not None and (binary or not textual)
+    if encode:
+        data = body if binary else body.encode()
+        body = base64.b64encode(data).decode()
+    now = time.time()
+    return {
+        "version": "2.0",
+        "routeKey": f"{route.method} {route.path}",
+        "rawPath": path,
+        "rawQueryString": query,
+        "cookies": [c.strip() for c in headers.get("cookie", "").split(";") if c.strip()] or None,
+        "headers": headers,
+        "queryStringParameters": dict(parse_qsl(query, keep_blank_values=True)) or None,
+        "pathParameters": params or None,
+        "requestContext": {
+            "accountId": ACCOUNT, "apiId": "local", "domainName": "127.0.0.1", "domainPrefix": "127",
+            "http": {"method": method, "path": path, "protocol": "HTTP/1.1", "sourceIp": source_ip,
+                     "userAgent": headers.get("user-agent", "")},
+            "requestId": uuid.uuid4().hex, "routeKey": f"{route.method} {route.path}", "stage": "$default",
+            "time": time.strftime("%d/%b/%Y:%H:%M:%S +0000", time.gmtime(now)), "timeEpoch": int(now * 1000),
+        },
+        "body": body,
+        "isBase64Encoded": encode,
+        "stageVariables": None,
+    }
+
+
+def compress_waits(definition: dict, speed: float) -> dict:
+    """Shorten every duration in an ASL definition by the clock speed (whole seconds)."""
+    def scaled(seconds: float) -> int:
+        return max(1, round(seconds / speed)) if seconds > 0 else 0
+
+    def walk(states: dict) -> None:
+        for state in states.values():
+            if state.get("Type") == "Wait" and "Seconds" in state:
+                state["Seconds"] = scaled(state["Seconds"])
+            for key in ("TimeoutSeconds", "HeartbeatSeconds"):
+                if key in state:
+                    state[key] = max(1, scaled(state[key]))
+            for retry in state.get("Retry", []):
+                if "IntervalSeconds" in retry:
+                    retry["IntervalSeconds"] = max(1, scaled(retry["IntervalSeconds"]))
+                if "MaxDelaySeconds" in retry:
+                    retry["MaxDelaySeconds"] = max(1, scaled(retry["MaxDelaySeconds"]))
+            for branch in state.get("Branches", []):
+                walk(branch["States"])
+            for key in ("Iterator", "ItemProcessor"):
+                if key in state:
+                    walk(state[key]["States"])
+
+    definition = json.loads(json.dumps(definition))
+    walk(definition["States"])
+    return definition

@@ -1,0 +1,160 @@
+"""Reading template.yaml as the local runtime's single source of truth.
+
+A YAML loader that understands CloudFormation's short tags, SAM Globals merged into
+each function, and a resolver for the intrinsic functions the template uses (Ref,
+Fn::Sub, Fn::GetAtt, Fn::If, Fn::Equals, Fn::Not, Fn::Join, Fn::Select, Fn::Split).
+"""
+import copy
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+ACCOUNT = "123456789012"
+REGION = "us-east-1"
+NO_VALUE = object()
+
+
+class _Loader(yaml.SafeLoader):
+    pass
+
+
+def _tag(name: str):
+    def construct(loader, node):
+        if isinstance(node, yaml.ScalarNode):
+            value = loader.construct_scalar(node)
+            if name == "Fn::GetAtt":
+                value = value.split(".", 1)
+        elif isinstance(node, yaml.SequenceNode):
+            value = loader.construct_sequence(node, deep=True)
+        else:
+            value = loader.construct_mapping(node, deep=True)
+        return {name: value}
+    return construct
+
+
+for _short in ("Ref", "Sub", "GetAtt", "If", "Equals", "Not", "And", "Or", "Join", "Select",
+               "Split", "FindInMap", "Base64", "ImportValue", "Condition", "GetAZs"):
+    _Loader.add_constructor(f"!{_short}", _tag(_short if _short in ("Ref", "Condition") else f"Fn::{_short}"))
+
+
+def load_yaml(path: Path) -> dict:
+    with open(path) as fh:
+        return yaml.load(fh, Loader=_Loader)
+
+
+def _merge(base, override):
+    if isinstance(base, dict) and isinstance(override, dict):
+        out = dict(base)
+        for k, v in override.items():
+            out[k] = _merge(base[k], v) if k in base else v
+        return out
+    if isinstance(base, list) and isinstance(override, list):
+        return base + override
+    return override
+
+
+@dataclass
+class Template:
+    root: Path
+    doc: dict
+    parameters: dict[str, str] = field(default_factory=dict)
+    physical: dict[str, str] = field(default_factory=dict)  # logical id -> Ref value
+    attributes: dict[tuple[str, str], str] = field(default_factory=dict)
+
+    @classmethod
+    def load(cls, root: Path, overrides: dict[str, str] | None = None) -> "Template":
+        doc = load_yaml(root / "template.yaml")
+        params = {k: str(v.get("Default", "")) for k, v in doc.get("Parameters", {}).items()}
+        params.update(overrides or {})
+        return cls(root=root, doc=doc, parameters=params)
+
+    @property
+    def resources(self) -> dict[str, dict]:
+        return self.doc["Resources"]
+
+    def of_type(self, type_name: str) -> dict[str, dict]:
+        return {k: v for k, v in self.resources.items() if v["Type"] == type_name}
+
+    def properties(self, logical_id: str) -> dict:
+        """The resource's properties, SAM Globals merged in for functions."""
+        res = self.resources[logical_id]
+        props = copy.deepcopy(res.get("Properties", {}))
+        if res["Type"] == "AWS::Serverless::Function":
+            props = _merge(copy.deepcopy(self.doc.get("Globals", {}).get("Function", {})), props)
+        return props
+
+    def condition(self, name: str) -> bool:
+        return bool(self.resolve(self.doc["Conditions"][name]))
+
+    def resolve(self, value):
+        if isinstance(value, list):
+            return [r for v in value if (r := self.resolve(v)) is not NO_VALUE]
+        if not isinstance(value, dict):
+            return value
+        if len(value) == 1:
+            (key, arg), = value.items()
+            if key == "Ref":
+                return self.ref(arg)
+            if key == "Fn::GetAtt":
+                return self.get_att(*arg)
+            if key == "Fn::Sub":
+                return self.sub(arg)
+            if key == "Fn::If":
+                cond, yes, no = arg
+                return self.resolve(yes if self.condition(cond) else no)
+            if key == "Fn::Equals":
+                a, b = (self.resolve(x) for x in arg)
+                return a == b
+            if key == "Fn::Not":
+                return not self.resolve(arg[0])
+            if key == "Fn::And":
+                return all(self.resolve(x) for x in arg)
+            if key == "Fn::Or":
+                return any(self.resolve(x) for x in arg)
+            if key == "Condition":
+                return self.condition(arg)
+            if key == "Fn::Join":
+                sep, items = arg
+                return sep.join(str(x) for x in self.resolve(items))
+            if key == "Fn::Select":
+                index, items = arg
+                return self.resolve(items)[int(self.resolve(index))]
+            if key == "Fn::Split":
+                sep, text = arg
+                return self.resolve(text).split(sep)
+        return {k: r for k, v in value.items() if (r := self.resolve(v)) is not NO_VALUE}
+
+    def ref(self, name: str):
+        pseudo = {"AWS::Region": REGION, "AWS::AccountId": ACCOUNT, "AWS::StackName": "funnelpilot",
+                  "AWS::Partition": "aws", "AWS::URLSuffix": "amazonaws.com", "AWS::NoValue": NO_VALUE}
+        if name in pseudo:
+            return pseudo[name]
+        if name in self.parameters:
+            return self.parameters[name]
+        if name in self.physical:
+            return self.physical[name]
+        raise KeyError(f"template.yaml: !Ref {name}: no such parameter or resource (or not created yet)")
+
+    def get_att(self, logical_id: str, attribute: str):
+        try:
+            return self.attributes[(logical_id, attribute)]
+        except KeyError:
+            raise KeyError(f"template.yaml: !GetAtt {logical_id}.{attribute} is not supported locally") from None
+
+    def sub(self, arg):
+        text, variables = (arg, {}) if isinstance(arg, str) else (arg[0], arg[1])
+        variables = {k: self.resolve(v) for k, v in variables.items()}
+
+        def replace(match: re.Match) -> str:
+            name = match.group(1)
+            if name.startswith("!"):
+                return "${" + name[1:] + "}"
+            if name in variables:
+                return str(variables[name])
+            if "." in name and not name.startswith("AWS::"):
+                return str(self.get_att(*name.split(".", 1)))
+            return str(self.ref(name))
+
+        return re.sub(r"\$\{([^}]+)\}", replace, text)

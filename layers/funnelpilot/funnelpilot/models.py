@@ -1,0 +1,122 @@
+"""DynamoDB items (pynamodb). One table holds everything about a person under one
+partition (``pk`` = contact_id), so export is a Query and erase is a Query plus
+deletes/updates. The key table is documented in README.md ("Data model").
+"""
+from functools import cache
+
+from pynamodb.attributes import (
+    MapAttribute,
+    NumberAttribute,
+    UnicodeAttribute,
+    UnicodeSetAttribute,
+)
+from pynamodb.connection import Connection
+from pynamodb.indexes import AllProjection, GlobalSecondaryIndex
+from pynamodb.models import Model
+
+from funnelpilot.config import config
+
+PROFILE = "PROFILE"
+
+
+@cache
+def connection() -> Connection:
+    """For transactions spanning several item types."""
+    return Connection(region=config().region)
+
+
+def is_conditional_failure(exc: Exception) -> bool:
+    """True when a pynamodb write failed only because its condition was false."""
+    return getattr(exc, "cause_response_code", None) == "ConditionalCheckFailedException"
+
+
+class _Meta:
+    table_name = config().table
+    region = config().region
+
+
+class ByGsi1(GlobalSecondaryIndex):
+    """Generic inverted index: members of a segment, due items, etc. (sparse)."""
+
+    class Meta:
+        index_name = "gsi1"
+        projection = AllProjection()
+
+    gsi1pk = UnicodeAttribute(hash_key=True)
+    gsi1sk = UnicodeAttribute(range_key=True)
+
+
+class Item(Model):
+    """Base for every item type: pk/sk, the sparse GSI, and TTL."""
+
+    Meta = _Meta
+    pk = UnicodeAttribute(hash_key=True)
+    sk = UnicodeAttribute(range_key=True)
+    gsi1pk = UnicodeAttribute(null=True)
+    gsi1sk = UnicodeAttribute(null=True)
+    expires_at = NumberAttribute(null=True)
+    by_gsi1 = ByGsi1()
+
+
+class Contact(Item):
+    """sk = PROFILE. status: active | pending | unsubscribed | suppressed | erased."""
+
+    Meta = _Meta
+    email = UnicodeAttribute(null=True)
+    first_name = UnicodeAttribute(null=True)
+    status = UnicodeAttribute(default="active")
+    status_reason = UnicodeAttribute(null=True)
+    lists = UnicodeSetAttribute(default=set)
+    tags = UnicodeSetAttribute(default=set)
+    lead_magnets = UnicodeSetAttribute(default=set)
+    properties = MapAttribute(default=dict)
+    utm = MapAttribute(default=dict)
+    timezone = UnicodeAttribute(null=True)
+    created_at = UnicodeAttribute(null=True)
+    updated_at = UnicodeAttribute(null=True)
+
+    @property
+    def contact_id(self) -> str:
+        return self.pk
+
+    @property
+    def can_receive_marketing(self) -> bool:
+        return self.status == "active"
+
+
+class ConsentRecord(Item):
+    """sk = CONSENT#<iso time>: when, from which form and address consent was given."""
+
+    Meta = _Meta
+    list_name = UnicodeAttribute()
+    source = UnicodeAttribute(null=True)
+    ip = UnicodeAttribute(null=True)
+    user_agent = UnicodeAttribute(null=True)
+    given_at = UnicodeAttribute()
+
+
+class FunnelEntry(Item):
+    """sk = FUNNEL#<funnel id>: guards entry rules and points at the live execution."""
+
+    Meta = _Meta
+    funnel = UnicodeAttribute()
+    entries = NumberAttribute(default=0)
+    execution_arn = UnicodeAttribute(null=True)
+    status = UnicodeAttribute(default="running")
+    entered_at = UnicodeAttribute(null=True)
+
+
+class Message(Item):
+    """sk = MSG#<message id>: one email to one contact, with the links it carries."""
+
+    Meta = _Meta
+    message_id = UnicodeAttribute()
+    funnel = UnicodeAttribute(null=True)
+    step = UnicodeAttribute(null=True)
+    template = UnicodeAttribute()
+    status = UnicodeAttribute()  # sending | sent | blocked
+    reason = UnicodeAttribute(null=True)
+    links = UnicodeAttribute(null=True)  # JSON list of URLs, indexed by click tokens
+    ses_message_id = UnicodeAttribute(null=True)
+    created_at = UnicodeAttribute()
+    sent_at = UnicodeAttribute(null=True)

@@ -1,0 +1,73 @@
+"""Signed, opaque, URL-safe tokens for links in emails, and the contact id.
+
+A token is ``base64url(kind|field|field...)`` + ``.`` + ``base64url(HMAC-SHA256[:16])``.
+It names a message and a link *index*, never a URL: the link a click goes to is stored
+with the message, so a forged token can at worst point at a link we already sent.
+The HMAC key is a Secrets Manager secret created by template.yaml, read once per
+cold start (powertools parameters, cached).
+"""
+import base64
+import hashlib
+import hmac
+from functools import cache
+
+from funnelpilot.config import config
+
+SEP = "|"
+
+
+@cache
+def _key() -> bytes:
+    from aws_lambda_powertools.utilities.parameters import get_secret
+
+    return get_secret(config().secret_id, max_age=3600).encode()
+
+
+def _b64(raw: bytes) -> str:
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+
+def _unb64(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+def _mac(payload: bytes) -> bytes:
+    return hmac.new(_key(), payload, hashlib.sha256).digest()[:16]
+
+
+def sign(kind: str, *fields: str) -> str:
+    if any(SEP in f for f in (kind, *fields)):
+        raise ValueError("token fields may not contain '|'")
+    payload = SEP.join((kind, *fields)).encode()
+    return f"{_b64(payload)}.{_b64(_mac(payload))}"
+
+
+def verify(kind: str, token: str, arity: int) -> list[str] | None:
+    """The fields of a valid token of this kind and arity, else None (never raises)."""
+    try:
+        body, mac = token.split(".", 1)
+        payload = _unb64(body)
+        if not hmac.compare_digest(_unb64(mac), _mac(payload)):
+            return None
+        parts = payload.decode().split(SEP)
+    except (ValueError, UnicodeDecodeError):
+        return None
+    if parts[0] != kind or len(parts) != arity + 1:
+        return None
+    return parts[1:]
+
+
+def contact_id(normalised_email: str) -> str:
+    """Stable pseudonymous id: a keyed hash of the normalised email (26 chars, [a-z2-7]).
+
+    Keyed so that an id seen in a log or an execution name cannot be reversed by
+    hashing guessed addresses.
+    """
+    digest = hmac.new(_key(), b"contact:" + normalised_email.encode(), hashlib.sha256).digest()
+    return base64.b32encode(digest[:16]).decode().rstrip("=").lower()
+
+
+def digest_id(prefix: str, *parts: str) -> str:
+    """Deterministic id for an item derived from other ids (e.g. a message from execution+state)."""
+    raw = hashlib.sha256("\x1f".join(parts).encode()).digest()[:15]
+    return prefix + base64.b32encode(raw).decode().lower()

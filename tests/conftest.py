@@ -1,0 +1,59 @@
+"""Shared fixtures: a fresh local runtime (template.yaml on moto) per test."""
+import json
+from pathlib import Path
+
+import pytest
+
+from funnelpilot.local.runtime import ROOT, Runtime
+
+
+class EventTap:
+    """Every event on the bus, captured through a real rule with an SQS target."""
+
+    def __init__(self, rt: Runtime):
+        self.rt = rt
+        self.sqs = rt.client("sqs")
+        self.url = self.sqs.create_queue(QueueName="test-tap")["QueueUrl"]
+        events = rt.client("events")
+        events.put_rule(Name="test-tap", EventBusName="funnelpilot",
+                        EventPattern=json.dumps({"source": ["funnelpilot"]}))
+        events.put_targets(Rule="test-tap", EventBusName="funnelpilot",
+                           Targets=[{"Id": "tap", "Arn": "arn:aws:sqs:us-east-1:123456789012:test-tap"}])
+        self.seen: list[dict] = []
+
+    def events(self, detail_type: str | None = None) -> list[dict]:
+        self.rt.pump()
+        while True:
+            msgs = self.sqs.receive_message(QueueUrl=self.url, MaxNumberOfMessages=10).get("Messages", [])
+            if not msgs:
+                break
+            for m in msgs:
+                self.seen.append(json.loads(m["Body"]))
+                self.sqs.delete_message(QueueUrl=self.url, ReceiptHandle=m["ReceiptHandle"])
+        return [e for e in self.seen if detail_type in (None, e["detail-type"])]
+
+
+@pytest.fixture
+def rt(tmp_path: Path):
+    with Runtime(ROOT, speed=86_400.0, state_dir=tmp_path / "local", log_level="INFO") as runtime:
+        yield runtime
+
+
+@pytest.fixture
+def tap(rt) -> EventTap:
+    return EventTap(rt)
+
+
+def executions(rt: Runtime, machine: str = "welcome") -> list[dict]:
+    sfn = rt.client("stepfunctions")
+    arn = next(a for a in rt.state_machine_arns() if a.endswith(f"-{machine}"))
+    return sfn.list_executions(stateMachineArn=arn)["executions"]
+
+
+def history(rt: Runtime, execution_arn: str) -> list[dict]:
+    return rt.client("stepfunctions").get_execution_history(executionArn=execution_arn)["events"]
+
+
+def entered_states(rt: Runtime, execution_arn: str) -> list[str]:
+    return [e["stateEnteredEventDetails"]["name"] for e in history(rt, execution_arn)
+            if "stateEnteredEventDetails" in e]
