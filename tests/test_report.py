@@ -1,18 +1,30 @@
 """Counters and the funnel report against a scenario whose true counts are known."""
 import json
-from email import message_from_bytes
+import re
+from email import message_from_bytes, policy
 
-from funnelpilot import bus, metrics, report
+from funnelpilot import bus, metrics, report, tokens
 
 
-def welcome_messages(rt, *emails) -> dict[str, tuple[str, str]]:
-    """Sign the people up; returns email -> (contact_id, message_id) of their welcome email."""
+BROWSER = "Mozilla/5.0 (Macintosh; Intel Mac OS X 14_5) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/17.5 Safari/605.1.15"
+APPLE_MPP = {"user-agent": "Mozilla/5.0"}  # Apple's image proxy, from 17.0.0.0/8
+SCANNER = {"user-agent": "Barracuda Sentinel (EE)"}
+TOKEN = re.compile(r"http://127\.0\.0\.1:3000/([oc])/([A-Za-z0-9_\-.]+)")
+
+
+def welcome_emails(rt, *emails) -> dict[str, tuple[str, str, dict]]:
+    """Sign the people up; email -> (contact_id, message_id, {"o": pixel path, "c": first link path})."""
     ids = {e: rt.http("POST", "/signup", json_body={"email": e, "consent": True}).json()["contact_id"] for e in emails}
     assert rt.settle()
     out = {}
     for path in rt.outbox.glob("*.eml"):
-        mail = message_from_bytes(path.read_bytes())
-        out[mail["To"]] = (ids[mail["To"]], mail["X-Funnelpilot-Message-Id"])
+        mail = message_from_bytes(path.read_bytes(), policy=policy.default)
+        mid = mail["X-Funnelpilot-Message-Id"]
+        links = {}
+        for kind, token in TOKEN.findall(mail.get_body(("html",)).get_content()):
+            if kind == "o" or tokens.verify("c", token, 3)[2] == "0":
+                links[kind] = f"/{kind}/{token}"
+        out[mail["To"]] = (ids[mail["To"]], mid, links)
     assert set(out) == set(emails)
     return out
 
@@ -27,21 +39,18 @@ def get_report(rt, funnel="welcome", query=""):
 
 
 def test_report_counts_humans_once_and_machines_apart(rt):
-    people = welcome_messages(rt, "a@example.com", "b@example.com", "c@example.com", "d@example.com")
-    (a, ma), (b, mb), (c, mc), (d, md) = (people[e] for e in sorted(people))
-    opened_twice = hit("email.opened", a, ma, human=True, unique=True)
-    events = [
-        opened_twice, opened_twice,  # at-least-once delivery of one event
-        hit("email.opened", a, ma, human=True, unique=False),  # a second open of the same email
-        hit("email.opened", b, mb, human=True, unique=True, via="click"),
-        hit("email.clicked", b, mb, human=True, unique=True, link="0"),
-        hit("email.opened", c, mc, human=False, reason="apple_mpp", unique=False),  # MPP prefetch
-        hit("email.opened", d, md, human=False, reason="apple_mpp", unique=False),
-        hit("email.clicked", d, md, human=False, reason="scanner", link="0", unique=False),
-        bus.event("funnel.converted", b, funnel="welcome", step="Send welcome-1", goal="order.placed"),
-        bus.event("contact.unsubscribed", d, message_id=md),  # funnel/step looked up from the message
-    ]
-    bus.publish(*events)
+    people = welcome_emails(rt, "a@example.com", "b@example.com", "c@example.com", "d@example.com")
+    (a, ma, la), (b, mb, lb), (c, mc, lc), (d, md, ld) = (people[e] for e in sorted(people))
+    human = {"user-agent": BROWSER}
+    assert rt.http("GET", la["o"], headers=human).status == 200
+    assert rt.http("GET", la["o"], headers=human).status == 200  # opened again: still one open
+    assert rt.http("GET", lb["c"], headers=human).status == 302  # a click without the images: also an open
+    assert rt.http("GET", lc["o"], headers=APPLE_MPP, source_ip="17.58.1.2").status == 200
+    assert rt.http("GET", ld["o"], headers=APPLE_MPP, source_ip="17.58.1.3").status == 200
+    assert rt.http("GET", ld["c"], headers=SCANNER, source_ip="203.0.113.9").status == 302
+    converted = bus.event("funnel.converted", b, funnel="welcome", step="Send welcome-1", goal="order.placed")
+    bus.publish(converted, converted,  # at-least-once delivery of one event
+                bus.event("contact.unsubscribed", d, message_id=md))  # funnel/step looked up from the message
     assert rt.settle()
     resp = get_report(rt)
     assert resp.status == 200
