@@ -78,6 +78,19 @@ class Contact(Item):
     confirm_sent_at = UnicodeAttribute(null=True)  # last confirmation email (resend throttle)
     soft_bounces = NumberAttribute(null=True)  # since the last delivery
     erased_at = UnicodeAttribute(null=True)
+    # Scoring (funnelpilot.scoring): points expressed at the reference epoch ``score_at``;
+    # read them through scoring.current_score(contact), never directly.
+    score = NumberAttribute(null=True)
+    loyalty = NumberAttribute(null=True)
+    score_at = NumberAttribute(null=True)
+    qualified_until = NumberAttribute(null=True)  # end of the current lead.qualified episode
+    vip_until = NumberAttribute(null=True)  # end of the current customer.vip episode
+    orders = NumberAttribute(null=True)
+    spend = NumberAttribute(null=True)
+    first_order_at = NumberAttribute(null=True)
+    last_order_at = NumberAttribute(null=True)
+    order_months = UnicodeSetAttribute(default=set)  # "01".."12": the season of past purchases
+    segments = UnicodeSetAttribute(default=set)  # kept by funnelpilot.segments
 
     @property
     def contact_id(self) -> str:
