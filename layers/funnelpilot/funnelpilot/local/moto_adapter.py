@@ -13,12 +13,20 @@
 4. ``DynamoHandler.call_action``: moto applies an UpdateItem/transaction as Python
    read-modify-write, so concurrent requests can lose an ``ADD``. DynamoDB guarantees
    item-level atomicity; one lock around each DynamoDB request gives the same here.
+5. ``DynamoDBBackend.transact_write_items``: moto deep-copies every table a transaction
+   touches (for rollback), so each transaction costs O(table size) and a long local run
+   (the demo: a counter transaction per event) slows down quadratically. Ours checks every
+   condition first, then applies the writes, restoring only the touched items on failure.
+6. Stepped (virtual) time for the Step Functions interpreter (see the section at the end).
 """
 import json
 import threading
 from typing import Callable
 
 from moto.awslambda_simple.models import LambdaSimpleBackend
+from moto.dynamodb import exceptions as ddb_errors
+from moto.dynamodb.comparisons import get_filter_expression
+from moto.dynamodb.models import DynamoDBBackend
 from moto.dynamodb.responses import DynamoHandler
 from moto.events import models as events_models
 from moto.events.utils import EventTemplateParser
@@ -38,6 +46,7 @@ def install(invoker: Invoker, deliverer: Deliverer) -> None:
     events_models.Rule.send_to_targets = _send_to_targets
     if not getattr(DynamoHandler.call_action, "_serialised", False):
         DynamoHandler.call_action = _serialised(DynamoHandler.call_action)
+    DynamoDBBackend.transact_write_items = _transact_write_items
 
 
 _DYNAMODB_LOCK = threading.RLock()
@@ -49,6 +58,66 @@ def _serialised(call_action):
             return call_action(self)
     call._serialised = True
     return call
+
+
+def _transact_write_items(self, transact_items: list[dict]) -> None:
+    """All conditions, then all writes; same errors and cancellation reasons as moto 5.2.5."""
+    if len(transact_items) > 100:
+        raise ddb_errors.TooManyTransactionsException()
+    targets, errors, writes = set(), [], []
+    for item in transact_items:
+        if len(item) > 1:
+            raise ddb_errors.TransactWriteSingleOpException
+        op_type, op = next(iter(item.items()))
+        if op_type not in {"ConditionCheck", "Put", "Delete", "Update"}:
+            errors.append(("ValueError", "Unsupported transaction operation", None))
+            continue
+        table = self.get_table(op["TableName"])
+        if op_type == "Put":
+            key = {table.hash_key_attr: op["Item"][table.hash_key_attr]}
+            if table.range_key_attr is not None:
+                key[table.range_key_attr] = op["Item"][table.range_key_attr]
+        else:
+            key = op["Key"]
+        unique = (op["TableName"], str(dict(sorted(key.items()))))
+        if unique in targets:
+            raise ddb_errors.MultipleTransactionsException()
+        targets.add(unique)
+        current = self.get_item(op["TableName"], key)
+        if op.get("ConditionExpression") is not None:
+            condition = get_filter_expression(op["ConditionExpression"], op.get("ExpressionAttributeNames"),
+                                              op.get("ExpressionAttributeValues"))
+            if not condition.expr(current):
+                old = (current.to_json()["Attributes"] if current and
+                       op.get("ReturnValuesOnConditionCheckFailure") == "ALL_OLD" else None)
+                errors.append(("ConditionalCheckFailed", "The conditional request failed", old))
+                continue
+        errors.append((None, None, None))
+        if op_type != "ConditionCheck":
+            writes.append((op_type, op, key, current.to_json()["Attributes"] if current else None))
+    if any(code is not None for code, _, _ in errors):
+        raise ddb_errors.TransactionCanceledException(errors)
+    done = []
+    try:
+        for op_type, op, key, before in writes:
+            names, values = op.get("ExpressionAttributeNames"), op.get("ExpressionAttributeValues")
+            if op_type == "Put":
+                self.put_item(op["TableName"], op["Item"])
+            elif op_type == "Delete":
+                self.delete_item(op["TableName"], key)
+            else:
+                self.update_item(op["TableName"], key, update_expression=op["UpdateExpression"],
+                                 expression_attribute_names=names, expression_attribute_values=values,
+                                 condition_expression=None)
+            done.append((op["TableName"], key, before))
+    except Exception as exc:
+        for table_name, key, before in reversed(done):  # undo what was applied
+            if before is None:
+                self.delete_item(table_name, key)
+            else:
+                self.put_item(table_name, before)
+        raise ddb_errors.TransactionCanceledException(
+            [(None, None, None)] * len(done) + [(type(exc).__name__, str(exc), None)]) from exc
 
 
 def _invoke(self, function_name, qualifier, body, headers, response_headers):

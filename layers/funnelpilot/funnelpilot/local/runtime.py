@@ -102,6 +102,8 @@ class Runtime:
         self.stepped = stepped
         self.start_time = start
         self.scheduler = None
+        self._clients: dict = {}
+        self.invoke_hook = None  # (function, call) -> result: lets the cost meter time every invocation
         self.state_dir = Path(state_dir or self.root / ".local")
         self.outbox = self.state_dir / "outbox"
         self.public_url = public_url
@@ -171,9 +173,12 @@ class Runtime:
         self._mock = None
 
     def client(self, service: str):
+        """A boto3 client on this runtime's moto (kept: creating one costs milliseconds)."""
         import boto3
 
-        return boto3.client(service, region_name=REGION)
+        if service not in self._clients:
+            self._clients[service] = boto3.client(service, region_name=REGION)
+        return self._clients[service]
 
     # ------------------------------------------------------------------ resources
     def _create_resources(self) -> None:
@@ -305,6 +310,8 @@ class Runtime:
     def invoke(self, function: str, payload: dict):
         """Synchronous invoke (what a Step Functions Task or a direct call does)."""
         fn = self.functions[function]
+        if self.invoke_hook is not None:
+            return self.invoke_hook(function, lambda: fn.handler(payload, LambdaContext(function)))
         return fn.handler(payload, LambdaContext(function))
 
     def _deliver(self, target_arn: str, payload: dict) -> None:
