@@ -74,6 +74,10 @@ class Contact(Item):
     timezone = UnicodeAttribute(null=True)
     created_at = UnicodeAttribute(null=True)
     updated_at = UnicodeAttribute(null=True)
+    confirmed_at = UnicodeAttribute(null=True)  # double opt-in done
+    confirm_sent_at = UnicodeAttribute(null=True)  # last confirmation email (resend throttle)
+    soft_bounces = NumberAttribute(null=True)  # since the last delivery
+    erased_at = UnicodeAttribute(null=True)
     # Scoring (funnelpilot.scoring): points expressed at the reference epoch ``score_at``;
     # read them through scoring.current_score(contact), never directly.
     score = NumberAttribute(null=True)
@@ -133,3 +137,18 @@ class Message(Item):
     ses_message_id = UnicodeAttribute(null=True)
     created_at = UnicodeAttribute()
     sent_at = UnicodeAttribute(null=True)
+    # Written by the tracking and SES feedback handlers (low-level client, see engagement.py).
+    delivered_at = UnicodeAttribute(null=True)
+    bounced_at = UnicodeAttribute(null=True)
+    complained_at = UnicodeAttribute(null=True)
+    hits = UnicodeAttribute(null=True)  # JSON list: {at, kind, link, human, reason}; no IP, no user agent
+    first_open_at = UnicodeAttribute(null=True)  # first human open (or human click)
+    first_click_at = UnicodeAttribute(null=True)
+    last_hit_at = UnicodeAttribute(null=True)
+    honeypot_at = UnicodeAttribute(null=True)
+
+
+class Marker(Item):
+    """sk = SEEN#<what>#<id>: an external event already applied to this contact (expires by TTL)."""
+
+    Meta = _Meta
