@@ -25,10 +25,11 @@ def test_leaving_a_condition_emits_segment_left(rt, tap):
     cid = new_contact("hot")
     t0 = clock.now()
     publish("page.viewed", cid, t0, path="/pricing")
-    publish("page.viewed", cid, t0 + 1, path="/pricing")  # capture 42 >= 40
+    publish("page.viewed", cid, t0 + 1, path="/pricing")
+    publish("page.viewed", cid, t0 + 2, path="/pricing")  # capture 63 >= 40 (a margin for the fast clock)
     assert rt.settle()
     assert {"hot-leads", "pricing-visitors", "engaged"} <= profile(cid).segments
-    publish("contact.unsubscribed", cid, t0 + 2)           # -100
+    publish("contact.unsubscribed", cid, t0 + 3)           # -100
     assert rt.settle()
     [left] = tap.events("segment.left")
     assert left["detail"]["segment"] == "hot-leads" and left["detail"]["contact_id"] == cid

@@ -105,6 +105,7 @@ class Runtime:
         self.routes: list[Route] = []
         self.schedules: list[dict] = []  # template Schedule/ScheduleV2 events, fired by fire_schedules()
         self._api_schedule_last: dict[str, float] = {}
+        self._clients: dict[str, object] = {}
         self.dead_letters: list[dict] = []
         self.errors: list[str] = []
         self._deliveries: queue.Queue = queue.Queue()
@@ -158,9 +159,12 @@ class Runtime:
         self._mock = None
 
     def client(self, service: str):
+        """One boto3 client per service (creating one costs ~40 ms; pump() runs often)."""
         import boto3
 
-        return boto3.client(service, region_name=REGION)
+        if service not in self._clients:
+            self._clients[service] = boto3.client(service, region_name=REGION)
+        return self._clients[service]
 
     # ------------------------------------------------------------------ resources
     def _create_resources(self) -> None:
