@@ -8,6 +8,7 @@ import os
 
 from aws_lambda_powertools import Logger, Metrics
 from aws_lambda_powertools.metrics import MetricUnit
+from aws_lambda_powertools.metrics.functions import is_metrics_disabled
 
 from funnelpilot import bus, metrics
 
@@ -29,7 +30,6 @@ def _funnel_failure(event: dict) -> tuple[str, dict]:
                              "occurred_at": event.get("time", "")}
 
 
-@ops.log_metrics
 @logger.inject_lambda_context
 def handler(event: dict, context) -> dict:
     if event.get("source") == bus.SOURCE:
@@ -41,7 +41,11 @@ def handler(event: dict, context) -> dict:
     if detail_type in ("email.opened", "email.clicked"):
         kind = "Opens" if detail_type == "email.opened" else "Clicks"
         name = f"{'Human' if detail.get('human') is True else 'Machine'}{kind}"
-    if counted and name:
+    # Flushed here rather than by @ops.log_metrics: that warns on every invocation without a
+    # metric (duplicates), and while disabled (local runtime) powertools keeps the values
+    # and prints them once 100 have piled up.
+    if counted and name and not is_metrics_disabled():
         ops.add_metric(name=name, unit=MetricUnit.Count, value=1)
+        ops.flush_metrics()
     logger.debug("counted", extra={"detail_type": detail_type, "counted": counted})
     return {"counted": counted}
