@@ -124,7 +124,7 @@ def test_chart_is_self_contained_svg(rt):
     page = report.chart_html([body])
     assert "<svg" in page and "<script" not in page and "http" not in page.replace(
         'xmlns="http://www.w3.org/2000/svg"', "")
-    assert "opened (human) 5" in page
+    assert "opened 5 (55.6%)" in page and "<title>opened: 5</title>" in page
 
 
 def test_report_route_needs_authorisation(rt):

@@ -196,43 +196,57 @@ def _esc(text: str) -> str:
 
 
 def chart_html(reports: list[dict], title: str = "funnelpilot funnels") -> str:
-    """A self-contained HTML page (inline SVG, no scripts): one funnel chart per report,
-    bars per step for entered / sent / human opens / human clicks / conversions."""
+    """A self-contained HTML page (inline SVG, no scripts): one funnel chart per report. Each
+    step is one row of overlaid bars - entered, sent, opened and clicked by people, converted -
+    so the narrowing reads at a glance; machine opens and clicks are named, never drawn."""
     series = (("entered", "#c7d2fe", "entered"), ("sent", "#818cf8", "sent"),
-              ("human_opens", "#34d399", "opened (human)"), ("human_clicks", "#f59e0b", "clicked (human)"),
+              ("human_opens", "#34d399", "opened"), ("human_clicks", "#f59e0b", "clicked"),
               ("conversions", "#ef4444", "converted"))
+    label_w, bar_w, row_h = 250, 420, 34
     sections = []
     for rep in reports:
         steps = [s for s in rep["steps"] if s["entered"] or s["conversions"]]
+        head = (f"<h2>{_esc(rep['funnel'])}</h2><p>{_esc(rep['from'])} .. {_esc(rep['to'])}: "
+                f"{rep['entered']} entered, {rep['conversions']} converted ({_fmt_pct(rep['conversion_rate'])}), "
+                f"{rep['completed']} completed</p>")
+        if not steps and not rep["entered"]:
+            sections.append(f"<section>{head}<p><em>No contact entered this funnel in the period.</em></p></section>")
+            continue
         top = max([rep["entered"], 1] + [s["entered"] for s in steps])
-        label_w, bar_w, row_h = 220, 560, 22 * len(series) + 18
-        height = 40 + row_h * (len(steps) + 1)
-        parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{label_w + bar_w + 140}" height="{height}" '
-                 f'role="img" aria-label="funnel {_esc(rep["funnel"])}">']
-        y = 30
-        rows = [("Entered funnel", {"entered": rep["entered"], "conversions": rep["conversions"]})]
-        rows += [(s["step"], s) for s in steps]
-        for name, data in rows:
-            parts.append(f'<text x="0" y="{y + 14}" font-size="13" font-weight="bold">{_esc(name)}</text>')
-            for i, (key, colour, label) in enumerate(series):
-                if key not in data:
-                    continue
+        rows = [("Entered the funnel", {"entered": rep["entered"], "conversions": rep["conversions"]},
+                 f"entered {rep['entered']} · converted {rep['conversions']}")]
+        for s in steps:
+            note = (f"sent {s['sent']} · opened {s['human_opens']} ({_fmt_pct(s['open_rate'])}) · "
+                    f"clicked {s['human_clicks']} ({_fmt_pct(s['click_rate'])}) · converted {s['conversions']}")
+            machine = s["machine_opens"] + s["machine_clicks"]
+            if machine:
+                note += f" · {machine} machine hits not counted"
+            if s["blocked"]:
+                note += f" · blocked {s['blocked']}"
+            rows.append((s["step"], s, note))
+        height = 16 + row_h * len(rows)
+        parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{label_w + bar_w + 200}" height="{height}" '
+                 f'role="img" aria-label="funnel {_esc(rep["funnel"])}" font-family="system-ui,sans-serif">']
+        for i, (name, data, note) in enumerate(rows):
+            y = 8 + i * row_h
+            parts.append(f'<text x="0" y="{y + 15}" font-size="13">{_esc(name)}</text>')
+            for key, colour, label in series:
                 value = data.get(key, 0)
-                w = max(1, round(bar_w * value / top)) if value else 0
-                by = y + 20 + i * 20 - 18
-                parts.append(f'<rect x="{label_w}" y="{by}" width="{w}" height="16" fill="{colour}">'
+                if not value:
+                    continue
+                w = max(2, round(bar_w * value / top))
+                parts.append(f'<rect x="{label_w}" y="{y + 2}" width="{w}" height="18" fill="{colour}">'
                              f'<title>{_esc(label)}: {value}</title></rect>')
-                parts.append(f'<text x="{label_w + w + 6}" y="{by + 12}" font-size="11">{_esc(label)} {value}</text>')
-            y += row_h
+            parts.append(f'<text x="{label_w}" y="{y + 31}" font-size="10" fill="#444">'
+                         f'{_esc(note)}</text>')
         parts.append("</svg>")
-        sections.append(f"<section><h2>{_esc(rep['funnel'])}</h2><p>{_esc(rep['from'])} .. {_esc(rep['to'])}: "
-                        f"entered {rep['entered']}, converted {rep['conversions']} "
-                        f"({_fmt_pct(rep['conversion_rate'])})</p>{''.join(parts)}</section>")
-    legend = " ".join(f'<span style="background:{c};padding:0 .6em;margin-right:.3em"></span>{_esc(label)}'
+        sections.append(f"<section>{head}{''.join(parts)}</section>")
+    legend = " ".join(f'<span style="background:{c};padding:0 .7em;margin:0 .3em 0 .8em"></span>{_esc(label)}'
                       for _, c, label in series)
     return ("<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">"
-            f"<title>{_esc(title)}</title><style>body{{font-family:system-ui,sans-serif;margin:2em;color:#111}}"
-            "section{margin-bottom:2em}h2{margin:.2em 0}</style></head><body>"
-            f"<h1>{_esc(title)}</h1><p>{legend}</p><p>Opens and clicks count unique humans per email; machine "
-            "opens (Apple Mail Privacy Protection prefetches) and scanner clicks are excluded.</p>"
-            + "".join(sections) + "</body></html>\n")
+            f"<title>{_esc(title)}</title><style>body{{font-family:system-ui,sans-serif;margin:2em;color:#111;"
+            "max-width:60em}section{margin-bottom:1.6em}h2{margin:.2em 0}p{margin:.3em 0}</style></head><body>"
+            f"<h1>{_esc(title)}</h1><p>{legend}</p><p>Bars overlap: each step shows how many contacts entered "
+            "it, were sent the email, opened it, clicked and converted. Opens and clicks are unique people per "
+            "email; Apple Mail Privacy Protection prefetches and security-scanner clicks are machine hits, "
+            "excluded from the bars and the rates.</p>" + "".join(sections) + "</body></html>\n")
