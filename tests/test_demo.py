@@ -43,3 +43,52 @@ def test_report_cli_reads_the_demo_snapshot(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "Send welcome-1" in out and "50.0%" in out  # 2 human opens of 4 sent; the 5 March row is out of range
     assert "<svg" in chart.read_text()
+
+
+def test_report_cli_queries_a_deployed_stacks_metrics_table(tmp_path, capsys, monkeypatch):
+    """--stack: the table name comes from CloudFormation (stubbed: moto's CloudFormation needs
+    extras we do not install), the counters from a Query on that table."""
+    import boto3
+    from botocore.stub import Stubber
+    from moto import mock_aws
+
+    from funnelpilot import metrics, report
+    from funnelpilot.config import config
+
+    for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        monkeypatch.setenv(key, "testing")
+    table = "fp-prod-MetricsTable-1X2Y"
+    real_client = boto3.client
+
+    def client(service, **kwargs):
+        made = real_client(service, **kwargs)
+        if service == "cloudformation":
+            stub = Stubber(made)
+            stub.add_response("describe_stack_resource", {"StackResourceDetail": {
+                "LogicalResourceId": "MetricsTable", "PhysicalResourceId": table, "ResourceType": "AWS::DynamoDB::Table",
+                "LastUpdatedTimestamp": "2026-05-01T00:00:00Z", "ResourceStatus": "CREATE_COMPLETE"}},
+                {"StackName": "fp-prod", "LogicalResourceId": "MetricsTable"})
+            stub.activate()
+        return made
+
+    monkeypatch.setattr(boto3, "client", client)
+    try:
+        with mock_aws():
+            real_client("dynamodb", region_name="eu-west-1").create_table(
+                TableName=table, BillingMode="PAY_PER_REQUEST",
+                AttributeDefinitions=[{"AttributeName": "pk", "AttributeType": "S"},
+                                      {"AttributeName": "sk", "AttributeType": "S"}],
+                KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}, {"AttributeName": "sk", "KeyType": "RANGE"}])
+            monkeypatch.setenv("AWS_REGION", "eu-west-1")
+            monkeypatch.setenv("METRICS_TABLE_NAME", table)
+            config.cache_clear(), metrics._ddb.cache_clear(), report._ddb.cache_clear()
+            metrics.count("welcome", "Send welcome-1", {"sent": 10, "entered": 10, "human_opens": 4}, day="2026-05-04")
+            monkeypatch.setenv("METRICS_TABLE_NAME", "not-this-one")  # the CLI must find the table itself
+            config.cache_clear()
+            code = cli.main(["report", "--stack", "fp-prod", "--region", "eu-west-1", "--funnel", "welcome",
+                             "--from", "2026-05-01", "--to", "2026-05-31", "--chart", str(tmp_path / "c.html")])
+    finally:
+        config.cache_clear(), metrics._ddb.cache_clear(), report._ddb.cache_clear()
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "Send welcome-1" in out and "40.0%" in out

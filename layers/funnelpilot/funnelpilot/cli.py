@@ -1,6 +1,7 @@
 """``funnelpilot`` command line: demo, serve (local runtime), report, cost."""
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -56,13 +57,11 @@ def report_command(args) -> int:
     if args.stack:
         import boto3
 
-        cfn = boto3.client("cloudformation", region_name=args.region)
+        region = args.region or boto3.session.Session().region_name or "us-east-1"
+        os.environ["AWS_REGION"] = region  # read by funnelpilot.config for the DynamoDB client
+        cfn = boto3.client("cloudformation", region_name=region)
         table = cfn.describe_stack_resource(StackName=args.stack, LogicalResourceId="MetricsTable")[
             "StackResourceDetail"]["PhysicalResourceId"]
-        if args.region:
-            import os
-
-            os.environ["AWS_REGION"] = args.region
         start, end = report.day_range(args.start, args.end)
         rows = {f: report.query_rows(f, start, end, table=table) for f in funnels}
     else:
