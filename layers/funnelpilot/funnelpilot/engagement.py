@@ -14,14 +14,14 @@ still emitted, and the events are what metrics count.
 """
 import ipaddress
 import json
-import re
 from dataclasses import dataclass
 from datetime import datetime
 from functools import cache
 
 import boto3
 
-from funnelpilot import bus, clock, tokens
+from funnelpilot import bus, clock, tokens, visitors
+from funnelpilot.agents import AUTOMATED
 from funnelpilot.config import config
 from funnelpilot.emails import HONEYPOT
 
@@ -29,16 +29,6 @@ from funnelpilot.emails import HONEYPOT
 # Apple's ARIN allocation) with a bare "Mozilla/5.0" user agent, whether or not anyone reads.
 APPLE_RANGES = (ipaddress.ip_network("17.0.0.0/8"),)
 APPLE_MPP_AGENTS = frozenset({"mozilla/5.0"})
-# Security gateways, link checkers, preview bots and scripted HTTP clients.
-SCANNER_AGENTS = re.compile(
-    r"barracuda|mimecast|proofpoint|ppops|messagelabs|symantec|forcepoint|websense|trendmicro|"
-    r"trend micro|sophos|fireeye|trellix|ironport|cisco|fortinet|fortiguard|checkpoint|check point|"
-    r"zscaler|safelinks|safe links|microsoft office|ms-office|urlscan|virustotal|linkchecker|"
-    r"link checker|w3c_validator|headlesschrome|phantomjs|puppeteer|playwright|selenium|"
-    r"bot\b|bot/|crawler|spider|slurp|preview|facebookexternalhit|slackbot|discordbot|"
-    r"curl/|wget/|python-requests|python-urllib|aiohttp|httpx|go-http-client|java/|okhttp|"
-    r"libwww|apache-httpclient|node-fetch|axios",
-    re.IGNORECASE)
 DELIVERY_WINDOW = 10  # seconds after the send in which no human opens or clicks
 BURST_WINDOW = 10  # seconds around a machine hit in which other hits of the message are machine
 MAX_STORED_HITS = 100  # hits kept on a message item; later ones are still emitted
@@ -78,7 +68,7 @@ def classify(kind: str, *, method: str, user_agent: str, ip: str, now: float, se
         return Verdict(False, "no_user_agent")
     if kind == "open" and (agent.lower() in APPLE_MPP_AGENTS or _in(ip, APPLE_RANGES)):
         return Verdict(False, "apple_mpp")
-    if SCANNER_AGENTS.search(agent):
+    if AUTOMATED.search(agent):
         return Verdict(False, "scanner")
     if honeypot_at is not None and abs(now - honeypot_at) <= BURST_WINDOW:
         return Verdict(False, "honeypot_burst")
@@ -117,11 +107,12 @@ def hit(kind: str, token: str, *, method: str, user_agent: str, ip: str) -> Resu
     if not item or _attr(item, "status") != "sent":
         return Result(False)
     links = json.loads(_attr(item, "links") or "[]")
-    url = None
+    url, hand_off = None, False
     if link is not None and link != HONEYPOT:
         if not link.isdigit() or int(link) >= len(links):
             return Result(False)
-        url = links[int(link)]
+        entry = links[int(link)]  # a URL, or {"url", "fp": false} for a link opted out of the hand-off
+        url, hand_off = (entry["url"], False) if isinstance(entry, dict) else (entry, True)
     hits = json.loads(_attr(item, "hits") or "[]")
     now = clock.now()
     verdict = classify(kind, method=method, user_agent=user_agent, ip=ip, now=now,
@@ -158,4 +149,6 @@ def hit(kind: str, token: str, *, method: str, user_agent: str, ip: str) -> Resu
     if kind == "click":
         entries.append(bus.event("email.clicked", cid, link=link, url=url, unique=first_click, **common))
     bus.publish(*entries)
+    if hand_off and verdict.human:  # identity hand-off to the site (never for machines)
+        url = visitors.hand_off(url, cid)
     return Result(True, url=url, honeypot=link == HONEYPOT)
