@@ -51,7 +51,7 @@ def until(check, timeout: float = 20.0):
 def site_counter(rt, step: str) -> dict:
     totals = {}
     for item in rt.client("dynamodb").scan(TableName="MetricsTable")["Items"]:
-        if item["pk"]["S"].startswith("FUNNEL#site#") and item["sk"]["S"] == f"STEP#{step}":
+        if item["pk"]["S"] == "FUNNEL#site" and item["sk"]["S"].endswith(f"#STEP#{step}"):
             for k in ("known", "anonymous"):
                 totals[k] = totals.get(k, 0) + int(item.get(k, {"N": "0"})["N"])
     return totals

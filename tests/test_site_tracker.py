@@ -69,7 +69,7 @@ def page_counter(rt, step: str) -> dict:
     """The site's counters for a page (or ``event:<name>``), summed over the simulated days."""
     totals = {}
     for item in metrics_items(rt):
-        if item["pk"]["S"].startswith("FUNNEL#site#") and item["sk"]["S"] == f"STEP#{step}":
+        if item["pk"]["S"] == "FUNNEL#site" and item["sk"]["S"].endswith(f"#STEP#{step}"):
             for k in ("known", "anonymous"):
                 if k in item:
                     totals[k] = totals.get(k, 0) + int(item[k]["N"])
@@ -151,7 +151,9 @@ def test_collect_with_token_emits_page_viewed_for_that_contact(rt, tap):
     assert detail["event_id"] and detail["occurred_at"].endswith("Z")
     assert fp not in json.dumps(viewed) and "198.51.100.7" not in json.dumps(viewed)
     assert page_counter(rt, "/pricing") == {"known": 1}
-    # TODO(issue 6): assert the sales alert once functions/notify is on main
+    assert rt.settle()  # scoring (infra/scoring.yaml): pricing page 20 + page view 1
+    assert [e["detail"]["points"] for e in tap.events("score.changed")
+            if e["detail"]["contact_id"] == cid and e["detail"]["points"] == 21]
 
 
 def test_anonymous_view_is_counted_not_stored_per_person(rt, tap):

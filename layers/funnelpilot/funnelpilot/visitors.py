@@ -30,7 +30,7 @@ TOKEN_DAYS = 365
 DAY = 86_400
 MAX_BODY = 4096  # bytes; the snippet sends a few hundred
 WINDOW = 60  # seconds of a rate-limit window (real time, from API Gateway's request time)
-SITE_FUNNEL = "site"  # daily page counters live in MetricsTable as the "site" funnel, one step per page
+SITE_FUNNEL = "site"  # daily counters in MetricsTable as the "site" funnel: one step per page or event:<name>
 FIELDS = {"event", "token", "path", "title", "referrer", "utm", "props"}
 _EVENT = re.compile(r"^[a-z][a-z0-9_]{0,31}(\.[a-z][a-z0-9_]{0,31}){0,2}$")
 _PROP = re.compile(r"^[a-z][a-z0-9_]{0,39}$")
@@ -187,7 +187,7 @@ def record(hit: Hit, *, contact_id: str | None, ip: str, at: float) -> None:
     if contact_id:
         limits.append(("contact", contact_id, cfg.collect_limit_per_contact))
     step = hit.path[:200] if hit.event == "page.viewed" else f"event:{hit.event}"
-    counter = {"Update": {"TableName": cfg.metrics_table, "Key": metrics.counter_key(SITE_FUNNEL, step),
+    counter = {"Update": {"TableName": cfg.metrics_table, "Key": metrics.counter_key(SITE_FUNNEL, f"STEP#{step}"),
                           "UpdateExpression": "ADD #m :one", "ExpressionAttributeNames": {
                               "#m": "known" if contact_id else "anonymous"},
                           "ExpressionAttributeValues": {":one": {"N": "1"}}}}

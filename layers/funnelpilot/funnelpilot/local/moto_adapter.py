@@ -10,11 +10,16 @@
    matcher and input transformation and hand each (target ARN, input) to the runtime,
    which delivers it asynchronously like EventBridge does.
 3. SES ``sent_messages``: the raw MIME of every email sent, for the outbox folder.
+4. ``DynamoHandler.call_action``: moto applies an UpdateItem/transaction as Python
+   read-modify-write, so concurrent requests can lose an ``ADD``. DynamoDB guarantees
+   item-level atomicity; one lock around each DynamoDB request gives the same here.
 """
 import json
+import threading
 from typing import Callable
 
 from moto.awslambda_simple.models import LambdaSimpleBackend
+from moto.dynamodb.responses import DynamoHandler
 from moto.events import models as events_models
 from moto.events.utils import EventTemplateParser
 from moto.ses.models import ses_backends
@@ -31,6 +36,19 @@ def install(invoker: Invoker, deliverer: Deliverer) -> None:
     _invoker, _deliverer = invoker, deliverer
     LambdaSimpleBackend.invoke = _invoke
     events_models.Rule.send_to_targets = _send_to_targets
+    if not getattr(DynamoHandler.call_action, "_serialised", False):
+        DynamoHandler.call_action = _serialised(DynamoHandler.call_action)
+
+
+_DYNAMODB_LOCK = threading.RLock()
+
+
+def _serialised(call_action):
+    def call(self):
+        with _DYNAMODB_LOCK:
+            return call_action(self)
+    call._serialised = True
+    return call
 
 
 def _invoke(self, function_name, qualifier, body, headers, response_headers):
