@@ -4,6 +4,7 @@ import re
 from email import message_from_bytes, policy
 
 from funnelpilot import bus, metrics, report, tokens
+from funnelpilot.local.runtime import LOCAL_ADMIN_KEY
 
 
 BROWSER = "Mozilla/5.0 (Macintosh; Intel Mac OS X 14_5) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/17.5 Safari/605.1.15"
@@ -35,7 +36,7 @@ def hit(detail_type, cid, mid, **fields):
 
 
 def get_report(rt, funnel="welcome", query=""):
-    return rt.http("GET", f"/funnels/{funnel}/report{query}")
+    return rt.http("GET", f"/funnels/{funnel}/report{query}", headers={"x-api-key": LOCAL_ADMIN_KEY})
 
 
 def test_report_counts_humans_once_and_machines_apart(rt):
@@ -123,3 +124,7 @@ def test_chart_is_self_contained_svg(rt):
     assert "<svg" in page and "<script" not in page and "http" not in page.replace(
         'xmlns="http://www.w3.org/2000/svg"', "")
     assert "opened (human) 5" in page
+
+
+def test_report_route_needs_authorisation(rt):
+    assert rt.http("GET", "/funnels/welcome/report").status == 403

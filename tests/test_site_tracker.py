@@ -167,18 +167,24 @@ def test_anonymous_view_is_counted_not_stored_per_person(rt, tap):
     assert rate_keys and not any("198.51.100.7" in k for k in rate_keys)  # the IP only as a keyed hash
 
 
-def test_custom_event_is_namespaced(rt, tap):
+def test_custom_event_is_namespaced_like_post_events(rt, tap):
     cid, fp = signup(rt)
     status, _, _ = collect(rt, {"event": "plan.chosen", "path": "/pricing", "token": fp,
                                 "props": {"plan": "growth", "seats": 3, "annual": True}})
     assert status == 204
-    [chosen] = tap.events("site.plan.chosen")
-    assert chosen["detail"]["contact_id"] == cid and chosen["detail"]["props"] == {
+    [chosen] = tap.events("custom.plan.chosen")
+    assert chosen["detail"]["contact_id"] == cid and chosen["detail"]["properties"] == {
         "plan": "growth", "seats": 3, "annual": True}
     assert page_counter(rt, "event:plan.chosen") == {"known": 1}
     # a browser can never emit a catalogue event such as order.placed
     collect(rt, {"event": "order.placed", "path": "/", "token": fp})
-    assert tap.events("order.placed") == [] and tap.events("site.order.placed")
+    assert tap.events("order.placed") == [] and tap.events("custom.order.placed")
+
+
+def test_a_valid_token_for_no_contact_counts_as_anonymous(rt, tap):
+    erased_or_never = visitors.token("a" * 26)  # e.g. a person erased since (GDPR)
+    assert collect(rt, view(token=erased_or_never))[0] == 204
+    assert tap.events() == [] and page_counter(rt, "/pricing") == {"anonymous": 1}
 
 
 def assert_refused(rt, tap, case, result, status, field):

@@ -7,7 +7,8 @@ appended, the way HubSpot appends ``_hsenc``; the signup response returns the sa
 The token is ``tokens.sign("fp", contact_id, expiry_day)``: it names a contact and nothing
 else, is accepted by /collect only, and expires after ``TOKEN_DAYS`` (on the shared clock).
 
-A collected hit costs one TransactWriteItems (per-IP window, per-contact window when
+A collected hit with a token costs one GetItem (the contact still exists: an erased person's
+token in some browser attaches nothing), then for every hit one TransactWriteItems (per-IP window, per-contact window when
 known, the page's daily counter: all or nothing, so a refused hit stores nothing) and,
 for a known contact only, one PutEvents. Anonymous visits are only counted.
 Import-light: /collect is public and hot (no pynamodb, no powertools).
@@ -183,6 +184,8 @@ def record(hit: Hit, *, contact_id: str | None, ip: str, at: float) -> None:
     """Rate-limit, count and (for a known contact) emit one hit; ``at`` is the request's real
     arrival time (seconds), so the limits hold whatever speed the simulated clock runs at."""
     cfg = config()
+    if contact_id and not _exists(contact_id):
+        contact_id = None  # erased (or never subscribed): counted, never attached to a person
     limits = [("ip", tokens.keyed_id("ip", ip), cfg.collect_limit_per_ip)]
     if contact_id:
         limits.append(("contact", contact_id, cfg.collect_limit_per_contact))
@@ -203,12 +206,21 @@ def record(hit: Hit, *, contact_id: str | None, ip: str, at: float) -> None:
         bus.publish(event(hit, contact_id))
 
 
+def _exists(contact_id: str) -> bool:
+    key = {"pk": {"S": contact_id}, "sk": {"S": "PROFILE"}}
+    return "Item" in _ddb().get_item(TableName=config().table, Key=key, ProjectionExpression="pk")
+
+
 def event(hit: Hit, contact_id: str) -> dict:
-    """``page.viewed`` (path, title, referrer, utm_*), or ``site.<name>`` for a custom event.
-    Custom events are namespaced so that a browser can never emit ``order.placed`` or any
+    """``page.viewed`` (path, title, referrer, utm_*: the shape POST /events publishes, plus
+    ``source: "site"``), or ``custom.<name>`` with ``properties`` for a custom event: the
+    namespace POST /events uses too, so a browser can never emit ``order.placed`` or any
     other catalogue event."""
-    detail_type = "page.viewed" if hit.event == "page.viewed" else f"site.{hit.event}"
+    if hit.event == "page.viewed":
+        detail_type = hit.event
+    else:
+        detail_type = hit.event if hit.event.startswith("custom.") else f"custom.{hit.event}"
     fields = {"path": hit.path, "title": hit.title, "referrer": hit.referrer, "source": "site", **dict(hit.utm)}
     if hit.props:
-        fields["props"] = dict(hit.props)
+        fields["properties"] = dict(hit.props)
     return bus.event(detail_type, contact_id, **{k: v for k, v in fields.items() if v is not None})

@@ -28,6 +28,8 @@ from funnelpilot.local.template import ACCOUNT, REGION, Template
 
 ROOT = Path(__file__).resolve().parents[4]
 LOCAL_SECRET = "local-development-secret-do-not-use-in-aws"
+# Routes with ``Auth: {Authorizer: AWS_IAM}`` (SigV4 on AWS) take this key in ``x-api-key`` locally.
+LOCAL_ADMIN_KEY = "local-admin-key"
 
 
 @dataclass
@@ -35,6 +37,7 @@ class Route:
     method: str
     path: str
     function: str
+    auth: str | None = None
 
     def match(self, method: str, path: str) -> dict | None:
         if self.method not in (method, "ANY"):
@@ -101,6 +104,12 @@ class Runtime:
         self.public_url = public_url
         self.log_level = log_level
         self.template = Template.load(self.root, {"PublicUrl": public_url, **(parameters or {})})
+        # A NoEcho parameter without a default is a key the deployer must supply; locally it is
+        # ``local-<ParameterName>`` (make serve prints it).
+        for name, spec in self.template.doc.get("Parameters", {}).items():
+            if spec.get("NoEcho") and "Default" not in spec and name not in (parameters or {}):
+                self.template.parameters[name] = f"local-{name}"
+        self.admin_key = LOCAL_ADMIN_KEY
         self.functions: dict[str, Function] = {}
         self.routes: list[Route] = []
         self.schedules: list[dict] = []
@@ -172,6 +181,11 @@ class Runtime:
             t.physical[lid] = lid  # on AWS Ref gives the ARN; GetSecretValue accepts either
         for lid in t.of_type("AWS::DynamoDB::Table"):
             self._create_table(lid, t.resolve(t.properties(lid)))
+        for lid in t.of_type("AWS::SSM::Parameter"):
+            props = t.resolve(t.properties(lid))
+            self.client("ssm").put_parameter(Name=props["Name"], Type=props.get("Type", "String"),
+                                             Value=props["Value"])
+            t.physical[lid] = props["Name"]
         for lid in t.of_type("AWS::Events::EventBus"):
             name = t.resolve(t.properties(lid))["Name"]
             self.client("events").create_event_bus(Name=name)
@@ -267,7 +281,8 @@ class Runtime:
             props = t.resolve(event.get("Properties", {}))
             kind = event["Type"]
             if kind == "HttpApi":
-                self.routes.append(Route(props.get("Method", "ANY").upper(), props["Path"], lid))
+                self.routes.append(Route(props.get("Method", "ANY").upper(), props["Path"], lid,
+                                         (props.get("Auth") or {}).get("Authorizer")))
             elif kind == "EventBridgeRule":
                 target = {"Id": lid, "Arn": target_arn}
                 for key in ("InputTransformer", "Input", "InputPath"):
@@ -369,6 +384,12 @@ class Runtime:
         else:
             return HttpResponse(404, {"content-type": "application/json"}, b'{"message":"Not Found"}')
         event = http_api_event(method.upper(), path, query, headers, body, params, route, source_ip)
+        if route.auth == "AWS_IAM":  # API Gateway checks the SigV4 signature before the function runs
+            if headers.get("x-api-key") != self.admin_key:
+                return HttpResponse(403, {"content-type": "application/json"}, b'{"message":"Forbidden"}')
+            event["requestContext"]["authorizer"] = {"iam": {
+                "accessKey": "LOCAL", "accountId": ACCOUNT, "callerId": "local-admin", "principalOrgId": None,
+                "userArn": f"arn:aws:iam::{ACCOUNT}:user/local-admin", "userId": "local-admin"}}
         result = self.invoke(route.function, event)
         return HttpResponse.from_lambda(result)
 
