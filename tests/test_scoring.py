@@ -152,3 +152,13 @@ def test_falling_below_by_decay_then_rising_qualifies_again(rt, tap):
     changed = tap.events("score.changed")
     assert len(changed) == 6 and all(e["detail"]["track"] == "capture" for e in changed)
     assert not rt.errors
+
+
+def test_award_from_a_funnel_step_counts_once_and_decays_like_rules(rt, tap):
+    cid = new_contact()
+    t0 = clock.now()
+    rt.invoke("ScoreFunction", eb("page.viewed", cid, t0 - 14 * DAY, path="/pricing"))  # 21 -> ~10.5 now
+    assert scoring.award(cid, 10, once_key="exec-1#Score +10").status == "scored"
+    assert scoring.award(cid, 10, once_key="exec-1#Score +10").status == "duplicate"
+    assert scoring.current_score(profile(cid)) == pytest.approx(10.5 + 10, rel=0.03)  # the clock runs on
+    assert [e["detail"]["points"] for e in tap.events("score.changed")] == [21, 10]

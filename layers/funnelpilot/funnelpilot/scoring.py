@@ -179,11 +179,23 @@ class Outcome:
 
 def record(detail_type: str, detail: dict) -> Outcome:
     """Apply the matching rules to one event (idempotent on event_id)."""
-    cfg = settings()
-    cid, event_id = detail["contact_id"], detail["event_id"]
     t = event_time(detail)
+    matched = [r for r in settings().rules if r.matches(detail_type, detail)]
+    return _apply(detail_type, detail, matched, t, f"EVT#{clock.iso(t)}#{detail['event_id']}")
+
+
+def award(contact_id: str, points: float, *, once_key: str, track: str = "capture",
+          reason: str = "funnel") -> Outcome:
+    """Points from outside the rules (a funnel's ``score`` step), added at most once per
+    ``once_key`` (e.g. execution + state), decay-compatible like every other ADD."""
+    rule = Rule(id=reason, event="score.awarded", track=track, points=float(points))
+    detail = {"event_id": once_key, "contact_id": contact_id}
+    return _apply("score.awarded", detail, [rule], clock.now(), f"AWARD#{once_key}")
+
+
+def _apply(detail_type: str, detail: dict, matched: list, t: float, marker_sk: str) -> Outcome:
+    cid, event_id = detail["contact_id"], detail["event_id"]
     day = clock.iso(t)[:10]
-    matched = [r for r in cfg.rules if r.matches(detail_type, detail)]
     capped: set[str] = set()
     for _attempt in range(8):
         contact = _get(cid)
@@ -193,7 +205,7 @@ def record(detail_type: str, detail: dict) -> Outcome:
         points = {tr: 0.0 for tr in TRACKS}
         for r in rules:
             points[r.track] += r.points_for(detail)
-        items = [_marker(cid, event_id, detail_type, detail, t, points)]
+        items = [_marker(cid, marker_sk, detail_type, detail, t, points)]
         items += [_cap(cid, r, day) for r in rules if r.cap_per_day]
         items.append(_profile_update(contact, points, t, detail_type, detail))
         try:
@@ -230,9 +242,9 @@ def _key(cid: str, sk: str) -> dict:
     return {"pk": {"S": cid}, "sk": {"S": sk}}
 
 
-def _marker(cid, event_id, detail_type, detail, t, points) -> dict:
+def _marker(cid, sk, detail_type, detail, t, points) -> dict:
     summary = {k: detail[k] for k in _SUMMARY_FIELDS if detail.get(k) is not None}
-    item = {**_key(cid, f"EVT#{clock.iso(t)}#{event_id}"), "kind": {"S": detail_type},
+    item = {**_key(cid, sk), "kind": {"S": detail_type},
             "at": _n(t), "summary": {"S": json.dumps(summary, sort_keys=True)},
             "expires_at": _n(int(clock.now()) + ACTIVITY_TTL)}
     for track, pts in points.items():
