@@ -112,3 +112,32 @@ def confirm(token: str) -> str | None:
                 bus.event("contact.subscribed", cid, list=list_name, lead_magnet=lead_magnet or None,
                           resubscribed=False, confirmed=True, **utm))
     return cid
+
+
+CONFIRM_RESEND_SECONDS = 600  # a form resubmitted by a bot does not flood someone's inbox
+
+
+def send_confirmation(cid: str, list_name: str, lead_magnet: str | None, event_id: str) -> str | None:
+    """Email the double opt-in link to a pending contact (at most once per 10 minutes);
+    the message id, or None when nothing was sent."""
+    from funnelpilot import emails  # jinja2 only where an email is rendered
+
+    now = clock.now()
+    try:
+        Contact(cid, PROFILE).update(
+            actions=[Contact.confirm_sent_at.set(clock.iso(now))],
+            condition=Contact.pk.exists() & (Contact.status == "pending")
+            & (Contact.confirm_sent_at.does_not_exist()
+               | (Contact.confirm_sent_at < clock.iso(now - CONFIRM_RESEND_SECONDS))))
+    except UpdateError as exc:
+        if is_conditional_failure(exc):
+            return None
+        raise
+    contact = Contact.get(cid, PROFILE)
+    message_id = tokens.digest_id("c", event_id)
+    rendered = emails.render("confirm", {"first_name": contact.first_name or "there", "list": list_name,
+                                         "confirm_url": confirm_url(cid, list_name, lead_magnet),
+                                         "confirm_hours": list_settings(list_name)["confirm_hours"]})
+    raw = emails.build_mime(to=contact.email, rendered=rendered, message_id=message_id, headers={})
+    emails.send_raw(contact.email, raw)
+    return message_id
