@@ -26,6 +26,9 @@ class Config:
     collect_limit_per_ip: int
     collect_limit_per_contact: int
     region: str
+    schedule_group: str = "default"  # EventBridge Scheduler group for one-time schedules (repurchase)
+    scheduler_role_arn: str = ""  # role Scheduler assumes to put events on the bus
+    bus_arn: str = ""
 
 
 @cache
@@ -48,4 +51,7 @@ def config() -> Config:
         collect_limit_per_ip=int(env("COLLECT_LIMIT_PER_IP", "120")),  # site events a minute
         collect_limit_per_contact=int(env("COLLECT_LIMIT_PER_CONTACT", "60")),
         region=env("AWS_REGION", env("AWS_DEFAULT_REGION", "us-east-1")),
+        schedule_group=env("SCHEDULE_GROUP", "default"),
+        scheduler_role_arn=env("SCHEDULER_ROLE_ARN", ""),
+        bus_arn=env("BUS_ARN", ""),
     )
