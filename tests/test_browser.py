@@ -90,11 +90,14 @@ def test_landing_page_form_and_snippet_send_page_views(tmp_path):
             [pricing] = until(lambda: views_of("/pricing"))
             assert pricing["contact_id"] == cid and pricing["title"].startswith("Pricing")
             assert pricing["referrer"] == f"{server.base}/"
+            until(lambda: [e for e in tap.events("sales.alerted") if e["detail"]["contact_id"] == cid])
 
             # 4. the welcome email's guide link lands on the site origin with fp, which the snippet
             #    keeps in that origin's storage and removes from the address bar
-            mail = until(lambda: sorted(rt.outbox.glob("*.eml")))[0]
-            html = message_from_bytes(mail.read_bytes(), policy=policy.default).get_body(("html",)).get_content()
+            def welcome():
+                mails = (message_from_bytes(p.read_bytes(), policy=policy.default) for p in rt.outbox.glob("*.eml"))
+                return [m for m in mails if m["To"] == "browser.test@example.com"]
+            html = until(welcome)[0].get_body(("html",)).get_content()
             [click] = [u for u in re.findall(rf"{re.escape(server.base)}/c/[A-Za-z0-9_\-.]+", html)
                        if tokens.verify("c", u.rsplit("/", 1)[1], 3)[2] == "0"]
             page.goto(click)

@@ -154,6 +154,12 @@ def test_collect_with_token_emits_page_viewed_for_that_contact(rt, tap):
     assert rt.settle()  # scoring (infra/scoring.yaml): pricing page 20 + page view 1
     assert [e["detail"]["points"] for e in tap.events("score.changed")
             if e["detail"]["contact_id"] == cid and e["detail"]["points"] == 21]
+    # the sales alert (functions/notify, infra/alerts.yaml): one internal email naming the page
+    [alerted] = tap.events("sales.alerted")
+    assert alerted["detail"]["contact_id"] == cid and alerted["detail"]["path"] == "/pricing"
+    [alert] = [m for m in (message_from_bytes(p.read_bytes(), policy=policy.default) for p in rt.outbox.glob("*.eml"))
+               if m["To"] == "sales@example.com"]
+    assert "/pricing" in alert["Subject"] and "ann@example.com" in alert.get_body(("plain",)).get_content()
 
 
 def test_anonymous_view_is_counted_not_stored_per_person(rt, tap):
