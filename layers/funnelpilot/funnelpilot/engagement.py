@@ -23,7 +23,7 @@ import boto3
 from funnelpilot import bus, clock, tokens, visitors
 from funnelpilot.agents import AUTOMATED
 from funnelpilot.config import config
-from funnelpilot.emails import HONEYPOT
+from funnelpilot.tokens import HONEYPOT
 
 # Apple Mail Privacy Protection fetches images through Apple-owned addresses (17.0.0.0/8,
 # Apple's ARIN allocation) with a bare "Mozilla/5.0" user agent, whether or not anyone reads.
