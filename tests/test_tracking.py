@@ -169,3 +169,20 @@ def test_classification_rules():
     burst = [{"at": "1970-01-12T13:47:35Z", "human": False}]  # sent + 55 s, a scanner hit
     assert engagement.classify("click", now=sent + 60, hits=burst, **human).reason == "burst"
     assert engagement.classify("click", now=sent + 600, hits=burst, **human).human
+    mail_clients = ("Microsoft Office/16.0 (Windows NT 10.0; Microsoft Outlook 16.0.17928; Pro)",
+                    "Mozilla/5.0 (Windows NT 5.1; rv:11.0) Gecko Firefox/11.0 (via ggpht.com GoogleImageProxy)",
+                    "YahooMailProxy; https://help.yahoo.com/kb/yahoo-mail-proxy-SLN28749.html")
+    for agent in mail_clients:  # a person opening the message, through their client or its image proxy
+        assert engagement.classify("open", now=sent + 60, **human | {"user_agent": agent}).human, agent
+
+
+def test_a_click_still_redirects_when_recording_fails(rt, tap, monkeypatch):
+    cid, mail = send_welcome(rt)
+    [link] = [t for k, t in links_in(mail)[0] if k == "c" and tokens.verify("c", t, 3)[2] == "0"]
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("DynamoDB unavailable")
+
+    monkeypatch.setattr(engagement, "_record", broken)
+    resp = rt.http("GET", path_of("c", link), headers={"user-agent": BROWSER})
+    assert resp.status == 302 and resp.headers["location"] == "https://example.com/guide"

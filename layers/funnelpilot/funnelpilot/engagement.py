@@ -14,6 +14,7 @@ still emitted, and the events are what metrics count.
 """
 import ipaddress
 import json
+import logging
 from dataclasses import dataclass
 from datetime import datetime
 from functools import cache
@@ -29,6 +30,7 @@ from funnelpilot.tokens import HONEYPOT
 # Apple's ARIN allocation) with a bare "Mozilla/5.0" user agent, whether or not anyone reads.
 APPLE_RANGES = (ipaddress.ip_network("17.0.0.0/8"),)
 APPLE_MPP_AGENTS = frozenset({"mozilla/5.0"})
+logger = logging.getLogger(__name__)
 DELIVERY_WINDOW = 10  # seconds after the send in which no human opens or clicks
 BURST_WINDOW = 10  # seconds around a machine hit in which other hits of the message are machine
 MAX_STORED_HITS = 100  # hits kept on a message item; later ones are still emitted
@@ -118,6 +120,19 @@ def hit(kind: str, token: str, *, method: str, user_agent: str, ip: str) -> Resu
     verdict = classify(kind, method=method, user_agent=user_agent, ip=ip, now=now,
                        sent_at=_epoch(_attr(item, "delivered_at") or _attr(item, "sent_at")), link=link,
                        honeypot_at=_epoch(_attr(item, "honeypot_at")), hits=hits)
+    # identity hand-off to the site (never for machines); events keep the link as sent
+    landing = visitors.hand_off(url, cid) if hand_off and verdict.human else url
+    try:
+        _record(kind, cid, message_id, key, item, link, url, verdict, hits, now)
+    except Exception:  # the person still gets their page or image; the hit is lost, not the click
+        logger.exception("hit not recorded", extra={"contact_id": cid})
+        return Result(False, url=landing, honeypot=link == HONEYPOT)
+    return Result(True, url=landing, honeypot=link == HONEYPOT)
+
+
+def _record(kind: str, cid: str, message_id: str, key: dict, item: dict, link: str | None, url: str | None,
+            verdict: Verdict, hits: list[dict], now: float) -> None:
+    """One UpdateItem on the message, then one PutEvents."""
     stamp = clock.iso(now)
     first_open = verdict.human and _attr(item, "first_open_at") is None
     first_click = verdict.human and kind == "click" and _attr(item, "first_click_at") is None
@@ -149,6 +164,3 @@ def hit(kind: str, token: str, *, method: str, user_agent: str, ip: str) -> Resu
     if kind == "click":
         entries.append(bus.event("email.clicked", cid, link=link, url=url, unique=first_click, **common))
     bus.publish(*entries)
-    if hand_off and verdict.human:  # identity hand-off to the site (never for machines)
-        url = visitors.hand_off(url, cid)
-    return Result(True, url=url, honeypot=link == HONEYPOT)
