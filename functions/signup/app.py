@@ -19,6 +19,7 @@ def signup() -> Response:
         logger.info("honeypot filled; nothing stored")
         return _accepted(tokens.contact_id(signup.email))
     cid = contacts.subscribe(signup, ip=event.request_context.http.source_ip,
+                             page=event.headers.get("referer") or event.headers.get("origin"),
                              user_agent=event.request_context.http.user_agent)
     logger.info("contact subscribed", extra={"contact_id": cid, "list": signup.list_name})
     if signup.redirect:
