@@ -106,5 +106,20 @@ def test_landing_page_form_and_snippet_send_page_views(tmp_path):
             assert page.url == f"{server.site}/guide"
             assert page.evaluate("localStorage.getItem('funnelpilot.fp')")
             assert json.dumps(guide).count("fp=") == 0
+
+            # 5. with data-respect-dnt, a browser sending Global Privacy Control gets nothing sent
+            #    and nothing stored, even when it arrives with a token
+            private = browser.new_page()
+            private.add_init_script("Object.defineProperty(Navigator.prototype, 'globalPrivacyControl', {get: () => true})")
+            sent = []
+            private.on("request", lambda r: sent.append(r.url) if r.url.endswith("/collect") else None)
+            private.goto(f"{server.base}/pricing")
+            private.evaluate("localStorage.clear()")
+            private.goto(f"{server.base}/pricing?fp={tokens.sign('fp', cid, '99999')}")
+            private.wait_for_load_state("networkidle")
+            private.evaluate("funnelpilot.track('plan.chosen', {plan: 'growth'})")
+            private.wait_for_load_state("networkidle")
+            assert sent == [] and private.url == f"{server.base}/pricing"
+            assert private.evaluate("localStorage.getItem('funnelpilot.fp')") is None
         finally:
             browser.close()
