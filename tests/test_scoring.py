@@ -172,3 +172,17 @@ def test_a_retry_carrying_another_time_still_scores_once(rt):
     assert rt.invoke("ScoreFunction", first)["status"] == "scored"
     assert rt.invoke("ScoreFunction", retry)["status"] == "duplicate"
     assert profile(cid).orders == 1
+
+
+def test_loyalty_crossing_emits_customer_vip_once(rt, tap):
+    cid = new_contact()
+    t0 = clock.now()
+    publish("order.placed", cid, t0, order_id="o1", amount=500)       # loyalty 30 + 50
+    assert rt.settle()
+    assert tap.events("customer.vip") == []
+    publish("order.placed", cid, t0 + 60, order_id="o2", amount=500)  # 160 >= 150
+    publish("order.placed", cid, t0 + 120, order_id="o3", amount=20)
+    assert rt.settle()
+    [vip] = tap.events("customer.vip")
+    assert vip["detail"]["contact_id"] == cid and vip["detail"]["track"] == "loyalty"
+    assert tap.events("lead.qualified") == []  # a customer, not a prospect
