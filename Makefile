@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 PORT   ?= 3000
 SEED   ?= 7
-CONTACTS ?= 300
+CONTACTS ?= 200
 
 .PHONY: demo serve test lint browser funnels bench clean
 

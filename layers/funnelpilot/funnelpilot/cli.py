@@ -13,7 +13,7 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     demo = sub.add_parser("demo", help="simulate an audience through every shipped funnel and report")
     demo.add_argument("--seed", type=int, default=7)
-    demo.add_argument("--contacts", type=int, default=300, help="simulated audience size (default 300)")
+    demo.add_argument("--contacts", type=int, default=200, help="simulated audience size (default 200)")
     demo.add_argument("--days", type=int, default=60, help="simulated days (default 60)")
     serve = sub.add_parser("serve", help="serve the HTTP API and a landing page on 127.0.0.1")
     serve.add_argument("--port", type=int, default=3000)

@@ -292,7 +292,7 @@ def progress_bar(stream=sys.stderr):
     return show
 
 
-def simulate(seed: int = 7, contacts: int = 300, days: int = 60, state_dir: Path | None = None,
+def simulate(seed: int = 7, contacts: int = 200, days: int = 60, state_dir: Path | None = None,
              progress=None) -> dict:
     """Run the simulation; returns {reports, tally, usage, outbox, errors}."""
     # moto logs every task-token timeout (a wait_for that ran out: normal here) at ERROR level
@@ -314,7 +314,7 @@ def simulate(seed: int = 7, contacts: int = 300, days: int = 60, state_dir: Path
                 "errors": list(rt.errors), "state_dir": rt.state_dir}
 
 
-def run(seed: int = 7, contacts: int = 300, days: int = 60) -> int:
+def run(seed: int = 7, contacts: int = 200, days: int = 60) -> int:
     started = time.monotonic()
     print(f"funnelpilot demo: {contacts} simulated contacts, {days} days of funnels on the local runtime "
           f"(template.yaml on moto), seed {seed}")
