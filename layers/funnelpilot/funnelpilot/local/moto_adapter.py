@@ -10,11 +10,17 @@
    matcher and input transformation and hand each (target ARN, input) to the runtime,
    which delivers it asynchronously like EventBridge does.
 3. SES ``sent_messages``: the raw MIME of every email sent, for the outbox folder.
+4. ``DynamoHandler.call_action``: moto applies a DynamoDB request with no lock, so two
+   threads writing one item lose updates (or crash in TransactWriteItems). DynamoDB applies
+   each request atomically; one lock around each request gives the same guarantee, so
+   concurrency tests (and ``make serve``'s threads) see DynamoDB's semantics, not moto's.
 """
 import json
+import threading
 from typing import Callable
 
 from moto.awslambda_simple.models import LambdaSimpleBackend
+from moto.dynamodb.responses import DynamoHandler
 from moto.events import models as events_models
 from moto.events.utils import EventTemplateParser
 from moto.ses.models import ses_backends
@@ -24,6 +30,8 @@ Deliverer = Callable[[str, dict], None]
 
 _invoker: Invoker | None = None
 _deliverer: Deliverer | None = None
+_dynamodb_lock = threading.Lock()
+_dynamodb_call_action = DynamoHandler.call_action
 
 
 def install(invoker: Invoker, deliverer: Deliverer) -> None:
@@ -31,6 +39,12 @@ def install(invoker: Invoker, deliverer: Deliverer) -> None:
     _invoker, _deliverer = invoker, deliverer
     LambdaSimpleBackend.invoke = _invoke
     events_models.Rule.send_to_targets = _send_to_targets
+    DynamoHandler.call_action = _atomic_call_action
+
+
+def _atomic_call_action(self):
+    with _dynamodb_lock:
+        return _dynamodb_call_action(self)
 
 
 def _invoke(self, function_name, qualifier, body, headers, response_headers):
