@@ -18,7 +18,7 @@ from jinja2.sandbox import SandboxedEnvironment
 
 from funnelpilot.config import config
 
-_CRLF = re.compile(r"[\r\n\t]+")
+_CRLF = re.compile("[\r\n\t\v\f\x1c\x1d\x1e\x85\u2028\u2029]+")  # all str.splitlines() breaks
 # SMTP line endings, and long headers (List-Unsubscribe URLs) kept whole instead of RFC 2047-encoded.
 _POLICY = policy.SMTP.clone(max_line_length=998)
 
