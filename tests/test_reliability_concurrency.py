@@ -84,6 +84,6 @@ def test_concurrent_counts_add_up_exactly_once_per_event(rt):
     counted = at_once([lambda k=k: metrics.count("welcome", "Send welcome-1", {"sent": 1}, once_key=k)
                        for k in keys])
     assert sum(counted) == N // 2
-    item = rt.client("dynamodb").get_item(TableName="MetricsTable", Key=metrics.counter_key("welcome",
-                                                                                             "Send welcome-1"))
+    item = rt.client("dynamodb").get_item(TableName="MetricsTable",
+                                          Key=metrics.counter_key("welcome", "STEP#Send welcome-1"))
     assert item["Item"]["sent"] == {"N": str(N // 2)}

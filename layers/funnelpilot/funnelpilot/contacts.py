@@ -8,6 +8,7 @@ from pynamodb.transactions import TransactWrite
 
 from funnelpilot import bus, clock, tokens
 from funnelpilot.config import config
+from funnelpilot.consent import list_settings
 from funnelpilot.errors import InvalidField
 from funnelpilot.models import PROFILE, ConsentRecord, Contact, connection
 
@@ -91,7 +92,12 @@ def subscribe(signup: Signup, *, ip: str | None, user_agent: str | None) -> str:
     ``contact.subscribed``. Repeating it updates the same person, never duplicates.
     A suppressed contact (bounce, complaint) stays suppressed; one who unsubscribed and
     signs up again with fresh consent is active again.
+
+    Double opt-in lists (``lists.yaml``): a contact not yet active stays ``pending`` and
+    ``contact.pending`` is emitted instead (functions/confirm_mailer sends the link);
+    ``contact.subscribed``, which starts funnels, follows the confirmation.
     """
+    double_opt_in = bool(list_settings(signup.list_name)["double_opt_in"])
     cid = tokens.contact_id(signup.email)
     now = clock.iso()
     contact = Contact(cid, PROFILE)
@@ -100,7 +106,7 @@ def subscribe(signup: Signup, *, ip: str | None, user_agent: str | None) -> str:
         Contact.lists.add({signup.list_name}),
         Contact.created_at.set(Contact.created_at | now),
         Contact.updated_at.set(now),
-        Contact.status.set(Contact.status | "active"),
+        Contact.status.set(Contact.status | ("pending" if double_opt_in else "active")),
     ]
     if signup.first_name:
         actions.append(Contact.first_name.set(signup.first_name))
@@ -115,17 +121,24 @@ def subscribe(signup: Signup, *, ip: str | None, user_agent: str | None) -> str:
     with TransactWrite(connection=connection()) as tx:
         tx.update(contact, actions=actions)
         tx.save(consent)
-    resubscribed = _reactivate_if_unsubscribed(contact)
+    resubscribed = _reactivate_if_unsubscribed(contact, double_opt_in)
+    if double_opt_in and Contact.get(cid, PROFILE, attributes_to_get=["status"]).status == "pending":
+        bus.publish(bus.event("contact.pending", cid, list=signup.list_name, lead_magnet=signup.lead_magnet))
+        return cid
     bus.publish(bus.event("contact.subscribed", cid, list=signup.list_name,
                           lead_magnet=signup.lead_magnet, resubscribed=resubscribed, **signup.utm))
     return cid
 
 
-def _reactivate_if_unsubscribed(contact: Contact) -> bool:
-    """Fresh consent after an unsubscribe re-activates; suppression (bounce/complaint) stays."""
+def _reactivate_if_unsubscribed(contact: Contact, double_opt_in: bool) -> bool:
+    """Fresh consent after an unsubscribe re-activates (pending again on a double opt-in
+    list); a single opt-in signup also activates a pending contact; suppression stays."""
+    condition = Contact.status == "unsubscribed"
+    if not double_opt_in:
+        condition = Contact.status.is_in("unsubscribed", "pending")
     try:
-        contact.update(actions=[Contact.status.set("active"), Contact.status_reason.remove()],
-                       condition=Contact.status == "unsubscribed")
+        contact.update(actions=[Contact.status.set("pending" if double_opt_in else "active"),
+                                Contact.status_reason.remove()], condition=condition)
         return True
     except UpdateError:
         return False

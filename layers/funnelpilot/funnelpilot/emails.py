@@ -5,8 +5,9 @@ extending the shared layouts; the subject is the ``subject`` block of the text t
 Contact data is only ever passed as *values*, never compiled as template source, so a
 first name of ``{{ 7*7 }}`` stays literal.
 """
+import html as html_lib
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from email import policy
 from email.message import EmailMessage
 from email.utils import formataddr, make_msgid
@@ -16,8 +17,14 @@ import boto3
 from jinja2 import FileSystemLoader, StrictUndefined, select_autoescape
 from jinja2.sandbox import SandboxedEnvironment
 
+from funnelpilot import tokens
 from funnelpilot.config import config
 
+# Link index of the invisible honeypot link in every email (see funnelpilot.engagement).
+HONEYPOT = "h"
+_HREF = re.compile(r"""(<a\b[^>]*?\bhref\s*=\s*)(["'])(.*?)\2""", re.IGNORECASE | re.DOTALL)
+_TEXT_URL = re.compile(r"""https?://[^\s<>"'()\[\]]+""")
+_BODY_OPEN = re.compile(r"<body\b[^>]*>", re.IGNORECASE)
 _CRLF = re.compile("[\r\n\t\v\f\x1c\x1d\x1e\x85\u2028\u2029]+")  # all str.splitlines() breaks
 # SMTP line endings, and long headers (List-Unsubscribe URLs) kept whole instead of RFC 2047-encoded.
 _POLICY = policy.SMTP.clone(max_line_length=998)
@@ -52,6 +59,46 @@ def render(template: str, context: dict) -> Rendered:
     ctx = text_tpl.new_context(dict(context))
     subject = one_line("".join(text_tpl.blocks["subject"](ctx)))
     return Rendered(subject=subject, html=html_tpl.render(context), text=text_tpl.render(context))
+
+
+def _tracked(url: str) -> bool:
+    """http(s) links to other sites. Our own routes (unsubscribe, confirm) are never
+    wrapped: a scanner following /c links must not unsubscribe anyone."""
+    return url.lower().startswith(("http://", "https://")) and not url.startswith(config().public_url + "/")
+
+
+def track(rendered: Rendered, *, contact_id: str, message_id: str) -> tuple[Rendered, list[str]]:
+    """Rewrite links to ``/c/{token}``, add the open pixel ``/o/{token}`` and the honeypot link.
+
+    Returns the tracked email and its links: the message item stores them, and a click
+    token carries only the index into that list, never a URL.
+    """
+    links: list[str] = []
+
+    def click_url(url: str) -> str:
+        if url not in links:
+            links.append(url)
+        return tokens.url("c", "c", contact_id, message_id, str(links.index(url)))
+
+    def html_link(m: re.Match) -> str:
+        url = html_lib.unescape(m.group(3)).strip()
+        return f"{m.group(1)}{m.group(2)}{click_url(url)}{m.group(2)}" if _tracked(url) else m.group(0)
+
+    def text_link(m: re.Match) -> str:
+        url = m.group(0).rstrip(".,;:!?")
+        return click_url(url) + m.group(0)[len(url):] if _tracked(url) else m.group(0)
+
+    body = _HREF.sub(html_link, rendered.html)
+    text = _TEXT_URL.sub(text_link, rendered.text)
+    honeypot = tokens.url("c", "c", contact_id, message_id, HONEYPOT)
+    trap = (f'<a href="{honeypot}" aria-hidden="true" tabindex="-1" style="display:none;font-size:0;'
+            'line-height:0;max-height:0;overflow:hidden;mso-hide:all"></a>')
+    pixel = (f'<img src="{tokens.url("o", "o", contact_id, message_id)}" width="1" height="1" alt="" '
+             'style="display:block;width:1px;height:1px;border:0">')
+    opening = _BODY_OPEN.search(body)
+    body = body[:opening.end()] + trap + body[opening.end():] if opening else trap + body
+    body = body.replace("</body>", pixel + "</body>", 1) if "</body>" in body else body + pixel
+    return replace(rendered, html=body, text=text), links
 
 
 def build_mime(*, to: str, rendered: Rendered, message_id: str, headers: dict[str, str]) -> bytes:

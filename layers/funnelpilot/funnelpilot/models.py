@@ -74,6 +74,23 @@ class Contact(Item):
     timezone = UnicodeAttribute(null=True)
     created_at = UnicodeAttribute(null=True)
     updated_at = UnicodeAttribute(null=True)
+    confirmed_at = UnicodeAttribute(null=True)  # double opt-in done
+    confirm_sent_at = UnicodeAttribute(null=True)  # last confirmation email (resend throttle)
+    soft_bounces = NumberAttribute(null=True)  # since the last delivery
+    erased_at = UnicodeAttribute(null=True)
+    # Scoring (funnelpilot.scoring): points expressed at the reference epoch ``score_at``;
+    # read them through scoring.current_score(contact), never directly.
+    score = NumberAttribute(null=True)
+    loyalty = NumberAttribute(null=True)
+    score_at = NumberAttribute(null=True)
+    qualified_until = NumberAttribute(null=True)  # end of the current lead.qualified episode
+    vip_until = NumberAttribute(null=True)  # end of the current customer.vip episode
+    orders = NumberAttribute(null=True)
+    spend = NumberAttribute(null=True)
+    first_order_at = NumberAttribute(null=True)
+    last_order_at = NumberAttribute(null=True)
+    order_months = UnicodeSetAttribute(default=set)  # "01".."12": the season of past purchases
+    segments = UnicodeSetAttribute(default=set)  # kept by funnelpilot.segments
 
     @property
     def contact_id(self) -> str:
@@ -120,3 +137,18 @@ class Message(Item):
     ses_message_id = UnicodeAttribute(null=True)
     created_at = UnicodeAttribute()
     sent_at = UnicodeAttribute(null=True)
+    # Written by the tracking and SES feedback handlers (low-level client, see engagement.py).
+    delivered_at = UnicodeAttribute(null=True)
+    bounced_at = UnicodeAttribute(null=True)
+    complained_at = UnicodeAttribute(null=True)
+    hits = UnicodeAttribute(null=True)  # JSON list: {at, kind, link, human, reason}; no IP, no user agent
+    first_open_at = UnicodeAttribute(null=True)  # first human open (or human click)
+    first_click_at = UnicodeAttribute(null=True)
+    last_hit_at = UnicodeAttribute(null=True)
+    honeypot_at = UnicodeAttribute(null=True)
+
+
+class Marker(Item):
+    """sk = SEEN#<what>#<id>: an external event already applied to this contact (expires by TTL)."""
+
+    Meta = _Meta

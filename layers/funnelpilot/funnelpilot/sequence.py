@@ -61,7 +61,7 @@ def send(step: dict) -> dict:
         return {"message_id": message_id, "status": "blocked", "reason": reason}
 
     context = template_context(contact, message_id)
-    rendered = emails.render(step["template"], context)
+    rendered, links = emails.track(emails.render(step["template"], context), contact_id=cid, message_id=message_id)
     headers = {"List-Unsubscribe": f"<{context['unsubscribe_url']}>",
                "List-Unsubscribe-Post": "List-Unsubscribe=One-Click"}
     raw = emails.build_mime(to=contact.email, rendered=rendered, message_id=message_id, headers=headers)
@@ -73,7 +73,7 @@ def send(step: dict) -> dict:
             raise TransientError(f"SES throttled: {exc.response['Error']['Code']}") from exc
         raise
     message.update(actions=[Message.status.set("sent"), Message.ses_message_id.set(ses_id),
-                            Message.sent_at.set(clock.iso()), Message.links.set(json.dumps([]))])
+                            Message.sent_at.set(clock.iso()), Message.links.set(json.dumps(links))])
     bus.publish(bus.event("email.sent", cid, message_id=message_id, funnel=step.get("funnel"),
                           step=step["state"], template=step["template"]))
     return {"message_id": message_id, "status": "sent"}

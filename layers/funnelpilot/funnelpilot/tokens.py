@@ -4,7 +4,10 @@ A token is ``base64url(kind|field|field...)`` + ``.`` + ``base64url(HMAC-SHA256[
 It names a message and a link *index*, never a URL: the link a click goes to is stored
 with the message, so a forged token can at worst point at a link we already sent.
 The HMAC key is a Secrets Manager secret created by template.yaml, read once per
-cold start (powertools parameters, cached).
+cold start (powertools parameters, cached). Measured with ``python -X importtime``:
+``aws_lambda_powertools.utilities.parameters`` adds ~10 ms (plus ~7 ms for the
+powertools package) on top of ~200 ms for ``boto3`` itself, so the pixel and click
+handlers use it too instead of a hand-rolled secretsmanager client.
 """
 import base64
 import hashlib
@@ -55,6 +58,11 @@ def verify(kind: str, token: str, arity: int) -> list[str] | None:
     if parts[0] != kind or len(parts) != arity + 1:
         return None
     return parts[1:]
+
+
+def url(route: str, kind: str, *fields: str) -> str:
+    """Absolute link to a tokenised route, e.g. ``url("c", "c", cid, mid, "0")`` -> ``<public>/c/<token>``."""
+    return f"{config().public_url}/{route}/{sign(kind, *fields)}"
 
 
 def contact_id(normalised_email: str) -> str:

@@ -10,10 +10,9 @@
    matcher and input transformation and hand each (target ARN, input) to the runtime,
    which delivers it asynchronously like EventBridge does.
 3. SES ``sent_messages``: the raw MIME of every email sent, for the outbox folder.
-4. ``DynamoHandler.call_action``: moto applies a DynamoDB request with no lock, so two
-   threads writing one item lose updates (or crash in TransactWriteItems). DynamoDB applies
-   each request atomically; one lock around each request gives the same guarantee, so
-   concurrency tests (and ``make serve``'s threads) see DynamoDB's semantics, not moto's.
+4. ``DynamoHandler.call_action``: moto applies an UpdateItem/transaction as Python
+   read-modify-write, so concurrent requests can lose an ``ADD``. DynamoDB guarantees
+   item-level atomicity; one lock around each DynamoDB request gives the same here.
 """
 import json
 import threading
@@ -30,8 +29,6 @@ Deliverer = Callable[[str, dict], None]
 
 _invoker: Invoker | None = None
 _deliverer: Deliverer | None = None
-_dynamodb_lock = threading.Lock()
-_dynamodb_call_action = DynamoHandler.call_action
 
 
 def install(invoker: Invoker, deliverer: Deliverer) -> None:
@@ -39,12 +36,19 @@ def install(invoker: Invoker, deliverer: Deliverer) -> None:
     _invoker, _deliverer = invoker, deliverer
     LambdaSimpleBackend.invoke = _invoke
     events_models.Rule.send_to_targets = _send_to_targets
-    DynamoHandler.call_action = _atomic_call_action
+    if not getattr(DynamoHandler.call_action, "_serialised", False):
+        DynamoHandler.call_action = _serialised(DynamoHandler.call_action)
 
 
-def _atomic_call_action(self):
-    with _dynamodb_lock:
-        return _dynamodb_call_action(self)
+_DYNAMODB_LOCK = threading.RLock()
+
+
+def _serialised(call_action):
+    def call(self):
+        with _DYNAMODB_LOCK:
+            return call_action(self)
+    call._serialised = True
+    return call
 
 
 def _invoke(self, function_name, qualifier, body, headers, response_headers):

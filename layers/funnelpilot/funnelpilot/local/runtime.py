@@ -28,6 +28,8 @@ from funnelpilot.local.template import ACCOUNT, REGION, Template
 
 ROOT = Path(__file__).resolve().parents[4]
 LOCAL_SECRET = "local-development-secret-do-not-use-in-aws"
+# Routes with ``Auth: {Authorizer: AWS_IAM}`` (SigV4 on AWS) take this key in ``x-api-key`` locally.
+LOCAL_ADMIN_KEY = "local-admin-key"
 
 
 @dataclass
@@ -35,6 +37,7 @@ class Route:
     method: str
     path: str
     function: str
+    auth: str | None = None
 
     def match(self, method: str, path: str) -> dict | None:
         if self.method not in (method, "ANY"):
@@ -101,9 +104,17 @@ class Runtime:
         self.public_url = public_url
         self.log_level = log_level
         self.template = Template.load(self.root, {"PublicUrl": public_url, **(parameters or {})})
+        # A NoEcho parameter without a default is a key the deployer must supply; locally it is
+        # ``local-<ParameterName>`` (make serve prints it).
+        for name, spec in self.template.doc.get("Parameters", {}).items():
+            if spec.get("NoEcho") and "Default" not in spec and name not in (parameters or {}):
+                self.template.parameters[name] = f"local-{name}"
+        self.admin_key = LOCAL_ADMIN_KEY
         self.functions: dict[str, Function] = {}
         self.routes: list[Route] = []
-        self.schedules: list[dict] = []
+        self.schedules: list[dict] = []  # template Schedule/ScheduleV2 events, fired by fire_schedules()
+        self._api_schedule_last: dict[str, float] = {}
+        self._clients: dict[str, object] = {}
         self.dead_letters: list[dict] = []
         self.delivered: list[tuple[str, dict]] = []  # (target ARN, input) of every async delivery made
         self._retries: dict[str, int] = {}  # target ARN -> async retries before dead-lettering
@@ -160,9 +171,12 @@ class Runtime:
         self._mock = None
 
     def client(self, service: str):
+        """One boto3 client per service (creating one costs ~40 ms; pump() runs often)."""
         import boto3
 
-        return boto3.client(service, region_name=REGION)
+        if service not in self._clients:
+            self._clients[service] = boto3.client(service, region_name=REGION)
+        return self._clients[service]
 
     # ------------------------------------------------------------------ resources
     def _create_resources(self) -> None:
@@ -175,6 +189,11 @@ class Runtime:
             t.physical[lid] = lid  # on AWS Ref gives the ARN; GetSecretValue accepts either
         for lid in t.of_type("AWS::DynamoDB::Table"):
             self._create_table(lid, t.resolve(t.properties(lid)))
+        for lid in t.of_type("AWS::SSM::Parameter"):
+            props = t.resolve(t.properties(lid))
+            self.client("ssm").put_parameter(Name=props["Name"], Type=props.get("Type", "String"),
+                                             Value=props["Value"])
+            t.physical[lid] = props["Name"]
         for lid in t.of_type("AWS::Events::EventBus"):
             name = t.resolve(t.properties(lid))["Name"]
             self.client("events").create_event_bus(Name=name)
@@ -194,6 +213,14 @@ class Runtime:
             identity = t.resolve(t.properties(lid))["EmailIdentity"]
             ses.verify_email_identity(EmailAddress=identity)
             t.physical[lid] = identity
+        for lid in t.of_type("AWS::IAM::Role"):
+            t.physical[lid] = lid
+            t.attributes[(lid, "Arn")] = f"arn:aws:iam::{ACCOUNT}:role/{lid}"
+        for lid in t.of_type("AWS::Scheduler::ScheduleGroup"):
+            name = t.resolve(t.properties(lid)).get("Name", lid)
+            self.client("scheduler").create_schedule_group(Name=name)
+            t.physical[lid] = name
+            t.attributes[(lid, "Arn")] = f"arn:aws:scheduler:{REGION}:{ACCOUNT}:schedule-group/{name}"
         for lid in t.of_type("AWS::Serverless::HttpApi"):
             t.physical[lid] = "local"
         for lid in t.of_type("AWS::Serverless::LayerVersion"):
@@ -285,7 +312,8 @@ class Runtime:
             props = t.resolve(event.get("Properties", {}))
             kind = event["Type"]
             if kind == "HttpApi":
-                self.routes.append(Route(props.get("Method", "ANY").upper(), props["Path"], lid))
+                self.routes.append(Route(props.get("Method", "ANY").upper(), props["Path"], lid,
+                                         (props.get("Auth") or {}).get("Authorizer")))
             elif kind == "EventBridgeRule":
                 target = {"Id": lid, "Arn": target_arn}
                 for key in ("InputTransformer", "Input", "InputPath"):
@@ -295,8 +323,11 @@ class Runtime:
                 if "Arn" in props.get("DeadLetterConfig", {}):  # the function's own DLQ takes precedence
                     self._dead_letter_queues.setdefault(target_arn, props["DeadLetterConfig"]["Arn"])
             elif kind in ("Schedule", "ScheduleV2"):
-                self.schedules.append({"function": lid, "arn": target_arn, "expression": props.get(
-                    "Schedule") or props.get("ScheduleExpression"), "input": props.get("Input"), "last": None})
+                if props.get("Enabled") is False or props.get("State") == "DISABLED":
+                    continue
+                self.schedules.append({"function": lid, "arn": target_arn, "kind": kind, "name": f"{lid}{event_id}",
+                                       "expression": props.get("Schedule") or props.get("ScheduleExpression"),
+                                       "input": props.get("Input"), "last": None})
             else:
                 raise ValueError(f"template.yaml: {lid}.{event_id}: event type {kind} has no local equivalent")
 
@@ -318,8 +349,78 @@ class Runtime:
             self._in_flight += 1
         self._deliveries.put((target_arn, payload, 0))
 
+    # ------------------------------------------------------------------ schedules
+    def fire_schedules(self) -> int:
+        """Fire every schedule occurrence due on the simulated clock: template Schedule /
+        ScheduleV2 events and Scheduler schedules created through the API (one-time
+        ``at(...)`` ones are deleted after firing when ActionAfterCompletion is DELETE)."""
+        from funnelpilot import clock
+        from funnelpilot.local import schedules
+
+        now, fired = clock.now(), 0
+        for sched in self.schedules:
+            last = sched["last"] if sched["last"] is not None else now
+            for at in schedules.occurrences(sched["expression"], last, now):
+                arn = f"arn:aws:scheduler:{REGION}:{ACCOUNT}:schedule/default/{sched['name']}"
+                if sched["kind"] == "ScheduleV2":
+                    payload = json.loads(schedules.scheduler_input(sched["input"], scheduled=at, schedule_arn=arn,
+                                                                   execution_id=uuid.uuid4().hex))
+                elif sched["input"] is not None:
+                    payload = json.loads(sched["input"])
+                else:
+                    payload = {"version": "0", "id": uuid.uuid4().hex, "detail-type": "Scheduled Event",
+                               "source": "aws.events", "account": ACCOUNT, "time": clock.iso(at),
+                               "region": REGION, "resources": [arn], "detail": {}}
+                self._deliver(sched["arn"], payload)
+                fired += 1
+                last = at
+            sched["last"] = max(last, now)
+        return fired + self._fire_api_schedules(now)
+
+    def _fire_api_schedules(self, now: float) -> int:
+        from funnelpilot.local import schedules
+
+        scheduler, fired = self.client("scheduler"), 0
+        summaries, token = [], None
+        while True:
+            page = scheduler.list_schedules(**({"NextToken": token} if token else {}))
+            summaries += page.get("Schedules", [])
+            token = page.get("NextToken")
+            if not token:
+                break
+        for summary in summaries:
+            if summary.get("State") != "ENABLED":
+                continue
+            group = summary.get("GroupName", "default")
+            sched = scheduler.get_schedule(Name=summary["Name"], GroupName=group)
+            key = sched["Arn"]
+            created = sched["CreationDate"].timestamp() if "CreationDate" in sched else now
+            last = self._api_schedule_last.get(key, float("-inf") if sched["ScheduleExpression"].startswith(
+                "at(") else created)
+            due = schedules.occurrences(sched["ScheduleExpression"], last, now)
+            for at in due:
+                target = sched["Target"]
+                text = schedules.scheduler_input(target.get("Input"), scheduled=at, schedule_arn=key,
+                                                 execution_id=uuid.uuid4().hex)
+                if ":event-bus/" in target["Arn"]:
+                    params = target.get("EventBridgeParameters", {})
+                    self.client("events").put_events(Entries=[{
+                        "Source": params.get("Source", "aws.scheduler"), "DetailType": params.get("DetailType",
+                        "Scheduled Event"), "Detail": text, "EventBusName": target["Arn"]}])
+                else:
+                    self._deliver(target["Arn"], json.loads(text))
+                fired += 1
+            if due:
+                self._api_schedule_last[key] = due[-1]
+                if sched["ScheduleExpression"].startswith("at(") and sched.get("ActionAfterCompletion") == "DELETE":
+                    scheduler.delete_schedule(Name=summary["Name"], GroupName=group)
+                    self._api_schedule_last.pop(key, None)
+        return fired
+
     def pump(self) -> int:
-        """Deliver queued EventBridge matches to their targets; returns how many."""
+        """Fire due schedules, then deliver queued EventBridge matches to their targets;
+        returns how many deliveries."""
+        self.fire_schedules()
         done = 0
         while True:
             try:
@@ -403,6 +504,12 @@ class Runtime:
         else:
             return HttpResponse(404, {"content-type": "application/json"}, b'{"message":"Not Found"}')
         event = http_api_event(method.upper(), path, query, headers, body, params, route, source_ip)
+        if route.auth == "AWS_IAM":  # API Gateway checks the SigV4 signature before the function runs
+            if headers.get("x-api-key") != self.admin_key:
+                return HttpResponse(403, {"content-type": "application/json"}, b'{"message":"Forbidden"}')
+            event["requestContext"]["authorizer"] = {"iam": {
+                "accessKey": "LOCAL", "accountId": ACCOUNT, "callerId": "local-admin", "principalOrgId": None,
+                "userArn": f"arn:aws:iam::{ACCOUNT}:user/local-admin", "userId": "local-admin"}}
         result = self.invoke(route.function, event)
         return HttpResponse.from_lambda(result)
 

@@ -75,7 +75,9 @@ class Template:
         return self.doc["Resources"]
 
     def of_type(self, type_name: str) -> dict[str, dict]:
-        return {k: v for k, v in self.resources.items() if v["Type"] == type_name}
+        """Resources of a type, leaving out those whose ``Condition`` is false."""
+        return {k: v for k, v in self.resources.items()
+                if v["Type"] == type_name and ("Condition" not in v or self.condition(v["Condition"]))}
 
     def properties(self, logical_id: str) -> dict:
         """The resource's properties, SAM Globals merged in for functions."""

@@ -1,0 +1,45 @@
+"""Admin routes (IAM auth on AWS; ``x-api-key`` with the local admin key on the local runtime):
+GET /contacts/{id}, GET /contacts/{id}/export, DELETE /contacts/{id} (GDPR erasure)."""
+import json
+
+from aws_lambda_powertools import Logger
+from aws_lambda_powertools.event_handler import APIGatewayHttpResolver, Response
+
+from funnelpilot import gdpr, http
+
+logger = Logger()
+app = APIGatewayHttpResolver()
+
+
+def _json(status: int, body) -> Response:
+    return Response(status_code=status, content_type="application/json",
+                    headers={"cache-control": "no-store"}, body=json.dumps(body))
+
+
+@app.get("/contacts/<contact_id>")
+def get_contact(contact_id: str) -> Response:
+    item = gdpr.profile(contact_id)
+    return _json(200, item) if item else http.error(404, "no such contact", "id")
+
+
+@app.get("/contacts/<contact_id>/export")
+def export_contact(contact_id: str) -> Response:
+    data = gdpr.export(contact_id)
+    logger.info("export", extra={"contact_id": contact_id, "found": data is not None})
+    return _json(200, data) if data else http.error(404, "no such contact", "id")
+
+
+@app.delete("/contacts/<contact_id>")
+def erase_contact(contact_id: str) -> Response:
+    erased = gdpr.erase(contact_id)
+    logger.info("erase", extra={"contact_id": contact_id, "items": erased})
+    return Response(status_code=204, body="") if erased else http.error(404, "no such contact", "id")
+
+
+@logger.inject_lambda_context
+def handler(event: dict, context) -> dict:
+    # Defence in depth: API Gateway already refused requests without a valid SigV4 signature.
+    if not (event.get("requestContext", {}).get("authorizer") or {}).get("iam"):
+        return {"statusCode": 403, "headers": {"content-type": "application/json"},
+                "body": json.dumps({"error": "IAM authorisation required"})}
+    return app.resolve(event, context)

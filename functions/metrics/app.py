@@ -1,0 +1,47 @@
+"""Bus events → funnel/step/email counters (MetricsTable) and CloudWatch EMF metrics.
+
+Counters are idempotent (funnelpilot.metrics.record: marker + ADD in one transaction), so
+EventBridge's at-least-once delivery never counts twice. Step Functions status changes
+(default bus) count failed funnel executions.
+"""
+import os
+
+from aws_lambda_powertools import Logger, Metrics
+from aws_lambda_powertools.metrics import MetricUnit
+
+from funnelpilot import bus, metrics
+
+logger = Logger()
+ops = Metrics()  # EMF: the operational view on the CloudWatch dashboard
+
+EMF_NAMES = {"email.sent": "EmailsSent", "email.blocked": "EmailsBlocked", "email.delivered": "EmailsDelivered",
+             "email.bounced": "EmailsBounced", "email.complained": "EmailsComplained",
+             "contact.unsubscribed": "Unsubscribes", "funnel.entered": "FunnelEntries",
+             "funnel.converted": "Conversions", "funnel.failed": "FunnelExecutionsFailed"}
+
+
+def _funnel_failure(event: dict) -> tuple[str, dict]:
+    """A failed/timed-out execution of ``<stack>-<funnel>`` as a ``funnel.failed`` detail."""
+    detail = event["detail"]
+    machine = detail["stateMachineArn"].rsplit(":", 1)[-1]
+    funnel = machine.removeprefix(os.environ["STACK_NAME"] + "-")
+    return "funnel.failed", {"event_id": event["id"], "contact_id": "", "funnel": funnel,
+                             "occurred_at": event.get("time", "")}
+
+
+@ops.log_metrics
+@logger.inject_lambda_context
+def handler(event: dict, context) -> dict:
+    if event.get("source") == bus.SOURCE:
+        detail_type, detail = event["detail-type"], event["detail"]
+    else:
+        detail_type, detail = _funnel_failure(event)
+    counted = metrics.record(detail_type, detail)
+    name = EMF_NAMES.get(detail_type)
+    if detail_type in ("email.opened", "email.clicked"):
+        kind = "Opens" if detail_type == "email.opened" else "Clicks"
+        name = f"{'Human' if detail.get('human') is True else 'Machine'}{kind}"
+    if counted and name:
+        ops.add_metric(name=name, unit=MetricUnit.Count, value=1)
+    logger.debug("counted", extra={"detail_type": detail_type, "counted": counted})
+    return {"counted": counted}

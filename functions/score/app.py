@@ -1,0 +1,18 @@
+"""EventBridge → lead and loyalty scoring for one contact (rules: infra/scoring.yaml); human
+engagement also moves the contact's inactivity bucket."""
+from aws_lambda_powertools import Logger
+
+from funnelpilot import inactivity, scoring
+
+logger = Logger()
+
+
+@logger.inject_lambda_context
+def handler(event: dict, context) -> dict:
+    detail_type, detail = event["detail-type"], event["detail"]
+    outcome = scoring.record(detail_type, detail)
+    if outcome.status != "unknown_contact" and detail_type in inactivity.ENGAGEMENT:
+        inactivity.touch(detail["contact_id"], scoring.event_time(detail))
+    logger.info("scored", extra={"contact_id": detail.get("contact_id"), "status": outcome.status,
+                                 "rules": outcome.rules, "crossed": outcome.crossed})
+    return {"status": outcome.status, "points": outcome.points, "crossed": outcome.crossed}

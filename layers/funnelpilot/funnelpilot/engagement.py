@@ -1,0 +1,161 @@
+"""Opens and clicks: recording every hit and classifying it honestly as human or machine.
+
+This module serves the two hottest routes (``/o`` and ``/c``): it uses low-level boto3
+clients (no pynamodb) and does one GetItem, at most one UpdateItem and at most one
+PutEvents per hit. The rules and their sources are documented in README.md
+("Engagement: human or machine").
+
+Every recorded hit is appended to the message item (``hits``: time, kind, link index,
+human, reason; never an IP address or user agent) and emitted as ``email.opened`` /
+``email.clicked`` with ``human`` true or false. Consumers act only on ``human: true``.
+The hits list is rewritten whole (one unconditional UpdateItem): two hits on the same
+message in the same few milliseconds may keep only one of them in the list; both are
+still emitted, and the events are what metrics count.
+"""
+import ipaddress
+import json
+import re
+from dataclasses import dataclass
+from datetime import datetime
+from functools import cache
+
+import boto3
+
+from funnelpilot import bus, clock, tokens
+from funnelpilot.config import config
+from funnelpilot.emails import HONEYPOT
+
+# Apple Mail Privacy Protection fetches images through Apple-owned addresses (17.0.0.0/8,
+# Apple's ARIN allocation) with a bare "Mozilla/5.0" user agent, whether or not anyone reads.
+APPLE_RANGES = (ipaddress.ip_network("17.0.0.0/8"),)
+APPLE_MPP_AGENTS = frozenset({"mozilla/5.0"})
+# Security gateways, link checkers, preview bots and scripted HTTP clients.
+SCANNER_AGENTS = re.compile(
+    r"barracuda|mimecast|proofpoint|ppops|messagelabs|symantec|forcepoint|websense|trendmicro|"
+    r"trend micro|sophos|fireeye|trellix|ironport|cisco|fortinet|fortiguard|checkpoint|check point|"
+    r"zscaler|safelinks|safe links|microsoft office|ms-office|urlscan|virustotal|linkchecker|"
+    r"link checker|w3c_validator|headlesschrome|phantomjs|puppeteer|playwright|selenium|"
+    r"bot\b|bot/|crawler|spider|slurp|preview|facebookexternalhit|slackbot|discordbot|"
+    r"curl/|wget/|python-requests|python-urllib|aiohttp|httpx|go-http-client|java/|okhttp|"
+    r"libwww|apache-httpclient|node-fetch|axios",
+    re.IGNORECASE)
+DELIVERY_WINDOW = 10  # seconds after the send in which no human opens or clicks
+BURST_WINDOW = 10  # seconds around a machine hit in which other hits of the message are machine
+MAX_STORED_HITS = 100  # hits kept on a message item; later ones are still emitted
+
+
+@dataclass(frozen=True)
+class Verdict:
+    human: bool
+    reason: str | None = None
+
+
+@dataclass(frozen=True)
+class Result:
+    recorded: bool
+    url: str | None = None  # where a click goes (None: unknown, tampered or honeypot)
+    honeypot: bool = False
+
+
+@cache
+def _ddb():
+    return boto3.client("dynamodb", region_name=config().region)
+
+
+def _epoch(iso: str | None) -> float | None:
+    return datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp() if iso else None
+
+
+def classify(kind: str, *, method: str, user_agent: str, ip: str, now: float, sent_at: float | None,
+             link: str | None = None, honeypot_at: float | None = None, hits: list[dict] = ()) -> Verdict:
+    """Human or machine, with the first rule that matched (see README for the sources)."""
+    agent = (user_agent or "").strip()
+    if kind == "click" and link == HONEYPOT:
+        return Verdict(False, "honeypot")
+    if method == "HEAD":
+        return Verdict(False, "head_request")
+    if not agent:
+        return Verdict(False, "no_user_agent")
+    if kind == "open" and (agent.lower() in APPLE_MPP_AGENTS or _in(ip, APPLE_RANGES)):
+        return Verdict(False, "apple_mpp")
+    if SCANNER_AGENTS.search(agent):
+        return Verdict(False, "scanner")
+    if honeypot_at is not None and abs(now - honeypot_at) <= BURST_WINDOW:
+        return Verdict(False, "honeypot_burst")
+    if any(not h["human"] and abs(now - _epoch(h["at"])) <= BURST_WINDOW for h in hits):
+        return Verdict(False, "burst")
+    if sent_at is None or now - sent_at < DELIVERY_WINDOW:
+        return Verdict(False, "too_soon")
+    return Verdict(True)
+
+
+def _in(ip: str, networks) -> bool:
+    try:
+        address = ipaddress.ip_address(ip)
+    except ValueError:
+        return False
+    return any(address in net for net in networks)
+
+
+def _attr(item: dict, name: str):
+    value = item.get(name)
+    return None if value is None else next(iter(value.values()))
+
+
+def hit(kind: str, token: str, *, method: str, user_agent: str, ip: str) -> Result:
+    """Record an open (``kind="open"``, token from ``/o``) or a click (``"click"``, ``/c``).
+
+    A token that fails verification, or names a message we do not have, records nothing.
+    """
+    fields = tokens.verify("o", token, 2) if kind == "open" else tokens.verify("c", token, 3)
+    if fields is None:
+        return Result(False)
+    cid, message_id = fields[0], fields[1]
+    link = fields[2] if kind == "click" else None
+    key = {"pk": {"S": cid}, "sk": {"S": f"MSG#{message_id}"}}
+    item = _ddb().get_item(TableName=config().table, Key=key).get("Item")
+    if not item or _attr(item, "status") != "sent":
+        return Result(False)
+    links = json.loads(_attr(item, "links") or "[]")
+    url = None
+    if link is not None and link != HONEYPOT:
+        if not link.isdigit() or int(link) >= len(links):
+            return Result(False)
+        url = links[int(link)]
+    hits = json.loads(_attr(item, "hits") or "[]")
+    now = clock.now()
+    verdict = classify(kind, method=method, user_agent=user_agent, ip=ip, now=now,
+                       sent_at=_epoch(_attr(item, "delivered_at") or _attr(item, "sent_at")), link=link,
+                       honeypot_at=_epoch(_attr(item, "honeypot_at")), hits=hits)
+    stamp = clock.iso(now)
+    first_open = verdict.human and _attr(item, "first_open_at") is None
+    first_click = verdict.human and kind == "click" and _attr(item, "first_click_at") is None
+    if len(hits) < MAX_STORED_HITS:
+        hits.append({"at": stamp, "kind": kind, "link": link, "human": verdict.human, "reason": verdict.reason})
+    if link == HONEYPOT:  # the whole burst was a machine: relabel the hits just before it
+        for h in hits:
+            if h["human"] and abs(now - _epoch(h["at"])) <= BURST_WINDOW:
+                h.update(human=False, reason="honeypot_burst")
+    sets = ["hits = :hits", "last_hit_at = :now"]
+    values = {":hits": {"S": json.dumps(hits)}, ":now": {"S": stamp}}
+    if first_open:
+        sets.append("first_open_at = :now")
+    if first_click:
+        sets.append("first_click_at = :now")
+    if link == HONEYPOT:
+        sets.append("honeypot_at = :now")
+    _ddb().update_item(TableName=config().table, Key=key, UpdateExpression="SET " + ", ".join(sets),
+                       ConditionExpression="attribute_exists(pk)", ExpressionAttributeValues=values)
+
+    common = {"message_id": message_id, "funnel": _attr(item, "funnel"), "step": _attr(item, "step"),
+              "template": _attr(item, "template"), "human": verdict.human}
+    if verdict.reason:
+        common["reason"] = verdict.reason
+    entries = []
+    if kind == "open" or first_open:  # a human click is also an open
+        entries.append(bus.event("email.opened", cid, unique=first_open,
+                                 **common, **({"via": "click"} if kind == "click" else {})))
+    if kind == "click":
+        entries.append(bus.event("email.clicked", cid, link=link, url=url, unique=first_click, **common))
+    bus.publish(*entries)
+    return Result(True, url=url, honeypot=link == HONEYPOT)

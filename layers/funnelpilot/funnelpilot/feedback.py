@@ -1,0 +1,125 @@
+"""SES feedback (configuration set -> EventBridge default bus -> functions/ses_feedback).
+
+- hard bounce (``bounceType: Permanent``): suppress the contact at once;
+- soft bounce (``Transient``/``Undetermined``; SES reports one only after its own retries
+  gave up): count it, suppress after ``SOFT_BOUNCE_LIMIT`` in a row (a delivery resets the count);
+- complaint: suppress at once;
+- delivery: recorded on the message (``delivered_at``, which the engagement rules use).
+
+The contact is found from the recipient address (contact_id is a keyed hash of it), the
+message from our ``X-Funnelpilot-Message-Id`` header, which SES copies into ``mail.headers``.
+Idempotent on the EventBridge event id: emitted events reuse it, status changes are
+conditional, and a soft bounce is counted together with a marker item in one transaction.
+"""
+import os
+from datetime import datetime, timezone
+
+from pynamodb.exceptions import TransactWriteError, UpdateError
+from pynamodb.transactions import TransactWrite
+
+from funnelpilot import bus, clock, consent, contacts, tokens
+from funnelpilot.models import PROFILE, Contact, Marker, Message, connection, is_conditional_failure
+
+MARKER_TTL = 14 * 86400
+
+
+def soft_bounce_limit() -> int:
+    return int(os.environ.get("SOFT_BOUNCE_LIMIT", "3"))
+
+
+def _header(mail: dict, name: str) -> str | None:
+    for h in mail.get("headers") or []:
+        if h.get("name", "").lower() == name.lower():
+            return h.get("value")
+    return None
+
+
+def _iso(ses_time: str | None) -> str:
+    if not ses_time:
+        return clock.iso()
+    dt = datetime.fromisoformat(ses_time.replace("Z", "+00:00")).astimezone(timezone.utc)
+    return clock.iso(dt.timestamp())
+
+
+def _mark_message(cid: str, message_id: str | None, attribute, when: str) -> None:
+    if not message_id:
+        return
+    try:
+        Message(cid, f"MSG#{message_id}").update(actions=[attribute.set(when)], condition=Message.pk.exists())
+    except UpdateError as exc:
+        if not is_conditional_failure(exc):
+            raise
+
+
+def handle(event: dict) -> list[str]:
+    """Apply one SES event (EventBridge shape); returns what was done, per recipient."""
+    detail = event["detail"]
+    kind = detail.get("eventType") or detail.get("notificationType")
+    mail = detail.get("mail", {})
+    message_id = _header(mail, "X-Funnelpilot-Message-Id")
+    event_id = f"ses-{event['id']}"
+    done = []
+    if kind == "Bounce":
+        bounce = detail["bounce"]
+        hard = bounce.get("bounceType") == "Permanent"
+        for r in bounce.get("bouncedRecipients", []):
+            cid = tokens.contact_id(contacts.normalise_email(r["emailAddress"]))
+            fields = consent.message_fields(cid, message_id)
+            _mark_message(cid, message_id, Message.bounced_at, _iso(bounce.get("timestamp")))
+            bus.publish(bus.event("email.bounced", cid, event_id=f"{event_id}-{cid}", hard=hard,
+                                  bounce_type=bounce.get("bounceType"), bounce_subtype=bounce.get("bounceSubType"),
+                                  **fields))
+            if hard:
+                consent.suppress(cid, "hard_bounce", event_id=f"{event_id}-{cid}", **fields)
+                done.append(f"{cid}: hard bounce")
+            elif _count_soft_bounce(cid, event_id) >= soft_bounce_limit():
+                consent.suppress(cid, "soft_bounces", event_id=f"{event_id}-{cid}", **fields)
+                done.append(f"{cid}: soft bounce limit")
+            else:
+                done.append(f"{cid}: soft bounce")
+    elif kind == "Complaint":
+        complaint = detail["complaint"]
+        for r in complaint.get("complainedRecipients", []):
+            cid = tokens.contact_id(contacts.normalise_email(r["emailAddress"]))
+            fields = consent.message_fields(cid, message_id)
+            _mark_message(cid, message_id, Message.complained_at, _iso(complaint.get("timestamp")))
+            bus.publish(bus.event("email.complained", cid, event_id=f"{event_id}-{cid}",
+                                  feedback_type=complaint.get("complaintFeedbackType"), **fields))
+            consent.suppress(cid, "complaint", event_id=f"{event_id}-{cid}", **fields)
+            done.append(f"{cid}: complaint")
+    elif kind == "Delivery":
+        delivery = detail["delivery"]
+        for address in delivery.get("recipients", []):
+            cid = tokens.contact_id(contacts.normalise_email(address))
+            _mark_message(cid, message_id, Message.delivered_at, _iso(delivery.get("timestamp")))
+            _reset_soft_bounces(cid)
+            bus.publish(bus.event("email.delivered", cid, event_id=f"{event_id}-{cid}",
+                                  **consent.message_fields(cid, message_id)))
+            done.append(f"{cid}: delivered")
+    return done
+
+
+def _count_soft_bounce(cid: str, event_id: str) -> int:
+    """Add one soft bounce (once per SES event); the contact's count since its last delivery."""
+    marker = Marker(cid, f"SEEN#{event_id}", expires_at=int(clock.now()) + MARKER_TTL)
+    try:
+        with TransactWrite(connection=connection()) as tx:
+            tx.save(marker, condition=Marker.pk.does_not_exist())
+            tx.update(Contact(cid, PROFILE), actions=[Contact.soft_bounces.add(1)], condition=Contact.pk.exists())
+    except TransactWriteError as exc:
+        if exc.cause_response_code != "TransactionCanceledException":
+            raise
+        # a duplicate delivery, or an address we do not know: nothing more to count
+    try:
+        return int(Contact.get(cid, PROFILE).soft_bounces or 0)
+    except Contact.DoesNotExist:
+        return 0
+
+
+def _reset_soft_bounces(cid: str) -> None:
+    try:
+        Contact(cid, PROFILE).update(actions=[Contact.soft_bounces.remove()],
+                                     condition=Contact.pk.exists() & Contact.soft_bounces.exists())
+    except UpdateError as exc:
+        if not is_conditional_failure(exc):
+            raise

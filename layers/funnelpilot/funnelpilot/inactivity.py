@@ -1,0 +1,95 @@
+"""Inactivity without scanning the base: time-bucketed keys on a sparse GSI.
+
+Each contact has one ``ACTIVITY`` item (``pk = <contact_id>``) holding ``last_at``, the time
+of its latest human engagement, and ``gsi1pk = INACTIVE#<day it becomes inactive>``. Every
+engagement moves it to a later bucket (a conditional write: an older, late-delivered
+event never moves it back). The daily job Queries only that day's bucket, so its reads
+grow with the contacts becoming inactive that day, not with the size of the base.
+"""
+from datetime import datetime, timedelta, timezone
+from functools import cache
+
+import boto3
+from botocore.exceptions import ClientError
+
+from funnelpilot import bus, clock, scoring, tokens
+from funnelpilot.config import config
+
+# Human engagement (email.opened/clicked arrive here only with human: true: the rule's pattern).
+ENGAGEMENT = {"email.opened", "email.clicked", "page.viewed", "order.placed", "contact.subscribed",
+              "contact.confirmed"}
+JOB_KEY = {"pk": {"S": "JOB#reengage_scan"}, "sk": {"S": "CURSOR"}}
+MAX_CATCH_UP_DAYS = 7
+
+
+@cache
+def _ddb():
+    return boto3.client("dynamodb", region_name=config().region)
+
+
+def inactive_on(last_at: float) -> str:
+    return clock.iso(last_at + scoring.settings().inactive_after_days * 86_400)[:10]
+
+
+def touch(contact_id: str, at: float) -> bool:
+    """Record a human engagement at ``at``; False if a later one was already recorded."""
+    try:
+        _ddb().update_item(
+            TableName=config().table, Key={"pk": {"S": contact_id}, "sk": {"S": "ACTIVITY"}},
+            UpdateExpression="SET last_at = :t, gsi1pk = :bucket, gsi1sk = :cid",
+            ConditionExpression="attribute_not_exists(last_at) OR last_at < :t",
+            ExpressionAttributeValues={":t": {"N": str(at)}, ":bucket": {"S": f"INACTIVE#{inactive_on(at)}"},
+                                       ":cid": {"S": contact_id}})
+        return True
+    except ClientError as exc:
+        if exc.response["Error"]["Code"] == "ConditionalCheckFailedException":
+            return False
+        raise
+
+
+def last_activity(contact_id: str) -> float | None:
+    item = _ddb().get_item(TableName=config().table, Key={"pk": {"S": contact_id}, "sk": {"S": "ACTIVITY"}},
+                           ProjectionExpression="last_at").get("Item")
+    return float(item["last_at"]["N"]) if item else None
+
+
+def bucket(day: str):
+    """Contacts whose inactivity starts on ``day`` (Query on the sparse GSI, paginated)."""
+    kwargs = {"TableName": config().table, "IndexName": "gsi1",
+              "KeyConditionExpression": "gsi1pk = :b", "ExpressionAttributeValues": {":b": {"S": f"INACTIVE#{day}"}},
+              "ProjectionExpression": "pk, last_at"}
+    while True:
+        page = _ddb().query(**kwargs)
+        yield from page["Items"]
+        if "LastEvaluatedKey" not in page:
+            return
+        kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+
+
+def scan(today: str) -> dict:
+    """Emit ``contact.inactive`` for every bucket from the last processed day to ``today``
+    (catching up at most MAX_CATCH_UP_DAYS). Safe to repeat: event ids are per contact+day."""
+    cursor = _ddb().get_item(TableName=config().table, Key=JOB_KEY).get("Item")
+    end = datetime.fromisoformat(today).replace(tzinfo=timezone.utc)
+    start = end
+    if cursor:
+        start = max(datetime.fromisoformat(cursor["day"]["S"]).replace(tzinfo=timezone.utc) + timedelta(days=1),
+                    end - timedelta(days=MAX_CATCH_UP_DAYS))
+    days = max(scoring.settings().inactive_after_days, 1)
+    emitted = 0
+    day = start
+    while day <= end:
+        name = day.date().isoformat()
+        entries = []
+        for item in bucket(name):
+            last_at = float(item["last_at"]["N"])
+            if inactive_on(last_at) != name:  # moved by an engagement after the index was read
+                continue
+            cid = item["pk"]["S"]
+            entries.append(bus.event("contact.inactive", cid, event_id=tokens.digest_id("in", cid, name),
+                                     inactive_days=days, last_engaged_at=clock.iso(last_at)))
+        bus.publish(*entries)
+        emitted += len(entries)
+        _ddb().put_item(TableName=config().table, Item={**JOB_KEY, "day": {"S": name}})
+        day += timedelta(days=1)
+    return {"from": start.date().isoformat(), "to": today, "inactive": emitted}

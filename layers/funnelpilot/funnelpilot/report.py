@@ -1,0 +1,238 @@
+"""Funnel reports from the counters in the metrics table (see funnelpilot.metrics).
+
+One Query per funnel (``pk = FUNNEL#<id>``, ``sk BETWEEN DAY#<from> AND DAY#<to>#…``) fetches
+every row of the range; rows are summed over the days. Rates, as a marketer reads them:
+
+- open % = unique human opens / (sent - bounced); machine opens (Apple MPP prefetches,
+  scanners) are shown apart and never in the rate;
+- click % = unique human clicks / (sent - bounced) (click rate, not click-to-open);
+- conversion % = conversions attributed to the step (the step the contact was on when the
+  goal was reached) / contacts who entered the step;
+- drop-off = share of the contacts who entered the previous step (or the funnel) who did
+  not enter this one.
+"""
+import json
+from collections import defaultdict
+from datetime import date, timedelta
+from functools import cache
+from pathlib import Path
+
+import boto3
+
+from funnelpilot import clock
+from funnelpilot.config import config
+from funnelpilot.errors import InvalidField
+from funnelpilot.metrics import FUNNEL_ROW, STEP_METRICS
+
+DEFAULT_DAYS = 30
+
+
+@cache
+def _ddb():
+    return boto3.client("dynamodb", region_name=config().region)
+
+
+def known_funnels(content_dir: Path | None = None) -> list[str]:
+    """Funnel ids shipped as content: ``funnels/<id>.yaml`` or ``statemachines/<id>.asl.json``."""
+    root = Path(content_dir or config().content_dir)
+    ids = {p.name.removesuffix(".yaml") for p in (root / "funnels").glob("*.yaml")}
+    ids |= {p.name.removesuffix(".asl.json") for p in (root / "statemachines").glob("*.asl.json")}
+    return sorted(ids)
+
+
+def step_order(funnel: str, content_dir: Path | None = None) -> list[str]:
+    """State names of the funnel's state machine, in the order a contact meets them."""
+    path = Path(content_dir or config().content_dir) / "statemachines" / f"{funnel}.asl.json"
+    if not path.exists():
+        return []
+    states = json.loads(path.read_text())
+    order: list[str] = []
+
+    def walk(machine: dict) -> None:
+        queue = [machine["StartAt"]]
+        while queue:
+            name = queue.pop(0)
+            if name in order or name not in machine["States"]:
+                continue
+            order.append(name)
+            state = machine["States"][name]
+            nexts = [state.get("Next"), *(c.get("Next") for c in state.get("Choices", [])), state.get("Default"),
+                     *(c.get("Next") for c in state.get("Catch", []))]
+            queue.extend(n for n in nexts if n)
+            for branch in state.get("Branches", []):
+                walk(branch)
+
+    walk(states)
+    return order
+
+
+def _day(field: str, value: str) -> date:
+    try:
+        return date.fromisoformat(value)
+    except ValueError:
+        raise InvalidField(field, "expected a day as YYYY-MM-DD") from None
+
+
+def day_range(start: str | None, end: str | None) -> tuple[str, str]:
+    """Validated ISO days; defaults: the last 30 days up to today (on the funnelpilot clock)."""
+    end_day = _day("to", end) if end else clock.utcnow().date()
+    start_day = _day("from", start) if start else end_day - timedelta(days=DEFAULT_DAYS - 1)
+    if start_day > end_day:
+        raise InvalidField("from", "from is after to")
+    return start_day.isoformat(), end_day.isoformat()
+
+
+def query_rows(funnel: str, start: str, end: str, table: str | None = None) -> list[dict]:
+    """Every counter row of the funnel between two days (inclusive), as plain dicts."""
+    kwargs = {"TableName": table or config().metrics_table,
+              "KeyConditionExpression": "pk = :pk AND sk BETWEEN :lo AND :hi",
+              "ExpressionAttributeValues": {":pk": {"S": f"FUNNEL#{funnel}"}, ":lo": {"S": f"DAY#{start}#"},
+                                            ":hi": {"S": f"DAY#{end}#\uffff"}}}
+    rows = []
+    while True:
+        page = _ddb().query(**kwargs)
+        rows += [{k: (v["S"] if "S" in v else int(v["N"])) for k, v in item.items()} for item in page["Items"]]
+        if "LastEvaluatedKey" not in page:
+            return rows
+        kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+
+
+def _pct(part: int, whole: int) -> float | None:
+    return round(100.0 * part / whole, 1) if whole else None
+
+
+def _with_rates(counts: dict) -> dict:
+    reached = counts.get("sent", 0) - counts.get("bounced", 0)
+    counts["open_rate"] = _pct(counts.get("human_opens", 0), reached)
+    counts["click_rate"] = _pct(counts.get("human_clicks", 0), reached)
+    counts["conversion_rate"] = _pct(counts.get("conversions", 0), counts.get("entered", 0))
+    return counts
+
+
+def build(funnel: str, rows: list[dict], start: str, end: str, order: list[str] | None = None) -> dict:
+    """The report (the JSON of ``GET /funnels/{id}/report``) from counter rows."""
+    sums: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+    daily: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+    for row in rows:
+        day, _, name = row["sk"].removeprefix("DAY#").partition("#")
+        for key, value in row.items():
+            if isinstance(value, int) and key not in ("expires_at",):
+                sums[name][key] += value
+                if name.startswith("STEP#") and key in ("sent", "human_opens", "human_clicks", "conversions"):
+                    daily[day][key] += value
+    order = order if order is not None else step_order(funnel)
+    names = [n.removeprefix("STEP#") for n in sums if n.startswith("STEP#")]
+    rank = {name: i for i, name in enumerate(order)}
+    names.sort(key=lambda n: (rank.get(n, len(rank)), n))
+
+    def counts(name: str) -> dict:
+        got = sums.get(name, {})
+        out = {m: got.get(m, 0) for m in STEP_METRICS}
+        out["blocked_by_reason"] = {k.removeprefix("blocked_"): v for k, v in sorted(got.items())
+                                    if k.startswith("blocked_")}
+        return _with_rates(out)
+
+    total = sums.get(FUNNEL_ROW, {})
+    funnel_row = {k: total.get(k, 0) for k in ("entered", "completed", "conversions", "failed")}
+    funnel_row["conversion_rate"] = _pct(funnel_row["conversions"], funnel_row["entered"])
+    steps, previous = [], funnel_row["entered"]
+    for name in names:
+        step = {"step": name, **counts(f"STEP#{name}")}
+        step["drop_off"] = (_pct(previous - step["entered"], previous)
+                            if step["entered"] and previous else None)
+        if step["entered"]:
+            previous = step["entered"]
+        steps.append(step)
+    emails = [{"template": n.removeprefix("EMAIL#"), **counts(n)} for n in sorted(sums) if n.startswith("EMAIL#")]
+    variants = []
+    for n in sorted(sums):
+        if n.startswith("VARIANT#"):
+            step, _, variant = n.removeprefix("VARIANT#").rpartition("#")
+            variants.append({"step": step, "variant": variant, **counts(n)})
+    return {"funnel": funnel, "from": start, "to": end, **funnel_row, "steps": steps, "emails": emails,
+            "variants": variants, "daily": [{"day": d, **daily[d]} for d in sorted(daily)]}
+
+
+def funnel_report(funnel: str, start: str | None = None, end: str | None = None) -> dict | None:
+    """Report for a shipped funnel, or None when no such funnel exists."""
+    if funnel not in known_funnels():
+        return None
+    start, end = day_range(start, end)
+    return build(funnel, query_rows(funnel, start, end), start, end)
+
+
+# ---------------------------------------------------------------- presentation
+def _fmt_pct(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}%"
+
+
+def table(report: dict) -> str:
+    """Plain-text table of one funnel report, for the terminal and the README."""
+    head = (f"funnel {report['funnel']}  {report['from']} .. {report['to']}  entered {report['entered']}, "
+            f"converted {report['conversions']} ({_fmt_pct(report['conversion_rate'])}), "
+            f"completed {report['completed']}")
+    cols = ("step", "entered", "sent", "blocked", "open %", "mach.op", "click %", "mach.cl", "conv %", "unsub",
+            "drop-off")
+    lines = [[s["step"], s["entered"], s["sent"], s["blocked"], _fmt_pct(s["open_rate"]), s["machine_opens"],
+              _fmt_pct(s["click_rate"]), s["machine_clicks"], _fmt_pct(s["conversion_rate"]), s["unsubscribes"],
+              _fmt_pct(s["drop_off"])] for s in report["steps"]]
+    widths = [max(len(str(c)) for c in column) for column in zip(cols, *lines)]
+    fmt = "  ".join(f"{{:<{w}}}" if i == 0 else f"{{:>{w}}}" for i, w in enumerate(widths))
+    out = [head, "  " + fmt.format(*cols)] + ["  " + fmt.format(*map(str, line)) for line in lines]
+    blocked = {}
+    for s in report["steps"]:
+        for reason, n in s["blocked_by_reason"].items():
+            blocked[reason] = blocked.get(reason, 0) + n
+    if blocked:
+        out.append("  blocked: " + ", ".join(f"{r} {n}" for r, n in sorted(blocked.items())))
+    for v in report["variants"]:
+        out.append(f"  A/B {v['step']} [{v['variant']}]: sent {v['sent']}, open {_fmt_pct(v['open_rate'])}, "
+                   f"click {_fmt_pct(v['click_rate'])}, conv {_fmt_pct(v['conversion_rate'])}")
+    return "\n".join(out)
+
+
+def _esc(text: str) -> str:
+    return str(text).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace('"', "&quot;")
+
+
+def chart_html(reports: list[dict], title: str = "funnelpilot funnels") -> str:
+    """A self-contained HTML page (inline SVG, no scripts): one funnel chart per report,
+    bars per step for entered / sent / human opens / human clicks / conversions."""
+    series = (("entered", "#c7d2fe", "entered"), ("sent", "#818cf8", "sent"),
+              ("human_opens", "#34d399", "opened (human)"), ("human_clicks", "#f59e0b", "clicked (human)"),
+              ("conversions", "#ef4444", "converted"))
+    sections = []
+    for rep in reports:
+        steps = [s for s in rep["steps"] if s["entered"] or s["conversions"]]
+        top = max([rep["entered"], 1] + [s["entered"] for s in steps])
+        label_w, bar_w, row_h = 220, 560, 22 * len(series) + 18
+        height = 40 + row_h * (len(steps) + 1)
+        parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{label_w + bar_w + 140}" height="{height}" '
+                 f'role="img" aria-label="funnel {_esc(rep["funnel"])}">']
+        y = 30
+        rows = [("Entered funnel", {"entered": rep["entered"], "conversions": rep["conversions"]})]
+        rows += [(s["step"], s) for s in steps]
+        for name, data in rows:
+            parts.append(f'<text x="0" y="{y + 14}" font-size="13" font-weight="bold">{_esc(name)}</text>')
+            for i, (key, colour, label) in enumerate(series):
+                if key not in data:
+                    continue
+                value = data.get(key, 0)
+                w = max(1, round(bar_w * value / top)) if value else 0
+                by = y + 20 + i * 20 - 18
+                parts.append(f'<rect x="{label_w}" y="{by}" width="{w}" height="16" fill="{colour}">'
+                             f'<title>{_esc(label)}: {value}</title></rect>')
+                parts.append(f'<text x="{label_w + w + 6}" y="{by + 12}" font-size="11">{_esc(label)} {value}</text>')
+            y += row_h
+        parts.append("</svg>")
+        sections.append(f"<section><h2>{_esc(rep['funnel'])}</h2><p>{_esc(rep['from'])} .. {_esc(rep['to'])}: "
+                        f"entered {rep['entered']}, converted {rep['conversions']} "
+                        f"({_fmt_pct(rep['conversion_rate'])})</p>{''.join(parts)}</section>")
+    legend = " ".join(f'<span style="background:{c};padding:0 .6em;margin-right:.3em"></span>{_esc(label)}'
+                      for _, c, label in series)
+    return ("<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">"
+            f"<title>{_esc(title)}</title><style>body{{font-family:system-ui,sans-serif;margin:2em;color:#111}}"
+            "section{margin-bottom:2em}h2{margin:.2em 0}</style></head><body>"
+            f"<h1>{_esc(title)}</h1><p>{legend}</p><p>Opens and clicks count unique humans per email; machine "
+            "opens (Apple Mail Privacy Protection prefetches) and scanner clicks are excluded.</p>"
+            + "".join(sections) + "</body></html>\n")

@@ -1,0 +1,379 @@
+"""Lead scoring (``capture`` track, prospects) and loyalty (``loyalty`` track, customers).
+Rules are data: ``infra/scoring.yaml`` (documented in README, "Scoring").
+
+How decay composes with atomic ``ADD`` (no nightly job, no read-modify-write race):
+each track is stored on the contact profile as *points at a reference epoch*
+``score_at`` (epoch seconds). An event at time ``t`` adds
+``points * 2 ** ((t - score_at) / half_life)`` with ``ADD``; the value at any time is
+``stored * 2 ** (-(now - score_at) / half_life)``. Decay is a common factor, so the sum
+of concurrent ADDs is exact in whatever order DynamoDB applies them, and a contact
+nobody touches decays "by itself" when read. ``score_at`` only changes on the first
+scored event and when it is rebased (once every ``REBASE_HALF_LIVES`` half-lives, a
+conditional write) so the stored numbers stay small; every ADD is conditioned on the
+``score_at`` it was computed for, and retried if a rebase won the race.
+
+One scored event = one TransactWriteItems: the event marker (conditional put on
+``EVT#<occurred_at>#<event_id>``: idempotency, and the contact's activity log read by
+sales alerts), the per-rule daily cap counters (conditional ADD) and the profile ADD.
+"""
+import json
+import math
+from dataclasses import dataclass, field
+from datetime import datetime
+from functools import cache
+
+import boto3
+import yaml
+from botocore.exceptions import ClientError
+
+from funnelpilot import bus, clock, tokens
+from funnelpilot.config import config
+from funnelpilot.models import PROFILE, Contact
+
+DAY = 86_400
+REBASE_HALF_LIVES = 24
+ACTIVITY_TTL = 90 * DAY
+TRACKS = ("capture", "loyalty")
+_ATTR = {"capture": "score", "loyalty": "loyalty"}
+_FLAG = {"capture": "qualified_until", "loyalty": "vip_until"}
+# Fields copied from an event into the activity log (never PII).
+_SUMMARY_FIELDS = ("path", "funnel", "step", "template", "link", "order_id", "total", "currency",
+                   "list", "lead_magnet", "segment")
+
+
+@dataclass(frozen=True)
+class Track:
+    name: str
+    half_life: float  # seconds
+    threshold: float | None
+    emits: str | None
+    audience: str  # prospects | customers | all
+
+
+@dataclass(frozen=True)
+class Rule:
+    id: str
+    event: str
+    track: str = "capture"
+    points: float = 0
+    when: dict = field(default_factory=dict)
+    per_field: str | None = None  # points per unit of a numeric detail field (spend)
+    per: float = 1
+    max_points: float | None = None
+    cap_per_day: int | None = None
+
+    def matches(self, detail_type: str, detail: dict) -> bool:
+        return detail_type == self.event and all(matches(detail.get(k), want) for k, want in self.when.items())
+
+    def points_for(self, detail: dict) -> float:
+        pts = self.points
+        if self.per_field:
+            try:
+                pts += float(detail.get(self.per_field) or 0) / self.per
+            except (TypeError, ValueError):
+                pass
+        if self.max_points is not None:
+            pts = min(pts, self.max_points)
+        return pts
+
+
+@dataclass(frozen=True)
+class Settings:
+    tracks: dict[str, Track]
+    rules: tuple[Rule, ...]
+    inactive_after_days: int
+    repurchase: dict
+
+    def event_kinds(self) -> set[str]:
+        return {r.event for r in self.rules}
+
+
+def matches(value, want) -> bool:
+    """A rule/segment condition on one field: a scalar (equal), a list (any of), or
+    ``{exists: bool}`` / ``{prefix: str}`` / ``{gte|gt|lte|lt: number}``."""
+    if isinstance(want, list):
+        return any(matches(value, w) for w in want)
+    if isinstance(want, dict):
+        for op, arg in want.items():
+            if op == "exists":
+                ok = (value is not None) == bool(arg)
+            elif op == "prefix":
+                ok = isinstance(value, str) and value.startswith(arg)
+            elif op in ("gte", "gt", "lte", "lt"):
+                try:
+                    v = float(value)
+                except (TypeError, ValueError):
+                    return False
+                ok = {"gte": v >= arg, "gt": v > arg, "lte": v <= arg, "lt": v < arg}[op]
+            else:
+                raise ValueError(f"unknown condition operator {op!r}")
+            if not ok:
+                return False
+        return True
+    return value == want
+
+
+@cache
+def settings() -> Settings:
+    doc = yaml.safe_load((config().content_dir / "scoring.yaml").read_text())
+    tracks = {}
+    for name in TRACKS:
+        t = doc.get("tracks", {}).get(name, {})
+        tracks[name] = Track(name, float(t.get("half_life_days", 30)) * DAY, t.get("threshold"),
+                             t.get("emits"), t.get("for", "all"))
+    rules = []
+    for r in doc.get("rules", []):
+        per = r.get("points_per") or {}
+        rule = Rule(id=r["id"], event=r["event"], track=r.get("track", "capture"),
+                    points=float(r.get("points", 0)), when=r.get("when") or {},
+                    per_field=per.get("field"), per=float(per.get("per", 1)),
+                    max_points=r.get("max_points"), cap_per_day=r.get("cap_per_day"))
+        if rule.track not in TRACKS:
+            raise ValueError(f"scoring.yaml: rule {rule.id}: unknown track {rule.track!r}")
+        rules.append(rule)
+    return Settings(tracks, tuple(rules), int(doc.get("inactivity", {}).get("after_days", 30)),
+                    doc.get("repurchase") or {})
+
+
+def decay(points: float, elapsed: float, half_life: float) -> float:
+    """``points`` after ``elapsed`` seconds: halved every ``half_life`` seconds."""
+    return points * 2.0 ** (-elapsed / half_life)
+
+
+def current_score(contact: Contact, track: str = "capture", at: float | None = None) -> float:
+    """The contact's score on a track now (or at ``at``), decay applied. 0 if never scored."""
+    stored = getattr(contact, _ATTR[track]) or 0
+    if not stored or contact.score_at is None:
+        return 0.0
+    now = clock.now() if at is None else at
+    return decay(float(stored), now - float(contact.score_at), settings().tracks[track].half_life)
+
+
+def is_customer(contact: Contact) -> bool:
+    return bool(contact.orders)
+
+
+def event_time(detail: dict) -> float:
+    try:
+        return datetime.fromisoformat(detail["occurred_at"].replace("Z", "+00:00")).timestamp()
+    except (KeyError, AttributeError, ValueError):
+        return clock.now()
+
+
+@cache
+def _ddb():
+    return boto3.client("dynamodb", region_name=config().region)
+
+
+def _n(x: float) -> dict:
+    return {"N": repr(round(float(x), 9)) if not float(x).is_integer() else str(int(x))}
+
+
+@dataclass
+class Outcome:
+    status: str  # scored | duplicate | unknown_contact | no_rule
+    points: dict = field(default_factory=dict)  # track -> points added (before decay scaling)
+    rules: list = field(default_factory=list)
+    crossed: list = field(default_factory=list)  # events emitted for threshold crossings
+
+
+def record(detail_type: str, detail: dict) -> Outcome:
+    """Apply the matching rules to one event (idempotent on event_id)."""
+    t = event_time(detail)
+    matched = [r for r in settings().rules if r.matches(detail_type, detail)]
+    return _apply(detail_type, detail, matched, t, f"EVT#{clock.iso(t)}#{detail['event_id']}")
+
+
+def award(contact_id: str, points: float, *, once_key: str, track: str = "capture",
+          reason: str = "funnel") -> Outcome:
+    """Points from outside the rules (a funnel's ``score`` step), added at most once per
+    ``once_key`` (e.g. execution + state), decay-compatible like every other ADD."""
+    rule = Rule(id=reason, event="score.awarded", track=track, points=float(points))
+    detail = {"event_id": once_key, "contact_id": contact_id}
+    return _apply("score.awarded", detail, [rule], clock.now(), f"AWARD#{once_key}")
+
+
+def _apply(detail_type: str, detail: dict, matched: list, t: float, marker_sk: str) -> Outcome:
+    cid, event_id = detail["contact_id"], detail["event_id"]
+    day = clock.iso(t)[:10]
+    capped: set[str] = set()
+    for _attempt in range(8):
+        contact = _get(cid)
+        if contact is None:
+            return Outcome("unknown_contact")
+        rules = [r for r in matched if r.id not in capped]
+        points = {tr: 0.0 for tr in TRACKS}
+        for r in rules:
+            points[r.track] += r.points_for(detail)
+        items = [_marker(cid, marker_sk, detail_type, detail, t, points)]
+        items += [_cap(cid, r, day) for r in rules if r.cap_per_day]
+        items.append(_profile_update(contact, points, t, detail_type, detail))
+        try:
+            _ddb().transact_write_items(TransactItems=items)
+        except ClientError as exc:
+            reasons = exc.response.get("CancellationReasons") or []
+            failed = [i for i, r in enumerate(reasons) if r.get("Code") == "ConditionalCheckFailed"]
+            if exc.response["Error"]["Code"] != "TransactionCanceledException" or not failed:
+                raise
+            if 0 in failed:
+                return Outcome("duplicate")
+            capped_rules = [r for r in rules if r.cap_per_day]
+            newly = {capped_rules[i - 1].id for i in failed if 0 < i <= len(capped_rules)}
+            if newly:
+                capped |= newly
+            continue  # cap reached for some rule, or score_at moved (first score / rebase): retry
+        break
+    else:
+        raise RuntimeError(f"scoring {event_id}: too many conflicting retries")
+    outcome = Outcome("scored" if any(points.values()) else "no_rule", points, [r.id for r in rules])
+    if any(points.values()):
+        outcome.crossed = _thresholds(cid, event_id, t, points)
+    return outcome
+
+
+def _get(cid: str) -> Contact | None:
+    try:
+        return Contact.get(cid, PROFILE, consistent_read=True)
+    except Contact.DoesNotExist:
+        return None
+
+
+def _key(cid: str, sk: str) -> dict:
+    return {"pk": {"S": cid}, "sk": {"S": sk}}
+
+
+def _marker(cid, sk, detail_type, detail, t, points) -> dict:
+    summary = {k: detail[k] for k in _SUMMARY_FIELDS if detail.get(k) is not None}
+    item = {**_key(cid, sk), "kind": {"S": detail_type},
+            "at": _n(t), "summary": {"S": json.dumps(summary, sort_keys=True)},
+            "expires_at": _n(int(clock.now()) + ACTIVITY_TTL)}
+    for track, pts in points.items():
+        if pts:
+            item[f"{track}_points"] = _n(pts)
+    return {"Put": {"TableName": config().table, "Item": item, "ConditionExpression": "attribute_not_exists(pk)"}}
+
+
+def _cap(cid: str, rule: Rule, day: str) -> dict:
+    return {"Update": {
+        "TableName": config().table, "Key": _key(cid, f"CAP#{day}#{rule.id}"),
+        "UpdateExpression": "ADD hits :one SET expires_at = :exp",
+        "ConditionExpression": "attribute_not_exists(hits) OR hits < :cap",
+        "ExpressionAttributeValues": {":one": _n(1), ":cap": _n(rule.cap_per_day),
+                                      ":exp": _n(int(clock.now()) + 3 * DAY)}}}
+
+
+def _profile_update(contact: Contact, points: dict, t: float, detail_type: str, detail: dict) -> dict:
+    """The profile ADD, conditioned on the reference epoch it was computed for."""
+    tracks = settings().tracks
+    names = {"#at": "score_at"}
+    values: dict = {}
+    adds, sets = [], []
+    ref = contact.score_at
+    shortest = min(tr.half_life for tr in tracks.values())
+    if ref is None:
+        cond = "attribute_exists(pk) AND attribute_not_exists(#at)"
+        ref = t
+        sets.append("#at = :ref")
+    elif t - ref > REBASE_HALF_LIVES * shortest:
+        # Rebase: re-express the stored values at t (exact: the condition pins what we read).
+        cond_parts = ["#at = :old"]
+        values[":old"] = _n(ref)
+        for track, attr in _ATTR.items():
+            names[f"#{attr}"] = attr
+            stored = getattr(contact, attr)
+            if stored is None:
+                cond_parts.append(f"attribute_not_exists(#{attr})")
+            else:
+                cond_parts.append(f"#{attr} = :was_{attr}")
+                values[f":was_{attr}"] = _n(stored)
+            rebased = decay(float(stored or 0), t - ref, tracks[track].half_life)
+            sets.append(f"#{attr} = :rb_{attr}")
+            values[f":rb_{attr}"] = _n(rebased + points[track])
+        points = {tr: 0.0 for tr in TRACKS}  # already included above
+        cond = " AND ".join(cond_parts)
+        ref = t
+        sets.append("#at = :ref")
+    else:
+        cond = "#at = :ref"
+    values[":ref"] = _n(ref)
+    for track, pts in points.items():
+        if pts:
+            attr = _ATTR[track]
+            names[f"#{attr}"] = attr
+            adds.append(f"#{attr} :p_{attr}")
+            values[f":p_{attr}"] = _n(pts * 2.0 ** ((t - ref) / tracks[track].half_life))
+    if detail_type == "order.placed":
+        month = clock.iso(t)[5:7]
+        adds += ["orders :one", "order_months :month"]
+        values[":one"] = _n(1)
+        values[":month"] = {"SS": [month]}
+        sets += ["first_order_at = if_not_exists(first_order_at, :t)", "last_order_at = :t"]
+        values[":t"] = _n(t)
+        try:
+            spend = float(detail.get("total") or 0)
+        except (TypeError, ValueError):
+            spend = 0
+        if spend:
+            adds.append("spend :spend")
+            values[":spend"] = _n(spend)
+    expr = []
+    if sets:
+        expr.append("SET " + ", ".join(sets))
+    if adds:
+        expr.append("ADD " + ", ".join(adds))
+    if not expr:  # nothing to change: still pin the reference so the transaction is valid
+        expr.append("SET #at = :ref")
+    return {"Update": {"TableName": config().table, "Key": _key(contact.pk, PROFILE),
+                       "UpdateExpression": " ".join(expr), "ConditionExpression": cond,
+                       "ExpressionAttributeNames": names, "ExpressionAttributeValues": values}}
+
+
+def _thresholds(cid: str, event_id: str, t: float, points: dict) -> list[str]:
+    """Emit ``score.changed`` and, once per upward crossing, the track's threshold event.
+
+    Each track has an episode flag (``qualified_until`` / ``vip_until``): the time the
+    score will decay below the threshold if nothing else happens. A crossing claims the
+    flag with a conditional write that succeeds only if the previous episode had ended
+    by ``t`` - so it is emitted once, and again only after the score fell below (by decay
+    or negative points) and rose again.
+    """
+    contact = _get(cid)
+    entries, crossed = [], []
+    for name, track in settings().tracks.items():
+        if not points[name]:
+            continue
+        now_score = current_score(contact, name, at=t)
+        entries.append(bus.event("score.changed", cid, event_id=tokens.digest_id("sc", event_id, name),
+                                 track=name, score=round(now_score, 2), points=points[name]))
+        if track.threshold is None or not track.emits:
+            continue
+        eligible = track.audience == "all" or (track.audience == "customers") == is_customer(contact)
+        flag = _FLAG[name]
+        if now_score >= track.threshold and eligible:
+            stored = float(getattr(contact, _ATTR[name]))
+            until = float(contact.score_at) + track.half_life * math.log2(stored / track.threshold)
+            if _set_flag(cid, flag, until, f"attribute_not_exists({flag}) OR {flag} < :t", t):
+                crossed.append(track.emits)
+                entries.append(bus.event(track.emits, cid, event_id=tokens.digest_id("q", event_id, name),
+                                         track=name, score=round(now_score, 2), threshold=track.threshold))
+            else:
+                _set_flag(cid, flag, until, f"{flag} < :v", t)  # extend the running episode
+        elif now_score < track.threshold and getattr(contact, flag) and getattr(contact, flag) > t:
+            _set_flag(cid, flag, t, f"{flag} > :v", t)  # fell below: the episode ends now
+    bus.publish(*entries)
+    return crossed
+
+
+def _set_flag(cid: str, flag: str, value: float, condition: str, t: float) -> bool:
+    values = {":v": _n(value)}
+    if ":t" in condition:
+        values[":t"] = _n(t)
+    try:
+        _ddb().update_item(TableName=config().table, Key=_key(cid, PROFILE),
+                           UpdateExpression=f"SET {flag} = :v", ConditionExpression=condition,
+                           ExpressionAttributeValues=values)
+        return True
+    except ClientError as exc:
+        if exc.response["Error"]["Code"] == "ConditionalCheckFailedException":
+            return False
+        raise

@@ -1,0 +1,246 @@
+"""Segments: definitions in ``infra/segments.yaml`` (README, "Segments"), evaluated for one
+contact at a time when an event touches something a segment depends on - never a rebuild.
+
+Membership is stored twice, written in one transaction: an item ``pk = <contact_id>,
+sk = SEG#<segment>`` on the sparse GSI (``gsi1pk = SEG#<segment>``: "members of S" is a
+Query), and the ``segments`` string set on the profile (``if segment`` in a funnel is one
+GetItem). Entering is a conditional put, leaving a conditional delete, so concurrent or
+repeated evaluations emit ``segment.entered`` / ``segment.left`` once per change.
+"""
+import hashlib
+import json
+from dataclasses import dataclass
+from functools import cache
+
+import boto3
+import yaml
+from botocore.exceptions import ClientError
+
+from funnelpilot import bus, clock, inactivity, scoring, tokens
+from funnelpilot.config import config
+from funnelpilot.models import PROFILE, Contact
+
+DAY = 86_400
+ENGAGEMENT = sorted(inactivity.ENGAGEMENT)
+_PROFILE_EVENTS = ["contact.updated", "contact.tagged", "contact.untagged"]
+_STATUS_EVENTS = ["contact.subscribed", "contact.confirmed", "contact.unsubscribed", "contact.suppressed",
+                  "contact.erased"]
+# Which events can change each kind of condition (the segment's dependencies).
+DEPENDS = {
+    "tag": _PROFILE_EVENTS, "not_tag": _PROFILE_EVENTS, "property": _PROFILE_EVENTS,
+    "list": ["contact.subscribed", "contact.unsubscribed", *_PROFILE_EVENTS],
+    "lead_magnet": ["contact.subscribed", *_PROFILE_EVENTS],
+    "status": _STATUS_EVENTS,
+    "score": ["score.changed"], "loyalty": ["score.changed"],
+    "customer": ["order.placed"],
+    "last_activity_days": [*ENGAGEMENT, "contact.inactive"],
+}
+
+
+@dataclass(frozen=True)
+class Segment:
+    name: str
+    mode: str  # all | any
+    conditions: tuple[dict, ...]
+    description: str = ""
+
+    def depends_on(self) -> set[str]:
+        kinds: set[str] = set()
+        for cond in self.conditions:
+            (kind, arg), = cond.items()
+            kinds.update([arg["event"]] if kind == "did" else DEPENDS[kind])
+        return kinds
+
+
+def fact_key(did: dict) -> str:
+    """Stable id of a ``did`` condition (event + where), shared by segments using the same one."""
+    raw = json.dumps({"event": did["event"], "where": did.get("where") or {}}, sort_keys=True)
+    return hashlib.sha256(raw.encode()).hexdigest()[:16]
+
+
+@cache
+def definitions() -> dict[str, Segment]:
+    doc = yaml.safe_load((config().content_dir / "segments.yaml").read_text()) or {}
+    out = {}
+    for name, spec in (doc.get("segments") or {}).items():
+        mode = "any" if "any" in spec else "all"
+        conditions = tuple(spec.get(mode) or [])
+        for cond in conditions:
+            if len(cond) != 1:
+                raise ValueError(f"segments.yaml: {name}: each condition has exactly one kind: {cond}")
+            (kind, arg), = cond.items()
+            if kind != "did" and kind not in DEPENDS:
+                raise ValueError(f"segments.yaml: {name}: unknown condition {kind!r}")
+            if kind == "did" and "event" not in arg:
+                raise ValueError(f"segments.yaml: {name}: did needs an event")
+        out[name] = Segment(name, mode, conditions, spec.get("description", ""))
+    return out
+
+
+def event_kinds() -> set[str]:
+    """Every event type some segment depends on (the segment function's rule must match them)."""
+    return set().union(*(s.depends_on() for s in definitions().values()))
+
+
+@cache
+def _ddb():
+    return boto3.client("dynamodb", region_name=config().region)
+
+
+class _Facts:
+    """What evaluating one contact needs, read lazily (one GetItem each, at most once)."""
+
+    def __init__(self, contact: Contact):
+        self.contact = contact
+        self._last_activity = ...
+        self._did: dict[str, float | None] = {}
+
+    def last_activity(self) -> float | None:
+        if self._last_activity is ...:
+            self._last_activity = inactivity.last_activity(self.contact.pk)
+        return self._last_activity
+
+    def did_at(self, key: str) -> float | None:
+        if key not in self._did:
+            item = _ddb().get_item(TableName=config().table, ConsistentRead=True,
+                                   Key={"pk": {"S": self.contact.pk}, "sk": {"S": f"DID#{key}"}}).get("Item")
+            self._did[key] = float(item["at"]["N"]) if item else None
+        return self._did[key]
+
+
+def _holds(kind: str, arg, facts: _Facts, now: float) -> bool:
+    c = facts.contact
+    if kind == "tag":
+        return arg in (c.tags or set())
+    if kind == "not_tag":
+        return arg not in (c.tags or set())
+    if kind == "list":
+        return arg in (c.lists or set())
+    if kind == "lead_magnet":
+        return arg in (c.lead_magnets or set())
+    if kind == "status":
+        return scoring.matches(c.status, arg)
+    if kind == "property":
+        props = c.properties.as_dict() if c.properties else {}
+        return all(scoring.matches(props.get(k), want) for k, want in arg.items())
+    if kind == "score":
+        return scoring.matches(scoring.current_score(c, "capture", at=now), arg)
+    if kind == "loyalty":
+        return scoring.matches(scoring.current_score(c, "loyalty", at=now), arg)
+    if kind == "customer":
+        return scoring.is_customer(c) == bool(arg)
+    if kind == "last_activity_days":
+        last = facts.last_activity()
+        return scoring.matches(float("inf") if last is None else (now - last) / DAY, arg)
+    if kind == "did":
+        at = facts.did_at(fact_key(arg))
+        if at is None:
+            return False
+        return "within_days" not in arg or now - at <= float(arg["within_days"]) * DAY
+    raise ValueError(f"unknown condition {kind!r}")
+
+
+def is_member(segment: Segment, facts: _Facts, now: float) -> bool:
+    if facts.contact.status == "erased":
+        return False
+    results = (_holds(*next(iter(cond.items())), facts, now) for cond in segment.conditions)
+    return all(results) if segment.mode == "all" else any(results)
+
+
+def record_facts(detail_type: str, detail: dict) -> None:
+    """Remember events that ``did`` conditions look for (latest time per condition)."""
+    seen = set()
+    for seg in definitions().values():
+        for cond in seg.conditions:
+            did = cond.get("did")
+            if not did or did["event"] != detail_type or fact_key(did) in seen:
+                continue
+            if not all(scoring.matches(detail.get(k), want) for k, want in (did.get("where") or {}).items()):
+                continue
+            key = fact_key(did)
+            seen.add(key)
+            t = scoring.event_time(detail)
+            try:
+                _ddb().update_item(
+                    TableName=config().table, Key={"pk": {"S": detail["contact_id"]}, "sk": {"S": f"DID#{key}"}},
+                    UpdateExpression="SET #at = :t", ConditionExpression="attribute_not_exists(#at) OR #at < :t",
+                    ExpressionAttributeNames={"#at": "at"}, ExpressionAttributeValues={":t": {"N": str(t)}})
+            except ClientError as exc:
+                if exc.response["Error"]["Code"] != "ConditionalCheckFailedException":
+                    raise
+
+
+def evaluate(detail_type: str, detail: dict) -> dict[str, list[str]]:
+    """Re-evaluate, for the event's contact, the segments that depend on this event type."""
+    cid = detail["contact_id"]
+    record_facts(detail_type, detail)
+    affected = [s for s in definitions().values() if detail_type in s.depends_on()]
+    changes: dict[str, list[str]] = {"entered": [], "left": []}
+    if not affected:
+        return changes
+    try:
+        contact = Contact.get(cid, PROFILE, consistent_read=True)
+    except Contact.DoesNotExist:
+        return changes
+    facts, now = _Facts(contact), clock.now()
+    current = set(contact.segments or set())
+    entries = []
+    for seg in affected:
+        member = is_member(seg, facts, now)
+        if member and seg.name not in current and _enter(cid, seg.name):
+            changes["entered"].append(seg.name)
+            entries.append(bus.event("segment.entered", cid, segment=seg.name, trigger=detail_type,
+                                     event_id=tokens.digest_id("se", detail["event_id"], seg.name)))
+        elif not member and seg.name in current and _leave(cid, seg.name):
+            changes["left"].append(seg.name)
+            entries.append(bus.event("segment.left", cid, segment=seg.name, trigger=detail_type,
+                                     event_id=tokens.digest_id("sl", detail["event_id"], seg.name)))
+    bus.publish(*entries)
+    return changes
+
+
+def _membership_key(cid: str, segment: str) -> dict:
+    return {"pk": {"S": cid}, "sk": {"S": f"SEG#{segment}"}}
+
+
+def _transact(items: list[dict]) -> bool:
+    try:
+        _ddb().transact_write_items(TransactItems=items)
+        return True
+    except ClientError as exc:
+        reasons = exc.response.get("CancellationReasons") or []
+        if any(r.get("Code") == "ConditionalCheckFailed" for r in reasons):
+            return False  # another evaluation made the same change first
+        raise
+
+
+def _enter(cid: str, segment: str) -> bool:
+    item = {**_membership_key(cid, segment), "gsi1pk": {"S": f"SEG#{segment}"}, "gsi1sk": {"S": cid},
+            "segment": {"S": segment}, "entered_at": {"S": clock.iso()}}
+    return _transact([
+        {"Put": {"TableName": config().table, "Item": item, "ConditionExpression": "attribute_not_exists(pk)"}},
+        {"Update": {"TableName": config().table, "Key": {"pk": {"S": cid}, "sk": {"S": PROFILE}},
+                    "UpdateExpression": "ADD #segs :s", "ConditionExpression": "attribute_exists(pk)",
+                    "ExpressionAttributeNames": {"#segs": "segments"},
+                    "ExpressionAttributeValues": {":s": {"SS": [segment]}}}}])
+
+
+def _leave(cid: str, segment: str) -> bool:
+    return _transact([
+        {"Delete": {"TableName": config().table, "Key": _membership_key(cid, segment),
+                    "ConditionExpression": "attribute_exists(pk)"}},
+        {"Update": {"TableName": config().table, "Key": {"pk": {"S": cid}, "sk": {"S": PROFILE}},
+                    "UpdateExpression": "DELETE #segs :s", "ExpressionAttributeNames": {"#segs": "segments"},
+                    "ExpressionAttributeValues": {":s": {"SS": [segment]}}}}])
+
+
+def members(segment: str, *, limit: int = 100, cursor: str | None = None) -> tuple[list[str], str | None]:
+    """One page of a segment's members (Query on gsi1) and the cursor for the next page."""
+    kwargs = {"TableName": config().table, "IndexName": "gsi1", "Limit": limit,
+              "KeyConditionExpression": "gsi1pk = :s", "ExpressionAttributeValues": {":s": {"S": f"SEG#{segment}"}},
+              "ProjectionExpression": "gsi1sk"}
+    if cursor:
+        kwargs["ExclusiveStartKey"] = json.loads(cursor)
+    page = _ddb().query(**kwargs)
+    nxt = page.get("LastEvaluatedKey")
+    return [i["gsi1sk"]["S"] for i in page["Items"]], (json.dumps(nxt, sort_keys=True) if nxt else None)

@@ -1,0 +1,199 @@
+"""Unsubscribe (page and RFC 8058 one-click) and SES feedback (bounces, complaints, deliveries)."""
+import json
+import re
+import uuid
+from email import message_from_bytes, policy
+
+from funnelpilot import clock, tokens
+
+BROWSER = "Mozilla/5.0 (Macintosh; Intel Mac OS X 14_5) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/17.5 Safari/605.1.15"
+
+
+def signup_and_mail(rt, email="ann@example.com"):
+    cid = rt.http("POST", "/signup", json_body={"email": email, "consent": True}).json()["contact_id"]
+    assert rt.settle()
+    [path] = [p for p in rt.outbox.glob("*.eml") if email in p.read_text()]
+    return cid, message_from_bytes(path.read_bytes(), policy=policy.default)
+
+
+def unsubscribe_path(mail) -> str:
+    return re.match(r"<http://127\.0\.0\.1:3000(/u/[^>]+)>", mail["List-Unsubscribe"]).group(1)
+
+
+def status(rt, cid):
+    item = rt.client("dynamodb").get_item(TableName="ContactsTable",
+                                          Key={"pk": {"S": cid}, "sk": {"S": "PROFILE"}})["Item"]
+    return item["status"]["S"]
+
+
+def send_step(rt, cid, state="Send welcome-2"):
+    """What a funnel's next Task state does: ask sequence_step to send."""
+    return rt.invoke("SequenceStepFunction", {"action": "send", "funnel": "welcome", "template": "welcome-1",
+                                              "contact_id": cid, "execution": f"exec-{uuid.uuid4().hex}",
+                                              "state": state})
+
+
+def sent_count(rt):
+    rt.flush_outbox()
+    return len(list(rt.outbox.glob("*.eml")))
+
+
+def test_get_shows_a_confirm_page_and_does_not_unsubscribe(rt, tap):
+    cid, mail = signup_and_mail(rt)
+    resp = rt.http("GET", unsubscribe_path(mail), headers={"user-agent": BROWSER})
+    assert resp.status == 200 and b"<form method=\"post\">" in resp.body and b"Unsubscribe</button>" in resp.body
+    assert status(rt, cid) == "active" and tap.events("contact.unsubscribed") == []
+
+
+def test_one_click_unsubscribe_blocks_the_next_send(rt, tap):
+    cid, mail = signup_and_mail(rt)
+    mid = mail["X-Funnelpilot-Message-Id"]
+    assert send_step(rt, cid, "Send welcome-0")["status"] == "sent"  # sanity: a send step sends while active
+    before = sent_count(rt)
+    resp = rt.http("POST", unsubscribe_path(mail), body="List-Unsubscribe=One-Click",
+                   headers={"content-type": "application/x-www-form-urlencoded"})
+    assert resp.status == 200
+    assert status(rt, cid) == "unsubscribed"
+    result = send_step(rt, cid)
+    assert result["status"] == "blocked" and result["reason"] == "unsubscribed"
+    assert sent_count(rt) == before
+    [event] = tap.events("contact.unsubscribed")
+    assert event["detail"]["source"] == "one_click" and event["detail"]["message_id"] == mid
+    assert event["detail"]["funnel"] == "welcome" and event["detail"]["step"] == "Send welcome-1"
+    # a repeat (mail clients retry) changes nothing and emits nothing
+    assert rt.http("POST", unsubscribe_path(mail), body="List-Unsubscribe=One-Click",
+                   headers={"content-type": "application/x-www-form-urlencoded"}).status == 200
+    assert len(tap.events("contact.unsubscribed")) == 1
+    # the withdrawal of consent is on record
+    items = rt.client("dynamodb").query(TableName="ContactsTable", KeyConditionExpression="pk = :p",
+                                        ExpressionAttributeValues={":p": {"S": cid}})["Items"]
+    assert any(i["sk"]["S"].endswith("#withdrawn") for i in items)
+
+
+def test_page_button_unsubscribes(rt, tap):
+    cid, mail = signup_and_mail(rt)
+    resp = rt.http("POST", unsubscribe_path(mail), form={}, headers={"user-agent": BROWSER})
+    assert resp.status == 200 and b"You are unsubscribed" in resp.body
+    assert status(rt, cid) == "unsubscribed"
+    assert tap.events("contact.unsubscribed")[0]["detail"]["source"] == "unsubscribe_page"
+
+
+def test_invalid_unsubscribe_token_is_404_and_changes_nothing(rt, tap):
+    cid, mail = signup_and_mail(rt)
+    path = unsubscribe_path(mail)
+    for bad in (path[:-2] + "zz", "/u/nothing", "/u/" + tokens.sign("c", cid, "m1", "0")):
+        assert rt.http("GET", bad).status == 404
+        assert rt.http("POST", bad, body="List-Unsubscribe=One-Click",
+                       headers={"content-type": "application/x-www-form-urlencoded"}).status == 404
+    assert status(rt, cid) == "active" and tap.events("contact.unsubscribed") == []
+
+
+# ---------------------------------------------------------------- SES feedback
+def ses_event(rt, detail_type: str, event_type: str, mail, body: dict, recipient="ann@example.com"):
+    """Publish an SES event exactly as SES does through a configuration set's EventBridge destination."""
+    now = clock.iso()
+    detail = {
+        "eventType": event_type,
+        "mail": {
+            "timestamp": now, "source": "hello@example.com", "sendingAccountId": "123456789012",
+            "sourceArn": "arn:aws:ses:us-east-1:123456789012:identity/hello@example.com",
+            "messageId": "0100018f-ses-" + uuid.uuid4().hex, "destination": [recipient], "headersTruncated": False,
+            "headers": [{"name": "From", "value": "hello@example.com"}, {"name": "To", "value": recipient},
+                        {"name": "Subject", "value": mail["Subject"]},
+                        {"name": "X-Funnelpilot-Message-Id", "value": mail["X-Funnelpilot-Message-Id"]}],
+            "commonHeaders": {"from": ["hello@example.com"], "to": [recipient], "subject": mail["Subject"]},
+            "tags": {"ses:configuration-set": ["EmailConfigurationSet"], "ses:source-ip": ["192.0.2.10"],
+                     "ses:from-domain": ["example.com"], "ses:caller-identity": ["funnelpilot"]},
+        },
+        **body,
+    }
+    resp = rt.client("events").put_events(Entries=[{
+        "Source": "aws.ses", "DetailType": detail_type, "Detail": json.dumps(detail),
+        "Resources": ["arn:aws:ses:us-east-1:123456789012:configuration-set/EmailConfigurationSet"]}])
+    assert resp["FailedEntryCount"] == 0
+    assert rt.settle()
+    assert rt.errors == []
+
+
+def bounce(kind: str, recipient="ann@example.com") -> dict:
+    return {"bounce": {"feedbackId": uuid.uuid4().hex, "bounceType": kind,
+                       "bounceSubType": "General" if kind == "Permanent" else "MailboxFull",
+                       "bouncedRecipients": [{"emailAddress": recipient, "action": "failed", "status": "5.1.1",
+                                              "diagnosticCode": "smtp; 550 5.1.1 user unknown"}],
+                       "timestamp": clock.iso(), "reportingMTA": "dsn; a1-2.smtp-out.amazonses.com"}}
+
+
+def message_item(rt, cid, mail):
+    return rt.client("dynamodb").get_item(TableName="ContactsTable", Key={
+        "pk": {"S": cid}, "sk": {"S": f"MSG#{mail['X-Funnelpilot-Message-Id']}"}})["Item"]
+
+
+def test_hard_bounce_suppresses_at_once(rt, tap):
+    cid, mail = signup_and_mail(rt)
+    ses_event(rt, "Email Bounced", "Bounce", mail, bounce("Permanent"))
+    assert status(rt, cid) == "suppressed"
+    assert "bounced_at" in message_item(rt, cid, mail)
+    [bounced] = tap.events("email.bounced")
+    assert bounced["detail"]["hard"] is True and bounced["detail"]["funnel"] == "welcome"
+    [suppressed] = tap.events("contact.suppressed")
+    assert suppressed["detail"]["reason"] == "hard_bounce"
+    assert send_step(rt, cid)["reason"] == "suppressed"
+    # a re-signup does not lift a suppression
+    rt.http("POST", "/signup", json_body={"email": "ann@example.com", "consent": True})
+    assert rt.settle() and status(rt, cid) == "suppressed"
+    assert "ann@example.com" not in json.dumps(tap.events())
+
+
+def test_soft_bounces_suppress_after_the_limit_and_delivery_resets(rt, tap):
+    cid, mail = signup_and_mail(rt)
+    ses_event(rt, "Email Bounced", "Bounce", mail, bounce("Transient"))
+    ses_event(rt, "Email Bounced", "Bounce", mail, bounce("Transient"))
+    ses_event(rt, "Email Delivered", "Delivery", mail, {"delivery": {
+        "timestamp": clock.iso(), "processingTimeMillis": 812, "recipients": ["ann@example.com"],
+        "smtpResponse": "250 2.6.0 Message received", "reportingMTA": "a8-70.smtp-out.amazonses.com"}})
+    assert "delivered_at" in message_item(rt, cid, mail)
+    assert len(tap.events("email.delivered")) == 1
+    for _ in range(2):
+        ses_event(rt, "Email Bounced", "Bounce", mail, bounce("Transient"))
+    assert status(rt, cid) == "active"
+    ses_event(rt, "Email Bounced", "Bounce", mail, bounce("Transient"))
+    assert status(rt, cid) == "suppressed"
+    assert [e["detail"]["reason"] for e in tap.events("contact.suppressed")] == ["soft_bounces"]
+
+
+def test_duplicate_soft_bounce_delivery_counts_once(rt):
+    cid, mail = signup_and_mail(rt)
+    ses_event(rt, "Email Bounced", "Bounce", mail, bounce("Transient"))
+    queued = []
+    # replay the same EventBridge event to the handler three times (at-least-once delivery)
+    rt.client("events").put_events(Entries=[{"Source": "aws.ses", "DetailType": "Email Bounced", "Detail": json.dumps(
+        {"eventType": "Bounce", **bounce("Transient"), "mail": {"headers": [], "tags": {
+            "ses:configuration-set": ["EmailConfigurationSet"]}}})}])
+    queued = list(rt._deliveries.queue)
+    assert len(queued) == 1
+    for _ in range(2):
+        rt._deliver(queued[0][0], queued[0][1])
+    assert rt.settle()
+    item = rt.client("dynamodb").get_item(TableName="ContactsTable",
+                                          Key={"pk": {"S": cid}, "sk": {"S": "PROFILE"}})["Item"]
+    assert item["soft_bounces"]["N"] == "2" and item["status"]["S"] == "active"
+
+
+def test_complaint_suppresses(rt, tap):
+    cid, mail = signup_and_mail(rt)
+    ses_event(rt, "Email Complaint Received", "Complaint", mail, {"complaint": {
+        "feedbackId": uuid.uuid4().hex, "complaintSubType": None, "complaintFeedbackType": "abuse",
+        "complainedRecipients": [{"emailAddress": "ann@example.com"}], "timestamp": clock.iso(),
+        "userAgent": "Yahoo!-Mail-Feedback/2.0", "arrivalDate": clock.iso()}})
+    assert status(rt, cid) == "suppressed"
+    assert [e["detail"]["reason"] for e in tap.events("contact.suppressed")] == ["complaint"]
+    assert tap.events("email.complained")[0]["detail"]["message_id"] == mail["X-Funnelpilot-Message-Id"]
+
+
+def test_events_of_another_configuration_set_are_ignored(rt, tap):
+    cid, mail = signup_and_mail(rt)
+    rt.client("events").put_events(Entries=[{"Source": "aws.ses", "DetailType": "Email Bounced", "Detail": json.dumps(
+        {"eventType": "Bounce", **bounce("Permanent"), "mail": {"headers": [], "tags": {
+            "ses:configuration-set": ["some-other-app"]}}})}])
+    assert rt.settle()
+    assert status(rt, cid) == "active" and tap.events("email.bounced") == []

@@ -1,0 +1,85 @@
+"""Double opt-in per list (infra/lists.yaml): pending contact, confirmation email, expiring link."""
+import re
+from email import message_from_bytes, policy
+
+from conftest import executions
+
+from funnelpilot import clock, tokens
+from funnelpilot.local.runtime import ROOT, Runtime
+
+
+def mails(rt):
+    rt.flush_outbox()
+    return [message_from_bytes(p.read_bytes(), policy=policy.default) for p in sorted(rt.outbox.glob("*.eml"))]
+
+
+def status(rt, cid):
+    return rt.client("dynamodb").get_item(TableName="ContactsTable", Key={
+        "pk": {"S": cid}, "sk": {"S": "PROFILE"}})["Item"]["status"]["S"]
+
+
+def signup(rt, email="dana@example.com", list_name="insiders"):
+    cid = rt.http("POST", "/signup", json_body={"email": email, "consent": True, "list": list_name,
+                                                "first_name": "Dana", "lead_magnet": "guide"}).json()["contact_id"]
+    assert rt.settle()
+    return cid
+
+
+def confirm_path(mail) -> str:
+    return re.search(r"http://127\.0\.0\.1:3000(/confirm/[A-Za-z0-9_\-.]+)", mail.get_body(("plain",)).get_content()).group(1)
+
+
+def test_funnels_start_only_after_confirmation(rt, tap):
+    cid = signup(rt)
+    assert status(rt, cid) == "pending"
+    assert executions(rt) == [] and tap.events("contact.subscribed") == []
+    [mail] = mails(rt)
+    assert mail["Subject"] == "Please confirm your subscription" and mail["To"] == "dana@example.com"
+    assert "/o/" not in mail.get_body(("html",)).get_content()  # transactional: no tracking
+    # a marketing send step while pending is blocked
+    step = rt.invoke("SequenceStepFunction", {"action": "send", "funnel": "welcome", "template": "welcome-1",
+                                              "contact_id": cid, "execution": "e-pending", "state": "Send x"})
+    assert step["reason"] == "unconfirmed"
+
+    resp = rt.http("GET", confirm_path(mail))
+    assert resp.status == 200 and b"You are subscribed" in resp.body
+    assert rt.settle()
+    assert status(rt, cid) == "active"
+    [confirmed] = tap.events("contact.confirmed")
+    [subscribed] = tap.events("contact.subscribed")
+    assert confirmed["detail"]["list"] == "insiders"
+    assert subscribed["detail"]["lead_magnet"] == "guide" and subscribed["detail"]["confirmed"] is True
+    [ex] = executions(rt)
+    assert ex["status"] == "SUCCEEDED"
+    assert [m["Subject"] for m in mails(rt)] == ["Please confirm your subscription", "Welcome, Dana!"]
+
+    # clicking the link again changes nothing and starts nothing
+    assert rt.http("GET", confirm_path(mail)).status == 200
+    assert rt.settle()
+    assert len(tap.events("contact.subscribed")) == 1 and len(executions(rt)) == 1
+
+
+def test_resubmitted_form_does_not_flood_the_inbox(tmp_path):
+    # real time here: the resend throttle is 10 minutes, hours pass per second on the fast clock
+    with Runtime(ROOT, speed=1.0, state_dir=tmp_path / "local") as rt:
+        for _ in range(3):
+            signup(rt)
+        assert len(mails(rt)) == 1
+
+
+def test_invalid_and_expired_links_are_404(rt, tap):
+    cid = signup(rt)
+    [mail] = mails(rt)
+    path = confirm_path(mail)
+    expired = tokens.sign("confirm", cid, "insiders", "guide", str(int(clock.now()) - 1))
+    for bad in (path[:-2] + "xx", "/confirm/nothing", f"/confirm/{expired}",
+                f"/confirm/{tokens.sign('u', cid, 'm1')}"):
+        assert rt.http("GET", bad).status == 404
+    assert rt.settle()
+    assert status(rt, cid) == "pending" and tap.events("contact.confirmed") == []
+
+
+def test_single_opt_in_lists_are_unchanged(rt, tap):
+    cid = signup(rt, "eve@example.com", "newsletter")
+    assert status(rt, cid) == "active"
+    assert len(tap.events("contact.subscribed")) == 1 and tap.events("contact.pending") == []

@@ -1,0 +1,44 @@
+"""contact.inactive from time-bucketed keys, fired by the daily schedule on the simulated clock."""
+import time
+
+import pytest
+
+from test_scoring import new_contact, publish
+
+from funnelpilot import clock, inactivity
+
+DAY = 86_400
+
+
+def test_daily_job_emits_contact_inactive_for_todays_bucket_only(rt, tap):
+    rt.schedules.clear()  # invoked by hand below, for a chosen day
+    now = clock.now()
+    quiet, engaged, back = new_contact("quiet"), new_contact("engaged"), new_contact("back")
+    publish("page.viewed", quiet, now - 29 * DAY, path="/")                   # inactive from tomorrow
+    publish("email.clicked", engaged, now - 2 * DAY, human=True, message_id="m")
+    publish("page.viewed", back, now - 29 * DAY, path="/")
+    publish("email.opened", back, now - 1 * DAY, human=True, message_id="m2")  # came back: moved on
+    publish("email.opened", engaged, now - 40 * DAY, human=True, message_id="m3")  # late, older: ignored
+    publish("email.opened", quiet, now - 3 * DAY, human=False, reason="apple_mpp", message_id="m4")  # machine
+    assert rt.settle()
+    tomorrow = clock.iso(now + DAY)[:10]
+    result = rt.invoke("ReengageScanFunction", {"scheduled_time": f"{tomorrow}T06:00:00Z"})
+    assert result["inactive"] == 1
+    [ev] = tap.events("contact.inactive")
+    assert ev["detail"]["contact_id"] == quiet and ev["detail"]["inactive_days"] == 30
+    # repeated run of the same day: same event id (consumers dedupe), cursor prevents a re-scan
+    assert rt.invoke("ReengageScanFunction", {"scheduled_time": f"{tomorrow}T06:00:00Z"})["inactive"] == 0
+
+
+def test_the_schedule_fires_on_the_simulated_clock(rt, tap):
+    now = clock.now()
+    cid = new_contact("sleepy")
+    publish("page.viewed", cid, now - 29 * DAY, path="/")
+    assert rt.settle()
+    deadline = time.monotonic() + 10
+    while not tap.events("contact.inactive") and time.monotonic() < deadline:
+        rt.settle()
+        time.sleep(0.1)
+    [ev] = tap.events("contact.inactive")
+    assert ev["detail"]["contact_id"] == cid
+    assert inactivity.last_activity(cid) == pytest.approx(now - 29 * DAY, abs=1)

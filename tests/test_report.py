@@ -1,0 +1,130 @@
+"""Counters and the funnel report against a scenario whose true counts are known."""
+import json
+import re
+from email import message_from_bytes, policy
+
+from funnelpilot import bus, metrics, report, tokens
+from funnelpilot.local.runtime import LOCAL_ADMIN_KEY
+
+
+BROWSER = "Mozilla/5.0 (Macintosh; Intel Mac OS X 14_5) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/17.5 Safari/605.1.15"
+APPLE_MPP = {"user-agent": "Mozilla/5.0"}  # Apple's image proxy, from 17.0.0.0/8
+SCANNER = {"user-agent": "Barracuda Sentinel (EE)"}
+TOKEN = re.compile(r"http://127\.0\.0\.1:3000/([oc])/([A-Za-z0-9_\-.]+)")
+
+
+def welcome_emails(rt, *emails) -> dict[str, tuple[str, str, dict]]:
+    """Sign the people up; email -> (contact_id, message_id, {"o": pixel path, "c": first link path})."""
+    ids = {e: rt.http("POST", "/signup", json_body={"email": e, "consent": True}).json()["contact_id"] for e in emails}
+    assert rt.settle()
+    out = {}
+    for path in rt.outbox.glob("*.eml"):
+        mail = message_from_bytes(path.read_bytes(), policy=policy.default)
+        mid = mail["X-Funnelpilot-Message-Id"]
+        links = {}
+        for kind, token in TOKEN.findall(mail.get_body(("html",)).get_content()):
+            if kind == "o" or tokens.verify("c", token, 3)[2] == "0":
+                links[kind] = f"/{kind}/{token}"
+        out[mail["To"]] = (ids[mail["To"]], mid, links)
+    assert set(out) == set(emails)
+    return out
+
+
+def hit(detail_type, cid, mid, **fields):
+    return bus.event(detail_type, cid, message_id=mid, funnel="welcome", step="Send welcome-1",
+                     template="welcome-1", **fields)
+
+
+def get_report(rt, funnel="welcome", query=""):
+    return rt.http("GET", f"/funnels/{funnel}/report{query}", headers={"x-api-key": LOCAL_ADMIN_KEY})
+
+
+def test_report_counts_humans_once_and_machines_apart(rt):
+    people = welcome_emails(rt, "a@example.com", "b@example.com", "c@example.com", "d@example.com")
+    (a, ma, la), (b, mb, lb), (c, mc, lc), (d, md, ld) = (people[e] for e in sorted(people))
+    human = {"user-agent": BROWSER}
+    assert rt.http("GET", la["o"], headers=human).status == 200
+    assert rt.http("GET", la["o"], headers=human).status == 200  # opened again: still one open
+    assert rt.http("GET", lb["c"], headers=human).status == 302  # a click without the images: also an open
+    assert rt.http("GET", lc["o"], headers=APPLE_MPP, source_ip="17.58.1.2").status == 200
+    assert rt.http("GET", ld["o"], headers=APPLE_MPP, source_ip="17.58.1.3").status == 200
+    assert rt.http("GET", ld["c"], headers=SCANNER, source_ip="203.0.113.9").status == 302
+    converted = bus.event("funnel.converted", b, funnel="welcome", step="Send welcome-1", goal="order.placed")
+    bus.publish(converted, converted,  # at-least-once delivery of one event
+                bus.event("contact.unsubscribed", d, message_id=md))  # funnel/step looked up from the message
+    assert rt.settle()
+    resp = get_report(rt)
+    assert resp.status == 200
+    body = resp.json()
+    [step] = body["steps"]
+    assert step["step"] == "Send welcome-1"
+    assert (step["entered"], step["sent"], step["blocked"]) == (4, 4, 0)
+    assert (step["human_opens"], step["machine_opens"]) == (2, 2)
+    assert (step["human_clicks"], step["machine_clicks"]) == (1, 1)
+    assert step["open_rate"] == 50.0  # 2 of 4: the MPP prefetches are not opens
+    assert step["click_rate"] == 25.0
+    assert step["conversions"] == 1 and step["conversion_rate"] == 25.0
+    assert step["unsubscribes"] == 1
+    assert body["conversions"] == 1
+    [email] = body["emails"]
+    assert email["template"] == "welcome-1" and email["sent"] == 4 and email["human_opens"] == 2
+    assert "Send welcome-1" in report.table(body)
+
+
+def test_conversion_is_attributed_to_the_step_the_contact_was_on(rt):
+    bus.publish(bus.event("funnel.entered", "c1", funnel="welcome"),
+                bus.event("funnel.entered", "c2", funnel="welcome"),
+                bus.event("email.sent", "c1", message_id="m1", funnel="welcome", step="Send welcome-1",
+                          template="welcome-1"),
+                bus.event("email.sent", "c2", message_id="m2", funnel="welcome", step="Send welcome-1",
+                          template="welcome-1"),
+                bus.event("email.sent", "c2", message_id="m3", funnel="welcome", step="Send welcome-2",
+                          template="welcome-2", variant="b"),
+                bus.event("email.blocked", "c1", message_id="m4", funnel="welcome", step="Send welcome-2",
+                          template="welcome-2", reason="frequency_cap"),
+                bus.event("funnel.converted", "c2", funnel="welcome", step="Wait 2 days"),
+                bus.event("funnel.converted", "c1", funnel="welcome", step="Send welcome-2"))
+    assert rt.settle()
+    body = get_report(rt).json()
+    steps = {s["step"]: s for s in body["steps"]}
+    assert list(steps)[0] == "Send welcome-1"  # the state machine's own order first
+    assert steps["Send welcome-2"]["conversions"] == 1
+    assert steps["Wait 2 days"]["conversions"] == 1
+    assert steps["Send welcome-1"]["conversions"] == 0
+    assert steps["Send welcome-2"]["blocked_by_reason"] == {"frequency_cap": 1}
+    assert steps["Send welcome-2"]["entered"] == 2 and steps["Send welcome-2"]["drop_off"] == 0.0
+    assert body["entered"] == 2 and body["conversions"] == 2
+    assert body["variants"][0]["variant"] == "b" and body["variants"][0]["sent"] == 1
+
+
+def test_counting_is_idempotent_per_event_and_unique_per_message(rt):
+    sent = json.loads(bus.event("email.sent", "c1", message_id="m1", funnel="welcome", step="S",
+                                template="t")["Detail"])
+    assert metrics.record("email.sent", sent) is True
+    assert metrics.record("email.sent", sent) is False
+    opens = [json.loads(hit("email.opened", "c1", "m1", human=True)["Detail"]) for _ in range(3)]
+    assert [metrics.record("email.opened", o) for o in opens] == [True, False, False]
+
+
+def test_report_route_errors(rt):
+    assert get_report(rt, "no-such-funnel").status == 404
+    bad = get_report(rt, query="?from=yesterday")
+    assert bad.status == 400 and bad.json()["field"] == "from"
+    assert get_report(rt, query="?from=2026-02-02&to=2026-01-01").status == 400
+    empty = get_report(rt, query="?from=2020-01-01&to=2020-01-31").json()
+    assert empty["steps"] == [] and empty["entered"] == 0
+
+
+def test_chart_is_self_contained_svg(rt):
+    body = report.build("welcome", [{"sk": "DAY#2026-01-01#FUNNEL", "entered": 10, "conversions": 2},
+                                    {"sk": "DAY#2026-01-01#STEP#Send welcome-1", "entered": 10, "sent": 9,
+                                     "human_opens": 5, "human_clicks": 2, "conversions": 2}],
+                        "2026-01-01", "2026-01-01")
+    page = report.chart_html([body])
+    assert "<svg" in page and "<script" not in page and "http" not in page.replace(
+        'xmlns="http://www.w3.org/2000/svg"', "")
+    assert "opened (human) 5" in page
+
+
+def test_report_route_needs_authorisation(rt):
+    assert rt.http("GET", "/funnels/welcome/report").status == 403

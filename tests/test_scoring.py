@@ -1,0 +1,164 @@
+"""Lead scoring through the real handler on moto: atomic ADD, idempotency, lazy decay, crossings."""
+import json
+import threading
+import uuid
+
+import pytest
+
+from funnelpilot import bus, clock, scoring
+from funnelpilot.models import PROFILE, Contact
+
+DAY = 86_400
+H = 14 * DAY  # capture half-life in infra/scoring.yaml
+
+
+def new_contact(cid: str = "c-score") -> str:
+    Contact(cid, PROFILE, email=f"{cid}@example.com", first_name="Sam", status="active").save()
+    return cid
+
+
+def eb(detail_type: str, cid: str, at: float, event_id: str | None = None, **fields) -> dict:
+    """An EventBridge event as a rule target receives it."""
+    entry = bus.event(detail_type, cid, event_id=event_id, occurred_at=clock.iso(at), **fields)
+    return {"version": "0", "id": uuid.uuid4().hex, "source": entry["Source"], "detail-type": detail_type,
+            "account": "123456789012", "region": "us-east-1", "time": clock.iso(at), "resources": [],
+            "detail": json.loads(entry["Detail"])}
+
+
+def publish(detail_type: str, cid: str, at: float, **fields) -> None:
+    bus.publish(bus.event(detail_type, cid, occurred_at=clock.iso(at), **fields))
+
+
+def profile(cid: str) -> Contact:
+    return Contact.get(cid, PROFILE, consistent_read=True)
+
+
+def test_100_concurrent_events_on_one_contact_sum_exactly(rt):
+    cid = new_contact()
+    t0 = float(int(clock.now()))
+    events = [eb("order.placed", cid, t0, order_id=f"o{i}", total=100) for i in range(100)]
+    errors = []
+
+    def score(ev):
+        try:
+            rt.invoke("ScoreFunction", ev)
+        except Exception as exc:  # noqa: BLE001
+            errors.append(exc)
+
+    threads = [threading.Thread(target=score, args=(ev,)) for ev in events]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    assert not errors
+    c = profile(cid)
+    assert c.score_at == t0
+    assert c.score == 100 * 50
+    assert c.loyalty == 100 * (30 + 10)
+    assert c.orders == 100 and c.spend == 100 * 100
+    assert scoring.current_score(c, at=t0) == pytest.approx(5000)
+
+
+def test_same_event_delivered_twice_scores_once(rt, tap):
+    cid = new_contact()
+    t0 = clock.now()
+    ev = eb("page.viewed", cid, t0, path="/pricing")
+    assert rt.invoke("ScoreFunction", ev)["status"] == "scored"
+    assert rt.invoke("ScoreFunction", ev)["status"] == "duplicate"
+    bus.publish({"Source": "funnelpilot", "DetailType": "page.viewed", "Detail": json.dumps(ev["detail"]),
+                 "EventBusName": "funnelpilot"})
+    assert rt.settle()
+    assert scoring.current_score(profile(cid), at=t0) == pytest.approx(21)  # pricing 20 + page view 1
+    assert len(tap.events("score.changed")) == 1
+
+
+def test_decay_after_30_days_matches_the_half_life(rt):
+    cid = new_contact()
+    t0 = clock.now()
+    rt.invoke("ScoreFunction", eb("page.viewed", cid, t0, path="/pricing"))
+    c = profile(cid)
+    assert scoring.current_score(c, at=t0) == pytest.approx(21)
+    assert scoring.current_score(c, at=t0 + 30 * DAY) == pytest.approx(21 * 2 ** (-30 * DAY / H))
+    assert scoring.current_score(c, at=t0 + 14 * DAY) == pytest.approx(10.5)
+
+
+def test_rebase_after_many_half_lives_keeps_the_formula(rt):
+    cid = new_contact()
+    t0 = clock.now()
+    t1 = t0 + 400 * DAY  # beyond REBASE_HALF_LIVES: the reference epoch moves to t1
+    rt.invoke("ScoreFunction", eb("page.viewed", cid, t0, path="/pricing"))
+    rt.invoke("ScoreFunction", eb("email.clicked", cid, t1, human=True, message_id="m1"))
+    c = profile(cid)
+    assert c.score_at == pytest.approx(t1)
+    expected = 21 * 2 ** (-(t1 + DAY - t0) / H) + 5 * 2 ** (-DAY / H)
+    assert scoring.current_score(c, at=t1 + DAY) == pytest.approx(expected)
+
+
+def test_machine_clicks_and_unmatched_conditions_score_nothing(rt):
+    cid = new_contact()
+    t0 = clock.now()
+    publish("email.clicked", cid, t0, human=False, reason="scanner", message_id="m1")
+    publish("page.viewed", cid, t0, path="/blog/x")
+    assert rt.settle()
+    assert scoring.current_score(profile(cid), at=t0) == pytest.approx(1)  # the page view only
+
+
+def test_cap_per_day_limits_a_rule(rt):
+    cid = new_contact()
+    t0 = clock.now()
+    cap = next(r.cap_per_day for r in scoring.settings().rules if r.id == "email-click")
+    results = [rt.invoke("ScoreFunction", eb("email.clicked", cid, t0 + i, human=True, message_id=f"m{i}"))
+               for i in range(cap + 2)]
+    assert [r["points"]["capture"] for r in results] == [5] * cap + [0, 0]
+    assert scoring.current_score(profile(cid), at=t0) == pytest.approx(5 * cap, rel=1e-4)
+    nxt = rt.invoke("ScoreFunction", eb("email.clicked", cid, t0 + DAY, human=True, message_id="next-day"))
+    assert nxt["points"]["capture"] == 5
+
+
+def test_threshold_crossing_emits_lead_qualified_once_per_crossing(rt, tap):
+    cid = new_contact()
+    t0 = clock.now()
+    publish("page.viewed", cid, t0, path="/pricing")       # 21
+    publish("page.viewed", cid, t0 + 1, path="/pricing")   # 42
+    assert rt.settle()
+    assert tap.events("lead.qualified") == []
+    publish("page.viewed", cid, t0 + 2, path="/pricing")   # 63 >= 50: crossing
+    assert rt.settle()
+    publish("email.clicked", cid, t0 + 3, human=True, message_id="m1")  # still above
+    assert rt.settle()
+    [q] = tap.events("lead.qualified")
+    assert q["detail"]["contact_id"] == cid and q["detail"]["score"] >= 50
+    publish("contact.unsubscribed", cid, t0 + 4)            # falls below
+    assert rt.settle()
+    for i in range(3):                                      # the next day: rises again
+        publish("page.viewed", cid, t0 + DAY + i, path="/pricing")
+    publish("order.placed", cid, t0 + DAY + 5, order_id="o1", total=10)
+    assert rt.settle()
+    assert len(tap.events("lead.qualified")) == 1  # a customer now: capture track is for prospects
+
+
+def test_falling_below_by_decay_then_rising_qualifies_again(rt, tap):
+    cid = new_contact()
+    t0 = clock.now()
+    for i in range(3):
+        publish("page.viewed", cid, t0 + i, path="/pricing")
+    assert rt.settle()
+    assert len(tap.events("lead.qualified")) == 1
+    t1 = t0 + 30 * DAY  # 63 decays to ~14: below 50 without any event
+    for i in range(3):
+        publish("page.viewed", cid, t1 + i, path="/pricing")
+    assert rt.settle()
+    assert len(tap.events("lead.qualified")) == 2
+    changed = tap.events("score.changed")
+    assert len(changed) == 6 and all(e["detail"]["track"] == "capture" for e in changed)
+    assert not rt.errors
+
+
+def test_award_from_a_funnel_step_counts_once_and_decays_like_rules(rt, tap):
+    cid = new_contact()
+    t0 = clock.now()
+    rt.invoke("ScoreFunction", eb("page.viewed", cid, t0 - 14 * DAY, path="/pricing"))  # 21 -> ~10.5 now
+    assert scoring.award(cid, 10, once_key="exec-1#Score +10").status == "scored"
+    assert scoring.award(cid, 10, once_key="exec-1#Score +10").status == "duplicate"
+    assert scoring.current_score(profile(cid)) == pytest.approx(10.5 + 10, rel=0.03)  # the clock runs on
+    assert [e["detail"]["points"] for e in tap.events("score.changed")] == [21, 10]

@@ -1,0 +1,171 @@
+"""Open pixel, click redirect and honest engagement, driven through real HTTP API v2 events."""
+import json
+import re
+from email import message_from_bytes, policy
+
+import pytest
+
+from funnelpilot import emails, engagement, tokens
+
+BROWSER = "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/126.0 Safari/537.36"
+URL = re.compile(r"http://127\.0\.0\.1:3000/([ocu])/([A-Za-z0-9_\-.]+)")
+
+
+def send_welcome(rt, email="ann@example.com"):
+    cid = rt.http("POST", "/signup", json_body={"email": email, "consent": True}).json()["contact_id"]
+    assert rt.settle()
+    [path] = rt.outbox.glob("*.eml")
+    mail = message_from_bytes(path.read_bytes(), policy=policy.default)
+    return cid, mail
+
+
+def links_in(mail):
+    html = mail.get_body(("html",)).get_content()
+    text = mail.get_body(("plain",)).get_content()
+    return URL.findall(html), URL.findall(text)
+
+
+def message_item(rt, cid, message_id):
+    item = rt.client("dynamodb").get_item(TableName="ContactsTable",
+                                          Key={"pk": {"S": cid}, "sk": {"S": f"MSG#{message_id}"}})["Item"]
+    return item
+
+
+def hits(rt, cid, message_id):
+    return json.loads(message_item(rt, cid, message_id).get("hits", {"S": "[]"})["S"])
+
+
+def path_of(kind, token):
+    return f"/{kind}/{token}"
+
+
+def test_sent_email_carries_pixel_honeypot_and_tracked_links(rt):
+    cid, mail = send_welcome(rt)
+    mid = mail["X-Funnelpilot-Message-Id"]
+    in_html, in_text = links_in(mail)
+    kinds = [k for k, _ in in_html]
+    assert kinds.count("o") == 1 and kinds.count("u") == 1
+    clicks = [tokens.verify("c", t, 3) for k, t in in_html if k == "c"]
+    assert [cid, mid, emails.HONEYPOT] in clicks and [cid, mid, "0"] in clicks
+    assert "https://example.com/guide" not in mail.get_body(("html",)).get_content()
+    assert [tokens.verify("c", t, 3) for k, t in in_text if k == "c"] == [[cid, mid, "0"]]
+    assert json.loads(message_item(rt, cid, mid)["links"]["S"]) == ["https://example.com/guide"]
+    # the unsubscribe link is never wrapped in the click redirect
+    assert mail["List-Unsubscribe"].startswith("<http://127.0.0.1:3000/u/")
+
+
+def test_human_open_returns_gif_records_and_emits(rt, tap):
+    cid, mail = send_welcome(rt)
+    mid = mail["X-Funnelpilot-Message-Id"]
+    [pixel] = [t for k, t in links_in(mail)[0] if k == "o"]
+    resp = rt.http("GET", path_of("o", pixel), headers={"user-agent": BROWSER}, source_ip="203.0.113.9")
+    assert resp.status == 200 and resp.headers["content-type"] == "image/gif"
+    assert resp.headers["cache-control"].startswith("no-store") and resp.body.startswith(b"GIF89a")
+    [event] = tap.events("email.opened")
+    assert event["detail"] | {"event_id": None, "occurred_at": None} == {
+        "event_id": None, "occurred_at": None, "contact_id": cid, "message_id": mid, "funnel": "welcome",
+        "step": "Send welcome-1", "template": "welcome-1", "human": True, "unique": True}
+    [stored] = hits(rt, cid, mid)
+    assert stored["human"] is True and stored["kind"] == "open"
+    assert "203.0.113.9" not in json.dumps(message_item(rt, cid, mid))
+
+
+@pytest.mark.parametrize("mangle", [lambda t: t[:-2] + ("AA" if not t.endswith("AA") else "BB"),
+                                    lambda t: "x" + t, lambda t: "garbage", lambda t: t.split(".")[0]])
+def test_tampered_pixel_token_gets_gif_and_records_nothing(rt, tap, mangle):
+    cid, mail = send_welcome(rt)
+    [pixel] = [t for k, t in links_in(mail)[0] if k == "o"]
+    resp = rt.http("GET", path_of("o", mangle(pixel)), headers={"user-agent": BROWSER})
+    assert resp.status == 200 and resp.body.startswith(b"GIF89a")
+    assert tap.events("email.opened") == []
+    assert hits(rt, cid, mail["X-Funnelpilot-Message-Id"]) == []
+
+
+def test_unknown_message_records_nothing(rt, tap):
+    cid, _ = send_welcome(rt)
+    resp = rt.http("GET", path_of("o", tokens.sign("o", cid, "mnosuchmessage")), headers={"user-agent": BROWSER})
+    assert resp.status == 200 and resp.body.startswith(b"GIF89a")
+    resp = rt.http("GET", path_of("c", tokens.sign("c", cid, "mnosuchmessage", "0")), headers={"user-agent": BROWSER})
+    assert resp.status == 404 and "location" not in resp.headers
+    assert tap.events("email.opened") == [] and tap.events("email.clicked") == []
+
+
+def test_apple_mpp_open_is_machine(rt, tap):
+    cid, mail = send_welcome(rt)
+    mid = mail["X-Funnelpilot-Message-Id"]
+    [pixel] = [t for k, t in links_in(mail)[0] if k == "o"]
+    rt.http("GET", path_of("o", pixel), headers={"user-agent": "Mozilla/5.0"}, source_ip="17.58.101.22")
+    [event] = tap.events("email.opened")
+    assert event["detail"]["human"] is False and event["detail"]["reason"] == "apple_mpp"
+    assert [h["human"] for h in hits(rt, cid, mid)] == [False]
+    assert "first_open_at" not in message_item(rt, cid, mid)
+
+
+def test_human_click_redirects_to_stored_link_and_counts_as_open(rt, tap):
+    cid, mail = send_welcome(rt)
+    mid = mail["X-Funnelpilot-Message-Id"]
+    [link] = [t for k, t in links_in(mail)[0] if k == "c" and tokens.verify("c", t, 3)[2] == "0"]
+    resp = rt.http("GET", path_of("c", link), headers={"user-agent": BROWSER}, source_ip="198.51.100.4")
+    assert resp.status == 302 and resp.headers["location"] == "https://example.com/guide"
+    [clicked] = tap.events("email.clicked")
+    assert clicked["detail"]["human"] is True and clicked["detail"]["link"] == "0"
+    assert clicked["detail"]["url"] == "https://example.com/guide"
+    [opened] = tap.events("email.opened")
+    assert opened["detail"]["human"] is True and opened["detail"]["via"] == "click"
+    item = message_item(rt, cid, mid)
+    assert "first_open_at" in item and "first_click_at" in item
+
+
+def test_scanner_click_is_machine_but_still_redirects(rt, tap):
+    cid, mail = send_welcome(rt)
+    mid = mail["X-Funnelpilot-Message-Id"]
+    [link] = [t for k, t in links_in(mail)[0] if k == "c" and tokens.verify("c", t, 3)[2] == "0"]
+    resp = rt.http("GET", path_of("c", link), headers={"user-agent": "Mozilla/5.0 (compatible; BarracudaCentral)"})
+    assert resp.status == 302
+    [clicked] = tap.events("email.clicked")
+    assert clicked["detail"]["human"] is False and clicked["detail"]["reason"] == "scanner"
+    assert tap.events("email.opened") == []  # a machine click implies no open
+    assert [(h["kind"], h["human"]) for h in hits(rt, cid, mid)] == [("click", False)]
+
+
+def test_head_request_and_honeypot_are_machine(rt, tap):
+    cid, mail = send_welcome(rt)
+    mid = mail["X-Funnelpilot-Message-Id"]
+    in_html = links_in(mail)[0]
+    [link] = [t for k, t in in_html if k == "c" and tokens.verify("c", t, 3)[2] == "0"]
+    [trap] = [t for k, t in in_html if k == "c" and tokens.verify("c", t, 3)[2] == emails.HONEYPOT]
+    assert rt.http("HEAD", path_of("c", link), headers={"user-agent": BROWSER}).status == 302
+    resp = rt.http("GET", path_of("c", trap), headers={"user-agent": BROWSER})
+    assert resp.status == 200 and "location" not in resp.headers
+    reasons = [e["detail"]["reason"] for e in tap.events("email.clicked")]
+    assert reasons == ["head_request", "honeypot"]
+    assert all(not h["human"] for h in hits(rt, cid, mid))
+    assert "honeypot_at" in message_item(rt, cid, mid)
+
+
+def test_tampered_click_token_is_404_never_a_redirect(rt, tap):
+    cid, mail = send_welcome(rt)
+    mid = mail["X-Funnelpilot-Message-Id"]
+    [link] = [t for k, t in links_in(mail)[0] if k == "c" and tokens.verify("c", t, 3)[2] == "0"]
+    forged_index = tokens.sign("c", cid, mid, "7")  # valid signature, no such link
+    for token in (link[:-3] + "abc", link.replace(".", ".x"), "aHR0cHM6Ly9ldmlsLmV4YW1wbGU", forged_index,
+                  tokens.sign("o", cid, mid)):
+        resp = rt.http("GET", path_of("c", token), headers={"user-agent": BROWSER})
+        assert resp.status == 404 and "location" not in resp.headers
+        assert b"Link not found" in resp.body
+    assert tap.events("email.clicked") == [] and hits(rt, cid, mid) == []
+
+
+def test_classification_rules():
+    sent = 1_000_000.0
+    human = dict(method="GET", user_agent=BROWSER, ip="203.0.113.1", sent_at=sent)
+    assert engagement.classify("open", now=sent + 60, **human) == engagement.Verdict(True)
+    assert engagement.classify("open", now=sent + 3, **human).reason == "too_soon"
+    assert engagement.classify("click", now=sent + 60, **human | {"ip": "17.1.2.3"}).human  # MPP only prefetches images
+    assert engagement.classify("open", now=sent + 60, **human | {"ip": "17.1.2.3"}).reason == "apple_mpp"
+    assert engagement.classify("click", now=sent + 60, **human | {"user_agent": ""}).reason == "no_user_agent"
+    assert engagement.classify("click", now=sent + 60, **human | {"user_agent": "python-requests/2.32"}).reason == "scanner"
+    assert engagement.classify("click", now=sent + 60, honeypot_at=sent + 55, **human).reason == "honeypot_burst"
+    burst = [{"at": "1970-01-12T13:47:35Z", "human": False}]  # sent + 55 s, a scanner hit
+    assert engagement.classify("click", now=sent + 60, hits=burst, **human).reason == "burst"
+    assert engagement.classify("click", now=sent + 600, hits=burst, **human).human
