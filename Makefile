@@ -6,6 +6,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 PORT   ?= 3000
 SEED   ?= 7
+CONTACTS ?= 300
 
 .PHONY: demo serve test lint funnels bench clean
 
@@ -16,7 +17,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/funnelpilot demo --seed $(SEED)
+	$(BIN)/funnelpilot demo --seed $(SEED) --contacts $(CONTACTS)
 
 serve: $(STAMP)
 	$(BIN)/funnelpilot serve --port $(PORT)

@@ -4,15 +4,26 @@ what keeps failing lands in the dead-letter queue an alarm watches."""
 import json
 import warnings
 
+import pytest
+from conftest import EventTap
 from reliability import audience, task_inputs, world
 
-from funnelpilot.local.runtime import ROOT
+from funnelpilot.local.runtime import ROOT, Runtime
 from funnelpilot.local.template import load_yaml
 
 TEMPLATE = load_yaml(ROOT / "template.yaml")
 
 
-def test_every_eventbridge_delivery_twice_changes_nothing(rt, tap):
+@pytest.fixture
+def srt(tmp_path):
+    """Stepped time: the duplicates arrive at the simulated instant of the originals, as
+    EventBridge and Lambda retries do (seconds or minutes later, not simulated days)."""
+    with Runtime(ROOT, stepped=True, start=1_772_409_600.0, state_dir=tmp_path / "local") as runtime:
+        yield runtime
+
+
+def test_every_eventbridge_delivery_twice_changes_nothing(srt):
+    rt, tap = srt, EventTap(srt)
     audience(rt)
     before = world(rt, tap)
     delivered = [(arn, payload) for arn, payload in rt.delivered if ":sqs:" not in arn]  # not the test tap

@@ -5,7 +5,7 @@ from email import message_from_bytes, policy
 
 import pytest
 
-from funnelpilot import emails, engagement, tokens
+from funnelpilot import engagement, tokens
 
 BROWSER = "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/126.0 Safari/537.36"
 URL = re.compile(r"http://127\.0\.0\.1:3000/([ocu])/([A-Za-z0-9_\-.]+)")
@@ -46,7 +46,7 @@ def test_sent_email_carries_pixel_honeypot_and_tracked_links(rt):
     kinds = [k for k, _ in in_html]
     assert kinds.count("o") == 1 and kinds.count("u") == 1
     clicks = [tokens.verify("c", t, 3) for k, t in in_html if k == "c"]
-    assert [cid, mid, emails.HONEYPOT] in clicks and [cid, mid, "0"] in clicks
+    assert [cid, mid, tokens.HONEYPOT] in clicks and [cid, mid, "0"] in clicks
     assert "https://example.com/guide" not in mail.get_body(("html",)).get_content()
     assert [tokens.verify("c", t, 3) for k, t in in_text if k == "c"] == [[cid, mid, "0"]]
     assert json.loads(message_item(rt, cid, mid)["links"]["S"]) == ["https://example.com/guide"]
@@ -133,7 +133,7 @@ def test_head_request_and_honeypot_are_machine(rt, tap):
     mid = mail["X-Funnelpilot-Message-Id"]
     in_html = links_in(mail)[0]
     [link] = [t for k, t in in_html if k == "c" and tokens.verify("c", t, 3)[2] == "0"]
-    [trap] = [t for k, t in in_html if k == "c" and tokens.verify("c", t, 3)[2] == emails.HONEYPOT]
+    [trap] = [t for k, t in in_html if k == "c" and tokens.verify("c", t, 3)[2] == tokens.HONEYPOT]
     assert rt.http("HEAD", path_of("c", link), headers={"user-agent": BROWSER}).status == 302
     resp = rt.http("GET", path_of("c", trap), headers={"user-agent": BROWSER})
     assert resp.status == 200 and "location" not in resp.headers
@@ -169,3 +169,20 @@ def test_classification_rules():
     burst = [{"at": "1970-01-12T13:47:35Z", "human": False}]  # sent + 55 s, a scanner hit
     assert engagement.classify("click", now=sent + 60, hits=burst, **human).reason == "burst"
     assert engagement.classify("click", now=sent + 600, hits=burst, **human).human
+    mail_clients = ("Microsoft Office/16.0 (Windows NT 10.0; Microsoft Outlook 16.0.17928; Pro)",
+                    "Mozilla/5.0 (Windows NT 5.1; rv:11.0) Gecko Firefox/11.0 (via ggpht.com GoogleImageProxy)",
+                    "YahooMailProxy; https://help.yahoo.com/kb/yahoo-mail-proxy-SLN28749.html")
+    for agent in mail_clients:  # a person opening the message, through their client or its image proxy
+        assert engagement.classify("open", now=sent + 60, **human | {"user_agent": agent}).human, agent
+
+
+def test_a_click_still_redirects_when_recording_fails(rt, tap, monkeypatch):
+    cid, mail = send_welcome(rt)
+    [link] = [t for k, t in links_in(mail)[0] if k == "c" and tokens.verify("c", t, 3)[2] == "0"]
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("DynamoDB unavailable")
+
+    monkeypatch.setattr(engagement, "_record", broken)
+    resp = rt.http("GET", path_of("c", link), headers={"user-agent": BROWSER})
+    assert resp.status == 302 and resp.headers["location"] == "https://example.com/guide"

@@ -1,8 +1,9 @@
 """EventBridge → lead and loyalty scoring for one contact (rules: infra/scoring.yaml); human
-engagement also moves the contact's inactivity bucket."""
+engagement also moves the contact's inactivity bucket; an order (re)schedules repurchase_due."""
 from aws_lambda_powertools import Logger
 
-from funnelpilot import inactivity, scoring
+from funnelpilot import inactivity, repurchase, scoring
+from funnelpilot.models import PROFILE, Contact
 
 logger = Logger()
 
@@ -13,6 +14,9 @@ def handler(event: dict, context) -> dict:
     outcome = scoring.record(detail_type, detail)
     if outcome.status != "unknown_contact" and detail_type in inactivity.ENGAGEMENT:
         inactivity.touch(detail["contact_id"], scoring.event_time(detail))
+    if detail_type == "order.placed" and outcome.status != "unknown_contact":
+        # also on a duplicate: a retry after a failed schedule call must still schedule
+        repurchase.schedule(Contact.get(detail["contact_id"], PROFILE, consistent_read=True))
     logger.info("scored", extra={"contact_id": detail.get("contact_id"), "status": outcome.status,
                                  "rules": outcome.rules, "crossed": outcome.crossed})
     return {"status": outcome.status, "points": outcome.points, "crossed": outcome.crossed}

@@ -17,6 +17,6 @@ def handler(event: dict, context) -> dict:
     try:
         engagement.hit("open", (event.get("pathParameters") or {}).get("token", ""), method=request["method"],
                        user_agent=request.get("userAgent", ""), ip=request.get("sourceIp", ""))
-    except Exception:  # an email client must always get its image; the open is lost, not the page
+    except Exception:  # e.g. the message lookup failed: an email client still gets its image
         logger.exception("open not recorded")
     return RESPONSE

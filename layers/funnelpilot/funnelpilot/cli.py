@@ -1,27 +1,102 @@
-"""``funnelpilot`` command line: demo, serve (local runtime)."""
+"""``funnelpilot`` command line: demo, serve (local runtime), report, cost."""
 import argparse
+import json
 import sys
+from pathlib import Path
+
+LOCAL = Path(".local")
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="funnelpilot", description="funnelpilot local tools")
     sub = parser.add_subparsers(dest="command", required=True)
-    demo = sub.add_parser("demo", help="run the whole machine on the local runtime and report")
+    demo = sub.add_parser("demo", help="simulate an audience through every shipped funnel and report")
     demo.add_argument("--seed", type=int, default=7)
-    demo.add_argument("--contacts", type=int, default=8)
+    demo.add_argument("--contacts", type=int, default=300, help="simulated audience size (default 300)")
+    demo.add_argument("--days", type=int, default=60, help="simulated days (default 60)")
     serve = sub.add_parser("serve", help="serve the HTTP API and a landing page on 127.0.0.1")
     serve.add_argument("--port", type=int, default=3000)
+    rep = sub.add_parser("report", help="per-funnel, per-step report and an HTML/SVG funnel chart")
+    rep.add_argument("--funnel", action="append", help="funnel id (repeatable; default: every shipped funnel)")
+    rep.add_argument("--from", dest="start", help="first day, YYYY-MM-DD")
+    rep.add_argument("--to", dest="end", help="last day, YYYY-MM-DD")
+    rep.add_argument("--stack", help="a deployed stack's name: read its MetricsTable (needs AWS credentials)")
+    rep.add_argument("--region", help="AWS region of the stack (default: your AWS configuration's)")
+    rep.add_argument("--snapshot", type=Path, default=LOCAL / "metrics.json",
+                     help="local counters saved by the last demo run (default .local/metrics.json)")
+    rep.add_argument("--chart", type=Path, default=LOCAL / "funnels.html", help="where to write the chart")
+    rep.add_argument("--json", action="store_true", help="print the reports as JSON")
+    cost = sub.add_parser("cost", help="monthly AWS cost of the shipped funnels for N contacts")
+    cost.add_argument("--contacts", type=int, default=10_000)
+    cost.add_argument("--usage", type=Path, default=LOCAL / "usage.json",
+                      help="operations measured by a demo run (default .local/usage.json; measured now if absent)")
     args = parser.parse_args(argv)
     if args.command == "demo":
         from funnelpilot.local import demo as demo_mod
 
-        return demo_mod.run(seed=args.seed, contacts=args.contacts)
+        return demo_mod.run(seed=args.seed, contacts=args.contacts, days=args.days)
     if args.command == "serve":
         from funnelpilot.local.server import serve as serve_fn
 
         serve_fn(port=args.port)
         return 0
+    if args.command == "report":
+        return report_command(args)
+    if args.command == "cost":
+        return cost_command(args)
     return 2
+
+
+def report_command(args) -> int:
+    from funnelpilot import report
+    from funnelpilot.local.runtime import ROOT
+
+    content = ROOT / "infra"
+    funnels = args.funnel or report.known_funnels(content)
+    if args.stack:
+        import boto3
+
+        cfn = boto3.client("cloudformation", region_name=args.region)
+        table = cfn.describe_stack_resource(StackName=args.stack, LogicalResourceId="MetricsTable")[
+            "StackResourceDetail"]["PhysicalResourceId"]
+        if args.region:
+            import os
+
+            os.environ["AWS_REGION"] = args.region
+        start, end = report.day_range(args.start, args.end)
+        rows = {f: report.query_rows(f, start, end, table=table) for f in funnels}
+    else:
+        if not args.snapshot.exists():
+            print(f"no {args.snapshot}: run `make demo` first, or pass --stack for a deployed stack", file=sys.stderr)
+            return 1
+        saved = json.loads(args.snapshot.read_text())
+        start, end = report.day_range(args.start or saved["start"], args.end or saved["end"])
+        rows = {f: [r for r in saved["rows"].get(f, []) if start <= r["sk"][4:14] <= end] for f in funnels}
+    reports = [report.build(f, rows[f], start, end, report.step_order(f, content)) for f in funnels]
+    if args.json:
+        print(json.dumps(reports, indent=2))
+    else:
+        for rep in reports:
+            print(report.table(rep) + "\n")
+    args.chart.parent.mkdir(parents=True, exist_ok=True)
+    args.chart.write_text(report.chart_html(reports))
+    print(f"chart: {args.chart}", file=sys.stderr if args.json else sys.stdout)
+    return 0
+
+
+def cost_command(args) -> int:
+    from funnelpilot.local import costs
+
+    if args.usage.exists():
+        usage = json.loads(args.usage.read_text())
+    else:
+        from funnelpilot.local import demo
+
+        print("measuring: a 100-contact, 60-day simulation (run `make demo` to measure a larger one)...",
+              file=sys.stderr)
+        usage = demo.simulate(seed=7, contacts=100, days=60, state_dir=LOCAL / "cost-run")["usage"]
+    print(costs.format_estimate(costs.estimate(usage, contacts=args.contacts)))
+    return 0
 
 
 if __name__ == "__main__":

@@ -2,7 +2,9 @@
 
 On AWS it is wall-clock time. The local runtime speeds it up (``configure(speed=86400)``
 makes a simulated day pass in a real second) so that funnels spanning weeks run in
-seconds; Wait states are shortened by the same factor, keeping both views consistent.
+seconds; Wait states are shortened by the same factor, keeping both views consistent. In the
+stepped mode (``configure(stepped=True)``, the deterministic demo) time stands still
+until the local runtime moves it with ``advance_to``.
 """
 import math
 import time
@@ -11,13 +13,23 @@ from datetime import datetime, timezone
 _speed = 1.0
 _real0 = time.time()
 _virtual0 = _real0
+_stepped = False
 
 
-def configure(speed: float = 1.0, start: float | None = None) -> None:
-    global _speed, _real0, _virtual0
+def configure(speed: float = 1.0, start: float | None = None, stepped: bool = False) -> None:
+    global _speed, _real0, _virtual0, _stepped
     _real0 = time.time()
     _virtual0 = _real0 if start is None else start
-    _speed = float(speed)
+    _speed = 1.0 if stepped else float(speed)
+    _stepped = stepped
+
+
+def advance_to(ts: float) -> None:
+    """Stepped mode: move the clock forward (never back) to ``ts``."""
+    global _virtual0
+    if not _stepped:
+        raise RuntimeError("advance_to needs clock.configure(stepped=True)")
+    _virtual0 = max(_virtual0, ts)
 
 
 def speed() -> float:
@@ -25,7 +37,9 @@ def speed() -> float:
 
 
 def now() -> float:
-    """Seconds since the epoch on the (possibly compressed) clock."""
+    """Seconds since the epoch on the (possibly compressed or stepped) clock."""
+    if _stepped:
+        return _virtual0
     return _virtual0 + (time.time() - _real0) * _speed
 
 

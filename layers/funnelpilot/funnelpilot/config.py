@@ -23,6 +23,9 @@ class Config:
     cors_origins: tuple[str, ...]
     content_dir: Path
     region: str
+    schedule_group: str = "default"  # EventBridge Scheduler group for one-time schedules (repurchase)
+    scheduler_role_arn: str = ""  # role Scheduler assumes to put events on the bus
+    bus_arn: str = ""
 
 
 @cache
@@ -42,4 +45,7 @@ def config() -> Config:
         cors_origins=_csv("CORS_ORIGINS"),
         content_dir=Path(env("CONTENT_DIR", "/opt")),
         region=env("AWS_REGION", env("AWS_DEFAULT_REGION", "us-east-1")),
+        schedule_group=env("SCHEDULE_GROUP", "default"),
+        scheduler_role_arn=env("SCHEDULER_ROLE_ARN", ""),
+        bus_arn=env("BUS_ARN", ""),
     )

@@ -20,8 +20,6 @@ from jinja2.sandbox import SandboxedEnvironment
 from funnelpilot import tokens
 from funnelpilot.config import config
 
-# Link index of the invisible honeypot link in every email (see funnelpilot.engagement).
-HONEYPOT = "h"
 _HREF = re.compile(r"""(<a\b[^>]*?\bhref\s*=\s*)(["'])(.*?)\2""", re.IGNORECASE | re.DOTALL)
 _TEXT_URL = re.compile(r"""https?://[^\s<>"'()\[\]]+""")
 _BODY_OPEN = re.compile(r"<body\b[^>]*>", re.IGNORECASE)
@@ -90,7 +88,7 @@ def track(rendered: Rendered, *, contact_id: str, message_id: str) -> tuple[Rend
 
     body = _HREF.sub(html_link, rendered.html)
     text = _TEXT_URL.sub(text_link, rendered.text)
-    honeypot = tokens.url("c", "c", contact_id, message_id, HONEYPOT)
+    honeypot = tokens.url("c", "c", contact_id, message_id, tokens.HONEYPOT)
     trap = (f'<a href="{honeypot}" aria-hidden="true" tabindex="-1" style="display:none;font-size:0;'
             'line-height:0;max-height:0;overflow:hidden;mso-hide:all"></a>')
     pixel = (f'<img src="{tokens.url("o", "o", contact_id, message_id)}" width="1" height="1" alt="" '

@@ -14,6 +14,7 @@ still emitted, and the events are what metrics count.
 """
 import ipaddress
 import json
+import logging
 import re
 from dataclasses import dataclass
 from datetime import datetime
@@ -23,22 +24,25 @@ import boto3
 
 from funnelpilot import bus, clock, tokens
 from funnelpilot.config import config
-from funnelpilot.emails import HONEYPOT
+from funnelpilot.tokens import HONEYPOT
 
 # Apple Mail Privacy Protection fetches images through Apple-owned addresses (17.0.0.0/8,
 # Apple's ARIN allocation) with a bare "Mozilla/5.0" user agent, whether or not anyone reads.
 APPLE_RANGES = (ipaddress.ip_network("17.0.0.0/8"),)
 APPLE_MPP_AGENTS = frozenset({"mozilla/5.0"})
-# Security gateways, link checkers, preview bots and scripted HTTP clients.
+# Security gateways, link checkers, preview bots and scripted HTTP clients. Not mail
+# clients or their image proxies (Outlook's "Microsoft Office/16.0", GoogleImageProxy,
+# YahooMailProxy): those fetch when a person opens the message.
 SCANNER_AGENTS = re.compile(
     r"barracuda|mimecast|proofpoint|ppops|messagelabs|symantec|forcepoint|websense|trendmicro|"
     r"trend micro|sophos|fireeye|trellix|ironport|cisco|fortinet|fortiguard|checkpoint|check point|"
-    r"zscaler|safelinks|safe links|microsoft office|ms-office|urlscan|virustotal|linkchecker|"
+    r"zscaler|safelinks|safe links|urlscan|virustotal|linkchecker|"
     r"link checker|w3c_validator|headlesschrome|phantomjs|puppeteer|playwright|selenium|"
     r"bot\b|bot/|crawler|spider|slurp|preview|facebookexternalhit|slackbot|discordbot|"
     r"curl/|wget/|python-requests|python-urllib|aiohttp|httpx|go-http-client|java/|okhttp|"
     r"libwww|apache-httpclient|node-fetch|axios",
     re.IGNORECASE)
+logger = logging.getLogger(__name__)
 DELIVERY_WINDOW = 10  # seconds after the send in which no human opens or clicks
 BURST_WINDOW = 10  # seconds around a machine hit in which other hits of the message are machine
 MAX_STORED_HITS = 100  # hits kept on a message item; later ones are still emitted
@@ -127,6 +131,17 @@ def hit(kind: str, token: str, *, method: str, user_agent: str, ip: str) -> Resu
     verdict = classify(kind, method=method, user_agent=user_agent, ip=ip, now=now,
                        sent_at=_epoch(_attr(item, "delivered_at") or _attr(item, "sent_at")), link=link,
                        honeypot_at=_epoch(_attr(item, "honeypot_at")), hits=hits)
+    try:
+        _record(kind, cid, message_id, key, item, link, url, verdict, hits, now)
+    except Exception:  # the person still gets their page or image; the hit is lost, not the click
+        logger.exception("hit not recorded", extra={"contact_id": cid})
+        return Result(False, url=url, honeypot=link == HONEYPOT)
+    return Result(True, url=url, honeypot=link == HONEYPOT)
+
+
+def _record(kind: str, cid: str, message_id: str, key: dict, item: dict, link: str | None, url: str | None,
+            verdict: Verdict, hits: list[dict], now: float) -> None:
+    """One UpdateItem on the message, then one PutEvents."""
     stamp = clock.iso(now)
     first_open = verdict.human and _attr(item, "first_open_at") is None
     first_click = verdict.human and kind == "click" and _attr(item, "first_click_at") is None
@@ -158,4 +173,3 @@ def hit(kind: str, token: str, *, method: str, user_agent: str, ip: str) -> Resu
     if kind == "click":
         entries.append(bus.event("email.clicked", cid, link=link, url=url, unique=first_click, **common))
     bus.publish(*entries)
-    return Result(True, url=url, honeypot=link == HONEYPOT)

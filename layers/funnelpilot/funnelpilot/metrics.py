@@ -79,13 +79,6 @@ STEP_METRICS = ("entered", "sent", "blocked", "delivered", "bounced", "complaine
                 "machine_opens", "human_clicks", "machine_clicks", "conversions", "unsubscribes")
 
 
-def _message(contact_id: str, message_id: str) -> dict:
-    """funnel/step/template of a message, for events that name only the message (SES, unsubscribe)."""
-    item = _ddb().get_item(TableName=config().table, Key={"pk": {"S": contact_id}, "sk": {"S": f"MSG#{message_id}"}},
-                           ProjectionExpression="funnel, step, template").get("Item") or {}
-    return {k: v["S"] for k, v in item.items() if "S" in v}
-
-
 def counters_for(detail_type: str, detail: dict) -> tuple[dict[str, int], str] | None:
     """(metrics to add, once key) for one bus event, or None when it counts nothing.
 
@@ -120,8 +113,6 @@ FUNNEL_EVENTS = {"funnel.entered": "entered", "funnel.completed": "completed", "
 def record(detail_type: str, detail: dict) -> bool:
     """Turn one bus event into counters (idempotent); returns False for a duplicate or no-op."""
     day = (detail.get("occurred_at") or clock.iso())[:10]
-    if detail.get("message_id") and not detail.get("funnel") and detail.get("contact_id"):
-        detail = {**_message(detail["contact_id"], detail["message_id"]), **detail}
     funnel = detail.get("funnel")
     if not funnel:
         return False

@@ -17,6 +17,8 @@ from functools import cache
 from funnelpilot.config import config
 
 SEP = "|"
+# Link index of the invisible honeypot link in every email (a hit on it is a machine).
+HONEYPOT = "h"
 
 
 @cache

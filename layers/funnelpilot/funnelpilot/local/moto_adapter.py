@@ -13,12 +13,20 @@
 4. ``DynamoHandler.call_action``: moto applies an UpdateItem/transaction as Python
    read-modify-write, so concurrent requests can lose an ``ADD``. DynamoDB guarantees
    item-level atomicity; one lock around each DynamoDB request gives the same here.
+5. ``DynamoDBBackend.transact_write_items``: moto deep-copies every table a transaction
+   touches (for rollback), so each transaction costs O(table size) and a long local run
+   (the demo: a counter transaction per event) slows down quadratically. Ours checks every
+   condition first, then applies the writes, restoring only the touched items on failure.
+6. Stepped (virtual) time for the Step Functions interpreter (see the section at the end).
 """
 import json
 import threading
 from typing import Callable
 
 from moto.awslambda_simple.models import LambdaSimpleBackend
+from moto.dynamodb import exceptions as ddb_errors
+from moto.dynamodb.comparisons import get_filter_expression
+from moto.dynamodb.models import DynamoDBBackend
 from moto.dynamodb.responses import DynamoHandler
 from moto.events import models as events_models
 from moto.events.utils import EventTemplateParser
@@ -38,6 +46,7 @@ def install(invoker: Invoker, deliverer: Deliverer) -> None:
     events_models.Rule.send_to_targets = _send_to_targets
     if not getattr(DynamoHandler.call_action, "_serialised", False):
         DynamoHandler.call_action = _serialised(DynamoHandler.call_action)
+    DynamoDBBackend.transact_write_items = _transact_write_items
 
 
 _DYNAMODB_LOCK = threading.RLock()
@@ -49,6 +58,66 @@ def _serialised(call_action):
             return call_action(self)
     call._serialised = True
     return call
+
+
+def _transact_write_items(self, transact_items: list[dict]) -> None:
+    """All conditions, then all writes; same errors and cancellation reasons as moto 5.2.5."""
+    if len(transact_items) > 100:
+        raise ddb_errors.TooManyTransactionsException()
+    targets, errors, writes = set(), [], []
+    for item in transact_items:
+        if len(item) > 1:
+            raise ddb_errors.TransactWriteSingleOpException
+        op_type, op = next(iter(item.items()))
+        if op_type not in {"ConditionCheck", "Put", "Delete", "Update"}:
+            errors.append(("ValueError", "Unsupported transaction operation", None))
+            continue
+        table = self.get_table(op["TableName"])
+        if op_type == "Put":
+            key = {table.hash_key_attr: op["Item"][table.hash_key_attr]}
+            if table.range_key_attr is not None:
+                key[table.range_key_attr] = op["Item"][table.range_key_attr]
+        else:
+            key = op["Key"]
+        unique = (op["TableName"], str(dict(sorted(key.items()))))
+        if unique in targets:
+            raise ddb_errors.MultipleTransactionsException()
+        targets.add(unique)
+        current = self.get_item(op["TableName"], key)
+        if op.get("ConditionExpression") is not None:
+            condition = get_filter_expression(op["ConditionExpression"], op.get("ExpressionAttributeNames"),
+                                              op.get("ExpressionAttributeValues"))
+            if not condition.expr(current):
+                old = (current.to_json()["Attributes"] if current and
+                       op.get("ReturnValuesOnConditionCheckFailure") == "ALL_OLD" else None)
+                errors.append(("ConditionalCheckFailed", "The conditional request failed", old))
+                continue
+        errors.append((None, None, None))
+        if op_type != "ConditionCheck":
+            writes.append((op_type, op, key, current.to_json()["Attributes"] if current else None))
+    if any(code is not None for code, _, _ in errors):
+        raise ddb_errors.TransactionCanceledException(errors)
+    done = []
+    try:
+        for op_type, op, key, before in writes:
+            names, values = op.get("ExpressionAttributeNames"), op.get("ExpressionAttributeValues")
+            if op_type == "Put":
+                self.put_item(op["TableName"], op["Item"])
+            elif op_type == "Delete":
+                self.delete_item(op["TableName"], key)
+            else:
+                self.update_item(op["TableName"], key, update_expression=op["UpdateExpression"],
+                                 expression_attribute_names=names, expression_attribute_values=values,
+                                 condition_expression=None)
+            done.append((op["TableName"], key, before))
+    except Exception as exc:
+        for table_name, key, before in reversed(done):  # undo what was applied
+            if before is None:
+                self.delete_item(table_name, key)
+            else:
+                self.put_item(table_name, before)
+        raise ddb_errors.TransactionCanceledException(
+            [(None, None, None)] * len(done) + [(type(exc).__name__, str(exc), None)]) from exc
 
 
 def _invoke(self, function_name, qualifier, body, headers, response_headers):
@@ -82,3 +151,218 @@ def _send_to_targets(self, original_event, transform_input: bool = True) -> None
 def sent_emails(account: str, region: str) -> list[tuple[str, str]]:
     """(SES message id, raw MIME) of every email sent so far, oldest first."""
     return [(m.id, m.raw_data) for m in ses_backends[account][region].sent_messages if hasattr(m, "raw_data")]
+
+
+# ---------------------------------------------------------------- 5. stepped (virtual) time
+# moto's interpreter waits in real time (Wait states, TimeoutSeconds, task tokens, Retry
+# intervals), one thread per execution and per Task. In the stepped mode (the demo and
+# anything that must be deterministic) those waits block on the funnelpilot clock instead,
+# and the Scheduler knows how many interpreter threads can still run: the runtime advances
+# the clock only when none can, and wakes waiters one at a time in (deadline, order) order.
+# So the same inputs give the same outputs whatever the thread timing.
+from moto.stepfunctions.parser.asl.component.common.retry import retrier_decl  # noqa: E402
+from moto.stepfunctions.parser.asl.component.state.exec import execute_state  # noqa: E402
+from moto.stepfunctions.parser.asl.component.state.wait.wait_function import wait_function  # noqa: E402
+from moto.stepfunctions.parser.asl.eval.callback import callback as sfn_callback  # noqa: E402
+from moto.stepfunctions.parser.backend import execution_worker  # noqa: E402
+
+from funnelpilot import clock  # noqa: E402
+
+
+class Waiter:
+    __slots__ = ("deadline", "order", "state", "event")
+
+    def __init__(self, deadline: float | None, order: int):
+        self.deadline, self.order, self.state, self.event = deadline, order, "running", threading.Event()
+
+
+class Scheduler:
+    """Counts runnable interpreter threads and parks the others on the virtual clock."""
+
+    def __init__(self):
+        self.cond = threading.Condition()
+        self.busy = 0
+        self.parked: list[Waiter] = []
+        self._order = 0
+
+    def waiter(self, seconds: float | None) -> Waiter:
+        with self.cond:
+            self._order += 1
+            return Waiter(None if seconds is None else clock.now() + seconds, self._order)
+
+    def started(self) -> None:
+        with self.cond:
+            self.busy += 1
+
+    def finished(self) -> None:
+        with self.cond:
+            self.busy -= 1
+            self.cond.notify_all()
+
+    def park(self, w: Waiter) -> None:
+        """Block the calling interpreter thread until ``wake(w)`` (by the clock or an event)."""
+        with self.cond:
+            if w.state == "woken":
+                return
+            w.state = "parked"
+            self.busy -= 1
+            self.parked.append(w)
+            self.cond.notify_all()
+        w.event.wait()
+
+    def wake(self, w: Waiter | None) -> None:
+        """Make a waiter runnable again, counted busy from now (before its thread runs)."""
+        if w is None:
+            return
+        with self.cond:
+            if w.state == "parked":
+                self.busy += 1
+                self.parked.remove(w)
+            w.state = "woken"
+        w.event.set()
+
+    def sleep(self, seconds: float) -> None:
+        if seconds > 0:
+            self.park(self.waiter(seconds))
+
+    def next_due(self, until: float) -> Waiter | None:
+        with self.cond:
+            due = [w for w in self.parked if w.deadline is not None and w.deadline <= until]
+            return min(due, key=lambda w: (w.deadline, w.order)) if due else None
+
+    def wait_idle(self, timeout: float) -> bool:
+        with self.cond:
+            return self.cond.wait_for(lambda: self.busy <= 0, timeout)
+
+
+_scheduler: Scheduler | None = None
+_original = {}
+
+
+def use_virtual_time(scheduler: Scheduler | None) -> None:
+    """Switch the interpreter's waits to ``scheduler`` (None: back to moto's real-time waits)."""
+    global _scheduler
+    _scheduler = scheduler
+    if _original:
+        return
+    _original.update(start=execution_worker.ExecutionWorker.start,
+                     wait_interval=wait_function.WaitFunction._wait_interval,
+                     with_timeout=execute_state.ExecutionState._evaluate_with_timeout,
+                     cb_wait=sfn_callback.CallbackEndpoint.wait, cb_notify=sfn_callback.CallbackEndpoint.notify,
+                     cb_interrupt=sfn_callback.CallbackEndpoint.interrupt_all, retry_time=retrier_decl.time)
+    execution_worker.ExecutionWorker.start = _worker_start
+    wait_function.WaitFunction._wait_interval = _wait_interval
+    execute_state.ExecutionState._evaluate_with_timeout = _evaluate_with_timeout
+    sfn_callback.CallbackEndpoint.wait = _callback_wait
+    sfn_callback.CallbackEndpoint.notify = _callback_notify
+    sfn_callback.CallbackEndpoint.interrupt_all = _callback_interrupt
+    retrier_decl.time = _RetryClock()
+
+
+class _RetryClock:
+    """Stands in for the ``time`` module in moto's retrier (it only calls ``sleep``)."""
+
+    def sleep(self, seconds: float) -> None:
+        if _scheduler is None:
+            _original["retry_time"].sleep(seconds)
+        else:
+            _scheduler.sleep(seconds)
+
+
+def _worker_start(self) -> None:
+    if _scheduler is None:
+        return _original["start"](self)
+    scheduler = _scheduler
+    scheduler.started()
+
+    def run():
+        try:
+            self._execution_logic()
+        finally:
+            scheduler.finished()
+
+    thread = threading.Thread(target=run, daemon=True)
+    execution_worker.TMP_THREADS.append(thread)
+    thread.start()
+
+
+def _wait_interval(self, env, wait_seconds) -> None:
+    if _scheduler is None:
+        return _original["wait_interval"](self, env, wait_seconds)
+    _scheduler.sleep(wait_seconds)
+
+
+def _evaluate_with_timeout(self, env) -> None:
+    """moto 5.2.5's ExecutionState._evaluate_with_timeout with the wait on the virtual clock."""
+    if _scheduler is None:
+        return _original["with_timeout"](self, env)
+    scheduler = _scheduler
+    self.timeout.eval(env=env)
+    timeout_seconds = env.stack.pop()
+    frame = env.open_frame()
+    frame.states.reset(input_value=env.states.get_input())
+    frame.stack = execute_state.copy.deepcopy(env.stack)
+    outputs, exceptions = [], [None]
+    terminated = threading.Event()
+    parent = scheduler.waiter(timeout_seconds)
+
+    def exec_and_notify():
+        try:
+            self._eval_execution(frame)
+            outputs.extend(frame.stack)
+        except Exception as ex:  # noqa: BLE001 - handed to the parent as moto does
+            exceptions.append(ex)
+        finally:
+            terminated.set()
+            scheduler.wake(parent)
+            scheduler.finished()
+
+    scheduler.started()
+    thread = threading.Thread(target=exec_and_notify, daemon=True)
+    execute_state.TMP_THREADS.append(thread)
+    thread.start()
+    scheduler.park(parent)
+    finished_on_time = terminated.is_set()
+    frame.set_ended()
+    env.close_frame(frame)
+    exception = exceptions.pop()
+    if exception:
+        raise exception
+    if not finished_on_time:
+        raise execute_state.EvalTimeoutError()
+    env.stack.append(outputs.pop())
+    if not self._is_language_query_jsonpath():
+        env.states.set_result(env.stack[-1])
+    if self.assign_decl:
+        self.assign_decl.eval(env=env)
+    if self.result_selector:
+        self.result_selector.eval(env=env)
+    if self.result_path:
+        self.result_path.eval(env)
+    else:
+        res = env.stack.pop()
+        env.states.reset(input_value=res)
+
+
+def _callback_wait(self, timeout: float | None = None):
+    if _scheduler is None:
+        return _original["cb_wait"](self, timeout)
+    w = _scheduler.waiter(timeout)
+    with _scheduler.cond:
+        self._fp_waiter = w
+        if self._notify_event.is_set():
+            w.state = "woken"
+    _scheduler.park(w)
+    return self._outcome
+
+
+def _callback_notify(self, outcome) -> None:
+    _original["cb_notify"](self, outcome)
+    if _scheduler is not None:
+        _scheduler.wake(getattr(self, "_fp_waiter", None))
+
+
+def _callback_interrupt(self) -> None:
+    _original["cb_interrupt"](self)
+    if _scheduler is not None:
+        _scheduler.wake(getattr(self, "_fp_waiter", None))

@@ -6,6 +6,9 @@ Step Functions are dispatched to the real handlers in this process.
         rt.http("POST", "/signup", json={...})
         rt.settle()                           # deliver events, let executions finish
 
+    with Runtime(stepped=True, start=...) as rt:  # deterministic: time moves only by rt.advance()
+        rt.http(...); rt.settle(); rt.advance(3600)
+
 How it maps to AWS: see README.md ("Local runtime").
 """
 import base64
@@ -96,9 +99,13 @@ class Runtime:
 
     def __init__(self, root: Path = ROOT, *, speed: float = 86_400.0, state_dir: Path | None = None,
                  public_url: str = "http://127.0.0.1:3000", log_level: str = "WARNING",
-                 parameters: dict | None = None):
+                 parameters: dict | None = None, stepped: bool = False, start: float | None = None):
         self.root = Path(root)
-        self.speed = speed
+        self.speed = 1.0 if stepped else speed
+        self.stepped = stepped
+        self.start_time = start
+        self.scheduler = None
+        self.invoke_hook = None  # (function, call) -> result: lets the cost meter time every invocation
         self.state_dir = Path(state_dir or self.root / ".local")
         self.outbox = self.state_dir / "outbox"
         self.public_url = public_url
@@ -149,7 +156,9 @@ class Runtime:
                                       "lambda": {"use_docker": False}})
         self._mock.start()
         moto_adapter.install(self.invoke, self._deliver)
-        clock.configure(speed=self.speed)
+        self.scheduler = moto_adapter.Scheduler() if self.stepped else None
+        moto_adapter.use_virtual_time(self.scheduler)
+        clock.configure(speed=self.speed, start=self.start_time, stepped=self.stepped)
         self.outbox.mkdir(parents=True, exist_ok=True)
         self._create_resources()
         from funnelpilot.config import config
@@ -167,6 +176,12 @@ class Runtime:
                 except Exception:  # noqa: BLE001 - best effort on shutdown
                     pass
         time.sleep(0.05)
+        if self.stepped:
+            from funnelpilot import clock
+            from funnelpilot.local import moto_adapter
+
+            moto_adapter.use_virtual_time(None)  # parked threads of this runtime stay parked (daemons)
+            clock.configure()
         self._mock.stop()
         self._mock = None
 
@@ -288,7 +303,7 @@ class Runtime:
         text = (self.root / props["DefinitionUri"]).read_text()
         for key, value in subs.items():
             text = text.replace("${" + key + "}", value)
-        definition = compress_waits(json.loads(text), self.speed)
+        definition = compress_waits(json.loads(text), self.speed) if self.speed != 1 else json.loads(text)
         self.client("stepfunctions").create_state_machine(
             name=t.attributes[(lid, "Name")], definition=json.dumps(definition), roleArn=self.role_arn)
 
@@ -342,6 +357,8 @@ class Runtime:
     def invoke(self, function: str, payload: dict):
         """Synchronous invoke (what a Step Functions Task or a direct call does)."""
         fn = self.functions[function]
+        if self.invoke_hook is not None:
+            return self.invoke_hook(function, lambda: fn.handler(payload, LambdaContext(function)))
         return fn.handler(payload, LambdaContext(function))
 
     def _deliver(self, target_arn: str, payload: dict) -> None:
@@ -422,32 +439,36 @@ class Runtime:
         returns how many deliveries."""
         self.fire_schedules()
         done = 0
-        while True:
-            try:
-                arn, payload, attempt = self._deliveries.get_nowait()
-            except queue.Empty:
-                return done
-            try:
-                if ":function:" in arn:
-                    self.invoke(arn.split(":function:")[-1], payload)
-                elif ":sqs:" in arn:
-                    sqs = self.client("sqs")
-                    url = sqs.get_queue_url(QueueName=arn.rsplit(":", 1)[-1])["QueueUrl"]
-                    sqs.send_message(QueueUrl=url, MessageBody=json.dumps(payload))
-                elif ":stateMachine:" in arn:
-                    self.client("stepfunctions").start_execution(
-                        stateMachineArn=arn, name=uuid.uuid4().hex, input=json.dumps(payload))
-                else:
-                    raise ValueError(f"no local delivery for target {arn}")
-                self.delivered.append((arn, payload))
-            except Exception as exc:  # noqa: BLE001 - async delivery: retry, then dead-letter
-                if attempt < self._retries.get(arn, 2):
-                    self._deliveries.put((arn, payload, attempt + 1))
-                    continue
-                self._dead_letter(arn, payload, exc)
-            with self._lock:
-                self._in_flight -= 1
+        while self._deliver_one():
             done += 1
+        return done
+
+    def _deliver_one(self) -> bool:
+        try:
+            arn, payload, attempt = self._deliveries.get_nowait()
+        except queue.Empty:
+            return False
+        try:
+            if ":function:" in arn:
+                self.invoke(arn.split(":function:")[-1], payload)
+            elif ":sqs:" in arn:
+                sqs = self.client("sqs")
+                url = sqs.get_queue_url(QueueName=arn.rsplit(":", 1)[-1])["QueueUrl"]
+                sqs.send_message(QueueUrl=url, MessageBody=json.dumps(payload))
+            elif ":stateMachine:" in arn:
+                self.client("stepfunctions").start_execution(
+                    stateMachineArn=arn, name=uuid.uuid4().hex, input=json.dumps(payload))
+            else:
+                raise ValueError(f"no local delivery for target {arn}")
+            self.delivered.append((arn, payload))
+        except Exception as exc:  # noqa: BLE001 - async delivery: retry, then dead-letter
+            if attempt < self._retries.get(arn, 2):
+                self._deliveries.put((arn, payload, attempt + 1))
+                return True
+            self._dead_letter(arn, payload, exc)
+        with self._lock:
+            self._in_flight -= 1
+        return True
 
     def _dead_letter(self, target_arn: str, payload: dict, exc: Exception) -> None:
         """A delivery that failed after its retries: into the target's dead-letter queue
@@ -472,7 +493,10 @@ class Runtime:
         return [self.template.physical[lid] for lid in self.template.of_type("AWS::Serverless::StateMachine")]
 
     def settle(self, timeout: float = 30.0, poll: float = 0.02) -> bool:
-        """Pump events until no delivery is queued and no execution is running (or timeout)."""
+        """Pump events until no delivery is queued and no execution is running (or timeout).
+        Stepped mode: until nothing can run before the clock moves (one delivery at a time)."""
+        if self.stepped:
+            return self._settle_stepped(timeout)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             self.pump()
@@ -484,6 +508,37 @@ class Runtime:
                     return True
             time.sleep(poll)
         return False
+
+    def _settle_stepped(self, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while True:
+            if not self.scheduler.wait_idle(max(0.0, deadline - time.monotonic())):
+                return False
+            if not self._deliver_one():
+                self.flush_outbox()
+                return True
+
+    def advance(self, seconds: float, timeout: float = 120.0) -> bool:
+        """Stepped mode: let ``seconds`` of simulated time pass, waking each due wait in
+        (deadline, order) order and settling after each, so the outcome does not depend on
+        thread timing; schedules fire on the hour grid. False if something did not settle
+        within ``timeout`` real seconds."""
+        from funnelpilot import clock
+
+        target = clock.now() + seconds
+        while True:
+            if not self.settle(timeout):
+                return False
+            hour = min(target, (clock.now() // 3600 + 1) * 3600)
+            due = self.scheduler.next_due(hour)
+            if due is not None:
+                clock.advance_to(due.deadline)
+                self.scheduler.wake(due)
+                continue
+            clock.advance_to(hour)
+            self.fire_schedules()
+            if hour >= target:
+                return self.settle(timeout)
 
     # ------------------------------------------------------------------ HTTP
     def http(self, method: str, path: str, *, json_body=None, form=None, body: str | bytes | None = None,

@@ -70,6 +70,10 @@ def serve(port: int = 3000, speed: float = 86_400.0) -> None:
         print(f"funnelpilot local API on {base}  (landing page: {base}/)")
         print(f"  routes: {', '.join(sorted({f'{r.method} {r.path}' for r in rt.routes}))}")
         print(f"  emails are written to {rt.outbox}/  - one simulated day passes every {86400 / speed:g} s")
+        print(f"  admin routes (IAM auth on AWS): send  x-api-key: {rt.admin_key}")
+        for name, spec in rt.template.doc.get("Parameters", {}).items():
+            if spec.get("NoEcho"):
+                print(f"  {name} (local value): {rt.template.parameters[name]}  - {spec.get('Description', '')}")
         try:
             server.serve_forever()
         except KeyboardInterrupt:

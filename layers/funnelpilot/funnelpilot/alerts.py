@@ -1,0 +1,108 @@
+"""Instant sales alerts (rules: ``infra/alerts.yaml``): an internal email to SALES_EMAIL
+naming the contact, why, and their recent activity (the ``EVT#`` items the scoring
+transaction writes), at most one per contact per ``rate_limit_hours``.
+
+The rate limit is a conditional write on the contact's ``ALERT`` item claimed *before*
+sending and released if the send fails, so duplicates and bursts (three pricing views in
+a minute, then lead.qualified) produce one email. After sending, ``sales.alerted``
+(no PII) is published: the optional Slack/webhook API destination listens to it.
+"""
+import json
+from functools import cache
+
+import boto3
+import yaml
+from botocore.exceptions import ClientError
+
+from funnelpilot import bus, clock, emails, scoring, tokens
+from funnelpilot.config import config
+from funnelpilot.models import PROFILE, Contact
+
+
+@cache
+def settings() -> dict:
+    doc = yaml.safe_load((config().content_dir / "alerts.yaml").read_text()) or {}
+    return {"events": set(doc.get("events") or []), "pages": set(doc.get("pages") or []),
+            "rate_limit": float(doc.get("rate_limit_hours", 24)) * 3600,
+            "recent": int(doc.get("recent_activity", 10))}
+
+
+@cache
+def _ddb():
+    return boto3.client("dynamodb", region_name=config().region)
+
+
+def reason_for(detail_type: str, detail: dict) -> str | None:
+    """Why this event deserves an alert, or None."""
+    cfg = settings()
+    if detail_type == "page.viewed":
+        return f"viewed {detail.get('path')}" if detail.get("path") in cfg["pages"] else None
+    if detail_type in cfg["events"]:
+        return detail.get("reason") or {"lead.qualified": "qualified lead", "customer.vip": "VIP customer"}.get(
+            detail_type, detail_type)
+    return None
+
+
+def recent_activity(cid: str, limit: int) -> list[dict]:
+    page = _ddb().query(TableName=config().table, KeyConditionExpression="pk = :c AND begins_with(sk, :p)",
+                        ExpressionAttributeValues={":c": {"S": cid}, ":p": {"S": "EVT#"}},
+                        ScanIndexForward=False, Limit=limit)
+    return [{"at": clock.iso(float(i["at"]["N"])), "kind": i["kind"]["S"],
+             "summary": json.loads(i.get("summary", {}).get("S", "{}"))} for i in page["Items"]]
+
+
+def _claim(cid: str, reason: str) -> bool:
+    now = clock.now()
+    try:
+        _ddb().update_item(TableName=config().table, Key={"pk": {"S": cid}, "sk": {"S": "ALERT"}},
+                           UpdateExpression="SET #until = :until, reason = :r, expires_at = :exp",
+                           ConditionExpression="attribute_not_exists(#until) OR #until <= :now",
+                           ExpressionAttributeNames={"#until": "until"},
+                           ExpressionAttributeValues={":until": {"N": str(now + settings()["rate_limit"])},
+                                                      ":now": {"N": str(now)}, ":r": {"S": reason},
+                                                      ":exp": {"N": str(int(now + settings()["rate_limit"]))}})
+        return True
+    except ClientError as exc:
+        if exc.response["Error"]["Code"] == "ConditionalCheckFailedException":
+            return False
+        raise
+
+
+def _release(cid: str) -> None:
+    _ddb().delete_item(TableName=config().table, Key={"pk": {"S": cid}, "sk": {"S": "ALERT"}})
+
+
+def alert(detail_type: str, detail: dict) -> str:
+    """Send the alert for this event if it deserves one; returns what happened."""
+    reason = reason_for(detail_type, detail)
+    if reason is None:
+        return "not_alerting"
+    cid = detail["contact_id"]
+    try:
+        contact = Contact.get(cid, PROFILE)
+    except Contact.DoesNotExist:
+        return "unknown_contact"
+    if contact.status == "erased" or not contact.email:
+        return "unknown_contact"
+    if not _claim(cid, reason):
+        return "rate_limited"
+    context = {
+        "headline": f"{contact.first_name or contact.email} {reason}",
+        "name": contact.first_name or contact.email, "email": contact.email, "contact_id": cid,
+        "status": contact.status, "customer": scoring.is_customer(contact), "orders": int(contact.orders or 0),
+        "score": round(scoring.current_score(contact, "capture"), 1),
+        "loyalty": round(scoring.current_score(contact, "loyalty"), 1),
+        "tags": sorted(contact.tags or []), "segments": sorted(contact.segments or []),
+        "activity": recent_activity(cid, settings()["recent"]),
+    }
+    message_id = tokens.digest_id("a", detail["event_id"])
+    raw = emails.build_mime(to=config().sales_email, rendered=emails.render("sales-alert", context),
+                            message_id=message_id, headers={})
+    try:
+        emails.send_raw(config().sales_email, raw)
+    except Exception:
+        _release(cid)
+        raise
+    bus.publish(bus.event("sales.alerted", cid, event_id=tokens.digest_id("sa", detail["event_id"]),
+                          reason=reason, trigger=detail_type, path=detail.get("path")))
+    return "sent"

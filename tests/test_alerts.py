@@ -1,0 +1,58 @@
+"""Instant sales alerts: one internal email naming the contact and the page, rate-limited."""
+from email import message_from_bytes, policy
+
+from test_scoring import new_contact, publish
+
+from funnelpilot import alerts, bus, clock
+from funnelpilot.local.runtime import ROOT
+from funnelpilot.local.template import Template
+
+
+def sales_mail(rt):
+    mails = [message_from_bytes(p.read_bytes(), policy=policy.default) for p in sorted(rt.outbox.glob("*.eml"))]
+    return [m for m in mails if m["To"] == "sales@example.com"]
+
+
+def test_pricing_visit_by_a_known_contact_sends_one_internal_email(rt, tap):
+    cid = rt.http("POST", "/signup", json_body={"email": "pia@example.com", "consent": True,
+                                                "first_name": "Pia"}).json()["contact_id"]
+    assert rt.settle()
+    t0 = clock.now()
+    publish("page.viewed", cid, t0, path="/features")
+    assert rt.settle()
+    assert sales_mail(rt) == []
+    for i in range(3):  # three pricing views, then lead.qualified: still one alert
+        publish("page.viewed", cid, t0 + 1 + i, path="/pricing")
+    assert rt.settle()
+    assert tap.events("lead.qualified")
+    [mail] = sales_mail(rt)
+    text = mail.get_body(("plain",)).get_content()
+    assert "Pia" in mail["Subject"] and "/pricing" in mail["Subject"]
+    assert "pia@example.com" in text and cid in text
+    assert "page.viewed path=/features" in text  # recent activity
+    [alerted] = tap.events("sales.alerted")
+    assert alerted["detail"]["contact_id"] == cid and alerted["detail"]["path"] == "/pricing"
+    assert "pia@example.com" not in str(alerted)
+    assert not rt.errors
+
+
+def test_unknown_contacts_and_other_events_send_nothing(rt):
+    publish("page.viewed", "nobody", clock.now(), path="/pricing")
+    cid = new_contact("quiet")
+    publish("page.viewed", cid, clock.now(), path="/blog/post")
+    bus.publish(bus.event("funnel.entered", cid, funnel="welcome"))
+    assert rt.settle()
+    assert sales_mail(rt) == []
+
+
+def test_funnel_can_ask_for_an_alert_with_sales_notify(rt):
+    cid = new_contact("asked")
+    bus.publish(bus.event("sales.notify", cid, reason="asked for a demo", funnel="engagement"))
+    assert rt.settle()
+    [mail] = sales_mail(rt)
+    assert "asked for a demo" in mail["Subject"]
+
+
+def test_notify_rule_covers_configured_events():
+    pattern = Template.load(ROOT).resources["NotifyFunction"]["Properties"]["Events"]["Alerting"]["Properties"]["Pattern"]
+    assert alerts.settings()["events"] | {"page.viewed"} <= set(pattern["detail-type"])

@@ -1,0 +1,45 @@
+"""The demo: a simulated audience through the real handlers, deterministic for a seed; cost and CLI."""
+import json
+
+from funnelpilot import cli
+from funnelpilot.local import costs, demo
+
+
+def test_same_seed_same_report_and_the_audience_acts_through_real_routes(tmp_path):
+    first = demo.simulate(seed=3, contacts=14, days=12, state_dir=tmp_path / "a")
+    second = demo.simulate(seed=3, contacts=14, days=12, state_dir=tmp_path / "b")
+    assert first["errors"] == [] and second["errors"] == []
+    assert first["reports"] == second["reports"]
+    assert first["tally"] == second["tally"]
+    tally = first["tally"]
+    assert tally["signups"] == 14 and tally["emails"] >= 14
+    assert tally["mpp"] > 0  # Apple Mail users' prefetches happened...
+    welcome = next(r for r in first["reports"] if r["funnel"] == "welcome")
+    step = welcome["steps"][0]
+    assert step["machine_opens"] >= tally["mpp"]  # ...and were counted as machine opens,
+    assert step["human_opens"] <= tally["opens"]  # never as human ones
+    assert len(list(first["outbox"].glob("*.eml"))) == tally["emails"]
+
+
+def test_cost_estimate_scales_per_contact_and_month():
+    usage = {"contacts": 100, "days": 60, "per_contact_month": {k: 0 for k, _, _ in costs.LINES}}
+    usage["per_contact_month"]["ses_emails"] = 5  # 5 emails per contact a month
+    est = costs.estimate(usage, contacts=10_000)
+    ses = next(line for line in est["lines"] if line["item"] == "SES emails")
+    assert ses["quantity"] == 50_000 and round(ses["cost"], 2) == 5.00  # $0.10 per 1,000
+    assert round(est["total"] - 5.00, 2) == round(sum(f["cost"] for f in est["fixed"]), 2)
+    text = costs.format_estimate(est)
+    assert "HubSpot" in text and "list price as published" in text
+
+
+def test_report_cli_reads_the_demo_snapshot(tmp_path, capsys):
+    snapshot = tmp_path / "metrics.json"
+    snapshot.write_text(json.dumps({"start": "2026-03-02", "end": "2026-03-03", "rows": {"welcome": [
+        {"pk": "FUNNEL#welcome", "sk": "DAY#2026-03-02#STEP#Send welcome-1", "sent": 4, "entered": 4,
+         "human_opens": 2, "machine_opens": 3},
+        {"pk": "FUNNEL#welcome", "sk": "DAY#2026-03-05#STEP#Send welcome-1", "sent": 9, "entered": 9}]}}))
+    chart = tmp_path / "chart.html"
+    assert cli.main(["report", "--funnel", "welcome", "--snapshot", str(snapshot), "--chart", str(chart)]) == 0
+    out = capsys.readouterr().out
+    assert "Send welcome-1" in out and "50.0%" in out  # 2 human opens of 4 sent; the 5 March row is out of range
+    assert "<svg" in chart.read_text()
