@@ -21,7 +21,8 @@ def everything(rt) -> str:
 def engaged_contact(rt):
     cid = rt.http("POST", "/signup", json_body={"email": "Erin.Example@example.com", "consent": True,
                                                 "first_name": "Erin", "utm_source": "ads"},
-                  headers={"user-agent": BROWSER}, source_ip="198.51.100.77").json()["contact_id"]
+                  headers={"user-agent": BROWSER, "referer": "https://www.example.com/guide?email=x%40y.z"},
+                  source_ip="198.51.100.77").json()["contact_id"]
     assert rt.settle()
     [eml] = rt.outbox.glob("*.eml")
     html = eml.read_text()
@@ -50,6 +51,7 @@ def test_export_then_erase_leaves_no_trace(rt, tap):
     assert profile["email"] == "erin.example@example.com" and profile["first_name"] == "Erin"
     [consent] = data["items"]["consent"]
     assert consent["ip"] == "198.51.100.77" and consent["user_agent"] == BROWSER and consent["given_at"]
+    assert consent["source"] == "https://www.example.com/guide"  # the form's page, without its query
     [message] = data["items"]["msg"]
     assert message["first_click_at"] and json.loads(message["hits"])  # engagement is part of the export
 

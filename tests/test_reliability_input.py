@@ -8,7 +8,8 @@ from email import message_from_bytes, policy
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from funnelpilot import emails
+from funnelpilot import emails, sequence
+from funnelpilot.models import PROFILE, Contact
 
 SETTINGS = settings(max_examples=40, deadline=None, derandomize=True, database=None,
                     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
@@ -104,8 +105,7 @@ def test_oversized_and_invalid_bodies_on_every_body_route(rt):
 
 
 def _mime(first_name: str):
-    context = {"first_name": first_name, "contact_id": "c", "properties": {}, "public_url": "https://x.test",
-               "unsubscribe_url": "https://x.test/u/t"}
+    context = sequence.template_context(Contact("c", PROFILE, first_name=first_name or None), "m1")
     rendered = emails.render("welcome-1", context)
     raw = emails.build_mime(to="a@example.com", rendered=rendered, message_id="m1",
                             headers={"List-Unsubscribe": "<https://x.test/u/t>"})

@@ -4,7 +4,7 @@ import json
 from aws_lambda_powertools import Logger
 from aws_lambda_powertools.event_handler import APIGatewayHttpResolver, Response
 
-from funnelpilot import contacts, http, tokens
+from funnelpilot import contacts, http, tokens, visitors
 from funnelpilot.errors import InvalidField
 
 logger = Logger()
@@ -19,6 +19,7 @@ def signup() -> Response:
         logger.info("honeypot filled; nothing stored")
         return _accepted(tokens.contact_id(signup.email))
     cid = contacts.subscribe(signup, ip=event.request_context.http.source_ip,
+                             page=event.headers.get("referer") or event.headers.get("origin"),
                              user_agent=event.request_context.http.user_agent)
     logger.info("contact subscribed", extra={"contact_id": cid, "list": signup.list_name})
     if signup.redirect:
@@ -27,7 +28,9 @@ def signup() -> Response:
 
 
 def _accepted(cid: str) -> Response:
-    return Response(status_code=202, content_type="application/json", body=json.dumps({"contact_id": cid}))
+    # fp: the site tracker's contact token, for funnelpilot.identify() on the landing page.
+    body = {"contact_id": cid, "fp": visitors.token(cid)}
+    return Response(status_code=202, content_type="application/json", body=json.dumps(body))
 
 
 @app.exception_handler(InvalidField)

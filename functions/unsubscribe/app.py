@@ -42,7 +42,8 @@ def unsubscribe(token: str) -> Response:
         return _page(404, "Link not found", "<p>This unsubscribe link is not valid.</p>")
     cid, message_id = fields
     body = app.current_event.decoded_body or ""
-    source = "one_click" if "List-Unsubscribe=One-Click" in body else "unsubscribe_page"
+    # RFC 8058 clients post List-Unsubscribe=One-Click, form-encoded or multipart
+    source = "one_click" if "One-Click" in body else "unsubscribe_page"
     changed = consent.unsubscribe(cid, message_id, source)
     logger.info("unsubscribe", extra={"contact_id": cid, "changed": changed, "source": source})
     return _page(200, "You are unsubscribed", "<p>You will not receive any more emails from us.</p>")

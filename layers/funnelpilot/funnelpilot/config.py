@@ -16,12 +16,15 @@ class Config:
     bus: str
     secret_id: str
     public_url: str
+    site_url: str
     sender: str
     sales_email: str
     ses_configuration_set: str
     redirect_hosts: tuple[str, ...]
     cors_origins: tuple[str, ...]
     content_dir: Path
+    collect_limit_per_ip: int
+    collect_limit_per_contact: int
     region: str
     schedule_group: str = "default"  # EventBridge Scheduler group for one-time schedules (repurchase)
     scheduler_role_arn: str = ""  # role Scheduler assumes to put events on the bus
@@ -38,12 +41,15 @@ def config() -> Config:
         bus=env("BUS_NAME", "funnelpilot"),
         secret_id=env("SECRET_ID", "SigningSecret"),
         public_url=env("PUBLIC_URL", "http://127.0.0.1:3000").rstrip("/"),
+        site_url=env("SITE_URL", "https://example.com").rstrip("/"),
         sender=env("SENDER_EMAIL", "hello@example.com"),
         sales_email=env("SALES_EMAIL", "sales@example.com"),
         ses_configuration_set=env("SES_CONFIGURATION_SET", ""),
         redirect_hosts=_csv("ALLOWED_REDIRECT_HOSTS"),
         cors_origins=_csv("CORS_ORIGINS"),
         content_dir=Path(env("CONTENT_DIR", "/opt")),
+        collect_limit_per_ip=int(env("COLLECT_LIMIT_PER_IP", "120")),  # site events a minute
+        collect_limit_per_contact=int(env("COLLECT_LIMIT_PER_CONTACT", "60")),
         region=env("AWS_REGION", env("AWS_DEFAULT_REGION", "us-east-1")),
         schedule_group=env("SCHEDULE_GROUP", "default"),
         scheduler_role_arn=env("SCHEDULER_ROLE_ARN", ""),

@@ -87,7 +87,16 @@ def parse_signup(fields: dict) -> Signup:
     )
 
 
-def subscribe(signup: Signup, *, ip: str | None, user_agent: str | None) -> str:
+def consent_source(page: str | None) -> str:
+    """The form a consent came from: the page's scheme, host and path (never its query
+    string, which may carry personal data), or ``signup`` when the browser sent none."""
+    parts = urlsplit(page or "")
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return "signup"
+    return f"{parts.scheme}://{parts.netloc.rsplit('@', 1)[-1]}{parts.path}"[:300]
+
+
+def subscribe(signup: Signup, *, ip: str | None, user_agent: str | None, page: str | None = None) -> str:
     """Create or update the contact and record consent in one transaction, then emit
     ``contact.subscribed``. Repeating it updates the same person, never duplicates.
     A suppressed contact (bounce, complaint) stays suppressed; one who unsubscribed and
@@ -117,7 +126,7 @@ def subscribe(signup: Signup, *, ip: str | None, user_agent: str | None) -> str:
     if signup.utm:
         actions.append(Contact.utm.set(Contact.utm | signup.utm))
     consent = ConsentRecord(cid, f"CONSENT#{now}#{signup.list_name}", list_name=signup.list_name,
-                            source="signup", ip=ip, user_agent=user_agent, given_at=now)
+                            source=consent_source(page), ip=ip, user_agent=user_agent, given_at=now)
     with TransactWrite(connection=connection()) as tx:
         tx.update(contact, actions=actions)
         tx.save(consent)

@@ -21,6 +21,8 @@ from funnelpilot import tokens
 from funnelpilot.config import config
 
 _HREF = re.compile(r"""(<a\b[^>]*?\bhref\s*=\s*)(["'])(.*?)\2""", re.IGNORECASE | re.DOTALL)
+# An anchor with data-fp="off" never carries the visitor's fp token (funnelpilot.visitors).
+_NO_FP = re.compile(r"""\s+data-fp\s*=\s*(["'])off\1""", re.IGNORECASE)
 _TEXT_URL = re.compile(r"""https?://[^\s<>"'()\[\]]+""")
 _BODY_OPEN = re.compile(r"<body\b[^>]*>", re.IGNORECASE)
 _CRLF = re.compile("[\r\n\t\v\f\x1c\x1d\x1e\x85\u2028\u2029]+")  # all str.splitlines() breaks
@@ -65,28 +67,32 @@ def _tracked(url: str) -> bool:
     return url.lower().startswith(("http://", "https://")) and not url.startswith(config().public_url + "/")
 
 
-def track(rendered: Rendered, *, contact_id: str, message_id: str) -> tuple[Rendered, list[str]]:
+def track(rendered: Rendered, *, contact_id: str, message_id: str) -> tuple[Rendered, list[str | dict]]:
     """Rewrite links to ``/c/{token}``, add the open pixel ``/o/{token}`` and the honeypot link.
 
     Returns the tracked email and its links: the message item stores them, and a click
-    token carries only the index into that list, never a URL.
+    token carries only the index into that list, never a URL. A link opted out of the
+    identity hand-off (``data-fp="off"``) is stored as ``{"url": ..., "fp": false}``.
     """
-    links: list[str] = []
+    links: list[str | dict] = []
 
-    def click_url(url: str) -> str:
-        if url not in links:
-            links.append(url)
-        return tokens.url("c", "c", contact_id, message_id, str(links.index(url)))
+    def click_url(url: str, hand_off: bool = True) -> str:
+        entry = url if hand_off else {"url": url, "fp": False}
+        if entry not in links:
+            links.append(entry)
+        return tokens.url("c", "c", contact_id, message_id, str(links.index(entry)))
 
     def html_link(m: re.Match) -> str:
         url = html_lib.unescape(m.group(3)).strip()
-        return f"{m.group(1)}{m.group(2)}{click_url(url)}{m.group(2)}" if _tracked(url) else m.group(0)
+        tag = m.string[m.start():m.string.find(">", m.end()) + 1]
+        hand_off = not _NO_FP.search(tag)
+        return f"{m.group(1)}{m.group(2)}{click_url(url, hand_off)}{m.group(2)}" if _tracked(url) else m.group(0)
 
     def text_link(m: re.Match) -> str:
         url = m.group(0).rstrip(".,;:!?")
         return click_url(url) + m.group(0)[len(url):] if _tracked(url) else m.group(0)
 
-    body = _HREF.sub(html_link, rendered.html)
+    body = _NO_FP.sub("", _HREF.sub(html_link, rendered.html))
     text = _TEXT_URL.sub(text_link, rendered.text)
     honeypot = tokens.url("c", "c", contact_id, message_id, tokens.HONEYPOT)
     trap = (f'<a href="{honeypot}" aria-hidden="true" tabindex="-1" style="display:none;font-size:0;'

@@ -15,14 +15,14 @@ still emitted, and the events are what metrics count.
 import ipaddress
 import json
 import logging
-import re
 from dataclasses import dataclass
 from datetime import datetime
 from functools import cache
 
 import boto3
 
-from funnelpilot import bus, clock, tokens
+from funnelpilot import bus, clock, tokens, visitors
+from funnelpilot.agents import AUTOMATED
 from funnelpilot.config import config
 from funnelpilot.tokens import HONEYPOT
 
@@ -30,18 +30,6 @@ from funnelpilot.tokens import HONEYPOT
 # Apple's ARIN allocation) with a bare "Mozilla/5.0" user agent, whether or not anyone reads.
 APPLE_RANGES = (ipaddress.ip_network("17.0.0.0/8"),)
 APPLE_MPP_AGENTS = frozenset({"mozilla/5.0"})
-# Security gateways, link checkers, preview bots and scripted HTTP clients. Not mail
-# clients or their image proxies (Outlook's "Microsoft Office/16.0", GoogleImageProxy,
-# YahooMailProxy): those fetch when a person opens the message.
-SCANNER_AGENTS = re.compile(
-    r"barracuda|mimecast|proofpoint|ppops|messagelabs|symantec|forcepoint|websense|trendmicro|"
-    r"trend micro|sophos|fireeye|trellix|ironport|cisco|fortinet|fortiguard|checkpoint|check point|"
-    r"zscaler|safelinks|safe links|urlscan|virustotal|linkchecker|"
-    r"link checker|w3c_validator|headlesschrome|phantomjs|puppeteer|playwright|selenium|"
-    r"bot\b|bot/|crawler|spider|slurp|preview|facebookexternalhit|slackbot|discordbot|"
-    r"curl/|wget/|python-requests|python-urllib|aiohttp|httpx|go-http-client|java/|okhttp|"
-    r"libwww|apache-httpclient|node-fetch|axios",
-    re.IGNORECASE)
 logger = logging.getLogger(__name__)
 DELIVERY_WINDOW = 10  # seconds after the send in which no human opens or clicks
 BURST_WINDOW = 10  # seconds around a machine hit in which other hits of the message are machine
@@ -82,7 +70,7 @@ def classify(kind: str, *, method: str, user_agent: str, ip: str, now: float, se
         return Verdict(False, "no_user_agent")
     if kind == "open" and (agent.lower() in APPLE_MPP_AGENTS or _in(ip, APPLE_RANGES)):
         return Verdict(False, "apple_mpp")
-    if SCANNER_AGENTS.search(agent):
+    if AUTOMATED.search(agent):
         return Verdict(False, "scanner")
     if honeypot_at is not None and abs(now - honeypot_at) <= BURST_WINDOW:
         return Verdict(False, "honeypot_burst")
@@ -121,22 +109,25 @@ def hit(kind: str, token: str, *, method: str, user_agent: str, ip: str) -> Resu
     if not item or _attr(item, "status") != "sent":
         return Result(False)
     links = json.loads(_attr(item, "links") or "[]")
-    url = None
+    url, hand_off = None, False
     if link is not None and link != HONEYPOT:
         if not link.isdigit() or int(link) >= len(links):
             return Result(False)
-        url = links[int(link)]
+        entry = links[int(link)]  # a URL, or {"url", "fp": false} for a link opted out of the hand-off
+        url, hand_off = (entry["url"], False) if isinstance(entry, dict) else (entry, True)
     hits = json.loads(_attr(item, "hits") or "[]")
     now = clock.now()
     verdict = classify(kind, method=method, user_agent=user_agent, ip=ip, now=now,
                        sent_at=_epoch(_attr(item, "delivered_at") or _attr(item, "sent_at")), link=link,
                        honeypot_at=_epoch(_attr(item, "honeypot_at")), hits=hits)
+    # identity hand-off to the site (never for machines); events keep the link as sent
+    landing = visitors.hand_off(url, cid) if hand_off and verdict.human else url
     try:
         _record(kind, cid, message_id, key, item, link, url, verdict, hits, now)
     except Exception:  # the person still gets their page or image; the hit is lost, not the click
         logger.exception("hit not recorded", extra={"contact_id": cid})
-        return Result(False, url=url, honeypot=link == HONEYPOT)
-    return Result(True, url=url, honeypot=link == HONEYPOT)
+        return Result(False, url=landing, honeypot=link == HONEYPOT)
+    return Result(True, url=landing, honeypot=link == HONEYPOT)
 
 
 def _record(kind: str, cid: str, message_id: str, key: dict, item: dict, link: str | None, url: str | None,

@@ -35,6 +35,7 @@ def template_context(contact: Contact, message_id: str) -> dict:
         "properties": contact.properties.as_dict() if contact.properties else {},
         "unsubscribe_url": unsubscribe,
         "public_url": config().public_url,
+        "site_url": config().site_url,
     }
 
 

@@ -77,6 +77,12 @@ def contact_id(normalised_email: str) -> str:
     return base64.b32encode(digest[:16]).decode().rstrip("=").lower()
 
 
+def keyed_id(purpose: str, value: str) -> str:
+    """A short keyed pseudonym for a value that must not be stored as is (an IP address)."""
+    digest = hmac.new(_key(), f"{purpose}:{value}".encode(), hashlib.sha256).digest()
+    return base64.b32encode(digest[:10]).decode().lower()
+
+
 def digest_id(prefix: str, *parts: str) -> str:
     """Deterministic id for an item derived from other ids (e.g. a message from execution+state)."""
     raw = hashlib.sha256("\x1f".join(parts).encode()).digest()[:15]

@@ -1,6 +1,12 @@
 """``make serve``: the HTTP API on 127.0.0.1 (default port 3000) backed by the local runtime,
-with an example landing page at ``/``. A background thread delivers events and writes
-the outbox, so a form POST produces an .eml moments later."""
+with an example site: the landing page at ``/`` and pages such as ``/pricing`` (``site/*.html``).
+A background thread delivers events and writes the outbox, so a form POST produces an .eml
+moments later.
+
+The site is the same server under a second name, ``http://localhost:<port>`` (``SiteUrl``):
+email links to it are tracked and carry the visitor's ``fp`` token, as they would for a
+real site on its own domain, and both names are allowed origins for ``/collect``."""
+import re
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -8,6 +14,16 @@ from pathlib import Path
 from funnelpilot.local.runtime import Runtime
 
 SITE = Path(__file__).with_name("site")
+_PAGE = re.compile(r"^/([a-z0-9-]+)$")
+
+
+def page(path: str) -> Path | None:
+    """The example site's page for a request path (``/`` and ``/<name>`` -> ``site/<name>.html``)."""
+    path = path.split("?")[0].split("#")[0]
+    if path in ("/", "/index.html"):
+        return SITE / "index.html"
+    m = _PAGE.match(path)
+    return SITE / f"{m.group(1)}.html" if m and (SITE / f"{m.group(1)}.html").is_file() else None
 
 
 def make_handler(rt: Runtime):
@@ -17,9 +33,10 @@ def make_handler(rt: Runtime):
         def _serve(self, method: str) -> None:
             length = int(self.headers.get("content-length") or 0)
             body = self.rfile.read(length) if length else None
-            if method == "GET" and self.path.split("?")[0] in ("/", "/index.html"):
+            site_page = page(self.path) if method in ("GET", "HEAD") else None
+            if site_page:
                 return self._send(200, {"content-type": "text/html; charset=utf-8"},
-                                  (SITE / "index.html").read_bytes())
+                                  site_page.read_bytes() if method == "GET" else b"")
             headers = {k: v for k, v in self.headers.items()}
             resp = rt.http(method, self.path, body=body, headers=headers, source_ip=self.client_address[0])
             self._send(resp.status, resp.headers, resp.body if method != "HEAD" else b"")
@@ -54,20 +71,57 @@ def make_handler(rt: Runtime):
     return Handler
 
 
+def site_parameters(port: int) -> dict:
+    """Template parameters for a local server on ``port``: the site under a second host name."""
+    return {"SiteUrl": f"http://localhost:{port}",
+            "CorsOrigins": f"http://127.0.0.1:{port},http://localhost:{port}"}
+
+
+class LocalServer:
+    """The runtime, its event pump and the HTTP server on 127.0.0.1:``port``.
+    ``serve_forever()`` in the foreground (make serve) or ``start()`` in a thread (tests)."""
+
+    def __init__(self, port: int = 3000, speed: float = 86_400.0, **runtime_args):
+        self.port = port
+        self.base = f"http://127.0.0.1:{port}"
+        self.site = f"http://localhost:{port}"
+        self.rt = Runtime(speed=speed, public_url=self.base, parameters=site_parameters(port), **runtime_args)
+        self._stop = threading.Event()
+        self._serving = False
+
+    def __enter__(self) -> "LocalServer":
+        self.rt.start()
+        threading.Thread(target=self._pump, daemon=True).start()
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", self.port), make_handler(self.rt))
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        if self._serving:
+            self.httpd.shutdown()
+        self.httpd.server_close()
+        self.rt.stop()
+
+    def serve_forever(self) -> None:
+        self._serving = True
+        self.httpd.serve_forever()
+
+    def start(self) -> "LocalServer":
+        self._serving = True
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+        return self
+
+    def _pump(self) -> None:
+        while not self._stop.is_set():
+            self.rt.pump()
+            self.rt.flush_outbox()
+            self._stop.wait(0.05)
+
+
 def serve(port: int = 3000, speed: float = 86_400.0) -> None:
-    base = f"http://127.0.0.1:{port}"
-    with Runtime(speed=speed, public_url=base) as rt:
-        stop = threading.Event()
-
-        def pump() -> None:
-            while not stop.is_set():
-                rt.pump()
-                rt.flush_outbox()
-                stop.wait(0.05)
-
-        threading.Thread(target=pump, daemon=True).start()
-        server = ThreadingHTTPServer(("127.0.0.1", port), make_handler(rt))
-        print(f"funnelpilot local API on {base}  (landing page: {base}/)")
+    with LocalServer(port, speed) as server:
+        rt, base = server.rt, server.base
+        print(f"funnelpilot local API on {base}  (landing page: {base}/ , the same site as http://localhost:{port}/)")
         print(f"  routes: {', '.join(sorted({f'{r.method} {r.path}' for r in rt.routes}))}")
         print(f"  emails are written to {rt.outbox}/  - one simulated day passes every {86400 / speed:g} s")
         print(f"  admin routes (IAM auth on AWS): send  x-api-key: {rt.admin_key}")
@@ -78,6 +132,3 @@ def serve(port: int = 3000, speed: float = 86_400.0) -> None:
             server.serve_forever()
         except KeyboardInterrupt:
             pass
-        finally:
-            stop.set()
-            server.server_close()

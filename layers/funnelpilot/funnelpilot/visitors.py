@@ -1,0 +1,226 @@
+"""Site visitors: recognising people who came from an email, and what the public
+``POST /collect`` endpoint accepts from the browser snippet (``GET /t.js``).
+
+Identity hand-off: a human click on an email link to one of the site origins (the
+``CORS_ORIGINS`` allow-list, the same origins /collect accepts) lands with ``fp=<token>``
+appended, the way HubSpot appends ``_hsenc``; the signup response returns the same token.
+The token is ``tokens.sign("fp", contact_id, expiry_day)``: it names a contact and nothing
+else, is accepted by /collect only, and expires after ``TOKEN_DAYS`` (on the shared clock).
+
+A collected hit with a token costs one GetItem (the contact still exists: an erased person's
+token in some browser attaches nothing), then for every hit one TransactWriteItems (per-IP window, per-contact window when
+known, the page's daily counter: all or nothing, so a refused hit stores nothing) and,
+for a known contact only, one PutEvents. Anonymous visits are only counted.
+Import-light: /collect is public and hot (no pynamodb, no powertools).
+"""
+import json
+import math
+import re
+from dataclasses import dataclass
+from functools import cache
+from urllib.parse import urlsplit
+
+import boto3
+from botocore.exceptions import ClientError
+
+from funnelpilot import bus, clock, metrics, tokens
+from funnelpilot.config import config
+
+TOKEN_KIND = "fp"
+TOKEN_DAYS = 365
+DAY = 86_400
+MAX_BODY = 4096  # bytes; the snippet sends a few hundred
+WINDOW = 60  # seconds of a rate-limit window (real time, from API Gateway's request time)
+SITE_FUNNEL = "site"  # daily counters in MetricsTable as the "site" funnel: one step per page or event:<name>
+FIELDS = {"event", "token", "path", "title", "referrer", "utm", "props"}
+_EVENT = re.compile(r"^[a-z][a-z0-9_]{0,31}(\.[a-z][a-z0-9_]{0,31}){0,2}$")
+_PROP = re.compile(r"^[a-z][a-z0-9_]{0,39}$")
+_UTM = re.compile(r"^utm_[a-z]{1,16}$")
+
+
+class Refused(Exception):
+    """A hit /collect turns away: an HTTP 4xx ``{"error": message, "field": field}``."""
+
+    def __init__(self, status: int, message: str, field: str | None = None):
+        super().__init__(message)
+        self.status, self.message, self.field = status, message, field
+
+
+@dataclass(frozen=True)
+class Hit:
+    event: str  # "page.viewed" or a custom event name ("video.watched")
+    path: str
+    token: str | None = None
+    title: str | None = None
+    referrer: str | None = None  # origin and path only: never a query string
+    utm: tuple = ()  # ((key, value), ...)
+    props: tuple = ()
+
+
+@cache
+def _ddb():
+    return boto3.client("dynamodb", region_name=config().region)
+
+
+# ------------------------------------------------------------------ identity hand-off
+def token(contact_id: str) -> str:
+    return tokens.sign(TOKEN_KIND, contact_id, str(int(clock.now() // DAY) + TOKEN_DAYS))
+
+
+def contact_of(token_: str) -> str | None:
+    """The contact a token names; None once it has expired (the visit then counts as
+    anonymous). A token that fails verification is refused (403)."""
+    fields = tokens.verify(TOKEN_KIND, token_, 2)
+    if fields is None or not fields[1].isdigit():
+        raise Refused(403, "contact token is not valid", "token")
+    cid, expires_day = fields
+    return cid if int(expires_day) * DAY > clock.now() else None
+
+
+def is_site(url: str) -> bool:
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}".lower() in config().cors_origins
+
+
+def hand_off(url: str, contact_id: str) -> str:
+    """``url`` with ``fp=<token>`` added (an existing ``fp`` replaced; the rest of the query
+    and the fragment kept as they are) when it points at a site origin; else unchanged:
+    the token never leaks to other sites."""
+    if not is_site(url):
+        return url
+    parts = urlsplit(url)
+    kept = [p for p in parts.query.split("&") if p and p.split("=", 1)[0] != "fp"]
+    return parts._replace(query="&".join([*kept, f"fp={token(contact_id)}"])).geturl()
+
+
+# ------------------------------------------------------------------ POST /collect
+def _string(value, label: str, max_len: int, field: str) -> str:
+    if not isinstance(value, str):
+        raise Refused(400, f"{label} must be a string", field)
+    if len(value) > max_len:
+        raise Refused(400, f"{label} is longer than {max_len} characters", field)
+    if any(ord(c) < 32 or ord(c) == 127 for c in value):
+        raise Refused(400, f"{label} contains control characters", field)
+    return value
+
+
+def _text(data: dict, name: str, max_len: int, required: bool = False) -> str | None:
+    value = data.get(name)
+    if value is None or value == "":
+        if required:
+            raise Refused(400, f"{name} is required", name)
+        return None
+    return _string(value, name, max_len, name)
+
+
+def _pairs(data: dict, name: str, key: re.Pattern, max_keys: int, scalars: bool) -> tuple:
+    """A small flat object: string values (``scalars``: also numbers and booleans)."""
+    value = data.get(name) or {}
+    if not isinstance(value, dict):
+        raise Refused(400, f"{name} must be an object", name)
+    if len(value) > max_keys:
+        raise Refused(400, f"{name} has more than {max_keys} keys", name)
+    out = []
+    for k, v in value.items():
+        if not key.match(k):
+            raise Refused(400, f"{name} key {k[:40]!r} is not allowed", name)
+        number = isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) and abs(v) < 1e12
+        if scalars and (isinstance(v, bool) or number):
+            out.append((k, v))
+        else:
+            out.append((k, _string(v, f"{name}.{k}", 200, name)))
+    return tuple(sorted(out))
+
+
+def _referrer(raw: str | None) -> str | None:
+    if not raw:
+        return None
+    parts = urlsplit(raw)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return None
+    port = f":{parts.port}" if parts.port else ""
+    return f"{parts.scheme}://{parts.hostname}{port}{parts.path}"[:512]
+
+
+def parse(body: bytes) -> Hit:
+    """Validate a /collect body (JSON; the snippet sends it as text/plain to avoid a preflight)."""
+    if len(body) > MAX_BODY:
+        raise Refused(413, f"body is larger than {MAX_BODY} bytes", "body")
+    try:
+        data = json.loads(body.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        raise Refused(400, "body must be JSON", "body") from None
+    if not isinstance(data, dict):
+        raise Refused(400, "body must be a JSON object", "body")
+    unknown = sorted(set(data) - FIELDS)
+    if unknown:
+        raise Refused(400, f"unknown field {unknown[0][:40]!r}", unknown[0][:40])
+    event = _text(data, "event", 98, required=True)
+    if not _EVENT.match(event):
+        raise Refused(400, "event must look like page.viewed or video_watched", "event")
+    path = _text(data, "path", 512, required=True)
+    if not path.startswith("/"):
+        raise Refused(400, "path must start with /", "path")
+    return Hit(event=event, path=path.split("?")[0].split("#")[0], token=_text(data, "token", 256),
+               title=_text(data, "title", 300), referrer=_referrer(_text(data, "referrer", 2048)),
+               utm=_pairs(data, "utm", _UTM, 5, scalars=False),
+               props=_pairs(data, "props", _PROP, 10, scalars=True))
+
+
+def _window(scope: str, key: str, limit: int, at: float) -> dict:
+    """A fixed-window counter that refuses (condition false) once ``limit`` is reached."""
+    window = int(at // WINDOW)
+    return {"Update": {
+        "TableName": config().metrics_table,
+        "Key": {"pk": {"S": f"RATE#{scope}#{key}#{window}"}, "sk": {"S": "RATE"}},
+        "UpdateExpression": "ADD hits :one SET expires_at = :expires",
+        "ConditionExpression": "attribute_not_exists(hits) OR hits < :limit",
+        "ExpressionAttributeValues": {":one": {"N": "1"}, ":limit": {"N": str(limit)},
+                                      ":expires": {"N": str((window + 2) * WINDOW)}},
+    }}
+
+
+def record(hit: Hit, *, contact_id: str | None, ip: str, at: float) -> None:
+    """Rate-limit, count and (for a known contact) emit one hit; ``at`` is the request's real
+    arrival time (seconds), so the limits hold whatever speed the simulated clock runs at."""
+    cfg = config()
+    if contact_id and not _exists(contact_id):
+        contact_id = None  # erased (or never subscribed): counted, never attached to a person
+    limits = [("ip", tokens.keyed_id("ip", ip), cfg.collect_limit_per_ip)]
+    if contact_id:
+        limits.append(("contact", contact_id, cfg.collect_limit_per_contact))
+    step = hit.path[:200] if hit.event == "page.viewed" else f"event:{hit.event}"
+    counter = {"Update": {"TableName": cfg.metrics_table, "Key": metrics.counter_key(SITE_FUNNEL, f"STEP#{step}"),
+                          "UpdateExpression": "ADD #m :one", "ExpressionAttributeNames": {
+                              "#m": "known" if contact_id else "anonymous"},
+                          "ExpressionAttributeValues": {":one": {"N": "1"}}}}
+    try:
+        _ddb().transact_write_items(TransactItems=[*(_window(s, k, n, at) for s, k, n in limits), counter])
+    except ClientError as exc:
+        reasons = exc.response.get("CancellationReasons") or []
+        for (scope, _, limit), reason in zip(limits, reasons):
+            if reason.get("Code") == "ConditionalCheckFailed":
+                raise Refused(429, f"more than {limit} events a minute from this {scope}", scope) from None
+        raise
+    if contact_id:
+        bus.publish(event(hit, contact_id))
+
+
+def _exists(contact_id: str) -> bool:
+    key = {"pk": {"S": contact_id}, "sk": {"S": "PROFILE"}}
+    return "Item" in _ddb().get_item(TableName=config().table, Key=key, ProjectionExpression="pk")
+
+
+def event(hit: Hit, contact_id: str) -> dict:
+    """``page.viewed`` (path, title, referrer, utm_*: the shape POST /events publishes, plus
+    ``source: "site"``), or ``custom.<name>`` with ``properties`` for a custom event: the
+    namespace POST /events uses too, so a browser can never emit ``order.placed`` or any
+    other catalogue event."""
+    if hit.event == "page.viewed":
+        detail_type = hit.event
+    else:
+        detail_type = hit.event if hit.event.startswith("custom.") else f"custom.{hit.event}"
+    fields = {"path": hit.path, "title": hit.title, "referrer": hit.referrer, "source": "site", **dict(hit.utm)}
+    if hit.props:
+        fields["properties"] = dict(hit.props)
+    return bus.event(detail_type, contact_id, **{k: v for k, v in fields.items() if v is not None})
