@@ -21,8 +21,11 @@ def test_pricing_visit_by_a_known_contact_sends_one_internal_email(rt, tap):
     publish("page.viewed", cid, t0, path="/features")
     assert rt.settle()
     assert sales_mail(rt) == []
-    for i in range(3):  # three pricing views, then lead.qualified: still one alert
-        publish("page.viewed", cid, t0 + 1 + i, path="/pricing")
+    for i in range(3):  # three pricing views from the site (POST /events), then lead.qualified: one alert
+        resp = rt.http("POST", "/events", json_body={"type": "page.viewed", "event_id": f"view-{i:04d}",
+                                                      "contact_id": cid, "path": "/pricing", "title": "Pricing"},
+                       headers={"x-api-key": "local-EventsApiKey"})
+        assert resp.status == 202
     assert rt.settle()
     assert tap.events("lead.qualified")
     [mail] = sales_mail(rt)

@@ -164,7 +164,6 @@ def test_soft_bounces_suppress_after_the_limit_and_delivery_resets(rt, tap):
 def test_duplicate_soft_bounce_delivery_counts_once(rt):
     cid, mail = signup_and_mail(rt)
     ses_event(rt, "Email Bounced", "Bounce", mail, bounce("Transient"))
-    queued = []
     # replay the same EventBridge event to the handler three times (at-least-once delivery)
     rt.client("events").put_events(Entries=[{"Source": "aws.ses", "DetailType": "Email Bounced", "Detail": json.dumps(
         {"eventType": "Bounce", **bounce("Transient"), "mail": {"headers": [], "tags": {

@@ -3,7 +3,7 @@ import time
 
 import pytest
 
-from test_scoring import new_contact, publish
+from test_scoring import new_contact, profile, publish
 
 from funnelpilot import clock, inactivity
 
@@ -21,13 +21,18 @@ def test_daily_job_emits_contact_inactive_for_todays_bucket_only(rt, tap):
     publish("email.opened", engaged, now - 40 * DAY, human=True, message_id="m3")  # late, older: ignored
     publish("email.opened", quiet, now - 3 * DAY, human=False, reason="apple_mpp", message_id="m4")  # machine
     assert rt.settle()
-    tomorrow = clock.iso(now + DAY)[:10]
-    result = rt.invoke("ReengageScanFunction", {"scheduled_time": f"{tomorrow}T06:00:00Z"})
+    # the job of the day after tomorrow reads tomorrow's bucket (a day is read once it is over)
+    clock.configure(speed=rt.speed, start=now + 2 * DAY)
+    run_on = clock.iso(now + 2 * DAY)[:10]
+    result = rt.invoke("ReengageScanFunction", {"scheduled_time": f"{run_on}T06:00:00Z"})
     assert result["inactive"] == 1
     [ev] = tap.events("contact.inactive")
     assert ev["detail"]["contact_id"] == quiet and ev["detail"]["inactive_days"] == 30
+    assert rt.settle()
+    assert "dormant" in profile(quiet).segments  # contact.inactive re-evaluates last_activity_days
+    assert "dormant" not in (profile(engaged).segments or set())
     # repeated run of the same day: same event id (consumers dedupe), cursor prevents a re-scan
-    assert rt.invoke("ReengageScanFunction", {"scheduled_time": f"{tomorrow}T06:00:00Z"})["inactive"] == 0
+    assert rt.invoke("ReengageScanFunction", {"scheduled_time": f"{run_on}T06:00:00Z"})["inactive"] == 0
 
 
 def test_the_schedule_fires_on_the_simulated_clock(rt, tap):

@@ -31,10 +31,10 @@ def test_due_from_the_mean_interval_and_from_the_season(rt):
 def test_orders_schedule_one_reminder_that_fires_on_the_simulated_clock(rt, tap):
     cid = new_contact("buyer")
     now = clock.now()
-    publish("order.placed", cid, now - 30 * DAY, order_id="o1", total=40)
+    publish("order.placed", cid, now - 30 * DAY, order_id="o1", amount=40)
     assert rt.settle()
     assert rt.client("scheduler").list_schedules()["Schedules"] == []  # one order: no rhythm yet
-    publish("order.placed", cid, now - DAY, order_id="o2", total=60)
+    publish("order.placed", cid, now - DAY, order_id="o2", amount=60)
     assert rt.settle()
     [summary] = rt.client("scheduler").list_schedules()["Schedules"]
     sched = rt.client("scheduler").get_schedule(Name=summary["Name"], GroupName=summary["GroupName"])

@@ -36,7 +36,7 @@ def profile(cid: str) -> Contact:
 def test_100_concurrent_events_on_one_contact_sum_exactly(rt):
     cid = new_contact()
     t0 = float(int(clock.now()))
-    events = [eb("order.placed", cid, t0, order_id=f"o{i}", total=100) for i in range(100)]
+    events = [eb("order.placed", cid, t0, order_id=f"o{i}", amount=100) for i in range(100)]
     errors = []
 
     def score(ev):
@@ -132,7 +132,7 @@ def test_threshold_crossing_emits_lead_qualified_once_per_crossing(rt, tap):
     assert rt.settle()
     for i in range(3):                                      # the next day: rises again
         publish("page.viewed", cid, t0 + DAY + i, path="/pricing")
-    publish("order.placed", cid, t0 + DAY + 5, order_id="o1", total=10)
+    publish("order.placed", cid, t0 + DAY + 5, order_id="o1", amount=10)
     assert rt.settle()
     assert len(tap.events("lead.qualified")) == 1  # a customer now: capture track is for prospects
 
@@ -162,3 +162,27 @@ def test_award_from_a_funnel_step_counts_once_and_decays_like_rules(rt, tap):
     assert scoring.award(cid, 10, once_key="exec-1#Score +10").status == "duplicate"
     assert scoring.current_score(profile(cid)) == pytest.approx(10.5 + 10, rel=0.03)  # the clock runs on
     assert [e["detail"]["points"] for e in tap.events("score.changed")] == [21, 10]
+
+
+def test_a_retry_carrying_another_time_still_scores_once(rt):
+    cid = new_contact()
+    t0 = clock.now()
+    first = eb("order.placed", cid, t0, event_id="order-A-1", order_id="A-1", amount=20)
+    retry = eb("order.placed", cid, t0 + 60, event_id="order-A-1", order_id="A-1", amount=20)
+    assert rt.invoke("ScoreFunction", first)["status"] == "scored"
+    assert rt.invoke("ScoreFunction", retry)["status"] == "duplicate"
+    assert profile(cid).orders == 1
+
+
+def test_loyalty_crossing_emits_customer_vip_once(rt, tap):
+    cid = new_contact()
+    t0 = clock.now()
+    publish("order.placed", cid, t0, order_id="o1", amount=500)       # loyalty 30 + 50
+    assert rt.settle()
+    assert tap.events("customer.vip") == []
+    publish("order.placed", cid, t0 + 60, order_id="o2", amount=500)  # 160 >= 150
+    publish("order.placed", cid, t0 + 120, order_id="o3", amount=20)
+    assert rt.settle()
+    [vip] = tap.events("customer.vip")
+    assert vip["detail"]["contact_id"] == cid and vip["detail"]["track"] == "loyalty"
+    assert tap.events("lead.qualified") == []  # a customer, not a prospect

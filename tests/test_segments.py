@@ -65,5 +65,18 @@ def test_members_are_paged_from_the_index(rt):
 def test_segment_function_rule_covers_every_dependency():
     t = Template.load(ROOT)
     pattern = t.resources["SegmentFunction"]["Properties"]["Events"]["ContactChanged"]["Properties"]["Pattern"]
-    kinds = {k for branch in pattern["$or"] for k in branch["detail-type"]}
-    assert segments.event_kinds() <= kinds
+    kinds = {k for branch in pattern["$or"] for k in branch["detail-type"] if isinstance(k, str)}
+    prefixes = [k["prefix"] for branch in pattern["$or"] for k in branch["detail-type"] if isinstance(k, dict)]
+    assert {k for k in segments.event_kinds() if not k.startswith(tuple(prefixes))} <= kinds
+    assert prefixes == ["custom."]
+
+
+def test_custom_site_event_through_post_events_enters_a_did_segment(rt, tap):
+    cid = new_contact("a" * 26)
+    resp = rt.http("POST", "/events", json_body={"type": "custom.webinar.attended", "event_id": "webinar-0001",
+                                                  "contact_id": cid, "properties": {"minutes": 42}},
+                   headers={"x-api-key": "local-EventsApiKey"})
+    assert resp.status == 202
+    assert rt.settle()
+    assert "webinar-attendees" in profile(cid).segments
+    assert not rt.errors

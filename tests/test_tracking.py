@@ -1,5 +1,6 @@
 """Open pixel, click redirect and honest engagement, driven through real HTTP API v2 events."""
 import json
+from concurrent.futures import ThreadPoolExecutor
 import re
 from email import message_from_bytes, policy
 
@@ -32,7 +33,8 @@ def message_item(rt, cid, message_id):
 
 
 def hits(rt, cid, message_id):
-    return json.loads(message_item(rt, cid, message_id).get("hits", {"S": "[]"})["S"])
+    return [{k: next(iter(v.values())) for k, v in h["M"].items()}
+            for h in message_item(rt, cid, message_id).get("hits", {"L": []})["L"]]
 
 
 def path_of(kind, token):
@@ -186,3 +188,14 @@ def test_a_click_still_redirects_when_recording_fails(rt, tap, monkeypatch):
     monkeypatch.setattr(engagement, "_record", broken)
     resp = rt.http("GET", path_of("c", link), headers={"user-agent": BROWSER})
     assert resp.status == 302 and resp.headers["location"] == "https://example.com/guide"
+
+
+def test_concurrent_hits_on_one_message_are_all_kept(rt, tap):
+    cid, mail = send_welcome(rt)
+    mid = mail["X-Funnelpilot-Message-Id"]
+    [pixel] = [t for k, t in links_in(mail)[0] if k == "o"]
+    with ThreadPoolExecutor(8) as pool:
+        statuses = list(pool.map(lambda _: rt.http("GET", path_of("o", pixel), headers={"user-agent": BROWSER}).status,
+                                 range(8)))
+    assert statuses == [200] * 8
+    assert len(hits(rt, cid, mid)) == 8 and len(tap.events("email.opened")) == 8

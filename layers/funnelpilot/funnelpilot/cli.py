@@ -16,6 +16,18 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--days", type=int, default=60, help="simulated days (default 60)")
     serve = sub.add_parser("serve", help="serve the HTTP API and a landing page on 127.0.0.1")
     serve.add_argument("--port", type=int, default=3000)
+    bulk = sub.add_parser("bulk", help="start (or resume) a bulk action over a segment (Step Functions)")
+    machine = bulk.add_mutually_exclusive_group(required=True)
+    machine.add_argument("--stack", help="deployed stack name (reads its BulkStateMachineArn output)")
+    machine.add_argument("--state-machine-arn")
+    bulk.add_argument("--segment", required=True)
+    action = bulk.add_mutually_exclusive_group(required=True)
+    action.add_argument("--tag")
+    action.add_argument("--untag")
+    action.add_argument("--set", nargs="+", metavar="NAME=VALUE", help="set properties")
+    action.add_argument("--funnel", help="hand each member to this funnel (funnel.handoff)")
+    bulk.add_argument("--run-id", help="resume this run: members already done are skipped")
+    bulk.add_argument("--wait", action="store_true", help="wait and print the report")
     rep = sub.add_parser("report", help="per-funnel, per-step report and an HTML/SVG funnel chart")
     rep.add_argument("--funnel", action="append", help="funnel id (repeatable; default: every shipped funnel)")
     rep.add_argument("--from", dest="start", help="first day, YYYY-MM-DD")
@@ -31,6 +43,10 @@ def main(argv: list[str] | None = None) -> int:
     cost.add_argument("--usage", type=Path, default=LOCAL / "usage.json",
                       help="operations measured by a demo run (default .local/usage.json; measured now if absent)")
     args = parser.parse_args(argv)
+    if args.command == "bulk":
+        from funnelpilot import bulk as bulk_mod
+
+        return bulk_mod.cli(args)
     if args.command == "demo":
         from funnelpilot.local import demo as demo_mod
 

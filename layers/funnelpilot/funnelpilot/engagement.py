@@ -8,9 +8,8 @@ PutEvents per hit. The rules and their sources are documented in README.md
 Every recorded hit is appended to the message item (``hits``: time, kind, link index,
 human, reason; never an IP address or user agent) and emitted as ``email.opened`` /
 ``email.clicked`` with ``human`` true or false. Consumers act only on ``human: true``.
-The hits list is rewritten whole (one unconditional UpdateItem): two hits on the same
-message in the same few milliseconds may keep only one of them in the list; both are
-still emitted, and the events are what metrics count.
+Hits are appended with ``list_append``, so concurrent hits on one message are all kept;
+only a honeypot hit rewrites the list (to re-label the burst before it).
 """
 import ipaddress
 import json
@@ -89,6 +88,16 @@ def _in(ip: str, networks) -> bool:
     return any(address in net for net in networks)
 
 
+def _hit(m: dict) -> dict:
+    return {"at": m["at"]["S"], "kind": m["kind"]["S"], "link": m.get("link", {}).get("S"),
+            "human": m["human"]["BOOL"], "reason": m.get("reason", {}).get("S")}
+
+
+def _typed(hit: dict) -> dict:
+    return {"M": {k: {"BOOL": v} if isinstance(v, bool) else {"S": v} if v is not None else {"NULL": True}
+                  for k, v in hit.items()}}
+
+
 def _attr(item: dict, name: str):
     value = item.get(name)
     return None if value is None else next(iter(value.values()))
@@ -115,7 +124,7 @@ def hit(kind: str, token: str, *, method: str, user_agent: str, ip: str) -> Resu
             return Result(False)
         entry = links[int(link)]  # a URL, or {"url", "fp": false} for a link opted out of the hand-off
         url, hand_off = (entry["url"], False) if isinstance(entry, dict) else (entry, True)
-    hits = json.loads(_attr(item, "hits") or "[]")
+    hits = [_hit(h["M"]) for h in item.get("hits", {}).get("L", [])]
     now = clock.now()
     verdict = classify(kind, method=method, user_agent=user_agent, ip=ip, now=now,
                        sent_at=_epoch(_attr(item, "delivered_at") or _attr(item, "sent_at")), link=link,
@@ -136,14 +145,18 @@ def _record(kind: str, cid: str, message_id: str, key: dict, item: dict, link: s
     stamp = clock.iso(now)
     first_open = verdict.human and _attr(item, "first_open_at") is None
     first_click = verdict.human and kind == "click" and _attr(item, "first_click_at") is None
-    if len(hits) < MAX_STORED_HITS:
-        hits.append({"at": stamp, "kind": kind, "link": link, "human": verdict.human, "reason": verdict.reason})
-    if link == HONEYPOT:  # the whole burst was a machine: relabel the hits just before it
+    new = {"at": stamp, "kind": kind, "link": link, "human": verdict.human, "reason": verdict.reason}
+    sets = ["last_hit_at = :now"]
+    values = {":now": {"S": stamp}}
+    if link == HONEYPOT:  # the whole burst was a machine: re-label the hits just before it
         for h in hits:
             if h["human"] and abs(now - _epoch(h["at"])) <= BURST_WINDOW:
                 h.update(human=False, reason="honeypot_burst")
-    sets = ["hits = :hits", "last_hit_at = :now"]
-    values = {":hits": {"S": json.dumps(hits)}, ":now": {"S": stamp}}
+        sets.append("hits = :hits")
+        values[":hits"] = {"L": [_typed(h) for h in (hits + [new])[-MAX_STORED_HITS:]]}
+    elif len(hits) < MAX_STORED_HITS:
+        sets.append("hits = list_append(if_not_exists(hits, :empty), :hit)")
+        values.update({":empty": {"L": []}, ":hit": {"L": [_typed(new)]}})
     if first_open:
         sets.append("first_open_at = :now")
     if first_click:

@@ -68,7 +68,8 @@ def bucket(day: str):
 
 def scan(today: str) -> dict:
     """Emit ``contact.inactive`` for every bucket from the last processed day to ``today``
-    (catching up at most MAX_CATCH_UP_DAYS). Safe to repeat: event ids are per contact+day."""
+    (catching up at most MAX_CATCH_UP_DAYS). Safe to repeat: event ids are per contact+day.
+    The daily job passes yesterday: a bucket is read once its day is over."""
     cursor = _ddb().get_item(TableName=config().table, Key=JOB_KEY).get("Item")
     end = datetime.fromisoformat(today).replace(tzinfo=timezone.utc)
     start = end

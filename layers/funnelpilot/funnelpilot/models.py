@@ -5,6 +5,7 @@ deletes/updates. The key table is documented in README.md ("Data model").
 from functools import cache
 
 from pynamodb.attributes import (
+    ListAttribute,
     MapAttribute,
     NumberAttribute,
     UnicodeAttribute,
@@ -141,7 +142,7 @@ class Message(Item):
     delivered_at = UnicodeAttribute(null=True)
     bounced_at = UnicodeAttribute(null=True)
     complained_at = UnicodeAttribute(null=True)
-    hits = UnicodeAttribute(null=True)  # JSON list: {at, kind, link, human, reason}; no IP, no user agent
+    hits = ListAttribute(null=True)  # of maps {at, kind, link, human, reason}; no IP, no user agent
     first_open_at = UnicodeAttribute(null=True)  # first human open (or human click)
     first_click_at = UnicodeAttribute(null=True)
     last_hit_at = UnicodeAttribute(null=True)

@@ -12,9 +12,9 @@ scored event and when it is rebased (once every ``REBASE_HALF_LIVES`` half-lives
 conditional write) so the stored numbers stay small; every ADD is conditioned on the
 ``score_at`` it was computed for, and retried if a rebase won the race.
 
-One scored event = one TransactWriteItems: the event marker (conditional put on
-``EVT#<occurred_at>#<event_id>``: idempotency, and the contact's activity log read by
-sales alerts), the per-rule daily cap counters (conditional ADD) and the profile ADD.
+One scored event = one TransactWriteItems: the idempotency marker (conditional put on
+``SCORED#<event_id>``), the contact's activity log entry ``EVT#<occurred_at>#<event_id>``
+(read by sales alerts), the per-rule daily cap counters (conditional ADD) and the profile ADD.
 """
 import json
 import math
@@ -37,7 +37,7 @@ TRACKS = ("capture", "loyalty")
 _ATTR = {"capture": "score", "loyalty": "loyalty"}
 _FLAG = {"capture": "qualified_until", "loyalty": "vip_until"}
 # Fields copied from an event into the activity log (never PII).
-_SUMMARY_FIELDS = ("path", "funnel", "step", "template", "link", "order_id", "total", "currency",
+_SUMMARY_FIELDS = ("path", "title", "funnel", "step", "template", "link", "order_id", "amount", "currency",
                    "list", "lead_magnet", "segment")
 
 
@@ -181,7 +181,7 @@ def record(detail_type: str, detail: dict) -> Outcome:
     """Apply the matching rules to one event (idempotent on event_id)."""
     t = event_time(detail)
     matched = [r for r in settings().rules if r.matches(detail_type, detail)]
-    return _apply(detail_type, detail, matched, t, f"EVT#{clock.iso(t)}#{detail['event_id']}")
+    return _apply(detail_type, detail, matched, t, f"SCORED#{detail['event_id']}", log_activity=True)
 
 
 def award(contact_id: str, points: float, *, once_key: str, track: str = "capture",
@@ -190,10 +190,10 @@ def award(contact_id: str, points: float, *, once_key: str, track: str = "captur
     ``once_key`` (e.g. execution + state), decay-compatible like every other ADD."""
     rule = Rule(id=reason, event="score.awarded", track=track, points=float(points))
     detail = {"event_id": once_key, "contact_id": contact_id}
-    return _apply("score.awarded", detail, [rule], clock.now(), f"AWARD#{once_key}")
+    return _apply("score.awarded", detail, [rule], clock.now(), f"AWARD#{once_key}", log_activity=False)
 
 
-def _apply(detail_type: str, detail: dict, matched: list, t: float, marker_sk: str) -> Outcome:
+def _apply(detail_type: str, detail: dict, matched: list, t: float, seen_sk: str, *, log_activity: bool) -> Outcome:
     cid, event_id = detail["contact_id"], detail["event_id"]
     day = clock.iso(t)[:10]
     capped: set[str] = set()
@@ -205,7 +205,10 @@ def _apply(detail_type: str, detail: dict, matched: list, t: float, marker_sk: s
         points = {tr: 0.0 for tr in TRACKS}
         for r in rules:
             points[r.track] += r.points_for(detail)
-        items = [_marker(cid, marker_sk, detail_type, detail, t, points)]
+        items = [_seen(cid, seen_sk)]
+        if log_activity:
+            items.append(_activity(cid, detail_type, detail, t, points))
+        first_cap = len(items)
         items += [_cap(cid, r, day) for r in rules if r.cap_per_day]
         items.append(_profile_update(contact, points, t, detail_type, detail))
         try:
@@ -218,7 +221,7 @@ def _apply(detail_type: str, detail: dict, matched: list, t: float, marker_sk: s
             if 0 in failed:
                 return Outcome("duplicate")
             capped_rules = [r for r in rules if r.cap_per_day]
-            newly = {capped_rules[i - 1].id for i in failed if 0 < i <= len(capped_rules)}
+            newly = {capped_rules[i - first_cap].id for i in failed if 0 <= i - first_cap < len(capped_rules)}
             if newly:
                 capped |= newly
             continue  # cap reached for some rule, or score_at moved (first score / rebase): retry
@@ -242,15 +245,22 @@ def _key(cid: str, sk: str) -> dict:
     return {"pk": {"S": cid}, "sk": {"S": sk}}
 
 
-def _marker(cid, sk, detail_type, detail, t, points) -> dict:
+def _seen(cid: str, sk: str) -> dict:
+    """The idempotency marker: keyed on the event id alone (a retry may carry another time)."""
+    item = {**_key(cid, sk), "expires_at": _n(int(clock.now()) + ACTIVITY_TTL)}
+    return {"Put": {"TableName": config().table, "Item": item, "ConditionExpression": "attribute_not_exists(pk)"}}
+
+
+def _activity(cid, detail_type, detail, t, points) -> dict:
+    """The contact's activity log entry (sales alerts list the newest): time-ordered sort key."""
     summary = {k: detail[k] for k in _SUMMARY_FIELDS if detail.get(k) is not None}
-    item = {**_key(cid, sk), "kind": {"S": detail_type},
+    item = {**_key(cid, f"EVT#{clock.iso(t)}#{detail['event_id']}"), "kind": {"S": detail_type},
             "at": _n(t), "summary": {"S": json.dumps(summary, sort_keys=True)},
             "expires_at": _n(int(clock.now()) + ACTIVITY_TTL)}
     for track, pts in points.items():
         if pts:
             item[f"{track}_points"] = _n(pts)
-    return {"Put": {"TableName": config().table, "Item": item, "ConditionExpression": "attribute_not_exists(pk)"}}
+    return {"Put": {"TableName": config().table, "Item": item}}
 
 
 def _cap(cid: str, rule: Rule, day: str) -> dict:
@@ -310,7 +320,7 @@ def _profile_update(contact: Contact, points: dict, t: float, detail_type: str, 
         sets += ["first_order_at = if_not_exists(first_order_at, :t)", "last_order_at = :t"]
         values[":t"] = _n(t)
         try:
-            spend = float(detail.get("total") or 0)
+            spend = float(detail.get("amount") or 0)
         except (TypeError, ValueError):
             spend = 0
         if spend:
