@@ -78,9 +78,16 @@ def suspended():
 @contextmanager
 def replay(calls: list[Call], by_operation: bool = False):
     """Answer this thread's calls from ``calls``, in order and cycling (raises if the
-    handler's sequence differs), or ``by_operation``: each call from the first recorded
-    call of the same operation (a cold handler may call more, e.g. fetch its secret)."""
-    _local.replay = ({c.name: c for c in reversed(calls)} if by_operation else calls, [0])
+    handler's sequence differs), or ``by_operation``: each operation from the recorded calls
+    of that operation in turn (the last one repeating), so a cold handler may make calls the
+    recording did not (e.g. fetch its secret) as long as one of that operation was recorded."""
+    if by_operation:
+        queues: dict[str, list[Call]] = {}
+        for call in calls:
+            queues.setdefault(call.name, []).append(call)
+        _local.replay = (queues, {})
+    else:
+        _local.replay = (calls, [0])
     try:
         yield
     finally:
@@ -105,7 +112,9 @@ def _before_call(model, params, **_):
     if isinstance(calls, dict):
         if got not in calls:
             raise AssertionError(f"replay has no recorded {got}")
-        call = calls[got]
+        used = pos.get(got, 0)
+        call = calls[got][min(used, len(calls[got]) - 1)]
+        pos[got] = used + 1
     else:
         call = calls[pos[0] % len(calls)]
         pos[0] += 1

@@ -99,7 +99,68 @@ def preflight(event: dict, context=None) -> dict:
     return {"statusCode": 204, "headers": headers, "body": ""}
 
 
-RAW = {"POST /signup": signup}
+GIF = "R0lGODlhAQABAIAAAAAAAP///yH5BAEAAAAALAAAAAABAAEAAAIBRAA7"
+
+
+def _unb64(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+def _verify(kind: str, token: str, arity: int) -> list[str] | None:
+    try:
+        body, mac = token.split(".", 1)
+        payload = _unb64(body)
+        if not hmac.compare_digest(_unb64(mac), hmac.new(_key, payload, hashlib.sha256).digest()[:16]):
+            return None
+        parts = payload.decode().split("|")
+    except ValueError:
+        return None
+    return parts[1:] if parts[0] == kind and len(parts) == arity + 1 else None
+
+
+def _hit(kind: str, event: dict) -> str | None:
+    """Verify, read the message, append the hit, publish: the URL a click goes to."""
+    fields = _verify("o" if kind == "open" else "c", event["pathParameters"]["token"], 2 if kind == "open" else 3)
+    if fields is None:
+        return None
+    request = event["requestContext"]["http"]
+    key = {"pk": {"S": fields[0]}, "sk": {"S": f"MSG#{fields[1]}"}}
+    ddb = _client("dynamodb")
+    item = ddb.get_item(TableName=os.environ["TABLE_NAME"], Key=key).get("Item")
+    if not item or item["status"]["S"] != "sent":
+        return None
+    url = json.loads(item.get("links", {}).get("S", "[]"))[int(fields[2])] if kind == "click" else None
+    url = url["url"] if isinstance(url, dict) else url
+    agent = request.get("userAgent", "")
+    human = request["method"] != "HEAD" and bool(agent) and "bot" not in agent.lower()
+    now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    hits = json.loads(item.get("hits", {}).get("S", "[]")) + [{"at": now, "kind": kind, "human": human}]
+    ddb.update_item(TableName=os.environ["TABLE_NAME"], Key=key, UpdateExpression="SET hits = :h, last_hit_at = :n",
+                    ConditionExpression="attribute_exists(pk)",
+                    ExpressionAttributeValues={":h": {"S": json.dumps(hits)}, ":n": {"S": now}})
+    detail = {"event_id": uuid.uuid4().hex, "contact_id": fields[0], "occurred_at": now, "message_id": fields[1],
+              "human": human}
+    kinds = ["email.opened"] + (["email.clicked"] if kind == "click" else [])
+    _client("events").put_events(Entries=[{"Source": "funnelpilot", "DetailType": k, "Detail": json.dumps(detail),
+                                           "EventBusName": os.environ["BUS_NAME"]} for k in kinds])
+    return url
+
+
+def track_open(event: dict, context=None) -> dict:
+    _hit("open", event)
+    return {"statusCode": 200, "isBase64Encoded": True, "body": GIF,
+            "headers": {"content-type": "image/gif", "cache-control": "no-store"}}
+
+
+def track_click(event: dict, context=None) -> dict:
+    url = _hit("click", event)
+    if not url:
+        return {"statusCode": 404, "headers": {"content-type": "text/html"}, "body": "<h1>Link not found</h1>"}
+    return {"statusCode": 302, "headers": {"location": url, "cache-control": "no-store"}, "body": ""}
+
+
+RAW = {"POST /signup": signup, "GET /o/{token}": track_open, "HEAD /o/{token}": track_open,
+       "GET /c/{token}": track_click, "HEAD /c/{token}": track_click}
 
 
 def raw_for(route_key: str):

@@ -3,6 +3,7 @@ the links of the emails the funnels sent (whatever tracking routes template.yaml
 then one sample request on every route the audience did not reach."""
 import random
 import re
+import uuid
 from email import message_from_bytes, policy
 from pathlib import Path
 
@@ -12,8 +13,8 @@ _URL = re.compile(r"https?://[^\s\"'<>]+")
 def email_urls(rt, path: Path) -> list[str]:
     """Paths (under the runtime's public URL) of the links in one sent email, in order."""
     mail = message_from_bytes(path.read_bytes(), policy=policy.default)
-    html = mail.get_body(("html",))
-    text = (html.get_content() if html else "") + " " + str(mail.get("List-Unsubscribe", ""))
+    text = " ".join(part.get_content() for part in mail.walk() if part.get_content_maintype() == "text")
+    text += " " + str(mail.get("List-Unsubscribe", ""))
     base = rt.public_url.rstrip("/")
     return [u[len(base):].replace("&amp;", "&") for u in _URL.findall(text) if u.startswith(base + "/")]
 
@@ -36,6 +37,7 @@ def audience(rt, contacts: int, seed: int = 8, rounds: int = 2) -> dict:
         resp = signup(rt, i, rng)
         if resp.status < 300:
             ids[i] = resp.json()["contact_id"]
+    rt.http("POST", "/signup", form={"email": "bench-double@example.com", "consent": "true", "list": "insiders"})
     rt.settle(timeout=120)
     seen: set[Path] = set()
     for _ in range(rounds):
@@ -60,6 +62,15 @@ def sample_request(rt, route, contact_id: str) -> dict | None:
     """Arguments for rt.http() exercising ``route`` once, or None if no sample is known."""
     method, path = route.method, route.path
     headers = {"user-agent": "Mozilla/5.0 (bench)"}
+    if getattr(route, "auth", None) == "AWS_IAM":
+        headers["x-api-key"] = rt.admin_key
+    if path == "/events" and method == "POST":
+        return {"method": method, "path": path, "headers": {**headers, "x-api-key": rt.template.parameters.get(
+            "EventsApiKey", "")}, "json_body": {"type": "page.viewed", "event_id": f"bench-{uuid.uuid4().hex}",
+                                                 "contact_id": contact_id, "path": "/pricing"}}
+    if "{id}" in path:
+        filled = path.replace("{id}", "welcome" if path.startswith("/funnels/") else contact_id)
+        return {"method": method, "path": filled, "headers": headers}
     if method == "OPTIONS":
         origin = rt.functions[route.function].env.get("CORS_ORIGINS", "").split(",")[0]
         return {"method": method, "path": path, "headers": {"origin": origin, "access-control-request-method": "POST"}}
