@@ -25,7 +25,7 @@ _HREF = re.compile(r"""(<a\b[^>]*?\bhref\s*=\s*)(["'])(.*?)\2""", re.IGNORECASE 
 _NO_FP = re.compile(r"""\s+data-fp\s*=\s*(["'])off\1""", re.IGNORECASE)
 _TEXT_URL = re.compile(r"""https?://[^\s<>"'()\[\]]+""")
 _BODY_OPEN = re.compile(r"<body\b[^>]*>", re.IGNORECASE)
-_CRLF = re.compile(r"[\r\n\t]+")
+_CRLF = re.compile("[\r\n\t\v\f\x1c\x1d\x1e\x85\u2028\u2029]+")  # all str.splitlines() breaks
 # SMTP line endings, and long headers (List-Unsubscribe URLs) kept whole instead of RFC 2047-encoded.
 _POLICY = policy.SMTP.clone(max_line_length=998)
 

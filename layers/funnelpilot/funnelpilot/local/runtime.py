@@ -123,6 +123,9 @@ class Runtime:
         self._api_schedule_last: dict[str, float] = {}
         self._clients: dict[str, object] = {}
         self.dead_letters: list[dict] = []
+        self.delivered: list[tuple[str, dict]] = []  # (target ARN, input) of every async delivery made
+        self._retries: dict[str, int] = {}  # target ARN -> async retries before dead-lettering
+        self._dead_letter_queues: dict[str, str] = {}  # target ARN -> SQS ARN (from template.yaml)
         self.errors: list[str] = []
         self._deliveries: queue.Queue = queue.Queue()
         self._in_flight = 0
@@ -253,6 +256,7 @@ class Runtime:
         for lid in machines:
             self._create_state_machine(lid)
         for lid in functions:
+            self._async_config(lid, t.resolve(t.properties(lid)))
             self._wire_events(lid, t.properties(lid).get("Events", {}), t.attributes[(lid, "Arn")])
         for lid in machines:
             self._wire_events(lid, t.properties(lid).get("Events", {}), t.physical[lid])
@@ -303,6 +307,20 @@ class Runtime:
         self.client("stepfunctions").create_state_machine(
             name=t.attributes[(lid, "Name")], definition=json.dumps(definition), roleArn=self.role_arn)
 
+    def _async_config(self, lid: str, props: dict) -> None:
+        """A function's asynchronous-invocation settings: retries and where failures go
+        (EventInvokeConfig OnFailure SQS destination, else its SQS DeadLetterQueue)."""
+        arn = self.template.attributes[(lid, "Arn")]
+        invoke_config = props.get("EventInvokeConfig", {})
+        if "MaximumRetryAttempts" in invoke_config:
+            self._retries[arn] = int(invoke_config["MaximumRetryAttempts"])
+        on_failure = invoke_config.get("DestinationConfig", {}).get("OnFailure", {})
+        dlq = props.get("DeadLetterQueue", {})
+        if on_failure.get("Type") == "SQS" and on_failure.get("Destination"):
+            self._dead_letter_queues[arn] = on_failure["Destination"]
+        elif dlq.get("Type") == "SQS":
+            self._dead_letter_queues[arn] = dlq["TargetArn"]
+
     def _wire_events(self, lid: str, events: dict, target_arn: str) -> None:
         t = self.template
         for event_id, event in events.items():
@@ -317,6 +335,8 @@ class Runtime:
                     if key in props:
                         target[key] = props[key]
                 self._put_rule(f"{lid}{event_id}", props.get("EventBusName", "default"), props["Pattern"], [target])
+                if "Arn" in props.get("DeadLetterConfig", {}):  # the function's own DLQ takes precedence
+                    self._dead_letter_queues.setdefault(target_arn, props["DeadLetterConfig"]["Arn"])
             elif kind in ("Schedule", "ScheduleV2"):
                 if props.get("Enabled") is False or props.get("State") == "DISABLED":
                     continue
@@ -440,15 +460,29 @@ class Runtime:
                     stateMachineArn=arn, name=uuid.uuid4().hex, input=json.dumps(payload))
             else:
                 raise ValueError(f"no local delivery for target {arn}")
-        except Exception as exc:  # noqa: BLE001 - async delivery: retry twice, then dead-letter
-            if attempt < 2:
+            self.delivered.append((arn, payload))
+        except Exception as exc:  # noqa: BLE001 - async delivery: retry, then dead-letter
+            if attempt < self._retries.get(arn, 2):
                 self._deliveries.put((arn, payload, attempt + 1))
                 return True
-            self.dead_letters.append({"target": arn, "input": payload, "error": repr(exc)})
-            self.errors.append(f"{arn}: {exc!r}")
+            self._dead_letter(arn, payload, exc)
         with self._lock:
             self._in_flight -= 1
         return True
+
+    def _dead_letter(self, target_arn: str, payload: dict, exc: Exception) -> None:
+        """A delivery that failed after its retries: into the target's dead-letter queue
+        from template.yaml (as Lambda / EventBridge do); always reported in ``errors``."""
+        self.dead_letters.append({"target": target_arn, "input": payload, "error": repr(exc)})
+        queue_arn = self._dead_letter_queues.get(target_arn)
+        self.errors.append(f"{target_arn}: {exc!r} -> {queue_arn or 'no dead-letter queue in template.yaml'}")
+        if queue_arn is None:
+            return
+        sqs = self.client("sqs")
+        sqs.send_message(QueueUrl=sqs.get_queue_url(QueueName=queue_arn.rsplit(":", 1)[-1])["QueueUrl"],
+                         MessageBody=json.dumps(payload), MessageAttributes={
+                             "ErrorMessage": {"DataType": "String", "StringValue": repr(exc)[:1000]},
+                             "TargetArn": {"DataType": "String", "StringValue": target_arn}})
 
     def running_executions(self) -> list[dict]:
         sfn = self.client("stepfunctions")

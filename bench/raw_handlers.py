@@ -1,0 +1,191 @@
+"""Hand-written raw-boto3 handlers: the floor each funnelpilot HTTP handler is compared to.
+
+Each makes the same AWS calls as the real handler for the same request (the replay
+checks the sequence) with the least code that still validates its input: no powertools,
+no pynamodb, no jinja2. A route without a hand-written handler here is compared to
+``replay_only`` (decode the body, make the recorded calls, answer), a lower floor.
+"""
+import base64
+import hashlib
+import hmac
+import json
+import os
+import re
+import time
+import uuid
+from urllib.parse import parse_qsl
+
+import boto3
+
+_EMAIL = re.compile(r"^[a-z0-9.!#$%&'*+/=?^_`{|}~-]+@[a-z0-9-]+(\.[a-z0-9-]+)+$")
+_clients: dict = {}
+_key: bytes = b""
+
+
+def _client(service: str):
+    if service not in _clients:
+        _clients[service] = boto3.client(service)
+    return _clients[service]
+
+
+def init() -> None:
+    """Module-level work of a raw handler (secret fetched once per cold start)."""
+    global _key
+    _key = _client("secretsmanager").get_secret_value(SecretId=os.environ["SECRET_ID"])["SecretString"].encode()
+    _client("dynamodb"), _client("events")
+
+
+def _fields(event: dict) -> dict:
+    body = event.get("body") or ""
+    if event.get("isBase64Encoded"):
+        body = base64.b64decode(body).decode()
+    if event["headers"].get("content-type", "").startswith("application/json"):
+        return json.loads(body or "{}")
+    return dict(parse_qsl(body))
+
+
+def _response(status: int, body: dict) -> dict:
+    print(json.dumps({"level": "INFO", "message": "request", "status": status}))
+    return {"statusCode": status, "headers": {"content-type": "application/json"}, "body": json.dumps(body)}
+
+
+def signup(event: dict, context=None) -> dict:
+    fields = _fields(event)
+    email = str(fields.get("email", "")).strip().lower()
+    if not _EMAIL.match(email):
+        return _response(400, {"error": "email is not a valid address", "field": "email"})
+    if str(fields.get("consent", "")).lower() not in ("true", "on", "yes", "1"):
+        return _response(400, {"error": "consent must be given (true)", "field": "consent"})
+    list_name = str(fields.get("list") or "newsletter").lower()
+    digest = hmac.new(_key, b"contact:" + email.encode(), hashlib.sha256).digest()
+    cid = base64.b32encode(digest[:16]).decode().rstrip("=").lower()
+    now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    table = os.environ["TABLE_NAME"]
+    ddb = _client("dynamodb")
+    key = {"pk": {"S": cid}, "sk": {"S": "PROFILE"}}
+    ddb.transact_write_items(TransactItems=[
+        {"Update": {"TableName": table, "Key": key,
+                    "UpdateExpression": "SET email = :e, created_at = if_not_exists(created_at, :n), "
+                                        "updated_at = :n, #s = if_not_exists(#s, :a) ADD lists :l",
+                    "ExpressionAttributeNames": {"#s": "status"},
+                    "ExpressionAttributeValues": {":e": {"S": email}, ":n": {"S": now}, ":a": {"S": "active"},
+                                                  ":l": {"SS": [list_name]}}}},
+        {"Put": {"TableName": table, "Item": {
+            "pk": {"S": cid}, "sk": {"S": f"CONSENT#{now}#{list_name}"}, "list_name": {"S": list_name},
+            "source": {"S": "signup"}, "given_at": {"S": now},
+            "ip": {"S": event["requestContext"]["http"]["sourceIp"]},
+            "user_agent": {"S": event["requestContext"]["http"]["userAgent"]}}}}])
+    try:
+        ddb.update_item(TableName=table, Key=key, UpdateExpression="SET #s = :a REMOVE status_reason",
+                        ConditionExpression="#s = :u", ExpressionAttributeNames={"#s": "status"},
+                        ExpressionAttributeValues={":a": {"S": "active"}, ":u": {"S": "unsubscribed"}})
+        resubscribed = True
+    except ddb.exceptions.ConditionalCheckFailedException:
+        resubscribed = False
+    detail = {"event_id": uuid.uuid4().hex, "contact_id": cid, "occurred_at": now, "list": list_name,
+              "resubscribed": resubscribed}
+    _client("events").put_events(Entries=[{"Source": "funnelpilot", "DetailType": "contact.subscribed",
+                                           "Detail": json.dumps(detail), "EventBusName": os.environ["BUS_NAME"]}])
+    return _response(202, {"contact_id": cid})
+
+
+def preflight(event: dict, context=None) -> dict:
+    origin = event["headers"].get("origin", "")
+    allowed = os.environ.get("CORS_ORIGINS", "").split(",")
+    headers = {"access-control-allow-methods": "POST,OPTIONS", "access-control-max-age": "600",
+               "access-control-allow-headers": "content-type"}
+    if origin in allowed:
+        headers["access-control-allow-origin"] = origin
+    return {"statusCode": 204, "headers": headers, "body": ""}
+
+
+GIF = "R0lGODlhAQABAIAAAAAAAP///yH5BAEAAAAALAAAAAABAAEAAAIBRAA7"
+
+
+def _unb64(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+def _verify(kind: str, token: str, arity: int) -> list[str] | None:
+    try:
+        body, mac = token.split(".", 1)
+        payload = _unb64(body)
+        if not hmac.compare_digest(_unb64(mac), hmac.new(_key, payload, hashlib.sha256).digest()[:16]):
+            return None
+        parts = payload.decode().split("|")
+    except ValueError:
+        return None
+    return parts[1:] if parts[0] == kind and len(parts) == arity + 1 else None
+
+
+def _hit(kind: str, event: dict) -> str | None:
+    """Verify, read the message, append the hit, publish: the URL a click goes to."""
+    fields = _verify("o" if kind == "open" else "c", event["pathParameters"]["token"], 2 if kind == "open" else 3)
+    if fields is None:
+        return None
+    request = event["requestContext"]["http"]
+    key = {"pk": {"S": fields[0]}, "sk": {"S": f"MSG#{fields[1]}"}}
+    ddb = _client("dynamodb")
+    item = ddb.get_item(TableName=os.environ["TABLE_NAME"], Key=key).get("Item")
+    if not item or item["status"]["S"] != "sent":
+        return None
+    url = json.loads(item.get("links", {}).get("S", "[]"))[int(fields[2])] if kind == "click" else None
+    url = url["url"] if isinstance(url, dict) else url
+    agent = request.get("userAgent", "")
+    human = request["method"] != "HEAD" and bool(agent) and "bot" not in agent.lower()
+    now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    hits = json.loads(item.get("hits", {}).get("S", "[]")) + [{"at": now, "kind": kind, "human": human}]
+    ddb.update_item(TableName=os.environ["TABLE_NAME"], Key=key, UpdateExpression="SET hits = :h, last_hit_at = :n",
+                    ConditionExpression="attribute_exists(pk)",
+                    ExpressionAttributeValues={":h": {"S": json.dumps(hits)}, ":n": {"S": now}})
+    detail = {"event_id": uuid.uuid4().hex, "contact_id": fields[0], "occurred_at": now, "message_id": fields[1],
+              "human": human}
+    kinds = ["email.opened"] + (["email.clicked"] if kind == "click" else [])
+    _client("events").put_events(Entries=[{"Source": "funnelpilot", "DetailType": k, "Detail": json.dumps(detail),
+                                           "EventBusName": os.environ["BUS_NAME"]} for k in kinds])
+    return url
+
+
+def track_open(event: dict, context=None) -> dict:
+    _hit("open", event)
+    return {"statusCode": 200, "isBase64Encoded": True, "body": GIF,
+            "headers": {"content-type": "image/gif", "cache-control": "no-store"}}
+
+
+def track_click(event: dict, context=None) -> dict:
+    url = _hit("click", event)
+    if not url:
+        return {"statusCode": 404, "headers": {"content-type": "text/html"}, "body": "<h1>Link not found</h1>"}
+    return {"statusCode": 302, "headers": {"location": url, "cache-control": "no-store"}, "body": ""}
+
+
+RAW = {"POST /signup": signup, "GET /o/{token}": track_open, "HEAD /o/{token}": track_open,
+       "GET /c/{token}": track_click, "HEAD /c/{token}": track_click}
+
+
+def raw_for(route_key: str):
+    """The hand-written handler for a route ('METHOD /path'), if there is one."""
+    if route_key.startswith("OPTIONS "):
+        return preflight
+    return RAW.get(route_key)
+
+
+def replay_only(calls):
+    """A handler that decodes the body and makes exactly the recorded calls."""
+    def handler(event: dict, context=None) -> dict:
+        if event.get("body"):
+            try:
+                _fields(event)
+            except ValueError:
+                pass
+        for call in calls:
+            try:
+                getattr(_client(call.service), _snake(call.operation))(**call.params)
+            except _client(call.service).exceptions.ClientError:
+                pass
+        return _response(200, {})
+    return handler
+
+
+def _snake(name: str) -> str:
+    return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
