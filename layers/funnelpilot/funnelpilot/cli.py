@@ -1,4 +1,4 @@
-"""``funnelpilot`` command line: demo, serve (local runtime), report, cost."""
+"""``funnelpilot`` command line: demo, serve (local runtime), funnels (compiler), report, cost, bulk."""
 import argparse
 import json
 import os
@@ -17,6 +17,9 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--days", type=int, default=60, help="simulated days (default 60)")
     serve = sub.add_parser("serve", help="serve the HTTP API and a landing page on 127.0.0.1")
     serve.add_argument("--port", type=int, default=3000)
+    funnels = sub.add_parser("funnels", help="compile infra/funnels/*.yaml to state machines and template.yaml")
+    funnels.add_argument("--check", action="store_true", help="change nothing; exit 1 if anything is out of date")
+    funnels.add_argument("--root", type=Path, help="project directory (default: this checkout)")
     bulk = sub.add_parser("bulk", help="start (or resume) a bulk action over a segment (Step Functions)")
     machine = bulk.add_mutually_exclusive_group(required=True)
     machine.add_argument("--stack", help="deployed stack name (reads its BulkStateMachineArn output)")
@@ -57,11 +60,35 @@ def main(argv: list[str] | None = None) -> int:
 
         serve_fn(port=args.port)
         return 0
+    if args.command == "funnels":
+        return funnels_command(args)
     if args.command == "report":
         return report_command(args)
     if args.command == "cost":
         return cost_command(args)
     return 2
+
+
+def funnels_command(args) -> int:
+    from funnelpilot import compiler
+    from funnelpilot.funnel_spec import FunnelError
+    from funnelpilot.local.runtime import ROOT
+
+    root = args.root or ROOT
+    try:
+        changed = compiler.run(root, check=args.check)
+    except (FunnelError, compiler.CompileError) as exc:
+        print(f"funnels: not compiled, fix these first:\n{str(exc).replace(f'{root}/', '')}", file=sys.stderr)
+        return 1
+    for path in changed:
+        verb = "out of date" if args.check else ("removed" if not path.exists() else "wrote")
+        print(f"{verb}: {path.relative_to(root)}")
+    if args.check and changed:
+        print("run `make funnels` to regenerate", file=sys.stderr)
+        return 1
+    if not changed:
+        print("funnels: everything up to date")
+    return 0
 
 
 def report_command(args) -> int:

@@ -109,8 +109,8 @@ def confirm(token: str) -> str | None:
     contact = Contact.get(cid, PROFILE)
     utm = contact.utm.as_dict() if contact.utm else {}
     bus.publish(bus.event("contact.confirmed", cid, list=list_name),
-                bus.event("contact.subscribed", cid, list=list_name, lead_magnet=lead_magnet or None,
-                          resubscribed=False, confirmed=True, **utm))
+                bus.event("contact.subscribed", cid, list=list_name, resubscribed=False, confirmed=True,
+                          **({"lead_magnet": lead_magnet} if lead_magnet else {}), **utm))
     return cid
 
 

@@ -134,8 +134,10 @@ def subscribe(signup: Signup, *, ip: str | None, user_agent: str | None, page: s
     if double_opt_in and Contact.get(cid, PROFILE, attributes_to_get=["status"]).status == "pending":
         bus.publish(bus.event("contact.pending", cid, list=signup.list_name, lead_magnet=signup.lead_magnet))
         return cid
-    bus.publish(bus.event("contact.subscribed", cid, list=signup.list_name,
-                          lead_magnet=signup.lead_magnet, resubscribed=resubscribed, **signup.utm))
+    # lead_magnet only when there is one: funnels trigger on its existence (delivery)
+    magnet = {"lead_magnet": signup.lead_magnet} if signup.lead_magnet else {}
+    bus.publish(bus.event("contact.subscribed", cid, list=signup.list_name, resubscribed=resubscribed,
+                          **magnet, **signup.utm))
     return cid
 
 

@@ -1,0 +1,491 @@
+"""Funnel files (``infra/funnels/<id>.yaml``): loading and validation.
+
+A funnel file is what a marketer edits; the compiler (funnelpilot.compiler) turns it into
+a state machine. Every mistake is reported as ``<file>:<line>: <what is wrong>``, all of
+them at once, before anything is generated. The language is documented in README.md
+("Funnels") and by the shipped files themselves.
+"""
+import difflib
+import re
+from dataclasses import dataclass, field
+from functools import cache
+from pathlib import Path
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import yaml
+
+from funnelpilot.config import config
+
+ENTRY_RULES = ("once_per_contact", "once_per_trigger", "always")
+# The event catalogue (ARCHITECTURE.md §4) plus the events funnelpilot adds; ``custom.*`` are the site's own.
+EVENTS = frozenset("""contact.subscribed contact.confirmed contact.pending contact.unsubscribed contact.suppressed
+contact.erased contact.updated contact.tagged contact.untagged contact.inactive email.sent email.blocked
+email.delivered email.opened email.clicked email.bounced email.complained page.viewed order.placed score.changed
+lead.qualified customer.vip customer.repurchase_due segment.entered segment.left funnel.entered funnel.completed
+funnel.converted funnel.handoff sales.notify""".split())
+ACTIONS = ("send", "wait", "wait_for", "if", "split", "tag", "untag", "set", "score", "notify", "goto",
+           "exit", "suppress")
+_EXTRA_KEYS = {"send": {"transactional"}, "if": {"then", "else"}, "wait_for": {"timeout", "then", "else"}}
+# Conditions of ``if``: engagement with this funnel's emails, plus every segment condition.
+ENGAGEMENT = ("clicked", "opened")
+PROFILE_CONDITIONS = ("segment", "tag", "not_tag", "list", "lead_magnet", "property", "status", "score", "loyalty",
+                      "customer", "last_activity_days", "did")
+_UNITS = {"s": 1, "sec": 1, "second": 1, "m": 60, "min": 60, "minute": 60, "h": 3600, "hour": 3600,
+          "d": 86400, "day": 86400, "w": 604800, "week": 604800}
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-z]+?)s?\s*$")
+_TIME = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)$")
+_ID = re.compile(r"^[a-z][a-z0-9-]{0,39}$")
+_TEMPLATE = re.compile(r"^[a-z0-9][a-z0-9-]*$")
+
+
+class FunnelError(ValueError):
+    """One or more problems in funnel files, one ``file:line: message`` per line."""
+
+
+class _Lined(dict):
+    line = 0
+
+
+class _Loader(yaml.SafeLoader):
+    """Keeps the line of every mapping, for error messages."""
+
+
+def _mapping(loader: _Loader, node) -> _Lined:
+    loader.flatten_mapping(node)
+    value = _Lined(loader.construct_pairs(node, deep=True))
+    value.line = node.start_mark.line + 1
+    return value
+
+
+_Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping)
+
+
+@dataclass(frozen=True)
+class Step:
+    kind: str  # one of ACTIONS
+    arg: object  # the value under the kind's key, normalised (seconds for wait, dict for conditions)
+    line: int
+    name: str | None = None  # the marketer's own state name
+    transactional: bool = False
+    timeout: float | None = None  # wait_for, seconds
+    then: tuple["Step", ...] = ()
+    otherwise: tuple["Step", ...] = ()
+    branches: tuple[tuple[str, int, tuple["Step", ...]], ...] = ()  # split: (variant, weight, steps)
+
+
+@dataclass(frozen=True)
+class Funnel:
+    id: str
+    path: Path | None = None
+    name: str = ""
+    description: str = ""
+    trigger: dict | None = None  # {"event": detail-type, "where": detail pattern}
+    entry_rule: str = "once_per_trigger"
+    reenter_after: float = 0.0
+    goals: tuple[str, ...] = ()
+    exits: tuple[str, ...] = ()
+    frequency_cap: tuple[int, float] = (1, 24.0)  # marketing emails per contact, per hours (every funnel)
+    quiet_hours: tuple[str, str] | None = None
+    timezone: str = "UTC"
+    steps: tuple[Step, ...] = field(default=())
+
+    def sends(self) -> dict[str, list[Step]]:
+        """template -> the send steps that send it (anywhere in the funnel)."""
+        found: dict[str, list[Step]] = {}
+        for step in walk(self.steps):
+            if step.kind == "send":
+                found.setdefault(step.arg, []).append(step)
+        return found
+
+
+def walk(steps: tuple[Step, ...]):
+    for step in steps:
+        yield step
+        yield from walk(step.then)
+        yield from walk(step.otherwise)
+        for _, _, branch in step.branches:
+            yield from walk(branch)
+
+
+def seconds(text, unit_default: str | None = None) -> float:
+    """'2 days', '36h', '90 minutes' -> seconds. Raises ValueError with the accepted forms."""
+    if isinstance(text, (int, float)) and not isinstance(text, bool) and unit_default:
+        return float(text) * _UNITS[unit_default]
+    m = _DURATION.match(str(text).lower())
+    if not m or m.group(2) not in _UNITS:
+        raise ValueError(f"{text!r} is not a duration (write e.g. '2 days', '36 hours', '90 minutes', '1 week')")
+    return float(m.group(1)) * _UNITS[m.group(2)]
+
+
+class _Checker:
+    def __init__(self, path: Path):
+        self.path, self.errors = path, []
+
+    def error(self, line: int, message: str) -> None:
+        self.errors.append(f"{self.path}:{line}: {message}")
+
+    def keys(self, node: dict, allowed: set[str], line: int, what: str) -> None:
+        for key in node:
+            if key not in allowed:
+                close = difflib.get_close_matches(str(key), sorted(allowed), n=1)
+                hint = f" (did you mean {close[0]!r}?)" if close else f" (allowed: {', '.join(sorted(allowed))})"
+                self.error(line, f"{what}: unknown key {key!r}{hint}")
+
+    def event(self, value, line: int, what: str) -> str | None:
+        if not isinstance(value, str) or not (value in EVENTS or value.startswith("custom.")):
+            close = difflib.get_close_matches(str(value), sorted(EVENTS), n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else " (see the event catalogue, or custom.<name>)"
+            self.error(line, f"{what}: unknown event {value!r}{hint}")
+            return None
+        return value
+
+    def steps(self, node, line: int, where: str) -> tuple[Step, ...]:
+        if not isinstance(node, list) or not node:
+            self.error(line, f"{where or 'steps'}: expected a non-empty list of steps")
+            return ()
+        out = []
+        for i, raw in enumerate(node, 1):
+            step = self.step(raw, line, f"{where} step {i}".strip())
+            if step is not None:
+                out.append(step)
+        return tuple(out)
+
+    def step(self, raw, parent_line: int, where: str) -> Step | None:
+        line = getattr(raw, "line", parent_line)
+        if isinstance(raw, str) and raw == "exit":
+            return Step("exit", None, line)
+        if not isinstance(raw, dict):
+            self.error(line, f"{where}: a step is a mapping such as `send: welcome-1` or `wait: 2 days`")
+            return None
+        kinds = [k for k in raw if k in ACTIONS]
+        if len(kinds) != 1:
+            found = f"found {', '.join(map(str, kinds))}" if kinds else f"found keys {', '.join(map(str, raw))}"
+            self.error(line, f"{where}: a step has exactly one of {', '.join(ACTIONS)} ({found})")
+            return None
+        kind = kinds[0]
+        where = f"{where} ({kind})"
+        self.keys(raw, {kind, "name"} | _EXTRA_KEYS.get(kind, set()), line, where)
+        name = raw.get("name")
+        if name is not None and (not isinstance(name, str) or not name.strip() or len(name) > 70):
+            self.error(line, f"{where}: name must be a text of at most 70 characters")
+            name = None
+        value = raw[kind]
+        build = getattr(self, f"_{kind}")
+        try:
+            return build(value, raw, line, where, name)
+        except ValueError as exc:
+            self.error(line, f"{where}: {exc}")
+            return None
+
+    # ---------------------------------------------------------------- one method per step kind
+    def _send(self, value, raw, line, where, name):
+        if not isinstance(value, str) or not _TEMPLATE.match(value):
+            raise ValueError("send names an email template, e.g. `send: welcome-1`")
+        emails = self.path.parent.parent / "emails"  # <content>/funnels/x.yaml -> <content>/emails
+        missing = [f"{value}.{ext}.j2" for ext in ("html", "txt") if not (emails / f"{value}.{ext}.j2").exists()]
+        if missing:
+            raise ValueError(f"email template {value!r} not found (missing {', '.join(missing)} in {emails})")
+        transactional = raw.get("transactional", False)
+        if not isinstance(transactional, bool):
+            raise ValueError("transactional is true or false")
+        return Step("send", value, line, name, transactional=transactional)
+
+    def _wait(self, value, raw, line, where, name):
+        if isinstance(value, dict):
+            self.keys(value, {"until"}, line, where)
+            until = value.get("until")
+            if not isinstance(until, str) or not _TIME.match(until):
+                raise ValueError("`wait: {until: \"09:00\"}` takes a local time of day HH:MM (24 h)")
+            return Step("wait", {"until": until}, line, name)
+        duration = seconds(value)
+        if duration <= 0 or duration > 365 * 86400:
+            raise ValueError("a wait lasts between 1 second and 1 year")
+        return Step("wait", duration, line, name)
+
+    def _wait_for(self, value, raw, line, where, name):
+        if not isinstance(value, dict):
+            raise ValueError("wait_for takes `clicked: {email, link}`, `opened: <email>` or `event: <type>`")
+        if "event" in value:
+            self.keys(value, {"event", "where"}, line, where)
+            event = self.event(value["event"], line, where)
+            where_ = value.get("where") or {}
+            if not isinstance(where_, dict):
+                raise ValueError("where is a mapping of detail fields to values")
+            condition = {"event": event, "where": dict(where_)}
+        else:
+            condition = self.engagement(value, line, where)
+        if "timeout" not in raw:
+            raise ValueError("wait_for needs a timeout, e.g. `timeout: 2 days`")
+        timeout = seconds(raw["timeout"])
+        if timeout <= 0 or timeout > 364 * 86400:
+            raise ValueError("timeout must be between 1 second and 364 days (Step Functions' limit is one year)")
+        then = self.steps(raw["then"], line, f"{where} then") if "then" in raw else ()
+        otherwise = self.steps(raw["else"], line, f"{where} else") if "else" in raw else ()
+        return Step("wait_for", condition, line, name, timeout=timeout, then=then, otherwise=otherwise)
+
+    def engagement(self, value: dict, line: int, where: str) -> dict:
+        kinds = [k for k in value if k in ENGAGEMENT]
+        if len(kinds) != 1 or len(value) != 1:
+            raise ValueError("expected one of `clicked: {email: <template>, link: <text in the URL>}` or "
+                             "`opened: <template>`")
+        kind = kinds[0]
+        arg = value[kind]
+        if isinstance(arg, str):
+            arg = {"email": arg}
+        if not isinstance(arg, dict) or not isinstance(arg.get("email"), str):
+            raise ValueError(f"{kind} names the email: `{kind}: {{email: welcome-1}}`")
+        self.keys(arg, {"email", "link"} if kind == "clicked" else {"email"}, line, where)
+        if "link" in arg and (not isinstance(arg["link"], str) or not arg["link"]):
+            raise ValueError("link is a piece of the link's URL, e.g. `link: /pricing`")
+        return {kind: {"email": arg["email"], "link": arg.get("link")}}
+
+    def _if(self, value, raw, line, where, name):
+        if not isinstance(value, dict) or len(value) != 1:
+            raise ValueError("if takes one condition, e.g. `if: {clicked: {email: welcome-1}}` or `if: {tag: vip}`")
+        kind = next(iter(value))
+        if kind in ENGAGEMENT:
+            condition = self.engagement(value, line, where)
+        elif kind in PROFILE_CONDITIONS:
+            condition = {kind: value[kind]}
+        else:
+            close = difflib.get_close_matches(str(kind), [*ENGAGEMENT, *PROFILE_CONDITIONS], n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ValueError(f"unknown condition {kind!r}{hint}; conditions: "
+                             f"{', '.join((*ENGAGEMENT, *PROFILE_CONDITIONS))}")
+        if "then" not in raw and "else" not in raw:
+            raise ValueError("if needs `then:` and/or `else:` steps")
+        then = self.steps(raw["then"], line, f"{where} then") if "then" in raw else ()
+        otherwise = self.steps(raw["else"], line, f"{where} else") if "else" in raw else ()
+        return Step("if", condition, line, name, then=then, otherwise=otherwise)
+
+    def _split(self, value, raw, line, where, name):
+        if not isinstance(value, dict) or len(value) < 2:
+            raise ValueError("split takes two or more variants: `split: {a: {weight: 50, steps: [...]}, b: ...}`")
+        branches = []
+        for variant, spec in value.items():
+            vline = getattr(spec, "line", line)
+            if not isinstance(variant, str) or not re.match(r"^[a-z0-9][a-z0-9_-]{0,19}$", variant):
+                self.error(vline, f"{where}: variant name {variant!r}: lowercase letters, digits, - and _")
+                continue
+            if not isinstance(spec, dict):
+                self.error(vline, f"{where} variant {variant}: expected `{{weight: 50, steps: [...]}}`")
+                continue
+            self.keys(spec, {"weight", "steps"}, vline, f"{where} variant {variant}")
+            weight = spec.get("weight")
+            if not isinstance(weight, int) or isinstance(weight, bool) or not 1 <= weight <= 100:
+                self.error(vline, f"{where} variant {variant}: weight is a whole number from 1 to 100")
+                continue
+            branches.append((variant, weight, self.steps(spec.get("steps"), vline, f"{where} variant {variant}")))
+        return Step("split", None, line, name, branches=tuple(branches))
+
+    def _tag(self, value, raw, line, where, name):
+        if not isinstance(value, str) or not re.match(r"^[a-z0-9][a-z0-9_:-]{0,49}$", value):
+            raise ValueError("a tag is lowercase letters, digits, -, _ and : (at most 50)")
+        return Step(raw and next(k for k in raw if k in ("tag", "untag")), value, line, name)
+
+    _untag = _tag
+
+    def _set(self, value, raw, line, where, name):
+        if not isinstance(value, dict) or not value:
+            raise ValueError("set takes properties: `set: {interest: seo}`")
+        for key, val in value.items():
+            if not isinstance(key, str) or not re.match(r"^[a-z][a-z0-9_]{0,39}$", key):
+                raise ValueError(f"property name {key!r}: lowercase letters, digits and _")
+            if not isinstance(val, (str, int, float, bool)) or isinstance(val, str) and len(val) > 200:
+                raise ValueError(f"property {key}: a literal text (<= 200 chars), number or true/false")
+        return Step("set", dict(value), line, name)
+
+    def _score(self, value, raw, line, where, name):
+        track = "capture"
+        if isinstance(value, dict):
+            self.keys(value, {"points", "track"}, line, where)
+            track = value.get("track", "capture")
+            value = value.get("points")
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or not -1000 <= value <= 1000:
+            raise ValueError("score adds points between -1000 and 1000: `score: 10`")
+        if track not in ("capture", "loyalty"):
+            raise ValueError("track is capture or loyalty")
+        return Step("score", {"points": value, "track": track}, line, name)
+
+    def _notify(self, value, raw, line, where, name):
+        if not isinstance(value, str) or not value.strip() or len(value) > 120:
+            raise ValueError("notify takes the reason sales read: `notify: clicked the pricing link`")
+        return Step("notify", value.strip(), line, name)
+
+    def _goto(self, value, raw, line, where, name):
+        if not isinstance(value, str) or not _ID.match(value):
+            raise ValueError("goto names another funnel: `goto: segmentation`")
+        return Step("goto", value, line, name)
+
+    def _exit(self, value, raw, line, where, name):
+        if value not in (None, True) and not isinstance(value, str):
+            raise ValueError("exit takes nothing, or a short reason")
+        return Step("exit", value if isinstance(value, str) else None, line, name)
+
+    def _suppress(self, value, raw, line, where, name):
+        if not isinstance(value, str) or not re.match(r"^[a-z0-9_-]{1,40}$", value):
+            raise ValueError("suppress takes a reason word: `suppress: sunset`")
+        return Step("suppress", value, line, name)
+
+
+_TOP = {"id", "name", "description", "trigger", "entry", "goals", "exits", "frequency_cap", "quiet_hours",
+        "timezone", "steps"}
+
+
+def parse(path: Path) -> tuple[Funnel | None, list[str]]:
+    """One funnel file -> (Funnel, []) or (None, errors)."""
+    c = _Checker(path)
+    try:
+        doc = yaml.load(path.read_text(), Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        return None, [f"{path}:{mark.line + 1 if mark else 1}: not valid YAML: {getattr(exc, 'problem', exc)}"]
+    if not isinstance(doc, dict):
+        return None, [f"{path}:1: a funnel file is a mapping with id, trigger, entry and steps"]
+    c.keys(doc, _TOP, doc.line, "funnel")
+    fid = doc.get("id")
+    if not isinstance(fid, str) or not _ID.match(fid):
+        c.error(doc.line, "id: lowercase letters, digits and - (at most 40), starting with a letter")
+        fid = path.stem
+    elif fid != path.stem:
+        c.error(doc.line, f"id {fid!r} must match the file name ({path.stem}.yaml)")
+    trigger = _trigger(c, doc.get("trigger"), doc.line)
+    entry_rule, reenter = _entry(c, doc.get("entry", "once_per_trigger"), doc.line)
+    goals = tuple(e for e in (c.event(g, doc.line, "goals") for g in _list(doc.get("goals"))) if e)
+    exits = tuple(e for e in (c.event(g, doc.line, "exits") for g in _list(doc.get("exits"))) if e)
+    cap = _cap(c, doc.get("frequency_cap"), doc.line)
+    quiet = _quiet(c, doc.get("quiet_hours"), doc.line)
+    tz = doc.get("timezone", "UTC")
+    try:
+        ZoneInfo(str(tz))
+    except (ZoneInfoNotFoundError, ValueError):
+        c.error(doc.line, f"timezone {tz!r} is not an IANA time zone (e.g. Europe/Paris)")
+    steps = c.steps(doc.get("steps"), doc.line, "")
+    funnel = Funnel(id=fid, path=path, name=str(doc.get("name") or fid), description=str(doc.get("description") or ""),
+                    trigger=trigger, entry_rule=entry_rule, reenter_after=reenter, goals=goals, exits=exits,
+                    frequency_cap=cap, quiet_hours=quiet, timezone=str(tz), steps=steps)
+    _check_references(c, funnel)
+    return (None if c.errors else funnel), c.errors
+
+
+def _list(value) -> list:
+    return [] if value is None else value if isinstance(value, list) else [value]
+
+
+def _trigger(c: _Checker, node, line: int) -> dict | None:
+    if node is None:
+        return None  # entered only by a `goto` from another funnel (funnel.handoff)
+    if isinstance(node, str):
+        node = {"event": node}
+    if not isinstance(node, dict):
+        c.error(line, "trigger: `trigger: contact.subscribed` or `trigger: {event: ..., where: {...}}`")
+        return None
+    c.keys(node, {"event", "where"}, getattr(node, "line", line), "trigger")
+    event = c.event(node.get("event"), getattr(node, "line", line), "trigger")
+    where = node.get("where") or {}
+    if not isinstance(where, dict):
+        c.error(getattr(node, "line", line), "trigger.where: an EventBridge pattern on the event's detail fields")
+        return None
+    return {"event": event, "where": _plain(where)} if event else None
+
+
+def _plain(value):
+    """Drop the line-keeping dict subclass (for JSON and comparisons)."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _entry(c: _Checker, node, line: int) -> tuple[str, float]:
+    if isinstance(node, str):
+        node = {"rule": node}
+    if not isinstance(node, dict):
+        c.error(line, f"entry: one of {', '.join(ENTRY_RULES)}, or `{{rule: ..., reenter_after: 30 days}}`")
+        return "once_per_trigger", 0.0
+    c.keys(node, {"rule", "reenter_after"}, getattr(node, "line", line), "entry")
+    rule = node.get("rule")
+    if rule not in ENTRY_RULES:
+        c.error(getattr(node, "line", line), f"entry rule {rule!r}: one of {', '.join(ENTRY_RULES)}")
+        return "once_per_trigger", 0.0
+    reenter = 0.0
+    if "reenter_after" in node:
+        if rule == "once_per_contact":
+            c.error(getattr(node, "line", line), "entry: once_per_contact never re-enters; drop reenter_after")
+        try:
+            reenter = seconds(node["reenter_after"])
+        except ValueError as exc:
+            c.error(getattr(node, "line", line), f"entry.reenter_after: {exc}")
+    return rule, reenter
+
+
+def _cap(c: _Checker, node, line: int) -> tuple[int, float]:
+    if node is None:
+        return 1, 24.0
+    if not isinstance(node, dict) or set(node) - {"emails", "hours"}:
+        c.error(line, "frequency_cap: `{emails: 1, hours: 24}` (marketing emails per contact, per window)")
+        return 1, 24.0
+    emails, hours = node.get("emails", 1), node.get("hours", 24)
+    if not isinstance(emails, int) or isinstance(emails, bool) or emails < 1 or \
+            not isinstance(hours, (int, float)) or isinstance(hours, bool) or not 0 < hours <= 24 * 30:
+        c.error(getattr(node, "line", line), "frequency_cap: emails >= 1 and 0 < hours <= 720")
+        return 1, 24.0
+    return emails, float(hours)
+
+
+def _quiet(c: _Checker, node, line: int) -> tuple[str, str] | None:
+    if node is None:
+        return None
+    ok = isinstance(node, dict) and set(node) == {"start", "end"} and all(
+        isinstance(node[k], str) and _TIME.match(node[k]) for k in ("start", "end")) and node["start"] != node["end"]
+    if not ok:
+        c.error(getattr(node, "line", line), 'quiet_hours: `{start: "21:00", end: "08:00"}` (local time, HH:MM)')
+        return None
+    return node["start"], node["end"]
+
+
+def _check_references(c: _Checker, funnel: Funnel) -> None:
+    sends = funnel.sends()
+    for step in walk(funnel.steps):
+        conditions = [step.arg] if step.kind in ("if", "wait_for") else []
+        for condition in conditions:
+            for kind in ENGAGEMENT:
+                if kind in condition and condition[kind]["email"] not in sends:
+                    c.error(step.line, f"{step.kind}: {kind} {condition[kind]['email']!r} is not an email this funnel "
+                                       f"sends (it sends: {', '.join(sorted(sends)) or 'nothing'})")
+        if step.kind == "goto" and step.arg == funnel.id:
+            c.error(step.line, "goto: a funnel cannot hand off to itself")
+
+
+def load_all(directory: Path) -> dict[str, Funnel]:
+    """Every funnel file in ``directory``, validated together (goto targets must exist)."""
+    funnels, errors = {}, []
+    paths = sorted(directory.glob("*.yaml"))
+    for path in paths:
+        funnel, problems = parse(path)
+        errors += problems
+        if funnel:
+            funnels[funnel.id] = funnel
+    known = {p.stem for p in paths}
+    for funnel in funnels.values():
+        for step in walk(funnel.steps):
+            if step.kind == "goto" and step.arg not in known:
+                errors.append(f"{funnel.path}:{step.line}: goto: no funnel {step.arg!r} "
+                              f"(funnels: {', '.join(sorted(known))})")
+    if errors:
+        raise FunnelError("\n".join(errors))
+    return funnels
+
+
+@cache
+def load(funnel_id: str) -> Funnel:
+    """A shipped funnel's settings at run time (the file is in the content layer). A
+    funnel without a file (a one-off step call) gets the defaults."""
+    path = config().content_dir / "funnels" / f"{funnel_id}.yaml"
+    if not _ID.match(funnel_id) or not path.exists():
+        return Funnel(id=funnel_id)
+    funnel, errors = parse(path)
+    if errors:
+        raise FunnelError("\n".join(errors))
+    return funnel
