@@ -3,12 +3,12 @@ GET /contacts/{id}, GET /contacts/{id}/export, DELETE /contacts/{id} (GDPR erasu
 import json
 
 from aws_lambda_powertools import Logger
-from aws_lambda_powertools.event_handler import APIGatewayHttpResolver, Response
+from aws_lambda_powertools.event_handler import Response
 
 from funnelpilot import gdpr, http
 
 logger = Logger()
-app = APIGatewayHttpResolver()
+app = http.resolver()
 
 
 def _json(status: int, body) -> Response:

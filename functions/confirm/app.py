@@ -1,11 +1,11 @@
 """GET /confirm/{token}: double opt-in confirmation (expiring link)."""
 from aws_lambda_powertools import Logger
-from aws_lambda_powertools.event_handler import APIGatewayHttpResolver, Response
+from aws_lambda_powertools.event_handler import Response
 
-from funnelpilot import consent
+from funnelpilot import consent, http
 
 logger = Logger()
-app = APIGatewayHttpResolver()
+app = http.resolver()
 
 _PAGE = """<!doctype html><html lang="en"><head><meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1"><meta name="robots" content="noindex">
@@ -26,6 +26,4 @@ def confirm(token: str) -> Response:
                     headers={"cache-control": "no-store"}, body=body)
 
 
-@logger.inject_lambda_context
-def handler(event: dict, context) -> dict:
-    return app.resolve(event, context)
+handler = http.lambda_handler(app, logger)

@@ -8,14 +8,13 @@ import json
 import os
 
 from aws_lambda_powertools import Logger
-from aws_lambda_powertools.event_handler import APIGatewayHttpResolver, Response
+from aws_lambda_powertools.event_handler import Response
 from aws_lambda_powertools.utilities.parameters import get_parameter
 
 from funnelpilot import http, ingest
-from funnelpilot.errors import InvalidField
 
 logger = Logger()
-app = APIGatewayHttpResolver(cors=http.cors())
+app = http.resolver(cors=http.cors())
 
 
 @app.post("/events")
@@ -31,11 +30,4 @@ def events() -> Response:
                     body=json.dumps({"status": status, "event_id": event.event_id}))
 
 
-@app.exception_handler(InvalidField)
-def invalid_field(exc: InvalidField) -> Response:
-    return http.error(400, exc.message, exc.field)
-
-
-@logger.inject_lambda_context
-def handler(event: dict, context) -> dict:
-    return app.resolve(event, context)
+handler = http.lambda_handler(app, logger)

@@ -4,13 +4,12 @@ IAM-authorised on AWS (template.yaml); one Query on the metrics table per reques
 import json
 
 from aws_lambda_powertools import Logger
-from aws_lambda_powertools.event_handler import APIGatewayHttpResolver, Response
+from aws_lambda_powertools.event_handler import Response
 
 from funnelpilot import http, report
-from funnelpilot.errors import InvalidField
 
 logger = Logger()
-app = APIGatewayHttpResolver()
+app = http.resolver()
 
 
 @app.get("/funnels/<funnel>/report")
@@ -22,11 +21,4 @@ def funnel_report(funnel: str) -> Response:
     return Response(status_code=200, content_type="application/json", body=json.dumps(body))
 
 
-@app.exception_handler(InvalidField)
-def invalid_field(exc: InvalidField) -> Response:
-    return http.error(400, exc.message, exc.field)
-
-
-@logger.inject_lambda_context
-def handler(event: dict, context) -> dict:
-    return app.resolve(event, context)
+handler = http.lambda_handler(app, logger)

@@ -2,13 +2,12 @@
 import json
 
 from aws_lambda_powertools import Logger
-from aws_lambda_powertools.event_handler import APIGatewayHttpResolver, Response
+from aws_lambda_powertools.event_handler import Response
 
 from funnelpilot import contacts, http, tokens, visitors
-from funnelpilot.errors import InvalidField
 
 logger = Logger()
-app = APIGatewayHttpResolver(cors=http.cors())
+app = http.resolver(cors=http.cors())
 
 
 @app.post("/signup")
@@ -33,11 +32,4 @@ def _accepted(cid: str) -> Response:
     return Response(status_code=202, content_type="application/json", body=json.dumps(body))
 
 
-@app.exception_handler(InvalidField)
-def invalid_field(exc: InvalidField) -> Response:
-    return http.error(400, exc.message, exc.field)
-
-
-@logger.inject_lambda_context
-def handler(event: dict, context) -> dict:
-    return app.resolve(event, context)
+handler = http.lambda_handler(app, logger)

@@ -4,12 +4,12 @@ button or from a mail client's RFC 8058 one-click (``List-Unsubscribe=One-Click`
 A GET never unsubscribes (link scanners and prefetchers follow GETs); the signed token
 is the authority for the POST, so its body is not needed."""
 from aws_lambda_powertools import Logger
-from aws_lambda_powertools.event_handler import APIGatewayHttpResolver, Response
+from aws_lambda_powertools.event_handler import Response
 
-from funnelpilot import consent, tokens
+from funnelpilot import consent, http, tokens
 
 logger = Logger()
-app = APIGatewayHttpResolver()
+app = http.resolver()
 
 _PAGE = """<!doctype html><html lang="en"><head><meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1"><meta name="robots" content="noindex">
@@ -49,6 +49,4 @@ def unsubscribe(token: str) -> Response:
     return _page(200, "You are unsubscribed", "<p>You will not receive any more emails from us.</p>")
 
 
-@logger.inject_lambda_context
-def handler(event: dict, context) -> dict:
-    return app.resolve(event, context)
+handler = http.lambda_handler(app, logger)

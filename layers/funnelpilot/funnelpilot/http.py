@@ -1,10 +1,18 @@
-"""Shared pieces of the HTTP handlers: body decoding, JSON errors, CORS."""
+"""Shared pieces of the HTTP handlers: the resolver and Lambda entry point, body
+decoding, JSON errors, CORS.
+
+Only the powertools-resolver handlers import this module (it costs what
+``aws_lambda_powertools.event_handler`` costs anyway); the hot pixel, click and site
+tracker handlers answer raw API Gateway events without it.
+"""
 import base64
 import binascii
 import json
+from collections.abc import Callable
 from urllib.parse import parse_qsl
 
-from aws_lambda_powertools.event_handler import CORSConfig, Response
+from aws_lambda_powertools import Logger
+from aws_lambda_powertools.event_handler import APIGatewayHttpResolver, CORSConfig, Response
 
 from funnelpilot.config import config
 from funnelpilot.errors import InvalidField
@@ -15,6 +23,29 @@ MAX_BODY = 16 * 1024
 def error(status: int, message: str, field: str | None = None) -> Response:
     body = {"error": message} | ({"field": field} if field else {})
     return Response(status_code=status, content_type="application/json", body=json.dumps(body))
+
+
+def _invalid_field(exc: InvalidField) -> Response:
+    return error(400, exc.message, exc.field)
+
+
+def resolver(**kwargs) -> APIGatewayHttpResolver:
+    """An HTTP API (v2) resolver that answers ``InvalidField`` with a 400
+    ``{"error", "field"}`` JSON body. ``kwargs`` go to ``APIGatewayHttpResolver``
+    (``cors=http.cors()`` for routes that browsers call cross-origin)."""
+    app = APIGatewayHttpResolver(**kwargs)
+    app.exception_handler(InvalidField)(_invalid_field)
+    return app
+
+
+def lambda_handler(app: APIGatewayHttpResolver, logger: Logger) -> Callable[[dict, object], dict]:
+    """The function's entry point: ``handler = http.lambda_handler(app, logger)``."""
+
+    @logger.inject_lambda_context
+    def handler(event: dict, context) -> dict:
+        return app.resolve(event, context)
+
+    return handler
 
 
 def cors() -> CORSConfig | None:
