@@ -43,7 +43,7 @@ BROKEN = [
     ("steps:\n  - send: welcome-1\n  - wait_for: {clicked: {email: welcome-1}}\n", 7, "wait_for needs a timeout"),
     ("steps:\n  - send: welcome-1\n    then: [exit]\n", 6, "unknown key 'then'"),
     ("steps:\n  - split: {a: {weight: 50, steps: [exit]}}\n", 6, "split takes two or more variants"),
-    ("steps: [\n", 5, "not valid YAML"),
+    ("steps: [\n", 6, "not valid YAML"),
 ]
 
 
