@@ -33,9 +33,14 @@ class EventTap:
         return [e for e in self.seen if detail_type in (None, e["detail-type"])]
 
 
+START = 1_772_445_600.0  # Monday 2026-03-02, 10:00 UTC: inside working hours (funnels' quiet hours)
+
+
 @pytest.fixture
 def rt(tmp_path: Path):
-    with Runtime(ROOT, speed=86_400.0, state_dir=tmp_path / "local", log_level="INFO") as runtime:
+    """Stepped time: the clock moves only by rt.advance(seconds), so rt.settle() returns as soon as
+    every execution waits (a funnel's 2-day Wait does not run in a test unless it asks)."""
+    with Runtime(ROOT, stepped=True, start=START, state_dir=tmp_path / "local", log_level="INFO") as runtime:
         yield runtime
 
 

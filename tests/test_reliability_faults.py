@@ -59,11 +59,11 @@ def test_ses_throttling_mid_funnel_is_retried_and_sends_once(rt, tap):
     ses.meta.events.register("before-call.ses.SendRawEmail", throttle)
     try:
         cid = rt.http("POST", "/signup", json_body={"email": "thr@example.com", "consent": True}).json()["contact_id"]
-        assert rt.settle(timeout=60)
+        assert rt.settle(timeout=60) and rt.advance(60)  # the Retry's backoff runs on the simulated clock
     finally:
         ses.meta.events.unregister("before-call.ses.SendRawEmail", throttle)
     [ex] = executions(rt)
-    assert throttled and ex["status"] == "SUCCEEDED"
+    assert throttled and ex["status"] == "RUNNING"  # on to "Wait 2 days"
     assert _lambda_errors(rt, ex["executionArn"]) == ["TransientError"]
     assert sent_count() == 1
     [sent] = tap.events("email.sent")
@@ -74,7 +74,7 @@ def test_ses_rejection_is_not_retried_blindly(rt, inject):
     """A permanent SES error (not throttling) fails the step instead of looping."""
     rule = inject("ses", "SendRawEmail", "MessageRejected", times=10)
     rt.http("POST", "/signup", json_body={"email": "rej@example.com", "consent": True})
-    assert rt.settle(timeout=60)
+    assert rt.settle(timeout=60) and rt.advance(60)
     [ex] = executions(rt)
     assert rule["raised"] == 1 and ex["status"] == "FAILED"
     assert sent_count() == 0
@@ -87,5 +87,5 @@ def test_transient_dynamodb_error_in_a_consumer_is_redelivered(rt, inject):
     assert rt.settle(timeout=60)
     assert rule["raised"] == 1
     [ex] = executions(rt)
-    assert ex["status"] == "SUCCEEDED" and sent_count() == 1
+    assert ex["status"] == "RUNNING" and sent_count() == 1
     assert rt.errors == [] and rt.dead_letters == []
