@@ -12,12 +12,11 @@ iterations rather than 1,000 Lambda invocations.
 import json
 import re
 import uuid
-from functools import cache
 
 import boto3
 from botocore.exceptions import ClientError
 
-from funnelpilot import bus, clock, segments, tokens
+from funnelpilot import aws, bus, clock, segments, tokens
 from funnelpilot.config import config
 from funnelpilot.errors import InvalidField
 
@@ -25,9 +24,8 @@ _SLUG = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 _PROP = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
 
 
-@cache
 def _ddb():
-    return boto3.client("dynamodb", region_name=config().region)
+    return aws.client("dynamodb")
 
 
 def validate(segment: str, action: dict) -> dict:
