@@ -124,12 +124,12 @@ def _apply_one(run_id: str, cid: str, kind: str, value) -> bool:
             _ddb().transact_write_items(TransactItems=items)
             return True
         except ClientError as exc:
-            reasons = [r.get("Code") for r in exc.response.get("CancellationReasons") or []]
-            if reasons[:1] == ["ConditionalCheckFailed"]:
+            failed = aws.failed_conditions(exc)
+            if 0 in failed:
                 return False  # this contact was done by an earlier attempt of the run
-            if kind == "properties" and "ConditionalCheckFailed" in reasons and with_map:
+            if kind == "properties" and failed and with_map:
                 continue  # no properties map yet (or no contact): try creating the map
-            if "ConditionalCheckFailed" in reasons:
+            if failed:
                 return False  # contact gone (erased) since it was listed
             raise
     return False
