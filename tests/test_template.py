@@ -80,8 +80,7 @@ def test_every_function_handler_file_exists():
             props = res["Properties"]
             module, _, func = props["Handler"].rpartition(".")
             source = Path(ROOT / props["CodeUri"] / f"{module}.py").read_text()
-            # a def, or a module-level assignment (handler = http.lambda_handler(app, logger))
-            assert re.search(rf"^(def {func}\(|{func} = )", source, re.MULTILINE), lid
+            assert re.search(rf"^(def {func}\(|{func} = )", source, re.M), lid
 
 
 def test_tables_are_on_demand_with_pitr():
