@@ -52,7 +52,7 @@ def test_report_cli_queries_a_deployed_stacks_metrics_table(tmp_path, capsys, mo
     from botocore.stub import Stubber
     from moto import mock_aws
 
-    from funnelpilot import metrics, report
+    from funnelpilot import aws, metrics
     from funnelpilot.config import config
 
     for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
@@ -81,14 +81,14 @@ def test_report_cli_queries_a_deployed_stacks_metrics_table(tmp_path, capsys, mo
                 KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}, {"AttributeName": "sk", "KeyType": "RANGE"}])
             monkeypatch.setenv("AWS_REGION", "eu-west-1")
             monkeypatch.setenv("METRICS_TABLE_NAME", table)
-            config.cache_clear(), metrics._ddb.cache_clear(), report._ddb.cache_clear()
+            config.cache_clear(), aws.client.cache_clear()
             metrics.count("welcome", "Send welcome-1", {"sent": 10, "entered": 10, "human_opens": 4}, day="2026-05-04")
             monkeypatch.setenv("METRICS_TABLE_NAME", "not-this-one")  # the CLI must find the table itself
             config.cache_clear()
             code = cli.main(["report", "--stack", "fp-prod", "--region", "eu-west-1", "--funnel", "welcome",
                              "--from", "2026-05-01", "--to", "2026-05-31", "--chart", str(tmp_path / "c.html")])
     finally:
-        config.cache_clear(), metrics._ddb.cache_clear(), report._ddb.cache_clear()
+        config.cache_clear(), aws.client.cache_clear()
     assert code == 0
     out = capsys.readouterr().out
     assert "Send welcome-1" in out and "40.0%" in out

@@ -11,16 +11,6 @@ from funnelpilot import consent, http, tokens
 logger = Logger()
 app = http.resolver()
 
-_PAGE = """<!doctype html><html lang="en"><head><meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1"><meta name="robots" content="noindex">
-<title>{title}</title><style>body{{font-family:system-ui,sans-serif;max-width:32rem;margin:3rem auto;padding:0 1rem}}
-button{{padding:.6rem 1.2rem;font-size:1rem}}</style></head><body><h1>{title}</h1>{body}</body></html>"""
-
-
-def _page(status: int, title: str, body: str) -> Response:
-    return Response(status_code=status, content_type="text/html; charset=utf-8",
-                    headers={"cache-control": "no-store"}, body=_PAGE.format(title=title, body=body))
-
 
 def _fields(token: str) -> list[str] | None:
     return tokens.verify("u", token, 2)
@@ -29,24 +19,24 @@ def _fields(token: str) -> list[str] | None:
 @app.get("/u/<token>")
 def page(token: str) -> Response:
     if _fields(token) is None:
-        return _page(404, "Link not found", "<p>This unsubscribe link is not valid.</p>")
+        return http.page(404, "Link not found", "<p>This unsubscribe link is not valid.</p>")
     # no action attribute: the form posts back to this very URL, whatever the API's base path
-    return _page(200, "Unsubscribe", '<p>Stop receiving our emails?</p><form method="post">'
-                                     '<button type="submit">Unsubscribe</button></form>')
+    return http.page(200, "Unsubscribe", '<p>Stop receiving our emails?</p><form method="post">'
+                                          '<button type="submit">Unsubscribe</button></form>')
 
 
 @app.post("/u/<token>")
 def unsubscribe(token: str) -> Response:
     fields = _fields(token)
     if fields is None:
-        return _page(404, "Link not found", "<p>This unsubscribe link is not valid.</p>")
+        return http.page(404, "Link not found", "<p>This unsubscribe link is not valid.</p>")
     cid, message_id = fields
     body = app.current_event.decoded_body or ""
     # RFC 8058 clients post List-Unsubscribe=One-Click, form-encoded or multipart
     source = "one_click" if "One-Click" in body else "unsubscribe_page"
     changed = consent.unsubscribe(cid, message_id, source)
     logger.info("unsubscribe", extra={"contact_id": cid, "changed": changed, "source": source})
-    return _page(200, "You are unsubscribed", "<p>You will not receive any more emails from us.</p>")
+    return http.page(200, "You are unsubscribed", "<p>You will not receive any more emails from us.</p>")
 
 
 handler = http.lambda_handler(app, logger)

@@ -10,11 +10,10 @@ a minute, then lead.qualified) produce one email. After sending, ``sales.alerted
 import json
 from functools import cache
 
-import boto3
 import yaml
 from botocore.exceptions import ClientError
 
-from funnelpilot import bus, clock, emails, scoring, tokens
+from funnelpilot import aws, bus, clock, emails, scoring, tokens
 from funnelpilot.config import config
 from funnelpilot.models import PROFILE, Contact
 
@@ -27,9 +26,8 @@ def settings() -> dict:
             "recent": int(doc.get("recent_activity", 10))}
 
 
-@cache
 def _ddb():
-    return boto3.client("dynamodb", region_name=config().region)
+    return aws.client("dynamodb")
 
 
 def reason_for(detail_type: str, detail: dict) -> str | None:
@@ -63,7 +61,7 @@ def _claim(cid: str, reason: str) -> bool:
                                                       ":exp": {"N": str(int(now + settings()["rate_limit"]))}})
         return True
     except ClientError as exc:
-        if exc.response["Error"]["Code"] == "ConditionalCheckFailedException":
+        if aws.is_conditional_failure(exc):
             return False
         raise
 

@@ -12,12 +12,11 @@ iterations rather than 1,000 Lambda invocations.
 import json
 import re
 import uuid
-from functools import cache
 
 import boto3
 from botocore.exceptions import ClientError
 
-from funnelpilot import bus, clock, segments, tokens
+from funnelpilot import aws, bus, clock, segments, tokens
 from funnelpilot.config import config
 from funnelpilot.errors import InvalidField
 
@@ -25,9 +24,8 @@ _SLUG = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 _PROP = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
 
 
-@cache
 def _ddb():
-    return boto3.client("dynamodb", region_name=config().region)
+    return aws.client("dynamodb")
 
 
 def validate(segment: str, action: dict) -> dict:
@@ -126,12 +124,12 @@ def _apply_one(run_id: str, cid: str, kind: str, value) -> bool:
             _ddb().transact_write_items(TransactItems=items)
             return True
         except ClientError as exc:
-            reasons = [r.get("Code") for r in exc.response.get("CancellationReasons") or []]
-            if reasons[:1] == ["ConditionalCheckFailed"]:
+            failed = aws.failed_conditions(exc)
+            if 0 in failed:
                 return False  # this contact was done by an earlier attempt of the run
-            if kind == "properties" and "ConditionalCheckFailed" in reasons and with_map:
+            if kind == "properties" and failed and with_map:
                 continue  # no properties map yet (or no contact): try creating the map
-            if "ConditionalCheckFailed" in reasons:
+            if failed:
                 return False  # contact gone (erased) since it was listed
             raise
     return False

@@ -1,19 +1,15 @@
 """Publishing to the funnelpilot EventBridge bus (source ``funnelpilot``, contract §4)."""
 import json
 import uuid
-from functools import cache
 
-import boto3
-
-from funnelpilot import clock
+from funnelpilot import aws, clock
 from funnelpilot.config import config
 
 SOURCE = "funnelpilot"
 
 
-@cache
 def _events():
-    return boto3.client("events", region_name=config().region)
+    return aws.client("events")
 
 
 def event(detail_type: str, contact_id: str, event_id: str | None = None, **fields) -> dict:

@@ -13,11 +13,10 @@ from email.message import EmailMessage
 from email.utils import formataddr, make_msgid
 from functools import cache
 
-import boto3
 from jinja2 import FileSystemLoader, StrictUndefined, select_autoescape
 from jinja2.sandbox import SandboxedEnvironment
 
-from funnelpilot import tokens
+from funnelpilot import aws, tokens
 from funnelpilot.config import config
 
 _HREF = re.compile(r"""(<a\b[^>]*?\bhref\s*=\s*)(["'])(.*?)\2""", re.IGNORECASE | re.DOTALL)
@@ -120,9 +119,8 @@ def build_mime(*, to: str, rendered: Rendered, message_id: str, headers: dict[st
     return msg.as_bytes()
 
 
-@cache
 def _ses():
-    return boto3.client("ses", region_name=config().region)
+    return aws.client("ses")
 
 
 def send_raw(to: str, raw: bytes) -> str:

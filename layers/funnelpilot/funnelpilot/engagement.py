@@ -16,11 +16,10 @@ import json
 import logging
 from dataclasses import dataclass
 from datetime import datetime
-from functools import cache
 
 import boto3
 
-from funnelpilot import bus, clock, tokens, visitors
+from funnelpilot import aws, bus, clock, tokens, visitors
 from funnelpilot.agents import AUTOMATED
 from funnelpilot.config import config
 from funnelpilot.tokens import HONEYPOT
@@ -48,9 +47,8 @@ class Result:
     honeypot: bool = False
 
 
-@cache
 def _ddb():
-    return boto3.client("dynamodb", region_name=config().region)
+    return aws.client("dynamodb")
 
 
 def _epoch(iso: str | None) -> float | None:

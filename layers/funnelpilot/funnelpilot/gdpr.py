@@ -8,20 +8,18 @@ steps still running for the old one find no contact and send nothing
 day) hold no person and stay.
 """
 from decimal import Decimal
-from functools import cache
 
 import boto3
 from boto3.dynamodb.types import TypeDeserializer
 
-from funnelpilot import bus, clock
+from funnelpilot import aws, bus, clock
 from funnelpilot.config import config
 
 _DESERIALIZER = TypeDeserializer()
 
 
-@cache
 def _ddb():
-    return boto3.client("dynamodb", region_name=config().region)
+    return aws.client("dynamodb")
 
 
 def _plain(value):

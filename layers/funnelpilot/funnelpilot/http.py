@@ -25,6 +25,19 @@ def error(status: int, message: str, field: str | None = None) -> Response:
     return Response(status_code=status, content_type="application/json", body=json.dumps(body))
 
 
+_PAGE = """<!doctype html><html lang="en"><head><meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1"><meta name="robots" content="noindex">
+<title>{title}</title><style>body{{font-family:system-ui,sans-serif;max-width:32rem;margin:3rem auto;padding:0 1rem}}
+button{{padding:.6rem 1.2rem;font-size:1rem}}</style></head><body><h1>{title}</h1>{body}</body></html>"""
+
+
+def page(status: int, title: str, body_html: str) -> Response:
+    """A small HTML page for people (unsubscribe, confirmation): not indexed, not cached.
+    ``title`` and ``body_html`` are our own constant text, never request data."""
+    return Response(status_code=status, content_type="text/html; charset=utf-8",
+                    headers={"cache-control": "no-store"}, body=_PAGE.format(title=title, body=body_html))
+
+
 def _invalid_field(exc: InvalidField) -> Response:
     return error(400, exc.message, exc.field)
 

@@ -7,12 +7,10 @@ event never moves it back). The daily job Queries only that day's bucket, so its
 grow with the contacts becoming inactive that day, not with the size of the base.
 """
 from datetime import datetime, timedelta, timezone
-from functools import cache
 
-import boto3
 from botocore.exceptions import ClientError
 
-from funnelpilot import bus, clock, scoring, tokens
+from funnelpilot import aws, bus, clock, scoring, tokens
 from funnelpilot.config import config
 
 # Human engagement (email.opened/clicked arrive here only with human: true: the rule's pattern).
@@ -22,9 +20,8 @@ JOB_KEY = {"pk": {"S": "JOB#reengage_scan"}, "sk": {"S": "CURSOR"}}
 MAX_CATCH_UP_DAYS = 7
 
 
-@cache
 def _ddb():
-    return boto3.client("dynamodb", region_name=config().region)
+    return aws.client("dynamodb")
 
 
 def inactive_on(last_at: float) -> str:
@@ -42,7 +39,7 @@ def touch(contact_id: str, at: float) -> bool:
                                        ":cid": {"S": contact_id}})
         return True
     except ClientError as exc:
-        if exc.response["Error"]["Code"] == "ConditionalCheckFailedException":
+        if aws.is_conditional_failure(exc):
             return False
         raise
 

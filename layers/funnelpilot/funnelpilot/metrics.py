@@ -9,12 +9,10 @@ Idempotency: the ADD and a marker item ``pk = SEEN#<key>`` (conditional put, wit
 go in one transaction, so a duplicate delivery counts nothing and nothing is lost.
 """
 import re
-from functools import cache
 
-import boto3
 from botocore.exceptions import ClientError
 
-from funnelpilot import clock
+from funnelpilot import aws, clock
 from funnelpilot.config import config
 
 MARKER_TTL = 14 * 86400
@@ -22,9 +20,8 @@ FUNNEL_ROW = "FUNNEL"
 _NAME = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
 
 
-@cache
 def _ddb():
-    return boto3.client("dynamodb", region_name=config().region)
+    return aws.client("dynamodb")
 
 
 def counter_key(funnel: str, row: str, day: str | None = None) -> dict:
@@ -65,8 +62,7 @@ def count(funnel: str, step: str | None, metrics: dict[str, int], *, once_key: s
     try:
         _ddb().transact_write_items(TransactItems=items)
     except ClientError as exc:
-        reasons = exc.response.get("CancellationReasons") or []
-        if any(r.get("Code") == "ConditionalCheckFailed" for r in reasons):
+        if aws.failed_conditions(exc):
             return False
         raise
     return True

@@ -15,6 +15,7 @@ from pynamodb.connection import Connection
 from pynamodb.indexes import AllProjection, GlobalSecondaryIndex
 from pynamodb.models import Model
 
+from funnelpilot import aws
 from funnelpilot.config import config
 
 PROFILE = "PROFILE"
@@ -26,9 +27,7 @@ def connection() -> Connection:
     return Connection(region=config().region)
 
 
-def is_conditional_failure(exc: Exception) -> bool:
-    """True when a pynamodb write failed only because its condition was false."""
-    return getattr(exc, "cause_response_code", None) == "ConditionalCheckFailedException"
+is_conditional_failure = aws.is_conditional_failure  # for pynamodb writes too
 
 
 class _Meta:

@@ -14,12 +14,9 @@ every row of the range; rows are summed over the days. Rates, as a marketer read
 import json
 from collections import defaultdict
 from datetime import date, timedelta
-from functools import cache
 from pathlib import Path
 
-import boto3
-
-from funnelpilot import clock
+from funnelpilot import aws, clock
 from funnelpilot.config import config
 from funnelpilot.errors import InvalidField
 from funnelpilot.metrics import FUNNEL_ROW, STEP_METRICS
@@ -27,9 +24,8 @@ from funnelpilot.metrics import FUNNEL_ROW, STEP_METRICS
 DEFAULT_DAYS = 30
 
 
-@cache
 def _ddb():
-    return boto3.client("dynamodb", region_name=config().region)
+    return aws.client("dynamodb")
 
 
 def known_funnels(content_dir: Path | None = None) -> list[str]:

@@ -8,20 +8,16 @@ Settings: ``repurchase`` in ``infra/scoring.yaml``.
 """
 import json
 from datetime import datetime, timezone
-from functools import cache
 
-import boto3
-
-from funnelpilot import clock, scoring, tokens
+from funnelpilot import aws, clock, scoring, tokens
 from funnelpilot.config import config
 from funnelpilot.models import Contact
 
 DAY = 86_400
 
 
-@cache
 def _scheduler():
-    return boto3.client("scheduler", region_name=config().region)
+    return aws.client("scheduler")
 
 
 def season(months: set[str]) -> int | None:

@@ -22,11 +22,10 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from functools import cache
 
-import boto3
 import yaml
 from botocore.exceptions import ClientError
 
-from funnelpilot import bus, clock, tokens
+from funnelpilot import aws, bus, clock, tokens
 from funnelpilot.config import config
 from funnelpilot.models import PROFILE, Contact
 
@@ -160,9 +159,8 @@ def event_time(detail: dict) -> float:
         return clock.now()
 
 
-@cache
 def _ddb():
-    return boto3.client("dynamodb", region_name=config().region)
+    return aws.client("dynamodb")
 
 
 def _n(x: float) -> dict:
@@ -214,8 +212,7 @@ def _apply(detail_type: str, detail: dict, matched: list, t: float, seen_sk: str
         try:
             _ddb().transact_write_items(TransactItems=items)
         except ClientError as exc:
-            reasons = exc.response.get("CancellationReasons") or []
-            failed = [i for i, r in enumerate(reasons) if r.get("Code") == "ConditionalCheckFailed"]
+            failed = aws.failed_conditions(exc)
             if exc.response["Error"]["Code"] != "TransactionCanceledException" or not failed:
                 raise
             if 0 in failed:
@@ -384,6 +381,6 @@ def _set_flag(cid: str, flag: str, value: float, condition: str, t: float) -> bo
                            ExpressionAttributeValues=values)
         return True
     except ClientError as exc:
-        if exc.response["Error"]["Code"] == "ConditionalCheckFailedException":
+        if aws.is_conditional_failure(exc):
             return False
         raise

@@ -17,13 +17,11 @@ import json
 import math
 import re
 from dataclasses import dataclass
-from functools import cache
 from urllib.parse import urlsplit
 
-import boto3
 from botocore.exceptions import ClientError
 
-from funnelpilot import bus, clock, metrics, tokens
+from funnelpilot import aws, bus, clock, metrics, tokens
 from funnelpilot.config import config
 
 TOKEN_KIND = "fp"
@@ -57,9 +55,8 @@ class Hit:
     props: tuple = ()
 
 
-@cache
 def _ddb():
-    return boto3.client("dynamodb", region_name=config().region)
+    return aws.client("dynamodb")
 
 
 # ------------------------------------------------------------------ identity hand-off
@@ -197,9 +194,9 @@ def record(hit: Hit, *, contact_id: str | None, ip: str, at: float) -> None:
     try:
         _ddb().transact_write_items(TransactItems=[*(_window(s, k, n, at) for s, k, n in limits), counter])
     except ClientError as exc:
-        reasons = exc.response.get("CancellationReasons") or []
-        for (scope, _, limit), reason in zip(limits, reasons):
-            if reason.get("Code") == "ConditionalCheckFailed":
+        for i in aws.failed_conditions(exc):
+            if i < len(limits):  # a rate-limit window is full
+                scope, _, limit = limits[i]
                 raise Refused(429, f"more than {limit} events a minute from this {scope}", scope) from None
         raise
     if contact_id:

@@ -1,0 +1,32 @@
+"""boto3 clients and DynamoDB condition checks shared by the library.
+
+One client per service and process (clients are thread-safe; creating one costs tens of
+milliseconds at cold start, so the modules a handler imports share it instead of each
+making its own). Call ``client.cache_clear()`` after changing the region or endpoint.
+"""
+from functools import cache
+
+from funnelpilot.config import config
+
+
+@cache
+def client(service: str):
+    import boto3  # here, so that importing funnelpilot.models costs no boto3 import of its own
+
+    return boto3.client(service, region_name=config().region)
+
+
+def is_conditional_failure(exc: Exception) -> bool:
+    """True when a single-item write (botocore ``ClientError`` or a pynamodb exception)
+    failed only because its condition was false."""
+    code = getattr(exc, "cause_response_code", None)  # pynamodb
+    if code is None and hasattr(exc, "response"):  # botocore ClientError
+        code = exc.response.get("Error", {}).get("Code")
+    return code == "ConditionalCheckFailedException"
+
+
+def failed_conditions(exc: Exception) -> list[int]:
+    """Indexes of the items whose condition failed in a cancelled TransactWriteItems
+    (empty for any other error)."""
+    reasons = (getattr(exc, "response", None) or {}).get("CancellationReasons") or []
+    return [i for i, r in enumerate(reasons) if r.get("Code") == "ConditionalCheckFailed"]
