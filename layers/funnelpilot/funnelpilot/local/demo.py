@@ -272,6 +272,26 @@ def _now() -> float:
     return clock.now()
 
 
+def journeys(rt: Runtime) -> list[dict]:
+    """Per funnel: executions, state transitions and Lambda tasks per contact (from the
+    execution histories: what Step Functions bills)."""
+    sfn, rows = rt.client("stepfunctions"), []
+    for arn in rt.state_machine_arns():
+        transitions, tasks = [], []
+        for page in sfn.get_paginator("list_executions").paginate(stateMachineArn=arn):
+            for ex in page["executions"]:
+                events = [e for p in sfn.get_paginator("get_execution_history").paginate(
+                    executionArn=ex["executionArn"]) for e in p["events"]]
+                transitions.append(sum(1 for e in events if e["type"].endswith("StateEntered")))
+                tasks.append(sum(1 for e in events if e["type"] in ("LambdaFunctionScheduled", "TaskScheduled")))
+        rows.append({"funnel": arn.rsplit(":", 1)[-1].removeprefix("funnelpilot-"),  # the local stack name
+                     "executions": len(transitions),
+                     "transitions": sum(transitions) / len(transitions) if transitions else None,
+                     "max": max(transitions, default=None),
+                     "tasks": sum(tasks) / len(tasks) if tasks else None})
+    return rows
+
+
 def progress_bar(stream=sys.stderr):
     started = time.monotonic()
 
@@ -293,7 +313,7 @@ def progress_bar(stream=sys.stderr):
 
 
 def simulate(seed: int = 7, contacts: int = 200, days: int = 60, state_dir: Path | None = None,
-             progress=None) -> dict:
+             progress=None, with_journeys: bool = False) -> dict:
     """Run the simulation; returns {reports, tally, usage, outbox, errors}."""
     # moto logs every task-token timeout (a wait_for that ran out: normal here) at ERROR level
     logging.getLogger("moto").setLevel(logging.CRITICAL)
@@ -311,7 +331,8 @@ def simulate(seed: int = 7, contacts: int = 200, days: int = 60, state_dir: Path
         reports = [report.build(f, rows[f], start, end, report.step_order(f, rt.root / "infra")) for f in funnels]
         usage = meter.usage(contacts=contacts, days=days)
         return {"reports": reports, "rows": rows, "tally": sim.tally, "usage": usage, "outbox": rt.outbox,
-                "errors": list(rt.errors), "state_dir": rt.state_dir}
+                "errors": list(rt.errors), "state_dir": rt.state_dir,
+                "journeys": journeys(rt) if with_journeys else None}
 
 
 def run(seed: int = 7, contacts: int = 200, days: int = 60) -> int:
