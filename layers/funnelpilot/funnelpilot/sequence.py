@@ -386,7 +386,7 @@ def set_properties(step: dict) -> dict:
     _update(_profile_key(cid), "SET #p = if_not_exists(#p, :empty)", live, {**base, ":empty": {"M": {}}},
             {"#p": "properties", "#st": "status"})
     changed = _update(_profile_key(cid), "SET " + ", ".join(sets) + ", updated_at = :now",
-                      f"{live} AND ({' OR '.join(f'({d})' for d in differs)})",
+                      f"{live} AND ({' OR '.join(differs)})",
                       {**values, **base, ":now": {"S": clock.iso()}}, names)
     if changed:
         bus.publish(bus.event("contact.updated", cid, event_id=_step_id(step, "cu"), fields=sorted(props),
