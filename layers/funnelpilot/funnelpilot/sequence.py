@@ -297,7 +297,7 @@ def split(step: dict) -> dict:
     _ddb().update_item(TableName=config().table, Key=key, ExpressionAttributeNames=names,
                        UpdateExpression="SET #v = if_not_exists(#v, :empty), #f = if_not_exists(#f, :f)",
                        ExpressionAttributeValues={":empty": {"M": {}}, ":f": {"S": funnel}})
-    new = _ddb().update_item(TableName=config().table, Key=key, ReturnValues="UPDATED_NEW",
+    new = _ddb().update_item(TableName=config().table, Key=key, ReturnValues="ALL_NEW",
                              UpdateExpression="SET #v.#s = if_not_exists(#v.#s, :pick)",
                              ExpressionAttributeNames={"#v": "variants", "#s": state},
                              ExpressionAttributeValues={":pick": {"S": pick}})["Attributes"]
