@@ -60,12 +60,13 @@ def _claim_condition(entry_rule: str, reenter_after: float) -> str:
     """Who may (re-)enter. A duplicate of the current trigger never does (trigger_event_id)."""
     if entry_rule == "once_per_contact":
         return "attribute_not_exists(pk)"
-    distinct = "(attribute_not_exists(trigger_event_id) OR trigger_event_id <> :eid)"
+    allowed = ["(attribute_not_exists(trigger_event_id) OR trigger_event_id <> :eid)"]
     if reenter_after > 0:
-        distinct += " AND (attribute_not_exists(entered_ts) OR entered_ts <= :cut)"
+        allowed.append("(attribute_not_exists(entered_ts) OR entered_ts <= :cut)")
     if entry_rule == "once_per_trigger":
-        distinct += " AND NOT (#s IN (:starting, :running))"
-    return f"attribute_not_exists(pk) OR ({distinct})"
+        allowed.append("NOT (#s IN (:starting, :running))")
+    return f"attribute_not_exists(pk) OR ({' AND '.join(allowed)})" if len(allowed) > 1 else \
+        f"attribute_not_exists(pk) OR {allowed[0]}"
 
 
 def enter(*, funnel: str, state_machine_arn: str, entry_rule: str, event: dict,
