@@ -179,3 +179,29 @@ def test_a_token_of_an_ended_wait_is_ignored(rt, machine):
                                               f"{name}")
     assert rt.settle()
     assert order(rt, cid) == {"resumed": 0}
+
+
+def test_a_click_made_before_the_wait_began_resumes_it_at_once(rt, tap):
+    """wait_for checks the condition right after storing its token (the click may come first)."""
+    sfn = rt.client("stepfunctions")
+    clicked = {"clicked": {"email": "welcome-1", "link": "/guide", "states": ["Send welcome-1"]}}
+    definition = {"StartAt": "Wait for a click", "States": {"Wait for a click": {
+        "Type": "Task", "Resource": "arn:aws:states:::lambda:invoke.waitForTaskToken", "TimeoutSeconds": HOUR,
+        "Parameters": {"FunctionName": STEP_ARN, "Payload": {**COMMON, "action": "wait_for", "condition": clicked,
+                                                             "token.$": "$$.Task.Token", "timeout_seconds": HOUR}},
+        "ResultPath": "$.last", "End": True}}}
+    arn = sfn.create_state_machine(name="funnelpilot-clicks", definition=json.dumps(definition),
+                                   roleArn=rt.role_arn)["stateMachineArn"]
+    cid, trigger = person(), event(person())
+    trigger["detail"]["contact_id"] = cid
+    name = f"{cid}-{trigger['detail']['event_id'][:32]}"
+    execution = f"{arn.replace(':stateMachine:', ':execution:')}:{name}"
+    sent = rt.invoke("SequenceStepFunction", {"action": "send", "funnel": "demo", "template": "welcome-1",
+                                              "contact_id": cid, "execution": execution, "state": "Send welcome-1"})
+    assert rt.advance(600)
+    from funnelpilot import tokens
+    resp = rt.http("GET", f"/c/{tokens.sign('c', cid, sent['message_id'], '0')}", headers={
+        "user-agent": "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/126.0 Safari/537.36"})
+    assert resp.status == 302 and rt.settle()
+    assert enter(rt, arn, trigger) == name
+    assert sfn.describe_execution(executionArn=execution)["status"] == "SUCCEEDED"
