@@ -2,6 +2,9 @@
 import json
 import re
 
+import pytest
+
+from funnelpilot.errors import FunnelLeft
 from funnelpilot.local.runtime import LOCAL_ADMIN_KEY
 
 ADMIN = {"x-api-key": LOCAL_ADMIN_KEY}
@@ -68,10 +71,10 @@ def test_export_then_erase_leaves_no_trace(rt, tap):
     assert rt.http("GET", f"/contacts/{cid}/export", headers=ADMIN).status == 404
     assert rt.http("DELETE", f"/contacts/{cid}", headers=ADMIN).status == 404
     # a funnel step still running for the erased person sends nothing
-    step = rt.invoke("SequenceStepFunction", {"action": "send", "funnel": "welcome", "template": "welcome-1",
-                                              "contact_id": cid, "execution": "exec-after-erase",
-                                              "state": "Send welcome-2"})
-    assert step["status"] == "blocked"
+    with pytest.raises(FunnelLeft, match="unknown_contact"):
+        rt.invoke("SequenceStepFunction", {"action": "send", "funnel": "welcome", "template": "welcome-1",
+                                           "contact_id": cid, "execution": "exec-after-erase",
+                                           "state": "Send welcome-2"})
 
 
 def test_unknown_contact_is_404(rt):

@@ -81,8 +81,8 @@ def test_ses_rejection_is_not_retried_blindly(rt, inject):
 
 
 def test_transient_dynamodb_error_in_a_consumer_is_redelivered(rt, inject):
-    rule = inject("dynamodb", "PutItem", "ProvisionedThroughputExceededException",
-                  when=lambda p: p.get("Item", {}).get("sk", {}).get("S", "").startswith("FUNNEL#"))
+    rule = inject("dynamodb", "UpdateItem", "ProvisionedThroughputExceededException",  # the router's entry claim
+                  when=lambda p: p.get("Key", {}).get("sk", {}).get("S", "").startswith("FUNNEL#"))
     rt.http("POST", "/signup", json_body={"email": "ddb1@example.com", "consent": True})
     assert rt.settle(timeout=60)
     assert rule["raised"] == 1

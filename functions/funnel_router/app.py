@@ -1,5 +1,6 @@
-"""EventBridge → funnel entry. Each funnel trigger rule adds the funnel id, its state
-machine and its entry rule to the event (InputTransformer in template.yaml)."""
+"""EventBridge -> funnels. Every rule's InputTransformer names the route:
+enter (a funnel's trigger or a ``funnel.handoff`` to it), goal (its goal/exit events) and
+resume (events that may end a ``wait_for`` step)."""
 from aws_lambda_powertools import Logger
 
 from funnelpilot import funnels
@@ -7,9 +8,27 @@ from funnelpilot import funnels
 logger = Logger()
 
 
+def _enter(event: dict) -> dict:
+    return {"execution": funnels.enter(funnel=event["funnel"], state_machine_arn=event["state_machine"],
+                                       entry_rule=event["entry_rule"], event=event["event"],
+                                       reenter_after=float(event.get("reenter_after") or 0))}
+
+
+def _goal(event: dict) -> dict:
+    return {"step": funnels.goal(funnel=event["funnel"], kind=event.get("kind", "goal"), event=event["event"])}
+
+
+def _resume(event: dict) -> dict:
+    return {"resumed": funnels.resume(event["event"])}
+
+
+ROUTES = {"enter": _enter, "goal": _goal, "resume": _resume}
+
+
 @logger.inject_lambda_context
 def handler(event: dict, context) -> dict:
-    name = funnels.enter(funnel=event["funnel"], state_machine_arn=event["state_machine"],
-                         entry_rule=event["entry_rule"], event=event["event"])
-    logger.info("funnel entry", extra={"funnel": event["funnel"], "execution": name})
-    return {"execution": name}
+    route = event.get("route", "enter")
+    result = ROUTES[route](event)
+    logger.info("funnel route", extra={"route": route, "funnel": event.get("funnel"),
+                                       "contact_id": event["event"]["detail"].get("contact_id"), **result})
+    return result

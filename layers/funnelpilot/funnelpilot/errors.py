@@ -12,3 +12,13 @@ class InvalidField(ValueError):
 
 class TransientError(RuntimeError):
     """A retryable failure (throttling, timeouts): Step Functions Retry catches it by name."""
+
+
+class FunnelLeft(RuntimeError):
+    """The contact left the funnel (unknown or erased, unsubscribed, suppressed, goal reached
+    while a step was in flight): the state machine catches it by name and ends the journey."""
+
+
+class QuietHours(RuntimeError):
+    """A marketing send fell in the funnel's quiet hours (contact's time zone): the state
+    machine catches it, waits (``until`` with ``quiet_hours: true``) and re-enters the send."""

@@ -1,58 +1,245 @@
-"""Putting contacts into funnels (each funnel is a Step Functions state machine).
+"""Putting contacts into funnels, taking them out at a goal, and resuming ``wait_for`` steps
+(functions/funnel_router; each funnel is a Step Functions state machine).
 
-Executions are named ``<contact_id>-<entry>`` so an operator finds a person's journey
-in the console and a goal event can address (stop) it. The entry rule is enforced by a
-conditional write on the contact's ``FUNNEL#<id>`` item *and* by the execution name.
+Executions are named ``<contact_id>-<entry>`` so an operator finds a person's journey in
+the console and a goal event can address (stop) it. The contact's ``FUNNEL#<id>`` item
+guards the entry rule: one conditional UpdateItem claims an entry, so duplicate or
+concurrent trigger events start one execution. Its ``execution_arn`` is set by that
+claim (the name is deterministic), which lets the steps of a stale execution recognise
+that the entry is no longer theirs.
 """
 import json
-from functools import cache
 
-import boto3
-from pynamodb.exceptions import PutError
-
-from funnelpilot import clock
+from funnelpilot import aws, bus, clock, scoring, tokens
+from funnelpilot.aws import is_conditional_failure
 from funnelpilot.config import config
-from funnelpilot.models import FunnelEntry, is_conditional_failure
 
 ENTRY_RULES = ("once_per_contact", "once_per_trigger", "always")
+LIVE = ("starting", "running")
+# send_task_success errors meaning the wait already ended (timeout, goal, stop): nothing to do.
+_ENDED_TASK = ("TaskTimedOut", "InvalidToken", "TaskDoesNotExist")
 
 
-@cache
 def _sfn():
-    return boto3.client("stepfunctions", region_name=config().region)
+    return aws.client("stepfunctions")
+
+
+def _ddb():
+    return aws.client("dynamodb")
+
+
+def _entry_key(cid: str, funnel: str) -> dict:
+    return {"pk": {"S": cid}, "sk": {"S": f"FUNNEL#{funnel}"}}
 
 
 def execution_name(contact_id: str, entry: str) -> str:
     return f"{contact_id}-{entry}"[:80]
 
 
-def enter(*, funnel: str, state_machine_arn: str, entry_rule: str, event: dict) -> str | None:
-    """Start the funnel for the event's contact if the entry rule allows; returns the
-    execution name, or None when the contact may not (re-)enter. Safe to repeat."""
+def execution_arn(state_machine_arn: str, name: str) -> str:
+    return f"{state_machine_arn.replace(':stateMachine:', ':execution:')}:{name}"
+
+
+def entry(cid: str, funnel: str) -> dict | None:
+    """The contact's FUNNEL# item as plain values, or None."""
+    item = _ddb().get_item(TableName=config().table, Key=_entry_key(cid, funnel), ConsistentRead=True).get("Item")
+    return {k: next(iter(v.values())) for k, v in item.items()} if item else None
+
+
+def recent_states(arn: str) -> list[str]:
+    """Names of the states the execution entered, latest first (empty if it cannot be read)."""
+    try:
+        events = _sfn().get_execution_history(executionArn=arn, reverseOrder=True, maxResults=20)["events"]
+    except _sfn().exceptions.ExecutionDoesNotExist:
+        return []
+    return [e["stateEnteredEventDetails"]["name"] for e in events if "stateEnteredEventDetails" in e]
+
+
+# ---------------------------------------------------------------- enter
+def _claim_condition(entry_rule: str, reenter_after: float) -> str:
+    """Who may (re-)enter. A duplicate of the current trigger never does (trigger_event_id)."""
+    if entry_rule == "once_per_contact":
+        return "attribute_not_exists(pk)"
+    allowed = ["(attribute_not_exists(trigger_event_id) OR trigger_event_id <> :eid)"]
+    if reenter_after > 0:
+        allowed.append("(attribute_not_exists(entered_ts) OR entered_ts <= :cut)")
+    if entry_rule == "once_per_trigger":
+        allowed.append("NOT (#s IN (:starting, :running))")
+    return f"attribute_not_exists(pk) OR ({' AND '.join(allowed)})" if len(allowed) > 1 else \
+        f"attribute_not_exists(pk) OR {allowed[0]}"
+
+
+def enter(*, funnel: str, state_machine_arn: str, entry_rule: str, event: dict,
+          reenter_after: float = 0) -> str | None:
+    """Start the funnel for the event's contact if the entry rule allows; the execution
+    name, or None when the contact may not (re-)enter. Safe to repeat.
+
+    once_per_contact: the first trigger only, ever. once_per_trigger: each distinct trigger
+    event, not while the contact is in the funnel nor within ``reenter_after`` seconds of
+    the last entry. always: each distinct trigger event (``reenter_after`` still applies
+    when > 0); a running execution is stopped and replaced.
+    """
     if entry_rule not in ENTRY_RULES:
         raise ValueError(f"unknown entry rule {entry_rule!r}")
     detail = event["detail"]
-    cid = detail["contact_id"]
-    entry = "1" if entry_rule == "once_per_contact" else detail["event_id"][:32]
-    name = execution_name(cid, entry)
-    guard = FunnelEntry(cid, f"FUNNEL#{funnel}", funnel=funnel, entries=1, entered_at=clock.iso(),
-                        status="starting", execution_arn=None)
+    cid, event_id = detail["contact_id"], detail["event_id"]
+    entry_id = "1" if entry_rule == "once_per_contact" else event_id[:32]
+    name = execution_name(cid, entry_id)
+    arn = execution_arn(state_machine_arn, name)
+    now = clock.now()
+    values = {":starting": {"S": "starting"}, ":running": {"S": "running"}, ":eid": {"S": event_id},
+              ":iso": {"S": clock.iso(now)}, ":now": {"N": str(int(now))}, ":one": {"N": "1"},
+              ":arn": {"S": arn}, ":f": {"S": funnel}}
+    condition = _claim_condition(entry_rule, reenter_after)
+    if ":cut" in condition:
+        values[":cut"] = {"N": str(int(now - reenter_after))}
+    if ":running" not in condition:
+        del values[":running"]
     try:
-        guard.save(condition=FunnelEntry.pk.does_not_exist())
-    except PutError as exc:
+        old = _ddb().update_item(
+            TableName=config().table, Key=_entry_key(cid, funnel), ReturnValues="ALL_OLD",
+            UpdateExpression="SET #s = :starting, entered_at = :iso, entered_ts = :now, trigger_event_id = :eid, "
+                             "execution_arn = :arn, funnel = :f ADD entries :one",
+            ConditionExpression=condition, ExpressionAttributeNames={"#s": "status"},
+            ExpressionAttributeValues=values).get("Attributes", {})
+    except Exception as exc:
         if not is_conditional_failure(exc):
             raise
-        existing = FunnelEntry.get(cid, f"FUNNEL#{funnel}")
-        if entry_rule == "once_per_contact" and existing.status != "starting":
-            return None  # entered before (a retry of a half-done entry has status 'starting')
-    payload = {"contact_id": cid, "funnel": funnel, "entry": entry,
-               "trigger": event.get("detail-type"), "event_id": detail["event_id"]}
-    try:
-        arn = _sfn().start_execution(stateMachineArn=state_machine_arn, name=name,
-                                     input=json.dumps(payload))["executionArn"]
-    except _sfn().exceptions.ExecutionAlreadyExists:
-        arn = f"{state_machine_arn.replace(':stateMachine:', ':execution:')}:{name}"
-    FunnelEntry(cid, f"FUNNEL#{funnel}").update(actions=[
-        FunnelEntry.execution_arn.set(arn), FunnelEntry.status.set("running")])
+        current = entry(cid, funnel) or {}
+        if not (current.get("status") == "starting" and current.get("trigger_event_id") == event_id):
+            return None  # not allowed; or a duplicate of an entry already made
+        arn = current["execution_arn"]  # a retry of a half-done entry: start it (again)
+        old = {}
+    old_arn = old.get("execution_arn", {}).get("S")
+    if entry_rule == "always" and old_arn and old_arn != arn and old.get("status", {}).get("S") in LIVE:
+        _stop(old_arn, "FunnelReentered", "replaced by a new entry (entry rule: always)")
+    payload = {"contact_id": cid, "funnel": funnel, "entry": entry_id, "trigger": event.get("detail-type"),
+               "event_id": event_id}
+    started = _start(state_machine_arn, name, payload)
+    if not started and _sfn().describe_execution(executionArn=arn)["status"] != "RUNNING":
+        # A late duplicate of a trigger whose journey already ran (same name): nothing to start.
+        set_status(cid, funnel, arn, "completed", only_from=("starting",))
+        return None
+    set_status(cid, funnel, arn, "running", only_from=("starting",))
+    if started:
+        bus.publish(bus.event("funnel.entered", cid, event_id=tokens.digest_id("fe", funnel, name), funnel=funnel,
+                              entry=entry_id, trigger=event.get("detail-type")))
     return name
 
+
+def _start(state_machine_arn: str, name: str, payload: dict) -> bool:
+    """StartExecution; False when an execution of that name exists already."""
+    try:
+        _sfn().start_execution(stateMachineArn=state_machine_arn, name=name, input=json.dumps(payload))
+        return True
+    except _sfn().exceptions.ExecutionAlreadyExists:
+        return False
+
+
+def _stop(arn: str, error: str, cause: str) -> None:
+    try:
+        _sfn().stop_execution(executionArn=arn, error=error, cause=cause)
+    except _sfn().exceptions.ExecutionDoesNotExist:
+        pass
+
+
+def set_status(cid: str, funnel: str, arn: str, status: str, *, only_from=LIVE, **fields: str) -> bool:
+    """Move this execution's entry to ``status`` if it is still in one of ``only_from``."""
+    names = {"#s": "status"}
+    values = {":arn": {"S": arn}, ":new": {"S": status}}
+    sets = ["#s = :new"]
+    for i, old in enumerate(only_from):
+        values[f":from{i}"] = {"S": old}
+    for key, value in fields.items():
+        names[f"#{key}"] = key
+        values[f":{key}"] = {"S": value} if value is not None else {"NULL": True}
+        sets.append(f"#{key} = :{key}")
+    allowed = ", ".join(f":from{i}" for i in range(len(only_from)))
+    try:
+        _ddb().update_item(TableName=config().table, Key=_entry_key(cid, funnel),
+                           UpdateExpression="SET " + ", ".join(sets),
+                           ConditionExpression=f"execution_arn = :arn AND #s IN ({allowed})",
+                           ExpressionAttributeNames=names, ExpressionAttributeValues=values)
+        return True
+    except Exception as exc:
+        if is_conditional_failure(exc):
+            return False
+        raise
+
+
+# ---------------------------------------------------------------- goal / exit
+def goal(*, funnel: str, kind: str, event: dict) -> str | None:
+    """A goal (``kind="goal"``) or exit event: stop the contact's running execution and
+    record where they were. Returns the state they converted/exited on, or None when
+    nothing was running (or the event is the one that started the journey). Idempotent."""
+    detail = event["detail"]
+    cid = detail["contact_id"]
+    current = entry(cid, funnel)
+    if not current or current.get("status") not in LIVE or current.get("trigger_event_id") == detail["event_id"]:
+        return None
+    arn = current["execution_arn"]
+    states = recent_states(arn)
+    step = states[0] if states else None
+    outcome = "converted" if kind == "goal" else "exited"
+    _stop(arn, "FunnelGoal" if kind == "goal" else "FunnelExit", f"{event.get('detail-type')} ({kind})")
+    if not set_status(cid, funnel, arn, outcome, completed_at=clock.iso(), goal=event.get("detail-type"),
+                       step=step):
+        return None
+    event_id = tokens.digest_id("fg", funnel, arn, outcome)
+    if kind == "goal":
+        out = bus.event("funnel.converted", cid, event_id=event_id, funnel=funnel, step=step,
+                        goal=event.get("detail-type"))
+    else:
+        out = bus.event("funnel.completed", cid, event_id=event_id, funnel=funnel, outcome="exited", step=step,
+                        exit=event.get("detail-type"))
+    bus.publish(out)
+    return step
+
+
+# ---------------------------------------------------------------- resume (wait_for)
+def wait_matches(match: dict, detail: dict) -> bool:
+    """Whether an event's detail satisfies a stored wait (see sequence.wait_for)."""
+    if "message_ids" in match:
+        if detail.get("human") is not True or detail.get("message_id") not in match["message_ids"]:
+            return False
+        return not match.get("link") or match["link"] in (detail.get("url") or "")
+    return all(scoring.matches(detail.get(k), want) for k, want in (match.get("where") or {}).items())
+
+
+def resume(event: dict) -> int:
+    """Resume every waiting step of the event's contact that this event satisfies; how many."""
+    detail_type, detail = event.get("detail-type"), event["detail"]
+    cid = detail["contact_id"]
+    query = {"TableName": config().table, "KeyConditionExpression": "pk = :c AND begins_with(sk, :w)",
+             "ExpressionAttributeValues": {":c": {"S": cid}, ":w": {"S": "WAIT#"}}, "ConsistentRead": True}
+    resumed = 0
+    while True:
+        page = _ddb().query(**query)
+        for item in page["Items"]:
+            if item["detail_type"]["S"] != detail_type or not wait_matches(json.loads(item["match"]["S"]), detail):
+                continue
+            if release(item, {"resumed_by": detail_type, "event_id": detail.get("event_id")}):
+                resumed += 1
+        if "LastEvaluatedKey" not in page:
+            return resumed
+        query["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+
+
+def release(item: dict, output: dict) -> bool:
+    """Delete a wait item (conditionally: one resumer wins) and send its task token."""
+    try:
+        _ddb().delete_item(TableName=config().table, Key={"pk": item["pk"], "sk": item["sk"]},
+                           ConditionExpression="#t = :t", ExpressionAttributeNames={"#t": "token"},
+                           ExpressionAttributeValues={":t": item["token"]})
+    except Exception as exc:
+        if is_conditional_failure(exc):
+            return False
+        raise
+    try:
+        _sfn().send_task_success(taskToken=item["token"]["S"], output=json.dumps(output))
+    except Exception as exc:
+        if getattr(exc, "response", {}).get("Error", {}).get("Code") in _ENDED_TASK:
+            return False
+        _ddb().put_item(TableName=config().table, Item=item)  # keep the wait for the router's retry
+        raise
+    return True

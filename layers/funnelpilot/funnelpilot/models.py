@@ -91,6 +91,8 @@ class Contact(Item):
     last_order_at = NumberAttribute(null=True)
     order_months = UnicodeSetAttribute(default=set)  # "01".."12": the season of past purchases
     segments = UnicodeSetAttribute(default=set)  # kept by funnelpilot.segments
+    # "<epoch>#<message_id>" of recent marketing sends (frequency cap, funnelpilot.sequence)
+    marketing_log = ListAttribute(of=UnicodeAttribute, null=True)
 
     @property
     def contact_id(self) -> str:
@@ -113,7 +115,10 @@ class ConsentRecord(Item):
 
 
 class FunnelEntry(Item):
-    """sk = FUNNEL#<funnel id>: guards entry rules and points at the live execution."""
+    """sk = FUNNEL#<funnel id>: guards entry rules and points at the live execution
+    (written by funnelpilot.funnels and .sequence with the low-level client).
+
+    status: starting | running | completed | exited | converted | left | failed."""
 
     Meta = _Meta
     funnel = UnicodeAttribute()
@@ -121,6 +126,12 @@ class FunnelEntry(Item):
     execution_arn = UnicodeAttribute(null=True)
     status = UnicodeAttribute(default="running")
     entered_at = UnicodeAttribute(null=True)
+    entered_ts = NumberAttribute(null=True)  # epoch of the last entry (reenter_after)
+    trigger_event_id = UnicodeAttribute(null=True)  # the event that started the current execution
+    completed_at = UnicodeAttribute(null=True)
+    goal = UnicodeAttribute(null=True)  # detail-type of the goal/exit event that ended it
+    step = UnicodeAttribute(null=True)  # the state the contact was on when it converted / exited
+    variants = MapAttribute(null=True)  # split state -> variant (A/B tests)
 
 
 class Message(Item):
@@ -132,6 +143,7 @@ class Message(Item):
     step = UnicodeAttribute(null=True)
     template = UnicodeAttribute()
     status = UnicodeAttribute()  # sending | sent | blocked
+    variant = UnicodeAttribute(null=True)  # A/B variant of the split branch that sent it
     reason = UnicodeAttribute(null=True)
     links = UnicodeAttribute(null=True)  # JSON list of URLs, indexed by click tokens
     ses_message_id = UnicodeAttribute(null=True)

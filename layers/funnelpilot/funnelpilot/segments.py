@@ -87,7 +87,7 @@ def _ddb():
     return boto3.client("dynamodb", region_name=config().region)
 
 
-class _Facts:
+class Facts:
     """What evaluating one contact needs, read lazily (one GetItem each, at most once)."""
 
     def __init__(self, contact: Contact):
@@ -108,7 +108,9 @@ class _Facts:
         return self._did[key]
 
 
-def _holds(kind: str, arg, facts: _Facts, now: float) -> bool:
+def holds(kind: str, arg, facts: Facts, now: float) -> bool:
+    """Whether one condition (``{kind: arg}`` of segments.yaml) holds for the contact now;
+    funnels' ``if`` steps use it too (funnelpilot.sequence)."""
     c = facts.contact
     if kind == "tag":
         return arg in (c.tags or set())
@@ -140,10 +142,10 @@ def _holds(kind: str, arg, facts: _Facts, now: float) -> bool:
     raise ValueError(f"unknown condition {kind!r}")
 
 
-def is_member(segment: Segment, facts: _Facts, now: float) -> bool:
+def is_member(segment: Segment, facts: Facts, now: float) -> bool:
     if facts.contact.status == "erased":
         return False
-    results = (_holds(*next(iter(cond.items())), facts, now) for cond in segment.conditions)
+    results = (holds(*next(iter(cond.items())), facts, now) for cond in segment.conditions)
     return all(results) if segment.mode == "all" else any(results)
 
 
@@ -182,7 +184,7 @@ def evaluate(detail_type: str, detail: dict) -> dict[str, list[str]]:
         contact = Contact.get(cid, PROFILE, consistent_read=True)
     except Contact.DoesNotExist:
         return changes
-    facts, now = _Facts(contact), clock.now()
+    facts, now = Facts(contact), clock.now()
     current = set(contact.segments or set())
     entries = []
     for seg in affected:

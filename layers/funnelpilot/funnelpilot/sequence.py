@@ -1,27 +1,115 @@
 """What each funnel step does when its Task state calls functions/sequence_step.
 
-Every action is idempotent on (execution, state): the message id is derived from them
-and claimed with a conditional write, so a retried or duplicated step never sends twice.
+The payloads are the compiler's (``action, funnel, contact_id, execution, state`` plus the
+action's parameters; README "Funnels"). Every action is idempotent on (execution, state):
+ids and event ids are derived from them, writes are conditional, so a retried or duplicated
+Task never sends twice, adds points twice or emits a second distinct event.
+``"complete": true`` on any Task marks the last state of a path: after the action the
+contact's funnel entry is completed (``complete``).
 """
+import hashlib
 import json
+from datetime import datetime, time, timedelta
+from decimal import Decimal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from boto3.dynamodb.types import TypeSerializer
 from botocore.exceptions import ClientError
 from pynamodb.exceptions import DoesNotExist, PutError
 
-from funnelpilot import bus, clock, emails, tokens
+from funnelpilot import aws, bus, clock, consent, emails, funnel_spec, funnels, scoring, segments, tokens
 from funnelpilot.config import config
-from funnelpilot.errors import TransientError
+from funnelpilot.errors import FunnelLeft, QuietHours, TransientError
 from funnelpilot.models import PROFILE, Contact, Message, is_conditional_failure
 
 _THROTTLES = {"Throttling", "ThrottlingException", "ServiceUnavailable", "TooManyRequestsException"}
+LEAVES = ("unknown_contact", "erased", "unsubscribed", "suppressed", "goal_reached")  # blocked: journey over
+LOG_KEEP = 720 * 3600  # marketing_log entries kept: the longest frequency-cap window a funnel may set
+WAIT_GRACE = 86_400  # a wait item outlives its timeout by a day, then DynamoDB's TTL removes it
 
 
-def blocked_reason(contact: Contact | None, step: dict) -> str | None:
-    """Why this send must not happen, or None. Checked before every send."""
+def _ddb():
+    return aws.client("dynamodb")
+
+
+def _step_id(step: dict, prefix: str = "s") -> str:
+    """The (execution, state) idempotency key of a step: event ids, once keys."""
+    return tokens.digest_id(prefix, step["execution"], step["state"])
+
+
+def _contact(cid: str) -> Contact | None:
+    try:
+        return Contact.get(cid, PROFILE, consistent_read=True)
+    except DoesNotExist:
+        return None
+
+
+def _profile_key(cid: str) -> dict:
+    return {"pk": {"S": cid}, "sk": {"S": PROFILE}}
+
+
+def _update(key: dict, expression: str, condition: str, values: dict, names: dict | None = None) -> bool:
+    """One conditional UpdateItem; False when the condition was false."""
+    kwargs = {"TableName": config().table, "Key": key, "UpdateExpression": expression,
+              "ConditionExpression": condition, "ExpressionAttributeValues": values}
+    if names:
+        kwargs["ExpressionAttributeNames"] = names
+    try:
+        _ddb().update_item(**kwargs)
+        return True
+    except ClientError as exc:
+        if is_conditional_failure(exc):
+            return False
+        raise
+
+
+def _zone(*names: str | None) -> ZoneInfo:
+    """The first valid IANA zone of ``names`` (contact's, then funnel's), else UTC."""
+    for name in names:
+        if name:
+            try:
+                return ZoneInfo(name)
+            except (ZoneInfoNotFoundError, ValueError):
+                continue
+    return ZoneInfo("UTC")
+
+
+def _hhmm(text: str) -> time:
+    hours, minutes = text.split(":")
+    return time(int(hours), int(minutes))
+
+
+def _at(day, clock_time: time, zone: ZoneInfo) -> float:
+    """Epoch of a wall-clock time on a local day (DST-aware)."""
+    return datetime.combine(day, clock_time, tzinfo=zone).timestamp()
+
+
+def next_local(clock_time: str, zone: ZoneInfo, now: float) -> float:
+    """Epoch of the next ``HH:MM`` in ``zone`` at or after ``now``."""
+    local = datetime.fromtimestamp(now, zone)
+    at = _at(local.date(), _hhmm(clock_time), zone)
+    return at if at >= now else _at(local.date() + timedelta(days=1), _hhmm(clock_time), zone)
+
+
+def quiet_until(quiet: tuple[str, str] | None, zone: ZoneInfo, now: float) -> float | None:
+    """End (epoch) of the quiet period ``now`` falls in, or None when sending is allowed."""
+    if not quiet:
+        return None
+    start, end = _hhmm(quiet[0]), _hhmm(quiet[1])
+    t = datetime.fromtimestamp(now, zone).time()
+    inside = start <= t < end if start <= end else (t >= start or t < end)
+    return next_local(quiet[1], zone, now) if inside else None
+
+
+# ---------------------------------------------------------------- send
+def blocked_reason(contact: Contact | None, step: dict, entry_status: str | None = None) -> str | None:
+    """Why this send must not happen (checks 1-4 of a send), or None."""
     if contact is None:
         return "unknown_contact"
     if contact.status in ("unsubscribed", "suppressed", "erased"):
         return contact.status
+    if entry_status in ("converted", "exited"):
+        return "goal_reached"  # the goal came while this step was in flight
     if contact.status == "pending" and not step.get("transactional"):
         return "unconfirmed"
     return None
@@ -39,54 +127,350 @@ def template_context(contact: Contact, message_id: str) -> dict:
     }
 
 
+def _email_fields(step: dict, message_id: str) -> dict:
+    fields = {"message_id": message_id, "funnel": step.get("funnel"), "step": step["state"],
+              "template": step["template"]}
+    if step.get("variant"):
+        fields["variant"] = step["variant"]
+    return fields
+
+
+def _blocked(step: dict, message_id: str, reason: str) -> dict:
+    """Emit ``email.blocked`` (same event id on a retry) and end the journey if the reason says so."""
+    bus.publish(bus.event("email.blocked", step["contact_id"], event_id=tokens.digest_id("eb", message_id),
+                          reason=reason, **_email_fields(step, message_id)))
+    if reason in LEAVES:
+        raise FunnelLeft(reason)
+    return {"message_id": message_id, "status": "blocked", "reason": reason}
+
+
+def _take_slot(cid: str, message_id: str, cap: tuple[int, float]) -> bool:
+    """Frequency cap: add this message to the contact's ``marketing_log`` unless the window
+    is full. Optimistic: the write is conditioned on the log being what we read, so two
+    funnels sending at once cannot both take the last slot. True: may send."""
+    emails_allowed, hours = cap
+    for _attempt in range(10):
+        item = _ddb().get_item(TableName=config().table, Key=_profile_key(cid), ConsistentRead=True,
+                               ProjectionExpression="marketing_log").get("Item", {})
+        log = [v["S"] for v in item.get("marketing_log", {}).get("L", [])]
+        if any(e.endswith(f"#{message_id}") for e in log):
+            return True  # a retry of a send that took its slot
+        now = clock.now()
+        in_window = [e for e in log if float(e.split("#", 1)[0]) > now - float(hours) * 3600]
+        if len(in_window) >= int(emails_allowed):
+            return False
+        kept = [e for e in log if float(e.split("#", 1)[0]) > now - max(LOG_KEEP, float(hours) * 3600)]
+        values = {":new": {"L": [{"S": e} for e in kept + [f"{int(now)}#{message_id}"]]}}
+        if "marketing_log" in item:
+            condition = "attribute_exists(pk) AND marketing_log = :old"
+            values[":old"] = item["marketing_log"]
+        else:
+            condition = "attribute_exists(pk) AND attribute_not_exists(marketing_log)"
+        if _update(_profile_key(cid), "SET marketing_log = :new", condition, values):
+            return True
+    raise TransientError("frequency cap: the contact's log kept changing; retry")
+
+
 def send(step: dict) -> dict:
-    cid = step["contact_id"]
+    """Send one email, after the checks in this order: unknown/erased, unsubscribed/suppressed,
+    goal reached (FunnelLeft), unconfirmed, quiet hours (QuietHours, before any write),
+    the message claim (a duplicate returns the first outcome), the frequency cap."""
+    cid, template = step["contact_id"], step["template"]
+    transactional = bool(step.get("transactional"))
     message_id = tokens.digest_id("m", step["execution"], step["state"])
-    try:
-        contact = Contact.get(cid, PROFILE)
-    except DoesNotExist:
-        contact = None
-    reason = blocked_reason(contact, step)
-    now = clock.iso()
+    contact = _contact(cid)
+    current = funnels.entry(cid, step["funnel"]) if contact is not None else None
+    mine = current and current.get("execution_arn") in (None, step["execution"])
+    reason = blocked_reason(contact, step, current.get("status") if mine else None)
+    if reason in ("unknown_contact", "erased"):
+        return _blocked(step, message_id, reason)  # no item: nothing may be stored about them again
+    spec = funnel_spec.load(step["funnel"])
+    if reason is None and not transactional:
+        zone = _zone(contact.timezone, spec.timezone)
+        if quiet_until(spec.quiet_hours, zone, clock.now()) is not None:
+            raise QuietHours(f"{step['funnel']}: quiet hours {spec.quiet_hours[0]}-{spec.quiet_hours[1]}")
     message = Message(cid, f"MSG#{message_id}", message_id=message_id, funnel=step.get("funnel"),
-                      step=step["state"], template=step["template"], created_at=now,
+                      step=step["state"], template=template, created_at=clock.iso(), variant=step.get("variant"),
                       status="blocked" if reason else "sending", reason=reason)
     try:
         message.save(condition=Message.pk.does_not_exist())
     except PutError as exc:
         if not is_conditional_failure(exc):
             raise
-        prior = Message.get(cid, f"MSG#{message_id}")
-        return {"message_id": message_id, "status": prior.status, "reason": prior.reason, "duplicate": True}
+        prior = Message.get(cid, f"MSG#{message_id}", consistent_read=True)
+        if prior.status == "blocked":
+            return _blocked(step, message_id, prior.reason) | {"duplicate": True}
+        return {"message_id": message_id, "status": prior.status, "duplicate": True}
     if reason:
-        return {"message_id": message_id, "status": "blocked", "reason": reason}
+        return _blocked(step, message_id, reason)
+    if not transactional and not _take_slot(cid, message_id, spec.frequency_cap):
+        message.update(actions=[Message.status.set("blocked"), Message.reason.set("frequency_cap")])
+        return _blocked(step, message_id, "frequency_cap")
 
     context = template_context(contact, message_id)
-    rendered, links = emails.track(emails.render(step["template"], context), contact_id=cid, message_id=message_id)
+    rendered, links = emails.track(emails.render(template, context), contact_id=cid, message_id=message_id)
     headers = {"List-Unsubscribe": f"<{context['unsubscribe_url']}>",
                "List-Unsubscribe-Post": "List-Unsubscribe=One-Click"}
     raw = emails.build_mime(to=contact.email, rendered=rendered, message_id=message_id, headers=headers)
     try:
         ses_id = emails.send_raw(contact.email, raw)
     except ClientError as exc:
-        message.delete()  # release the claim so the Retry can send
+        message.delete()  # release the claim so the Retry can send (its cap slot stays taken: same id)
         if exc.response["Error"]["Code"] in _THROTTLES:
             raise TransientError(f"SES throttled: {exc.response['Error']['Code']}") from exc
         raise
     message.update(actions=[Message.status.set("sent"), Message.ses_message_id.set(ses_id),
                             Message.sent_at.set(clock.iso()), Message.links.set(json.dumps(links))])
-    bus.publish(bus.event("email.sent", cid, message_id=message_id, funnel=step.get("funnel"),
-                          step=step["state"], template=step["template"]))
+    bus.publish(bus.event("email.sent", cid, event_id=tokens.digest_id("es", message_id),
+                          **_email_fields(step, message_id)))
     return {"message_id": message_id, "status": "sent"}
 
 
-ACTIONS = {"send": send}
+# ---------------------------------------------------------------- conditions
+def _messages(cid: str, execution: str, states: list[str]) -> list[dict]:
+    """The Message items the send states of this execution wrote (GetItem each)."""
+    found = []
+    for state in states:
+        key = {"pk": {"S": cid}, "sk": {"S": f"MSG#{tokens.digest_id('m', execution, state)}"}}
+        item = _ddb().get_item(TableName=config().table, Key=key, ConsistentRead=True).get("Item")
+        if item:
+            found.append(item)
+    return found
+
+
+def _human_click(item: dict, link: str | None) -> bool:
+    """A human click on the message (on any link, or on one whose URL contains ``link``)."""
+    urls = [e if isinstance(e, str) else e["url"] for e in json.loads(item.get("links", {}).get("S") or "[]")]
+    for hit in item.get("hits", {}).get("L", []):
+        h = hit["M"]
+        index = h.get("link", {}).get("S") or ""
+        if h["kind"]["S"] != "click" or not h["human"]["BOOL"] or not index.isdigit() or int(index) >= len(urls):
+            continue
+        if not link or link in urls[int(index)]:
+            return True
+    return False
+
+
+def holds(condition: dict, step: dict) -> bool:
+    """Evaluate one ``if`` condition for the step's contact (README "Funnels")."""
+    (kind, arg), = condition.items()
+    cid = step["contact_id"]
+    if kind == "clicked":
+        return any(_human_click(m, arg.get("link")) for m in _messages(cid, step["execution"], arg["states"]))
+    if kind == "opened":
+        return any("first_open_at" in m for m in _messages(cid, step["execution"], arg["states"]))
+    contact = _contact(cid)
+    if contact is None or contact.status == "erased":
+        return False
+    if kind == "segment":
+        return arg in (contact.segments or set())
+    return segments.holds(kind, arg, segments.Facts(contact), clock.now())
+
+
+def check(step: dict) -> dict:
+    return {"result": holds(step["condition"], step)}
+
+
+# ---------------------------------------------------------------- split
+def pick_variant(variants: dict[str, float], contact_id: str, funnel: str, state: str) -> str:
+    """Weighted, deterministic choice for one contact at one split (same inputs, same variant)."""
+    names = sorted(variants)
+    total = sum(float(variants[n]) for n in names)
+    if total <= 0:
+        return names[0]
+    digest = hashlib.sha256("\x1f".join((contact_id, funnel, state)).encode()).digest()
+    point = int.from_bytes(digest[:8], "big") / 2**64 * total
+    for name in names:
+        point -= float(variants[name])
+        if point < 0:
+            return name
+    return names[-1]
+
+
+def split(step: dict) -> dict:
+    """Pick the variant and record it once on the funnel entry (``variants``: state -> variant);
+    a repeat returns the recorded one, so a replay takes the same branch."""
+    cid, funnel, state = step["contact_id"], step["funnel"], step["state"]
+    pick = pick_variant(step["variants"], cid, funnel, state)
+    key = {"pk": {"S": cid}, "sk": {"S": f"FUNNEL#{funnel}"}}
+    names = {"#v": "variants", "#f": "funnel"}
+    _ddb().update_item(TableName=config().table, Key=key, ExpressionAttributeNames=names,
+                       UpdateExpression="SET #v = if_not_exists(#v, :empty), #f = if_not_exists(#f, :f)",
+                       ExpressionAttributeValues={":empty": {"M": {}}, ":f": {"S": funnel}})
+    new = _ddb().update_item(TableName=config().table, Key=key, ReturnValues="ALL_NEW",
+                             UpdateExpression="SET #v.#s = if_not_exists(#v.#s, :pick)",
+                             ExpressionAttributeNames={"#v": "variants", "#s": state},
+                             ExpressionAttributeValues={":pick": {"S": pick}})["Attributes"]
+    return {"variant": new["variants"]["M"][state]["S"]}
+
+
+# ---------------------------------------------------------------- waits
+def _wait_spec(step: dict) -> tuple[str, dict]:
+    """(detail-type, match) a resumer compares events with (funnels.wait_matches)."""
+    condition = step["condition"]
+    if "event" in condition:
+        return condition["event"], {"where": condition.get("where") or {}}
+    (kind, arg), = condition.items()
+    if kind not in ("clicked", "opened"):
+        raise ValueError(f"wait_for: unknown condition {kind!r}")
+    ids = [tokens.digest_id("m", step["execution"], s) for s in arg["states"]]
+    return f"email.{kind}", {"message_ids": ids, "link": arg.get("link") if kind == "clicked" else None}
+
+
+def wait_for(step: dict) -> dict:
+    """Store the task token where the router finds it (pk = contact, sk = WAIT#...); a retry
+    overwrites it with the retry's token. If the click/open already happened (before the wait
+    began), resume at once instead of waiting for the timeout."""
+    cid, funnel = step["contact_id"], step["funnel"]
+    detail_type, match = _wait_spec(step)
+    item = {"pk": {"S": cid}, "sk": {"S": f"WAIT#{funnel}#{tokens.digest_id('w', step['execution'], step['state'])}"},
+            "token": {"S": step["token"]}, "detail_type": {"S": detail_type}, "match": {"S": json.dumps(match)},
+            "funnel": {"S": funnel}, "execution": {"S": step["execution"]},
+            "expires_at": {"N": str(int(clock.now() + float(step.get("timeout_seconds") or 0) + WAIT_GRACE))}}
+    _ddb().put_item(TableName=config().table, Item=item)
+    if "event" not in step["condition"] and holds(step["condition"], step):
+        funnels.release(item, {"resumed_by": detail_type, "event_id": None})
+    return {"status": "waiting"}
+
+
+def until(step: dict) -> dict:
+    """Seconds (real, for the Wait state's SecondsPath) until a local time of day, or until
+    the end of the funnel's quiet hours; time zone: contact's, else funnel's, else UTC."""
+    spec = funnel_spec.load(step["funnel"])
+    contact = _contact(step["contact_id"])
+    zone = _zone(contact.timezone if contact else None, spec.timezone)
+    now = clock.now()
+    if step.get("quiet_hours"):
+        at = quiet_until(spec.quiet_hours, zone, now) or now
+    else:
+        at = next_local(step["time"], zone, now)
+    return {"seconds": clock.real_seconds(at - now)}
+
+
+# ---------------------------------------------------------------- contact changes
+def _tags(step: dict, add: bool) -> dict:
+    """ADD/DELETE one tag; the event only when the tag set changed (conditional write)."""
+    cid, tag = step["contact_id"], step["tag"]
+    changed = _update(_profile_key(step["contact_id"]),
+                      f"{'ADD' if add else 'DELETE'} tags :set SET updated_at = :now",
+                      "attribute_exists(pk) AND #st <> :erased AND "
+                      + ("NOT contains(tags, :tag)" if add else "contains(tags, :tag)"),
+                      {":set": {"SS": [tag]}, ":tag": {"S": tag}, ":now": {"S": clock.iso()},
+                       ":erased": {"S": "erased"}}, {"#st": "status"})
+    if changed:
+        bus.publish(bus.event("contact.tagged" if add else "contact.untagged", cid, event_id=_step_id(step, "tg"),
+                              tag=tag, funnel=step["funnel"]))
+    return {"status": "done"}
+
+
+def tag(step: dict) -> dict:
+    return _tags(step, add=True)
+
+
+def untag(step: dict) -> dict:
+    return _tags(step, add=False)
+
+
+def set_properties(step: dict) -> dict:
+    """properties.<name> = literal value (never rendered); ``contact.updated`` only on a change."""
+    cid, props = step["contact_id"], step["properties"]
+    serialise = TypeSerializer().serialize
+    names, values, sets, differs = {"#p": "properties", "#st": "status"}, {}, [], []
+    for i, (name, value) in enumerate(props.items()):
+        names[f"#k{i}"] = name
+        values[f":v{i}"] = serialise(json.loads(json.dumps(value), parse_float=Decimal))
+        sets.append(f"#p.#k{i} = :v{i}")
+        differs.append(f"attribute_not_exists(#p.#k{i}) OR #p.#k{i} <> :v{i}")
+    live = "attribute_exists(pk) AND #st <> :erased"
+    base = {":erased": {"S": "erased"}}
+    _update(_profile_key(cid), "SET #p = if_not_exists(#p, :empty)", live, {**base, ":empty": {"M": {}}},
+            {"#p": "properties", "#st": "status"})
+    changed = _update(_profile_key(cid), "SET " + ", ".join(sets) + ", updated_at = :now",
+                      f"{live} AND ({' OR '.join(differs)})",
+                      {**values, **base, ":now": {"S": clock.iso()}}, names)
+    if changed:
+        bus.publish(bus.event("contact.updated", cid, event_id=_step_id(step, "cu"), fields=sorted(props),
+                              funnel=step["funnel"]))
+    return {"status": "done"}
+
+
+def score(step: dict) -> dict:
+    scoring.award(step["contact_id"], float(step["points"]), once_key=_step_id(step, "sa"),
+                  track=step.get("track") or "capture", reason=f"funnel:{step['funnel']}")
+    return {"status": "done"}
+
+
+def suppress(step: dict) -> dict:
+    """Sunset: never email this contact again."""
+    consent.suppress(step["contact_id"], step.get("reason") or "funnel", event_id=_step_id(step, "sp"),
+                     funnel=step["funnel"])
+    return {"status": "done"}
+
+
+# ---------------------------------------------------------------- events for other parts
+def notify(step: dict) -> dict:
+    """Ask functions/notify for a sales alert (its rate limit applies)."""
+    bus.publish(bus.event("sales.notify", step["contact_id"], event_id=_step_id(step, "sn"), reason=step["reason"],
+                          funnel=step["funnel"], step=step["state"]))
+    return {"status": "done"}
+
+
+def goto(step: dict) -> dict:
+    """Hand the contact to another funnel: its router rule enters them on ``funnel.handoff``."""
+    bus.publish(bus.event("funnel.handoff", step["contact_id"], event_id=_step_id(step, "fh"), to=step["to"],
+                          **{"from": step["funnel"]}))
+    return {"status": "done"}
+
+
+# ---------------------------------------------------------------- the journey's end
+def _end(step: dict, status: str) -> bool:
+    """Move this execution's entry from starting/running to ``status`` (a converted, exited or
+    replaced entry keeps its own). True if it changed, or had changed so on an earlier try."""
+    cid, funnel, execution = step["contact_id"], step["funnel"], step["execution"]
+    if funnels.set_status(cid, funnel, execution, status, completed_at=clock.iso()):
+        return True
+    current = funnels.entry(cid, funnel) or {}
+    return current.get("execution_arn") == execution and current.get("status") == status
+
+
+def complete(step: dict) -> dict:
+    """The journey ends here: entry status ``outcome`` and ``funnel.completed`` (once)."""
+    outcome = step.get("outcome") or "completed"
+    if _end(step, outcome):
+        fields = {"reason": step["reason"]} if step.get("reason") else {}
+        bus.publish(bus.event("funnel.completed", step["contact_id"],
+                              event_id=tokens.digest_id("fc", step["execution"], "complete"),
+                              funnel=step["funnel"], outcome=outcome, step=step["state"], **fields))
+    return {"status": "done"}
+
+
+def fail(step: dict) -> dict:
+    """A Catch landed here: record the failure and the state that failed (from the history)."""
+    error = step.get("error") or {}
+    failed = next((s for s in funnels.recent_states(step["execution"]) if s != step["state"]), None)
+    if _end(step, "failed"):
+        bus.publish(bus.event("funnel.failed", step["contact_id"], event_id=tokens.digest_id("ff", step["execution"]),
+                              funnel=step["funnel"], step=failed, error=error.get("Error")))
+    return {"status": "recorded"}
+
+
+ACTIONS = {"send": send, "check": check, "split": split, "wait_for": wait_for, "until": until, "tag": tag,
+           "untag": untag, "set": set_properties, "score": score, "notify": notify, "goto": goto,
+           "suppress": suppress, "complete": complete, "fail": fail}
 
 
 def run(step: dict) -> dict:
-    """Dispatch one Task state's payload to its action."""
+    """Dispatch one Task state's payload to its action; then the completion if it is the
+    last state on its path. FunnelLeft also marks the entry ``left``."""
     try:
         action = ACTIONS[step["action"]]
     except KeyError:
         raise ValueError(f"unknown step action {step.get('action')!r}") from None
-    return action(step)
+    try:
+        result = action(step)
+    except FunnelLeft:
+        _end(step, "left")
+        raise
+    if step.get("complete") and step["action"] != "complete":
+        complete({**step, "outcome": "completed", "reason": None})
+    return result

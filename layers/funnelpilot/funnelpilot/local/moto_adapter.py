@@ -21,6 +21,10 @@
    ~45 ms for a funnel) at every execution start; we parse each definition once and hand
    every execution a deep copy of the parsed program (~2 ms).
 7. Stepped (virtual) time for the Step Functions interpreter (see the section at the end).
+8. ``Environment.set_stop``: moto's StopExecution does not interrupt a Task waiting for a
+   task token (nor, in stepped time, a parked Wait): the execution would run on until the
+   wait's deadline and end FAILED (States.Timeout). We wake those waits, so a stopped
+   execution ends ABORTED at once, as on AWS (a goal event stops a funnel this way).
 """
 import copy
 import functools
@@ -180,6 +184,8 @@ def sent_emails(account: str, region: str) -> list[tuple[str, str]]:
 from moto.stepfunctions.parser.asl.component.common.retry import retrier_decl  # noqa: E402
 from moto.stepfunctions.parser.asl.component.state.exec import execute_state  # noqa: E402
 from moto.stepfunctions.parser.asl.component.state.wait.wait_function import wait_function  # noqa: E402
+from moto.stepfunctions.parser.asl.eval import environment as sfn_environment  # noqa: E402
+from moto.stepfunctions.parser.asl.eval.program_state import ProgramStopped  # noqa: E402
 from moto.stepfunctions.parser.asl.eval.callback import callback as sfn_callback  # noqa: E402
 
 from funnelpilot import clock  # noqa: E402
@@ -265,7 +271,11 @@ def use_virtual_time(scheduler: Scheduler | None) -> None:
                      wait_interval=wait_function.WaitFunction._wait_interval,
                      with_timeout=execute_state.ExecutionState._evaluate_with_timeout,
                      cb_wait=sfn_callback.CallbackEndpoint.wait, cb_notify=sfn_callback.CallbackEndpoint.notify,
-                     cb_interrupt=sfn_callback.CallbackEndpoint.interrupt_all, retry_time=retrier_decl.time)
+                     cb_interrupt=sfn_callback.CallbackEndpoint.interrupt_all, retry_time=retrier_decl.time,
+                     set_stop=sfn_environment.Environment.set_stop,
+                     set_error=sfn_environment.Environment.set_error)
+    sfn_environment.Environment.set_stop = _set_stop
+    sfn_environment.Environment.set_error = _set_error
     execution_worker.ExecutionWorker.start = _worker_start
     wait_function.WaitFunction._wait_interval = _wait_interval
     execute_state.ExecutionState._evaluate_with_timeout = _evaluate_with_timeout
@@ -305,7 +315,27 @@ def _worker_start(self) -> None:
 def _wait_interval(self, env, wait_seconds) -> None:
     if _scheduler is None:
         return _original["wait_interval"](self, env, wait_seconds)
-    _scheduler.sleep(wait_seconds)
+    if wait_seconds > 0 and env.is_running():
+        w = _scheduler.waiter(wait_seconds)
+        env.__dict__.setdefault("_fp_waiters", []).append(w)  # woken early by _set_stop
+        _scheduler.park(w)
+
+
+def _set_stop(self, stop_date, cause, error) -> None:
+    """StopExecution: also end the waits of this execution (task tokens, parked Wait states)."""
+    _original["set_stop"](self, stop_date, cause, error)
+    for endpoint in list(self.callback_pool_manager._pool.values()):
+        endpoint.interrupt_all()
+    if _scheduler is not None:
+        for w in self.__dict__.get("_fp_waiters", ()):
+            _scheduler.wake(w)
+
+
+def _set_error(self, error) -> None:
+    """A wait interrupted by StopExecution fails; the execution stays ABORTED, as on AWS."""
+    if isinstance(self._program_state, ProgramStopped):
+        return
+    _original["set_error"](self, error)
 
 
 def _evaluate_with_timeout(self, env) -> None:

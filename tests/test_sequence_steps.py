@@ -1,0 +1,363 @@
+"""functions/sequence_step, action by action, with the payloads the funnel compiler emits
+(README "Funnels"), against moto: DynamoDB items, bus events (tap), the SES outbox."""
+import re
+import threading
+import uuid
+from email import message_from_bytes, policy
+from types import SimpleNamespace
+
+import pytest
+
+from funnelpilot import funnel_spec, scoring, sequence, tokens
+from funnelpilot.errors import FunnelLeft, QuietHours
+from funnelpilot.local.moto_adapter import sent_emails
+from funnelpilot.local.template import ACCOUNT, REGION
+from funnelpilot.models import PROFILE, Contact
+
+BROWSER = "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/126.0 Safari/537.36"
+HOUR, DAY = 3600, 86400
+MACHINE = "arn:aws:states:us-east-1:123456789012:stateMachine:funnelpilot-demo"
+
+
+def execution(name: str | None = None) -> str:
+    return f"{MACHINE.replace(':stateMachine:', ':execution:')}:{name or uuid.uuid4().hex}"
+
+
+def person(rt, name="ann", status="active", **fields) -> str:
+    cid = f"c{name}{uuid.uuid4().hex[:8]}"
+    Contact(cid, PROFILE, email=f"{name}@example.com", first_name=name.title(), status=status, **fields).save()
+    return cid
+
+
+def step(rt, action, cid, *, ex, state="Step", funnel="demo", **params):
+    return rt.invoke("SequenceStepFunction", {"action": action, "funnel": funnel, "contact_id": cid,
+                                              "execution": ex, "state": state, **params})
+
+
+def send(rt, cid, *, ex, state="Send welcome-1", funnel="demo", **params):
+    return step(rt, "send", cid, ex=ex, state=state, funnel=funnel, template="welcome-1", **params)
+
+
+def item(rt, cid, sk) -> dict | None:
+    found = rt.client("dynamodb").get_item(TableName="ContactsTable", Key={"pk": {"S": cid}, "sk": {"S": sk}})
+    return {k: next(iter(v.values())) for k, v in found["Item"].items()} if "Item" in found else None
+
+
+def items(rt, cid, prefix="") -> list[dict]:
+    found = rt.client("dynamodb").query(TableName="ContactsTable", KeyConditionExpression="pk = :c",
+                                        ExpressionAttributeValues={":c": {"S": cid}})["Items"]
+    return [{k: next(iter(v.values())) for k, v in i.items()} for i in found if i["sk"]["S"].startswith(prefix)]
+
+
+def entry(rt, cid, ex, status="running", funnel="demo"):
+    """The FUNNEL# item the router writes when it starts ``ex``."""
+    rt.client("dynamodb").put_item(TableName="ContactsTable", Item={
+        "pk": {"S": cid}, "sk": {"S": f"FUNNEL#{funnel}"}, "funnel": {"S": funnel}, "status": {"S": status},
+        "execution_arn": {"S": ex}, "entries": {"N": "1"}})
+
+
+def distinct(tap, detail_type, cid) -> list[dict]:
+    """Events of a kind for the contact, one per event_id (consumers dedupe on it)."""
+    seen = {}
+    for e in tap.events(detail_type):
+        if e["detail"]["contact_id"] == cid:
+            seen.setdefault(e["detail"]["event_id"], e["detail"])
+    return list(seen.values())
+
+
+def settings(monkeypatch, **overrides):
+    base = {"frequency_cap": (1, 24.0), "quiet_hours": None, "timezone": "UTC"}
+    monkeypatch.setattr(funnel_spec, "load", lambda funnel_id: SimpleNamespace(**{**base, **overrides}))
+
+
+# ---------------------------------------------------------------- send
+def test_send_is_idempotent_on_a_duplicate_payload(rt, tap):
+    cid, ex = person(rt), execution()
+    first = send(rt, cid, ex=ex)
+    again = send(rt, cid, ex=ex)
+    assert first["status"] == "sent" and again == {"message_id": first["message_id"], "status": "sent",
+                                                   "duplicate": True}
+    assert len(sent_emails(ACCOUNT, REGION)) == 1
+    assert [m["status"] for m in items(rt, cid, "MSG#")] == ["sent"]
+    [event] = distinct(tap, "email.sent", cid)
+    assert event["message_id"] == first["message_id"] and event["step"] == "Send welcome-1"
+    [logged] = item(rt, cid, PROFILE)["marketing_log"]
+    assert logged["S"].endswith(f"#{first['message_id']}")
+
+
+def test_frequency_cap_blocks_a_second_marketing_send_within_24_hours_not_a_transactional_one(rt, tap):
+    cid = person(rt)
+    assert send(rt, cid, ex=execution(), funnel="welcome")["status"] == "sent"
+    assert rt.advance(23 * HOUR)
+    capped = send(rt, cid, ex=execution(), funnel="reengagement", state="Send reengage-1")
+    assert capped["status"] == "blocked" and capped["reason"] == "frequency_cap"
+    message = item(rt, cid, f"MSG#{capped['message_id']}")
+    assert message["status"] == "blocked" and message["reason"] == "frequency_cap"
+    [blocked] = distinct(tap, "email.blocked", cid)
+    assert blocked["reason"] == "frequency_cap" and blocked["funnel"] == "reengagement"
+    assert blocked["message_id"] == capped["message_id"] and blocked["step"] == "Send reengage-1"
+    assert send(rt, cid, ex=execution(), state="Send receipt", transactional=True)["status"] == "sent"
+    assert rt.advance(HOUR + 1)
+    assert send(rt, cid, ex=execution(), state="Send later")["status"] == "sent"
+    assert len(sent_emails(ACCOUNT, REGION)) == 3
+    assert len(item(rt, cid, PROFILE)["marketing_log"]) == 2  # the welcome one (kept, outside the window) and the last
+
+
+def test_a_funnels_own_cap_is_used(rt, monkeypatch):
+    settings(monkeypatch, frequency_cap=(2, 1.0))
+    cid = person(rt)
+    assert [send(rt, cid, ex=execution())["status"] for _ in range(3)] == ["sent", "sent", "blocked"]
+    assert rt.advance(HOUR)
+    assert send(rt, cid, ex=execution())["status"] == "sent"
+
+
+def test_concurrent_sends_of_two_funnels_within_the_cap_send_exactly_one(rt, tap):
+    for n in range(4):
+        cid = person(rt, f"p{n}")
+        results = {}
+        barrier = threading.Barrier(2)
+
+        def go(funnel):
+            barrier.wait()
+            results[funnel] = send(rt, cid, ex=execution(), funnel=funnel, state=f"Send {funnel}")
+
+        threads = [threading.Thread(target=go, args=(f,)) for f in ("engagement", "ascension")]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert sorted(r["status"] for r in results.values()) == ["blocked", "sent"], results
+        assert [r["reason"] for r in results.values() if r["status"] == "blocked"] == ["frequency_cap"]
+        assert len(item(rt, cid, PROFILE)["marketing_log"]) == 1
+    assert len(sent_emails(ACCOUNT, REGION)) == 4
+
+
+def test_unconfirmed_contact_gets_only_transactional_email(rt, tap):
+    cid, ex = person(rt, status="pending"), execution()
+    entry(rt, cid, ex)
+    blocked = send(rt, cid, ex=ex)  # the journey goes on: no FunnelLeft
+    assert blocked["status"] == "blocked" and blocked["reason"] == "unconfirmed"
+    assert item(rt, cid, f"MSG#{blocked['message_id']}")["reason"] == "unconfirmed"
+    assert [e["reason"] for e in distinct(tap, "email.blocked", cid)] == ["unconfirmed"]
+    assert send(rt, cid, ex=ex, state="Send receipt", transactional=True)["status"] == "sent"
+    assert item(rt, cid, "FUNNEL#demo")["status"] == "running"
+
+
+@pytest.mark.parametrize("status", ["unsubscribed", "suppressed"])
+def test_unsubscribed_or_suppressed_contact_leaves_the_funnel(rt, tap, status):
+    cid, ex = person(rt, status=status), execution()
+    entry(rt, cid, ex)
+    with pytest.raises(FunnelLeft, match=status):
+        send(rt, cid, ex=ex)
+    [message] = items(rt, cid, "MSG#")
+    assert message["status"] == "blocked" and message["reason"] == status
+    [event] = distinct(tap, "email.blocked", cid)
+    assert event["reason"] == status and event["message_id"] == message["message_id"]
+    assert item(rt, cid, "FUNNEL#demo")["status"] == "left"
+    with pytest.raises(FunnelLeft):  # a retried Task leaves again; nothing new is recorded
+        send(rt, cid, ex=ex)
+    assert len(items(rt, cid, "MSG#")) == 1 and len(distinct(tap, "email.blocked", cid)) == 1
+    assert sent_emails(ACCOUNT, REGION) == []
+
+
+def test_unknown_contact_leaves_without_anything_stored_about_them(rt, tap):
+    with pytest.raises(FunnelLeft, match="unknown_contact"):
+        send(rt, "cnobody", ex=execution())
+    assert items(rt, "cnobody") == []
+    assert [e["reason"] for e in distinct(tap, "email.blocked", "cnobody")] == ["unknown_contact"]
+
+
+def test_goal_reached_while_a_step_was_in_flight_leaves_and_keeps_converted(rt, tap):
+    cid, ex = person(rt), execution()
+    entry(rt, cid, ex, status="converted")
+    with pytest.raises(FunnelLeft, match="goal_reached"):
+        send(rt, cid, ex=ex)
+    assert items(rt, cid, "MSG#")[0]["reason"] == "goal_reached"
+    assert item(rt, cid, "FUNNEL#demo")["status"] == "converted"
+    assert sent_emails(ACCOUNT, REGION) == []
+
+
+def test_quiet_hours_raise_before_anything_is_written_and_until_says_how_long(rt, tap, monkeypatch):
+    settings(monkeypatch, quiet_hours=("21:00", "08:00"), timezone="Europe/Paris")
+    night = person(rt, "nz", timezone="Pacific/Auckland")  # 10:00 UTC = 23:00 in Auckland
+    ex = execution()
+    with pytest.raises(QuietHours):
+        send(rt, night, ex=ex)
+    assert items(rt, night, "MSG#") == [] and "marketing_log" not in item(rt, night, PROFILE)
+    assert tap.events("email.blocked") == []
+    assert step(rt, "until", night, ex=ex, quiet_hours=True) == {"seconds": 9 * HOUR}
+    assert send(rt, night, ex=ex, transactional=True)["status"] == "sent"  # transactional: any time
+    day = person(rt, "fr")  # no time zone of their own: the funnel's (Paris, 11:00)
+    assert send(rt, day, ex=execution())["status"] == "sent"
+    assert step(rt, "until", day, ex=ex, quiet_hours=True) == {"seconds": 0}
+
+
+def test_welcome_payload_without_a_funnel_file_uses_the_defaults(rt):
+    cid = person(rt)
+    result = rt.invoke("SequenceStepFunction", {"action": "send", "funnel": "no-such-funnel", "template": "welcome-1",
+                                                "contact_id": cid, "execution": "exec-1", "state": "Send x"})
+    assert result["status"] == "sent"
+
+
+# ---------------------------------------------------------------- check
+def click_link(rt, mid: str, part: str) -> None:
+    """Follow a tracked link of the sent email through the real GET /c/{token} route."""
+    rt.flush_outbox()
+    [mail] = [m for m in (message_from_bytes(p.read_bytes(), policy=policy.default) for p in rt.outbox.glob("*.eml"))
+              if m["X-Funnelpilot-Message-Id"] == mid]
+    html = mail.get_body(("html",)).get_content()
+    for token in re.findall(r"http://127\.0\.0\.1:3000/c/([A-Za-z0-9_\-.]+)", html):
+        if tokens.verify("c", token, 3)[2] == tokens.HONEYPOT:  # the invisible trap only machines follow
+            continue
+        resp = rt.http("GET", f"/c/{token}", headers={"user-agent": BROWSER}, source_ip="198.51.100.7")
+        if resp.status == 302 and part in resp.headers["location"]:
+            return
+    raise AssertionError(f"no link containing {part!r}")
+
+
+def test_check_clicked_and_opened_read_the_human_hits_of_the_states_messages(rt):
+    cid, ex = person(rt), execution()
+    mid = send(rt, cid, ex=ex)["message_id"]
+
+    def check(condition):
+        return step(rt, "check", cid, ex=ex, state="Check", condition=condition)["result"]
+
+    clicked = {"clicked": {"email": "welcome-1", "link": None, "states": ["Send welcome-1"]}}
+    guide = {"clicked": {"email": "welcome-1", "link": "/guide", "states": ["Send welcome-1"]}}
+    pricing = {"clicked": {"email": "welcome-1", "link": "/pricing", "states": ["Send welcome-1"]}}
+    opened = {"opened": {"email": "welcome-1", "states": ["Send welcome-1"]}}
+    assert not any(map(check, (clicked, guide, opened)))
+    assert rt.advance(600)  # read ten minutes after it was sent (earlier is a machine)
+    click_link(rt, mid, "/guide")
+    assert rt.settle()
+    assert check(clicked) and check(guide) and check(opened)  # a human click is also an open
+    assert not check(pricing)
+    other_states = {"clicked": {"email": "welcome-1", "link": None, "states": ["Send welcome-2"]}}
+    assert not check(other_states)
+
+
+def test_check_tag_score_segment_property_and_not_tag(rt):
+    cid, ex = person(rt, tags={"vip"}, properties={"plan": "pro"}, segments={"engaged"}), execution()
+    scoring.award(cid, 12, once_key="test-points")
+
+    def check(condition):
+        return step(rt, "check", cid, ex=ex, state="Check", condition=condition)["result"]
+
+    assert check({"tag": "vip"}) and not check({"tag": "other"}) and check({"not_tag": "other"})
+    assert check({"score": {"gte": 10}}) and not check({"score": {"gte": 20}})
+    assert check({"segment": "engaged"}) and not check({"segment": "customers"})
+    assert check({"property": {"plan": "pro"}}) and not check({"property": {"plan": "free"}})
+    assert check({"customer": False}) and not check({"customer": True})
+
+
+# ---------------------------------------------------------------- split
+def test_split_is_deterministic_and_recorded_once_on_the_funnel_entry(rt):
+    cid, ex = person(rt), execution()
+    entry(rt, cid, ex)
+    expected = sequence.pick_variant({"a": 50, "b": 50}, cid, "demo", "A/B split")
+    assert step(rt, "split", cid, ex=ex, state="A/B split", variants={"a": 50, "b": 50}) == {"variant": expected}
+    assert item(rt, cid, "FUNNEL#demo")["variants"] == {"A/B split": {"S": expected}}
+    other = "b" if expected == "a" else "a"  # even if the weights change, the recorded variant stays
+    assert step(rt, "split", cid, ex=ex, state="A/B split", variants={expected: 0, other: 100}) == {
+        "variant": expected}
+    picks = {sequence.pick_variant({"a": 90, "b": 10}, f"c{i}", "demo", "s") for i in range(200)}
+    assert picks == {"a", "b"}
+    share = sum(sequence.pick_variant({"a": 90, "b": 10}, f"c{i}", "demo", "s") == "a" for i in range(1000))
+    assert 850 < share < 950
+
+
+def test_a_variant_send_carries_the_variant(rt, tap):
+    cid = person(rt)
+    sent = send(rt, cid, ex=execution(), state="Send engagement-2a", variant="a")
+    assert item(rt, cid, f"MSG#{sent['message_id']}")["variant"] == "a"
+    assert distinct(tap, "email.sent", cid)[0]["variant"] == "a"
+
+
+# ---------------------------------------------------------------- contact changes
+def test_tag_untag_and_set_emit_their_events_once(rt, tap):
+    cid, ex = person(rt), execution()
+    for _ in range(2):
+        assert step(rt, "tag", cid, ex=ex, state="Tag hot", tag="hot") == {"status": "done"}
+    assert item(rt, cid, PROFILE)["tags"] == ["hot"]
+    [tagged] = distinct(tap, "contact.tagged", cid)
+    assert tagged["tag"] == "hot" and tagged["funnel"] == "demo"
+    for _ in range(2):
+        step(rt, "untag", cid, ex=ex, state="Untag hot", tag="hot")
+    assert "tags" not in item(rt, cid, PROFILE) and len(distinct(tap, "contact.untagged", cid)) == 1
+    for _ in range(2):
+        step(rt, "set", cid, ex=ex, state="Set interest", properties={"interest": "seo", "level": 2})
+    props = item(rt, cid, PROFILE)["properties"]
+    assert props == {"interest": {"S": "seo"}, "level": {"N": "2"}}
+    [updated] = distinct(tap, "contact.updated", cid)
+    assert updated["fields"] == ["interest", "level"] and updated["funnel"] == "demo"
+    step(rt, "set", cid, ex=ex, state="Set again", properties={"interest": "{{ 7*7 }}"})  # literal, never rendered
+    assert item(rt, cid, PROFILE)["properties"]["interest"] == {"S": "{{ 7*7 }}"}
+    assert len(distinct(tap, "contact.updated", cid)) == 2
+
+
+def test_score_notify_and_suppress(rt, tap):
+    cid, ex = person(rt), execution()
+    for _ in range(2):
+        step(rt, "score", cid, ex=ex, state="Score +10", points=10)
+    assert round(scoring.current_score(Contact.get(cid, PROFILE))) == 10
+    step(rt, "score", cid, ex=ex, state="Score +5 loyalty", points=5, track="loyalty")
+    assert round(scoring.current_score(Contact.get(cid, PROFILE), "loyalty")) == 5
+    step(rt, "notify", cid, ex=ex, state="Notify sales", reason="clicked pricing")
+    [notify] = distinct(tap, "sales.notify", cid)
+    assert notify["reason"] == "clicked pricing" and notify["step"] == "Notify sales"
+    step(rt, "suppress", cid, ex=ex, state="Suppress", reason="sunset")
+    assert item(rt, cid, PROFILE)["status"] == "suppressed"
+    assert distinct(tap, "contact.suppressed", cid)[0]["reason"] == "sunset"
+
+
+def test_goto_hands_off_and_completes_once(rt, tap):
+    cid, ex = person(rt), execution()
+    entry(rt, cid, ex)
+    for _ in range(2):
+        step(rt, "goto", cid, ex=ex, state="Go to segmentation", to="segmentation", complete=True)
+    [handoff] = distinct(tap, "funnel.handoff", cid)
+    assert handoff["to"] == "segmentation" and handoff["from"] == "demo"
+    [done] = distinct(tap, "funnel.completed", cid)
+    assert done["outcome"] == "completed" and done["funnel"] == "demo"
+    assert item(rt, cid, "FUNNEL#demo")["status"] == "completed"
+
+
+def test_complete_does_not_overwrite_a_converted_entry_and_exit_is_an_outcome(rt, tap):
+    cid, ex = person(rt), execution()
+    entry(rt, cid, ex, status="converted")
+    step(rt, "tag", cid, ex=ex, state="Tag done", tag="done", complete=True)
+    assert item(rt, cid, "FUNNEL#demo")["status"] == "converted" and distinct(tap, "funnel.completed", cid) == []
+    entry(rt, cid, ex)
+    step(rt, "complete", cid, ex=ex, state="Exit (no topic chosen)", outcome="exited", reason="no topic chosen")
+    [done] = distinct(tap, "funnel.completed", cid)
+    assert done["outcome"] == "exited" and done["reason"] == "no topic chosen"
+    assert item(rt, cid, "FUNNEL#demo")["status"] == "exited"
+
+
+def test_fail_records_the_failure(rt, tap):
+    cid, ex = person(rt), execution()
+    entry(rt, cid, ex)
+    assert step(rt, "fail", cid, ex=ex, state="Record failure",
+                error={"Error": "ClientError", "Cause": "boom"}) == {"status": "recorded"}
+    assert item(rt, cid, "FUNNEL#demo")["status"] == "failed"
+    [failed] = distinct(tap, "funnel.failed", cid)
+    assert failed["error"] == "ClientError" and failed["funnel"] == "demo"
+
+
+# ---------------------------------------------------------------- until
+def test_until_a_local_time_uses_the_contacts_time_zone_then_the_funnels(rt, monkeypatch):
+    ny = person(rt, "ny", timezone="America/New_York")  # Monday 10:00 UTC = 05:00 in New York
+    assert step(rt, "until", ny, ex=execution(), time="09:30") == {"seconds": 4 * HOUR + 30 * 60}
+    plain = person(rt, "utc")  # no zone: the funnel's (default UTC, 10:00): tomorrow 09:30
+    assert step(rt, "until", plain, ex=execution(), time="09:30") == {"seconds": 23 * HOUR + 30 * 60}
+    settings(monkeypatch, timezone="Asia/Tokyo")  # 19:00 there
+    assert step(rt, "until", plain, ex=execution(), time="20:00") == {"seconds": HOUR}
+    bad = person(rt, "bad", timezone="Mars/Olympus")  # an invalid zone falls back to the funnel's
+    assert step(rt, "until", bad, ex=execution(), time="20:00") == {"seconds": HOUR}
+
+
+def test_until_crosses_a_daylight_saving_change(rt):
+    cid = person(rt, "ny", timezone="America/New_York")
+    assert rt.advance(5 * DAY + 10 * HOUR)  # Saturday 2026-03-07 20:00 UTC = 15:00 EST; clocks go forward Sunday
+    # Sunday 09:00 EDT = 13:00 UTC: 17 h later (18 h of wall-clock time minus the lost hour)
+    assert step(rt, "until", cid, ex=execution(), time="09:00") == {"seconds": 17 * HOUR}
