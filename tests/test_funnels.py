@@ -75,7 +75,7 @@ def publish(rt, detail_type, cid, **fields):
 
 def order(rt, email, n=1):
     resp = rt.http("POST", "/events", json_body={
-        "type": "order.placed", "event_id": f"order-{email}-{n}", "email": email, "order_id": f"o-{n}",
+        "type": "order.placed", "event_id": f"order-{email.split('@')[0]}-{n}", "email": email, "order_id": f"o-{n}",
         "amount": 49, "currency": "EUR", "items": [{"sku": "core", "quantity": 1, "price": 49}]},
         headers={"x-api-key": rt.template.parameters["EventsApiKey"]})
     assert resp.status == 202, resp.body
@@ -99,6 +99,7 @@ def test_welcome_opened_branch_sends_three_emails_then_hands_off_to_segmentation
                       "Opened welcome-2?", "Send welcome-3", "Wait 2 days (2)", "Go to segmentation"]
     [handoff] = tap.events("funnel.handoff")
     assert handoff["detail"]["to"] == "segmentation" and handoff["detail"]["contact_id"] == cid
+    assert rt.advance(DAY)  # segmentation starts a day after the handoff
     assert journey(rt, "segmentation", cid)[1][:2] == ["Wait 1 day", "Send segmentation-1"]
     assert sent(rt, cid)[-1] == "segmentation-1"
     [done] = [e for e in tap.events("funnel.completed") if e["detail"]["funnel"] == "welcome"]
@@ -172,6 +173,7 @@ def test_delivery_click_resumes_the_wait_in_the_same_tick_and_a_scanner_does_not
     assert click(rt, cid, "delivery-1", "/download/", agent=SCANNER) == 302
     assert rt.settle()
     assert journey(rt, "delivery", cid)[0] == "RUNNING"
+    assert rt.advance(5 * MINUTE)  # a person, later than the scanner's burst
     before = clock.now()
     assert click(rt, cid, "delivery-1", "/download/") == 302
     assert rt.settle()
@@ -321,7 +323,7 @@ def test_reengagement_click_returns_to_segmentation(rt, tap, which):
     click(rt, cid, which, "/stay")
     assert rt.settle()
     status, states = journey(rt, "reengagement", cid)
-    assert status == "SUCCEEDED" and states[-1] == "Go to segmentation"
+    assert status == "SUCCEEDED" and states[-1].startswith("Go to segmentation")  # "(2)": second such state
     assert any(e["detail"]["to"] == "segmentation" and e["detail"]["from"] == "reengagement"
                for e in tap.events("funnel.handoff") if e["detail"]["contact_id"] == cid)
 

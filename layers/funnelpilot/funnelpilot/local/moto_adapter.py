@@ -1,4 +1,4 @@
-"""The one module that touches moto internals (moto 5.2.5). Three seams:
+"""The one module that touches moto internals (moto 5.2.5). Its seams:
 
 1. ``LambdaSimpleBackend.invoke``: with ``use_docker: False`` moto runs no code for a
    Lambda invoke; we route it to the in-process handler (Step Functions Task states
@@ -25,6 +25,8 @@
    task token (nor, in stepped time, a parked Wait): the execution would run on until the
    wait's deadline and end FAILED (States.Timeout). We wake those waits, so a stopped
    execution ends ABORTED at once, as on AWS (a goal event stops a funnel this way).
+9. ``StepFunctionResponse.get_execution_history``: moto ignores ``reverseOrder`` and
+   ``maxResults``; the funnel router reads the latest states of an execution with both.
 """
 import copy
 import functools
@@ -33,12 +35,14 @@ import threading
 from typing import Callable
 
 from moto.awslambda_simple.models import LambdaSimpleBackend
+from moto.core.responses import ActionResult
 from moto.dynamodb import exceptions as ddb_errors
 from moto.dynamodb.comparisons import get_filter_expression
 from moto.dynamodb.models import DynamoDBBackend
 from moto.dynamodb.responses import DynamoHandler
 from moto.events import models as events_models
 from moto.events.utils import EventTemplateParser
+from moto.stepfunctions.responses import StepFunctionResponse
 from moto.ses.models import ses_backends
 from moto.stepfunctions.parser.asl.parse.asl_parser import AmazonStateLanguageParser
 from moto.stepfunctions.parser.backend import execution_worker
@@ -59,9 +63,20 @@ def install(invoker: Invoker, deliverer: Deliverer) -> None:
         DynamoHandler.call_action = _serialised(DynamoHandler.call_action)
     DynamoDBBackend.transact_write_items = _transact_write_items
     execution_worker.ExecutionWorker._get_evaluation_entrypoint = _entrypoint
+    StepFunctionResponse.get_execution_history = _execution_history
 
 
 _DYNAMODB_LOCK = threading.RLock()
+
+
+def _execution_history(self):
+    history = self.stepfunction_backend.get_execution_history(self._get_param("executionArn"))
+    events = list(history["events"])
+    if self._get_param("reverseOrder"):
+        events.reverse()
+    if self._get_param("maxResults"):
+        events = events[:int(self._get_param("maxResults"))]
+    return ActionResult({**history, "events": events})
 
 
 def _serialised(call_action):
