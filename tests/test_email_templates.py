@@ -36,9 +36,9 @@ REQUIRED_LINKS = {
 }
 
 
-def context(first_name: str | None = None, **properties) -> dict:
+def context(first_name: str | None = None, lead_magnet: str | None = None, **properties) -> dict:
     contact = Contact("c_test", PROFILE, email="pat@example.com", first_name=first_name, properties=properties)
-    return template_context(contact, "m_test")
+    return template_context(contact, "m_test", lead_magnet)
 
 
 def test_every_funnel_template_pair_exists_and_is_listed():

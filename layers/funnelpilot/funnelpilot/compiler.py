@@ -152,7 +152,7 @@ class _Machine:
         names, k, a = self.names[id(step)], step.kind, step.arg
         main = names["main"]
         if k == "send":
-            params = {"template": a}
+            params = {"template": a, "lead_magnet.$": "$.lead_magnet"}  # the trigger's, for the template
             if step.transactional:
                 params["transactional"] = True
             if variant:

@@ -114,7 +114,7 @@ def enter(*, funnel: str, state_machine_arn: str, entry_rule: str, event: dict,
     if entry_rule == "always" and old_arn and old_arn != arn and old.get("status", {}).get("S") in LIVE:
         _stop(old_arn, "FunnelReentered", "replaced by a new entry (entry rule: always)")
     payload = {"contact_id": cid, "funnel": funnel, "entry": entry_id, "trigger": event.get("detail-type"),
-               "event_id": event_id}
+               "event_id": event_id, "lead_magnet": detail.get("lead_magnet")}
     started = _start(state_machine_arn, name, payload)
     if not started and _sfn().describe_execution(executionArn=arn)["status"] != "RUNNING":
         # A late duplicate of a trigger whose journey already ran (same name): nothing to start.

@@ -115,10 +115,14 @@ def blocked_reason(contact: Contact | None, step: dict, entry_status: str | None
     return None
 
 
-def template_context(contact: Contact, message_id: str) -> dict:
+def template_context(contact: Contact, message_id: str, lead_magnet: str | None = None) -> dict:
+    """What an email template may use. ``lead_magnet``: the one the journey's trigger asked
+    for (execution input), else the contact's only one."""
     unsubscribe = f"{config().public_url}/u/{tokens.sign('u', contact.pk, message_id)}"
+    magnets = sorted(contact.lead_magnets or ())
     return {
         "first_name": contact.first_name or "there",
+        "lead_magnet": lead_magnet or (magnets[0] if len(magnets) == 1 else None),
         "contact_id": contact.pk,
         "properties": contact.properties.as_dict() if contact.properties else {},
         "unsubscribe_url": unsubscribe,
@@ -207,7 +211,7 @@ def send(step: dict) -> dict:
         message.update(actions=[Message.status.set("blocked"), Message.reason.set("frequency_cap")])
         return _blocked(step, message_id, "frequency_cap")
 
-    context = template_context(contact, message_id)
+    context = template_context(contact, message_id, step.get("lead_magnet"))
     rendered, links = emails.track(emails.render(template, context), contact_id=cid, message_id=message_id)
     headers = {"List-Unsubscribe": f"<{context['unsubscribe_url']}>",
                "List-Unsubscribe-Post": "List-Unsubscribe=One-Click"}
