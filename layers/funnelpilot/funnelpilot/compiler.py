@@ -328,7 +328,7 @@ def template_block(funnels: dict[str, Funnel]) -> str:
              "        - EventBridgePutEventsPolicy: { EventBusName: !Ref EventBus }",
              "        - Statement:",
              "            - Effect: Allow",
-             "              Action: [states:StartExecution, states:SendTaskSuccess]",
+             "              Action: [states:StartExecution, states:SendTaskSuccess, states:DescribeStateMachine]",
              "              Resource:"]
     lines += [f"                - !Ref {logical_id(f)}" for f in ids]
     lines += ["            - Effect: Allow",

@@ -24,7 +24,8 @@ def message_fields(cid: str, message_id: str | None) -> dict:
         m = Message.get(cid, f"MSG#{message_id}")
     except DoesNotExist:
         return {"message_id": message_id}
-    return {"message_id": message_id, "funnel": m.funnel, "step": m.step, "template": m.template}
+    fields = {"message_id": message_id, "funnel": m.funnel, "step": m.step, "template": m.template}
+    return fields | ({"variant": m.variant} if m.variant else {})
 
 
 def _set_status(cid: str, status: str, reason: str, allowed_from: tuple[str, ...]) -> bool:

@@ -166,6 +166,8 @@ def _record(kind: str, cid: str, message_id: str, key: dict, item: dict, link: s
 
     common = {"message_id": message_id, "funnel": _attr(item, "funnel"), "step": _attr(item, "step"),
               "template": _attr(item, "template"), "human": verdict.human}
+    if _attr(item, "variant"):  # A/B: counted per variant too
+        common["variant"] = _attr(item, "variant")
     if verdict.reason:
         common["reason"] = verdict.reason
     entries = []

@@ -9,6 +9,7 @@ claim (the name is deterministic), which lets the steps of a stale execution rec
 that the entry is no longer theirs.
 """
 import json
+from functools import cache
 
 from funnelpilot import aws, bus, clock, scoring, tokens
 from funnelpilot.aws import is_conditional_failure
@@ -49,10 +50,26 @@ def entry(cid: str, funnel: str) -> dict | None:
 def recent_states(arn: str) -> list[str]:
     """Names of the states the execution entered, latest first (empty if it cannot be read)."""
     try:
-        events = _sfn().get_execution_history(executionArn=arn, reverseOrder=True, maxResults=20)["events"]
+        events = _sfn().get_execution_history(executionArn=arn, reverseOrder=True, maxResults=50)["events"]
     except _sfn().exceptions.ExecutionDoesNotExist:
         return []
     return [e["stateEnteredEventDetails"]["name"] for e in events if "stateEnteredEventDetails" in e]
+
+
+@cache
+def send_states(state_machine_arn: str) -> frozenset[str]:
+    """The Send states of a funnel (read once per Lambda container from its definition)."""
+    definition = json.loads(_sfn().describe_state_machine(stateMachineArn=state_machine_arn)["definition"])
+    return frozenset(name for name, state in definition["States"].items()
+                     if (state.get("Parameters") or {}).get("action") == "send")
+
+
+def converting_step(arn: str) -> tuple[str | None, str | None]:
+    """(the last email the contact got in this journey, the state they are in): a conversion
+    counts on the email step, which is what a marketer compares; the state is kept too."""
+    states = recent_states(arn)
+    sends = send_states(arn.rsplit(":", 1)[0].replace(":execution:", ":stateMachine:"))
+    return next((s for s in states if s in sends), states[0] if states else None), (states[0] if states else None)
 
 
 # ---------------------------------------------------------------- enter
@@ -178,8 +195,7 @@ def goal(*, funnel: str, kind: str, event: dict) -> str | None:
     if not current or current.get("status") not in LIVE or current.get("trigger_event_id") == detail["event_id"]:
         return None
     arn = current["execution_arn"]
-    states = recent_states(arn)
-    step = states[0] if states else None
+    step, state = converting_step(arn)
     outcome = "converted" if kind == "goal" else "exited"
     _stop(arn, "FunnelGoal" if kind == "goal" else "FunnelExit", f"{event.get('detail-type')} ({kind})")
     if not set_status(cid, funnel, arn, outcome, completed_at=clock.iso(), goal=event.get("detail-type"),
@@ -187,11 +203,11 @@ def goal(*, funnel: str, kind: str, event: dict) -> str | None:
         return None
     event_id = tokens.digest_id("fg", funnel, arn, outcome)
     if kind == "goal":
-        out = bus.event("funnel.converted", cid, event_id=event_id, funnel=funnel, step=step,
+        out = bus.event("funnel.converted", cid, event_id=event_id, funnel=funnel, step=step, state=state,
                         goal=event.get("detail-type"))
     else:
         out = bus.event("funnel.completed", cid, event_id=event_id, funnel=funnel, outcome="exited", step=step,
-                        exit=event.get("detail-type"))
+                        state=state, exit=event.get("detail-type"))
     bus.publish(out)
     return step
 

@@ -131,12 +131,14 @@ def build(funnel: str, rows: list[dict], start: str, end: str, order: list[str] 
     total = sums.get(FUNNEL_ROW, {})
     funnel_row = {k: total.get(k, 0) for k in ("entered", "completed", "conversions", "failed")}
     funnel_row["conversion_rate"] = _pct(funnel_row["conversions"], funnel_row["entered"])
+    # A/B branch steps run side by side: no drop-off between them, the step after compares with the one before
+    branches = {n.removeprefix("VARIANT#").rpartition("#")[0] for n in sums if n.startswith("VARIANT#")}
     steps, previous = [], funnel_row["entered"]
     for name in names:
         step = {"step": name, **counts(f"STEP#{name}")}
         step["drop_off"] = (_pct(previous - step["entered"], previous)
-                            if step["entered"] and previous else None)
-        if step["entered"]:
+                            if step["entered"] and previous and name not in branches else None)
+        if step["entered"] and name not in branches:
             previous = step["entered"]
         steps.append(step)
     emails = [{"template": n.removeprefix("EMAIL#"), **counts(n)} for n in sorted(sums) if n.startswith("EMAIL#")]
