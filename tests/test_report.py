@@ -131,3 +131,18 @@ def test_chart_is_self_contained_svg(rt):
 
 def test_report_route_needs_authorisation(rt):
     assert rt.http("GET", "/funnels/welcome/report").status == 403
+
+
+def test_the_svg_chart_stacks_every_funnel_that_had_contacts():
+    from xml.dom.minidom import parseString
+
+    rows = [{"pk": "FUNNEL#welcome", "sk": "DAY#2026-03-02#FUNNEL", "entered": 4, "conversions": 1},
+            {"pk": "FUNNEL#welcome", "sk": "DAY#2026-03-02#STEP#Send welcome-1", "sent": 4, "entered": 4,
+             "human_opens": 2, "machine_opens": 3}]
+    reports = [report.build("welcome", rows, "2026-03-02", "2026-03-02", ["Send welcome-1"]),
+               report.build("sunset", [], "2026-03-02", "2026-03-02", [])]
+    svg = report.chart_svg(reports, title="demo <1>")
+    doc = parseString(svg)  # well-formed, standalone
+    texts = [t.firstChild.data for t in doc.getElementsByTagName("text") if t.firstChild]
+    assert "demo <1>" in texts and "welcome" in texts and "Send welcome-1" in texts and "sunset" not in texts
+    assert "3 machine hits not counted" in svg  # named, never drawn

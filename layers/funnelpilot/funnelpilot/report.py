@@ -193,54 +193,85 @@ def _esc(text: str) -> str:
     return str(text).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace('"', "&quot;")
 
 
+_SERIES = (("entered", "#c7d2fe", "entered"), ("sent", "#818cf8", "sent"), ("human_opens", "#34d399", "opened"),
+           ("human_clicks", "#f59e0b", "clicked"), ("conversions", "#ef4444", "converted"))
+_LABEL_W, _BAR_W, _ROW_H = 250, 420, 34
+CHART_WIDTH = _LABEL_W + _BAR_W + 200
+
+
+def _headline(rep: dict) -> str:
+    return (f"{rep['from']} .. {rep['to']}: {rep['entered']} entered, {rep['conversions']} converted "
+            f"({_fmt_pct(rep['conversion_rate'])}), {rep['completed']} completed")
+
+
+def _funnel_svg(rep: dict) -> tuple[str, int] | None:
+    """One funnel as an <svg> of overlaid bars per step, and its height; None if nobody entered."""
+    steps = [s for s in rep["steps"] if s["entered"] or s["conversions"]]
+    if not steps and not rep["entered"]:
+        return None
+    top = max([rep["entered"], 1] + [s["entered"] for s in steps])
+    rows = [("Entered the funnel", {"entered": rep["entered"], "conversions": rep["conversions"]},
+             f"entered {rep['entered']} · converted {rep['conversions']}")]
+    for s in steps:
+        note = (f"sent {s['sent']} · opened {s['human_opens']} ({_fmt_pct(s['open_rate'])}) · "
+                f"clicked {s['human_clicks']} ({_fmt_pct(s['click_rate'])}) · converted {s['conversions']}")
+        machine = s["machine_opens"] + s["machine_clicks"]
+        if machine:
+            note += f" · {machine} machine hits not counted"
+        if s["blocked"]:
+            note += f" · blocked {s['blocked']}"
+        rows.append((s["step"], s, note))
+    height = 16 + _ROW_H * len(rows)
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{CHART_WIDTH}" height="{height}" '
+             f'role="img" aria-label="funnel {_esc(rep["funnel"])}" font-family="system-ui,sans-serif">']
+    for i, (name, data, note) in enumerate(rows):
+        y = 8 + i * _ROW_H
+        parts.append(f'<text x="0" y="{y + 15}" font-size="13">{_esc(name)}</text>')
+        for key, colour, label in _SERIES:
+            value = data.get(key, 0)
+            if not value:
+                continue
+            w = max(2, round(_BAR_W * value / top))
+            parts.append(f'<rect x="{_LABEL_W}" y="{y + 2}" width="{w}" height="18" fill="{colour}">'
+                         f'<title>{_esc(label)}: {value}</title></rect>')
+        parts.append(f'<text x="{_LABEL_W}" y="{y + 31}" font-size="10" fill="#444">{_esc(note)}</text>')
+    parts.append("</svg>")
+    return "".join(parts), height
+
+
+def chart_svg(reports: list[dict], title: str = "funnelpilot funnels") -> str:
+    """Every funnel's chart stacked in one standalone SVG (an image a README can show)."""
+    parts, y = [f'<text x="0" y="22" font-size="18" font-weight="bold">{_esc(title)}</text>'], 30
+    for i, (_, colour, label) in enumerate(_SERIES):
+        parts.append(f'<rect x="{i * 110}" y="{y}" width="14" height="14" fill="{colour}"/>'
+                     f'<text x="{i * 110 + 20}" y="{y + 12}" font-size="12">{_esc(label)}</text>')
+    y += 30
+    for rep in reports:
+        drawn = _funnel_svg(rep)
+        if drawn is None:
+            continue
+        svg, height = drawn
+        parts.append(f'<text x="0" y="{y + 16}" font-size="15" font-weight="bold">{_esc(rep["funnel"])}</text>'
+                     f'<text x="140" y="{y + 16}" font-size="11" fill="#444">{_esc(_headline(rep))}</text>')
+        parts.append(svg.replace("<svg ", f'<svg x="0" y="{y + 22}" ', 1))
+        y += 22 + height + 10
+    return (f'<svg xmlns="http://www.w3.org/2000/svg" width="{CHART_WIDTH}" height="{y}" '
+            f'font-family="system-ui,sans-serif"><rect width="100%" height="100%" fill="#fff"/>'
+            + "".join(parts) + "</svg>\n")
+
+
 def chart_html(reports: list[dict], title: str = "funnelpilot funnels") -> str:
     """A self-contained HTML page (inline SVG, no scripts): one funnel chart per report. Each
     step is one row of overlaid bars - entered, sent, opened and clicked by people, converted -
     so the narrowing reads at a glance; machine opens and clicks are named, never drawn."""
-    series = (("entered", "#c7d2fe", "entered"), ("sent", "#818cf8", "sent"),
-              ("human_opens", "#34d399", "opened"), ("human_clicks", "#f59e0b", "clicked"),
-              ("conversions", "#ef4444", "converted"))
-    label_w, bar_w, row_h = 250, 420, 34
     sections = []
     for rep in reports:
-        steps = [s for s in rep["steps"] if s["entered"] or s["conversions"]]
-        head = (f"<h2>{_esc(rep['funnel'])}</h2><p>{_esc(rep['from'])} .. {_esc(rep['to'])}: "
-                f"{rep['entered']} entered, {rep['conversions']} converted ({_fmt_pct(rep['conversion_rate'])}), "
-                f"{rep['completed']} completed</p>")
-        if not steps and not rep["entered"]:
-            sections.append(f"<section>{head}<p><em>No contact entered this funnel in the period.</em></p></section>")
-            continue
-        top = max([rep["entered"], 1] + [s["entered"] for s in steps])
-        rows = [("Entered the funnel", {"entered": rep["entered"], "conversions": rep["conversions"]},
-                 f"entered {rep['entered']} · converted {rep['conversions']}")]
-        for s in steps:
-            note = (f"sent {s['sent']} · opened {s['human_opens']} ({_fmt_pct(s['open_rate'])}) · "
-                    f"clicked {s['human_clicks']} ({_fmt_pct(s['click_rate'])}) · converted {s['conversions']}")
-            machine = s["machine_opens"] + s["machine_clicks"]
-            if machine:
-                note += f" · {machine} machine hits not counted"
-            if s["blocked"]:
-                note += f" · blocked {s['blocked']}"
-            rows.append((s["step"], s, note))
-        height = 16 + row_h * len(rows)
-        parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{label_w + bar_w + 200}" height="{height}" '
-                 f'role="img" aria-label="funnel {_esc(rep["funnel"])}" font-family="system-ui,sans-serif">']
-        for i, (name, data, note) in enumerate(rows):
-            y = 8 + i * row_h
-            parts.append(f'<text x="0" y="{y + 15}" font-size="13">{_esc(name)}</text>')
-            for key, colour, label in series:
-                value = data.get(key, 0)
-                if not value:
-                    continue
-                w = max(2, round(bar_w * value / top))
-                parts.append(f'<rect x="{label_w}" y="{y + 2}" width="{w}" height="18" fill="{colour}">'
-                             f'<title>{_esc(label)}: {value}</title></rect>')
-            parts.append(f'<text x="{label_w}" y="{y + 31}" font-size="10" fill="#444">'
-                         f'{_esc(note)}</text>')
-        parts.append("</svg>")
-        sections.append(f"<section>{head}{''.join(parts)}</section>")
+        head = f"<h2>{_esc(rep['funnel'])}</h2><p>{_esc(_headline(rep))}</p>"
+        drawn = _funnel_svg(rep)
+        body = drawn[0] if drawn else "<p><em>No contact entered this funnel in the period.</em></p>"
+        sections.append(f"<section>{head}{body}</section>")
     legend = " ".join(f'<span style="background:{c};padding:0 .7em;margin:0 .3em 0 .8em"></span>{_esc(label)}'
-                      for _, c, label in series)
+                      for _, c, label in _SERIES)
     return ("<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">"
             f"<title>{_esc(title)}</title><style>body{{font-family:system-ui,sans-serif;margin:2em;color:#111;"
             "max-width:60em}section{margin-bottom:1.6em}h2{margin:.2em 0}p{margin:.3em 0}</style></head><body>"

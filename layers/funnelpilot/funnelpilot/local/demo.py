@@ -346,7 +346,9 @@ def run(seed: int = 7, contacts: int = 200, days: int = 60) -> int:
                                     else None, "end": result["reports"][0]["to"] if result["reports"] else None},
                                    indent=1, sort_keys=True))
     chart = state / "funnels.html"
-    chart.write_text(report.chart_html(result["reports"], title=f"funnelpilot demo (seed {seed}, {contacts} contacts)"))
+    title = f"funnelpilot demo (seed {seed}, {contacts} contacts, {days} days)"
+    chart.write_text(report.chart_html(result["reports"], title=title))
+    (state / "funnels.svg").write_text(report.chart_svg(result["reports"], title=title))
     (state / "usage.json").write_text(json.dumps(result["usage"], indent=1, sort_keys=True))
     print()
     for rep in result["reports"]:
@@ -357,7 +359,7 @@ def run(seed: int = 7, contacts: int = 200, days: int = 60) -> int:
     print(f"audience: {t['signups']} signups, {t['opens']} opens and {t['clicks']} clicks by people, "
           f"{t['mpp']} Apple MPP prefetches and {t['scanner']} scanner hits (not human), {t['orders']} orders, "
           f"{t['unsubscribes']} unsubscribes, {t['bounces']} bounces, {t['complaints']} complaints")
-    print(f"chart:    {chart}")
+    print(f"chart:    {chart} (and funnels.svg)")
     print(f"outbox:   {result['outbox']}/ ({len(list(result['outbox'].glob('*.eml')))} emails)")
     print(f"snapshot: {snapshot} (funnelpilot report reads it)")
     print()
