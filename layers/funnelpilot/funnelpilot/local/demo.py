@@ -276,7 +276,8 @@ def journeys(rt: Runtime) -> list[dict]:
     """Per funnel: executions, state transitions and Lambda tasks per contact (from the
     execution histories: what Step Functions bills)."""
     sfn, rows = rt.client("stepfunctions"), []
-    for arn in rt.state_machine_arns():
+    shipped = {f"funnelpilot-{f}" for f in report.known_funnels(rt.root / "infra")}  # not the bulk machine
+    for arn in (a for a in rt.state_machine_arns() if a.rsplit(":", 1)[-1] in shipped):
         transitions, tasks = [], []
         for page in sfn.get_paginator("list_executions").paginate(stateMachineArn=arn):
             for ex in page["executions"]:
