@@ -120,6 +120,7 @@ def seconds(text, unit_default: str | None = None) -> float:
 class _Checker:
     def __init__(self, path: Path):
         self.path, self.errors = path, []
+        self.named_emails: set[str] = set()  # every `send:` value, even a broken one (no cascade of errors)
 
     def error(self, line: int, message: str) -> None:
         self.errors.append(f"{self.path}:{line}: {message}")
@@ -181,6 +182,7 @@ class _Checker:
     def _send(self, value, raw, line, where, name):
         if not isinstance(value, str) or not _TEMPLATE.match(value):
             raise ValueError("send names an email template, e.g. `send: welcome-1`")
+        self.named_emails.add(value)
         emails = self.path.parent.parent / "emails"  # <content>/funnels/x.yaml -> <content>/emails
         missing = [f"{value}.{ext}.j2" for ext in ("html", "txt") if not (emails / f"{value}.{ext}.j2").exists()]
         if missing:
@@ -446,14 +448,13 @@ def _quiet(c: _Checker, node, line: int) -> tuple[str, str] | None:
 
 
 def _check_references(c: _Checker, funnel: Funnel) -> None:
-    sends = funnel.sends()
     for step in walk(funnel.steps):
         conditions = [step.arg] if step.kind in ("if", "wait_for") else []
         for condition in conditions:
             for kind in ENGAGEMENT:
-                if kind in condition and condition[kind]["email"] not in sends:
+                if kind in condition and condition[kind]["email"] not in c.named_emails:
                     c.error(step.line, f"{step.kind}: {kind} {condition[kind]['email']!r} is not an email this funnel "
-                                       f"sends (it sends: {', '.join(sorted(sends)) or 'nothing'})")
+                                       f"sends (it sends: {', '.join(sorted(c.named_emails)) or 'nothing'})")
         if step.kind == "goto" and step.arg == funnel.id:
             c.error(step.line, "goto: a funnel cannot hand off to itself")
 
