@@ -42,7 +42,7 @@ def test_report_cli_reads_the_demo_snapshot(tmp_path, capsys):
     assert cli.main(["report", "--funnel", "welcome", "--snapshot", str(snapshot), "--chart", str(chart)]) == 0
     out = capsys.readouterr().out
     assert "Send welcome-1" in out and "50.0%" in out  # 2 human opens of 4 sent; the 5 March row is out of range
-    assert "<svg" in chart.read_text()
+    assert "<svg" in chart.read_text() and "Send welcome-1" in (tmp_path / "chart.svg").read_text()
 
 
 def test_report_cli_queries_a_deployed_stacks_metrics_table(tmp_path, capsys, monkeypatch):

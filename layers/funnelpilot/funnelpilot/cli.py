@@ -40,7 +40,8 @@ def main(argv: list[str] | None = None) -> int:
     rep.add_argument("--region", help="AWS region of the stack (default: your AWS configuration's)")
     rep.add_argument("--snapshot", type=Path, default=LOCAL / "metrics.json",
                      help="local counters saved by the last demo run (default .local/metrics.json)")
-    rep.add_argument("--chart", type=Path, default=LOCAL / "funnels.html", help="where to write the chart")
+    rep.add_argument("--chart", type=Path, default=LOCAL / "funnels.html",
+                     help="where to write the chart page (an .svg image of it goes beside)")
     rep.add_argument("--json", action="store_true", help="print the reports as JSON")
     cost = sub.add_parser("cost", help="monthly AWS cost of the shipped funnels for N contacts")
     cost.add_argument("--contacts", type=int, default=10_000)
@@ -122,7 +123,8 @@ def report_command(args) -> int:
             print(report.table(rep) + "\n")
     args.chart.parent.mkdir(parents=True, exist_ok=True)
     args.chart.write_text(report.chart_html(reports))
-    print(f"chart: {args.chart}", file=sys.stderr if args.json else sys.stdout)
+    args.chart.with_suffix(".svg").write_text(report.chart_svg(reports))
+    print(f"chart: {args.chart} (and {args.chart.with_suffix('.svg').name})", file=sys.stderr if args.json else sys.stdout)
     return 0
 
 
