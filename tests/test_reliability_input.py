@@ -24,10 +24,25 @@ class Operation:
     params: tuple[str, ...]  # path parameters, in path order
     content_types: tuple[str, ...]  # of the request body; () when the operation takes none
     auth: str | None  # "AWS_IAM" for the sigv4 scheme, as in template.yaml
+    fields: tuple[str, ...] = ()  # top-level properties of the body schema(s)
+    enums: tuple = ()  # every enum value in the body schema(s): type names, "One-Click", ...
 
     @property
     def has_body(self) -> bool:
         return bool(self.content_types)
+
+
+def _resolve(doc: dict, schema: dict) -> dict:
+    return doc["components"]["schemas"][schema["$ref"].rsplit("/", 1)[1]] if "$ref" in schema else schema
+
+
+def _schemas(doc: dict, schema: dict):
+    """The schema and every schema it names ($ref, oneOf, properties, items...), depth first."""
+    schema = _resolve(doc, schema)
+    yield schema
+    for sub in [*schema.get("oneOf", []), *schema.get("anyOf", []), *schema.get("properties", {}).values(),
+                *[schema[k] for k in ("items", "additionalProperties") if isinstance(schema.get(k), dict)]]:
+        yield from _schemas(doc, sub)
 
 
 def _operations() -> list[Operation]:
@@ -37,9 +52,14 @@ def _operations() -> list[Operation]:
         for method, op in sorted(item.items()):
             params = {p["name"] for p in op.get("parameters", []) if p["in"] == "path"}
             assert params == set(re.findall(r"{(\w+)}", path)), (method, path)
-            ops.append(Operation(method.upper(), path, tuple(re.findall(r"{(\w+)}", path)),
-                                 tuple(sorted(op.get("requestBody", {}).get("content", {}))),
-                                 "AWS_IAM" if {"sigv4": []} in op.get("security", []) else None))
+            content = op.get("requestBody", {}).get("content", {})
+            variants = [_resolve(doc, o) for m in content.values() for r in [_resolve(doc, m["schema"])]
+                        for o in r.get("oneOf", [r])]
+            enums = {e for m in content.values() for sub in _schemas(doc, m["schema"]) for e in sub.get("enum", [])}
+            ops.append(Operation(method.upper(), path, tuple(re.findall(r"{(\w+)}", path)), tuple(sorted(content)),
+                                 "AWS_IAM" if {"sigv4": []} in op.get("security", []) else None,
+                                 tuple(sorted({f for v in variants for f in v.get("properties", {})})),
+                                 tuple(sorted(enums, key=repr))))
     return ops
 
 
@@ -73,6 +93,16 @@ bodies = st.one_of(
 headers = st.dictionaries(st.sampled_from(["x-api-key", "cookie", "origin", "user-agent", "x-forwarded-for",
                                            "accept", "referer"]),
                           st.text(string.printable, max_size=40), max_size=3)
+def op_bodies(op: Operation):
+    """Junk bodies, plus JSON and form bodies made of the operation's own field names and enum values."""
+    if not op.fields:
+        return bodies
+    values = json_values | st.sampled_from(op.enums or ("x",))
+    named = st.dictionaries(st.sampled_from(op.fields), values, max_size=6)
+    return st.one_of(bodies, named.map(json.dumps),
+                     named.map(lambda d: "&".join(f"{k}={v}" for k, v in d.items())))
+
+
 segments = st.text(string.ascii_letters + string.digits + "-_.~%=:@!$'()*+,;", min_size=1, max_size=60)
 
 
@@ -109,7 +139,7 @@ def test_fuzz_every_route(rt, data):
                            label=f"{op.method} {op.path} params")
         # a body for every operation that may carry one: declared ones get their own content
         # types among the wrong ones, undeclared ones (DELETE) get junk
-        body = data.draw(bodies, label="body") if op.method in ("POST", "PUT", "PATCH", "DELETE") else None
+        body = data.draw(op_bodies(op), label="body") if op.method in ("POST", "PUT", "PATCH", "DELETE") else None
         hdrs = data.draw(headers, label="headers")
         key = data.draw(st.sampled_from([None, rt.admin_key, rt.template.parameters.get("EventsApiKey"), "wrong"]),
                         label="x-api-key")
