@@ -1,6 +1,6 @@
 """Bad input on every operation of the API's OpenAPI document (infra/openapi.json, generated
-from template.yaml) with hypothesis: never a 5xx or an unhandled exception; every 4xx is a
-JSON error naming the problem (or, for a page a browser opens, an HTML page); contact data
+from template.yaml) with hypothesis: never a 5xx or an unhandled exception, only statuses the
+document declares; every 4xx is a JSON error naming the problem (or, for a page a browser opens, an HTML page); contact data
 never becomes a header or template code."""
 import json
 import re
@@ -26,6 +26,7 @@ class Operation:
     auth: str | None  # "AWS_IAM" for the sigv4 scheme, as in template.yaml
     fields: tuple[str, ...] = ()  # top-level properties of the body schema(s)
     enums: tuple = ()  # every enum value in the body schema(s): type names, "One-Click", ...
+    responses: tuple[str, ...] = ()  # the documented status codes
 
     @property
     def has_body(self) -> bool:
@@ -59,7 +60,7 @@ def _operations() -> list[Operation]:
             ops.append(Operation(method.upper(), path, tuple(re.findall(r"{(\w+)}", path)), tuple(sorted(content)),
                                  "AWS_IAM" if {"sigv4": []} in op.get("security", []) else None,
                                  tuple(sorted({f for v in variants for f in v.get("properties", {})})),
-                                 tuple(sorted(enums, key=repr))))
+                                 tuple(sorted(enums, key=repr)), tuple(sorted(op["responses"]))))
     return ops
 
 
@@ -106,8 +107,9 @@ def op_bodies(op: Operation):
 segments = st.text(string.ascii_letters + string.digits + "-_.~%=:@!$'()*+,;", min_size=1, max_size=60)
 
 
-def check(resp, route) -> None:
+def check(resp, route: Operation) -> None:
     assert resp.status < 500, (route, resp.status, resp.body[:300])
+    assert str(resp.status) in route.responses, (route.method, route.path, resp.status, "not in infra/openapi.json")
     if 400 <= resp.status < 500:
         ctype = resp.headers.get("content-type", "")
         if ctype.startswith("text/html"):  # a page a browser opened from an email (e.g. an expired link)
@@ -148,7 +150,7 @@ def test_fuzz_every_route(rt, data):
         ctype = data.draw(st.sampled_from(list(op.content_types) + CONTENT_TYPES), label="content-type")
         if ctype:
             hdrs["content-type"] = ctype
-        check(rt.http(op.method, fill(op, values), body=body, headers=hdrs), op)
+        check(rt.http(op.method, fill(op, values), body=body, headers=hdrs), op)  # also: a documented status
 
 
 @SETTINGS

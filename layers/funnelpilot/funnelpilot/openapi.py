@@ -167,6 +167,15 @@ RESPONSES = {
                       "403": _error("origin, user agent or token refused"), "413": _error("body too large"),
                       "429": _error("rate limited")},
 }
+SUMMARIES = {
+    "POST /signup": "Sign up from a landing-page form", "GET /o/{token}": "Open pixel",
+    "HEAD /o/{token}": "Open pixel (HEAD)", "GET /c/{token}": "Tracked link", "HEAD /c/{token}": "Tracked link (HEAD)",
+    "GET /u/{token}": "Unsubscribe page", "POST /u/{token}": "Unsubscribe (also RFC 8058 one-click)",
+    "GET /confirm/{token}": "Double opt-in confirmation", "POST /events": "Site and shop events",
+    "GET /contacts/{id}": "Contact profile (admin)", "GET /contacts/{id}/export": "Everything about a person (admin)",
+    "DELETE /contacts/{id}": "GDPR erasure (admin)", "GET /funnels/{id}/report": "Per-step funnel report (admin)",
+    "GET /t.js": "Site tracker snippet", "POST /collect": "Page views and custom events from the snippet",
+}
 PREFLIGHT = {"204": {"description": "CORS preflight for an allowed origin"}}
 QUERY = {"GET /funnels/{id}/report": [
     {"name": name, "in": "query", "required": False, "schema": _string(format="date")} for name in ("from", "to")]}
@@ -174,7 +183,9 @@ QUERY = {"GET /funnels/{id}/report": [
 
 def _operation(route: dict, operation_id: str) -> dict:
     key = f"{route['method']} {route['path']}"
-    op = {"operationId": operation_id, "summary": route["description"], "tags": [route["function"]]}
+    summary = "CORS preflight" if route["method"] == "OPTIONS" else SUMMARIES.get(key, key)
+    op = {"operationId": operation_id, "summary": summary, "description": route["description"],
+          "tags": [route["function"]]}
     params = [{"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
               for name in re.findall(r"{(\w+)}", route["path"])] + QUERY.get(key, [])
     if params:
@@ -186,6 +197,8 @@ def _operation(route: dict, operation_id: str) -> dict:
     if key in BODIES:
         op["requestBody"] = BODIES[key]
     responses = PREFLIGHT if route["method"] == "OPTIONS" else RESPONSES.get(key, {"200": {"description": "OK"}})
+    if key == "OPTIONS /collect":
+        responses = {**responses, "403": _error("origin not allowed")}
     if route["auth"] == "AWS_IAM":
         responses = {**responses, "403": _error("request not signed (locally: wrong x-api-key)")}
     op["responses"] = responses
