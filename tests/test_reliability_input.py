@@ -1,7 +1,7 @@
 """Bad input on every operation of the API's OpenAPI document (infra/openapi.json, generated
-from template.yaml) with hypothesis: never a 5xx or an unhandled exception, only statuses the
-document declares; every 4xx is a JSON error naming the problem (or, for a page a browser opens, an HTML page); contact data
-never becomes a header or template code."""
+from template.yaml) with hypothesis: never a 5xx or an unhandled exception, only statuses
+the document declares; every 4xx is a JSON error naming the problem (or, for a page a
+browser opens, an HTML page); contact data never becomes a header or template code."""
 import json
 import re
 import string
