@@ -8,7 +8,7 @@ PORT   ?= 3000
 SEED   ?= 7
 CONTACTS ?= 200
 
-.PHONY: demo serve test lint browser funnels bench clean
+.PHONY: demo serve test lint browser funnels openapi bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -38,6 +38,9 @@ lint: $(STAMP)
 
 funnels: $(STAMP)
 	$(BIN)/funnelpilot funnels
+
+openapi: $(STAMP)
+	$(BIN)/funnelpilot openapi
 
 bench: $(STAMP)
 	$(BIN)/python bench/run.py

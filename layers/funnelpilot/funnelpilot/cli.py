@@ -1,4 +1,4 @@
-"""``funnelpilot`` command line: demo, serve (local runtime), funnels (compiler), report, cost, bulk."""
+"""``funnelpilot`` command line: demo, serve (local runtime), funnels (compiler), openapi, report, cost, bulk."""
 import argparse
 import json
 import os
@@ -20,6 +20,9 @@ def main(argv: list[str] | None = None) -> int:
     funnels = sub.add_parser("funnels", help="compile infra/funnels/*.yaml to state machines and template.yaml")
     funnels.add_argument("--check", action="store_true", help="change nothing; exit 1 if anything is out of date")
     funnels.add_argument("--root", type=Path, help="project directory (default: this checkout)")
+    oas = sub.add_parser("openapi", help="write the HTTP API's OpenAPI document (infra/openapi.json) from template.yaml")
+    oas.add_argument("--check", action="store_true", help="change nothing; exit 1 if the file is out of date")
+    oas.add_argument("--root", type=Path, help="project directory (default: this checkout)")
     bulk = sub.add_parser("bulk", help="start (or resume) a bulk action over a segment (Step Functions)")
     machine = bulk.add_mutually_exclusive_group(required=True)
     machine.add_argument("--stack", help="deployed stack name (reads its BulkStateMachineArn output)")
@@ -63,6 +66,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "funnels":
         return funnels_command(args)
+    if args.command == "openapi":
+        return openapi_command(args)
     if args.command == "report":
         return report_command(args)
     if args.command == "cost":
@@ -89,6 +94,24 @@ def funnels_command(args) -> int:
         return 1
     if not changed:
         print("funnels: everything up to date")
+    return 0
+
+
+def openapi_command(args) -> int:
+    from funnelpilot import openapi
+    from funnelpilot.local.runtime import ROOT
+
+    root = args.root or ROOT
+    path = root / openapi.PATH
+    text = openapi.render(root)
+    if path.exists() and path.read_text() == text:
+        print(f"openapi: {openapi.PATH} up to date")
+        return 0
+    if args.check:
+        print(f"out of date: {openapi.PATH}\nrun `make openapi` to regenerate", file=sys.stderr)
+        return 1
+    path.write_text(text)
+    print(f"wrote: {openapi.PATH}")
     return 0
 
 
