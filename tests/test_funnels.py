@@ -267,6 +267,21 @@ def test_engagement_without_a_pricing_click_and_an_order_converts_on_the_current
     assert converted["detail"]["step"] in ("Send engagement-2a", "Send engagement-2b")
 
 
+def test_an_unsubscribe_is_an_exit_event_of_engagement_that_stops_it_at_once(rt, tap):
+    cid = signup(rt, "eve@example.com")
+    assert rt.advance(HOUR)
+    publish(rt, "funnel.handoff", cid, to="engagement", **{"from": "test"})
+    assert rt.advance(DAY + HOUR)
+    mid = message(rt, cid, "engagement-1")["message_id"]
+    assert rt.http("POST", f"/u/{tokens.sign('u', cid, mid)}", form={"List-Unsubscribe": "One-Click"}).status == 200
+    assert rt.settle()
+    status, states = journey(rt, "engagement", cid)
+    assert status == "ABORTED" and states[-1] == "Wait 2 days"  # stopped by the exit rule, not at the next send
+    [exited] = [e["detail"] for e in tap.events("funnel.completed") if e["detail"]["funnel"] == "engagement"]
+    assert exited["outcome"] == "exited" and exited["exit"] == "contact.unsubscribed"
+    assert not any(e["detail"]["funnel"] == "engagement" for e in tap.events("funnel.converted"))
+
+
 def test_both_ab_variants_are_reachable():
     from funnelpilot import sequence
 
