@@ -10,7 +10,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from funnelpilot import clock, inactivity
+from funnelpilot import aws, clock, inactivity
 from funnelpilot.local.runtime import ROOT, Runtime
 
 DAY = 86_400
@@ -46,7 +46,7 @@ def measure(base: int, newly_inactive: int, seed_value: int) -> dict:
         today = clock.iso()[:10]
         seed(rt, base, newly_inactive, random.Random(seed_value))
         stats = {"calls": 0, "items_read": 0, "capacity": 0.0}
-        client = inactivity._ddb()
+        client = aws.dynamodb()
 
         def ask_capacity(params, **_):
             params.setdefault("ReturnConsumedCapacity", "TOTAL")

@@ -1,7 +1,6 @@
 """customer.repurchase_due from the customer's own rhythm, through EventBridge Scheduler on the simulated clock."""
 from datetime import datetime, timezone
 
-import pytest
 from test_scoring import new_contact, publish
 
 from funnelpilot import clock, repurchase

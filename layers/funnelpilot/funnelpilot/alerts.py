@@ -11,7 +11,6 @@ import json
 from functools import cache
 
 import yaml
-from botocore.exceptions import ClientError
 
 from funnelpilot import aws, bus, clock, emails, scoring, tokens
 from funnelpilot.config import config
@@ -26,10 +25,6 @@ def settings() -> dict:
             "recent": int(doc.get("recent_activity", 10))}
 
 
-def _ddb():
-    return aws.client("dynamodb")
-
-
 def reason_for(detail_type: str, detail: dict) -> str | None:
     """Why this event deserves an alert, or None."""
     cfg = settings()
@@ -42,32 +37,26 @@ def reason_for(detail_type: str, detail: dict) -> str | None:
 
 
 def recent_activity(cid: str, limit: int) -> list[dict]:
-    page = _ddb().query(TableName=config().table, KeyConditionExpression="pk = :c AND begins_with(sk, :p)",
-                        ExpressionAttributeValues={":c": {"S": cid}, ":p": {"S": "EVT#"}},
-                        ScanIndexForward=False, Limit=limit)
+    page = aws.dynamodb().query(TableName=config().table, KeyConditionExpression="pk = :c AND begins_with(sk, :p)",
+                                ExpressionAttributeValues={":c": {"S": cid}, ":p": {"S": "EVT#"}},
+                                ScanIndexForward=False, Limit=limit)
     return [{"at": clock.iso(float(i["at"]["N"])), "kind": i["kind"]["S"],
              "summary": json.loads(i.get("summary", {}).get("S", "{}"))} for i in page["Items"]]
 
 
 def _claim(cid: str, reason: str) -> bool:
     now = clock.now()
-    try:
-        _ddb().update_item(TableName=config().table, Key={"pk": {"S": cid}, "sk": {"S": "ALERT"}},
+    until = now + settings()["rate_limit"]
+    return aws.conditional("update_item", Key={"pk": {"S": cid}, "sk": {"S": "ALERT"}},
                            UpdateExpression="SET #until = :until, reason = :r, expires_at = :exp",
                            ConditionExpression="attribute_not_exists(#until) OR #until <= :now",
                            ExpressionAttributeNames={"#until": "until"},
-                           ExpressionAttributeValues={":until": {"N": str(now + settings()["rate_limit"])},
-                                                      ":now": {"N": str(now)}, ":r": {"S": reason},
-                                                      ":exp": {"N": str(int(now + settings()["rate_limit"]))}})
-        return True
-    except ClientError as exc:
-        if aws.is_conditional_failure(exc):
-            return False
-        raise
+                           ExpressionAttributeValues={":until": {"N": str(until)}, ":now": {"N": str(now)},
+                                                      ":r": {"S": reason}, ":exp": {"N": str(int(until))}})
 
 
 def _release(cid: str) -> None:
-    _ddb().delete_item(TableName=config().table, Key={"pk": {"S": cid}, "sk": {"S": "ALERT"}})
+    aws.dynamodb().delete_item(TableName=config().table, Key={"pk": {"S": cid}, "sk": {"S": "ALERT"}})
 
 
 def alert(detail_type: str, detail: dict) -> str:

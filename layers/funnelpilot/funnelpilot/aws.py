@@ -16,6 +16,23 @@ def client(service: str):
     return boto3.client(service, region_name=config().region)
 
 
+def dynamodb():
+    """The shared low-level DynamoDB client."""
+    return client("dynamodb")
+
+
+def conditional(operation: str, **request) -> bool:
+    """One conditional DynamoDB write (``update_item``, ``put_item``, ``delete_item``) on the
+    contacts table unless ``TableName`` says otherwise; False when only its condition failed."""
+    try:
+        getattr(dynamodb(), operation)(**{"TableName": config().table, **request})
+    except Exception as exc:
+        if is_conditional_failure(exc):
+            return False
+        raise
+    return True
+
+
 def is_conditional_failure(exc: Exception) -> bool:
     """True when a single-item write (botocore ``ClientError`` or a pynamodb exception)
     failed only because its condition was false."""

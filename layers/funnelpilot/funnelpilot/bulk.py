@@ -24,10 +24,6 @@ _SLUG = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 _PROP = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
 
 
-def _ddb():
-    return aws.client("dynamodb")
-
-
 def validate(segment: str, action: dict) -> dict:
     """The action, checked: exactly one of ``tag``, ``untag``, ``properties`` or ``funnel``."""
     if segment not in segments.definitions():
@@ -52,14 +48,15 @@ def _run_key(run_id: str) -> dict:
 
 def start_run(event: dict) -> dict:
     action = validate(event["segment"], event["action"])
-    _ddb().update_item(TableName=config().table, Key=_run_key(event["run_id"]),
-                       UpdateExpression="SET #seg = if_not_exists(#seg, :s), #a = if_not_exists(#a, :a), "
-                                        "started_at = if_not_exists(started_at, :t), attempts = "
-                                        "if_not_exists(attempts, :zero) + :one, #st = :running",
-                       ExpressionAttributeNames={"#a": "action", "#st": "status", "#seg": "segment"},
-                       ExpressionAttributeValues={":s": {"S": event["segment"]}, ":a": {"S": json.dumps(action)},
-                                                  ":t": {"S": clock.iso()}, ":zero": {"N": "0"}, ":one": {"N": "1"},
-                                                  ":running": {"S": "running"}})
+    aws.dynamodb().update_item(TableName=config().table, Key=_run_key(event["run_id"]),
+                               UpdateExpression="SET #seg = if_not_exists(#seg, :s), #a = if_not_exists(#a, :a), "
+                                                "started_at = if_not_exists(started_at, :t), attempts = "
+                                                "if_not_exists(attempts, :zero) + :one, #st = :running",
+                               ExpressionAttributeNames={"#a": "action", "#st": "status", "#seg": "segment"},
+                               ExpressionAttributeValues={":s": {"S": event["segment"]},
+                                                          ":a": {"S": json.dumps(action)}, ":t": {"S": clock.iso()},
+                                                          ":zero": {"N": "0"}, ":one": {"N": "1"},
+                                                          ":running": {"S": "running"}})
     return {"cursor": None}
 
 
@@ -97,7 +94,7 @@ def _already_done(run_id: str, cids: list[str]) -> set[str]:
     for i in range(0, len(keys), 100):
         request = {config().table: {"Keys": keys[i:i + 100], "ProjectionExpression": "sk", "ConsistentRead": True}}
         while request:
-            resp = _ddb().batch_get_item(RequestItems=request)
+            resp = aws.dynamodb().batch_get_item(RequestItems=request)
             found |= {item["sk"]["S"].removeprefix("DONE#") for item in resp["Responses"].get(config().table, [])}
             request = resp.get("UnprocessedKeys") or None
     return found
@@ -121,7 +118,7 @@ def _apply_one(run_id: str, cid: str, kind: str, value) -> bool:
     for with_map in (True, False):
         items = [marker, _change(cid, kind, value, with_map)]
         try:
-            _ddb().transact_write_items(TransactItems=items)
+            aws.dynamodb().transact_write_items(TransactItems=items)
             return True
         except ClientError as exc:
             failed = aws.failed_conditions(exc)
@@ -176,7 +173,7 @@ def changed(run_id: str) -> int:
               "ConsistentRead": True}
     total = 0
     while True:
-        page = _ddb().query(**kwargs)
+        page = aws.dynamodb().query(**kwargs)
         total += page["Count"]
         if "LastEvaluatedKey" not in page:
             return total
@@ -184,11 +181,11 @@ def changed(run_id: str) -> int:
 
 
 def report(event: dict) -> dict:
-    item = _ddb().get_item(TableName=config().table, Key=_run_key(event["run_id"]), ConsistentRead=True)["Item"]
-    _ddb().update_item(TableName=config().table, Key=_run_key(event["run_id"]),
-                       UpdateExpression="SET #st = :done, finished_at = :t",
-                       ExpressionAttributeNames={"#st": "status"},
-                       ExpressionAttributeValues={":done": {"S": "done"}, ":t": {"S": clock.iso()}})
+    item = aws.dynamodb().get_item(TableName=config().table, Key=_run_key(event["run_id"]), ConsistentRead=True)["Item"]
+    aws.dynamodb().update_item(TableName=config().table, Key=_run_key(event["run_id"]),
+                               UpdateExpression="SET #st = :done, finished_at = :t",
+                               ExpressionAttributeNames={"#st": "status"},
+                               ExpressionAttributeValues={":done": {"S": "done"}, ":t": {"S": clock.iso()}})
     return {"run_id": event["run_id"], "segment": item["segment"]["S"], "action": json.loads(item["action"]["S"]),
             "changed": changed(event["run_id"]), "attempts": int(item["attempts"]["N"])}
 

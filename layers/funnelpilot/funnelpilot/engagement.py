@@ -17,7 +17,6 @@ import logging
 from dataclasses import dataclass
 from datetime import datetime
 
-import boto3
 
 from funnelpilot import aws, bus, clock, tokens, visitors
 from funnelpilot.agents import AUTOMATED
@@ -45,10 +44,6 @@ class Result:
     recorded: bool
     url: str | None = None  # where a click goes (None: unknown, tampered or honeypot)
     honeypot: bool = False
-
-
-def _ddb():
-    return aws.client("dynamodb")
 
 
 def _epoch(iso: str | None) -> float | None:
@@ -112,7 +107,7 @@ def hit(kind: str, token: str, *, method: str, user_agent: str, ip: str) -> Resu
     cid, message_id = fields[0], fields[1]
     link = fields[2] if kind == "click" else None
     key = {"pk": {"S": cid}, "sk": {"S": f"MSG#{message_id}"}}
-    item = _ddb().get_item(TableName=config().table, Key=key).get("Item")
+    item = aws.dynamodb().get_item(TableName=config().table, Key=key).get("Item")
     if not item or _attr(item, "status") != "sent":
         return Result(False)
     links = json.loads(_attr(item, "links") or "[]")
@@ -161,8 +156,8 @@ def _record(kind: str, cid: str, message_id: str, key: dict, item: dict, link: s
         sets.append("first_click_at = :now")
     if link == HONEYPOT:
         sets.append("honeypot_at = :now")
-    _ddb().update_item(TableName=config().table, Key=key, UpdateExpression="SET " + ", ".join(sets),
-                       ConditionExpression="attribute_exists(pk)", ExpressionAttributeValues=values)
+    aws.dynamodb().update_item(TableName=config().table, Key=key, UpdateExpression="SET " + ", ".join(sets),
+                               ConditionExpression="attribute_exists(pk)", ExpressionAttributeValues=values)
 
     common = {"message_id": message_id, "funnel": _attr(item, "funnel"), "step": _attr(item, "step"),
               "template": _attr(item, "template"), "human": verdict.human}

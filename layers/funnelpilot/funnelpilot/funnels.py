@@ -25,10 +25,6 @@ def _sfn():
     return aws.client("stepfunctions")
 
 
-def _ddb():
-    return aws.client("dynamodb")
-
-
 def _entry_key(cid: str, funnel: str) -> dict:
     return {"pk": {"S": cid}, "sk": {"S": f"FUNNEL#{funnel}"}}
 
@@ -43,7 +39,8 @@ def execution_arn(state_machine_arn: str, name: str) -> str:
 
 def entry(cid: str, funnel: str) -> dict | None:
     """The contact's FUNNEL# item as plain values, or None."""
-    item = _ddb().get_item(TableName=config().table, Key=_entry_key(cid, funnel), ConsistentRead=True).get("Item")
+    item = aws.dynamodb().get_item(TableName=config().table, Key=_entry_key(cid, funnel),
+                                   ConsistentRead=True).get("Item")
     return {k: next(iter(v.values())) for k, v in item.items()} if item else None
 
 
@@ -113,7 +110,7 @@ def enter(*, funnel: str, state_machine_arn: str, entry_rule: str, event: dict,
     if ":running" not in condition:
         del values[":running"]
     try:
-        old = _ddb().update_item(
+        old = aws.dynamodb().update_item(
             TableName=config().table, Key=_entry_key(cid, funnel), ReturnValues="ALL_OLD",
             UpdateExpression="SET #s = :starting, entered_at = :iso, entered_ts = :now, trigger_event_id = :eid, "
                              "execution_arn = :arn, funnel = :f ADD entries :one",
@@ -172,16 +169,9 @@ def set_status(cid: str, funnel: str, arn: str, status: str, *, only_from=LIVE, 
         values[f":{key}"] = {"S": value} if value is not None else {"NULL": True}
         sets.append(f"#{key} = :{key}")
     allowed = ", ".join(f":from{i}" for i in range(len(only_from)))
-    try:
-        _ddb().update_item(TableName=config().table, Key=_entry_key(cid, funnel),
-                           UpdateExpression="SET " + ", ".join(sets),
+    return aws.conditional("update_item", Key=_entry_key(cid, funnel), UpdateExpression="SET " + ", ".join(sets),
                            ConditionExpression=f"execution_arn = :arn AND #s IN ({allowed})",
                            ExpressionAttributeNames=names, ExpressionAttributeValues=values)
-        return True
-    except Exception as exc:
-        if is_conditional_failure(exc):
-            return False
-        raise
 
 
 # ---------------------------------------------------------------- goal / exit
@@ -230,7 +220,7 @@ def resume(event: dict) -> int:
              "ExpressionAttributeValues": {":c": {"S": cid}, ":w": {"S": "WAIT#"}}, "ConsistentRead": True}
     resumed = 0
     while True:
-        page = _ddb().query(**query)
+        page = aws.dynamodb().query(**query)
         for item in page["Items"]:
             if item["detail_type"]["S"] != detail_type or not wait_matches(json.loads(item["match"]["S"]), detail):
                 continue
@@ -243,19 +233,14 @@ def resume(event: dict) -> int:
 
 def release(item: dict, output: dict) -> bool:
     """Delete a wait item (conditionally: one resumer wins) and send its task token."""
-    try:
-        _ddb().delete_item(TableName=config().table, Key={"pk": item["pk"], "sk": item["sk"]},
-                           ConditionExpression="#t = :t", ExpressionAttributeNames={"#t": "token"},
-                           ExpressionAttributeValues={":t": item["token"]})
-    except Exception as exc:
-        if is_conditional_failure(exc):
-            return False
-        raise
+    if not aws.conditional("delete_item", Key={"pk": item["pk"], "sk": item["sk"]}, ConditionExpression="#t = :t",
+                           ExpressionAttributeNames={"#t": "token"}, ExpressionAttributeValues={":t": item["token"]}):
+        return False
     try:
         _sfn().send_task_success(taskToken=item["token"]["S"], output=json.dumps(output))
     except Exception as exc:
         if getattr(exc, "response", {}).get("Error", {}).get("Code") in _ENDED_TASK:
             return False
-        _ddb().put_item(TableName=config().table, Item=item)  # keep the wait for the router's retry
+        aws.dynamodb().put_item(TableName=config().table, Item=item)  # keep the wait for the router's retry
         raise
     return True

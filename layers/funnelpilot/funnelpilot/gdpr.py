@@ -9,17 +9,12 @@ day) hold no person and stay.
 """
 from decimal import Decimal
 
-import boto3
 from boto3.dynamodb.types import TypeDeserializer
 
 from funnelpilot import aws, bus, clock
 from funnelpilot.config import config
 
 _DESERIALIZER = TypeDeserializer()
-
-
-def _ddb():
-    return aws.client("dynamodb")
 
 
 def _plain(value):
@@ -40,7 +35,7 @@ def _raw_items(cid: str) -> list[dict]:
     items, kwargs = [], {"TableName": config().table, "KeyConditionExpression": "pk = :pk",
                          "ExpressionAttributeValues": {":pk": {"S": cid}}, "ConsistentRead": True}
     while True:
-        page = _ddb().query(**kwargs)
+        page = aws.dynamodb().query(**kwargs)
         items.extend(page["Items"])
         if "LastEvaluatedKey" not in page:
             return items
@@ -52,8 +47,8 @@ def _items(cid: str) -> list[dict]:
 
 
 def profile(cid: str) -> dict | None:
-    item = _ddb().get_item(TableName=config().table, Key={"pk": {"S": cid}, "sk": {"S": "PROFILE"}},
-                           ConsistentRead=True).get("Item")
+    item = aws.dynamodb().get_item(TableName=config().table, Key={"pk": {"S": cid}, "sk": {"S": "PROFILE"}},
+                                   ConsistentRead=True).get("Item")
     return _plain({k: _DESERIALIZER.deserialize(v) for k, v in item.items()}) if item else None
 
 
@@ -79,6 +74,6 @@ def erase(cid: str) -> int | None:
     for i in range(0, len(keys), 25):
         requests = {config().table: [{"DeleteRequest": {"Key": k}} for k in keys[i:i + 25]]}
         while requests:
-            requests = _ddb().batch_write_item(RequestItems=requests).get("UnprocessedItems") or {}
+            requests = aws.dynamodb().batch_write_item(RequestItems=requests).get("UnprocessedItems") or {}
     bus.publish(bus.event("contact.erased", cid, items=len(keys)))
     return len(keys)

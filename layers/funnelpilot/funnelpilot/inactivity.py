@@ -8,7 +8,6 @@ grow with the contacts becoming inactive that day, not with the size of the base
 """
 from datetime import datetime, timedelta, timezone
 
-from botocore.exceptions import ClientError
 
 from funnelpilot import aws, bus, clock, scoring, tokens
 from funnelpilot.config import config
@@ -20,33 +19,22 @@ JOB_KEY = {"pk": {"S": "JOB#reengage_scan"}, "sk": {"S": "CURSOR"}}
 MAX_CATCH_UP_DAYS = 7
 
 
-def _ddb():
-    return aws.client("dynamodb")
-
-
 def inactive_on(last_at: float) -> str:
     return clock.iso(last_at + scoring.settings().inactive_after_days * 86_400)[:10]
 
 
 def touch(contact_id: str, at: float) -> bool:
     """Record a human engagement at ``at``; False if a later one was already recorded."""
-    try:
-        _ddb().update_item(
-            TableName=config().table, Key={"pk": {"S": contact_id}, "sk": {"S": "ACTIVITY"}},
-            UpdateExpression="SET last_at = :t, gsi1pk = :bucket, gsi1sk = :cid",
-            ConditionExpression="attribute_not_exists(last_at) OR last_at < :t",
-            ExpressionAttributeValues={":t": {"N": str(at)}, ":bucket": {"S": f"INACTIVE#{inactive_on(at)}"},
-                                       ":cid": {"S": contact_id}})
-        return True
-    except ClientError as exc:
-        if aws.is_conditional_failure(exc):
-            return False
-        raise
+    return aws.conditional("update_item", Key={"pk": {"S": contact_id}, "sk": {"S": "ACTIVITY"}},
+                           UpdateExpression="SET last_at = :t, gsi1pk = :bucket, gsi1sk = :cid",
+                           ConditionExpression="attribute_not_exists(last_at) OR last_at < :t",
+                           ExpressionAttributeValues={":t": {"N": str(at)}, ":cid": {"S": contact_id},
+                                                      ":bucket": {"S": f"INACTIVE#{inactive_on(at)}"}})
 
 
 def last_activity(contact_id: str) -> float | None:
-    item = _ddb().get_item(TableName=config().table, Key={"pk": {"S": contact_id}, "sk": {"S": "ACTIVITY"}},
-                           ProjectionExpression="last_at").get("Item")
+    item = aws.dynamodb().get_item(TableName=config().table, Key={"pk": {"S": contact_id}, "sk": {"S": "ACTIVITY"}},
+                                   ProjectionExpression="last_at").get("Item")
     return float(item["last_at"]["N"]) if item else None
 
 
@@ -56,7 +44,7 @@ def bucket(day: str):
               "KeyConditionExpression": "gsi1pk = :b", "ExpressionAttributeValues": {":b": {"S": f"INACTIVE#{day}"}},
               "ProjectionExpression": "pk, last_at"}
     while True:
-        page = _ddb().query(**kwargs)
+        page = aws.dynamodb().query(**kwargs)
         yield from page["Items"]
         if "LastEvaluatedKey" not in page:
             return
@@ -67,7 +55,7 @@ def scan(today: str) -> dict:
     """Emit ``contact.inactive`` for every bucket from the last processed day to ``today``
     (catching up at most MAX_CATCH_UP_DAYS). Safe to repeat: event ids are per contact+day.
     The daily job passes yesterday: a bucket is read once its day is over."""
-    cursor = _ddb().get_item(TableName=config().table, Key=JOB_KEY).get("Item")
+    cursor = aws.dynamodb().get_item(TableName=config().table, Key=JOB_KEY).get("Item")
     end = datetime.fromisoformat(today).replace(tzinfo=timezone.utc)
     start = end
     if cursor:
@@ -88,6 +76,6 @@ def scan(today: str) -> dict:
                                      inactive_days=days, last_engaged_at=clock.iso(last_at)))
         bus.publish(*entries)
         emitted += len(entries)
-        _ddb().put_item(TableName=config().table, Item={**JOB_KEY, "day": {"S": name}})
+        aws.dynamodb().put_item(TableName=config().table, Item={**JOB_KEY, "day": {"S": name}})
         day += timedelta(days=1)
     return {"from": start.date().isoformat(), "to": today, "inactive": emitted}

@@ -20,10 +20,6 @@ FUNNEL_ROW = "FUNNEL"
 _NAME = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
 
 
-def _ddb():
-    return aws.client("dynamodb")
-
-
 def counter_key(funnel: str, row: str, day: str | None = None) -> dict:
     day = day or clock.iso()[:10]
     return {"pk": {"S": f"FUNNEL#{funnel}"}, "sk": {"S": f"DAY#{day}#{row}"}}
@@ -51,7 +47,7 @@ def count(funnel: str, step: str | None, metrics: dict[str, int], *, once_key: s
         "ExpressionAttributeValues": values,
     } for row in rows]
     if once_key is None and len(updates) == 1:
-        _ddb().update_item(**updates[0])
+        aws.dynamodb().update_item(**updates[0])
         return True
     items = [{"Update": u} for u in updates]
     if once_key is not None:
@@ -60,7 +56,7 @@ def count(funnel: str, step: str | None, metrics: dict[str, int], *, once_key: s
                                           "expires_at": {"N": str(int(clock.now()) + MARKER_TTL)}},
                                  "ConditionExpression": "attribute_not_exists(pk)"}})
     try:
-        _ddb().transact_write_items(TransactItems=items)
+        aws.dynamodb().transact_write_items(TransactItems=items)
     except ClientError as exc:
         if aws.failed_conditions(exc):
             return False

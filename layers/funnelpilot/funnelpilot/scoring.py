@@ -159,10 +159,6 @@ def event_time(detail: dict) -> float:
         return clock.now()
 
 
-def _ddb():
-    return aws.client("dynamodb")
-
-
 def _n(x: float) -> dict:
     return {"N": repr(round(float(x), 9)) if not float(x).is_integer() else str(int(x))}
 
@@ -210,7 +206,7 @@ def _apply(detail_type: str, detail: dict, matched: list, t: float, seen_sk: str
         items += [_cap(cid, r, day) for r in rules if r.cap_per_day]
         items.append(_profile_update(contact, points, t, detail_type, detail))
         try:
-            _ddb().transact_write_items(TransactItems=items)
+            aws.dynamodb().transact_write_items(TransactItems=items)
         except ClientError as exc:
             failed = aws.failed_conditions(exc)
             if exc.response["Error"]["Code"] != "TransactionCanceledException" or not failed:
@@ -375,12 +371,5 @@ def _set_flag(cid: str, flag: str, value: float, condition: str, t: float) -> bo
     values = {":v": _n(value)}
     if ":t" in condition:
         values[":t"] = _n(t)
-    try:
-        _ddb().update_item(TableName=config().table, Key=_key(cid, PROFILE),
-                           UpdateExpression=f"SET {flag} = :v", ConditionExpression=condition,
-                           ExpressionAttributeValues=values)
-        return True
-    except ClientError as exc:
-        if aws.is_conditional_failure(exc):
-            return False
-        raise
+    return aws.conditional("update_item", Key=_key(cid, PROFILE), UpdateExpression=f"SET {flag} = :v",
+                           ConditionExpression=condition, ExpressionAttributeValues=values)

@@ -12,11 +12,10 @@ import json
 from dataclasses import dataclass
 from functools import cache
 
-import boto3
 import yaml
 from botocore.exceptions import ClientError
 
-from funnelpilot import bus, clock, inactivity, scoring, tokens
+from funnelpilot import aws, bus, clock, inactivity, scoring, tokens
 from funnelpilot.config import config
 from funnelpilot.models import PROFILE, Contact
 
@@ -82,11 +81,6 @@ def event_kinds() -> set[str]:
     return set().union(*(s.depends_on() for s in definitions().values()))
 
 
-@cache
-def _ddb():
-    return boto3.client("dynamodb", region_name=config().region)
-
-
 class Facts:
     """What evaluating one contact needs, read lazily (one GetItem each, at most once)."""
 
@@ -102,8 +96,8 @@ class Facts:
 
     def did_at(self, key: str) -> float | None:
         if key not in self._did:
-            item = _ddb().get_item(TableName=config().table, ConsistentRead=True,
-                                   Key={"pk": {"S": self.contact.pk}, "sk": {"S": f"DID#{key}"}}).get("Item")
+            item = aws.dynamodb().get_item(TableName=config().table, ConsistentRead=True,
+                                           Key={"pk": {"S": self.contact.pk}, "sk": {"S": f"DID#{key}"}}).get("Item")
             self._did[key] = float(item["at"]["N"]) if item else None
         return self._did[key]
 
@@ -163,7 +157,7 @@ def record_facts(detail_type: str, detail: dict) -> None:
             seen.add(key)
             t = scoring.event_time(detail)
             try:
-                _ddb().update_item(
+                aws.dynamodb().update_item(
                     TableName=config().table, Key={"pk": {"S": detail["contact_id"]}, "sk": {"S": f"DID#{key}"}},
                     UpdateExpression="SET #at = :t", ConditionExpression="attribute_not_exists(#at) OR #at < :t",
                     ExpressionAttributeNames={"#at": "at"}, ExpressionAttributeValues={":t": {"N": str(t)}})
@@ -207,7 +201,7 @@ def _membership_key(cid: str, segment: str) -> dict:
 
 def _transact(items: list[dict]) -> bool:
     try:
-        _ddb().transact_write_items(TransactItems=items)
+        aws.dynamodb().transact_write_items(TransactItems=items)
         return True
     except ClientError as exc:
         reasons = exc.response.get("CancellationReasons") or []
@@ -243,6 +237,6 @@ def members(segment: str, *, limit: int = 100, cursor: str | None = None) -> tup
               "ProjectionExpression": "gsi1sk"}
     if cursor:
         kwargs["ExclusiveStartKey"] = json.loads(cursor)
-    page = _ddb().query(**kwargs)
+    page = aws.dynamodb().query(**kwargs)
     nxt = page.get("LastEvaluatedKey")
     return [i["gsi1sk"]["S"] for i in page["Items"]], (json.dumps(nxt, sort_keys=True) if nxt else None)

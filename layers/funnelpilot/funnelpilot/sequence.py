@@ -28,10 +28,6 @@ LOG_KEEP = 720 * 3600  # marketing_log entries kept: the longest frequency-cap w
 WAIT_GRACE = 86_400  # a wait item outlives its timeout by a day, then DynamoDB's TTL removes it
 
 
-def _ddb():
-    return aws.client("dynamodb")
-
-
 def _step_id(step: dict, prefix: str = "s") -> str:
     """The (execution, state) idempotency key of a step: event ids, once keys."""
     return tokens.digest_id(prefix, step["execution"], step["state"])
@@ -50,17 +46,9 @@ def _profile_key(cid: str) -> dict:
 
 def _update(key: dict, expression: str, condition: str, values: dict, names: dict | None = None) -> bool:
     """One conditional UpdateItem; False when the condition was false."""
-    kwargs = {"TableName": config().table, "Key": key, "UpdateExpression": expression,
-              "ConditionExpression": condition, "ExpressionAttributeValues": values}
-    if names:
-        kwargs["ExpressionAttributeNames"] = names
-    try:
-        _ddb().update_item(**kwargs)
-        return True
-    except ClientError as exc:
-        if is_conditional_failure(exc):
-            return False
-        raise
+    extra = {"ExpressionAttributeNames": names} if names else {}
+    return aws.conditional("update_item", Key=key, UpdateExpression=expression, ConditionExpression=condition,
+                           ExpressionAttributeValues=values, **extra)
 
 
 def _zone(*names: str | None) -> ZoneInfo:
@@ -154,8 +142,8 @@ def _take_slot(cid: str, message_id: str, cap: tuple[int, float]) -> bool:
     funnels sending at once cannot both take the last slot. True: may send."""
     emails_allowed, hours = cap
     for _attempt in range(10):
-        item = _ddb().get_item(TableName=config().table, Key=_profile_key(cid), ConsistentRead=True,
-                               ProjectionExpression="marketing_log").get("Item", {})
+        item = aws.dynamodb().get_item(TableName=config().table, Key=_profile_key(cid), ConsistentRead=True,
+                                       ProjectionExpression="marketing_log").get("Item", {})
         log = [v["S"] for v in item.get("marketing_log", {}).get("L", [])]
         if any(e.endswith(f"#{message_id}") for e in log):
             return True  # a retry of a send that took its slot
@@ -236,7 +224,7 @@ def _messages(cid: str, execution: str, states: list[str]) -> list[dict]:
     found = []
     for state in states:
         key = {"pk": {"S": cid}, "sk": {"S": f"MSG#{tokens.digest_id('m', execution, state)}"}}
-        item = _ddb().get_item(TableName=config().table, Key=key, ConsistentRead=True).get("Item")
+        item = aws.dynamodb().get_item(TableName=config().table, Key=key, ConsistentRead=True).get("Item")
         if item:
             found.append(item)
     return found
@@ -298,13 +286,13 @@ def split(step: dict) -> dict:
     pick = pick_variant(step["variants"], cid, funnel, state)
     key = {"pk": {"S": cid}, "sk": {"S": f"FUNNEL#{funnel}"}}
     names = {"#v": "variants", "#f": "funnel"}
-    _ddb().update_item(TableName=config().table, Key=key, ExpressionAttributeNames=names,
-                       UpdateExpression="SET #v = if_not_exists(#v, :empty), #f = if_not_exists(#f, :f)",
-                       ExpressionAttributeValues={":empty": {"M": {}}, ":f": {"S": funnel}})
-    new = _ddb().update_item(TableName=config().table, Key=key, ReturnValues="ALL_NEW",
-                             UpdateExpression="SET #v.#s = if_not_exists(#v.#s, :pick)",
-                             ExpressionAttributeNames={"#v": "variants", "#s": state},
-                             ExpressionAttributeValues={":pick": {"S": pick}})["Attributes"]
+    aws.dynamodb().update_item(TableName=config().table, Key=key, ExpressionAttributeNames=names,
+                               UpdateExpression="SET #v = if_not_exists(#v, :empty), #f = if_not_exists(#f, :f)",
+                               ExpressionAttributeValues={":empty": {"M": {}}, ":f": {"S": funnel}})
+    new = aws.dynamodb().update_item(TableName=config().table, Key=key, ReturnValues="ALL_NEW",
+                                     UpdateExpression="SET #v.#s = if_not_exists(#v.#s, :pick)",
+                                     ExpressionAttributeNames={"#v": "variants", "#s": state},
+                                     ExpressionAttributeValues={":pick": {"S": pick}})["Attributes"]
     return {"variant": new["variants"]["M"][state]["S"]}
 
 
@@ -331,7 +319,7 @@ def wait_for(step: dict) -> dict:
             "token": {"S": step["token"]}, "detail_type": {"S": detail_type}, "match": {"S": json.dumps(match)},
             "funnel": {"S": funnel}, "execution": {"S": step["execution"]},
             "expires_at": {"N": str(int(clock.now() + float(step.get("timeout_seconds") or 0) + WAIT_GRACE))}}
-    _ddb().put_item(TableName=config().table, Item=item)
+    aws.dynamodb().put_item(TableName=config().table, Item=item)
     if "event" not in step["condition"] and holds(step["condition"], step):
         funnels.release(item, {"resumed_by": detail_type, "event_id": None})
     return {"status": "waiting"}

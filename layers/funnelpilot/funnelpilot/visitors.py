@@ -55,10 +55,6 @@ class Hit:
     props: tuple = ()
 
 
-def _ddb():
-    return aws.client("dynamodb")
-
-
 # ------------------------------------------------------------------ identity hand-off
 def token(contact_id: str) -> str:
     return tokens.sign(TOKEN_KIND, contact_id, str(int(clock.now() // DAY) + TOKEN_DAYS))
@@ -192,7 +188,7 @@ def record(hit: Hit, *, contact_id: str | None, ip: str, at: float) -> None:
                               "#m": "known" if contact_id else "anonymous"},
                           "ExpressionAttributeValues": {":one": {"N": "1"}}}}
     try:
-        _ddb().transact_write_items(TransactItems=[*(_window(s, k, n, at) for s, k, n in limits), counter])
+        aws.dynamodb().transact_write_items(TransactItems=[*(_window(s, k, n, at) for s, k, n in limits), counter])
     except ClientError as exc:
         for i in aws.failed_conditions(exc):
             if i < len(limits):  # a rate-limit window is full
@@ -205,7 +201,7 @@ def record(hit: Hit, *, contact_id: str | None, ip: str, at: float) -> None:
 
 def _exists(contact_id: str) -> bool:
     key = {"pk": {"S": contact_id}, "sk": {"S": "PROFILE"}}
-    return "Item" in _ddb().get_item(TableName=config().table, Key=key, ProjectionExpression="pk")
+    return "Item" in aws.dynamodb().get_item(TableName=config().table, Key=key, ProjectionExpression="pk")
 
 
 def event(hit: Hit, contact_id: str) -> dict:

@@ -17,7 +17,6 @@ import io
 import json
 import os
 import queue
-import sys
 import threading
 import time
 import uuid
