@@ -136,30 +136,31 @@ def _blocked(step: dict, message_id: str, reason: str) -> dict:
     return {"message_id": message_id, "status": "blocked", "reason": reason}
 
 
-def _take_slot(cid: str, message_id: str, cap: tuple[int, float]) -> bool:
+def _take_slot(cid: str, message_id: str, cap: tuple[int, float], log: list[str] | None) -> bool:
     """Frequency cap: add this message to the contact's ``marketing_log`` unless the window
-    is full. Optimistic: the write is conditioned on the log being what we read, so two
-    funnels sending at once cannot both take the last slot. True: may send."""
+    is full. Optimistic: the write is conditioned on the log being what was read (first the
+    ``log`` of the contact the send already read, then a fresh read), so two funnels sending
+    at once cannot both take the last slot. True: may send."""
     emails_allowed, hours = cap
     for _attempt in range(10):
-        item = aws.dynamodb().get_item(TableName=config().table, Key=_profile_key(cid), ConsistentRead=True,
-                                       ProjectionExpression="marketing_log").get("Item", {})
-        log = [v["S"] for v in item.get("marketing_log", {}).get("L", [])]
-        if any(e.endswith(f"#{message_id}") for e in log):
+        if any(e.endswith(f"#{message_id}") for e in log or ()):
             return True  # a retry of a send that took its slot
         now = clock.now()
-        in_window = [e for e in log if float(e.split("#", 1)[0]) > now - float(hours) * 3600]
+        in_window = [e for e in log or () if float(e.split("#", 1)[0]) > now - float(hours) * 3600]
         if len(in_window) >= int(emails_allowed):
             return False
-        kept = [e for e in log if float(e.split("#", 1)[0]) > now - max(LOG_KEEP, float(hours) * 3600)]
+        kept = [e for e in log or () if float(e.split("#", 1)[0]) > now - max(LOG_KEEP, float(hours) * 3600)]
         values = {":new": {"L": [{"S": e} for e in kept + [f"{int(now)}#{message_id}"]]}}
-        if "marketing_log" in item:
-            condition = "attribute_exists(pk) AND marketing_log = :old"
-            values[":old"] = item["marketing_log"]
-        else:
+        if log is None:
             condition = "attribute_exists(pk) AND attribute_not_exists(marketing_log)"
+        else:
+            condition = "attribute_exists(pk) AND marketing_log = :old"
+            values[":old"] = {"L": [{"S": e} for e in log]}
         if _update(_profile_key(cid), "SET marketing_log = :new", condition, values):
             return True
+        item = aws.dynamodb().get_item(TableName=config().table, Key=_profile_key(cid), ConsistentRead=True,
+                                       ProjectionExpression="marketing_log").get("Item", {})
+        log = [v["S"] for v in item["marketing_log"]["L"]] if "marketing_log" in item else None
     raise TransientError("frequency cap: the contact's log kept changing; retry")
 
 
@@ -195,7 +196,7 @@ def send(step: dict) -> dict:
         return {"message_id": message_id, "status": prior.status, "duplicate": True}
     if reason:
         return _blocked(step, message_id, reason)
-    if not transactional and not _take_slot(cid, message_id, spec.frequency_cap):
+    if not transactional and not _take_slot(cid, message_id, spec.frequency_cap, contact.marketing_log):
         message.update(actions=[Message.status.set("blocked"), Message.reason.set("frequency_cap")])
         return _blocked(step, message_id, "frequency_cap")
 
