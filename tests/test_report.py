@@ -111,6 +111,7 @@ def test_counting_is_idempotent_per_event_and_unique_per_message(rt):
 
 def test_report_route_errors(rt):
     assert get_report(rt, "no-such-funnel").status == 404
+    assert get_report(rt, "bulk").status == 404  # a state machine of ours, but not a funnel
     bad = get_report(rt, query="?from=yesterday")
     assert bad.status == 400 and bad.json()["field"] == "from"
     assert get_report(rt, query="?from=2026-02-02&to=2026-01-01").status == 400

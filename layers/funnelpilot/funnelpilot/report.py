@@ -24,16 +24,9 @@ from funnelpilot.metrics import FUNNEL_ROW, STEP_METRICS
 DEFAULT_DAYS = 30
 
 
-def _ddb():
-    return aws.client("dynamodb")
-
-
 def known_funnels(content_dir: Path | None = None) -> list[str]:
-    """Funnel ids shipped as content: ``funnels/<id>.yaml`` or ``statemachines/<id>.asl.json``."""
-    root = Path(content_dir or config().content_dir)
-    ids = {p.name.removesuffix(".yaml") for p in (root / "funnels").glob("*.yaml")}
-    ids |= {p.name.removesuffix(".asl.json") for p in (root / "statemachines").glob("*.asl.json")}
-    return sorted(ids)
+    """Funnel ids shipped as content: ``funnels/<id>.yaml`` (not other state machines, e.g. bulk)."""
+    return sorted(p.stem for p in (Path(content_dir or config().content_dir) / "funnels").glob("*.yaml"))
 
 
 def step_order(funnel: str, content_dir: Path | None = None) -> list[str]:
@@ -86,7 +79,7 @@ def query_rows(funnel: str, start: str, end: str, table: str | None = None) -> l
                                             ":hi": {"S": f"DAY#{end}#\uffff"}}}
     rows = []
     while True:
-        page = _ddb().query(**kwargs)
+        page = aws.dynamodb().query(**kwargs)
         rows += [{k: (v["S"] if "S" in v else int(v["N"])) for k, v in item.items()} for item in page["Items"]]
         if "LastEvaluatedKey" not in page:
             return rows

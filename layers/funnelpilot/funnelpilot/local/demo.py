@@ -20,7 +20,7 @@ from datetime import datetime, timezone
 from email import message_from_bytes, policy
 from pathlib import Path
 
-from funnelpilot import clock, report, tokens
+from funnelpilot import clock, compiler, report, tokens
 from funnelpilot.local import costs
 from funnelpilot.local.runtime import Runtime
 
@@ -276,8 +276,8 @@ def journeys(rt: Runtime) -> list[dict]:
     """Per funnel: executions, state transitions and Lambda tasks per contact (from the
     execution histories: what Step Functions bills)."""
     sfn, rows = rt.client("stepfunctions"), []
-    shipped = {f"funnelpilot-{f}" for f in report.known_funnels(rt.root / "infra")}  # not the bulk machine
-    for arn in (a for a in rt.state_machine_arns() if a.rsplit(":", 1)[-1] in shipped):
+    for funnel in report.known_funnels(rt.root / "infra"):
+        arn = rt.template.physical[compiler.logical_id(funnel)]
         transitions, tasks = [], []
         for page in sfn.get_paginator("list_executions").paginate(stateMachineArn=arn):
             for ex in page["executions"]:
@@ -285,8 +285,7 @@ def journeys(rt: Runtime) -> list[dict]:
                     executionArn=ex["executionArn"]) for e in p["events"]]
                 transitions.append(sum(1 for e in events if e["type"].endswith("StateEntered")))
                 tasks.append(sum(1 for e in events if e["type"] in ("LambdaFunctionScheduled", "TaskScheduled")))
-        rows.append({"funnel": arn.rsplit(":", 1)[-1].removeprefix("funnelpilot-"),  # the local stack name
-                     "executions": len(transitions),
+        rows.append({"funnel": funnel, "executions": len(transitions),
                      "transitions": sum(transitions) / len(transitions) if transitions else None,
                      "max": max(transitions, default=None),
                      "tasks": sum(tasks) / len(tasks) if tasks else None})
