@@ -68,8 +68,7 @@ OPERATIONS = _operations()
 
 SETTINGS = settings(max_examples=40, deadline=None, derandomize=True, database=None,
                     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
-SIGNUP_FIELDS = ["email", "consent", "list", "first_name", "lead_magnet", "redirect", "website", "timezone",
-                 "utm_source", "utm_campaign"]
+SIGNUP_FIELDS = list(next(o for o in OPERATIONS if (o.method, o.path) == ("POST", "/signup")).fields)
 CONTENT_TYPES = ["application/json", "application/x-www-form-urlencoded", "text/plain", "multipart/form-data",
                  "application/json; charset=utf-8", None]
 

@@ -75,6 +75,22 @@ def main(argv: list[str] | None = None) -> int:
     return 2
 
 
+def sync_generated(root: Path, target: str, expected: dict[Path, str], stale: list[Path], check: bool) -> int:
+    """Write the files a `make <target>` generates (or, with ``check``, only say which are out of
+    date: exit 1), removing ``stale`` ones."""
+    changed = [p for p, text in expected.items() if not p.exists() or p.read_text() != text] + stale
+    for path in changed:
+        print(f"{'out of date' if check else 'removed' if path in stale else 'wrote'}: {path.relative_to(root)}")
+        if not check:
+            path.unlink() if path in stale else path.write_text(expected[path])
+    if not changed:
+        print(f"{target}: everything up to date")
+    elif check:
+        print(f"run `make {target}` to regenerate", file=sys.stderr)
+        return 1
+    return 0
+
+
 def funnels_command(args) -> int:
     from funnelpilot import compiler
     from funnelpilot.funnel_spec import FunnelError
@@ -82,19 +98,11 @@ def funnels_command(args) -> int:
 
     root = args.root or ROOT
     try:
-        changed = compiler.run(root, check=args.check)
+        expected = compiler.build(root)
     except (FunnelError, compiler.CompileError) as exc:
         print(f"funnels: not compiled, fix these first:\n{str(exc).replace(f'{root}/', '')}", file=sys.stderr)
         return 1
-    for path in changed:
-        verb = "out of date" if args.check else ("removed" if not path.exists() else "wrote")
-        print(f"{verb}: {path.relative_to(root)}")
-    if args.check and changed:
-        print("run `make funnels` to regenerate", file=sys.stderr)
-        return 1
-    if not changed:
-        print("funnels: everything up to date")
-    return 0
+    return sync_generated(root, "funnels", expected, compiler.stale_machines(root, expected), args.check)
 
 
 def openapi_command(args) -> int:
@@ -102,17 +110,7 @@ def openapi_command(args) -> int:
     from funnelpilot.local.runtime import ROOT
 
     root = args.root or ROOT
-    path = root / openapi.PATH
-    text = openapi.render(root)
-    if path.exists() and path.read_text() == text:
-        print(f"openapi: {openapi.PATH} up to date")
-        return 0
-    if args.check:
-        print(f"out of date: {openapi.PATH}\nrun `make openapi` to regenerate", file=sys.stderr)
-        return 1
-    path.write_text(text)
-    print(f"wrote: {openapi.PATH}")
-    return 0
+    return sync_generated(root, "openapi", {root / openapi.PATH: openapi.render(root)}, [], args.check)
 
 
 def report_command(args) -> int:

@@ -270,10 +270,6 @@ def compile_funnel(funnel: Funnel) -> dict:
     return _Machine(funnel).definition()
 
 
-def count_states(definition: dict) -> int:
-    return len(definition["States"])
-
-
 # ---------------------------------------------------------------- template.yaml block
 def logical_id(funnel_id: str) -> str:
     return "".join(part.capitalize() for part in re.split(r"[-_]", funnel_id)) + "Funnel"
@@ -381,7 +377,7 @@ def splice(template_text: str, block: str) -> str:
     return template_text[:start] + block + template_text[end + len(END) + 1:]
 
 
-# ---------------------------------------------------------------- the command
+# ---------------------------------------------------------------- what `make funnels` writes
 def build(root: Path) -> dict[Path, str]:
     """Every file the funnels produce: path -> expected content."""
     funnels = load_all(root / "infra" / "funnels")
@@ -397,16 +393,3 @@ def stale_machines(root: Path, expected: dict[Path, str]) -> list[Path]:
     """Compiled files whose funnel file is gone."""
     return [p for p in (root / "infra" / "statemachines").glob("*.asl.json")
             if p not in expected and MARKER in p.read_text()]
-
-
-def run(root: Path, check: bool = False) -> list[Path]:
-    """Compile every funnel; returns the files that were (or, with check, would be) changed."""
-    expected = build(root)
-    changed = [p for p, text in expected.items() if not p.exists() or p.read_text() != text]
-    stale = stale_machines(root, expected)
-    if not check:
-        for path in changed:
-            path.write_text(expected[path])
-        for path in stale:
-            path.unlink()
-    return changed + stale

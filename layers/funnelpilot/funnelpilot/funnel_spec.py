@@ -283,7 +283,7 @@ class _Checker:
     def _tag(self, value, raw, line, where, name):
         if not isinstance(value, str) or not re.match(r"^[a-z0-9][a-z0-9_:-]{0,49}$", value):
             raise ValueError("a tag is lowercase letters, digits, -, _ and : (at most 50)")
-        return Step(raw and next(k for k in raw if k in ("tag", "untag")), value, line, name)
+        return Step("tag" if "tag" in raw else "untag", value, line, name)
 
     _untag = _tag
 
