@@ -11,7 +11,7 @@ import tempfile
 from pathlib import Path
 
 from funnelpilot import aws, clock, inactivity
-from funnelpilot.local.runtime import ROOT, Runtime
+from funnelpilot_local.runtime import ROOT, Runtime
 
 DAY = 86_400
 

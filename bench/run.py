@@ -25,7 +25,7 @@ meter.install()
 import coldstart  # noqa: E402
 import raw_handlers  # noqa: E402
 import traffic  # noqa: E402
-from funnelpilot.local.runtime import LambdaContext, Runtime  # noqa: E402
+from funnelpilot_local.runtime import LambdaContext, Runtime  # noqa: E402
 
 HOT = ("SignupFunction", "TrackOpenFunction", "TrackClickFunction")  # logical ids in template.yaml
 COLD_GOAL, WARM_GOAL = 1.3, 1.2
@@ -114,7 +114,7 @@ def exercise(rt: MeteredRuntime, contacts: int) -> dict:
 def funnels() -> list[dict]:
     """Transitions per contact per funnel: a small seeded demo audience through 60 days of every
     funnel (stepped time), counted from the execution histories."""
-    from funnelpilot.local import demo
+    from funnelpilot_local import demo
 
     contacts = int(os.environ.get("BENCH_FUNNEL_CONTACTS", "40"))
     with tempfile.TemporaryDirectory() as tmp:

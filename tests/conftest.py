@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from funnelpilot.local.runtime import ROOT, Runtime
+from funnelpilot_local.runtime import ROOT, Runtime
 
 
 class EventTap:

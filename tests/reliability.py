@@ -8,8 +8,8 @@ from email import message_from_bytes, policy
 
 from funnelpilot import clock
 
-from funnelpilot.local.moto_adapter import sent_emails
-from funnelpilot.local.template import ACCOUNT, REGION
+from funnelpilot_local.moto_adapter import sent_emails
+from funnelpilot_local.template import ACCOUNT, REGION
 
 _URL = re.compile(r"https?://[^\s\"'<>]+")
 

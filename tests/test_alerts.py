@@ -4,8 +4,8 @@ from email import message_from_bytes, policy
 from test_scoring import new_contact, publish
 
 from funnelpilot import alerts, bus, clock
-from funnelpilot.local.runtime import ROOT
-from funnelpilot.local.template import Template
+from funnelpilot_local.runtime import ROOT
+from funnelpilot_local.template import Template
 
 
 def sales_mail(rt):

@@ -16,7 +16,7 @@ import pytest
 from conftest import EventTap
 
 from funnelpilot import tokens
-from funnelpilot.local.server import LocalServer
+from funnelpilot_local.server import LocalServer
 
 CHROMIUM = Path("/usr/bin/chromium")
 if not CHROMIUM.exists():

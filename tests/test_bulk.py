@@ -112,7 +112,7 @@ def test_bad_bulk_actions_are_refused(rt):
 
 
 def test_cli_starts_a_run_and_prints_its_report(rt, capsys):
-    from funnelpilot import cli
+    from funnelpilot_local import cli
 
     seed_segment(rt, "customers", 12)
     assert cli.main(["bulk", "--state-machine-arn", machine(rt), "--segment", "customers",

@@ -1,8 +1,8 @@
 """The demo: a simulated audience through the real handlers, deterministic for a seed; cost and CLI."""
 import json
 
-from funnelpilot import cli
-from funnelpilot.local import costs, demo
+from funnelpilot_local import cli
+from funnelpilot_local import costs, demo
 
 
 def test_same_seed_same_report_and_the_audience_acts_through_real_routes(tmp_path):

@@ -5,7 +5,7 @@ from email import message_from_bytes, policy
 from conftest import executions
 
 from funnelpilot import clock, tokens
-from funnelpilot.local.runtime import ROOT, Runtime
+from funnelpilot_local.runtime import ROOT, Runtime
 
 
 def mails(rt):

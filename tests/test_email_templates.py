@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from funnelpilot import emails
-from funnelpilot.local.runtime import ROOT
+from funnelpilot_local.runtime import ROOT
 from funnelpilot.models import PROFILE, Contact
 from funnelpilot.sequence import template_context
 

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from funnelpilot import cli, compiler
+from funnelpilot_local import cli, compiler
 from funnelpilot.funnel_spec import FunnelError, load_all, parse
-from funnelpilot.local.runtime import ROOT
+from funnelpilot_local.runtime import ROOT
 
 
 def test_compiled_state_machines_and_template_are_up_to_date(capsys):

@@ -7,8 +7,8 @@ import pytest
 from conftest import entered_states, executions
 
 from funnelpilot import bus, clock, tokens
-from funnelpilot.local.moto_adapter import sent_emails
-from funnelpilot.local.template import ACCOUNT, REGION
+from funnelpilot_local.moto_adapter import sent_emails
+from funnelpilot_local.template import ACCOUNT, REGION
 
 BROWSER = "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/126.0 Safari/537.36"
 SCANNER = "Mozilla/5.0 (compatible; Mimecast URL Protect)"

@@ -5,7 +5,7 @@ import re
 import pytest
 
 from funnelpilot.errors import FunnelLeft
-from funnelpilot.local.runtime import LOCAL_ADMIN_KEY
+from funnelpilot_local.runtime import LOCAL_ADMIN_KEY
 
 ADMIN = {"x-api-key": LOCAL_ADMIN_KEY}
 BROWSER = "Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Firefox/128.0"

@@ -4,10 +4,11 @@ import json
 import re
 import shutil
 
-from funnelpilot import contacts, openapi
-from funnelpilot.cli import main
-from funnelpilot.local.runtime import ROOT
-from funnelpilot.local.template import load_yaml
+from funnelpilot import contacts
+from funnelpilot_local import openapi
+from funnelpilot_local.cli import main
+from funnelpilot_local.runtime import ROOT
+from funnelpilot_local.template import load_yaml
 
 DOC = json.loads((ROOT / openapi.PATH).read_text())
 METHODS = {"get", "put", "post", "delete", "options", "head", "patch", "trace"}

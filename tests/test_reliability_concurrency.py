@@ -11,7 +11,7 @@ from conftest import executions
 from reliability import mails, sent_count, task_inputs
 
 from funnelpilot import metrics, tokens
-from funnelpilot.local.runtime import LambdaContext, http_api_event
+from funnelpilot_local.runtime import LambdaContext, http_api_event
 from funnelpilot.models import PROFILE, Contact
 
 N = 12

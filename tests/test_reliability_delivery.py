@@ -8,8 +8,8 @@ import pytest
 from conftest import EventTap
 from reliability import audience, task_inputs, world
 
-from funnelpilot.local.runtime import ROOT, Runtime
-from funnelpilot.local.template import load_yaml
+from funnelpilot_local.runtime import ROOT, Runtime
+from funnelpilot_local.template import load_yaml
 
 TEMPLATE = load_yaml(ROOT / "template.yaml")
 

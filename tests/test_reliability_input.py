@@ -11,8 +11,9 @@ from email import message_from_bytes, policy
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from funnelpilot import emails, openapi, sequence
-from funnelpilot.local.runtime import ROOT
+from funnelpilot import emails, sequence
+from funnelpilot_local import openapi
+from funnelpilot_local.runtime import ROOT
 from funnelpilot.models import PROFILE, Contact
 
 

@@ -4,7 +4,7 @@ import re
 from email import message_from_bytes, policy
 
 from funnelpilot import bus, metrics, report, tokens
-from funnelpilot.local.runtime import LOCAL_ADMIN_KEY
+from funnelpilot_local.runtime import LOCAL_ADMIN_KEY
 
 
 BROWSER = "Mozilla/5.0 (Macintosh; Intel Mac OS X 14_5) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/17.5 Safari/605.1.15"

@@ -2,8 +2,8 @@
 from test_scoring import new_contact, profile, publish
 
 from funnelpilot import clock, segments
-from funnelpilot.local.template import Template
-from funnelpilot.local.runtime import ROOT
+from funnelpilot_local.template import Template
+from funnelpilot_local.runtime import ROOT
 
 
 def test_lead_magnet_download_enters_the_segment_within_the_same_event(rt, tap):

@@ -10,8 +10,8 @@ import pytest
 
 from funnelpilot import funnel_spec, scoring, sequence, tokens
 from funnelpilot.errors import FunnelLeft, QuietHours
-from funnelpilot.local.moto_adapter import sent_emails
-from funnelpilot.local.template import ACCOUNT, REGION
+from funnelpilot_local.moto_adapter import sent_emails
+from funnelpilot_local.template import ACCOUNT, REGION
 from funnelpilot.models import PROFILE, Contact
 
 BROWSER = "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/126.0 Safari/537.36"

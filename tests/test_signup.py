@@ -36,7 +36,7 @@ def test_form_encoded_signup_is_accepted(rt):
 
 def test_form_body_arrives_base64_encoded_like_http_api(rt):
     # HTTP API base64-encodes form bodies; the handler decodes them.
-    from funnelpilot.local.runtime import http_api_event
+    from funnelpilot_local.runtime import http_api_event
 
     route = next(r for r in rt.routes if r.method == "POST" and r.path == "/signup")
     event = http_api_event("POST", "/signup", "", {"content-type": "application/x-www-form-urlencoded"},

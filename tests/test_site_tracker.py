@@ -8,8 +8,8 @@ import pytest
 from conftest import START, EventTap
 
 from funnelpilot import clock, emails, tokens, visitors
-from funnelpilot.local.runtime import ROOT, Runtime, http_api_event
-from funnelpilot.local.server import site_parameters
+from funnelpilot_local.runtime import ROOT, Runtime, http_api_event
+from funnelpilot_local.server import site_parameters
 from funnelpilot.models import Message
 
 BROWSER = "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/126.0 Safari/537.36"

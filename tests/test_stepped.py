@@ -4,7 +4,7 @@ import json
 import pytest
 
 from funnelpilot import clock
-from funnelpilot.local.runtime import ROOT, Runtime
+from funnelpilot_local.runtime import ROOT, Runtime
 
 START = 1_772_409_600.0  # 2026-03-02T00:00:00Z
 

@@ -3,8 +3,8 @@ import json
 import re
 from pathlib import Path
 
-from funnelpilot.local.runtime import ROOT
-from funnelpilot.local.template import load_yaml
+from funnelpilot_local.runtime import ROOT
+from funnelpilot_local.template import load_yaml
 
 TEMPLATE = load_yaml(ROOT / "template.yaml")
 

@@ -207,34 +207,3 @@ def start(state_machine_arn: str, segment: str, action: dict, *, run_id: str | N
                           "page_size": page_size, "batch_size": batch_size}))
     return {"run_id": run_id, "execution_arn": execution["executionArn"]}
 
-
-def cli(args) -> int:
-    """``funnelpilot bulk ...``: start a run, optionally wait and print its report (JSON)."""
-    import os
-    import time
-    from pathlib import Path
-
-    os.environ.setdefault("CONTENT_DIR", str(Path(__file__).resolve().parents[3] / "infra"))
-    arn = args.state_machine_arn
-    if args.stack:
-        cfn = boto3.client("cloudformation", region_name=config().region)
-        outputs = cfn.describe_stacks(StackName=args.stack)["Stacks"][0].get("Outputs", [])
-        arn = next(o["OutputValue"] for o in outputs if o["OutputKey"] == "BulkStateMachineArn")
-    if args.set:
-        pairs = [p.partition("=") for p in args.set]
-        action = {"properties": {k: v for k, _, v in pairs}}
-    else:
-        action = {k: getattr(args, k) for k in ("tag", "untag", "funnel") if getattr(args, k)}
-    try:
-        started = start(arn, args.segment, action, run_id=args.run_id)
-    except InvalidField as exc:
-        print(f"error: {exc.field}: {exc.message}")
-        return 2
-    print(json.dumps(started))
-    if not args.wait:
-        return 0
-    sfn = boto3.client("stepfunctions", region_name=config().region)
-    while (d := sfn.describe_execution(executionArn=started["execution_arn"]))["status"] == "RUNNING":
-        time.sleep(1)
-    print(d.get("output") or json.dumps({"status": d["status"], "error": d.get("error")}))
-    return 0 if d["status"] == "SUCCEEDED" else 1

@@ -1,6 +1,6 @@
 """Funnel files (``infra/funnels/<id>.yaml``): loading and validation.
 
-A funnel file is what a marketer edits; the compiler (funnelpilot.compiler) turns it into
+A funnel file is what a marketer edits; the compiler (funnelpilot_local.compiler) turns it into
 a state machine. Every mistake is reported as ``<file>:<line>: <what is wrong>``, all of
 them at once, before anything is generated. The language is documented in README.md
 ("Funnels") and by the shipped files themselves.

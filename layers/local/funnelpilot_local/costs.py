@@ -22,7 +22,7 @@ from pathlib import Path
 import botocore.client
 import yaml
 
-PRICES = Path(__file__).resolve().parents[4] / "infra" / "prices.yaml"
+PRICES = Path(__file__).resolve().parents[3] / "infra" / "prices.yaml"
 
 
 class Meter:

@@ -26,9 +26,11 @@ from email import message_from_bytes
 from pathlib import Path
 from urllib.parse import parse_qsl, urlencode
 
-from funnelpilot.local.template import ACCOUNT, REGION, Template
+from funnelpilot_local import aws_rules
+from funnelpilot_local.aws_rules import Rules, principal
+from funnelpilot_local.template import ACCOUNT, REGION, Template
 
-ROOT = Path(__file__).resolve().parents[4]
+ROOT = Path(__file__).resolve().parents[3]
 LOCAL_SECRET = "local-development-secret-do-not-use-in-aws"
 # Routes with ``Auth: {Authorizer: AWS_IAM}`` (SigV4 on AWS) take this key in ``x-api-key`` locally.
 LOCAL_ADMIN_KEY = "local-admin-key"
@@ -98,8 +100,10 @@ class Runtime:
 
     def __init__(self, root: Path = ROOT, *, speed: float = 86_400.0, state_dir: Path | None = None,
                  public_url: str = "http://127.0.0.1:3000", log_level: str = "WARNING",
-                 parameters: dict | None = None, stepped: bool = False, start: float | None = None):
+                 parameters: dict | None = None, stepped: bool = False, start: float | None = None,
+                 rules: Rules | None = None):
         self.root = Path(root)
+        self.rules = rules or Rules()  # strict mode: what AWS enforces and moto does not (aws_rules)
         self.speed = 1.0 if stepped else speed
         self.stepped = stepped
         self.start_time = start
@@ -149,11 +153,12 @@ class Runtime:
         from moto import mock_aws
 
         from funnelpilot import clock
-        from funnelpilot.local import moto_adapter
+        from funnelpilot_local import moto_adapter
 
         self._mock = mock_aws(config={"stepfunctions": {"execute_state_machine": True},
                                       "lambda": {"use_docker": False}})
         self._mock.start()
+        aws_rules.install(self._rule_families())
         moto_adapter.install(self.invoke, self._deliver)
         self.scheduler = moto_adapter.Scheduler() if self.stepped else None
         moto_adapter.use_virtual_time(self.scheduler)
@@ -177,12 +182,25 @@ class Runtime:
         time.sleep(0.05)
         if self.stepped:
             from funnelpilot import clock
-            from funnelpilot.local import moto_adapter
+            from funnelpilot_local import moto_adapter
 
             moto_adapter.use_virtual_time(None)  # parked threads of this runtime stay parked (daemons)
             clock.configure()
+        aws_rules.uninstall()
         self._mock.stop()
         self._mock = None
+
+    def _rule_families(self) -> list:
+        """The strict-mode rules this runtime enforces (funnelpilot_local.aws_rules)."""
+        return []
+
+    def role_of(self, logical_id: str) -> str:
+        """The IAM role a function or state machine runs as: its ``Role`` property, else the
+        one SAM generates (``<LogicalId>Role``)."""
+        props = self.template.resources[logical_id].get("Properties", {})
+        if "Role" in props:
+            return self.template.resolve(props["Role"])
+        return f"arn:aws:iam::{ACCOUNT}:role/{logical_id}Role"
 
     def client(self, service: str):
         """One boto3 client per service (creating one costs ~40 ms; pump() runs often)."""
@@ -356,9 +374,10 @@ class Runtime:
     def invoke(self, function: str, payload: dict):
         """Synchronous invoke (what a Step Functions Task or a direct call does)."""
         fn = self.functions[function]
-        if self.invoke_hook is not None:
-            return self.invoke_hook(function, lambda: fn.handler(payload, LambdaContext(function)))
-        return fn.handler(payload, LambdaContext(function))
+        with principal.acting_as(self.role_of(function)):
+            if self.invoke_hook is not None:
+                return self.invoke_hook(function, lambda: fn.handler(payload, LambdaContext(function)))
+            return fn.handler(payload, LambdaContext(function))
 
     def _deliver(self, target_arn: str, payload: dict) -> None:
         with self._lock:
@@ -371,7 +390,7 @@ class Runtime:
         ScheduleV2 events and Scheduler schedules created through the API (one-time
         ``at(...)`` ones are deleted after firing when ActionAfterCompletion is DELETE)."""
         from funnelpilot import clock
-        from funnelpilot.local import schedules
+        from funnelpilot_local import schedules
 
         now, fired = clock.now(), 0
         for sched in self.schedules:
@@ -394,7 +413,7 @@ class Runtime:
         return fired + self._fire_api_schedules(now)
 
     def _fire_api_schedules(self, now: float) -> int:
-        from funnelpilot.local import schedules
+        from funnelpilot_local import schedules
 
         scheduler, fired = self.client("scheduler"), 0
         summaries, token = [], None
@@ -570,7 +589,7 @@ class Runtime:
     # ------------------------------------------------------------------ outbox
     def flush_outbox(self) -> list[Path]:
         """Write every email SES accepted since the last call to .local/outbox/<message_id>.eml."""
-        from funnelpilot.local.moto_adapter import sent_emails
+        from funnelpilot_local.moto_adapter import sent_emails
 
         written = []
         sent = sent_emails(ACCOUNT, REGION)

@@ -11,7 +11,7 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-from funnelpilot.local.runtime import Runtime
+from funnelpilot_local.runtime import Runtime
 
 SITE = Path(__file__).with_name("site")
 _PAGE = re.compile(r"^/([a-z0-9-]+)$")

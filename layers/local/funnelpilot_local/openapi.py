@@ -13,7 +13,7 @@ from pathlib import Path
 from pydantic import TypeAdapter
 
 from funnelpilot import contacts, ingest, visitors
-from funnelpilot.local.template import Template
+from funnelpilot_local.template import Template
 
 PATH = "infra/openapi.json"
 FUNCTION = "AWS::Serverless::Function"

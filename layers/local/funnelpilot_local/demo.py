@@ -20,9 +20,10 @@ from datetime import datetime, timezone
 from email import message_from_bytes, policy
 from pathlib import Path
 
-from funnelpilot import clock, compiler, report, tokens
-from funnelpilot.local import costs
-from funnelpilot.local.runtime import Runtime
+from funnelpilot import clock, report, tokens
+from funnelpilot_local import compiler
+from funnelpilot_local import costs
+from funnelpilot_local.runtime import Runtime
 
 START = datetime(2026, 3, 2, tzinfo=timezone.utc).timestamp()  # a Monday, 00:00 UTC
 HOUR, DAY = 3600, 86400
@@ -220,8 +221,8 @@ class Simulation:
 
     def new_emails(self) -> None:
         """Emails SES accepted since the last look: each reader decides what to do with it."""
-        from funnelpilot.local.moto_adapter import sent_emails
-        from funnelpilot.local.template import ACCOUNT, REGION
+        from funnelpilot_local.moto_adapter import sent_emails
+        from funnelpilot_local.template import ACCOUNT, REGION
 
         sent = sent_emails(ACCOUNT, REGION)
         now = _now()

@@ -52,15 +52,13 @@ def main(argv: list[str] | None = None) -> int:
                       help="operations measured by a demo run (default .local/usage.json; measured now if absent)")
     args = parser.parse_args(argv)
     if args.command == "bulk":
-        from funnelpilot import bulk as bulk_mod
-
-        return bulk_mod.cli(args)
+        return bulk_command(args)
     if args.command == "demo":
-        from funnelpilot.local import demo as demo_mod
+        from funnelpilot_local import demo as demo_mod
 
         return demo_mod.run(seed=args.seed, contacts=args.contacts, days=args.days)
     if args.command == "serve":
-        from funnelpilot.local.server import serve as serve_fn
+        from funnelpilot_local.server import serve as serve_fn
 
         serve_fn(port=args.port)
         return 0
@@ -92,9 +90,9 @@ def sync_generated(root: Path, target: str, expected: dict[Path, str], stale: li
 
 
 def funnels_command(args) -> int:
-    from funnelpilot import compiler
+    from funnelpilot_local import compiler
     from funnelpilot.funnel_spec import FunnelError
-    from funnelpilot.local.runtime import ROOT
+    from funnelpilot_local.runtime import ROOT
 
     root = args.root or ROOT
     try:
@@ -106,8 +104,8 @@ def funnels_command(args) -> int:
 
 
 def openapi_command(args) -> int:
-    from funnelpilot import openapi
-    from funnelpilot.local.runtime import ROOT
+    from funnelpilot_local import openapi
+    from funnelpilot_local.runtime import ROOT
 
     root = args.root or ROOT
     return sync_generated(root, "openapi", {root / openapi.PATH: openapi.render(root)}, [], args.check)
@@ -115,7 +113,7 @@ def openapi_command(args) -> int:
 
 def report_command(args) -> int:
     from funnelpilot import report
-    from funnelpilot.local.runtime import ROOT
+    from funnelpilot_local.runtime import ROOT
 
     content = ROOT / "infra"
     funnels = args.funnel or report.known_funnels(content)
@@ -150,12 +148,12 @@ def report_command(args) -> int:
 
 
 def cost_command(args) -> int:
-    from funnelpilot.local import costs
+    from funnelpilot_local import costs
 
     if args.usage.exists():
         usage = json.loads(args.usage.read_text())
     else:
-        from funnelpilot.local import demo
+        from funnelpilot_local import demo
 
         print("measuring: a 100-contact, 60-day simulation (run `make demo` to measure a larger one)...",
               file=sys.stderr)
@@ -166,3 +164,40 @@ def cost_command(args) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def bulk_command(args) -> int:
+    """``funnelpilot bulk ...``: start a run, optionally wait and print its report (JSON)."""
+    import time
+
+    import boto3
+
+    from funnelpilot.bulk import start
+    from funnelpilot.config import config
+    from funnelpilot.errors import InvalidField
+    from funnelpilot_local.runtime import ROOT
+
+    os.environ.setdefault("CONTENT_DIR", str(ROOT / "infra"))
+    arn = args.state_machine_arn
+    if args.stack:
+        cfn = boto3.client("cloudformation", region_name=config().region)
+        outputs = cfn.describe_stacks(StackName=args.stack)["Stacks"][0].get("Outputs", [])
+        arn = next(o["OutputValue"] for o in outputs if o["OutputKey"] == "BulkStateMachineArn")
+    if args.set:
+        pairs = [p.partition("=") for p in args.set]
+        action = {"properties": {k: v for k, _, v in pairs}}
+    else:
+        action = {k: getattr(args, k) for k in ("tag", "untag", "funnel") if getattr(args, k)}
+    try:
+        started = start(arn, args.segment, action, run_id=args.run_id)
+    except InvalidField as exc:
+        print(f"error: {exc.field}: {exc.message}")
+        return 2
+    print(json.dumps(started))
+    if not args.wait:
+        return 0
+    sfn = boto3.client("stepfunctions", region_name=config().region)
+    while (d := sfn.describe_execution(executionArn=started["execution_arn"]))["status"] == "RUNNING":
+        time.sleep(1)
+    print(d.get("output") or json.dumps({"status": d["status"], "error": d.get("error")}))
+    return 0 if d["status"] == "SUCCEEDED" else 1
