@@ -47,3 +47,24 @@ def failed_conditions(exc: Exception) -> list[int]:
     (empty for any other error)."""
     reasons = (getattr(exc, "response", None) or {}).get("CancellationReasons") or []
     return [i for i, r in enumerate(reasons) if r.get("Code") == "ConditionalCheckFailed"]
+
+
+def transact_write(items: list[dict], *, attempts: int = 8, base_delay: float = 0.02) -> None:
+    """TransactWriteItems, retried while DynamoDB cancels it only for ``TransactionConflict``
+    (another request was in progress on one of its items: the transaction was not applied,
+    so a retry is safe; botocore does not retry it). Full-jitter exponential backoff. Any
+    other cancellation (a condition failed) is raised at once, for the caller to read with
+    ``failed_conditions``."""
+    import random
+    import time
+
+    for attempt in range(attempts):
+        try:
+            dynamodb().transact_write_items(TransactItems=items)
+            return
+        except Exception as exc:
+            reasons = (getattr(exc, "response", None) or {}).get("CancellationReasons") or []
+            codes = {r.get("Code") for r in reasons} - {None, "None"}
+            if codes != {"TransactionConflict"} or attempt == attempts - 1:
+                raise
+            time.sleep(random.uniform(0, base_delay * 2 ** attempt))
