@@ -32,8 +32,9 @@ browser:
 	  && apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } \
 	  || echo "note: /usr/bin/chromium is missing (apt-get install chromium): the browser test is skipped"
 
+# cfn-lint with its informational rules too (I*: e.g. explicit DeletionPolicy on stateful resources).
 lint: $(STAMP)
-	$(BIN)/cfn-lint template.yaml
+	$(BIN)/cfn-lint --include-checks I -- template.yaml
 	SAM_CLI_TELEMETRY=0 $(BIN)/sam validate --lint --template template.yaml --region us-east-1
 
 funnels: $(STAMP)
