@@ -91,9 +91,75 @@ def test_tables_are_on_demand_with_pitr():
             assert props["PointInTimeRecoverySpecification"]["PointInTimeRecoveryEnabled"] is True, lid
 
 
-def test_layer_requirements_match_pyproject_pins():
-    import tomllib
+# The Lambda runtime the layer is built for (python3.12, arm64): evaluates dependency markers.
+LAMBDA_ENV = {"python_version": "3.12", "python_full_version": "3.12.0", "sys_platform": "linux",
+              "platform_system": "Linux", "platform_machine": "aarch64", "os_name": "posix",
+              "implementation_name": "cpython", "platform_python_implementation": "CPython", "extra": ""}
 
-    pins = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
-    layer = (ROOT / "layers/funnelpilot/requirements.txt").read_text().split()
-    assert set(layer) <= set(pins)
+
+def _layer_pins() -> dict[str, str]:
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    pins = {}
+    for line in (ROOT / "layers/funnelpilot/requirements.txt").read_text().splitlines():
+        if line.strip() and not line.startswith("#"):
+            req = Requirement(line)
+            [spec] = req.specifier
+            assert spec.operator == "==", line
+            pins[canonicalize_name(req.name)] = spec.version
+    return pins
+
+
+def test_layer_pins_every_distribution_it_installs_at_the_tested_version():
+    """pip installs the requirements and everything they require (on the Lambda runtime):
+    every one of those distributions is pinned, at the version installed here (what the tests ran)."""
+    import tomllib
+    from importlib import metadata
+
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    pins = _layer_pins()
+    installs, todo = set(), list(pins)
+    while todo:
+        name = todo.pop()
+        if name in installs:
+            continue
+        installs.add(name)
+        for text in metadata.distribution(name).requires or []:
+            req = Requirement(text)
+            if req.marker is None or req.marker.evaluate(LAMBDA_ENV):
+                todo.append(canonicalize_name(req.name))
+    assert installs == set(pins), f"unpinned: {installs - set(pins)}, not installed: {set(pins) - installs}"
+    assert {n: metadata.version(n) for n in pins} == pins
+    for text in tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]:
+        req = Requirement(text)
+        assert pins[canonicalize_name(req.name)] == next(iter(req.specifier)).version, text
+
+
+def _imported_layer_modules(path: Path) -> set[str]:
+    """Modules of the funnelpilot package a file imports (at any depth: lazy imports count)."""
+    import ast
+
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names |= {a.name for a in node.names if a.name.split(".")[0] == "funnelpilot"}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "funnelpilot":
+            names.add(node.module)
+            names |= {f"{node.module}.{a.name}" for a in node.names}  # from funnelpilot import tokens
+    return names
+
+
+def test_layer_package_holds_only_modules_the_handlers_reach():
+    package = ROOT / "layers/funnelpilot/funnelpilot"
+    modules = {f"funnelpilot.{p.stem}" for p in package.glob("*.py") if p.stem != "__init__"}
+    assert not [p for p in package.iterdir() if p.is_dir() and p.name != "__pycache__"], "subpackages: extend this test"
+    reached, todo = set(), [n for app in (ROOT / "functions").glob("*/app.py") for n in _imported_layer_modules(app)]
+    while todo:
+        name = todo.pop()
+        if name in modules and name not in reached:
+            reached.add(name)
+            todo += _imported_layer_modules(package / f"{name.split('.', 1)[1]}.py")
+    assert modules - reached == set(), "not imported by any handler: move to layers/local (never deployed)"

@@ -27,7 +27,7 @@ from pathlib import Path
 from urllib.parse import parse_qsl, urlencode
 
 from funnelpilot_local import aws_rules
-from funnelpilot_local.aws_rules import Rules, principal
+from funnelpilot_local.aws_rules import Rules, cloudformation, principal
 from funnelpilot_local.template import ACCOUNT, REGION, Template
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -101,7 +101,9 @@ class Runtime:
     def __init__(self, root: Path = ROOT, *, speed: float = 86_400.0, state_dir: Path | None = None,
                  public_url: str = "http://127.0.0.1:3000", log_level: str = "WARNING",
                  parameters: dict | None = None, stepped: bool = False, start: float | None = None,
-                 rules: Rules | None = None):
+                 rules: Rules | None = None, stack_name: str = "funnelpilot", template: Path | None = None):
+        """``stack_name`` is ``AWS::StackName``; ``template`` a template file other than
+        ``root/template.yaml`` (its paths stay relative to ``root``)."""
         self.root = Path(root)
         self.rules = rules or Rules()  # strict mode: what AWS enforces and moto does not (aws_rules)
         self.speed = 1.0 if stepped else speed
@@ -113,7 +115,8 @@ class Runtime:
         self.outbox = self.state_dir / "outbox"
         self.public_url = public_url
         self.log_level = log_level
-        self.template = Template.load(self.root, {"PublicUrl": public_url, **(parameters or {})})
+        self.template = Template.load(self.root, {"PublicUrl": public_url, **(parameters or {})},
+                                      stack_name=stack_name, path=template)
         # A NoEcho parameter without a default is a key the deployer must supply; locally it is
         # ``local-<ParameterName>`` (make serve prints it).
         for name, spec in self.template.doc.get("Parameters", {}).items():
@@ -164,10 +167,16 @@ class Runtime:
         moto_adapter.use_virtual_time(self.scheduler)
         clock.configure(speed=self.speed, start=self.start_time, stepped=self.stepped)
         self.outbox.mkdir(parents=True, exist_ok=True)
-        self._create_resources()
+        try:
+            self._create_resources()
+        except Exception:  # a stack that cannot be built (aws_rules.cloudformation): leave nothing running
+            self.stop()
+            raise
+        from funnelpilot import tokens
         from funnelpilot.config import config
 
         config.cache_clear()  # settings are read from the environment the template just set
+        tokens._key.cache_clear()  # the signing key of this stack's secret (SECRET_ID)
 
     def stop(self) -> None:
         if self._mock is None:
@@ -216,8 +225,17 @@ class Runtime:
         iam = self.client("iam")
         self.role_arn = iam.create_role(RoleName="funnelpilot-local",
                                         AssumeRolePolicyDocument="{}")["Role"]["Arn"]
+        cloudformation.check_alarm_actions(t)
+        secrets = self.client("secretsmanager")
+        for arn in self.rules.existing_secrets:  # found by the name in its ARN (moto)
+            secrets.create_secret(Name=arn.rsplit(":", 1)[-1], SecretString=LOCAL_SECRET)
+        reused = t.parameters.get("SigningSecretArn")
+        if reused and reused not in self.rules.existing_secrets:
+            raise cloudformation.StackError(
+                f"SigningSecretArn {reused}: no such secret in the account; every signed link would fail "
+                "(locally, name it in Rules(existing_secrets=...))")
         for lid in t.of_type("AWS::SecretsManager::Secret"):
-            self.client("secretsmanager").create_secret(Name=lid, SecretString=LOCAL_SECRET)
+            secrets.create_secret(Name=lid, SecretString=LOCAL_SECRET)
             t.physical[lid] = lid  # on AWS Ref gives the ARN; GetSecretValue accepts either
         for lid in t.of_type("AWS::DynamoDB::Table"):
             self._create_table(lid, t.resolve(t.properties(lid)))
@@ -241,10 +259,16 @@ class Runtime:
         for lid in t.of_type("AWS::SES::ConfigurationSet"):
             ses.create_configuration_set(ConfigurationSet={"Name": lid})
             t.physical[lid] = lid
-        for lid in t.of_type("AWS::SES::EmailIdentity"):
-            identity = t.resolve(t.properties(lid))["EmailIdentity"]
-            ses.verify_email_identity(EmailAddress=identity)
-            t.physical[lid] = identity
+        existing = self.rules.ses_existing_identities
+        identities = {lid: t.resolve(t.properties(lid))["EmailIdentity"] for lid in t.of_type("AWS::SES::EmailIdentity")}
+        for lid, identity in identities.items():
+            cloudformation.already_exists(lid, identity, existing)
+        for identity in (*existing, *identities.values()):  # verified identities of the account
+            if "@" in identity:
+                ses.verify_email_identity(EmailAddress=identity)
+            else:
+                ses.verify_domain_identity(Domain=identity)
+        t.physical.update(identities)
         for lid in t.of_type("AWS::IAM::Role"):
             t.physical[lid] = lid
             t.attributes[(lid, "Arn")] = f"arn:aws:iam::{ACCOUNT}:role/{lid}"
@@ -357,7 +381,8 @@ class Runtime:
             elif kind in ("Schedule", "ScheduleV2"):
                 if props.get("Enabled") is False or props.get("State") == "DISABLED":
                     continue
-                self.schedules.append({"function": lid, "arn": target_arn, "kind": kind, "name": f"{lid}{event_id}",
+                self.schedules.append({"function": lid, "arn": target_arn, "kind": kind,
+                                       "name": props.get("Name", f"{lid}{event_id}"),
                                        "expression": props.get("Schedule") or props.get("ScheduleExpression"),
                                        "input": props.get("Input"), "last": None})
             else:
@@ -508,7 +533,8 @@ class Runtime:
                 for ex in sfn.list_executions(stateMachineArn=arn, statusFilter="RUNNING")["executions"]]
 
     def state_machine_arns(self) -> list[str]:
-        return [self.template.physical[lid] for lid in self.template.of_type("AWS::Serverless::StateMachine")]
+        t = self.template
+        return [t.physical[lid] for lid in t.of_type("AWS::Serverless::StateMachine") if lid in t.physical]
 
     def settle(self, timeout: float = 30.0, poll: float = 0.02) -> bool:
         """Pump events until no delivery is queued and no execution is running (or timeout).

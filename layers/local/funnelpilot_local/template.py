@@ -62,13 +62,20 @@ class Template:
     parameters: dict[str, str] = field(default_factory=dict)
     physical: dict[str, str] = field(default_factory=dict)  # logical id -> Ref value
     attributes: dict[tuple[str, str], str] = field(default_factory=dict)
+    stack_name: str = "funnelpilot"  # AWS::StackName: the stack-scoped physical names derive from it
 
     @classmethod
-    def load(cls, root: Path, overrides: dict[str, str] | None = None) -> "Template":
-        doc = load_yaml(root / "template.yaml")
+    def load(cls, root: Path, overrides: dict[str, str] | None = None, *, stack_name: str = "funnelpilot",
+             path: Path | None = None) -> "Template":
+        """``root/template.yaml``, or the template file ``path`` (CodeUri and the other paths in
+        it stay relative to ``root``)."""
+        doc = load_yaml(path or root / "template.yaml")
         params = {k: str(v.get("Default", "")) for k, v in doc.get("Parameters", {}).items()}
+        unknown = set(overrides or {}) - set(params)
+        if unknown:
+            raise KeyError(f"template.yaml: no such parameter: {', '.join(sorted(unknown))}")
         params.update(overrides or {})
-        return cls(root=root, doc=doc, parameters=params)
+        return cls(root=root, doc=doc, parameters=params, stack_name=stack_name)
 
     @property
     def resources(self) -> dict[str, dict]:
@@ -129,7 +136,7 @@ class Template:
         return {k: r for k, v in value.items() if (r := self.resolve(v)) is not NO_VALUE}
 
     def ref(self, name: str):
-        pseudo = {"AWS::Region": REGION, "AWS::AccountId": ACCOUNT, "AWS::StackName": "funnelpilot",
+        pseudo = {"AWS::Region": REGION, "AWS::AccountId": ACCOUNT, "AWS::StackName": self.stack_name,
                   "AWS::Partition": "aws", "AWS::URLSuffix": "amazonaws.com", "AWS::NoValue": NO_VALUE}
         if name in pseudo:
             return pseudo[name]

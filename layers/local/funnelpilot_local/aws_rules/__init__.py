@@ -55,6 +55,9 @@ class Rules:
     put_events_failure_rate: float = 0.0  # share of PutEvents entries answered as failed, seeded
     # API Gateway HTTP API
     api_throttling: bool = True  # the template's route throttling (429)
+    # The account before the stack is created (checked as the runtime builds it: aws_rules.cloudformation)
+    ses_existing_identities: tuple[str, ...] = ()  # SES identities (addresses, domains) verified already
+    existing_secrets: tuple[str, ...] = ()  # secret ARNs, e.g. a SigningSecret retained from a deleted stack
 
 
 @dataclass

@@ -1,0 +1,248 @@
+"""What a real deploy of template.yaml needs and the local runtime checks as it builds the stack:
+alarms that can notify, a signing secret that survives a re-create, stack-scoped names, SES
+identities that may already exist (aws_rules.cloudformation)."""
+import copy
+import os
+from email import message_from_bytes
+from pathlib import Path
+
+import pytest
+
+from funnelpilot_local.aws_rules import Rules
+from funnelpilot_local.aws_rules.cloudformation import StackError, check_alarm_actions
+from funnelpilot_local.runtime import ROOT, Runtime
+from funnelpilot_local.template import ACCOUNT, REGION, Template, load_yaml
+
+START = 1_772_445_600.0  # Monday 10:00 UTC, as in conftest
+TEMPLATE_TEXT = (ROOT / "template.yaml").read_text()
+
+
+def runtime(tmp_path: Path, **kwargs) -> Runtime:
+    return Runtime(ROOT, stepped=True, start=START, state_dir=tmp_path / "local", **kwargs)
+
+
+def modified_template(tmp_path: Path, old: str, new: str) -> Path:
+    """A copy of template.yaml with one text replaced (the runtime loads it from tmp_path)."""
+    assert TEMPLATE_TEXT.count(old) == 1, old
+    path = tmp_path / "template.yaml"
+    path.write_text(TEMPLATE_TEXT.replace(old, new))
+    return path
+
+
+def welcome_email(rt: Runtime, email: str = "ann@example.com"):
+    resp = rt.http("POST", "/signup", json_body={"email": email, "consent": True, "first_name": "Ann"})
+    assert resp.status == 202, resp.body
+    assert rt.settle()
+    [path] = rt.flush_outbox() or sorted(rt.outbox.glob("*.eml"))
+    return message_from_bytes(path.read_bytes())
+
+
+# ---------------------------------------------------------------- alarms that notify
+ALARM_TOPIC = "  AlarmTopic:\n    Type: AWS::SNS::Topic\n"
+KEY = """
+  AlarmKey:
+    Type: AWS::KMS::Key
+    Properties:
+      KeyPolicy:
+        Version: "2012-10-17"
+        Statement:
+          - Effect: Allow
+            Principal: { AWS: !Sub "arn:${AWS::Partition}:iam::${AWS::AccountId}:root" }
+            Action: kms:*
+            Resource: "*"
+%s
+"""
+CLOUDWATCH_STATEMENT = """          - Effect: Allow
+            Principal: { Service: cloudwatch.amazonaws.com }
+            Action: [kms:Decrypt, kms:GenerateDataKey*]
+            Resource: "*"
+"""
+
+
+def test_shipped_alarm_topic_is_deliverable(tmp_path):
+    check_alarm_actions(Template.load(ROOT))
+    assert "KmsMasterKeyId" not in load_yaml(ROOT / "template.yaml")["Resources"]["AlarmTopic"].get("Properties", {})
+
+
+def test_runtime_refuses_alarms_on_a_topic_with_the_aws_managed_key(tmp_path):
+    path = modified_template(tmp_path, ALARM_TOPIC, ALARM_TOPIC + "    Properties:\n      KmsMasterKeyId: alias/aws/sns\n")
+    rt = runtime(tmp_path, template=path)
+    with pytest.raises(StackError) as info:
+        rt.start()
+    message = str(info.value)
+    assert "alarm DeadLetterAlarm cannot notify SNS topic AlarmTopic" in message
+    assert "alias/aws/sns" in message
+    assert rt._mock is None  # nothing left running: the next runtime starts clean
+
+
+@pytest.mark.parametrize("statement, ok", [(CLOUDWATCH_STATEMENT, True), ("", False)])
+def test_customer_managed_key_must_let_cloudwatch_use_it(tmp_path, statement, ok):
+    path = modified_template(tmp_path, ALARM_TOPIC, KEY % statement + ALARM_TOPIC
+                             + "    Properties:\n      KmsMasterKeyId: !Ref AlarmKey\n")
+    t = Template.load(ROOT, path=path)
+    if ok:
+        check_alarm_actions(t)
+    else:
+        with pytest.raises(StackError, match="KeyPolicy does not allow cloudwatch.amazonaws.com"):
+            check_alarm_actions(t)
+
+
+# ---------------------------------------------------------------- signing secret
+def test_signing_secret_is_retained_and_reusable():
+    secret = load_yaml(ROOT / "template.yaml")["Resources"]["SigningSecret"]
+    assert secret["DeletionPolicy"] == secret["UpdateReplacePolicy"] == "Retain"
+    assert secret["Condition"] == "CreateSigningSecret"
+
+
+RETAINED = f"arn:aws:secretsmanager:{REGION}:{ACCOUNT}:secret:SigningSecret-Ab12Cd"
+
+
+def test_recreated_stack_reads_the_retained_secret(tmp_path):
+    with runtime(tmp_path, parameters={"SigningSecretArn": RETAINED}, rules=Rules(existing_secrets=(RETAINED,))) as rt:
+        assert {f.env["SECRET_ID"] for f in rt.functions.values()} == {RETAINED}
+        names = [s["Name"] for s in rt.client("secretsmanager").list_secrets()["SecretList"]]
+        assert names == ["SigningSecret-Ab12Cd"]  # the stack created none
+        mail = welcome_email(rt)
+        unsubscribe = mail["List-Unsubscribe"].strip("<>").split("http://127.0.0.1:3000", 1)[1]
+        assert rt.http("GET", unsubscribe).status == 200  # the link's token checks out against that secret
+        assert rt.http("GET", unsubscribe[:-2] + "xx").status == 404
+
+
+def test_reusing_a_secret_the_account_does_not_have_fails(tmp_path):
+    with pytest.raises(StackError, match="SigningSecretArn .*no such secret"):
+        runtime(tmp_path, parameters={"SigningSecretArn": RETAINED}).start()
+
+
+# ---------------------------------------------------------------- SES identity
+def identities(rt: Runtime) -> set[str]:
+    return set(rt.client("ses").list_identities()["Identities"])
+
+
+def test_email_identity_default_and_already_existing(tmp_path):
+    with runtime(tmp_path) as rt:
+        assert identities(rt) == {"hello@example.com"}
+    with pytest.raises(StackError, match=r"SenderEmailIdentity .*hello@example.com already exists.*AlreadyExists"):
+        runtime(tmp_path, rules=Rules(ses_existing_identities=("Hello@Example.com",))).start()
+
+
+def test_domain_identity_and_already_existing(tmp_path):
+    with runtime(tmp_path, parameters={"SenderIdentity": "domain"}) as rt:
+        assert identities(rt) == {"example.com"}
+        assert welcome_email(rt)["From"] == "hello@example.com"  # sent through the domain identity
+    with pytest.raises(StackError, match=r"SenderDomainIdentity .*example.com already exists"):
+        runtime(tmp_path, parameters={"SenderIdentity": "domain"},
+                rules=Rules(ses_existing_identities=("example.com",))).start()
+
+
+def test_existing_identity_creates_none_and_sends(tmp_path):
+    with runtime(tmp_path, parameters={"SenderIdentity": "existing"},
+                 rules=Rules(ses_existing_identities=("example.com",))) as rt:
+        assert identities(rt) == {"example.com"}  # only what the account had
+        assert welcome_email(rt)["To"] == "ann@example.com"
+    with runtime(tmp_path / "unverified", parameters={"SenderIdentity": "existing"}) as rt:  # SES refuses to send
+        rt.http("POST", "/signup", json_body={"email": "ann@example.com", "consent": True})
+        assert rt.settle()
+        assert not list(rt.outbox.glob("*.eml"))
+
+
+SENDERS = ("SequenceStepFunction", "ConfirmMailerFunction", "NotifyFunction")
+
+
+@pytest.mark.parametrize("sender", ["hello@example.com", "news@mail.shop.example"])
+def test_every_sending_function_may_send_as_the_address_and_its_domain(sender):
+    t = Template.load(ROOT, {"SenderEmail": sender})
+    t.physical.update(EmailConfigurationSet="EmailConfigurationSet")
+    identity = f"arn:aws:ses:{REGION}:{ACCOUNT}:identity/"
+    for lid, res in t.resources.items():
+        statements = [st for p in res.get("Properties", {}).get("Policies", []) if isinstance(p, dict)
+                      for st in p.get("Statement", [])]
+        sends = [st for st in statements if "ses:SendRawEmail" in st["Action"]]
+        assert bool(sends) == (lid in SENDERS), lid
+        resources = {r for st in sends for r in t.resolve(st["Resource"])}
+        if sends:
+            assert {identity + sender, identity + sender.split("@")[1]} <= resources, lid
+
+
+# ---------------------------------------------------------------- stack-scoped names
+# The property holding each resource type's physical name (absent: CloudFormation generates a
+# unique one from the stack name), and the scope that name must be unique in.
+NAME_PROPERTIES = {
+    "AWS::Events::EventBus": "Name", "AWS::Events::Rule": "Name", "AWS::Events::Connection": "Name",
+    "AWS::Events::ApiDestination": "Name", "AWS::Scheduler::Schedule": "Name", "AWS::Scheduler::ScheduleGroup": "Name",
+    "AWS::SSM::Parameter": "Name", "AWS::StepFunctions::StateMachine": "StateMachineName",
+    "AWS::CloudWatch::Dashboard": "DashboardName", "AWS::CloudWatch::Alarm": "AlarmName",
+    "AWS::SES::EmailIdentity": "EmailIdentity", "AWS::SES::ConfigurationSet": "Name",
+    "AWS::Lambda::LayerVersion": "LayerName", "AWS::Lambda::Function": "FunctionName", "AWS::IAM::Role": "RoleName",
+    "AWS::DynamoDB::Table": "TableName", "AWS::SQS::Queue": "QueueName", "AWS::SNS::Topic": "TopicName",
+    "AWS::SecretsManager::Secret": "Name", "AWS::KMS::Alias": "AliasName",
+}
+# Named inside another resource of the stack, or not unique by name at all.
+NOT_ACCOUNT_SCOPED = {"AWS::ApiGatewayV2::Api", "AWS::ApiGatewayV2::Stage", "AWS::Lambda::Permission",
+                      "AWS::Lambda::EventInvokeConfig", "AWS::SES::ConfigurationSetEventDestination",
+                      "AWS::SNS::Subscription", "AWS::SQS::QueuePolicy"}
+
+
+@pytest.fixture(scope="module")
+def translated() -> dict:
+    """template.yaml as CloudFormation will see it: after the SAM transform."""
+    from samtranslator.translator.transform import transform
+
+    os.environ.setdefault("AWS_DEFAULT_REGION", REGION)
+    doc = copy.deepcopy(load_yaml(ROOT / "template.yaml"))
+    for res in doc["Resources"].values():
+        for key in ("CodeUri", "ContentUri", "DefinitionUri"):
+            if key in res.get("Properties", {}):
+                res["Properties"][key] = f"s3://local/{res['Properties'][key]}"
+
+    class NoManagedPolicies:
+        def load(self):
+            return {}
+
+    return transform(doc, {}, NoManagedPolicies())
+
+
+def physical_names(translated: dict, stack: str, **parameters) -> set[tuple[str, str]]:
+    """(scope, name) of every account-scoped physical name the stack would create."""
+    t = Template(ROOT, translated, {k: str(v.get("Default", "")) for k, v in translated["Parameters"].items()}
+                 | parameters, stack_name=stack)
+    names = set()
+    for lid, res in t.resources.items():
+        kind = res["Type"]
+        assert kind in NAME_PROPERTIES or kind in NOT_ACCOUNT_SCOPED, f"{lid}: decide how {kind} is named"
+        if kind in NOT_ACCOUNT_SCOPED or NAME_PROPERTIES[kind] not in res.get("Properties", {}):
+            continue
+        if "Condition" in res and not t.condition(res["Condition"]):
+            continue
+        props = res["Properties"]
+        scope = {"AWS::Scheduler::Schedule": f"group {props.get('GroupName', 'default')}",
+                 "AWS::Events::Rule": f"bus {t.resolve(props.get('EventBusName', 'default'))}"}.get(kind, kind)
+        names.add((scope, t.resolve(props[NAME_PROPERTIES[kind]])))
+    return names
+
+
+def test_two_stacks_in_one_account_name_nothing_alike(translated):
+    a = physical_names(translated, "shop-a")
+    b = physical_names(translated, "shop-b", SenderIdentity="existing")  # the second stack reuses the sender
+    assert {scope for scope, _ in a} >= {"AWS::Events::EventBus", "group default", "AWS::Scheduler::ScheduleGroup",
+                                         "AWS::SSM::Parameter", "AWS::StepFunctions::StateMachine",
+                                         "AWS::CloudWatch::Dashboard", "AWS::SES::EmailIdentity",
+                                         "AWS::Lambda::LayerVersion"}
+    assert a & b == set()
+    assert {(s, n) for s, n in a if "shop-a" not in n} == {("AWS::SES::EmailIdentity", "hello@example.com")}
+    both_create = physical_names(translated, "shop-b")
+    assert a & both_create == {("AWS::SES::EmailIdentity", "hello@example.com")}  # why SenderIdentity=existing
+
+
+def test_bus_is_named_after_the_stack_unless_named(translated):
+    assert ("AWS::Events::EventBus", "shop-a") in physical_names(translated, "shop-a")
+    assert ("AWS::Events::EventBus", "events") in physical_names(translated, "shop-a", BusName="events")
+
+
+def test_runtime_builds_the_stack_under_its_name(tmp_path):
+    with runtime(tmp_path, stack_name="shop-b") as rt:
+        assert "shop-b" in [b["Name"] for b in rt.client("events").list_event_buses()["EventBuses"]]
+        assert all(arn.split(":")[-1].startswith("shop-b-") for arn in rt.state_machine_arns())
+        assert rt.client("ssm").get_parameter(Name="/shop-b/events-api-key")["Parameter"]["Value"]
+        assert [s["name"] for s in rt.schedules] == ["shop-b-reengage-daily"]
+        assert {f.env["POWERTOOLS_SERVICE_NAME"] for f in rt.functions.values()} == {"shop-b"}
+        assert welcome_email(rt)["To"] == "ann@example.com"  # events flow over the stack's bus
