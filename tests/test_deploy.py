@@ -246,3 +246,10 @@ def test_runtime_builds_the_stack_under_its_name(tmp_path):
         assert [s["name"] for s in rt.schedules] == ["shop-b-reengage-daily"]
         assert {f.env["POWERTOOLS_SERVICE_NAME"] for f in rt.functions.values()} == {"shop-b"}
         assert welcome_email(rt)["To"] == "ann@example.com"  # events flow over the stack's bus
+
+
+@pytest.mark.parametrize("name, value", [("SenderIdentity", "both"), ("SenderEmail", "hello"),
+                                         ("SigningSecretArn", "SigningSecret-Ab12Cd")])
+def test_a_parameter_cloudformation_would_refuse_is_refused(name, value):
+    with pytest.raises(ValueError, match=f"parameter {name}="):
+        Template.load(ROOT, {name: value})

@@ -55,6 +55,17 @@ def _merge(base, override):
     return override
 
 
+def _check_parameter(name: str, value: str, spec: dict) -> None:
+    """Refuse a parameter value as CloudFormation does (AllowedValues, AllowedPattern, lengths)."""
+    allowed = spec.get("AllowedValues")
+    pattern = spec.get("AllowedPattern")
+    if (allowed is not None and value not in [str(a) for a in allowed]) or (
+            pattern is not None and not re.fullmatch(pattern, value)) or not (
+            int(spec.get("MinLength", 0)) <= len(value) <= int(spec.get("MaxLength", 4096))):
+        raise ValueError(f"template.yaml: parameter {name}={value!r}: "
+                         f"{spec.get('ConstraintDescription') or allowed or pattern or 'bad length'}")
+
+
 @dataclass
 class Template:
     root: Path
@@ -75,6 +86,8 @@ class Template:
         if unknown:
             raise KeyError(f"template.yaml: no such parameter: {', '.join(sorted(unknown))}")
         params.update(overrides or {})
+        for name, value in (overrides or {}).items():
+            _check_parameter(name, str(value), doc["Parameters"][name])
         return cls(root=root, doc=doc, parameters=params, stack_name=stack_name)
 
     @property
