@@ -42,6 +42,9 @@ def rt(tmp_path: Path):
     every execution waits (a funnel's 2-day Wait does not run in a test unless it asks)."""
     with Runtime(ROOT, stepped=True, start=START, state_dir=tmp_path / "local", log_level="INFO") as runtime:
         yield runtime
+        # Strict IAM over the whole suite: a call a role does not allow fails the test that made
+        # it, even when the code under test caught the error (a test expecting one clears the list).
+        assert not runtime.denied, "template.yaml does not allow:\n" + "\n".join(map(str, runtime.denied))
 
 
 @pytest.fixture

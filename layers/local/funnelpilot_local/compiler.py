@@ -324,11 +324,14 @@ def template_block(funnels: dict[str, Funnel]) -> str:
              "        - EventBridgePutEventsPolicy: { EventBusName: !Ref EventBus }",
              "        - Statement:",
              "            - Effect: Allow",
-             "              Action: [states:StartExecution, states:SendTaskSuccess, states:DescribeStateMachine]",
+             "              Action: [states:StartExecution, states:DescribeStateMachine]",
              "              Resource:"]
     lines += [f"                - !Ref {logical_id(f)}" for f in ids]
-    lines += ["            - Effect: Allow",
-              "              Action: [states:StopExecution, states:GetExecutionHistory]",
+    lines += ["            - Effect: Allow  # SendTaskSuccess has no resource type (IAM reference): only * allows it",
+              "              Action: [states:SendTaskSuccess]",
+              '              Resource: "*"',
+              "            - Effect: Allow",
+              "              Action: [states:DescribeExecution, states:StopExecution, states:GetExecutionHistory]",
               "              Resource:"]
     lines += [f'                - !Sub "{arn_sub}:execution:${{AWS::StackName}}-{f}:*"' for f in ids]
     lines.append("      Events:")

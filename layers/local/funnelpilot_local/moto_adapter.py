@@ -27,6 +27,8 @@
    execution ends ABORTED at once, as on AWS (a goal event stops a funnel this way).
 9. ``StepFunctionResponse.get_execution_history``: moto ignores ``reverseOrder`` and
    ``maxResults``; the funnel router reads the latest states of an execution with both.
+10. ``ExecutionWorker._execution_logic``: an execution's thread acts as the state machine's
+   IAM role (strict mode checks its Lambda invokes against it; aws_rules.principal).
 """
 import copy
 import functools
@@ -47,6 +49,8 @@ from moto.ses.models import ses_backends
 from moto.stepfunctions.parser.asl.parse.asl_parser import AmazonStateLanguageParser
 from moto.stepfunctions.parser.backend import execution_worker
 
+from funnelpilot_local.aws_rules import principal
+
 Invoker = Callable[[str, dict], object]
 Deliverer = Callable[[str, dict], None]
 
@@ -64,9 +68,17 @@ def install(invoker: Invoker, deliverer: Deliverer) -> None:
     DynamoDBBackend.transact_write_items = _transact_write_items
     execution_worker.ExecutionWorker._get_evaluation_entrypoint = _entrypoint
     StepFunctionResponse.get_execution_history = _execution_history
+    if not hasattr(execution_worker.ExecutionWorker, "_fp_execution_logic"):
+        execution_worker.ExecutionWorker._fp_execution_logic = execution_worker.ExecutionWorker._execution_logic
+        execution_worker.ExecutionWorker._execution_logic = _execution_logic_as_role
 
 
 _DYNAMODB_LOCK = threading.RLock()
+
+
+def _execution_logic_as_role(self):
+    principal.set_current(self._evaluation_details.aws_execution_details.role_arn)
+    return self._fp_execution_logic()
 
 
 def _execution_history(self):

@@ -106,6 +106,9 @@ class Runtime:
         ``root/template.yaml`` (its paths stay relative to ``root``)."""
         self.root = Path(root)
         self.rules = rules or Rules()  # strict mode: what AWS enforces and moto does not (aws_rules)
+        self.denied: list = []  # every call strict IAM refused (aws_rules.iam.Denial); tests assert none
+        self.policies = None  # the template's IAM roles as SAM generates them (aws_rules.iam.Policies)
+        self.ses_identities: set[str] = set()  # verified SES identities (addresses and domains)
         self.speed = 1.0 if stepped else speed
         self.stepped = stepped
         self.start_time = start
@@ -201,15 +204,16 @@ class Runtime:
 
     def _rule_families(self) -> list:
         """The strict-mode rules this runtime enforces (funnelpilot_local.aws_rules)."""
-        return []
+        from funnelpilot_local.aws_rules import iam
+
+        families = []
+        if self.rules.iam:
+            families.append(iam.IamRule(self))
+        return families
 
     def role_of(self, logical_id: str) -> str:
-        """The IAM role a function or state machine runs as: its ``Role`` property, else the
-        one SAM generates (``<LogicalId>Role``)."""
-        props = self.template.resources[logical_id].get("Properties", {})
-        if "Role" in props:
-            return self.template.resolve(props["Role"])
-        return f"arn:aws:iam::{ACCOUNT}:role/{logical_id}Role"
+        """The IAM role a function or state machine runs as (the one SAM generates for it)."""
+        return self.policies.role_of(logical_id) or f"arn:aws:iam::{ACCOUNT}:role/{logical_id}Role"
 
     def client(self, service: str):
         """One boto3 client per service (creating one costs ~40 ms; pump() runs often)."""
@@ -235,8 +239,7 @@ class Runtime:
                 f"SigningSecretArn {reused}: no such secret in the account; every signed link would fail "
                 "(locally, name it in Rules(existing_secrets=...))")
         for lid in t.of_type("AWS::SecretsManager::Secret"):
-            secrets.create_secret(Name=lid, SecretString=LOCAL_SECRET)
-            t.physical[lid] = lid  # on AWS Ref gives the ARN; GetSecretValue accepts either
+            t.physical[lid] = secrets.create_secret(Name=lid, SecretString=LOCAL_SECRET)["ARN"]  # Ref: the ARN
         for lid in t.of_type("AWS::DynamoDB::Table"):
             self._create_table(lid, t.resolve(t.properties(lid)))
         for lid in t.of_type("AWS::SSM::Parameter"):
@@ -269,6 +272,7 @@ class Runtime:
             else:
                 ses.verify_domain_identity(Domain=identity)
         t.physical.update(identities)
+        self.ses_identities = {i.lower() for i in (*existing, *identities.values())}
         for lid in t.of_type("AWS::IAM::Role"):
             t.physical[lid] = lid
             t.attributes[(lid, "Arn")] = f"arn:aws:iam::{ACCOUNT}:role/{lid}"
@@ -292,6 +296,9 @@ class Runtime:
             t.physical[lid] = arn
             t.attributes[(lid, "Arn")] = arn
             t.attributes[(lid, "Name")] = name
+        from funnelpilot_local.aws_rules.iam import Policies
+
+        self.policies = Policies(t)
         for lid in functions:
             self._create_function(lid)
         for lid in machines:
@@ -346,7 +353,7 @@ class Runtime:
             text = text.replace("${" + key + "}", value)
         definition = compress_waits(json.loads(text), self.speed) if self.speed != 1 else json.loads(text)
         self.client("stepfunctions").create_state_machine(
-            name=t.attributes[(lid, "Name")], definition=json.dumps(definition), roleArn=self.role_arn)
+            name=t.attributes[(lid, "Name")], definition=json.dumps(definition), roleArn=self.role_of(lid))
 
     def _async_config(self, lid: str, props: dict) -> None:
         """A function's asynchronous-invocation settings: retries and where failures go
