@@ -33,8 +33,10 @@ def srt(tmp_path):
 def start(rt, name):
     sfn = rt.client("stepfunctions")
     rt.client("sqs").create_queue(QueueName="tokens")
+    role = "arn:aws:iam::123456789012:role/stepped-test"  # strict IAM: the machine's role may send its tokens
+    rt.policies.grant(role, ["sqs:SendMessage"], ["arn:aws:sqs:us-east-1:123456789012:tokens"])
     arn = sfn.create_state_machine(name="stepped-test", definition=json.dumps(MACHINE),
-                                   roleArn=rt.role_arn)["stateMachineArn"] if name == "a" else \
+                                   roleArn=role)["stateMachineArn"] if name == "a" else \
         sfn.list_state_machines()["stateMachines"][-1]["stateMachineArn"]
     return sfn.start_execution(stateMachineArn=arn, name=name, input="{}")["executionArn"]
 

@@ -269,6 +269,11 @@ class Policies:
         props = self.doc["Resources"].get(logical_id, {}).get("Properties", {})
         return self.resolver.resolve(props["Role"]) if "Role" in props else None
 
+    def grant(self, role: str, actions: list[str], resources: list[str]) -> None:
+        """Allow more to a role: for a test's own resource that no template policy can name
+        (a hand-written state machine), as the template would grant it to a real one."""
+        self.roles.setdefault(role, []).append(Statement("Allow", tuple(actions), (), tuple(resources), ()))
+
     def allowed(self, role: str, action: str, resource: str) -> bool:
         statements = self.roles.get(role, [])
         if any(s.effect == "Deny" and s.matches(action, resource) for s in statements):
