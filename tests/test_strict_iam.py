@@ -124,3 +124,27 @@ def test_the_execution_role_is_checked_for_its_lambda_invokes(tmp_path):
         assert failed and "is not authorized to perform: lambda:InvokeFunction" in json.dumps(failed[0], default=str)
         assert {(d.principal.rsplit("/", 1)[-1], d.action) for d in rt.denied} == {
             ("WelcomeFunnelRole", "lambda:InvokeFunction")}
+
+
+@pytest.mark.parametrize("allowed", [True, False])
+def test_a_schedule_puts_its_event_as_its_target_role(rt, tap, allowed):
+    """EventBridge Scheduler acts as the schedule's target role (repurchase reminders use
+    SchedulerRole): without events:PutEvents on the bus the event never arrives."""
+    role = rt.template.attributes[("SchedulerRole", "Arn")]
+    if not allowed:
+        rt.policies.roles[role] = []
+    at = clock.iso(clock.now() + 60).removesuffix("Z")
+    rt.client("scheduler").create_schedule(
+        Name="test-reminder", GroupName=rt.template.physical["RepurchaseScheduleGroup"],
+        ScheduleExpression=f"at({at})", FlexibleTimeWindow={"Mode": "OFF"},
+        Target={"Arn": rt.template.attributes[("EventBus", "Arn")], "RoleArn": role,
+                "Input": json.dumps({"event_id": "r-1", "contact_id": "c1", "occurred_at": at + "Z"}),
+                "EventBridgeParameters": {"DetailType": "customer.repurchase_due", "Source": "funnelpilot"}})
+    assert rt.advance(2 * MINUTE)
+    delivered = tap.events("customer.repurchase_due")
+    if allowed:
+        assert len(delivered) == 1 and rt.denied == []
+    else:
+        assert delivered == []
+        assert [(d.principal, d.action) for d in rt.denied] == [(role, "events:PutEvents")]
+        rt.denied.clear()

@@ -438,11 +438,27 @@ class Runtime:
                     payload = {"version": "0", "id": uuid.uuid4().hex, "detail-type": "Scheduled Event",
                                "source": "aws.events", "account": ACCOUNT, "time": clock.iso(at),
                                "region": REGION, "resources": [arn], "detail": {}}
-                self._deliver(sched["arn"], payload)
+                if self._schedule_may_invoke(sched):
+                    self._deliver(sched["arn"], payload)
                 fired += 1
                 last = at
             sched["last"] = max(last, now)
         return fired + self._fire_api_schedules(now)
+
+    def _schedule_may_invoke(self, sched: dict) -> bool:
+        """A template ScheduleV2 invokes its function with the role SAM generates for it."""
+        if sched["kind"] != "ScheduleV2" or not self.rules.iam:
+            return True
+        from funnelpilot_local.aws_rules.iam import Denial
+
+        props = self.policies.doc["Resources"][sched["name"]]["Properties"]
+        role = self.policies.resolver.resolve(props["Target"]["RoleArn"])
+        if self.policies.allowed(role, "lambda:InvokeFunction", sched["arn"]):
+            return True
+        denial = Denial(role, "lambda:InvokeFunction", sched["arn"])
+        self.denied.append(denial)
+        self._dead_letter(sched["arn"], {}, PermissionError(str(denial)))
+        return False
 
     def _fire_api_schedules(self, now: float) -> int:
         from funnelpilot_local import schedules
@@ -471,9 +487,13 @@ class Runtime:
                                                  execution_id=uuid.uuid4().hex)
                 if ":event-bus/" in target["Arn"]:
                     params = target.get("EventBridgeParameters", {})
-                    self.client("events").put_events(Entries=[{
-                        "Source": params.get("Source", "aws.scheduler"), "DetailType": params.get("DetailType",
-                        "Scheduled Event"), "Detail": text, "EventBusName": target["Arn"]}])
+                    try:
+                        with principal.acting_as(target["RoleArn"]):  # Scheduler puts the event as this role
+                            self.client("events").put_events(Entries=[{
+                                "Source": params.get("Source", "aws.scheduler"), "DetailType": params.get(
+                                    "DetailType", "Scheduled Event"), "Detail": text, "EventBusName": target["Arn"]}])
+                    except Exception as exc:  # noqa: BLE001 - Scheduler retries, then dead-letters
+                        self._dead_letter(target["Arn"], json.loads(text), exc)
                 else:
                     self._deliver(target["Arn"], json.loads(text))
                 fired += 1
