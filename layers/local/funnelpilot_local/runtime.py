@@ -389,7 +389,7 @@ class Runtime:
                 if props.get("Enabled") is False or props.get("State") == "DISABLED":
                     continue
                 self.schedules.append({"function": lid, "arn": target_arn, "kind": kind,
-                                       "name": props.get("Name", f"{lid}{event_id}"),
+                                       "name": props.get("Name", f"{lid}{event_id}"), "logical_id": f"{lid}{event_id}",
                                        "expression": props.get("Schedule") or props.get("ScheduleExpression"),
                                        "input": props.get("Input"), "last": None})
             else:
@@ -451,7 +451,7 @@ class Runtime:
             return True
         from funnelpilot_local.aws_rules.iam import Denial
 
-        props = self.policies.doc["Resources"][sched["name"]]["Properties"]
+        props = self.policies.doc["Resources"][sched["logical_id"]]["Properties"]
         role = self.policies.resolver.resolve(props["Target"]["RoleArn"])
         if self.policies.allowed(role, "lambda:InvokeFunction", sched["arn"]):
             return True
