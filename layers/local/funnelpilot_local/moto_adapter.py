@@ -4,11 +4,15 @@
    Lambda invoke; we route it to the in-process handler (Step Functions Task states
    call Lambda through this). A handler exception becomes ``x-amz-function-error:
    Unhandled`` plus an ``{errorType, errorMessage}`` body, so Retry/Catch match the
-   error by name exactly as on AWS.
+   error by name exactly as on AWS. A throttled invoke (no concurrency left, strict mode)
+   is Lambda's own 429 ``TooManyRequestsException`` instead, which Step Functions reports
+   as ``Lambda.TooManyRequestsException`` (``StateTaskLambda._from_error``: moto names every
+   Lambda service error ``Exception``; Step Functions names it ``Lambda.<error code>``).
 2. ``events.models.Rule.send_to_targets``: moto matches event patterns fully but cannot
    deliver to Lambda or Step Functions targets (``put_events`` raises). We keep moto's
    matcher and input transformation and hand each (target ARN, input) to the runtime,
-   which delivers it asynchronously like EventBridge does.
+   which delivers it asynchronously like EventBridge does (with the event id: strict mode
+   may deliver it twice, as EventBridge's at-least-once delivery can).
 3. SES ``sent_messages``: the raw MIME of every email sent, for the outbox folder.
 4. ``DynamoHandler.call_action``: moto applies an UpdateItem/transaction as Python
    read-modify-write, so concurrent requests can lose an ``ADD``. DynamoDB guarantees
@@ -36,7 +40,9 @@ import json
 import threading
 from typing import Callable
 
+from botocore.exceptions import ClientError
 from moto.awslambda_simple.models import LambdaSimpleBackend
+from moto.core.exceptions import JsonRESTError
 from moto.core.responses import ActionResult
 from moto.dynamodb import exceptions as ddb_errors
 from moto.dynamodb.comparisons import get_filter_expression
@@ -46,13 +52,15 @@ from moto.events import models as events_models
 from moto.events.utils import EventTemplateParser
 from moto.stepfunctions.responses import StepFunctionResponse
 from moto.ses.models import ses_backends
+from moto.stepfunctions.parser.asl.component.common.error_name.custom_error_name import CustomErrorName
+from moto.stepfunctions.parser.asl.component.state.exec.state_task.state_task_lambda import StateTaskLambda
 from moto.stepfunctions.parser.asl.parse.asl_parser import AmazonStateLanguageParser
 from moto.stepfunctions.parser.backend import execution_worker
 
 from funnelpilot_local.aws_rules import principal
 
 Invoker = Callable[[str, dict], object]
-Deliverer = Callable[[str, dict], None]
+Deliverer = Callable[..., None]  # (target ARN, input, event_id=...)
 
 _invoker: Invoker | None = None
 _deliverer: Deliverer | None = None
@@ -62,6 +70,8 @@ def install(invoker: Invoker, deliverer: Deliverer) -> None:
     global _invoker, _deliverer
     _invoker, _deliverer = invoker, deliverer
     LambdaSimpleBackend.invoke = _invoke
+    if not getattr(StateTaskLambda._from_error, "_lambda_codes", False):
+        StateTaskLambda._from_error = _lambda_error_names(StateTaskLambda._from_error)
     events_models.Rule.send_to_targets = _send_to_targets
     if not getattr(DynamoHandler.call_action, "_serialised", False):
         DynamoHandler.call_action = _serialised(DynamoHandler.call_action)
@@ -168,14 +178,36 @@ def _entrypoint(self):
     return copy.deepcopy(_parsed(self._evaluation_details.state_machine_details.definition))
 
 
+class _Throttled(JsonRESTError):
+    code = 429
+
+
 def _invoke(self, function_name, qualifier, body, headers, response_headers):
     name = function_name.split(":function:")[-1].split(":")[0]
     try:
         result = _invoker(name, json.loads(body or "{}"))
         return json.dumps(result).encode()
+    except ClientError as exc:
+        if exc.response["Error"]["Code"] != "TooManyRequestsException":
+            response_headers["x-amz-function-error"] = "Unhandled"
+            return json.dumps({"errorType": type(exc).__name__, "errorMessage": str(exc)}).encode()
+        raise _Throttled("TooManyRequestsException", exc.response["Error"]["Message"]) from exc
     except Exception as exc:  # surfaces to Retry/Catch under the exception's class name
         response_headers["x-amz-function-error"] = "Unhandled"
         return json.dumps({"errorType": type(exc).__name__, "errorMessage": str(exc)}).encode()
+
+
+def _lambda_error_names(from_error):
+    def named(self, env, ex):
+        event = from_error(self, env, ex)
+        if isinstance(ex, ClientError):
+            event.error_name = CustomErrorName(f"Lambda.{ex.response['Error']['Code']}")
+            details = event.event_details.get("lambdaFunctionFailedEventDetails")
+            if details is not None:
+                details["error"] = event.error_name.error_name
+        return event
+    named._lambda_codes = True
+    return named
 
 
 def _send_to_targets(self, original_event, transform_input: bool = True) -> None:
@@ -193,7 +225,7 @@ def _send_to_targets(self, original_event, transform_input: bool = True) -> None
             payload = json.loads(target["Input"])
         else:
             payload = json.loads(json.dumps(original_event, default=str))
-        _deliverer(target["Arn"], payload)
+        _deliverer(target["Arn"], payload, event_id=original_event.get("id"))
 
 
 def sent_emails(account: str, region: str) -> list[tuple[str, str]]:

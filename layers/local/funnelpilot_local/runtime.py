@@ -12,6 +12,7 @@ Step Functions are dispatched to the real handlers in this process.
 How it maps to AWS: see README.md ("Local runtime").
 """
 import base64
+import heapq
 import importlib.util
 import io
 import json
@@ -27,7 +28,7 @@ from pathlib import Path
 from urllib.parse import parse_qsl, urlencode
 
 from funnelpilot_local import aws_rules
-from funnelpilot_local.aws_rules import Rules, cloudformation, principal
+from funnelpilot_local.aws_rules import Rules, apigateway, cloudformation, events, lambda_, principal
 from funnelpilot_local.template import ACCOUNT, REGION, Template
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -136,7 +137,12 @@ class Runtime:
         self._retries: dict[str, int] = {}  # target ARN -> async retries before dead-lettering
         self._dead_letter_queues: dict[str, str] = {}  # target ARN -> SQS ARN (from template.yaml)
         self.errors: list[str] = []
-        self._deliveries: queue.Queue = queue.Queue()
+        self._deliveries: queue.Queue = queue.Queue()  # (target ARN, input, attempt), due now
+        self._delayed: list = []  # heap (due, seq, target ARN, input, attempt, throttles, first try): throttled
+        self._delayed_seq = 0
+        self.concurrency = lambda_.Concurrency(self.rules.lambda_concurrency, self.rules.seed)
+        self.bus_faults = events.Events(self.rules.seed, self.rules.duplicate_rate, self.rules.put_events_failure_rate)
+        self.route_throttle = apigateway.RouteThrottle(self.template, enabled=self.rules.api_throttling)
         self._in_flight = 0
         self._lock = threading.Lock()
         self._outbox_seen = 0
@@ -206,7 +212,7 @@ class Runtime:
         """The strict-mode rules this runtime enforces (funnelpilot_local.aws_rules)."""
         from funnelpilot_local.aws_rules import iam
 
-        families = []
+        families = [self.concurrency, self.bus_faults, self.route_throttle]
         if self.rules.iam:
             families.append(iam.IamRule(self))
         return families
@@ -406,15 +412,20 @@ class Runtime:
     def invoke(self, function: str, payload: dict):
         """Synchronous invoke (what a Step Functions Task or a direct call does)."""
         fn = self.functions[function]
-        with principal.acting_as(self.role_of(function)):
-            if self.invoke_hook is not None:
-                return self.invoke_hook(function, lambda: fn.handler(payload, LambdaContext(function)))
-            return fn.handler(payload, LambdaContext(function))
+        with self.concurrency.slot(function):  # none left: TooManyRequestsException, as Lambda's Invoke
+            with principal.acting_as(self.role_of(function)):
+                if self.invoke_hook is not None:
+                    return self.invoke_hook(function, lambda: fn.handler(payload, LambdaContext(function)))
+                return fn.handler(payload, LambdaContext(function))
 
-    def _deliver(self, target_arn: str, payload: dict) -> None:
+    def _deliver(self, target_arn: str, payload: dict, event_id: str | None = None) -> None:
+        """Queue an asynchronous delivery; an EventBridge rule's (``event_id`` given) may be
+        made twice (at-least-once, ``Rules.duplicate_rate``)."""
+        copies = self.bus_faults.copies(event_id, target_arn) if event_id else 1
         with self._lock:
-            self._in_flight += 1
-        self._deliveries.put((target_arn, payload, 0))
+            self._in_flight += copies
+        for _ in range(copies):
+            self._deliveries.put((target_arn, payload, 0))
 
     # ------------------------------------------------------------------ schedules
     def fire_schedules(self) -> int:
@@ -514,10 +525,21 @@ class Runtime:
         return done
 
     def _deliver_one(self) -> bool:
-        try:
-            arn, payload, attempt = self._deliveries.get_nowait()
-        except queue.Empty:
-            return False
+        """Make one queued delivery due on the clock (False: none). A function throttled for want
+        of concurrency goes back to its queue with backoff for up to 6 hours, not counted as an
+        attempt; a failure is retried ``MaximumRetryAttempts`` times, then dead-lettered."""
+        from funnelpilot import clock
+
+        throttles, first = 0, None
+        with self._lock:
+            due = self._delayed and self._delayed[0][0] <= clock.now()
+            if due:
+                _, _, arn, payload, attempt, throttles, first = heapq.heappop(self._delayed)
+        if not due:
+            try:
+                arn, payload, attempt = self._deliveries.get_nowait()
+            except queue.Empty:
+                return False
         try:
             if ":function:" in arn:
                 self.invoke(arn.split(":function:")[-1], payload)
@@ -532,6 +554,13 @@ class Runtime:
                 raise ValueError(f"no local delivery for target {arn}")
             self.delivered.append((arn, payload))
         except Exception as exc:  # noqa: BLE001 - async delivery: retry, then dead-letter
+            first = clock.now() if first is None else first
+            if lambda_.is_throttle(exc) and clock.now() - first < lambda_.ASYNC_THROTTLE_MAX_AGE:
+                with self._lock:
+                    self._delayed_seq += 1
+                    heapq.heappush(self._delayed, (clock.now() + self.concurrency.async_backoff(throttles + 1),
+                                                   self._delayed_seq, arn, payload, attempt, throttles + 1, first))
+                return True
             if attempt < self._retries.get(arn, 2):
                 self._deliveries.put((arn, payload, attempt + 1))
                 return True
@@ -602,6 +631,10 @@ class Runtime:
                 return False
             hour = min(target, (clock.now() // 3600 + 1) * 3600)
             due = self.scheduler.next_due(hour)
+            queued = self._delayed[0][0] if self._delayed else None  # a throttled delivery's retry
+            if queued is not None and queued <= hour and (due is None or queued < due.deadline):
+                clock.advance_to(queued)
+                continue
             if due is not None:
                 clock.advance_to(due.deadline)
                 self.scheduler.wake(due)
@@ -629,6 +662,8 @@ class Runtime:
                 break
         else:
             return HttpResponse(404, {"content-type": "application/json"}, b'{"message":"Not Found"}')
+        if not self.route_throttle.allow(f"{route.method} {route.path}"):
+            return HttpResponse(429, {"content-type": "application/json"}, b'{"message":"Too Many Requests"}')
         event = http_api_event(method.upper(), path, query, headers, body, params, route, source_ip)
         if route.auth == "AWS_IAM":  # API Gateway checks the SigV4 signature before the function runs
             if headers.get("x-api-key") != self.admin_key:
@@ -636,7 +671,13 @@ class Runtime:
             event["requestContext"]["authorizer"] = {"iam": {
                 "accessKey": "LOCAL", "accountId": ACCOUNT, "callerId": "local-admin", "principalOrgId": None,
                 "userArn": f"arn:aws:iam::{ACCOUNT}:user/local-admin", "userId": "local-admin"}}
-        result = self.invoke(route.function, event)
+        try:
+            result = self.invoke(route.function, event)
+        except Exception as exc:
+            if not lambda_.is_throttle(exc):
+                raise
+            # API Gateway cannot invoke a throttled function: its integration fails with a 500
+            return HttpResponse(500, {"content-type": "application/json"}, b'{"message":"Internal Server Error"}')
         return HttpResponse.from_lambda(result)
 
     # ------------------------------------------------------------------ outbox
