@@ -58,6 +58,7 @@ from moto.stepfunctions.parser.asl.parse.asl_parser import AmazonStateLanguagePa
 from moto.stepfunctions.parser.backend import execution_worker
 
 from funnelpilot_local.aws_rules import principal
+from funnelpilot_local.aws_rules.lambda_ import is_throttle
 
 Invoker = Callable[[str, dict], object]
 Deliverer = Callable[..., None]  # (target ARN, input, event_id=...)
@@ -187,12 +188,9 @@ def _invoke(self, function_name, qualifier, body, headers, response_headers):
     try:
         result = _invoker(name, json.loads(body or "{}"))
         return json.dumps(result).encode()
-    except ClientError as exc:
-        if exc.response["Error"]["Code"] != "TooManyRequestsException":
-            response_headers["x-amz-function-error"] = "Unhandled"
-            return json.dumps({"errorType": type(exc).__name__, "errorMessage": str(exc)}).encode()
-        raise _Throttled("TooManyRequestsException", exc.response["Error"]["Message"]) from exc
     except Exception as exc:  # surfaces to Retry/Catch under the exception's class name
+        if is_throttle(exc):  # Lambda refused the invoke: the function never ran
+            raise _Throttled("TooManyRequestsException", exc.response["Error"]["Message"]) from exc
         response_headers["x-amz-function-error"] = "Unhandled"
         return json.dumps({"errorType": type(exc).__name__, "errorMessage": str(exc)}).encode()
 

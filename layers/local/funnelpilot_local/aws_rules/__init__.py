@@ -73,7 +73,8 @@ class Call:
 
 
 class Rule:
-    """A rule family: ``before`` may refuse a call (raise); ``after`` sees the result."""
+    """A rule family: ``before`` may refuse a call (raise) or answer it without AWS (put the
+    response in ``call.extra["result"]``); ``after`` sees the result."""
 
     def before(self, call: Call) -> None:  # pragma: no cover - interface
         pass

@@ -18,6 +18,8 @@ import heapq
 import random
 import threading
 
+from botocore.exceptions import ClientError
+
 from funnelpilot import clock
 from funnelpilot_local.aws_rules import Rule, error
 
@@ -28,9 +30,12 @@ ASYNC_THROTTLE_MAX_AGE = 6 * 3600
 ASYNC_THROTTLE_FIRST, ASYNC_THROTTLE_MAX = 1.0, 300.0
 
 
+class Throttled(ClientError):
+    """Lambda's 429 ``TooManyRequestsException`` for an invoke it refused (the function did not run)."""
+
+
 def is_throttle(exc: BaseException) -> bool:
-    """True for the error Lambda answers when no concurrency is left."""
-    return getattr(exc, "response", {}).get("Error", {}).get("Code") == "TooManyRequestsException"
+    return isinstance(exc, Throttled)
 
 
 class Concurrency(Rule):
@@ -53,8 +58,9 @@ class Concurrency(Rule):
                 heapq.heappop(self._held)
             if self._running + len(self._held) >= self.limit:
                 self.throttled += 1
-                raise error("Invoke", "TooManyRequestsException", "Rate Exceeded.", 429,
-                            Reason="ConcurrentInvocationLimitExceeded", Type="User")
+                refused = error("Invoke", "TooManyRequestsException", "Rate Exceeded.", 429,
+                                Reason="ConcurrentInvocationLimitExceeded", Type="User")
+                raise Throttled(refused.response, refused.operation_name)
             self._running += 1
         try:
             yield
