@@ -25,12 +25,25 @@ def conditional(operation: str, **request) -> bool:
     """One conditional DynamoDB write (``update_item``, ``put_item``, ``delete_item``) on the
     contacts table unless ``TableName`` says otherwise; False when only its condition failed."""
     try:
-        getattr(dynamodb(), operation)(**{"TableName": config().table, **request})
+        write(operation, **request)
     except Exception as exc:
         if is_conditional_failure(exc):
             return False
         raise
     return True
+
+
+def write(operation: str, **request) -> dict:
+    """One single-item DynamoDB write on the contacts table unless ``TableName`` says otherwise,
+    retried while it only met an in-flight transaction on its item (``retry_conflicts``)."""
+    return retry_conflicts(lambda: getattr(dynamodb(), operation)(**{"TableName": config().table, **request}))
+
+
+def transact_write(items: list[dict], **retry) -> None:
+    """TransactWriteItems, retried while DynamoDB cancels it only for ``TransactionConflict``
+    (``retry_conflicts``). Any other cancellation (a condition failed) is raised at once, for the
+    caller to read with ``failed_conditions``."""
+    retry_conflicts(lambda: dynamodb().transact_write_items(TransactItems=items), **retry)
 
 
 def is_conditional_failure(exc: Exception) -> bool:
@@ -49,22 +62,32 @@ def failed_conditions(exc: Exception) -> list[int]:
     return [i for i, r in enumerate(reasons) if r.get("Code") == "ConditionalCheckFailed"]
 
 
-def transact_write(items: list[dict], *, attempts: int = 8, base_delay: float = 0.02) -> None:
-    """TransactWriteItems, retried while DynamoDB cancels it only for ``TransactionConflict``
-    (another request was in progress on one of its items: the transaction was not applied,
-    so a retry is safe; botocore does not retry it). Full-jitter exponential backoff. Any
-    other cancellation (a condition failed) is raised at once, for the caller to read with
-    ``failed_conditions``."""
+def is_conflict(exc: Exception) -> bool:
+    """True when DynamoDB refused a write only because another request was in progress on one
+    of its items: a transaction cancelled for ``TransactionConflict`` alone, or a single write
+    meeting an in-flight transaction (``TransactionConflictException``). Nothing was written,
+    so a retry is safe; botocore retries neither. Also for pynamodb's exceptions (their cause)."""
+    response = getattr(exc, "response", None)
+    if response is None:
+        response = getattr(getattr(exc, "cause", None), "response", None)
+    code = (response or {}).get("Error", {}).get("Code")
+    if code == "TransactionConflictException":
+        return True
+    codes = {r.get("Code") for r in (response or {}).get("CancellationReasons") or []} - {None, "None"}
+    return code == "TransactionCanceledException" and codes == {"TransactionConflict"}
+
+
+def retry_conflicts(call, *, attempts: int = 10, base_delay: float = 0.02, max_delay: float = 1.0):
+    """``call()``, again after a full-jitter exponential backoff (capped at ``max_delay``) while
+    it fails only with a transaction conflict (``is_conflict``). The last conflict is raised:
+    the Lambda fails and its asynchronous retries, then its dead-letter queue, take over."""
     import random
     import time
 
     for attempt in range(attempts):
         try:
-            dynamodb().transact_write_items(TransactItems=items)
-            return
+            return call()
         except Exception as exc:
-            reasons = (getattr(exc, "response", None) or {}).get("CancellationReasons") or []
-            codes = {r.get("Code") for r in reasons} - {None, "None"}
-            if codes != {"TransactionConflict"} or attempt == attempts - 1:
+            if not is_conflict(exc) or attempt == attempts - 1:
                 raise
-            time.sleep(random.uniform(0, base_delay * 2 ** attempt))
+            time.sleep(random.uniform(0, min(max_delay, base_delay * 2 ** attempt)))

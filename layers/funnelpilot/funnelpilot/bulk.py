@@ -118,7 +118,7 @@ def _apply_one(run_id: str, cid: str, kind: str, value) -> bool:
     for with_map in (True, False):
         items = [marker, _change(cid, kind, value, with_map)]
         try:
-            aws.dynamodb().transact_write_items(TransactItems=items)
+            aws.transact_write(items)
             return True
         except ClientError as exc:
             failed = aws.failed_conditions(exc)

@@ -9,16 +9,18 @@
 The contact is found from the recipient address (contact_id is a keyed hash of it), the
 message from our ``X-Funnelpilot-Message-Id`` header, which SES copies into ``mail.headers``.
 Idempotent on the EventBridge event id: emitted events reuse it, status changes are
-conditional, and a soft bounce is counted together with a marker item in one transaction.
+conditional, and a soft bounce is counted together with a marker item in one transaction
+(retried while it conflicts with another write on the profile: a conflict must not lose it).
 """
 import os
 from datetime import datetime, timezone
 
-from pynamodb.exceptions import TransactWriteError, UpdateError
-from pynamodb.transactions import TransactWrite
+from botocore.exceptions import ClientError
+from pynamodb.exceptions import UpdateError
 
-from funnelpilot import bus, clock, consent, contacts, tokens
-from funnelpilot.models import PROFILE, Contact, Marker, Message, connection, is_conditional_failure
+from funnelpilot import aws, bus, clock, consent, contacts, tokens
+from funnelpilot.config import config
+from funnelpilot.models import PROFILE, Contact, Message, is_conditional_failure
 
 MARKER_TTL = 14 * 86400
 
@@ -45,7 +47,8 @@ def _mark_message(cid: str, message_id: str | None, attribute, when: str) -> Non
     if not message_id:
         return
     try:
-        Message(cid, f"MSG#{message_id}").update(actions=[attribute.set(when)], condition=Message.pk.exists())
+        aws.retry_conflicts(lambda: Message(cid, f"MSG#{message_id}").update(actions=[attribute.set(when)],
+                                                                             condition=Message.pk.exists()))
     except UpdateError as exc:
         if not is_conditional_failure(exc):
             raise
@@ -100,14 +103,19 @@ def handle(event: dict) -> list[str]:
 
 
 def _count_soft_bounce(cid: str, event_id: str) -> int:
-    """Add one soft bounce (once per SES event); the contact's count since its last delivery."""
-    marker = Marker(cid, f"SEEN#{event_id}", expires_at=int(clock.now()) + MARKER_TTL)
+    """Add one soft bounce (once per SES event: the marker and the ADD in one transaction,
+    retried on conflicts); the contact's count since its last delivery."""
+    table, key = config().table, {"pk": {"S": cid}, "sk": {"S": PROFILE}}
     try:
-        with TransactWrite(connection=connection()) as tx:
-            tx.save(marker, condition=Marker.pk.does_not_exist())
-            tx.update(Contact(cid, PROFILE), actions=[Contact.soft_bounces.add(1)], condition=Contact.pk.exists())
-    except TransactWriteError as exc:
-        if exc.cause_response_code != "TransactionCanceledException":
+        aws.transact_write([
+            {"Put": {"TableName": table, "ConditionExpression": "attribute_not_exists(pk)",
+                     "Item": {"pk": {"S": cid}, "sk": {"S": f"SEEN#{event_id}"},
+                              "expires_at": {"N": str(int(clock.now()) + MARKER_TTL)}}}},
+            {"Update": {"TableName": table, "Key": key, "UpdateExpression": "ADD soft_bounces :one",
+                        "ConditionExpression": "attribute_exists(pk)", "ExpressionAttributeValues": {":one": {"N": "1"}}}},
+        ])
+    except ClientError as exc:
+        if not aws.failed_conditions(exc):
             raise
         # a duplicate delivery, or an address we do not know: nothing more to count
     try:
@@ -118,8 +126,8 @@ def _count_soft_bounce(cid: str, event_id: str) -> int:
 
 def _reset_soft_bounces(cid: str) -> None:
     try:
-        Contact(cid, PROFILE).update(actions=[Contact.soft_bounces.remove()],
-                                     condition=Contact.pk.exists() & Contact.soft_bounces.exists())
+        aws.retry_conflicts(lambda: Contact(cid, PROFILE).update(
+            actions=[Contact.soft_bounces.remove()], condition=Contact.pk.exists() & Contact.soft_bounces.exists()))
     except UpdateError as exc:
         if not is_conditional_failure(exc):
             raise

@@ -6,7 +6,10 @@ A row is ``FUNNEL`` (the funnel as a whole), ``STEP#<step>``, ``EMAIL#<template>
 ``VARIANT#<step>#<variant>``. A funnel's report over a day range is one Query on ``pk`` with
 ``sk BETWEEN`` (funnelpilot.report).
 Idempotency: the ADD and a marker item ``pk = SEEN#<key>`` (conditional put, with TTL)
-go in one transaction, so a duplicate delivery counts nothing and nothing is lost.
+go in one transaction, so a duplicate delivery counts nothing and nothing is lost. A step's
+rows are hot (every send of the step adds to them), so concurrent counts cancel each other
+with ``TransactionConflict``: ``aws.transact_write`` retries those; when it gives up the error
+reaches the Lambda, whose asynchronous retries count the event later (nothing was written).
 """
 import re
 
@@ -47,7 +50,7 @@ def count(funnel: str, step: str | None, metrics: dict[str, int], *, once_key: s
         "ExpressionAttributeValues": values,
     } for row in rows]
     if once_key is None and len(updates) == 1:
-        aws.dynamodb().update_item(**updates[0])
+        aws.write("update_item", **updates[0])
         return True
     items = [{"Update": u} for u in updates]
     if once_key is not None:
@@ -56,7 +59,7 @@ def count(funnel: str, step: str | None, metrics: dict[str, int], *, once_key: s
                                           "expires_at": {"N": str(int(clock.now()) + MARKER_TTL)}},
                                  "ConditionExpression": "attribute_not_exists(pk)"}})
     try:
-        aws.dynamodb().transact_write_items(TransactItems=items)
+        aws.transact_write(items)
     except ClientError as exc:
         if aws.failed_conditions(exc):
             return False

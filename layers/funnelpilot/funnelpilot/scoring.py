@@ -15,6 +15,9 @@ conditional write) so the stored numbers stay small; every ADD is conditioned on
 One scored event = one TransactWriteItems: the idempotency marker (conditional put on
 ``SCORED#<event_id>``), the contact's activity log entry ``EVT#<occurred_at>#<event_id>``
 (read by sales alerts), the per-rule daily cap counters (conditional ADD) and the profile ADD.
+Concurrent events on one contact overlap on the profile (``TransactionConflict``):
+``aws.transact_write`` retries them, then the Lambda's asynchronous retries (nothing is
+written by a cancelled transaction, and the marker makes a retried event count once).
 """
 import json
 import math
@@ -206,7 +209,7 @@ def _apply(detail_type: str, detail: dict, matched: list, t: float, seen_sk: str
         items += [_cap(cid, r, day) for r in rules if r.cap_per_day]
         items.append(_profile_update(contact, points, t, detail_type, detail))
         try:
-            aws.dynamodb().transact_write_items(TransactItems=items)
+            aws.transact_write(items)  # retried while it only conflicts with a concurrent event's
         except ClientError as exc:
             failed = aws.failed_conditions(exc)
             if exc.response["Error"]["Code"] != "TransactionCanceledException" or not failed:

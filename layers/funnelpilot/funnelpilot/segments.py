@@ -201,7 +201,7 @@ def _membership_key(cid: str, segment: str) -> dict:
 
 def _transact(items: list[dict]) -> bool:
     try:
-        aws.dynamodb().transact_write_items(TransactItems=items)
+        aws.transact_write(items)
         return True
     except ClientError as exc:
         reasons = exc.response.get("CancellationReasons") or []

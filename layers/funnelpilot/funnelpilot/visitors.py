@@ -8,9 +8,10 @@ The token is ``tokens.sign("fp", contact_id, expiry_day)``: it names a contact a
 else, is accepted by /collect only, and expires after ``TOKEN_DAYS`` (on the shared clock).
 
 A collected hit with a token costs one GetItem (the contact still exists: an erased person's
-token in some browser attaches nothing), then for every hit one TransactWriteItems (per-IP window, per-contact window when
-known, the page's daily counter: all or nothing, so a refused hit stores nothing) and,
-for a known contact only, one PutEvents. Anonymous visits are only counted.
+token in some browser attaches nothing), then for every hit one conditional UpdateItem per
+rate window (per IP; per contact when known), one UpdateItem on the page's daily counter
+(``record`` says why not a transaction) and, for a known contact only, one PutEvents.
+Anonymous visits are only counted.
 Import-light: /collect is public and hot (no pynamodb, no powertools).
 """
 import json
@@ -18,8 +19,6 @@ import math
 import re
 from dataclasses import dataclass
 from urllib.parse import urlsplit
-
-from botocore.exceptions import ClientError
 
 from funnelpilot import aws, bus, clock, metrics, tokens
 from funnelpilot.config import config
@@ -160,41 +159,43 @@ def parse(body: bytes) -> Hit:
                props=_pairs(data, "props", _PROP, 10, scalars=True))
 
 
-def _window(scope: str, key: str, limit: int, at: float) -> dict:
-    """A fixed-window counter that refuses (condition false) once ``limit`` is reached."""
+def _window(scope: str, key: str, limit: int, at: float) -> bool:
+    """Count one hit in a fixed-window counter; False (nothing added) once ``limit`` is reached."""
     window = int(at // WINDOW)
-    return {"Update": {
-        "TableName": config().metrics_table,
-        "Key": {"pk": {"S": f"RATE#{scope}#{key}#{window}"}, "sk": {"S": "RATE"}},
-        "UpdateExpression": "ADD hits :one SET expires_at = :expires",
-        "ConditionExpression": "attribute_not_exists(hits) OR hits < :limit",
-        "ExpressionAttributeValues": {":one": {"N": "1"}, ":limit": {"N": str(limit)},
-                                      ":expires": {"N": str((window + 2) * WINDOW)}},
-    }}
+    return aws.conditional(
+        "update_item", TableName=config().metrics_table,
+        Key={"pk": {"S": f"RATE#{scope}#{key}#{window}"}, "sk": {"S": "RATE"}},
+        UpdateExpression="ADD hits :one SET expires_at = :expires",
+        ConditionExpression="attribute_not_exists(hits) OR hits < :limit",
+        ExpressionAttributeValues={":one": {"N": "1"}, ":limit": {"N": str(limit)},
+                                   ":expires": {"N": str((window + 2) * WINDOW)}})
 
 
 def record(hit: Hit, *, contact_id: str | None, ip: str, at: float) -> None:
     """Rate-limit, count and (for a known contact) emit one hit; ``at`` is the request's real
-    arrival time (seconds), so the limits hold whatever speed the simulated clock runs at."""
+    arrival time (seconds), so the limits hold whatever speed the simulated clock runs at.
+
+    No transaction: the windows are conditional ADDs taken in turn (per IP first), the page
+    counter a plain ADD once they all let the hit in. A page's counter is a hot item, and
+    DynamoDB serialises plain writes on an item but cancels transactions that overlap on it
+    (``TransactionConflict``), so in a transaction every concurrent hit on a popular page would
+    conflict with the others. Nothing is lost by splitting: a window that counted a hit a later
+    window refused only counts an attempt from that IP (a limiter should: a flood gains no
+    slots), and the counter was never more than at-most-once per request (a hit has no
+    idempotency key; a browser retry counts again either way)."""
     cfg = config()
     if contact_id and not _exists(contact_id):
         contact_id = None  # erased (or never subscribed): counted, never attached to a person
     limits = [("ip", tokens.keyed_id("ip", ip), cfg.collect_limit_per_ip)]
     if contact_id:
         limits.append(("contact", contact_id, cfg.collect_limit_per_contact))
+    for scope, key, limit in limits:
+        if not _window(scope, key, limit, at):
+            raise Refused(429, f"more than {limit} events a minute from this {scope}", scope)
     step = hit.path[:200] if hit.event == "page.viewed" else f"event:{hit.event}"
-    counter = {"Update": {"TableName": cfg.metrics_table, "Key": metrics.counter_key(SITE_FUNNEL, f"STEP#{step}"),
-                          "UpdateExpression": "ADD #m :one", "ExpressionAttributeNames": {
-                              "#m": "known" if contact_id else "anonymous"},
-                          "ExpressionAttributeValues": {":one": {"N": "1"}}}}
-    try:
-        aws.dynamodb().transact_write_items(TransactItems=[*(_window(s, k, n, at) for s, k, n in limits), counter])
-    except ClientError as exc:
-        for i in aws.failed_conditions(exc):
-            if i < len(limits):  # a rate-limit window is full
-                scope, _, limit = limits[i]
-                raise Refused(429, f"more than {limit} events a minute from this {scope}", scope) from None
-        raise
+    aws.write("update_item", TableName=cfg.metrics_table, Key=metrics.counter_key(SITE_FUNNEL, f"STEP#{step}"),
+              UpdateExpression="ADD #m :one", ExpressionAttributeNames={"#m": "known" if contact_id else "anonymous"},
+              ExpressionAttributeValues={":one": {"N": "1"}})
     if contact_id:
         bus.publish(event(hit, contact_id))
 

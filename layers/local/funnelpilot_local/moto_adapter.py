@@ -33,6 +33,8 @@
    ``maxResults``; the funnel router reads the latest states of an execution with both.
 10. ``ExecutionWorker._execution_logic``: an execution's thread acts as the state machine's
    IAM role (strict mode checks its Lambda invokes against it; aws_rules.principal).
+11. Read-only looks at DynamoDB tables for strict mode (aws_rules.dynamodb): a table's key
+   attributes, and the item an update expression would leave, computed on a copy.
 """
 import copy
 import functools
@@ -168,6 +170,45 @@ def _transact_write_items(self, transact_items: list[dict]) -> None:
                 self.put_item(table_name, before)
         raise ddb_errors.TransactionCanceledException(
             [(None, None, None)] * len(done) + [(type(exc).__name__, str(exc), None)]) from exc
+
+
+def dynamodb_key_names(account: str, region: str, table_name: str) -> tuple[str, ...]:
+    """The key attribute names of a table (hash, then range if any)."""
+    from moto.dynamodb.models import dynamodb_backends
+
+    table = dynamodb_backends[account][region].get_table(table_name)
+    return (table.hash_key_attr,) + ((table.range_key_attr,) if table.range_key_attr else ())
+
+
+def dynamodb_updated_item(account: str, region: str, table_name: str, key: dict, update_expression: str,
+                          names: dict | None, values: dict | None) -> dict | None:
+    """The attributes ``update_expression`` would leave on the item at ``key`` (nothing is
+    written); None when moto cannot evaluate it (the real request then reports why), and
+    ``{"__too_large__": True}`` when the result outgrows moto's own item limit."""
+    from moto.dynamodb.models import dynamodb_backends
+    from moto.dynamodb.models.dynamo_type import Item
+    from moto.dynamodb.parsing.executors import UpdateExpressionExecutor
+    from moto.dynamodb.parsing.expressions import UpdateExpressionParser
+    from moto.dynamodb.parsing.validators import UpdateExpressionValidator
+
+    with _DYNAMODB_LOCK:
+        try:
+            backend = dynamodb_backends[account][region]
+            table = backend.get_table(table_name)
+            current = backend.get_item(table_name, key)
+            item = copy.deepcopy(current) if current is not None else Item(
+                backend.get_keys_value(table, key)[0], backend.get_keys_value(table, key)[1], attrs=dict(key))
+            ast = UpdateExpressionParser.make(update_expression)
+            validated = UpdateExpressionValidator(ast, expression_attribute_names=names or {},
+                                                  expression_attribute_values=values or {}, item=item,
+                                                  table=table).validate()
+            validated.normalize()
+            UpdateExpressionExecutor(validated, item, names or {}).execute()
+        except ddb_errors.ItemSizeTooLarge:
+            return {"__too_large__": True}
+        except Exception:  # noqa: BLE001 - an invalid request: the real call raises moto's error for it
+            return None
+        return item.to_json()["Attributes"]
 
 
 @functools.lru_cache(maxsize=64)

@@ -28,7 +28,7 @@ from pathlib import Path
 from urllib.parse import parse_qsl, urlencode
 
 from funnelpilot_local import aws_rules
-from funnelpilot_local.aws_rules import Rules, apigateway, cloudformation, events, lambda_, principal
+from funnelpilot_local.aws_rules import Rules, apigateway, cloudformation, dynamodb, events, lambda_, principal
 from funnelpilot_local.template import ACCOUNT, REGION, Template
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -210,12 +210,7 @@ class Runtime:
 
     def _rule_families(self) -> list:
         """The strict-mode rules this runtime enforces (funnelpilot_local.aws_rules)."""
-        from funnelpilot_local.aws_rules import iam
-
-        families = [self.concurrency, self.bus_faults, self.route_throttle]
-        if self.rules.iam:
-            families.append(iam.IamRule(self))
-        return families
+from funnelpilot_local.aws_rules import Rules, apigateway, cloudformation, dynamodb, events, lambda_, principal
 
     def role_of(self, logical_id: str) -> str:
         """The IAM role a function or state machine runs as (the one SAM generates for it)."""

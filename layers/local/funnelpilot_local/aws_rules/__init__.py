@@ -106,6 +106,11 @@ def install(rules: list[Rule]) -> None:
     principal.install()
 
 
+def active() -> list[Rule]:
+    """The rule families of the running runtime."""
+    return list(_active)
+
+
 def uninstall() -> None:
     with _lock:
         _active.clear()
@@ -117,8 +122,15 @@ def _gate(client, operation_name: str, api_params: dict):
     if not rules:
         return _original(client, operation_name, api_params)
     call = Call(client.meta.service_model.service_name, operation_name, api_params, principal.current(), client)
-    for rule in rules:
-        rule.before(call)
+    passed = []
+    try:
+        for rule in rules:
+            rule.before(call)
+            passed.append(rule)
+    except Exception as exc:  # refused: the rules that already let it pass see it end too
+        for rule in passed:
+            rule.after(call, None, exc)
+        raise
     try:  # a rule may answer a call itself (events: a PutEvents whose every entry fails)
         result = call.extra["result"] if "result" in call.extra else _original(client, operation_name, api_params)
     except Exception as exc:
