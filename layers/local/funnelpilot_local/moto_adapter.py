@@ -35,6 +35,9 @@
    IAM role (strict mode checks its Lambda invokes against it; aws_rules.principal).
 11. Read-only looks at DynamoDB tables for strict mode (aws_rules.dynamodb): a table's key
    attributes, and the item an update expression would leave, computed on a copy.
+12. ``LimitedSizeDict.__setitem__``: moto refuses items over 405,000 bytes of its own measure,
+   so it refused items DynamoDB stores (the limit is 409,600). Its check stays, as a backstop
+   when strict mode's exact one (aws_rules.dynamodb) is off, at DynamoDB's figure.
 """
 import copy
 import functools
@@ -48,7 +51,7 @@ from moto.core.exceptions import JsonRESTError
 from moto.core.responses import ActionResult
 from moto.dynamodb import exceptions as ddb_errors
 from moto.dynamodb.comparisons import get_filter_expression
-from moto.dynamodb.models import DynamoDBBackend
+from moto.dynamodb.models import DynamoDBBackend, dynamo_type
 from moto.dynamodb.responses import DynamoHandler
 from moto.events import models as events_models
 from moto.events.utils import EventTemplateParser
@@ -84,6 +87,17 @@ def install(invoker: Invoker, deliverer: Deliverer) -> None:
     if not hasattr(execution_worker.ExecutionWorker, "_fp_execution_logic"):
         execution_worker.ExecutionWorker._fp_execution_logic = execution_worker.ExecutionWorker._execution_logic
         execution_worker.ExecutionWorker._execution_logic = _execution_logic_as_role
+    dynamo_type.LimitedSizeDict.__setitem__ = _limited_setitem
+
+
+def _limited_setitem(self, key, value) -> None:
+    """moto 5.2.5's check with DynamoDB's 400 KB instead of moto's 405,000 bytes."""
+    size = sum(i.size() if type(i) is dynamo_type.DynamoType else len(str(i).encode())
+               for i in (*self.keys(), *self.values()))
+    size += len(key.encode()) + (value.size() if type(value) is dynamo_type.DynamoType else len(str(value).encode()))
+    if size > 400 * 1024:
+        raise ddb_errors.ItemSizeTooLarge
+    dict.__setitem__(self, key, value)
 
 
 _DYNAMODB_LOCK = threading.RLock()
