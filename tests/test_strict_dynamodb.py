@@ -170,7 +170,7 @@ def test_two_writers_on_one_item_conflict_while_one_is_in_flight(rt):
     first.join()
     assert stored(rt, "hot", "ROW")["n"] == {"N": "1"} and stored(rt, "elsewhere", "ROW") is None
 
-    # a single write in flight: another single write goes through (DynamoDB serialises them), a transaction does not
+    # a single write in flight: other writes go through (DynamoDB serialises them), a TransactGetItems does not
     with dynamodb.hold(TABLE, key("hot", "ROW")) as held:
         first = threading.Thread(target=lambda: ddb.update_item(
             TableName=TABLE, Key=key("hot", "ROW"), UpdateExpression="ADD n :n",
@@ -179,10 +179,12 @@ def test_two_writers_on_one_item_conflict_while_one_is_in_flight(rt):
         held.wait()
         ddb.update_item(TableName=TABLE, Key=key("hot", "ROW"), UpdateExpression="ADD n :n",
                         ExpressionAttributeValues={":n": {"N": "1"}})
-        err = error_of(lambda: ddb.transact_write_items(TransactItems=[_add(10)]))
-        assert [r["Code"] for r in err["CancellationReasons"]] == ["TransactionConflict"]
+        ddb.transact_write_items(TransactItems=[_add(10)])
+        err = error_of(lambda: ddb.transact_get_items(TransactItems=[
+            {"Get": {"TableName": TABLE, "Key": key("cold", "ROW")}}, {"Get": {"TableName": TABLE, "Key": key("hot", "ROW")}}]))
+        assert [r["Code"] for r in err["CancellationReasons"]] == ["None", "TransactionConflict"]
     first.join()
-    assert stored(rt, "hot", "ROW")["n"] == {"N": "3"}
+    assert stored(rt, "hot", "ROW")["n"] == {"N": "13"}
 
 
 def test_transact_write_outlasts_an_overlap_and_gives_up_with_the_error(rt):

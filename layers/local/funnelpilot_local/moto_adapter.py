@@ -16,7 +16,8 @@
 3. SES ``sent_messages``: the raw MIME of every email sent, for the outbox folder.
 4. ``DynamoHandler.call_action``: moto applies an UpdateItem/transaction as Python
    read-modify-write, so concurrent requests can lose an ``ADD``. DynamoDB guarantees
-   item-level atomicity; one lock around each DynamoDB request gives the same here.
+   item-level atomicity; one lock around each DynamoDB request gives the same here. Strict
+   mode's conflict rule (``dynamodb_observer``) learns when each request is being processed.
 5. ``DynamoDBBackend.transact_write_items``: moto deep-copies every table a transaction
    touches (for rollback), so each transaction costs O(table size) and a long local run
    (the demo: a counter transaction per event) slows down quadratically. Ours checks every
@@ -118,10 +119,20 @@ def _execution_history(self):
     return ActionResult({**history, "events": events})
 
 
+dynamodb_observer = None  # strict mode (aws_rules.dynamodb): told when moto starts and ends a request
+
+
 def _serialised(call_action):
     def call(self):
         with _DYNAMODB_LOCK:
-            return call_action(self)
+            observer = dynamodb_observer
+            if observer is not None:
+                observer.entered()
+            try:
+                return call_action(self)
+            finally:
+                if observer is not None:
+                    observer.left()
     call._serialised = True
     return call
 
