@@ -265,3 +265,22 @@ def test_50_concurrent_orders_on_one_profile_are_each_scored_once(tmp_path):
         crossed = [json.loads(m["Body"])["detail-type"] for m in rt.client("sqs").receive_message(
             QueueUrl=tap, MaxNumberOfMessages=10).get("Messages", [])]
         assert crossed == ["customer.vip"]  # the loyalty threshold crossed once, announced once
+
+
+def test_a_soft_bounce_meeting_a_transaction_on_the_profile_is_still_counted(rt):
+    from test_consent import bounce, ses_event, signup_and_mail
+
+    cid, mail = signup_and_mail(rt)
+    ddb = rt.client("dynamodb")
+    with dynamodb.hold(TABLE, key(cid, "PROFILE")) as held:
+        other = threading.Thread(target=lambda: ddb.transact_write_items(TransactItems=[{"Update": {
+            "TableName": TABLE, "Key": key(cid, "PROFILE"), "UpdateExpression": "SET touched = :t",
+            "ExpressionAttributeValues": {":t": {"BOOL": True}}}}]))
+        other.start()
+        held.wait()
+        threading.Thread(target=lambda: held.refused.wait(20) and held.release()).start()
+        ses_event(rt, "Email Bounced", "Bounce", mail, bounce("Transient"))  # its transaction conflicts, then retries
+        assert held.refused.is_set()
+    other.join()
+    profile = stored(rt, cid, "PROFILE")
+    assert profile["soft_bounces"] == {"N": "1"} and profile["touched"] == {"BOOL": True}

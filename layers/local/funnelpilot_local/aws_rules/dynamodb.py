@@ -95,12 +95,18 @@ def _value_size(value: dict) -> int:
 # ---------------------------------------------------------------- the rule family
 class _Hold:
     def __init__(self, item: tuple):
-        self.item, self.taken, self.entered, self.released = item, False, threading.Event(), threading.Event()
+        self.item, self.taken = item, False
+        self.entered, self.refused, self.released = threading.Event(), threading.Event(), threading.Event()
 
     def wait(self, timeout: float = 10.0) -> None:
         """Return once the held write is in flight (its items busy, the call not made yet)."""
         if not self.entered.wait(timeout):
             raise TimeoutError(f"no write on {self.item} came to be held")
+
+    def release(self) -> None:
+        """Let the held write go on (the end of the ``hold`` block does too). ``refused`` is set
+        once another request was refused for conflicting with it."""
+        self.released.set()
 
 
 class DynamoDB(Rule):
@@ -212,12 +218,14 @@ class DynamoDB(Rule):
                 busy = [self._transactions[i] > 0 or (op == "TransactGetItems" and self._singles[i] > 0)
                         for i in items]
                 if any(busy):
+                    self._refused([i for i, b in zip(items, busy) if b])
                     raise _cancelled(op, [("TransactionConflict", ONGOING) if b else None for b in busy])
                 if op == "TransactGetItems":
                     return  # a read makes nothing busy
                 counter = self._transactions
             else:
                 if op in SINGLE_WRITES and any(self._transactions[i] > 0 for i in items):
+                    self._refused(items)
                     raise error(op, "TransactionConflictException", ONGOING)
                 counter = self._singles
             holds = [h for h in self._holds if not h.taken and h.item in items]
@@ -231,6 +239,11 @@ class DynamoDB(Rule):
                 h.released.wait(30)
             self.left()
             _local.pending = (self, counter, items)
+
+    def _refused(self, items: list[tuple]) -> None:
+        for h in self._holds:
+            if h.taken and h.item in items:
+                h.refused.set()
 
     def entered(self) -> None:
         """moto_adapter: moto starts processing this thread's request (it holds the DynamoDB lock)."""
