@@ -1,4 +1,4 @@
-"""boto3 clients and DynamoDB condition checks shared by the library.
+"""boto3 clients, DynamoDB condition checks and transaction-conflict retries shared by the library.
 
 One client per service and process (clients are thread-safe; creating one costs tens of
 milliseconds at cold start, so the modules a handler imports share it instead of each

@@ -207,9 +207,9 @@ def dynamodb_key_names(account: str, region: str, table_name: str) -> tuple[str,
 
 def dynamodb_updated_item(account: str, region: str, table_name: str, key: dict, update_expression: str,
                           names: dict | None, values: dict | None) -> dict | None:
-    """The attributes ``update_expression`` would leave on the item at ``key`` (nothing is
-    written); None when moto cannot evaluate it (the real request then reports why), and
-    ``{"__too_large__": True}`` when the result outgrows moto's own item limit."""
+    """The attributes ``update_expression`` would leave on the item at ``key``, computed on a
+    copy (nothing is written, and moto's own size check is skipped: the caller measures it);
+    None when moto cannot evaluate the expression (the real request then reports why)."""
     from moto.dynamodb.models import dynamodb_backends
     from moto.dynamodb.models.dynamo_type import Item
     from moto.dynamodb.parsing.executors import UpdateExpressionExecutor
@@ -221,16 +221,14 @@ def dynamodb_updated_item(account: str, region: str, table_name: str, key: dict,
             backend = dynamodb_backends[account][region]
             table = backend.get_table(table_name)
             current = backend.get_item(table_name, key)
-            item = copy.deepcopy(current) if current is not None else Item(
-                backend.get_keys_value(table, key)[0], backend.get_keys_value(table, key)[1], attrs=dict(key))
-            ast = UpdateExpressionParser.make(update_expression)
-            validated = UpdateExpressionValidator(ast, expression_attribute_names=names or {},
+            item = copy.deepcopy(current) if current is not None else Item(*backend.get_keys_value(table, key), attrs={})
+            item.attrs = dict(item.attrs) if current is not None else {k: dynamo_type.DynamoType(v) for k, v in key.items()}
+            validated = UpdateExpressionValidator(UpdateExpressionParser.make(update_expression),
+                                                  expression_attribute_names=names or {},
                                                   expression_attribute_values=values or {}, item=item,
                                                   table=table).validate()
             validated.normalize()
             UpdateExpressionExecutor(validated, item, names or {}).execute()
-        except ddb_errors.ItemSizeTooLarge:
-            return {"__too_large__": True}
         except Exception:  # noqa: BLE001 - an invalid request: the real call raises moto's error for it
             return None
         return item.to_json()["Attributes"]

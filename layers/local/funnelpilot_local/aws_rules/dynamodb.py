@@ -133,9 +133,8 @@ class DynamoDB(Rule):
             self._enter(call, [item for _, item, _ in actions])
 
     def after(self, call: Call, result, error_) -> None:
-        if call.service == "dynamodb":  # a request that never reached moto (botocore refused it)
+        if call.service == "dynamodb":  # not left for the next request if it never reached moto
             _local.pending = None
-            self.left()
 
     # ------------------------------------------------------------ what a request touches
     def _actions(self, call: Call) -> list[tuple[str, tuple, dict]]:
@@ -174,7 +173,7 @@ class DynamoDB(Rule):
         if op == "TransactGetItems":
             return
         region, total, too_large = call.client.meta.region_name, 0, []
-        for i, (kind, item, params) in enumerate(actions):
+        for i, (kind, _, params) in enumerate(actions):
             if kind in ("PutItem", "Put"):
                 size = item_size(params["Item"])
                 if size > MAX_ITEM:
@@ -183,7 +182,7 @@ class DynamoDB(Rule):
                 result = moto_adapter.dynamodb_updated_item(
                     ACCOUNT, region, params["TableName"], params["Key"], params["UpdateExpression"],
                     params.get("ExpressionAttributeNames"), params.get("ExpressionAttributeValues"))
-                size = MAX_ITEM + 1 if result and result.get("__too_large__") else item_size(result or params["Key"])
+                size = item_size(result or params["Key"])
                 if size > MAX_ITEM:
                     if op == "UpdateItem":
                         raise error(op, "ValidationException", UPDATE_TOO_LARGE)
