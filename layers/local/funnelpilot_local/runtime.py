@@ -210,7 +210,12 @@ class Runtime:
 
     def _rule_families(self) -> list:
         """The strict-mode rules this runtime enforces (funnelpilot_local.aws_rules)."""
-from funnelpilot_local.aws_rules import Rules, apigateway, cloudformation, dynamodb, events, lambda_, principal
+        from funnelpilot_local.aws_rules import iam
+
+        families = [self.concurrency, self.bus_faults, self.route_throttle]
+        if self.rules.iam:
+            families.append(iam.IamRule(self))
+        return families + [dynamodb.DynamoDB(self.rules)]  # after IAM: a request is authorised, then validated
 
     def role_of(self, logical_id: str) -> str:
         """The IAM role a function or state machine runs as (the one SAM generates for it)."""
