@@ -1,15 +1,16 @@
 """Consent: unsubscribing, suppressing, and double opt-in per list.
 
-Every change of a contact's status is one conditional UpdateItem, so a repeat (a second
-one-click POST, a duplicate bounce) changes nothing and emits nothing. A status other
-than ``active`` blocks every marketing send (``sequence.blocked_reason``).
+Every change of a contact's status is one conditional update, in one transaction with the
+event it emits (written to the outbox, funnelpilot.outbox), so a repeat (a second one-click
+POST, a duplicate bounce) changes nothing and emits nothing, and no change goes without its
+event. A status other than ``active`` blocks every marketing send (``sequence.blocked_reason``).
 """
 from functools import cache
 
 import yaml
 from pynamodb.exceptions import DoesNotExist, UpdateError
 
-from funnelpilot import bus, clock, tokens
+from funnelpilot import aws, bus, clock, outbox, tokens
 from funnelpilot.config import config
 from funnelpilot.models import PROFILE, ConsentRecord, Contact, Message, is_conditional_failure
 
@@ -28,15 +29,22 @@ def message_fields(cid: str, message_id: str | None) -> dict:
     return fields | ({"variant": m.variant} if m.variant else {})
 
 
-def _set_status(cid: str, status: str, reason: str, allowed_from: tuple[str, ...]) -> bool:
-    """Move the contact to ``status`` if it is in one of ``allowed_from``; False otherwise."""
-    now = clock.iso()
-    condition = Contact.pk.exists() & Contact.status.is_in(*allowed_from)
+def _set_status(cid: str, status: str, reason: str, allowed_from: tuple[str, ...], *also: dict) -> bool:
+    """Move the contact to ``status`` if it is in one of ``allowed_from``, with the
+    transaction items ``also`` (its event in the outbox, a consent record) in the same
+    transaction; False when its status was none of them (nothing is written)."""
+    allowed = {f":from{i}": {"S": s} for i, s in enumerate(allowed_from)}
+    update = {"Update": {
+        "TableName": config().table, "Key": {"pk": {"S": cid}, "sk": {"S": PROFILE}},
+        "UpdateExpression": "SET #s = :status, status_reason = :reason, updated_at = :now",
+        "ConditionExpression": f"attribute_exists(pk) AND #s IN ({', '.join(allowed)})",
+        "ExpressionAttributeNames": {"#s": "status"},
+        "ExpressionAttributeValues": {":status": {"S": status}, ":reason": {"S": reason}, ":now": {"S": clock.iso()},
+                                      **allowed}}}
     try:
-        Contact(cid, PROFILE).update(actions=[Contact.status.set(status), Contact.status_reason.set(reason),
-                                              Contact.updated_at.set(now)], condition=condition)
-    except UpdateError as exc:
-        if is_conditional_failure(exc):
+        aws.transact_write([update, *also])
+    except Exception as exc:
+        if aws.failed_conditions(exc) == [0]:
             return False
         raise
     return True
@@ -45,23 +53,20 @@ def _set_status(cid: str, status: str, reason: str, allowed_from: tuple[str, ...
 def unsubscribe(cid: str, message_id: str | None, source: str) -> bool:
     """Stop all marketing email to the contact; records the withdrawal of consent and
     emits ``contact.unsubscribed`` (once). True when this call changed the status."""
-    if not _set_status(cid, "unsubscribed", source, ("active", "pending")):
-        return False
     now = clock.iso()
-    ConsentRecord(cid, f"CONSENT#{now}#withdrawn", list_name="*", source=source, given_at=now,
-                  ip=None, user_agent=None).save()
-    bus.publish(bus.event("contact.unsubscribed", cid, source=source, **message_fields(cid, message_id)))
-    return True
+    withdrawal = ConsentRecord(cid, f"CONSENT#{now}#withdrawn", list_name="*", source=source, given_at=now,
+                               ip=None, user_agent=None)
+    event = bus.event("contact.unsubscribed", cid, source=source, **message_fields(cid, message_id))
+    return _set_status(cid, "unsubscribed", source, ("active", "pending"),
+                       {"Put": {"TableName": config().table, "Item": withdrawal.serialize()}}, outbox.put(event))
 
 
 def suppress(cid: str, reason: str, *, event_id: str | None = None, **fields) -> bool:
     """Never email this contact again (hard bounce, complaint, too many soft bounces).
     Overrides an unsubscribe; emits ``contact.suppressed`` once."""
-    if not _set_status(cid, "suppressed", reason, ("active", "pending", "unsubscribed")):
-        return False
-    bus.publish(bus.event("contact.suppressed", cid, event_id=event_id and f"{event_id}-suppressed",
-                          reason=reason, **fields))
-    return True
+    event = bus.event("contact.suppressed", cid, event_id=event_id and f"{event_id}-suppressed", reason=reason,
+                      **fields)
+    return _set_status(cid, "suppressed", reason, ("active", "pending", "unsubscribed"), outbox.put(event))
 
 
 # ------------------------------------------------------------------ double opt-in
@@ -94,24 +99,28 @@ def confirm(token: str) -> str | None:
     cid, list_name, lead_magnet, expires = fields
     if not expires.isdigit() or clock.now() > int(expires):
         return None
-    now = clock.iso()
     try:
-        Contact(cid, PROFILE).update(
-            actions=[Contact.status.set("active"), Contact.confirmed_at.set(now), Contact.updated_at.set(now)],
-            condition=Contact.pk.exists() & (Contact.status == "pending"))
-    except UpdateError as exc:
-        if not is_conditional_failure(exc):
-            raise
-        try:
-            contact = Contact.get(cid, PROFILE)
-        except DoesNotExist:
-            return None
+        contact = Contact.get(cid, PROFILE, consistent_read=True)
+    except DoesNotExist:
+        return None
+    if contact.status != "pending":
         return cid if contact.status != "erased" else None
-    contact = Contact.get(cid, PROFILE)
+    now = clock.iso()
     utm = contact.utm.as_dict() if contact.utm else {}
-    bus.publish(bus.event("contact.confirmed", cid, list=list_name),
-                bus.event("contact.subscribed", cid, list=list_name, resubscribed=False, confirmed=True,
-                          **({"lead_magnet": lead_magnet} if lead_magnet else {}), **utm))
+    activate = {"Update": {
+        "TableName": config().table, "Key": {"pk": {"S": cid}, "sk": {"S": PROFILE}},
+        "UpdateExpression": "SET #s = :active, confirmed_at = :now, updated_at = :now",
+        "ConditionExpression": "#s = :pending", "ExpressionAttributeNames": {"#s": "status"},
+        "ExpressionAttributeValues": {":active": {"S": "active"}, ":pending": {"S": "pending"}, ":now": {"S": now}}}}
+    try:
+        aws.transact_write([
+            activate, outbox.put(bus.event("contact.confirmed", cid, list=list_name)),
+            outbox.put(bus.event("contact.subscribed", cid, list=list_name, resubscribed=False, confirmed=True,
+                                 **({"lead_magnet": lead_magnet} if lead_magnet else {}), **utm))])
+    except Exception as exc:
+        if aws.failed_conditions(exc) != [0]:
+            raise
+        return confirm(token)  # the status changed since it was read: answer for the one it has now
     return cid
 
 

@@ -3,14 +3,11 @@ import re
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
-from pynamodb.exceptions import UpdateError
-from pynamodb.transactions import TransactWrite
-
-from funnelpilot import bus, clock, tokens
+from funnelpilot import aws, bus, clock, outbox, tokens
 from funnelpilot.config import config
 from funnelpilot.consent import list_settings
 from funnelpilot.errors import InvalidField
-from funnelpilot.models import PROFILE, ConsentRecord, Contact, connection
+from funnelpilot.models import PROFILE, ConsentRecord
 
 # Deliberately strict: what a landing page should accept, not everything RFC 5322 allows.
 _EMAIL = re.compile(r"^[a-z0-9.!#$%&'*+/=?^_`{|}~-]+@[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)+$")
@@ -96,60 +93,87 @@ def consent_source(page: str | None) -> str:
     return f"{parts.scheme}://{parts.netloc.rsplit('@', 1)[-1]}{parts.path}"[:300]
 
 
+_SUBSCRIBE_ATTEMPTS = 4  # a status changing under each attempt (concurrent signups, unsubscribes)
+
+
 def subscribe(signup: Signup, *, ip: str | None, user_agent: str | None, page: str | None = None) -> str:
-    """Create or update the contact and record consent in one transaction, then emit
-    ``contact.subscribed``. Repeating it updates the same person, never duplicates.
-    A suppressed contact (bounce, complaint) stays suppressed; one who unsubscribed and
-    signs up again with fresh consent is active again.
+    """Create or update the contact, record consent and write ``contact.subscribed`` to the
+    outbox, all in one transaction (funnelpilot.outbox publishes the event). Repeating it
+    updates the same person, never duplicates. A suppressed contact (bounce, complaint)
+    stays suppressed; one who unsubscribed and signs up again with fresh consent is active
+    again (a single opt-in signup also activates a pending contact).
 
     Double opt-in lists (``lists.yaml``): a contact not yet active stays ``pending`` and
-    ``contact.pending`` is emitted instead (functions/confirm_mailer sends the link);
+    ``contact.pending`` is written instead (functions/confirm_mailer sends the link);
     ``contact.subscribed``, which starts funnels, follows the confirmation.
+
+    The new status and the event depend on the status the profile has, which the write does
+    not know in advance: it assumes a new person (one transaction, the common case) under a
+    condition on that status; when the condition fails, DynamoDB returns the profile and the
+    write is made again for the status it holds.
     """
     double_opt_in = bool(list_settings(signup.list_name)["double_opt_in"])
     cid = tokens.contact_id(signup.email)
     now = clock.iso()
-    contact = Contact(cid, PROFILE)
-    actions = [
-        Contact.email.set(signup.email),
-        Contact.lists.add({signup.list_name}),
-        Contact.created_at.set(Contact.created_at | now),
-        Contact.updated_at.set(now),
-        Contact.status.set(Contact.status | ("pending" if double_opt_in else "active")),
-    ]
-    if signup.first_name:
-        actions.append(Contact.first_name.set(signup.first_name))
-    if signup.lead_magnet:
-        actions.append(Contact.lead_magnets.add({signup.lead_magnet}))
-    if signup.timezone:
-        actions.append(Contact.timezone.set(signup.timezone))
-    if signup.utm:
-        actions.append(Contact.utm.set(Contact.utm | signup.utm))
     consent = ConsentRecord(cid, f"CONSENT#{now}#{signup.list_name}", list_name=signup.list_name,
                             source=consent_source(page), ip=ip, user_agent=user_agent, given_at=now)
-    with TransactWrite(connection=connection()) as tx:
-        tx.update(contact, actions=actions)
-        tx.save(consent)
-    resubscribed = _reactivate_if_unsubscribed(contact, double_opt_in)
-    if double_opt_in and Contact.get(cid, PROFILE, attributes_to_get=["status"]).status == "pending":
-        bus.publish(bus.event("contact.pending", cid, list=signup.list_name, lead_magnet=signup.lead_magnet))
-        return cid
-    # lead_magnet only when there is one: funnels trigger on its existence (delivery)
-    magnet = {"lead_magnet": signup.lead_magnet} if signup.lead_magnet else {}
-    bus.publish(bus.event("contact.subscribed", cid, list=signup.list_name, resubscribed=resubscribed,
-                          **magnet, **signup.utm))
-    return cid
+    seen = None  # the profile's status as last read; None: no profile (or one without a status)
+    for _ in range(_SUBSCRIBE_ATTEMPTS):
+        status, resubscribed = _next_status(seen, double_opt_in)
+        if double_opt_in and status == "pending":
+            event = bus.event("contact.pending", cid, list=signup.list_name, lead_magnet=signup.lead_magnet)
+        else:  # lead_magnet only when there is one: funnels trigger on its existence (delivery)
+            magnet = {"lead_magnet": signup.lead_magnet} if signup.lead_magnet else {}
+            event = bus.event("contact.subscribed", cid, list=signup.list_name, resubscribed=resubscribed,
+                              **magnet, **signup.utm)
+        try:
+            aws.transact_write([_profile_update(signup, cid, now, seen, status),
+                                {"Put": {"TableName": config().table, "Item": consent.serialize()}},
+                                outbox.put(event)])
+            return cid
+        except Exception as exc:
+            if 0 not in aws.failed_conditions(exc):
+                raise
+            seen = exc.response["CancellationReasons"][0].get("Item", {}).get("status", {}).get("S")
+    raise RuntimeError(f"contact {cid}: its status kept changing during the signup")
 
 
-def _reactivate_if_unsubscribed(contact: Contact, double_opt_in: bool) -> bool:
-    """Fresh consent after an unsubscribe re-activates (pending again on a double opt-in
-    list); a single opt-in signup also activates a pending contact; suppression stays."""
-    condition = Contact.status == "unsubscribed"
-    if not double_opt_in:
-        condition = Contact.status.is_in("unsubscribed", "pending")
-    try:
-        contact.update(actions=[Contact.status.set("pending" if double_opt_in else "active"),
-                                Contact.status_reason.remove()], condition=condition)
-        return True
-    except UpdateError:
-        return False
+def _next_status(seen: str | None, double_opt_in: bool) -> tuple[str | None, bool]:
+    """(status after this signup, whether it re-activates the contact) from the status it has."""
+    fresh = "pending" if double_opt_in else "active"
+    if seen is None:
+        return fresh, False
+    if seen == "unsubscribed" or (seen == "pending" and not double_opt_in):
+        return fresh, True  # fresh consent after an unsubscribe; suppression stays
+    return seen, False
+
+
+def _profile_update(signup: Signup, cid: str, now: str, seen: str | None, status: str) -> dict:
+    """The profile's Update, valid only while its status is still ``seen``."""
+    sets = ["email = :email", "created_at = if_not_exists(created_at, :now)", "updated_at = :now"]
+    adds, removes = ["lists :list"], []
+    values = {":email": {"S": signup.email}, ":now": {"S": now}, ":list": {"SS": [signup.list_name]}}
+    if status != seen:
+        sets.append("#s = :status")
+        values[":status"] = {"S": status}
+        if seen is not None:
+            removes.append("status_reason")
+    if seen is not None:
+        values[":seen"] = {"S": seen}
+    if signup.first_name:
+        sets.append("first_name = :first_name")
+        values[":first_name"] = {"S": signup.first_name}
+    if signup.lead_magnet:
+        adds.append("lead_magnets :magnet")
+        values[":magnet"] = {"SS": [signup.lead_magnet]}
+    if signup.timezone:
+        sets.append("timezone = :tz")
+        values[":tz"] = {"S": signup.timezone}
+    if signup.utm:
+        sets.append("utm = if_not_exists(utm, :utm)")
+        values[":utm"] = {"M": {k: {"S": v} for k, v in signup.utm.items()}}
+    expression = f"SET {', '.join(sets)} ADD {', '.join(adds)}" + (f" REMOVE {', '.join(removes)}" if removes else "")
+    return {"Update": {"TableName": config().table, "Key": {"pk": {"S": cid}, "sk": {"S": PROFILE}},
+                       "UpdateExpression": expression, "ExpressionAttributeNames": {"#s": "status"},
+                       "ExpressionAttributeValues": values, "ReturnValuesOnConditionCheckFailure": "ALL_OLD",
+                       "ConditionExpression": "attribute_not_exists(#s)" if seen is None else "#s = :seen"}}

@@ -11,7 +11,7 @@ from decimal import Decimal
 
 from boto3.dynamodb.types import TypeDeserializer
 
-from funnelpilot import aws, bus, clock
+from funnelpilot import aws, bus, clock, outbox
 from funnelpilot.config import config
 
 _DESERIALIZER = TypeDeserializer()
@@ -67,13 +67,20 @@ def export(cid: str) -> dict | None:
 
 def erase(cid: str) -> int | None:
     """Delete every item under the contact's key and emit ``contact.erased``; the number of
-    items deleted, or None if there was nothing to erase."""
+    items deleted, or None if there was nothing to erase.
+
+    The last item is deleted in one transaction with the event's outbox item: a retry after
+    a failure half-way still finds it and erases the rest, and the event is written when
+    nothing else is left. The relay deletes that outbox item once it has published it, so
+    afterwards no item holds the contact id."""
     keys = [{"pk": item["pk"], "sk": item["sk"]} for item in _raw_items(cid)]
     if not keys:
         return None
-    for i in range(0, len(keys), 25):
-        requests = {config().table: [{"DeleteRequest": {"Key": k}} for k in keys[i:i + 25]]}
+    *others, last = keys
+    for i in range(0, len(others), 25):
+        requests = {config().table: [{"DeleteRequest": {"Key": k}} for k in others[i:i + 25]]}
         while requests:
             requests = aws.dynamodb().batch_write_item(RequestItems=requests).get("UnprocessedItems") or {}
-    bus.publish(bus.event("contact.erased", cid, items=len(keys)))
+    aws.transact_write([{"Delete": {"TableName": config().table, "Key": last}},
+                        outbox.put(bus.event("contact.erased", cid, items=len(keys)))])
     return len(keys)

@@ -21,7 +21,9 @@
 5. ``DynamoDBBackend.transact_write_items``: moto deep-copies every table a transaction
    touches (for rollback), so each transaction costs O(table size) and a long local run
    (the demo: a counter transaction per event) slows down quadratically. Ours checks every
-   condition first, then applies the writes, restoring only the touched items on failure.
+   condition first, then applies the writes, restoring only the touched items on failure
+   (and dropping the stream records the failed writes and their undoing appended: a
+   cancelled transaction shows nothing in a DynamoDB stream).
 6. ``ExecutionWorker._get_evaluation_entrypoint``: moto parses the ASL definition (ANTLR,
    ~45 ms for a funnel) at every execution start; we parse each definition once and hand
    every execution a deep copy of the parsed program (~2 ms).
@@ -39,6 +41,9 @@
 12. ``LimitedSizeDict.__setitem__``: moto refuses items over 405,000 bytes of its own measure,
    so it refused items DynamoDB stores (the limit is 409,600). Its check stays, as a backstop
    when strict mode's exact one (aws_rules.dynamodb) is off, at DynamoDB's figure.
+13. ``events.models.EventPattern``: moto's EventBridge pattern matcher, which also decides
+   the FilterCriteria of the runtime's DynamoDB stream event source mappings (Lambda's
+   filter syntax is EventBridge's).
 """
 import copy
 import functools
@@ -175,6 +180,9 @@ def _transact_write_items(self, transact_items: list[dict]) -> None:
     if any(code is not None for code, _, _ in errors):
         raise ddb_errors.TransactionCanceledException(errors)
     done = []
+    shards = {name: shard for name in {op["TableName"] for _, op, _, _ in writes}
+              if (shard := self.get_table(name).stream_shard) is not None}
+    stream_lengths = {name: len(shard.items) for name, shard in shards.items()}
     try:
         for op_type, op, key, before in writes:
             names, values = op.get("ExpressionAttributeNames"), op.get("ExpressionAttributeValues")
@@ -193,6 +201,8 @@ def _transact_write_items(self, transact_items: list[dict]) -> None:
                 self.delete_item(table_name, key)
             else:
                 self.put_item(table_name, before)
+        for name, shard in shards.items():
+            del shard.items[stream_lengths[name]:]
         raise ddb_errors.TransactionCanceledException(
             [(None, None, None)] * len(done) + [(type(exc).__name__, str(exc), None)]) from exc
 
@@ -288,6 +298,11 @@ def _send_to_targets(self, original_event, transform_input: bool = True) -> None
         else:
             payload = json.loads(json.dumps(original_event, default=str))
         _deliverer(target["Arn"], payload, event_id=original_event.get("id"))
+
+
+def event_filter(pattern: str) -> Callable[[dict], bool]:
+    """A predicate: does an event (or a stream record) match this EventBridge-syntax pattern."""
+    return events_models.EventPattern.load(pattern).matches_event
 
 
 def sent_emails(account: str, region: str) -> list[tuple[str, str]]:

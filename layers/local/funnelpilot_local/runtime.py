@@ -22,7 +22,9 @@ import threading
 import time
 import uuid
 import zipfile
-from dataclasses import dataclass
+from collections import deque
+from dataclasses import dataclass, field
+from datetime import datetime
 from email import message_from_bytes
 from pathlib import Path
 from urllib.parse import parse_qsl, urlencode
@@ -82,6 +84,27 @@ class Function:
         return getattr(self.module, self.handler_name)
 
 
+@dataclass
+class StreamMapping:
+    """A function's ``DynamoDB`` event in template.yaml: a Lambda event source mapping on a
+    table's stream (one shard locally). ``batches`` holds the batch being retried, then the
+    halves of a bisected one: the shard waits for them, as on AWS."""
+
+    function: str
+    stream_arn: str
+    shard_id: str
+    iterator: str
+    batch_size: int
+    filters: list  # predicates, one per FilterCriteria filter (ORed); none: every record
+    retries: int  # MaximumRetryAttempts
+    bisect: bool  # BisectBatchOnFunctionError
+    on_failure: str | None  # SQS ARN of DestinationConfig.OnFailure
+    batches: deque = field(default_factory=deque)  # (records, failed invocations so far)
+
+    def matches(self, record: dict) -> bool:
+        return not self.filters or any(f(record) for f in self.filters)
+
+
 class LambdaContext:
     def __init__(self, name: str):
         self.function_name = name
@@ -130,6 +153,7 @@ class Runtime:
         self.functions: dict[str, Function] = {}
         self.routes: list[Route] = []
         self.schedules: list[dict] = []  # template Schedule/ScheduleV2 events, fired by fire_schedules()
+        self.stream_mappings: list[StreamMapping] = []  # template DynamoDB events, polled by pump()
         self._api_schedule_last: dict[str, float] = {}
         self._clients: dict[str, object] = {}
         self.dead_letters: list[dict] = []
@@ -322,12 +346,17 @@ class Runtime:
         name = props.get("TableName", lid)
         kwargs = {k: props[k] for k in ("AttributeDefinitions", "KeySchema", "GlobalSecondaryIndexes",
                                         "LocalSecondaryIndexes") if k in props}
-        self.client("dynamodb").create_table(TableName=name, BillingMode="PAY_PER_REQUEST", **kwargs)
+        if "StreamSpecification" in props:
+            kwargs["StreamSpecification"] = {"StreamEnabled": True, **props["StreamSpecification"]}
+        table = self.client("dynamodb").create_table(TableName=name, BillingMode="PAY_PER_REQUEST",
+                                                     **kwargs)["TableDescription"]
         ttl = props.get("TimeToLiveSpecification")
         if ttl:
             self.client("dynamodb").update_time_to_live(TableName=name, TimeToLiveSpecification=ttl)
         self.template.physical[lid] = name
         self.template.attributes[(lid, "Arn")] = f"arn:aws:dynamodb:{REGION}:{ACCOUNT}:table/{name}"
+        if "LatestStreamArn" in table:
+            self.template.attributes[(lid, "StreamArn")] = table["LatestStreamArn"]
 
     def _create_function(self, lid: str) -> None:
         props = self.template.resolve(self.template.properties(lid))
@@ -391,6 +420,8 @@ class Runtime:
                 self._put_rule(f"{lid}{event_id}", props.get("EventBusName", "default"), props["Pattern"], [target])
                 if "Arn" in props.get("DeadLetterConfig", {}):  # the function's own DLQ takes precedence
                     self._dead_letter_queues.setdefault(target_arn, props["DeadLetterConfig"]["Arn"])
+            elif kind == "DynamoDB":
+                self.stream_mappings.append(self._stream_mapping(f"{lid}.{event_id}", lid, props))
             elif kind in ("Schedule", "ScheduleV2"):
                 if props.get("Enabled") is False or props.get("State") == "DISABLED":
                     continue
@@ -400,6 +431,22 @@ class Runtime:
                                        "input": props.get("Input"), "last": None})
             else:
                 raise ValueError(f"template.yaml: {lid}.{event_id}: event type {kind} has no local equivalent")
+
+    def _stream_mapping(self, name: str, lid: str, props: dict) -> StreamMapping:
+        from funnelpilot_local import moto_adapter
+
+        if props.get("MaximumRetryAttempts", -1) < 0:
+            raise ValueError(f"template.yaml: {name}: set MaximumRetryAttempts; the local runtime retries a failed"
+                             " batch at once and cannot wait for its records to expire (-1, the default)")
+        streams = self.client("dynamodbstreams")
+        shard = streams.describe_stream(StreamArn=props["Stream"])["StreamDescription"]["Shards"][0]["ShardId"]
+        iterator = streams.get_shard_iterator(StreamArn=props["Stream"], ShardId=shard,
+                                              ShardIteratorType=props["StartingPosition"])["ShardIterator"]
+        return StreamMapping(
+            lid, props["Stream"], shard, iterator, int(props.get("BatchSize", 100)),
+            [moto_adapter.event_filter(f["Pattern"]) for f in props.get("FilterCriteria", {}).get("Filters", [])],
+            int(props["MaximumRetryAttempts"]), bool(props.get("BisectBatchOnFunctionError", False)),
+            props.get("DestinationConfig", {}).get("OnFailure", {}).get("Destination"))
 
     def _put_rule(self, name: str, bus: str, pattern: dict, targets: list[dict]) -> None:
         events = self.client("events")
@@ -516,11 +563,12 @@ class Runtime:
         return fired
 
     def pump(self) -> int:
-        """Fire due schedules, then deliver queued EventBridge matches to their targets;
-        returns how many deliveries."""
+        """Fire due schedules, then deliver queued EventBridge matches to their targets and
+        the DynamoDB streams' records to their event source mappings until neither has more;
+        returns how many deliveries and stream batches."""
         self.fire_schedules()
         done = 0
-        while self._deliver_one():
+        while self._deliver_one() or self._poll_streams():
             done += 1
         return done
 
@@ -564,16 +612,15 @@ class Runtime:
             if attempt < self._retries.get(arn, 2):
                 self._deliveries.put((arn, payload, attempt + 1))
                 return True
-            self._dead_letter(arn, payload, exc)
+            self._dead_letter(arn, payload, exc, self._dead_letter_queues.get(arn))
         with self._lock:
             self._in_flight -= 1
         return True
 
-    def _dead_letter(self, target_arn: str, payload: dict, exc: Exception) -> None:
-        """A delivery that failed after its retries: into the target's dead-letter queue
-        from template.yaml (as Lambda / EventBridge do); always reported in ``errors``."""
+    def _dead_letter(self, target_arn: str, payload: dict, exc: Exception, queue_arn: str | None) -> None:
+        """A delivery that failed after its retries: into the dead-letter queue template.yaml
+        gives it (as Lambda / EventBridge do); always reported in ``errors``."""
         self.dead_letters.append({"target": target_arn, "input": payload, "error": repr(exc)})
-        queue_arn = self._dead_letter_queues.get(target_arn)
         self.errors.append(f"{target_arn}: {exc!r} -> {queue_arn or 'no dead-letter queue in template.yaml'}")
         if queue_arn is None:
             return
@@ -582,6 +629,54 @@ class Runtime:
                          MessageBody=json.dumps(payload), MessageAttributes={
                              "ErrorMessage": {"DataType": "String", "StringValue": repr(exc)[:1000]},
                              "TargetArn": {"DataType": "String", "StringValue": target_arn}})
+
+    # ------------------------------------------------------------------ DynamoDB streams
+    def _poll_streams(self) -> bool:
+        """One step of the first event source mapping with work: retry its failed batch (the
+        shard waits for it), else read the next records, drop those its FilterCriteria reject
+        (as Lambda does, without invoking) and invoke the function with the rest as one batch.
+        False when no mapping had anything to do."""
+        return any(self._stream_step(m) for m in self.stream_mappings)
+
+    def _stream_step(self, m: StreamMapping) -> bool:
+        if not m.batches:
+            page = self.client("dynamodbstreams").get_records(ShardIterator=m.iterator, Limit=m.batch_size)
+            m.iterator = page["NextShardIterator"]
+            if not page["Records"]:
+                return False
+            batch = [r for r in (lambda_stream_record(r, m.stream_arn) for r in page["Records"]) if m.matches(r)]
+            if batch:
+                m.batches.append((batch, 0))
+            return True
+        batch, failures = m.batches.popleft()
+        try:
+            self.invoke(m.function, {"Records": batch})
+        except Exception as exc:  # noqa: BLE001 - a function error: retry, bisect, then the on-failure destination
+            if m.bisect and len(batch) > 1:  # each half is retried on its own; splitting uses no retry
+                m.batches.extendleft([(batch[len(batch) // 2:], failures), (batch[:len(batch) // 2], failures)])
+            elif failures < m.retries:
+                m.batches.appendleft((batch, failures + 1))
+            else:
+                self._stream_failure(m, batch, failures + 1, exc)
+        return True
+
+    def _stream_failure(self, m: StreamMapping, batch: list[dict], invocations: int, exc: Exception) -> None:
+        """A batch that failed its retries: Lambda discards it and sends its stream position
+        (not the records) to the on-failure destination, then goes on with the shard."""
+        from funnelpilot import clock
+
+        first, last = batch[0]["dynamodb"], batch[-1]["dynamodb"]
+        arn = self.template.attributes[(m.function, "Arn")]
+        self._dead_letter(arn, {
+            "requestContext": {"requestId": uuid.uuid4().hex, "functionArn": arn, "condition": "RetryAttemptsExhausted",
+                               "approximateInvokeCount": invocations},
+            "responseContext": {"statusCode": 200, "executedVersion": "$LATEST", "functionError": "Unhandled"},
+            "version": "1.0", "timestamp": clock.iso(),
+            "DDBStreamBatchInfo": {
+                "shardId": m.shard_id, "startSequenceNumber": first["SequenceNumber"],
+                "endSequenceNumber": last["SequenceNumber"], "batchSize": len(batch), "streamArn": m.stream_arn,
+                "approximateArrivalOfFirstRecord": clock.iso(first["ApproximateCreationDateTime"]),
+                "approximateArrivalOfLastRecord": clock.iso(last["ApproximateCreationDateTime"])}}, exc, m.on_failure)
 
     def running_executions(self) -> list[dict]:
         sfn = self.client("stepfunctions")
@@ -602,8 +697,7 @@ class Runtime:
             self.pump()
             self.flush_outbox()
             if self._in_flight == 0 and not self.running_executions():
-                self.pump()
-                if self._in_flight == 0:
+                if self.pump() == 0 and self._in_flight == 0:
                     self.flush_outbox()
                     return True
             time.sleep(poll)
@@ -614,7 +708,7 @@ class Runtime:
         while True:
             if not self.scheduler.wait_idle(max(0.0, deadline - time.monotonic())):
                 return False
-            if not self._deliver_one():
+            if not (self._deliver_one() or self._poll_streams()):
                 self.flush_outbox()
                 return True
 
@@ -750,6 +844,24 @@ def http_api_event(method, path, query, headers, body, params, route, source_ip)
         "isBase64Encoded": encode,
         "stageVariables": None,
     }
+
+
+def lambda_stream_record(record: dict, stream_arn: str) -> dict:
+    """A DynamoDB Streams record (as boto3's GetRecords parses it) in the shape Lambda hands it
+    to a function: JSON only (binary values base64, ApproximateCreationDateTime in epoch
+    seconds) plus ``eventSourceARN``."""
+    def plain(value):
+        if isinstance(value, dict):
+            return {k: plain(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [plain(v) for v in value]
+        if isinstance(value, bytes):
+            return base64.b64encode(value).decode()
+        if isinstance(value, datetime):
+            return int(value.timestamp())
+        return value
+
+    return {**plain(record), "eventSourceARN": stream_arn}
 
 
 def compress_waits(definition: dict, speed: float) -> dict:

@@ -1,0 +1,186 @@
+"""Transactional outbox: lifecycle events commit with the change they announce (an OUTBOX#
+item in the same transaction) and reach the bus through the table's stream and
+OutboxRelayFunction, run by the local runtime's event source mapping emulation (template
+FilterCriteria, batches, retries, bisection, on-failure destination)."""
+import copy
+import json
+
+import botocore.client
+import pytest
+from botocore.exceptions import EndpointConnectionError
+from test_funnels import sent, signup
+from test_gdpr import ADMIN, engaged_contact, everything
+
+from funnelpilot import aws
+
+RELAY = "OutboxRelayFunction"
+
+
+def items(rt, cid, prefix=None) -> list[dict]:
+    """The contact's items (those whose sort key starts with ``prefix``)."""
+    condition, values = "pk = :c", {":c": {"S": cid}}
+    if prefix:
+        condition, values[":p"] = condition + " AND begins_with(sk, :p)", {"S": prefix}
+    return rt.client("dynamodb").query(TableName="ContactsTable", KeyConditionExpression=condition,
+                                       ExpressionAttributeValues=values, ConsistentRead=True)["Items"]
+
+
+def welcomes(rt, cid) -> int:
+    return sent(rt, cid).count("welcome-1")
+
+
+@pytest.fixture
+def relayed(rt):
+    """The event of every invocation of the relay, in order."""
+    batches, invoke = [], rt.invoke
+
+    def recording(function, payload):
+        if function == RELAY:
+            batches.append(copy.deepcopy(payload))
+        return invoke(function, payload)
+
+    rt.invoke = recording
+    yield batches
+
+
+@pytest.fixture
+def failing_put_events():
+    """Make the layer's PutEvents fail (as a network failure after botocore's retries would)
+    while ``fail(entries)`` is true for the entries of the call."""
+    events = aws.client("events").meta.events
+    registered = []
+
+    def install(fail):
+        def before_call(params, **_):
+            if fail(json.loads(params["body"])["Entries"]):
+                raise EndpointConnectionError(endpoint_url="https://events.us-east-1.amazonaws.com/")
+
+        events.register("before-call.events.PutEvents", before_call)
+        registered.append(before_call)
+
+    yield install
+    for handler in registered:
+        events.unregister("before-call.events.PutEvents", handler)
+
+
+def template_retries(rt) -> int:
+    return rt.template.resources[RELAY]["Properties"]["Events"]["Outbox"]["Properties"]["MaximumRetryAttempts"]
+
+
+def test_signup_writes_its_event_in_its_transaction_and_makes_no_put_events(rt, tap, monkeypatch):
+    calls, original = [], botocore.client.BaseClient._make_api_call
+
+    def record(client, operation, params):
+        calls.append((client.meta.service_model.service_name, operation))
+        return original(client, operation, params)
+
+    monkeypatch.setattr(botocore.client.BaseClient, "_make_api_call", record)
+    resp = rt.http("POST", "/signup", json_body={"email": "ann@example.com", "consent": True, "utm_source": "ads"})
+    monkeypatch.undo()
+    assert resp.status == 202
+    assert [c for c in calls if c[0] != "secretsmanager"] == [("dynamodb", "TransactWriteItems")]
+    cid = resp.json()["contact_id"]
+    [item] = items(rt, cid, "OUTBOX#")
+    entry = json.loads(item["entry"]["S"])
+    assert entry["DetailType"] == "contact.subscribed" and entry["EventBusName"] == "funnelpilot"
+    assert item["sk"]["S"] == "OUTBOX#" + json.loads(entry["Detail"])["event_id"] and "expires_at" in item
+    assert rt.settle()
+    [event] = tap.events("contact.subscribed")
+    assert event["detail"] == json.loads(entry["Detail"]) and event["detail"]["utm_source"] == "ads"
+    assert items(rt, cid, "OUTBOX#") == []  # deleted once relayed
+    assert welcomes(rt, cid) == 1
+
+
+def test_event_delivery_failing_after_the_commit_is_retried_and_welcomes_once(rt, tap, relayed, failing_put_events):
+    attempts = []
+
+    def first_call(entries):
+        attempts.append(entries)
+        return len(attempts) == 1
+
+    failing_put_events(first_call)
+    resp = rt.http("POST", "/signup", json_body={"email": "bo@example.com", "consent": True})
+    assert resp.status == 202  # the signup committed; its event had not reached the bus yet
+    cid = resp.json()["contact_id"]
+    assert rt.settle()
+    assert json.loads(attempts[0][0]["Detail"])["contact_id"] == cid
+    assert [len(b["Records"]) for b in relayed] == [1, 1]  # failed, then retried by the mapping
+    assert welcomes(rt, cid) == 1 and len(tap.events("contact.subscribed")) == 1
+    assert items(rt, cid, "OUTBOX#") == [] and rt.dead_letters == [] and rt.errors == []
+    # the re-signup a visitor makes after an error page changes nothing either
+    assert rt.http("POST", "/signup", json_body={"email": "bo@example.com", "consent": True}).status == 202
+    assert rt.settle() and welcomes(rt, cid) == 1
+
+
+def test_a_duplicate_stream_delivery_is_absorbed_downstream(rt, tap, relayed):
+    cid = signup(rt, "cy@example.com")
+    [batch] = relayed
+    score = rt.client("dynamodb").get_item(TableName="ContactsTable",
+                                           Key={"pk": {"S": cid}, "sk": {"S": "PROFILE"}})["Item"].get("score")
+    rt.invoke(RELAY, batch)  # Lambda delivers stream records at least once
+    assert rt.settle()
+    events = tap.events("contact.subscribed")
+    assert len(events) == 2 and events[0]["detail"] == events[1]["detail"]  # the same event_id, twice
+    assert welcomes(rt, cid) == 1 and len(tap.events("funnel.entered")) == 1
+    assert rt.client("dynamodb").get_item(TableName="ContactsTable",
+                                          Key={"pk": {"S": cid}, "sk": {"S": "PROFILE"}})["Item"].get("score") == score
+    assert rt.errors == []
+
+
+def test_only_outbox_inserts_invoke_the_relay(rt, relayed):
+    cid = signup(rt, "dee@example.com")
+    assert rt.advance(3 * 86400)  # the welcome sequence writes messages, funnel entries, the profile
+    records = [r for b in relayed for r in b["Records"]]
+    assert records and all(r["eventName"] == "INSERT" and r["dynamodb"]["Keys"]["sk"]["S"].startswith("OUTBOX#")
+                           for r in records)
+    assert {r["eventSource"] for r in records} == {"aws:dynamodb"}
+    assert {r["eventSourceARN"] for r in records} == {rt.template.attributes[("ContactsTable", "StreamArn")]}
+    assert isinstance(records[0]["dynamodb"]["ApproximateCreationDateTime"], int)
+    assert len(sent(rt, cid)) >= 2 and items(rt, cid, "OUTBOX#") == []
+
+
+def test_a_poison_record_is_bisected_out_of_its_batch_and_dead_lettered(rt, relayed, failing_put_events):
+    ok = rt.http("POST", "/signup", json_body={"email": "eve@example.com", "consent": True}).json()["contact_id"]
+    bad = rt.http("POST", "/signup", json_body={"email": "fay@example.com", "consent": True}).json()["contact_id"]
+    failing_put_events(lambda entries: any(json.loads(e["Detail"])["contact_id"] == bad for e in entries))
+    assert rt.settle()
+    retries = template_retries(rt)
+    assert [len(b["Records"]) for b in relayed] == [2, 1] + [1] * (1 + retries)  # split, then retried
+    assert welcomes(rt, ok) == 1 and welcomes(rt, bad) == 0
+    [dead] = rt.dead_letters
+    info = dead["input"]["DDBStreamBatchInfo"]
+    assert info["batchSize"] == 1 and info["streamArn"] == rt.template.attributes[("ContactsTable", "StreamArn")]
+    assert dead["input"]["requestContext"]["approximateInvokeCount"] == 1 + retries
+    assert dead["input"]["requestContext"]["condition"] == "RetryAttemptsExhausted"
+    sqs = rt.client("sqs")
+    [message] = sqs.receive_message(QueueUrl=sqs.get_queue_url(QueueName="DeadLetterQueue")["QueueUrl"])["Messages"]
+    assert json.loads(message["Body"])["DDBStreamBatchInfo"] == info
+    # the event is not lost: its item stays (until its TTL) for a replay once the cause is fixed
+    [kept] = items(rt, bad, "OUTBOX#")
+    assert info["startSequenceNumber"] == info["endSequenceNumber"]
+    assert json.loads(kept["entry"]["S"])["DetailType"] == "contact.subscribed"
+    assert items(rt, ok, "OUTBOX#") == []
+
+
+def test_after_an_erase_no_item_holds_the_contact_id(rt, tap):
+    cid = engaged_contact(rt)
+    assert rt.http("DELETE", f"/contacts/{cid}", headers=ADMIN).status == 204
+    [pending] = items(rt, cid)  # everything is gone but the event's outbox item
+    assert json.loads(pending["entry"]["S"])["DetailType"] == "contact.erased"
+    assert rt.settle()
+    [erased] = tap.events("contact.erased")
+    assert erased["detail"]["contact_id"] == cid and erased["detail"]["items"] >= 3
+    assert items(rt, cid) == [] and cid not in everything(rt)
+
+
+def test_a_status_change_and_its_event_commit_together_or_not_at_all(rt, tap):
+    cid = signup(rt, "gus@example.com")
+    from funnelpilot import consent
+
+    assert consent.unsubscribe(cid, None, "test") is True
+    assert consent.unsubscribe(cid, None, "test") is False  # a repeat writes nothing, no second event
+    assert consent.unsubscribe("nobody", None, "test") is False
+    assert len(items(rt, cid, "OUTBOX#")) == 1 and items(rt, "nobody") == []
+    assert rt.settle()
+    assert [e["detail"]["contact_id"] for e in tap.events("contact.unsubscribed")] == [cid]
+    assert items(rt, cid, "OUTBOX#") == []
