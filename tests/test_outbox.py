@@ -7,11 +7,11 @@ import json
 
 import botocore.client
 import pytest
-from botocore.exceptions import EndpointConnectionError
+from botocore.exceptions import ClientError, EndpointConnectionError
 from test_funnels import sent, signup
 from test_gdpr import ADMIN, engaged_contact, everything
 
-from funnelpilot import aws
+from funnelpilot import aws, bus, outbox
 
 RELAY = "OutboxRelayFunction"
 
@@ -184,3 +184,16 @@ def test_a_status_change_and_its_event_commit_together_or_not_at_all(rt, tap):
     assert rt.settle()
     assert [e["detail"]["contact_id"] for e in tap.events("contact.unsubscribed")] == [cid]
     assert items(rt, cid, "OUTBOX#") == []
+
+
+def test_a_cancelled_transaction_leaves_no_event(rt, tap, relayed):
+    cid = signup(rt, "hal@example.com")
+    relayed.clear()
+    event = bus.event("contact.suppressed", cid, reason="test")
+    with pytest.raises(ClientError, match="TransactionCanceled"):  # the second write fails after the first applied
+        aws.transact_write([outbox.put(event), {"Update": {
+            "TableName": "ContactsTable", "Key": {"pk": {"S": cid}, "sk": {"S": "PROFILE"}},
+            "UpdateExpression": "ADD email :one", "ExpressionAttributeValues": {":one": {"N": "1"}}}}])
+    assert items(rt, cid, "OUTBOX#") == []
+    assert rt.settle()
+    assert relayed == [] and tap.events("contact.suppressed") == []

@@ -1,6 +1,7 @@
 """Run template.yaml on moto: tables, bus, rules, secrets, SES and state machines are
-created from the template; HTTP routes, EventBridge targets and Lambda invokes from
-Step Functions are dispatched to the real handlers in this process.
+created from the template; HTTP routes, EventBridge targets, DynamoDB stream event
+sources and Lambda invokes from Step Functions are dispatched to the real handlers in
+this process.
 
     with Runtime(speed=86400) as rt:          # one simulated day per real second
         rt.http("POST", "/signup", json={...})
@@ -565,7 +566,7 @@ class Runtime:
     def pump(self) -> int:
         """Fire due schedules, then deliver queued EventBridge matches to their targets and
         the DynamoDB streams' records to their event source mappings until neither has more;
-        returns how many deliveries and stream batches."""
+        returns how many deliveries and stream steps."""
         self.fire_schedules()
         done = 0
         while self._deliver_one() or self._poll_streams():
@@ -645,9 +646,9 @@ class Runtime:
             if not page["Records"]:
                 return False
             batch = [r for r in (lambda_stream_record(r, m.stream_arn) for r in page["Records"]) if m.matches(r)]
-            if batch:
-                m.batches.append((batch, 0))
-            return True
+            if not batch:
+                return True
+            m.batches.append((batch, 0))
         batch, failures = m.batches.popleft()
         try:
             self.invoke(m.function, {"Records": batch})
