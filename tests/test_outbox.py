@@ -197,3 +197,41 @@ def test_a_cancelled_transaction_leaves_no_event(rt, tap, relayed):
     assert items(rt, cid, "OUTBOX#") == []
     assert rt.settle()
     assert relayed == [] and tap.events("contact.suppressed") == []
+
+
+def profile_item(rt, cid) -> dict:
+    return rt.client("dynamodb").get_item(TableName="ContactsTable", Key={"pk": {"S": cid}, "sk": {"S": "PROFILE"}},
+                                          ConsistentRead=True)["Item"]
+
+
+@pytest.mark.parametrize("first_list, first_status, then_list, status, event, resubscribed", [
+    ("newsletter", "unsubscribed", "newsletter", "active", "contact.subscribed", True),
+    ("newsletter", "unsubscribed", "insiders", "pending", "contact.pending", None),  # must confirm again
+    ("insiders", "pending", "newsletter", "active", "contact.subscribed", True),  # single opt-in activates
+    ("insiders", "pending", "insiders", "pending", "contact.pending", None),
+    ("newsletter", "suppressed", "newsletter", "suppressed", "contact.subscribed", False),  # suppression stays
+    ("newsletter", "active", "insiders", "active", "contact.subscribed", False),  # not asked to confirm
+])
+def test_re_signup_status_rules(rt, tap, first_list, first_status, then_list, status, event, resubscribed):
+    from funnelpilot import consent
+
+    cid = rt.http("POST", "/signup", json_body={"email": "ivy@example.com", "consent": True,
+                                                "list": first_list}).json()["contact_id"]
+    assert rt.settle()
+    if first_status == "unsubscribed":
+        assert consent.unsubscribe(cid, None, "test")
+    elif first_status == "suppressed":
+        assert consent.suppress(cid, "hard_bounce")
+    assert profile_item(rt, cid)["status"]["S"] == first_status
+    assert rt.settle()
+    before = len(tap.events(event))
+    resp = rt.http("POST", "/signup", json_body={"email": "ivy@example.com", "consent": True, "list": then_list})
+    assert resp.status == 202 and resp.json()["contact_id"] == cid
+    item = profile_item(rt, cid)
+    assert item["status"]["S"] == status and set(item["lists"]["SS"]) == {first_list, then_list}
+    assert ("status_reason" in item) == (status in ("unsubscribed", "suppressed"))
+    assert rt.settle()
+    events = tap.events(event)
+    assert len(events) == before + 1
+    assert events[-1]["detail"].get("resubscribed") == resubscribed and events[-1]["detail"]["list"] == then_list
+    assert items(rt, cid, "OUTBOX#") == []
