@@ -179,7 +179,7 @@ NAME_PROPERTIES = {
 # Named inside another resource of the stack, or not unique by name at all.
 NOT_ACCOUNT_SCOPED = {"AWS::ApiGatewayV2::Api", "AWS::ApiGatewayV2::Stage", "AWS::Lambda::Permission",
                       "AWS::Lambda::EventInvokeConfig", "AWS::SES::ConfigurationSetEventDestination",
-                      "AWS::SNS::Subscription", "AWS::SQS::QueuePolicy"}
+                      "AWS::SNS::Subscription", "AWS::SQS::QueuePolicy", "AWS::Lambda::EventSourceMapping"}
 
 
 @pytest.fixture(scope="module")
