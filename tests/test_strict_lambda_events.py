@@ -92,7 +92,7 @@ def test_failed_put_events_entries_are_put_again_and_every_event_arrives_once(tm
         # what a function sees: HTTP 200, FailedEntryCount, per-entry ErrorCode/ErrorMessage and no EventId
         tap = EventTap(rt)
         entries = [bus.event("page.viewed", f"c{i}", event_id=f"pv-{i}", path="/") for i in range(10)]
-        with principal.acting_as(rt.role_of("SignupFunction")):
+        with principal.acting_as(rt.role_of("EventsIngestFunction")):
             resp = rt.client("events").put_events(Entries=entries)
         failed = [i for i, e in enumerate(resp["Entries"]) if "ErrorCode" in e]
         assert resp["ResponseMetadata"]["HTTPStatusCode"] == 200 and len(resp["Entries"]) == 10
@@ -104,7 +104,7 @@ def test_failed_put_events_entries_are_put_again_and_every_event_arrives_once(tm
             f"pv-{i}" for i in range(10) if i not in failed)  # a failed entry is not on the bus
 
         rt.bus_faults.failure_rate = 1.0  # every entry fails (moto is not even called): publish gives up, loudly
-        with principal.acting_as(rt.role_of("SignupFunction")):
+        with principal.acting_as(rt.role_of("EventsIngestFunction")):
             resp = rt.client("events").put_events(Entries=entries[:2])
             assert resp["FailedEntryCount"] == 2 and [e["ErrorCode"] for e in resp["Entries"]]
             try:

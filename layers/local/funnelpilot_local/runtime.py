@@ -613,14 +613,19 @@ class Runtime:
             if attempt < self._retries.get(arn, 2):
                 self._deliveries.put((arn, payload, attempt + 1))
                 return True
-            self._dead_letter(arn, payload, exc, self._dead_letter_queues.get(arn))
+            self._dead_letter(arn, payload, exc)
         with self._lock:
             self._in_flight -= 1
         return True
 
-    def _dead_letter(self, target_arn: str, payload: dict, exc: Exception, queue_arn: str | None) -> None:
-        """A delivery that failed after its retries: into the dead-letter queue template.yaml
-        gives it (as Lambda / EventBridge do); always reported in ``errors``."""
+    def _dead_letter(self, target_arn: str, payload: dict, exc: Exception) -> None:
+        """A delivery that failed after its retries: into the target's dead-letter queue
+        from template.yaml (as Lambda / EventBridge do); always reported in ``errors``."""
+        self._fail_to(self._dead_letter_queues.get(target_arn), target_arn, payload, exc)
+
+    def _fail_to(self, queue_arn: str | None, target_arn: str, payload: dict, exc: Exception) -> None:
+        """Record a discarded delivery (``dead_letters``, ``errors``) and send ``payload`` to
+        ``queue_arn`` (None: the template gives it no queue)."""
         self.dead_letters.append({"target": target_arn, "input": payload, "error": repr(exc)})
         self.errors.append(f"{target_arn}: {exc!r} -> {queue_arn or 'no dead-letter queue in template.yaml'}")
         if queue_arn is None:
@@ -653,6 +658,9 @@ class Runtime:
         try:
             self.invoke(m.function, {"Records": batch})
         except Exception as exc:  # noqa: BLE001 - a function error: retry, bisect, then the on-failure destination
+            if lambda_.is_throttle(exc):  # not invoked: the shard waits for the next poll, no retry is used
+                m.batches.appendleft((batch, failures))
+                return False
             if m.bisect and len(batch) > 1:  # each half is retried on its own; splitting uses no retry
                 m.batches.extendleft([(batch[len(batch) // 2:], failures), (batch[:len(batch) // 2], failures)])
             elif failures < m.retries:
@@ -668,7 +676,7 @@ class Runtime:
 
         first, last = batch[0]["dynamodb"], batch[-1]["dynamodb"]
         arn = self.template.attributes[(m.function, "Arn")]
-        self._dead_letter(arn, {
+        self._fail_to(m.on_failure, arn, {
             "requestContext": {"requestId": uuid.uuid4().hex, "functionArn": arn, "condition": "RetryAttemptsExhausted",
                                "approximateInvokeCount": invocations},
             "responseContext": {"statusCode": 200, "executedVersion": "$LATEST", "functionError": "Unhandled"},
@@ -677,7 +685,7 @@ class Runtime:
                 "shardId": m.shard_id, "startSequenceNumber": first["SequenceNumber"],
                 "endSequenceNumber": last["SequenceNumber"], "batchSize": len(batch), "streamArn": m.stream_arn,
                 "approximateArrivalOfFirstRecord": clock.iso(first["ApproximateCreationDateTime"]),
-                "approximateArrivalOfLastRecord": clock.iso(last["ApproximateCreationDateTime"])}}, exc, m.on_failure)
+                "approximateArrivalOfLastRecord": clock.iso(last["ApproximateCreationDateTime"])}}, exc)
 
     def running_executions(self) -> list[dict]:
         sfn = self.client("stepfunctions")
