@@ -109,6 +109,7 @@ def enter(*, funnel: str, state_machine_arn: str, entry_rule: str, event: dict,
         values[":cut"] = {"N": str(int(now - reenter_after))}
     if ":running" not in condition:
         del values[":running"]
+    claimed = True
     try:
         old = aws.dynamodb().update_item(
             TableName=config().table, Key=_entry_key(cid, funnel), ReturnValues="ALL_OLD",
@@ -123,13 +124,18 @@ def enter(*, funnel: str, state_machine_arn: str, entry_rule: str, event: dict,
         if not (current.get("status") == "starting" and current.get("trigger_event_id") == event_id):
             return None  # not allowed; or a duplicate of an entry already made
         arn = current["execution_arn"]  # a retry of a half-done entry: start it (again)
-        old = {}
+        old, claimed = {}, False
     old_arn = old.get("execution_arn", {}).get("S")
     if entry_rule == "always" and old_arn and old_arn != arn and old.get("status", {}).get("S") in LIVE:
         _stop(old_arn, "FunnelReentered", "replaced by a new entry (entry rule: always)")
     payload = {"contact_id": cid, "funnel": funnel, "entry": entry_id, "trigger": event.get("detail-type"),
                "event_id": event_id, "lead_magnet": detail.get("lead_magnet")}
-    started = _start(state_machine_arn, name, payload)
+    try:
+        started = _start(state_machine_arn, name, payload)
+    except Exception:
+        if claimed:  # StartExecution refused (throttled...): undo the claim, so the retry enters afresh
+            _release(cid, funnel, arn, old)
+        raise
     if not started and _sfn().describe_execution(executionArn=arn)["status"] != "RUNNING":
         # A late duplicate of a trigger whose journey already ran (same name): nothing to start.
         set_status(cid, funnel, arn, "completed", only_from=("starting",))
@@ -148,6 +154,17 @@ def _start(state_machine_arn: str, name: str, payload: dict) -> bool:
         return True
     except _sfn().exceptions.ExecutionAlreadyExists:
         return False
+
+
+def _release(cid: str, funnel: str, arn: str, old: dict) -> None:
+    """Put the entry item back as it was before this claim (none: delete it), if still ours."""
+    guard = {"ConditionExpression": "execution_arn = :arn AND #s = :starting",
+             "ExpressionAttributeNames": {"#s": "status"},
+             "ExpressionAttributeValues": {":arn": {"S": arn}, ":starting": {"S": "starting"}}}
+    if old:
+        aws.conditional("put_item", Item=old, **guard)
+    else:
+        aws.conditional("delete_item", Key=_entry_key(cid, funnel), **guard)
 
 
 def _stop(arn: str, error: str, cause: str) -> None:

@@ -167,22 +167,25 @@ if __name__ == "__main__":
 
 
 def bulk_command(args) -> int:
-    """``funnelpilot bulk ...``: start a run, optionally wait and print its report (JSON)."""
+    """``funnelpilot bulk ...``: start (or resume) a run; with ``--wait``, print progress lines
+    (stderr) until the run is done, then its report (JSON)."""
     import time
 
     import boto3
 
-    from funnelpilot.bulk import start
+    from funnelpilot.bulk import progress, start
     from funnelpilot.config import config
     from funnelpilot.errors import InvalidField
     from funnelpilot_local.runtime import ROOT
 
     os.environ.setdefault("CONTENT_DIR", str(ROOT / "infra"))
-    arn = args.state_machine_arn
+    arn, table = args.state_machine_arn, None
     if args.stack:
         cfn = boto3.client("cloudformation", region_name=config().region)
         outputs = cfn.describe_stacks(StackName=args.stack)["Stacks"][0].get("Outputs", [])
         arn = next(o["OutputValue"] for o in outputs if o["OutputKey"] == "BulkStateMachineArn")
+        table = cfn.describe_stack_resource(StackName=args.stack, LogicalResourceId="ContactsTable")[
+            "StackResourceDetail"]["PhysicalResourceId"]
     if args.set:
         pairs = [p.partition("=") for p in args.set]
         action = {"properties": {k: v for k, _, v in pairs}}
@@ -196,8 +199,21 @@ def bulk_command(args) -> int:
     print(json.dumps(started))
     if not args.wait:
         return 0
-    sfn = boto3.client("stepfunctions", region_name=config().region)
-    while (d := sfn.describe_execution(executionArn=started["execution_arn"]))["status"] == "RUNNING":
+    sfn, last = boto3.client("stepfunctions", region_name=config().region), None
+    while True:
+        run = progress(started["run_id"], table) or {}
+        execution = run.get("execution", started["execution_arn"])  # the run's current execution
+        d = sfn.describe_execution(executionArn=execution)
+        line = f"{run.get('members_done', 0)} members done, {run.get('executions', 0)} executions"
+        if line != last:
+            print(f"progress: {line}", file=sys.stderr, flush=True)
+            last = line
+        output = json.loads(d.get("output") or "{}")
+        if d["status"] == "SUCCEEDED" and "changed" in output:
+            print(d["output"])
+            return 0
+        if d["status"] not in ("RUNNING", "SUCCEEDED"):  # SUCCEEDED without a report: handed on to the next
+            print(json.dumps({"status": d["status"], "execution": execution, "error": d.get("error"),
+                              "cause": d.get("cause")}))
+            return 1
         time.sleep(1)
-    print(d.get("output") or json.dumps({"status": d["status"], "error": d.get("error")}))
-    return 0 if d["status"] == "SUCCEEDED" else 1

@@ -36,6 +36,7 @@
    ``maxResults``; the funnel router reads the latest states of an execution with both.
 10. ``ExecutionWorker._execution_logic``: an execution's thread acts as the state machine's
    IAM role (strict mode checks its Lambda invokes against it; aws_rules.principal).
+<<<<<<< HEAD
 11. Read-only looks at DynamoDB tables for strict mode (aws_rules.dynamodb): a table's key
    attributes, and the item an update expression would leave, computed on a copy.
 12. ``LimitedSizeDict.__setitem__``: moto refuses items over 405,000 bytes of its own measure,
@@ -44,6 +45,13 @@
 13. ``events.models.EventPattern``: moto's EventBridge pattern matcher, which also decides
    the FilterCriteria of the runtime's DynamoDB stream event source mappings (Lambda's
    filter syntax is EventBridge's).
+=======
+11. Execution limits for strict mode (:func:`limit_executions`, used by
+   ``aws_rules.stepfunctions``; see the section at the end): ``EventManager.add_event``
+   (the history limit), moto's ``is_within_size_quota`` as its states import it (the
+   payload limit, configurable) and ``ErrorEqualsDecl._eval_body`` (``States.ALL`` does not
+   catch the terminal errors).
+>>>>>>> d774d59 (Strict mode for Step Functions (history limit, payload limit, StartExecution token bucket, States.ALL not catching terminal errors); bulk runs of any size: continue in a new execution after N pages, cursor saved on the run item (resume from it), funnel actions validated; router undoes its entry claim when StartExecution fails)
 """
 import copy
 import functools
@@ -321,7 +329,7 @@ from moto.stepfunctions.parser.asl.component.common.retry import retrier_decl  #
 from moto.stepfunctions.parser.asl.component.state.exec import execute_state  # noqa: E402
 from moto.stepfunctions.parser.asl.component.state.wait.wait_function import wait_function  # noqa: E402
 from moto.stepfunctions.parser.asl.eval import environment as sfn_environment  # noqa: E402
-from moto.stepfunctions.parser.asl.eval.program_state import ProgramStopped  # noqa: E402
+from moto.stepfunctions.parser.asl.eval.program_state import ProgramError, ProgramStopped  # noqa: E402
 from moto.stepfunctions.parser.asl.eval.callback import callback as sfn_callback  # noqa: E402
 
 from funnelpilot import clock  # noqa: E402
@@ -460,11 +468,7 @@ def _wait_interval(self, env, wait_seconds) -> None:
 def _set_stop(self, stop_date, cause, error) -> None:
     """StopExecution: also end the waits of this execution (task tokens, parked Wait states)."""
     _original["set_stop"](self, stop_date, cause, error)
-    for endpoint in list(self.callback_pool_manager._pool.values()):
-        endpoint.interrupt_all()
-    if _scheduler is not None:
-        for w in self.__dict__.get("_fp_waiters", ()):
-            _scheduler.wake(w)
+    _end_waits(self)
 
 
 def _set_error(self, error) -> None:
@@ -548,3 +552,107 @@ def _callback_interrupt(self) -> None:
     _original["cb_interrupt"](self)
     if _scheduler is not None:
         _scheduler.wake(getattr(self, "_fp_waiter", None))
+
+
+# ---------------------------------------------------------------- 11. execution limits (strict mode)
+# moto records every history event but never ends an execution for having too many; it
+# checks state and task results against a fixed 256 KB with ``<`` (AWS allows 262,144 bytes);
+# and its ``States.ALL`` also catches States.DataLimitExceeded and States.Runtime, which AWS
+# documents as terminal. aws_rules.stepfunctions sets the limits through limit_executions().
+from moto.stepfunctions.parser.api import ExecutionFailedEventDetails, HistoryEventType  # noqa: E402
+from moto.stepfunctions.parser.asl.component.common.error_name import error_equals_decl  # noqa: E402
+from moto.stepfunctions.parser.asl.component.state import state as sfn_state  # noqa: E402
+from moto.stepfunctions.parser.asl.component.state.exec.state_task import state_task_lambda  # noqa: E402
+from moto.stepfunctions.parser.asl.component.state.exec.state_task.service import state_task_service  # noqa: E402
+from moto.stepfunctions.parser.asl.eval.event import event_manager as sfn_events  # noqa: E402
+from moto.stepfunctions.parser.asl.eval.event.event_detail import EventDetails  # noqa: E402
+from moto.stepfunctions.parser.asl.utils.encoding import to_json_str  # noqa: E402
+
+_limits: dict = {"history": None, "payload": None}  # None: moto's own behaviour
+_limit_original: dict = {}
+_original_size_check = sfn_state.is_within_size_quota
+_TERMINAL_ERRORS = ("States.DataLimitExceeded", "States.Runtime")
+_END_EVENTS = (HistoryEventType.ExecutionSucceeded, HistoryEventType.ExecutionFailed,
+               HistoryEventType.ExecutionAborted, HistoryEventType.ExecutionTimedOut)
+
+
+def limit_executions(history: int | None, payload: int | None) -> None:
+    """Enforce AWS's execution limits from now on: an execution fails when its history
+    reaches ``history`` events; state input/output is at most ``payload`` UTF-8 bytes
+    (None: moto's own behaviour)."""
+    _limits.update(history=history, payload=payload)
+    if _limit_original:
+        return
+    _limit_original.update(add_event=sfn_events.EventManager.add_event,
+                           environment=execution_worker.ExecutionWorker._get_evaluation_environment,
+                           error_equals=error_equals_decl.ErrorEqualsDecl._eval_body,
+                           set_error=sfn_environment.Environment.set_error)
+    sfn_events.EventManager.add_event = _add_event
+    sfn_environment.Environment.set_error = _keep_history_failure
+    execution_worker.ExecutionWorker._get_evaluation_environment = _environment
+    error_equals_decl.ErrorEqualsDecl._eval_body = _error_equals
+    for module in (sfn_state, state_task_lambda, state_task_service):  # each imported the function by name
+        module.is_within_size_quota = _within_payload_limit
+
+
+def _environment(self):
+    env = _limit_original["environment"](self)
+    env.event_manager._fp_env = env  # the root environment: the history limit ends it
+    env.event_manager._fp_lock = threading.Lock()
+    return env
+
+
+def _add_event(self, context, event_type, event_details=None, timestamp=None, update_source_event_id=True):
+    """Publish an event; the one that would reach the limit becomes the execution's
+    ExecutionFailed (States.Runtime) instead, as on AWS, and nothing is recorded after it."""
+    limit, env, lock = _limits["history"], getattr(self, "_fp_env", None), getattr(self, "_fp_lock", None)
+    if limit is None or env is None:
+        return _limit_original["add_event"](self, context, event_type, event_details, timestamp, update_source_event_id)
+    with lock:
+        if getattr(self, "_fp_cut", None) is not None:
+            return self._fp_cut  # the execution already failed on its history limit
+        if self._event_id_gen._next_id < limit or event_type in _END_EVENTS:
+            return _limit_original["add_event"](self, context, event_type, event_details, timestamp, update_source_event_id)
+        error = ExecutionFailedEventDetails(
+            error="States.Runtime", cause=f"The execution reached the maximum number of history events ({limit}).")
+        self._fp_cut = _limit_original["add_event"](self, context, HistoryEventType.ExecutionFailed,
+                                              EventDetails(executionFailedEventDetails=error))
+    env.set_error(error)
+    _end_waits(env)
+    return self._fp_cut
+
+
+def _keep_history_failure(self, error) -> None:
+    """What the interrupted states raise afterwards does not replace the history failure."""
+    if getattr(self.event_manager, "_fp_cut", None) is not None and isinstance(self._program_state, ProgramError):
+        return
+    _limit_original["set_error"](self, error)
+
+
+def _end_waits(env) -> None:
+    """Wake what this execution waits on (task tokens, parked Wait states), so it ends now."""
+    for endpoint in list(env.callback_pool_manager._pool.values()):
+        endpoint.interrupt_all()
+    if _scheduler is not None:
+        for w in env.__dict__.get("_fp_waiters", ()):
+            _scheduler.wake(w)
+
+
+def _within_payload_limit(value) -> bool:
+    limit = _limits["payload"]
+    if limit is None:
+        return _original_size_check(value)
+    text = value if isinstance(value, str) else to_json_str(value)
+    return len(text.encode("utf-8")) <= limit
+
+
+
+def _error_equals(self, env) -> None:
+    """``States.ALL`` matches any error but the terminal States.DataLimitExceeded and
+    States.Runtime (AWS; moto matches those too)."""
+    if (_limits["payload"] is not None and error_equals_decl.ErrorEqualsDecl._STATE_ALL_ERROR in self.error_names
+            and getattr(env.stack[-1], "error_name", None) in _TERMINAL_ERRORS):
+        env.stack.pop()
+        env.stack.append(False)
+        return
+    _limit_original["error_equals"](self, env)

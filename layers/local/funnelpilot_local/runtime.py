@@ -235,9 +235,9 @@ class Runtime:
 
     def _rule_families(self) -> list:
         """The strict-mode rules this runtime enforces (funnelpilot_local.aws_rules)."""
-        from funnelpilot_local.aws_rules import iam
+        from funnelpilot_local.aws_rules import iam, stepfunctions
 
-        families = [self.concurrency, self.bus_faults, self.route_throttle]
+        families = [self.concurrency, self.bus_faults, self.route_throttle, stepfunctions.StepFunctions(self.rules)]
         if self.rules.iam:
             families.append(iam.IamRule(self))
         return families + [dynamodb.DynamoDB(self.rules)]  # after IAM: a request is authorised, then validated

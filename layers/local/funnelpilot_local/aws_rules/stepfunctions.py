@@ -1,0 +1,55 @@
+"""Step Functions (Standard workflows) as AWS enforces it and moto does not.
+
+- History: an execution fails when its history reaches ``Rules.history_limit`` events
+  (AWS: 25,000). The event that would be the 25,000th is an ``ExecutionFailed`` with error
+  ``States.Runtime`` and cause "The execution reached the maximum number of history events
+  (25000)."; the execution is FAILED.
+- Payload: ``Rules.payload_limit`` UTF-8 bytes (AWS: 262,144). StartExecution ``input`` and
+  SendTaskSuccess ``output`` above it are refused (``ValidationException``, the API's length
+  constraint); inside an execution a state's output or a task's result above it fails the
+  state with ``States.DataLimitExceeded``, which ``States.ALL`` does not catch (neither does
+  it catch ``States.Runtime``).
+- StartExecution is throttled per account and region by a token bucket,
+  ``Rules.start_execution_bucket`` = (size, refill per second) on the runtime clock (AWS
+  Standard, us-east-1: 1,300 and 300/s): ``ThrottlingException`` "Rate exceeded".
+
+The in-execution limits live in moto's interpreter, so they are set through
+``moto_adapter.limit_executions`` (the one module touching moto internals).
+"""
+import threading
+
+from funnelpilot import clock
+from funnelpilot_local import moto_adapter
+from funnelpilot_local.aws_rules import Call, Rule, Rules, error
+
+_PAYLOADS = {"StartExecution": "input", "SendTaskSuccess": "output"}
+
+
+class StepFunctions(Rule):
+    def __init__(self, rules: Rules):
+        self.size, self.refill = (float(x) for x in rules.start_execution_bucket)
+        self.payload_limit = rules.payload_limit
+        self._tokens, self._at = self.size, None
+        self._lock = threading.Lock()
+        moto_adapter.limit_executions(history=rules.history_limit, payload=rules.payload_limit)
+
+    def before(self, call: Call) -> None:
+        if call.service != "stepfunctions":
+            return
+        field = _PAYLOADS.get(call.operation)
+        if field and len(str(call.params.get(field, "")).encode("utf-8")) > self.payload_limit:
+            raise error(call.operation, "ValidationException",
+                        f"1 validation error detected: Value at '{field}' failed to satisfy constraint: "
+                        f"Member must have length less than or equal to {self.payload_limit}")
+        if call.operation == "StartExecution":
+            self._take_token(call.operation)
+
+    def _take_token(self, operation: str) -> None:
+        with self._lock:
+            now = clock.now()
+            if self._at is not None:
+                self._tokens = min(self.size, self._tokens + (now - self._at) * self.refill)
+            self._at = now
+            if self._tokens < 1:
+                raise error(operation, "ThrottlingException", "Rate exceeded")
+            self._tokens -= 1
