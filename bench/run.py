@@ -217,6 +217,15 @@ def scaling() -> list[dict]:
     return rows
 
 
+def bulk_run() -> dict:
+    """A bulk tag over a large segment (bench/bulk_scaling.py); BENCH_BULK_MEMBERS sets the size."""
+    import bulk_scaling
+
+    members = int(os.environ.get("BENCH_BULK_MEMBERS", "150000"))
+    log(f"bulk: a tag over {members} members")
+    return bulk_scaling.measure(members, log=log)
+
+
 # ---------------------------------------------------------------- report
 def _fmt(x, digits=2) -> str:
     return "–" if x is None else f"{x:.{digits}f}"
@@ -270,6 +279,15 @@ def render(r: dict) -> str:
         cost = None if row["transitions"] is None else row["transitions"] * SFN_PRICE_PER_TRANSITION * 1000
         out.append(f"| {row['funnel']} | {row['executions']} | {_fmt(row['transitions'], 1)} / {row['max'] or '–'} | "
                    f"{_fmt(row['tasks'], 1)} | {_fmt(cost, 3)} |")
+    b = r["bulk"]
+    out += ["", f"## Bulk actions ({b['members']:,} segment members, tag, local runtime with the 25,000-event "
+            "history limit)", "",
+            "| members | page / batch | executions | max history events per execution | Lambda invocations | "
+            "members/s |", "|---|---|---|---|---|---|",
+            f"| {b['members']:,} | {b['page_size']} / {b['batch_size']} | {b['executions']} | {b['max_history']:,} | "
+            f"{b['invocations']} | {b['members_per_s']:.0f} |",
+            "", f"An execution reads at most {b['pages_per_execution']} pages, then continues in a new one; members/s "
+            "is this machine's moto (one TransactWriteItems per member), not AWS's."]
     out += ["", "## Growth with the number of contacts", ""]
     if r["scaling"]:
         out += ["| job | contacts | figure | value | per contact |", "|---|---|---|---|---|"]
@@ -314,6 +332,7 @@ def main() -> int:
         log("funnels: a seeded audience through 60 days of every funnel")
         results["funnels"] = funnels()
     results["scaling"] = scaling()
+    results["bulk"] = bulk_run()
     report = render(results)
     (HERE / "RESULTS.md").write_text(report)
     print(report)

@@ -1,0 +1,92 @@
+"""A bulk action over a large segment on the local runtime (strict mode: the 25,000-event
+history limit applies): executions used, the most history events in one execution, Lambda
+invocations and members per second.
+
+    .venv/bin/python bench/bulk_scaling.py [--members 150000] [--page-size N] [--batch-size N]
+"""
+import argparse
+import json
+import sys
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+
+from funnelpilot import bulk
+from funnelpilot_local.runtime import ROOT, Runtime
+
+SEGMENT = "customers"
+
+
+def seed(rt: Runtime, members: int) -> None:
+    """``members`` contacts in the segment: a profile and the gsi1 membership item each."""
+    ddb, batch = rt.client("dynamodb"), []
+    for i in range(members):
+        cid = f"bench{i:07d}"
+        batch += [{"PutRequest": {"Item": {"pk": {"S": cid}, "sk": {"S": "PROFILE"}, "status": {"S": "active"},
+                                           "segments": {"SS": [SEGMENT]}}}},
+                  {"PutRequest": {"Item": {"pk": {"S": cid}, "sk": {"S": f"SEG#{SEGMENT}"},
+                                           "gsi1pk": {"S": f"SEG#{SEGMENT}"}, "gsi1sk": {"S": cid}}}}]
+        if len(batch) >= 24 or i == members - 1:
+            request = {"ContactsTable": batch}
+            while request:
+                request = ddb.batch_write_item(RequestItems=request).get("UnprocessedItems") or None
+            batch = []
+
+
+def history_length(sfn, arn: str) -> int:
+    n, kwargs = 0, {"executionArn": arn, "maxResults": 1000}
+    while True:
+        page = sfn.get_execution_history(**kwargs)
+        n += len(page["events"])
+        if not page.get("nextToken"):
+            return n
+        kwargs["nextToken"] = page["nextToken"]
+
+
+def measure(members: int, page_size: int = bulk.PAGE_SIZE, batch_size: int = bulk.BATCH_SIZE, log=print) -> dict:
+    with tempfile.TemporaryDirectory() as tmp, Runtime(ROOT, stepped=True, state_dir=Path(tmp)) as rt:
+        rt.schedules.clear()
+        started = time.monotonic()
+        seed(rt, members)
+        log(f"bulk: seeded {members} members in {time.monotonic() - started:.0f} s")
+        invocations = Counter()
+
+        def count(function, call):
+            invocations[function] += 1
+            return call()
+
+        rt.invoke_hook = count
+        machine = next(a for a in rt.state_machine_arns() if a.endswith("-bulk"))
+        started = time.monotonic()
+        run = bulk.start(machine, SEGMENT, {"tag": "bench"}, run_id="bench", page_size=page_size,
+                         batch_size=batch_size)
+        while (p := bulk.progress(run["run_id"])) is None or p["status"] != "done":
+            sfn = rt.client("stepfunctions")
+            if p and sfn.describe_execution(executionArn=p["execution"])["status"] in ("FAILED", "ABORTED"):
+                raise RuntimeError(f"bulk execution failed: {sfn.describe_execution(executionArn=p['execution'])}")
+            time.sleep(1)
+        elapsed = time.monotonic() - started
+        sfn = rt.client("stepfunctions")
+        runs = sfn.list_executions(stateMachineArn=machine)["executions"]
+        report = json.loads(sfn.describe_execution(executionArn=p["execution"])["output"])
+        if report["changed"] != members:
+            raise RuntimeError(f"bulk changed {report['changed']} of {members} members")
+        return {"members": members, "page_size": page_size, "batch_size": batch_size,
+                "executions": len(runs), "max_history": max(history_length(sfn, r["executionArn"]) for r in runs),
+                "invocations": invocations["BulkFunction"], "seconds": elapsed, "members_per_s": members / elapsed,
+                "pages_per_execution": bulk.pages_per_execution(page_size, batch_size)}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--members", type=int, default=150_000)
+    parser.add_argument("--page-size", type=int, default=bulk.PAGE_SIZE)
+    parser.add_argument("--batch-size", type=int, default=bulk.BATCH_SIZE)
+    args = parser.parse_args()
+    print(json.dumps(measure(args.members, args.page_size, args.batch_size, log=lambda m: print(m, file=sys.stderr))))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
