@@ -56,16 +56,16 @@ def code(exc_info) -> tuple[str, int]:
 
 
 def test_an_execution_fails_when_its_history_reaches_the_limit(tmp_path):
-    with runtime(tmp_path, history_limit=300) as rt:
+    with runtime(tmp_path, history_limit=120) as rt:
         arn = machine(rt, SPIN)
         d = run(rt, arn, {"stop": False})
         assert (d["status"], d["error"]) == ("FAILED", "States.Runtime")
-        assert d["cause"] == "The execution reached the maximum number of history events (300)."
+        assert d["cause"] == "The execution reached the maximum number of history events (120)."
         events = history(rt, d["executionArn"])
-        assert len(events) == 300 and [e["id"] for e in events] == list(range(1, 301))
+        assert len(events) == 120 and [e["id"] for e in events] == list(range(1, 121))
         last = events[-1]
         assert last["type"] == "ExecutionFailed" and last["executionFailedEventDetails"] == {
-            "error": "States.Runtime", "cause": "The execution reached the maximum number of history events (300)."}
+            "error": "States.Runtime", "cause": "The execution reached the maximum number of history events (120)."}
         assert events[-2]["type"] not in ("ExecutionFailed", "ExecutionSucceeded")
         # the same machine, ending before the limit, succeeds
         assert run(rt, arn, {"stop": True})["status"] == "SUCCEEDED"
