@@ -13,5 +13,6 @@ def handler(event: dict, context) -> dict:
     if event["op"] in ("apply", "report"):
         logger.info("bulk " + event["op"], extra={"run_id": event.get("run_id"), "changed": result.get("changed")})
     elif result.get("status") in ("continued", "superseded"):
-        logger.info("bulk " + result["status"], extra={"run_id": event.get("run_id"), "execution": result.get("execution")})
+        logger.info("bulk " + result["status"], extra={"run_id": event.get("run_id"),
+                                                       "execution": result.get("execution")})
     return result

@@ -155,7 +155,8 @@ def _settings(event: dict) -> dict:
 
 
 def _execute(state_machine_arn: str, name: str, payload: dict) -> str:
-    return aws.client("stepfunctions").start_execution(stateMachineArn=state_machine_arn, name=name, input=json.dumps(payload))["executionArn"]
+    return aws.client("stepfunctions").start_execution(stateMachineArn=state_machine_arn, name=name,
+                                                       input=json.dumps(payload))["executionArn"]
 
 
 def apply(event: dict) -> dict:
@@ -174,8 +175,8 @@ def apply(event: dict) -> dict:
         if _apply_one(run_id, cid, kind, value):
             changed += 1
     if changed:  # progress for `funnelpilot bulk --wait` (the report counts the markers)
-        aws.dynamodb().update_item(TableName=config().table, Key=_run_key(run_id), UpdateExpression="ADD members_done :n",
-                                   ExpressionAttributeValues={":n": {"N": str(changed)}})
+        aws.dynamodb().update_item(TableName=config().table, Key=_run_key(run_id),
+                                   UpdateExpression="ADD members_done :n", ExpressionAttributeValues={":n": {"N": str(changed)}})
     return {"changed": changed, "skipped": len(cids) - changed}
 
 

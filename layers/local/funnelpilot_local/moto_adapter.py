@@ -606,13 +606,14 @@ def _add_event(self, context, event_type, event_details=None, timestamp=None, up
     """Publish an event; the one that would reach the limit becomes the execution's
     ExecutionFailed (States.Runtime) instead, as on AWS, and nothing is recorded after it."""
     limit, env, lock = _limits["history"], getattr(self, "_fp_env", None), getattr(self, "_fp_lock", None)
+    args = (context, event_type, event_details, timestamp, update_source_event_id)
     if limit is None or env is None:
-        return _limit_original["add_event"](self, context, event_type, event_details, timestamp, update_source_event_id)
+        return _limit_original["add_event"](self, *args)
     with lock:
         if getattr(self, "_fp_cut", None) is not None:
             return self._fp_cut  # the execution already failed on its history limit
         if self._event_id_gen._next_id < limit or event_type in _END_EVENTS:
-            return _limit_original["add_event"](self, context, event_type, event_details, timestamp, update_source_event_id)
+            return _limit_original["add_event"](self, *args)
         error = ExecutionFailedEventDetails(
             error="States.Runtime", cause=f"The execution reached the maximum number of history events ({limit}).")
         self._fp_cut = _limit_original["add_event"](self, context, HistoryEventType.ExecutionFailed,
