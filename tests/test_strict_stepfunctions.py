@@ -12,6 +12,7 @@ from funnelpilot_local.aws_rules import Rules
 from funnelpilot_local.runtime import ROOT, Runtime
 
 from conftest import START
+from test_funnel_router import create_machine
 
 SPIN = {"StartAt": "Spin", "States": {
     "Spin": {"Type": "Pass", "Next": "Again?"},
@@ -25,9 +26,10 @@ def runtime(tmp_path, **rules) -> Runtime:
     return Runtime(ROOT, stepped=True, start=START, state_dir=tmp_path / "local", rules=Rules(**rules))
 
 
-def machine(rt, definition: dict, name: str = "strict-test") -> str:
+def machine(rt, definition: dict, name: str = "strict-test", role: str = "BulkStateMachine") -> str:
+    """A hand-written machine running as ``role`` (the bulk machine's may invoke BulkFunction)."""
     return rt.client("stepfunctions").create_state_machine(name=name, definition=json.dumps(definition),
-                                                           roleArn=rt.role_arn)["stateMachineArn"]
+                                                           roleArn=rt.role_of(role))["stateMachineArn"]
 
 
 def run(rt, arn: str, payload: dict | None = None) -> dict:
@@ -146,7 +148,8 @@ def test_start_execution_is_throttled_by_a_token_bucket_on_the_runtime_clock(tmp
 
 def test_a_throttled_start_leaves_no_entry_starting_and_the_retry_enters(tmp_path):
     with runtime(tmp_path, start_execution_bucket=(1, 0.001)) as rt:
-        arn, sfn = machine(rt, {"StartAt": "Done", "States": {"Done": {"Type": "Succeed"}}}), rt.client("stepfunctions")
+        arn = create_machine(rt, "funnelpilot-demo", {"StartAt": "Done", "States": {"Done": {"Type": "Succeed"}}})
+        sfn = rt.client("stepfunctions")
         sfn.start_execution(stateMachineArn=arn, name="takes-the-token", input='{"stop": true}')
         cid = f"c{uuid.uuid4().hex[:8]}"
         Contact(cid, PROFILE, email="ann@example.com", status="active").save()
