@@ -100,9 +100,12 @@ def test_states_are_readable_and_every_task_retries_and_catches():
         for name, state in machine["States"].items():
             assert len(name) <= 80 and "${" not in name
             if state["Type"] == "Task":
-                assert state["Retry"][0]["ErrorEquals"][0] == "TransientError", (fid, name)
+                retried = {e for r in state["Retry"] for e in r["ErrorEquals"]}
+                assert {"TransientError", "SendRateExceeded", "DailyQuotaExceeded", "Lambda.ServiceException",
+                        "Lambda.TooManyRequestsException"} <= retried, (fid, name)
+                assert all(r["JitterStrategy"] == "FULL" and r["MaxDelaySeconds"] for r in state["Retry"])
                 assert state["Catch"][-1]["ErrorEquals"] == ["States.ALL"], (fid, name)
-                assert "States.Timeout" not in state["Retry"][0]["ErrorEquals"]
+                assert "States.Timeout" not in retried and "States.ALL" not in retried
     welcome = machines()["welcome"]["States"]
     assert list(welcome)[:5] == ["Send welcome-1", "Wait 2 days", "Send welcome-2", "Wait 3 days",
                                  "Check: Opened welcome-2"]

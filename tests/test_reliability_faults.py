@@ -64,15 +64,15 @@ def test_ses_throttling_mid_funnel_is_retried_and_sends_once(rt, tap):
         ses.meta.events.unregister("before-call.ses.SendRawEmail", throttle)
     [ex] = executions(rt)
     assert throttled and ex["status"] == "RUNNING"  # on to "Wait 2 days"
-    assert _lambda_errors(rt, ex["executionArn"]) == ["TransientError"]
+    assert _lambda_errors(rt, ex["executionArn"]) == ["SendRateExceeded"]
     assert sent_count() == 1
     [sent] = tap.events("email.sent")
     assert sent["detail"]["contact_id"] == cid
 
 
-def test_ses_rejection_is_not_retried_blindly(rt, inject):
-    """A permanent SES error (not throttling) fails the step instead of looping."""
-    rule = inject("ses", "SendRawEmail", "MessageRejected", times=10)
+def test_a_permanent_ses_error_is_not_retried_blindly(rt, inject):
+    """A permanent SES error (not throttling, not a rejected recipient) fails the step instead of looping."""
+    rule = inject("ses", "SendRawEmail", "AccountSendingPausedException", times=10)
     rt.http("POST", "/signup", json_body={"email": "rej@example.com", "consent": True})
     assert rt.settle(timeout=60) and rt.advance(60)
     [ex] = executions(rt)

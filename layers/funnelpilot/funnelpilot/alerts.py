@@ -4,8 +4,10 @@ transaction writes), at most one per contact per ``rate_limit_hours``.
 
 The rate limit is a conditional write on the contact's ``ALERT`` item claimed *before*
 sending and released if the send fails, so duplicates and bursts (three pricing views in
-a minute, then lead.qualified) produce one email. After sending, ``sales.alerted``
-(no PII) is published: the optional Slack/webhook API destination listens to it.
+a minute, then lead.qualified) produce one email. A recipient SES rejects (SALES_EMAIL not
+verified while the account is in the sandbox) keeps the claim and is not retried. After
+sending, ``sales.alerted`` (no PII) is published: the optional Slack/webhook API destination
+listens to it.
 """
 import json
 from functools import cache
@@ -14,6 +16,7 @@ import yaml
 
 from funnelpilot import aws, bus, clock, emails, scoring, tokens
 from funnelpilot.config import config
+from funnelpilot.errors import RecipientRejected
 from funnelpilot.models import PROFILE, Contact
 
 
@@ -87,6 +90,8 @@ def alert(detail_type: str, detail: dict) -> str:
                             message_id=message_id, headers={})
     try:
         emails.send_raw(config().sales_email, raw)
+    except RecipientRejected:
+        return "recipient_rejected"  # SALES_EMAIL unverified in the sandbox: the claim stays, no retry storm
     except Exception:
         _release(cid)
         raise

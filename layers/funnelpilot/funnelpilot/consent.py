@@ -5,6 +5,7 @@ event it emits (written to the outbox, funnelpilot.outbox), so a repeat (a secon
 POST, a duplicate bounce) changes nothing and emits nothing, and no change goes without its
 event. A status other than ``active`` blocks every marketing send (``sequence.blocked_reason``).
 """
+import logging
 from functools import cache
 
 import yaml
@@ -12,9 +13,11 @@ from pynamodb.exceptions import DoesNotExist, UpdateError
 
 from funnelpilot import aws, bus, clock, outbox, tokens
 from funnelpilot.config import config
+from funnelpilot.errors import RecipientRejected
 from funnelpilot.models import PROFILE, ConsentRecord, Contact, Message, is_conditional_failure
 
 DEFAULT_CONFIRM_HOURS = 48
+logger = logging.getLogger(__name__)
 
 
 def message_fields(cid: str, message_id: str | None) -> dict:
@@ -129,13 +132,16 @@ CONFIRM_RESEND_SECONDS = 600  # a form resubmitted by a bot does not flood someo
 
 def send_confirmation(cid: str, list_name: str, lead_magnet: str | None, event_id: str) -> str | None:
     """Email the double opt-in link to a pending contact (at most once per 10 minutes);
-    the message id, or None when nothing was sent."""
+    the message id, or None when nothing was sent. A recipient SES rejects (the sandbox's
+    unverified addresses) is logged and not retried; any other failure releases the
+    10-minute claim and is raised, so the asynchronous retry sends it."""
     from funnelpilot import emails  # jinja2 only where an email is rendered
 
     now = clock.now()
+    stamp = clock.iso(now)
     try:
         Contact(cid, PROFILE).update(
-            actions=[Contact.confirm_sent_at.set(clock.iso(now))],
+            actions=[Contact.confirm_sent_at.set(stamp)],
             condition=Contact.pk.exists() & (Contact.status == "pending")
             & (Contact.confirm_sent_at.does_not_exist()
                | (Contact.confirm_sent_at < clock.iso(now - CONFIRM_RESEND_SECONDS))))
@@ -149,5 +155,16 @@ def send_confirmation(cid: str, list_name: str, lead_magnet: str | None, event_i
                                          "confirm_url": confirm_url(cid, list_name, lead_magnet),
                                          "confirm_hours": list_settings(list_name)["confirm_hours"]})
     raw = emails.build_mime(to=contact.email, rendered=rendered, message_id=message_id, headers={})
-    emails.send_raw(contact.email, raw)
+    try:
+        emails.send_raw(contact.email, raw)
+    except RecipientRejected as exc:
+        logger.warning("confirmation rejected by SES", extra={"contact_id": cid, "detail": exc.message})
+        return None
+    except Exception:
+        try:
+            Contact(cid, PROFILE).update(actions=[Contact.confirm_sent_at.remove()],
+                                         condition=Contact.confirm_sent_at == stamp)
+        except UpdateError:  # the claim then lasts its 10 minutes
+            pass
+        raise
     return message_id

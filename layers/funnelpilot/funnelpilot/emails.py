@@ -10,7 +10,7 @@ import re
 from dataclasses import dataclass, replace
 from email import policy
 from email.message import EmailMessage
-from email.utils import formataddr, make_msgid
+from email.utils import formataddr, make_msgid, parseaddr
 from functools import cache
 
 from jinja2 import FileSystemLoader, StrictUndefined, select_autoescape
@@ -18,6 +18,7 @@ from jinja2.sandbox import SandboxedEnvironment
 
 from funnelpilot import aws, tokens
 from funnelpilot.config import config
+from funnelpilot.errors import RecipientRejected
 
 _HREF = re.compile(r"""(<a\b[^>]*?\bhref\s*=\s*)(["'])(.*?)\2""", re.IGNORECASE | re.DOTALL)
 # An anchor with data-fp="off" never carries the visitor's fp token (funnelpilot.visitors).
@@ -124,8 +125,19 @@ def _ses():
 
 
 def send_raw(to: str, raw: bytes) -> str:
-    """Send through SES; returns SES's MessageId."""
+    """Send through SES; returns SES's MessageId. ``RecipientRejected`` when SES refuses this
+    message for good (``MessageRejected``, e.g. an unverified recipient in the sandbox); a
+    rejection naming our own sender is the stack's configuration, not the message's: raised as is."""
+    from botocore.exceptions import ClientError
+
     kwargs = {"Source": config().sender, "Destinations": [to], "RawMessage": {"Data": raw}}
     if config().ses_configuration_set:
         kwargs["ConfigurationSetName"] = config().ses_configuration_set
-    return _ses().send_raw_email(**kwargs)["MessageId"]
+    try:
+        return _ses().send_raw_email(**kwargs)["MessageId"]
+    except ClientError as exc:
+        error = exc.response.get("Error", {})
+        message = error.get("Message") or ""
+        if error.get("Code") == "MessageRejected" and parseaddr(config().sender)[1] not in message:
+            raise RecipientRejected(message.replace(to, "<recipient>")) from exc
+        raise

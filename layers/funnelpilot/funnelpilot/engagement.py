@@ -108,7 +108,7 @@ def hit(kind: str, token: str, *, method: str, user_agent: str, ip: str) -> Resu
     link = fields[2] if kind == "click" else None
     key = {"pk": {"S": cid}, "sk": {"S": f"MSG#{message_id}"}}
     item = aws.dynamodb().get_item(TableName=config().table, Key=key).get("Item")
-    if not item or _attr(item, "status") != "sent":
+    if not item or _attr(item, "status") not in ("sent", "sending"):  # sending: SES may have accepted it
         return Result(False)
     links = json.loads(_attr(item, "links") or "[]")
     url, hand_off = None, False

@@ -145,6 +145,8 @@ class Message(Item):
     status = UnicodeAttribute()  # sending | sent | blocked
     variant = UnicodeAttribute(null=True)  # A/B variant of the split branch that sent it
     reason = UnicodeAttribute(null=True)
+    detail = UnicodeAttribute(null=True)  # SES's words for a recipient_rejected block
+    lease_until = NumberAttribute(null=True)  # sending: the attempt that claimed it owns it until then
     links = UnicodeAttribute(null=True)  # JSON list of URLs, indexed by click tokens
     ses_message_id = UnicodeAttribute(null=True)
     created_at = UnicodeAttribute()

@@ -9,23 +9,24 @@ contact's funnel entry is completed (``complete``).
 """
 import hashlib
 import json
+import random
+import time
 from datetime import datetime, time, timedelta
 from decimal import Decimal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from boto3.dynamodb.types import TypeSerializer
-from botocore.exceptions import ClientError
-from pynamodb.exceptions import DoesNotExist, PutError
+from pynamodb.exceptions import DoesNotExist, PutError, UpdateError
 
 from funnelpilot import aws, bus, clock, consent, emails, funnel_spec, funnels, scoring, segments, tokens
 from funnelpilot.config import config
-from funnelpilot.errors import FunnelLeft, QuietHours, TransientError
+from funnelpilot.errors import FunnelLeft, QuietHours, RecipientRejected, TransientError, transient
 from funnelpilot.models import PROFILE, Contact, Message, is_conditional_failure
 
-_THROTTLES = {"Throttling", "ThrottlingException", "ServiceUnavailable", "TooManyRequestsException"}
 LEAVES = ("unknown_contact", "erased", "unsubscribed", "suppressed", "goal_reached")  # blocked: journey over
 LOG_KEEP = 720 * 3600  # marketing_log entries kept: the longest frequency-cap window a funnel may set
 WAIT_GRACE = 86_400  # a wait item outlives its timeout by a day, then DynamoDB's TTL removes it
+LEASE_SECONDS = 60  # real seconds a send attempt holds its claim (the function's timeout is 30 s)
 
 
 def _step_id(step: dict, prefix: str = "s") -> str:
@@ -127,13 +128,21 @@ def _email_fields(step: dict, message_id: str) -> dict:
     return fields
 
 
-def _blocked(step: dict, message_id: str, reason: str) -> dict:
+def _blocked(step: dict, message_id: str, reason: str, detail: str | None = None) -> dict:
     """Emit ``email.blocked`` (same event id on a retry) and end the journey if the reason says so."""
+    extra = {"detail": detail} if detail else {}
     bus.publish(bus.event("email.blocked", step["contact_id"], event_id=tokens.digest_id("eb", message_id),
-                          reason=reason, **_email_fields(step, message_id)))
+                          reason=reason, **extra, **_email_fields(step, message_id)))
     if reason in LEAVES:
         raise FunnelLeft(reason)
-    return {"message_id": message_id, "status": "blocked", "reason": reason}
+    return {"message_id": message_id, "status": "blocked", "reason": reason, **extra}
+
+
+def _sent(step: dict, message_id: str) -> dict:
+    """Emit ``email.sent`` (same event id on a retry: consumers count it once)."""
+    bus.publish(bus.event("email.sent", step["contact_id"], event_id=tokens.digest_id("es", message_id),
+                          **_email_fields(step, message_id)))
+    return {"message_id": message_id, "status": "sent"}
 
 
 def _take_slot(cid: str, message_id: str, cap: tuple[int, float], log: list[str] | None) -> bool:
@@ -164,10 +173,58 @@ def _take_slot(cid: str, message_id: str, cap: tuple[int, float], log: list[str]
     raise TransientError("frequency cap: the contact's log kept changing; retry")
 
 
+def _claim(message: Message) -> Message | None:
+    """Write the message item unless another attempt of this step holds it: it is new, or a
+    failed attempt released it (or its lease ran out). None when claimed, else the item."""
+    free = (Message.status == "sending") & (Message.lease_until.does_not_exist()
+                                            | (Message.lease_until < clock.now()))
+    try:
+        message.save(condition=Message.pk.does_not_exist() | free)
+        return None
+    except PutError as exc:
+        if not is_conditional_failure(exc):
+            raise
+    return Message.get(message.pk, message.sk, consistent_read=True)
+
+
+def _release(message: Message) -> None:
+    """A failed attempt lets the Retry's next attempt claim at once (else the lease runs out)."""
+    try:
+        message.update(actions=[Message.lease_until.set(0)], condition=Message.status == "sending")
+    except Exception:  # noqa: BLE001 - best effort: the attempt is failing already, the lease expires anyway
+        pass
+
+
+def _mark_sent(message: Message, ses_id: str) -> None:
+    """SES accepted the email: mark it sent. The one write whose loss would make a retry send
+    again, so it is retried here too (transient errors, full jitter) before giving up."""
+    actions = [Message.status.set("sent"), Message.ses_message_id.set(ses_id), Message.sent_at.set(clock.iso()),
+               Message.lease_until.remove()]
+    for attempt in range(4):
+        try:
+            message.update(actions=actions, condition=Message.pk.exists())
+            return
+        except UpdateError as exc:
+            if is_conditional_failure(exc):
+                return  # erased while sending: nothing to mark
+            if attempt == 3 or transient(exc) is None:
+                raise
+        time.sleep(random.uniform(0, 0.05 * 2 ** attempt))
+
+
 def send(step: dict) -> dict:
     """Send one email, after the checks in this order: unknown/erased, unsubscribed/suppressed,
     goal reached (FunnelLeft), unconfirmed, quiet hours (QuietHours, before any write),
-    the message claim (a duplicate returns the first outcome), the frequency cap."""
+    the message claim, the frequency cap. Then SES; a rejected recipient is a block
+    (``recipient_rejected``, the journey goes on), anything else SES answers is raised.
+
+    Idempotent on (execution, state), and nothing is lost between the writes: the claim
+    already stores the links a click needs; a send is marked ``sent`` only after SES accepted
+    it, then ``email.sent`` is published. A retry that finds the message sent or blocked
+    publishes its event again (same event id); one that finds it claimed by a live attempt
+    raises ``TransientError`` (retried later); a failed attempt releases its claim, so the
+    retry sends (at least once: SES has no idempotency key, an attempt that died between
+    SES's answer and the update leaves the next one to send again)."""
     cid, template = step["contact_id"], step["template"]
     transactional = bool(step.get("transactional"))
     message_id = tokens.digest_id("m", step["execution"], step["state"])
@@ -185,38 +242,37 @@ def send(step: dict) -> dict:
     message = Message(cid, f"MSG#{message_id}", message_id=message_id, funnel=step.get("funnel"),
                       step=step["state"], template=template, created_at=clock.iso(), variant=step.get("variant"),
                       status="blocked" if reason else "sending", reason=reason)
-    try:
-        message.save(condition=Message.pk.does_not_exist())
-    except PutError as exc:
-        if not is_conditional_failure(exc):
-            raise
-        prior = Message.get(cid, f"MSG#{message_id}", consistent_read=True)
+    if reason is None:
+        context = template_context(contact, message_id, step.get("lead_magnet"))
+        rendered, links = emails.track(emails.render(template, context), contact_id=cid, message_id=message_id)
+        headers = {"List-Unsubscribe": f"<{context['unsubscribe_url']}>",
+                   "List-Unsubscribe-Post": "List-Unsubscribe=One-Click"}
+        raw = emails.build_mime(to=contact.email, rendered=rendered, message_id=message_id, headers=headers)
+        message.links = json.dumps(links)
+        message.lease_until = clock.now() + LEASE_SECONDS * clock.speed()
+    prior = _claim(message)
+    if prior is not None:
         if prior.status == "blocked":
-            return _blocked(step, message_id, prior.reason) | {"duplicate": True}
-        return {"message_id": message_id, "status": prior.status, "duplicate": True}
+            return _blocked(step, message_id, prior.reason, prior.detail) | {"duplicate": True}
+        if prior.status == "sent":
+            return _sent(step, message_id) | {"duplicate": True}
+        raise TransientError("another attempt of this send holds its claim")
     if reason:
         return _blocked(step, message_id, reason)
-    if not transactional and not _take_slot(cid, message_id, spec.frequency_cap, contact.marketing_log):
-        message.update(actions=[Message.status.set("blocked"), Message.reason.set("frequency_cap")])
-        return _blocked(step, message_id, "frequency_cap")
-
-    context = template_context(contact, message_id, step.get("lead_magnet"))
-    rendered, links = emails.track(emails.render(template, context), contact_id=cid, message_id=message_id)
-    headers = {"List-Unsubscribe": f"<{context['unsubscribe_url']}>",
-               "List-Unsubscribe-Post": "List-Unsubscribe=One-Click"}
-    raw = emails.build_mime(to=contact.email, rendered=rendered, message_id=message_id, headers=headers)
+    block = [Message.status.set("blocked"), Message.links.remove(), Message.lease_until.remove()]
     try:
+        if not transactional and not _take_slot(cid, message_id, spec.frequency_cap, contact.marketing_log):
+            message.update(actions=[*block, Message.reason.set("frequency_cap")])
+            return _blocked(step, message_id, "frequency_cap")
         ses_id = emails.send_raw(contact.email, raw)
-    except ClientError as exc:
-        message.delete()  # release the claim so the Retry can send (its cap slot stays taken: same id)
-        if exc.response["Error"]["Code"] in _THROTTLES:
-            raise TransientError(f"SES throttled: {exc.response['Error']['Code']}") from exc
+    except RecipientRejected as exc:
+        message.update(actions=[*block, Message.reason.set("recipient_rejected"), Message.detail.set(exc.message)])
+        return _blocked(step, message_id, "recipient_rejected", exc.message)
+    except Exception:
+        _release(message)
         raise
-    message.update(actions=[Message.status.set("sent"), Message.ses_message_id.set(ses_id),
-                            Message.sent_at.set(clock.iso()), Message.links.set(json.dumps(links))])
-    bus.publish(bus.event("email.sent", cid, event_id=tokens.digest_id("es", message_id),
-                          **_email_fields(step, message_id)))
-    return {"message_id": message_id, "status": "sent"}
+    _mark_sent(message, ses_id)
+    return _sent(step, message_id)
 
 
 # ---------------------------------------------------------------- conditions
@@ -454,7 +510,19 @@ ACTIONS = {"send": send, "check": check, "split": split, "wait_for": wait_for, "
 
 def run(step: dict) -> dict:
     """Dispatch one Task state's payload to its action; then the completion if it is the
-    last state on its path. FunnelLeft also marks the entry ``left``."""
+    last state on its path. FunnelLeft also marks the entry ``left``. An AWS failure that may
+    pass (throttling, 5xx, network) is raised under the name the state machine's Retry
+    matches (``errors.transient``); any other error ends in "Record failure"."""
+    try:
+        return _run(step)
+    except Exception as exc:
+        retry = transient(exc)
+        if retry is None or retry is exc:
+            raise
+        raise retry from exc
+
+
+def _run(step: dict) -> dict:
     try:
         action = ACTIONS[step["action"]]
     except KeyError:

@@ -17,9 +17,18 @@ from funnelpilot.funnel_spec import Funnel, Step, load_all, walk
 
 TASK = "${SequenceStepArn}"
 WAIT_FOR_TOKEN = "arn:aws:states:::lambda:invoke.waitForTaskToken"
-RETRY = [{"ErrorEquals": ["TransientError", "Lambda.ServiceException", "Lambda.AWSLambdaException",
-                          "Lambda.SdkClientException", "Lambda.TooManyRequestsException"],
-          "IntervalSeconds": 2, "MaxAttempts": 6, "BackoffRate": 2.0}]
+# Retry policy of every Task (README "Funnels"): exponential backoff with full jitter, each wait
+# capped at an hour, and enough attempts to span more than a day (expected ~35 h, under 24 h
+# with a probability below 1e-4), so a send deferred by SES's rolling 24-hour quota goes out
+# once the window frees and an outage of hours is ridden out. The quota's first waits are
+# longer: it frees in minutes or hours, never in a second.
+_BACKOFF = {"BackoffRate": 2.0, "MaxDelaySeconds": 3600, "MaxAttempts": 80, "JitterStrategy": "FULL"}
+RETRY = [{"ErrorEquals": ["DailyQuotaExceeded"], "IntervalSeconds": 300, **_BACKOFF, "MaxAttempts": 72},
+         {"ErrorEquals": ["SendRateExceeded"], "IntervalSeconds": 1, **_BACKOFF},
+         {"ErrorEquals": ["TransientError", "Lambda.ServiceException", "Lambda.AWSLambdaException",
+                          "Lambda.SdkClientException", "Lambda.TooManyRequestsException",
+                          "Lambda.ClientExecutionTimeoutException", "Lambda.Unknown"],
+          "IntervalSeconds": 1, **_BACKOFF}]
 COMPLETE, LEFT, RECORD_FAILURE, FAILED = "Complete", "Left the funnel", "Record failure", "Failed"
 _LEFT = {"ErrorEquals": ["FunnelLeft"], "ResultPath": "$.last", "Next": LEFT}
 _FAIL = {"ErrorEquals": ["States.ALL"], "ResultPath": "$.error", "Next": RECORD_FAILURE}

@@ -31,7 +31,7 @@ from pathlib import Path
 from urllib.parse import parse_qsl, urlencode
 
 from funnelpilot_local import aws_rules
-from funnelpilot_local.aws_rules import Rules, apigateway, cloudformation, dynamodb, events, lambda_, principal
+from funnelpilot_local.aws_rules import Rules, apigateway, cloudformation, dynamodb, events, lambda_, principal, ses
 from funnelpilot_local.template import ACCOUNT, REGION, Template
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -240,7 +240,8 @@ class Runtime:
         families = [self.concurrency, self.bus_faults, self.route_throttle, stepfunctions.StepFunctions(self.rules)]
         if self.rules.iam:
             families.append(iam.IamRule(self))
-        return families + [dynamodb.DynamoDB(self.rules)]  # after IAM: a request is authorised, then validated
+        # after IAM: a request is authorised, then validated
+        return families + [dynamodb.DynamoDB(self.rules), ses.Ses(self.rules, self.template)]
 
     def role_of(self, logical_id: str) -> str:
         """The IAM role a function or state machine runs as (the one SAM generates for it)."""
