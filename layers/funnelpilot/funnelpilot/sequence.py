@@ -10,9 +10,9 @@ contact's funnel entry is completed (``complete``).
 import hashlib
 import json
 import random
-import time
 from datetime import datetime, time, timedelta
 from decimal import Decimal
+from time import sleep
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from boto3.dynamodb.types import TypeSerializer
@@ -209,7 +209,7 @@ def _mark_sent(message: Message, ses_id: str) -> None:
                 return  # erased while sending: nothing to mark
             if attempt == 3 or transient(exc) is None:
                 raise
-        time.sleep(random.uniform(0, 0.05 * 2 ** attempt))
+        sleep(random.uniform(0, 0.05 * 2 ** attempt))
 
 
 def send(step: dict) -> dict:

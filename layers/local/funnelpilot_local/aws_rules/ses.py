@@ -51,6 +51,13 @@ def recipients(operation: str, params: dict) -> list[str]:
             for a in d.get("ToAddresses", []) + d.get("CcAddresses", []) + d.get("BccAddresses", [])]
 
 
+def _refusal(call: Call, code: str, message: str) -> Exception:
+    """SES's error, as the modeled exception class botocore raises for the code
+    (``client.exceptions.MessageRejected``), a plain ``ClientError`` for ``Throttling``."""
+    plain = error(call.operation, code, message)
+    return call.client.exceptions.from_code(code)(plain.response, call.operation) if call.client else plain
+
+
 class Ses(Rule):
     def __init__(self, rules: Rules, template: Template):
         self.sandbox = rules.ses_sandbox
@@ -81,15 +88,15 @@ class Ses(Rule):
         if self.sandbox:
             failed = [a for a in to if not self._is_verified(a)]
             if failed:
-                raise error(call.operation, "MessageRejected", "Email address is not verified. The following "
-                            f"identities failed the check in region {REGION.upper()}: {', '.join(failed)}")
+                raise _refusal(call, "MessageRejected", "Email address is not verified. The following identities "
+                               f"failed the check in region {REGION.upper()}: {', '.join(failed)}")
         with self._lock:
             now = clock.now()
             self._refill(now)
             if 0 <= self.max_24h <= self._day_total:
-                raise error(call.operation, "Throttling", "Daily message quota exceeded.")
+                raise _refusal(call, "Throttling", "Daily message quota exceeded.")
             if self._tokens < 1:
-                raise error(call.operation, "Throttling", "Maximum sending rate exceeded.")
+                raise _refusal(call, "Throttling", "Maximum sending rate exceeded.")
             entry = [now, len(to)]
             self._sent.append(entry)
             self._day_total += len(to)
