@@ -1,5 +1,6 @@
 """functions/sequence_step, action by action, with the payloads the funnel compiler emits
 (README "Funnels"), against moto: DynamoDB items, bus events (tap), the SES outbox."""
+import json
 import re
 import threading
 import uuid
@@ -7,9 +8,10 @@ from email import message_from_bytes, policy
 from types import SimpleNamespace
 
 import pytest
+from botocore.exceptions import ClientError, EndpointConnectionError
 
-from funnelpilot import funnel_spec, scoring, sequence, tokens
-from funnelpilot.errors import FunnelLeft, QuietHours
+from funnelpilot import clock, emails, funnel_spec, scoring, sequence, tokens
+from funnelpilot.errors import FunnelLeft, QuietHours, TransientError
 from funnelpilot_local.moto_adapter import sent_emails
 from funnelpilot_local.template import ACCOUNT, REGION
 from funnelpilot.models import PROFILE, Contact
@@ -81,8 +83,67 @@ def test_send_is_idempotent_on_a_duplicate_payload(rt, tap):
     assert [m["status"] for m in items(rt, cid, "MSG#")] == ["sent"]
     [event] = distinct(tap, "email.sent", cid)
     assert event["message_id"] == first["message_id"] and event["step"] == "Send welcome-1"
+    # the duplicate announced it again, under the same event id (a retry after a failed PutEvents needs it)
+    assert len([e for e in tap.events("email.sent") if e["detail"]["contact_id"] == cid]) == 2
     [logged] = item(rt, cid, PROFILE)["marketing_log"]
     assert logged["S"].endswith(f"#{first['message_id']}")
+
+
+def test_links_are_stored_before_ses_is_called_and_a_failed_attempt_releases_its_claim(rt, tap):
+    cid, ex = person(rt), execution()
+    ses, seen = emails._ses(), []
+
+    def unreachable_once(**_):
+        seen.append(items(rt, cid, "MSG#")[0])
+        if len(seen) == 1:
+            raise EndpointConnectionError(endpoint_url="https://email.us-east-1.amazonaws.com")
+
+    ses.meta.events.register("before-call.ses.SendRawEmail", unreachable_once)
+    try:
+        with pytest.raises(TransientError):  # classified once, for the state machine's Retry
+            send(rt, cid, ex=ex)
+        [released] = items(rt, cid, "MSG#")
+        assert released["status"] == "sending" and float(released["lease_until"]) == 0
+        assert send(rt, cid, ex=ex)["status"] == "sent"  # the retry claims it and sends
+    finally:
+        ses.meta.events.unregister("before-call.ses.SendRawEmail", unreachable_once)
+    assert [m["status"] for m in seen] == ["sending", "sending"] and json.loads(seen[0]["links"])
+    assert float(seen[0]["lease_until"]) > clock.now()  # held by the attempt while SES is called
+    [sent] = items(rt, cid, "MSG#")
+    assert sent["links"] == seen[1]["links"] and "lease_until" not in sent
+    assert len(sent_emails(ACCOUNT, REGION)) == 1 and len(distinct(tap, "email.sent", cid)) == 1
+
+
+def test_a_recipient_ses_rejects_is_a_block_and_a_rejected_sender_a_failure(rt, tap):
+    cid, ex = person(rt, "rae"), execution()
+    ses = emails._ses()
+
+    def reject(params, **_):
+        to = params["body"]["Destinations.member.1"]  # the serialised (query protocol) request
+        who = to if to.startswith("rae@") else "hello@example.com"
+        raise ClientError({"Error": {"Code": "MessageRejected", "Message": "Email address is not verified. The "
+                                     f"following identities failed the check in region US-EAST-1: {who}"}},
+                          "SendRawEmail")
+
+    ses.meta.events.register("before-call.ses.SendRawEmail", reject)
+    try:
+        result = send(rt, cid, ex=ex)
+        assert (result["status"], result["reason"]) == ("blocked", "recipient_rejected")
+        assert result["detail"].endswith("region US-EAST-1: <recipient>")
+        again = send(rt, cid, ex=ex)  # a retry answers the same, publishes the same event
+        assert again["duplicate"] and again["reason"] == "recipient_rejected"
+        other = person(rt, "sam")
+        with pytest.raises(ClientError, match="MessageRejected"):  # our own sender: the stack's configuration
+            send(rt, other, ex=execution())
+    finally:
+        ses.meta.events.unregister("before-call.ses.SendRawEmail", reject)
+    [m] = items(rt, cid, "MSG#")
+    assert (m["status"], m["reason"], m["detail"]) == ("blocked", "recipient_rejected", result["detail"])
+    assert "links" not in m and "lease_until" not in m
+    [blocked] = distinct(tap, "email.blocked", cid)
+    assert blocked["reason"] == "recipient_rejected" and blocked["detail"] == result["detail"]
+    assert "rae@example.com" not in str(tap.events())
+    assert sent_emails(ACCOUNT, REGION) == []
 
 
 def test_frequency_cap_blocks_a_second_marketing_send_within_24_hours_not_a_transactional_one(rt, tap):

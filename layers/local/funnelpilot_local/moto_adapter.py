@@ -27,7 +27,8 @@
 6. ``ExecutionWorker._get_evaluation_entrypoint``: moto parses the ASL definition (ANTLR,
    ~45 ms for a funnel) at every execution start; we parse each definition once and hand
    every execution a deep copy of the parsed program (~2 ms).
-7. Stepped (virtual) time for the Step Functions interpreter (see the section at the end).
+7. Stepped (virtual) time for the Step Functions interpreter, and a seeded Retry jitter (see
+   the section at the end).
 8. ``Environment.set_stop``: moto's StopExecution does not interrupt a Task waiting for a
    task token (nor, in stepped time, a parked Wait): the execution would run on until the
    wait's deadline and end FAILED (States.Timeout). We wake those waits, so a stopped
@@ -56,6 +57,7 @@
 import copy
 import functools
 import json
+import random
 import threading
 from typing import Callable
 
@@ -325,7 +327,7 @@ def sent_emails(account: str, region: str) -> list[tuple[str, str]]:
 # and the Scheduler knows how many interpreter threads can still run: the runtime advances
 # the clock only when none can, and wakes waiters one at a time in (deadline, order) order.
 # So the same inputs give the same outputs whatever the thread timing.
-from moto.stepfunctions.parser.asl.component.common.retry import retrier_decl  # noqa: E402
+from moto.stepfunctions.parser.asl.component.common.retry import jitter_strategy_decl, retrier_decl  # noqa: E402
 from moto.stepfunctions.parser.asl.component.state.exec import execute_state  # noqa: E402
 from moto.stepfunctions.parser.asl.component.state.wait.wait_function import wait_function  # noqa: E402
 from moto.stepfunctions.parser.asl.eval import environment as sfn_environment  # noqa: E402
@@ -406,9 +408,12 @@ _original = {}
 
 
 def use_virtual_time(scheduler: Scheduler | None) -> None:
-    """Switch the interpreter's waits to ``scheduler`` (None: back to moto's real-time waits)."""
+    """Switch the interpreter's waits to ``scheduler`` (None: back to moto's real-time waits).
+    In stepped time the Retry jitter (``JitterStrategy: FULL``) draws from a generator seeded
+    at each switch, so a run with retries is as repeatable as one without."""
     global _scheduler
     _scheduler = scheduler
+    jitter_strategy_decl.random = random.Random(0) if scheduler is not None else random
     if _original:
         return
     _original.update(start=execution_worker.ExecutionWorker.start,
