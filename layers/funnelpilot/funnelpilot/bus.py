@@ -4,6 +4,7 @@ import uuid
 
 from funnelpilot import aws, clock
 from funnelpilot.config import config
+from funnelpilot.errors import TransientError
 
 SOURCE = "funnelpilot"
 RETRYABLE = {"InternalFailure", "ThrottlingException"}  # PutEventsResultEntry: the codes worth a retry
@@ -37,7 +38,9 @@ def publish(*entries: dict, attempts: int = 6, base_delay: float = 0.02) -> None
                 break
             pending = [entry for entry, _ in failed]
             if attempt == attempts - 1 or any(code not in RETRYABLE for _, code in failed):
-                raise RuntimeError(f"PutEvents failed for {len(failed)} entries: {[c for _, c in failed]}")
+                retryable = all(code in RETRYABLE for _, code in failed)  # a funnel step's Retry takes it
+                raise (TransientError if retryable else RuntimeError)(
+                    f"PutEvents failed for {len(failed)} entries: {[c for _, c in failed]}")
             import random  # here, like aws.transact_write: only a failure pays for it
             import time
 

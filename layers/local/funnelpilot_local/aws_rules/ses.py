@@ -4,7 +4,7 @@
   recipient that is not a verified identity is refused with ``MessageRejected`` ("Email
   address is not verified. The following identities failed the check in region ...");
   verified are the template's ``AWS::SES::EmailIdentity`` (an address or a domain),
-  ``Rules.ses_verified``, whatever is verified through the API while the runtime runs (moto
+  ``Rules.ses_verified`` and ``Rules.ses_existing_identities``, whatever is verified through the API while the runtime runs (moto
   verifies at once; AWS waits for the link in the email), and the mailbox simulator. At most
   200 messages per rolling 24 hours and 1 per second.
 - Production (default): ``Rules.ses_max_send_rate`` per second and ``Rules.ses_max_24h`` per
@@ -64,7 +64,8 @@ class Ses(Rule):
         self.rate = SANDBOX_RATE if self.sandbox else float(rules.ses_max_send_rate)
         self.max_24h = SANDBOX_24H if self.sandbox else int(rules.ses_max_24h)
         self.verified = {template.resolve(template.properties(lid)["EmailIdentity"])
-                         for lid in template.of_type("AWS::SES::EmailIdentity")} | set(rules.ses_verified)
+                         for lid in template.of_type("AWS::SES::EmailIdentity")}
+        self.verified |= set(rules.ses_verified) | set(rules.ses_existing_identities)
         self._lock = threading.Lock()
         self._sent: collections.deque = collections.deque()  # [time, recipients] of the last 24 h
         self._day_total = 0
