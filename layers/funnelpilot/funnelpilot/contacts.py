@@ -1,9 +1,11 @@
 """Contacts: validating a signup, creating or updating the person, recording consent."""
 import re
 from dataclasses import dataclass, field
+from functools import cache
 from urllib.parse import urlsplit
+from zoneinfo import available_timezones
 
-from funnelpilot import aws, bus, clock, outbox, tokens
+from funnelpilot import aws, bus, clock, outbox, tokens, urls
 from funnelpilot.config import config
 from funnelpilot.consent import list_settings
 from funnelpilot.errors import InvalidField
@@ -13,6 +15,9 @@ from funnelpilot.models import PROFILE, ConsentRecord
 _EMAIL = re.compile(r"^[a-z0-9.!#$%&'*+/=?^_`{|}~-]+@[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)+$")
 _SLUG = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 _TRUE = {"true", "on", "yes", "1"}
+# A "first name" that is a link, an address or an RFC 2047 encoded word is no name: it is dropped
+# (the emails say "there"), so it can never become a link or an address in an email or its subject.
+_NOT_A_NAME = re.compile(r"://|@|=\?|\bwww\.", re.IGNORECASE)
 UTM_KEYS = ("utm_source", "utm_medium", "utm_campaign", "utm_term", "utm_content")
 DEFAULT_LIST = "newsletter"
 
@@ -42,7 +47,7 @@ def _text(fields: dict, name: str, max_len: int) -> str | None:
     value = value.strip()
     if len(value) > max_len:
         raise InvalidField(name, f"{name} is longer than {max_len} characters")
-    if any(ord(c) < 32 for c in value):
+    if any(ord(c) < 32 or 0x7f <= ord(c) <= 0x9f or c in "\u2028\u2029" for c in value):
         raise InvalidField(name, f"{name} contains control characters")
     return value or None
 
@@ -56,7 +61,8 @@ def parse_signup(fields: dict) -> Signup:
         raise InvalidField("email", "email is required")
     email = normalise_email(raw_email)
     local = email.split("@", 1)[0]
-    if not _EMAIL.match(email) or len(local) > 64 or ".." in email:
+    # "=?": an RFC 2047 encoded word, which a header parser would decode inside an address
+    if not _EMAIL.match(email) or len(local) > 64 or ".." in email or "=?" in email:
         raise InvalidField("email", "email is not a valid address")
     consent = fields.get("consent")
     if not (consent is True or (isinstance(consent, str) and consent.strip().lower() in _TRUE)):
@@ -69,19 +75,27 @@ def parse_signup(fields: dict) -> Signup:
         raise InvalidField("lead_magnet", "lead_magnet must be a short slug")
     redirect = _text(fields, "redirect", 2000)
     if redirect:
-        parts = urlsplit(redirect)
-        if parts.scheme not in ("https", "http") or (parts.hostname or "") not in config().redirect_hosts:
-            raise InvalidField("redirect", "redirect must be an http(s) URL on an allowed host")
+        redirect = urls.allowed_redirect(redirect, config().redirect_hosts)
+    first_name = _text(fields, "first_name", 100)
+    timezone = _text(fields, "timezone", 64)
+    if timezone and timezone not in _zones():
+        raise InvalidField("timezone", "timezone must be an IANA time zone such as Europe/Paris")
     utm = {k: v for k in UTM_KEYS if (v := _text(fields, k, 200))}
     return Signup(
         email=email,
         list_name=list_name,
-        first_name=_text(fields, "first_name", 100),
+        first_name=None if first_name and _NOT_A_NAME.search(first_name) else first_name,
         lead_magnet=lead_magnet.lower() if lead_magnet else None,
         utm=utm,
         redirect=redirect,
-        timezone=_text(fields, "timezone", 64),
+        timezone=timezone,
     )
+
+
+@cache
+def _zones() -> frozenset[str]:
+    """The IANA zone keys (tzdata's list): never a directory such as ``Europe``, nor a path."""
+    return frozenset(available_timezones())
 
 
 def consent_source(page: str | None) -> str:

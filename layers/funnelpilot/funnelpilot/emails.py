@@ -3,20 +3,21 @@
 Templates live in ``<content>/emails/``: ``<name>.html.j2`` and ``<name>.txt.j2``, both
 extending the shared layouts; the subject is the ``subject`` block of the text template.
 Contact data is only ever passed as *values*, never compiled as template source, so a
-first name of ``{{ 7*7 }}`` stays literal.
+first name of ``{{ 7*7 }}`` stays literal; and it is never a tracked link: every ``{{ }}``
+output is rendered between data marks, so ``track`` wraps only links whose scheme and host
+the template wrote (literally, or with one of the URLs in ``OUR_URLS``).
 """
 import html as html_lib
 import re
-from dataclasses import dataclass, replace
-from email import policy
-from email.message import EmailMessage
-from email.utils import formataddr, make_msgid, parseaddr
+from dataclasses import dataclass, field, replace
+from email.utils import parseaddr
 from functools import cache
 
 from jinja2 import FileSystemLoader, StrictUndefined, select_autoescape
 from jinja2.sandbox import SandboxedEnvironment
+from markupsafe import Markup
 
-from funnelpilot import aws, tokens
+from funnelpilot import aws, mime, tokens
 from funnelpilot.config import config
 from funnelpilot.errors import RecipientRejected
 
@@ -25,9 +26,12 @@ _HREF = re.compile(r"""(<a\b[^>]*?\bhref\s*=\s*)(["'])(.*?)\2""", re.IGNORECASE 
 _NO_FP = re.compile(r"""\s+data-fp\s*=\s*(["'])off\1""", re.IGNORECASE)
 _TEXT_URL = re.compile(r"""https?://[^\s<>"'()\[\]]+""")
 _BODY_OPEN = re.compile(r"<body\b[^>]*>", re.IGNORECASE)
-_CRLF = re.compile("[\r\n\t\v\f\x1c\x1d\x1e\x85\u2028\u2029]+")  # all str.splitlines() breaks
-# SMTP line endings, and long headers (List-Unsubscribe URLs) kept whole instead of RFC 2047-encoded.
-_POLICY = policy.SMTP.clone(max_line_length=998)
+# Context values funnelpilot builds from its configuration: a template may link with them.
+OUR_URLS = frozenset({"site_url", "public_url", "unsubscribe_url", "confirm_url"})
+_DATA, _END = "\x02", "\x03"  # around every other {{ }} output while rendering (removed from data first)
+_MARKS = re.compile("[\x02\x03]")
+# a link the template wrote: its scheme, host and the path's first character come before any data
+_AUTHORED = re.compile(r"^https?://[^\x02\x03/?#]+[/?#]|^https?://[^\x02\x03]+$", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -35,6 +39,20 @@ class Rendered:
     subject: str
     html: str
     text: str
+    # html and text with contact data between data marks, for track(); never sent
+    marked: tuple[str, str] | None = field(default=None, repr=False, compare=False)
+
+
+class _Ours(str):
+    """A context value from ``OUR_URLS``: rendered without data marks."""
+
+
+def _mark(value):
+    """jinja2's ``finalize``: every ``{{ }}`` output but our URLs goes between data marks."""
+    if isinstance(value, _Ours):
+        return value
+    text = _MARKS.sub("", value if isinstance(value, str) else str(value))
+    return Markup(f"{_DATA}{text}{_END}") if isinstance(value, Markup) else f"{_DATA}{text}{_END}"
 
 
 @cache
@@ -45,20 +63,25 @@ def _env(html: bool) -> SandboxedEnvironment:
         undefined=StrictUndefined,
         trim_blocks=True,
         lstrip_blocks=True,
+        finalize=_mark,
     )
 
 
-def one_line(value: str) -> str:
-    """Header-safe: no CR/LF (header injection), collapsed whitespace."""
-    return _CRLF.sub(" ", value).strip()
+def _unmark(text: str) -> str:
+    return _MARKS.sub("", text)
 
 
 def render(template: str, context: dict) -> Rendered:
     text_tpl = _env(False).get_template(f"{template}.txt.j2")
     html_tpl = _env(True).get_template(f"{template}.html.j2")
-    ctx = text_tpl.new_context(dict(context))
-    subject = one_line("".join(text_tpl.blocks["subject"](ctx)))
-    return Rendered(subject=subject, html=html_tpl.render(context), text=text_tpl.render(context))
+    context = {k: _Ours(v) if k in OUR_URLS and isinstance(v, str) else v for k, v in context.items()}
+    subject = mime.header_text(_unmark("".join(text_tpl.blocks["subject"](text_tpl.new_context(dict(context))))))
+    html, text = html_tpl.render(context), text_tpl.render(context)
+    return Rendered(subject=subject, html=_unmark(html), text=_unmark(text), marked=(html, text))
+
+
+def _in_data(text: str, at: int) -> bool:
+    return text.rfind(_DATA, 0, at) > text.rfind(_END, 0, at)
 
 
 def _tracked(url: str) -> bool:
@@ -82,18 +105,26 @@ def track(rendered: Rendered, *, contact_id: str, message_id: str) -> tuple[Rend
             links.append(entry)
         return tokens.url("c", "c", contact_id, message_id, str(links.index(entry)))
 
+    def authored(m: re.Match, marked_url: str) -> bool:
+        return not _in_data(m.string, m.start()) and bool(_AUTHORED.match(marked_url))
+
     def html_link(m: re.Match) -> str:
-        url = html_lib.unescape(m.group(3)).strip()
+        marked_url = html_lib.unescape(m.group(3)).strip()
+        url = _unmark(marked_url)
         tag = m.string[m.start():m.string.find(">", m.end()) + 1]
         hand_off = not _NO_FP.search(tag)
-        return f"{m.group(1)}{m.group(2)}{click_url(url, hand_off)}{m.group(2)}" if _tracked(url) else m.group(0)
+        if authored(m, marked_url) and _tracked(url):
+            return f"{m.group(1)}{m.group(2)}{click_url(url, hand_off)}{m.group(2)}"
+        return m.group(0)
 
     def text_link(m: re.Match) -> str:
-        url = m.group(0).rstrip(".,;:!?")
-        return click_url(url) + m.group(0)[len(url):] if _tracked(url) else m.group(0)
+        whole = _unmark(m.group(0))
+        url = whole.rstrip(".,;:!?")
+        return click_url(url) + whole[len(url):] if authored(m, m.group(0)) and _tracked(url) else m.group(0)
 
-    body = _NO_FP.sub("", _HREF.sub(html_link, rendered.html))
-    text = _TEXT_URL.sub(text_link, rendered.text)
+    html, text = rendered.marked or (rendered.html, rendered.text)
+    body = _unmark(_NO_FP.sub("", _HREF.sub(html_link, html)))
+    text = _unmark(_TEXT_URL.sub(text_link, text))
     honeypot = tokens.url("c", "c", contact_id, message_id, tokens.HONEYPOT)
     trap = (f'<a href="{honeypot}" aria-hidden="true" tabindex="-1" style="display:none;font-size:0;'
             'line-height:0;max-height:0;overflow:hidden;mso-hide:all"></a>')
@@ -102,22 +133,12 @@ def track(rendered: Rendered, *, contact_id: str, message_id: str) -> tuple[Rend
     opening = _BODY_OPEN.search(body)
     body = body[:opening.end()] + trap + body[opening.end():] if opening else trap + body
     body = body.replace("</body>", pixel + "</body>", 1) if "</body>" in body else body + pixel
-    return replace(rendered, html=body, text=text), links
+    return replace(rendered, html=body, text=text, marked=None), links
 
 
 def build_mime(*, to: str, rendered: Rendered, message_id: str, headers: dict[str, str]) -> bytes:
-    cfg = config()
-    msg = EmailMessage(policy=_POLICY)
-    msg["From"] = formataddr(("", cfg.sender)) if "<" not in cfg.sender else cfg.sender
-    msg["To"] = to
-    msg["Subject"] = rendered.subject
-    msg["Message-ID"] = make_msgid(idstring=message_id, domain=cfg.sender.rsplit("@", 1)[-1].strip(">"))
-    msg["X-Funnelpilot-Message-Id"] = message_id
-    for name, value in headers.items():
-        msg[name] = one_line(value)
-    msg.set_content(rendered.text)
-    msg.add_alternative(rendered.html, subtype="html")
-    return msg.as_bytes()
+    return mime.build(sender=config().sender, to=to, subject=rendered.subject, message_id=message_id,
+                      headers=headers, text=rendered.text, html=rendered.html)
 
 
 def _ses():

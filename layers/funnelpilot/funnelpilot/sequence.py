@@ -9,11 +9,12 @@ contact's funnel entry is completed (``complete``).
 """
 import hashlib
 import json
+import logging
 import random
 from datetime import datetime, time, timedelta
 from decimal import Decimal
 from time import sleep
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from zoneinfo import ZoneInfo
 
 from boto3.dynamodb.types import TypeSerializer
 from pynamodb.exceptions import DoesNotExist, PutError, UpdateError
@@ -24,6 +25,7 @@ from funnelpilot.errors import FunnelLeft, QuietHours, RecipientRejected, Transi
 from funnelpilot.models import PROFILE, Contact, Message, is_conditional_failure
 
 LEAVES = ("unknown_contact", "erased", "unsubscribed", "suppressed", "goal_reached")  # blocked: journey over
+logger = logging.getLogger(__name__)
 LOG_KEEP = 720 * 3600  # marketing_log entries kept: the longest frequency-cap window a funnel may set
 WAIT_GRACE = 86_400  # a wait item outlives its timeout by a day, then DynamoDB's TTL removes it
 LEASE_SECONDS = 60  # real seconds a send attempt holds its claim (the function's timeout is 30 s)
@@ -52,14 +54,16 @@ def _update(key: dict, expression: str, condition: str, values: dict, names: dic
                            ExpressionAttributeValues=values, **extra)
 
 
-def _zone(*names: str | None) -> ZoneInfo:
-    """The first valid IANA zone of ``names`` (contact's, then funnel's), else UTC."""
-    for name in names:
+def _zone(contact_zone: str | None, funnel_zone: str | None) -> ZoneInfo:
+    """The contact's IANA zone, else the funnel's, else UTC. A stored value never fails a step:
+    any error loading it (``Europe`` is a directory: IsADirectoryError) is logged with whose zone
+    and the reason (never the value) and the next one is tried."""
+    for whose, name in (("contact", contact_zone), ("funnel", funnel_zone)):
         if name:
             try:
                 return ZoneInfo(name)
-            except (ZoneInfoNotFoundError, ValueError):
-                continue
+            except Exception as exc:  # noqa: BLE001 - whatever the stored text, fall back
+                logger.warning("time zone fallback", extra={"zone": whose, "reason": type(exc).__name__})
     return ZoneInfo("UTC")
 
 

@@ -6,8 +6,10 @@ moments later.
 The site is the same server under a second name, ``http://localhost:<port>`` (``SiteUrl``):
 email links to it are tracked and carry the visitor's ``fp`` token, as they would for a
 real site on its own domain, and both names are allowed origins for ``/collect``."""
+import json
 import re
 import threading
+import traceback
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -15,6 +17,8 @@ from funnelpilot_local.runtime import Runtime
 
 SITE = Path(__file__).with_name("site")
 _PAGE = re.compile(r"^/([a-z0-9-]+)$")
+# What API Gateway answers when a function's response is malformed (502) or the call fails (500).
+_GATEWAY_ERROR = {"content-type": "application/json"}, json.dumps({"message": "Internal Server Error"}).encode()
 
 
 def page(path: str) -> Path | None:
@@ -31,14 +35,26 @@ def make_handler(rt: Runtime):
         server_version = "funnelpilot-local"
 
         def _serve(self, method: str) -> None:
-            length = int(self.headers.get("content-length") or 0)
-            body = self.rfile.read(length) if length else None
-            site_page = page(self.path) if method in ("GET", "HEAD") else None
-            if site_page:
-                return self._send(200, {"content-type": "text/html; charset=utf-8"},
-                                  site_page.read_bytes() if method == "GET" else b"")
-            headers = {k: v for k, v in self.headers.items()}
-            resp = rt.http(method, self.path, body=body, headers=headers, source_ip=self.client_address[0])
+            """Every request gets an answer, never a dropped connection: a failure in the runtime
+            is a 500, a response header that HTTP cannot carry (not Latin-1) a 502, as on AWS."""
+            try:
+                length = int(self.headers.get("content-length") or 0)
+                body = self.rfile.read(length) if length else None
+                site_page = page(self.path) if method in ("GET", "HEAD") else None
+                if site_page:
+                    return self._send(200, {"content-type": "text/html; charset=utf-8"},
+                                      site_page.read_bytes() if method == "GET" else b"")
+                headers = {k: v for k, v in self.headers.items()}
+                resp = rt.http(method, self.path, body=body, headers=headers, source_ip=self.client_address[0])
+            except Exception:  # noqa: BLE001 - logged, answered like API Gateway
+                traceback.print_exc()
+                return self._send(500, *_GATEWAY_ERROR)
+            try:
+                for key, value in resp.headers.items():
+                    f"{key}: {value}".encode("latin-1")
+            except UnicodeEncodeError:
+                print(f"  response header not Latin-1 ({key}): answered 502 as API Gateway would")
+                return self._send(502, *_GATEWAY_ERROR)
             self._send(resp.status, resp.headers, resp.body if method != "HEAD" else b"")
 
         def _send(self, status: int, headers: dict, body: bytes) -> None:

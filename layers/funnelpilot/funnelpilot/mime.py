@@ -1,0 +1,41 @@
+"""The raw MIME message and the one function every header value goes through.
+
+Standard library only: tests/test_mime_versions.py builds messages with this module under
+each Python the project supports, since the header parser and folder differ between them
+(on 3.11 and 3.12 an RFC 2047 encoded word in a value is decoded when the header is
+folded, so ``=?utf-8?q?Ann=0D=0ABcc:_x@evil.test?=`` became a raw ``Bcc:`` line).
+"""
+import re
+from email import policy
+from email.message import EmailMessage
+from email.utils import formataddr, make_msgid
+
+# every str.splitlines() break and every other C0/C1 control character
+_BREAKS = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]+")
+_SPACES = re.compile(r"\s{2,}")
+# SMTP line endings, and long headers (List-Unsubscribe URLs) kept whole instead of RFC 2047-encoded.
+POLICY = policy.SMTP.clone(max_line_length=998)
+
+
+def header_text(value: str) -> str:
+    """A header value that can only ever be one header's text: line breaks and control
+    characters become spaces, and ``=?`` (the start of an RFC 2047 encoded word, which a
+    parser would decode) becomes ``= ?``. Non-ASCII text is left for the library to encode."""
+    return _SPACES.sub(" ", _BREAKS.sub(" ", value)).replace("=?", "= ?").strip()
+
+
+def build(*, sender: str, to: str, subject: str, message_id: str, headers: dict[str, str], text: str,
+          html: str) -> bytes:
+    """The message as bytes: From, To, Subject, Message-ID, X-Funnelpilot-Message-Id and
+    ``headers``, every value through ``header_text``; a text and an HTML part."""
+    msg = EmailMessage(policy=POLICY)
+    msg["From"] = formataddr(("", sender)) if "<" not in sender else header_text(sender)
+    msg["To"] = header_text(to)
+    msg["Subject"] = header_text(subject)
+    msg["Message-ID"] = make_msgid(idstring=header_text(message_id), domain=sender.rsplit("@", 1)[-1].strip(">"))
+    msg["X-Funnelpilot-Message-Id"] = header_text(message_id)
+    for name, value in headers.items():
+        msg[name] = header_text(value)
+    msg.set_content(text)
+    msg.add_alternative(html, subtype="html")
+    return msg.as_bytes()
