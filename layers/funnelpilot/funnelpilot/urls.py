@@ -6,8 +6,9 @@ parse, and anything a browser might read differently from us is refused outright
 printable ASCII without a backslash (no tabs, newlines, spaces, controls, zero-width or
 fullwidth characters, nothing that NFKC-normalises into URL syntax, no IDN spelled in
 Unicode), an http(s) scheme, no user info, and the host (with its port, when not the
-default) on the allow-list. The caller then sends the parser's serialisation, never the raw
-text, so the Location header is the URL that was checked.
+default) on the allow-list, and Python's ``urlsplit`` reading the same scheme, host and
+port. The caller then sends the parser's serialisation, never the raw text, so the Location
+header is the URL that was checked.
 """
 import re
 from urllib.parse import urlsplit
@@ -31,13 +32,15 @@ def allowed_redirect(raw: str, hosts: tuple[str, ...], field: str = "redirect") 
     allowed = {h.strip().lower() for h in hosts if h.strip()}
     if url.protocol not in ("http:", "https:") or url.username or url.password or url.host not in allowed:
         raise refused
-    href = url.href
-    # a second reader (Python's, as any later consumer here would use) must land on the same host
+    # Python's reader must see the same scheme, host and port in the text (so no percent-encoded
+    # or numeric-shorthand host, no "https:example.com"): two readers that disagree mean ambiguity
+    default = {"http:": 80, "https:": 443}[url.protocol]
     try:
-        parts = urlsplit(href)
-        agree = (parts.scheme, parts.hostname, parts.port) == (url.protocol[:-1], url.hostname, int(url.port or 0) or None)
+        parts = urlsplit(raw)
+        agree = (parts.scheme.lower() + ":", parts.hostname, parts.port or default) == (
+            url.protocol, url.hostname, int(url.port or default))
     except ValueError:
         agree = False
     if not agree:
         raise refused
-    return href
+    return url.href
