@@ -8,8 +8,10 @@ that a WHATWG parser (ada, the parser Node.js ships) puts on an allowed host, th
 reads in the payload itself; never anything else. tests/test_browser_redirects.py checks a
 sample in Chromium.
 """
+import http.client
 import itertools
-from urllib.parse import urlsplit
+import json
+from urllib.parse import urlencode, urlsplit
 
 from ada_url import URL
 
@@ -96,3 +98,36 @@ def test_every_redirect_variant_is_refused_or_lands_on_an_allowed_host(rt):
     # the family the issue reported: what urlsplit put on example.com, a browser puts on evil.com
     fooled = [raw for raw in cases if python_host(raw.strip()) in ALLOWED and browser_host(raw.strip()) == EVIL]
     assert len(fooled) >= 20 and all(answers[raw] == 400 for raw in fooled)
+
+
+def test_the_local_server_answers_every_non_latin1_signup(tmp_path, monkeypatch):
+    """``make serve``: a field outside Latin-1 (zero-width, fullwidth, CJK, emoji) in any signup
+    field, JSON or form, gets an HTTP answer; a response header HTTP cannot carry is a 502 and a
+    failing call a 500, as API Gateway answers, never a dropped connection."""
+    from test_browser import free_port
+
+    from funnelpilot_local.runtime import HttpResponse
+    from funnelpilot_local.server import LocalServer
+
+    fields = ["email", "consent", "list", "first_name", "lead_magnet", "timezone", "redirect", "website", "utm_source"]
+    values = ["\u200b", "https://example.com/\u200b", "https://evil.com\uff0f@example.com", "\u65e5\u672c", "\U0001f389",
+              "https://example.com/caf\u00e9", "Europe/\u200bParis"]
+    with LocalServer(free_port(), state_dir=tmp_path / "local") as server:
+        server.start()
+
+        def post(body: bytes, ctype: str) -> int:
+            conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+            try:
+                conn.request("POST", "/signup", body=body, headers={"content-type": ctype})
+                return conn.getresponse().status
+            finally:
+                conn.close()
+
+        for name, value in itertools.product(fields, values):
+            data = {"email": "wide@example.com", "consent": "true", name: value}
+            assert post(json.dumps(data).encode(), "application/json") in (202, 303, 400), (name, value)
+            assert post(urlencode(data).encode(), "application/x-www-form-urlencoded") in (202, 303, 400), (name, value)
+        monkeypatch.setattr(server.rt, "http", lambda *a, **k: HttpResponse(303, {"location": "https://x.test/\u200b"}, b""))
+        assert post(b"{}", "application/json") == 502
+        monkeypatch.setattr(server.rt, "http", lambda *a, **k: 1 / 0)
+        assert post(b"{}", "application/json") == 500
