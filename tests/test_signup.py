@@ -12,12 +12,13 @@ def contacts_table_items(rt) -> list[dict]:
 
 def test_json_signup_creates_contact_and_emits_subscribed(rt, tap):
     resp = rt.http("POST", "/signup", json_body={"email": "  Ann.Lee@Example.COM ", "consent": True,
-                                                 "first_name": "Ann", "utm_source": "ads"})
+                                                 "first_name": "Ann", "utm_source": "ads", "timezone": "Europe/Paris"})
     assert resp.status == 202
     cid = resp.json()["contact_id"]
     assert "@" not in cid and "ann" not in cid
     contact = Contact.get(cid, PROFILE)
     assert contact.email == "ann.lee@example.com"
+    assert contact.timezone == "Europe/Paris"  # a reserved word in DynamoDB: the update names it
     assert contact.first_name == "Ann"
     assert contact.lists == {"newsletter"}
     assert contact.utm.as_dict() == {"utm_source": "ads"}

@@ -168,6 +168,7 @@ def _profile_update(signup: Signup, cid: str, now: str, seen: str | None, status
     """The profile's Update, valid only while its status is still ``seen``."""
     sets = ["email = :email", "created_at = if_not_exists(created_at, :now)", "updated_at = :now"]
     adds, removes = ["lists :list"], []
+    names = {"#s": "status"}
     values = {":email": {"S": signup.email}, ":now": {"S": now}, ":list": {"SS": [signup.list_name]}}
     if status != seen:
         sets.append("#s = :status")
@@ -183,13 +184,14 @@ def _profile_update(signup: Signup, cid: str, now: str, seen: str | None, status
         adds.append("lead_magnets :magnet")
         values[":magnet"] = {"SS": [signup.lead_magnet]}
     if signup.timezone:
-        sets.append("timezone = :tz")
+        sets.append("#tz = :tz")  # a DynamoDB reserved word
+        names["#tz"] = "timezone"
         values[":tz"] = {"S": signup.timezone}
     if signup.utm:
         sets.append("utm = if_not_exists(utm, :utm)")
         values[":utm"] = {"M": {k: {"S": v} for k, v in signup.utm.items()}}
     expression = f"SET {', '.join(sets)} ADD {', '.join(adds)}" + (f" REMOVE {', '.join(removes)}" if removes else "")
     return {"Update": {"TableName": config().table, "Key": {"pk": {"S": cid}, "sk": {"S": PROFILE}},
-                       "UpdateExpression": expression, "ExpressionAttributeNames": {"#s": "status"},
+                       "UpdateExpression": expression, "ExpressionAttributeNames": names,
                        "ExpressionAttributeValues": values, "ReturnValuesOnConditionCheckFailure": "ALL_OLD",
                        "ConditionExpression": "attribute_not_exists(#s)" if seen is None else "#s = :seen"}}
