@@ -58,7 +58,9 @@ def open_email(rt, cid, template, agent=BROWSER) -> None:
 
 def journey(rt, funnel, cid) -> tuple[str, list[str]]:
     """(status, states entered) of the contact's only execution of the funnel."""
-    [ex] = [e for e in executions(rt, funnel) if e["name"].startswith(cid)]
+    sfn = rt.client("stepfunctions")
+    [ex] = [e for e in executions(rt, funnel)
+            if json.loads(sfn.describe_execution(executionArn=e["executionArn"])["input"])["contact_id"] == cid]
     status = rt.client("stepfunctions").describe_execution(executionArn=ex["executionArn"])["status"]
     return status, entered_states(rt, ex["executionArn"])
 

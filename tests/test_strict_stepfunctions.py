@@ -7,6 +7,7 @@ import uuid
 import pytest
 from botocore.exceptions import ClientError
 
+from funnelpilot import funnels
 from funnelpilot.models import PROFILE, Contact
 from funnelpilot_local.aws_rules import Rules
 from funnelpilot_local.runtime import ROOT, Runtime
@@ -162,7 +163,7 @@ def test_a_throttled_start_leaves_no_entry_starting_and_the_retry_enters(tmp_pat
         key = {"pk": {"S": cid}, "sk": {"S": "FUNNEL#demo"}}
         assert "Item" not in rt.client("dynamodb").get_item(TableName="ContactsTable", Key=key)
         assert rt.advance(1000)  # one token refilled
-        assert rt.invoke("FunnelRouterFunction", route)["execution"] == f"{cid}-1"
+        assert rt.invoke("FunnelRouterFunction", route)["execution"] == funnels.execution_name(cid, "demo", "1", "")
         item = rt.client("dynamodb").get_item(TableName="ContactsTable", Key=key)["Item"]
         assert item["status"]["S"] in ("running", "completed") and item["entries"]["N"] == "1"
         assert rt.settle()

@@ -11,9 +11,13 @@ logger = Logger()
 @logger.inject_lambda_context
 def handler(event: dict, context) -> dict:
     detail_type, detail = event["detail-type"], event["detail"]
+    # touch, then score: scoring reads the profile after the touch, so an erased contact's
+    # ACTIVITY is either found by the erasure or undone here (funnelpilot.erasure)
+    engaged = (detail_type in inactivity.ENGAGEMENT and not detail.get("unverified")
+               and inactivity.touch(detail["contact_id"], scoring.event_time(detail)))
     outcome = scoring.record(detail_type, detail)
-    if outcome.status != "unknown_contact" and detail_type in inactivity.ENGAGEMENT:
-        inactivity.touch(detail["contact_id"], scoring.event_time(detail))
+    if engaged and outcome.status == "unknown_contact":
+        inactivity.forget(detail["contact_id"])
     if detail_type == "order.placed" and outcome.status != "unknown_contact":
         # also on a duplicate: a retry after a failed schedule call must still schedule
         repurchase.schedule(Contact.get(detail["contact_id"], PROFILE, consistent_read=True))

@@ -14,7 +14,7 @@ from functools import cache
 
 import yaml
 
-from funnelpilot import aws, bus, clock, emails, scoring, tokens
+from funnelpilot import aws, bus, clock, emails, erasure, scoring, tokens
 from funnelpilot.config import config
 from funnelpilot.errors import RecipientRejected
 from funnelpilot.models import PROFILE, Contact
@@ -31,8 +31,9 @@ def settings() -> dict:
 def reason_for(detail_type: str, detail: dict) -> str | None:
     """Why this event deserves an alert, or None."""
     cfg = settings()
-    if detail_type == "page.viewed":
-        return f"viewed {detail.get('path')}" if detail.get("path") in cfg["pages"] else None
+    if detail_type == "page.viewed":  # not a view under an unproven signup token (funnelpilot.visitors)
+        listed = detail.get("path") in cfg["pages"] and not detail.get("unverified")
+        return f"viewed {detail.get('path')}" if listed else None
     if detail_type in cfg["events"]:
         return detail.get("reason") or {"lead.qualified": "qualified lead", "customer.vip": "VIP customer"}.get(
             detail_type, detail_type)
@@ -48,14 +49,23 @@ def recent_activity(cid: str, limit: int) -> list[dict]:
 
 
 def _claim(cid: str, reason: str) -> bool:
+    """Take the contact's alert window, in one transaction with a check that the profile
+    is still there (an event in flight for an erased person creates no ALERT item)."""
     now = clock.now()
     until = now + settings()["rate_limit"]
-    return aws.conditional("update_item", Key={"pk": {"S": cid}, "sk": {"S": "ALERT"}},
-                           UpdateExpression="SET #until = :until, reason = :r, expires_at = :exp",
-                           ConditionExpression="attribute_not_exists(#until) OR #until <= :now",
-                           ExpressionAttributeNames={"#until": "until"},
-                           ExpressionAttributeValues={":until": {"N": str(until)}, ":now": {"N": str(now)},
-                                                      ":r": {"S": reason}, ":exp": {"N": str(int(until))}})
+    claim = {"Update": {"TableName": config().table, "Key": {"pk": {"S": cid}, "sk": {"S": "ALERT"}},
+                        "UpdateExpression": "SET #until = :until, reason = :r, expires_at = :exp",
+                        "ConditionExpression": "attribute_not_exists(#until) OR #until <= :now",
+                        "ExpressionAttributeNames": {"#until": "until"},
+                        "ExpressionAttributeValues": {":until": {"N": str(until)}, ":now": {"N": str(now)},
+                                                      ":r": {"S": reason}, ":exp": {"N": str(int(until))}}}}
+    try:
+        aws.transact_write([erasure.alive(cid), claim])
+    except Exception as exc:
+        if aws.failed_conditions(exc):
+            return False  # rate-limited (or erased meanwhile)
+        raise
+    return True
 
 
 def _release(cid: str) -> None:

@@ -1,5 +1,6 @@
 """Contacts: validating a signup, creating or updating the person, recording consent."""
 import re
+import uuid
 from dataclasses import dataclass, field
 from functools import cache
 from importlib import resources
@@ -166,10 +167,12 @@ def _next_status(seen: str | None, double_opt_in: bool) -> tuple[str | None, boo
 
 def _profile_update(signup: Signup, cid: str, now: str, seen: str | None, status: str) -> dict:
     """The profile's Update, valid only while its status is still ``seen``."""
-    sets = ["email = :email", "created_at = if_not_exists(created_at, :now)", "updated_at = :now"]
+    sets = ["email = :email", "created_at = if_not_exists(created_at, :now)", "updated_at = :now",
+            "incarnation = if_not_exists(incarnation, :inc)"]  # new on every new profile (funnelpilot.erasure)
     adds, removes = ["lists :list"], []
     names = {"#s": "status"}
-    values = {":email": {"S": signup.email}, ":now": {"S": now}, ":list": {"SS": [signup.list_name]}}
+    values = {":email": {"S": signup.email}, ":now": {"S": now}, ":list": {"SS": [signup.list_name]},
+              ":inc": {"S": uuid.uuid4().hex[:12]}}
     if status != seen:
         sets.append("#s = :status")
         values[":status"] = {"S": status}

@@ -8,9 +8,12 @@
 
 The contact is found from the recipient address (contact_id is a keyed hash of it), the
 message from our ``X-Funnelpilot-Message-Id`` header, which SES copies into ``mail.headers``.
-Idempotent on the EventBridge event id: emitted events reuse it, status changes are
-conditional, and a soft bounce is counted together with a marker item in one transaction
-(retried while it conflicts with another write on the profile: a conflict must not lose it).
+Idempotent on SES's own ids, not on the EventBridge event id (a re-published copy of an SES
+event gets a new one): a bounce or complaint on its ``feedbackId``, a delivery on the SES
+message id. Emitted events reuse that key, status changes are conditional, and a soft
+bounce (or a delivery's reset of the count) is applied together with a marker item in one
+transaction (retried while it conflicts with another write on the profile: a conflict must
+not lose it).
 """
 import os
 from datetime import datetime, timezone
@@ -60,7 +63,7 @@ def handle(event: dict) -> list[str]:
     kind = detail.get("eventType") or detail.get("notificationType")
     mail = detail.get("mail", {})
     message_id = _header(mail, "X-Funnelpilot-Message-Id")
-    event_id = f"ses-{event['id']}"
+    event_id = f"ses-{_feedback_key(kind, detail) or event['id']}"
     done = []
     if kind == "Bounce":
         bounce = detail["bounce"]
@@ -95,11 +98,21 @@ def handle(event: dict) -> list[str]:
         for address in delivery.get("recipients", []):
             cid = tokens.contact_id(contacts.normalise_email(address))
             _mark_message(cid, message_id, Message.delivered_at, _iso(delivery.get("timestamp")))
-            _reset_soft_bounces(cid)
+            _reset_soft_bounces(cid, event_id)
             bus.publish(bus.event("email.delivered", cid, event_id=f"{event_id}-{cid}",
                                   **consent.message_fields(cid, message_id)))
             done.append(f"{cid}: delivered")
     return done
+
+
+def _feedback_key(kind: str | None, detail: dict) -> str | None:
+    """SES's id of this feedback, the same in every copy of the event: ``feedbackId`` of a
+    bounce or complaint, the SES message id of a delivery."""
+    if kind in ("Bounce", "Complaint"):
+        return (detail.get(kind.lower()) or {}).get("feedbackId")
+    if kind == "Delivery" and detail.get("mail", {}).get("messageId"):
+        return f"{detail['mail']['messageId']}-delivery"
+    return None
 
 
 def _count_soft_bounce(cid: str, event_id: str) -> int:
@@ -124,10 +137,18 @@ def _count_soft_bounce(cid: str, event_id: str) -> int:
         return 0
 
 
-def _reset_soft_bounces(cid: str) -> None:
+def _reset_soft_bounces(cid: str, event_id: str) -> None:
+    """A delivery starts the count again, once per SES delivery: a copy of an old delivery
+    re-published after later soft bounces resets nothing."""
+    table = config().table
     try:
-        aws.retry_conflicts(lambda: Contact(cid, PROFILE).update(
-            actions=[Contact.soft_bounces.remove()], condition=Contact.pk.exists() & Contact.soft_bounces.exists()))
-    except UpdateError as exc:
-        if not is_conditional_failure(exc):
+        aws.transact_write([
+            {"Put": {"TableName": table, "ConditionExpression": "attribute_not_exists(pk)",
+                     "Item": {"pk": {"S": cid}, "sk": {"S": f"SEEN#{event_id}"},
+                              "expires_at": {"N": str(int(clock.now()) + MARKER_TTL)}}}},
+            {"Update": {"TableName": table, "Key": {"pk": {"S": cid}, "sk": {"S": PROFILE}},
+                        "UpdateExpression": "REMOVE soft_bounces", "ConditionExpression": "attribute_exists(pk)"}}])
+    except ClientError as exc:
+        if not aws.failed_conditions(exc):
             raise
+        # a copy of a delivery already applied, or an address we do not know

@@ -1,18 +1,21 @@
 """Putting contacts into funnels, taking them out at a goal, and resuming ``wait_for`` steps
 (functions/funnel_router; each funnel is a Step Functions state machine).
 
-Executions are named ``<contact_id>-<entry>`` so an operator finds a person's journey in
-the console and a goal event can address (stop) it. The contact's ``FUNNEL#<id>`` item
-guards the entry rule: one conditional UpdateItem claims an entry, so duplicate or
-concurrent trigger events start one execution. Its ``execution_arn`` is set by that
-claim (the name is deterministic), which lets the steps of a stale execution recognise
-that the entry is no longer theirs.
+Executions are named by a keyed digest of (contact, funnel, entry, the contact's
+incarnation): deterministic, so a duplicate trigger event finds its execution
+(ExecutionAlreadyExists) and a goal event can address (stop) it, but no contact id in the
+console, in CloudWatch or in an ARN; a signup after an erasure is a new incarnation, so
+new names (and a new welcome). An operator finds a person's executions in their export
+(the ``FUNNEL#`` items' ``execution_arn``). The contact's ``FUNNEL#<id>`` item guards the
+entry rule: one transaction claims an entry, conditioned on the profile still being this
+incarnation (an event in flight when the person was erased creates nothing), so duplicate
+or concurrent trigger events start one execution. Its ``execution_arn`` is set by that
+claim, which lets the steps of a stale execution recognise that the entry is no longer theirs.
 """
 import json
 from functools import cache
 
-from funnelpilot import aws, bus, clock, scoring, tokens
-from funnelpilot.aws import is_conditional_failure
+from funnelpilot import aws, bus, clock, erasure, scoring, tokens
 from funnelpilot.config import config
 
 ENTRY_RULES = ("once_per_contact", "once_per_trigger", "always")
@@ -29,8 +32,9 @@ def _entry_key(cid: str, funnel: str) -> dict:
     return {"pk": {"S": cid}, "sk": {"S": f"FUNNEL#{funnel}"}}
 
 
-def execution_name(contact_id: str, entry: str) -> str:
-    return f"{contact_id}-{entry}"[:80]
+def execution_name(contact_id: str, funnel: str, entry: str, incarnation: str) -> str:
+    """The execution of one entry of one incarnation of a contact (16 characters, [a-z2-7])."""
+    return tokens.keyed_id("execution", "|".join((contact_id, funnel, entry, incarnation)))
 
 
 def execution_arn(state_machine_arn: str, name: str) -> str:
@@ -97,9 +101,15 @@ def enter(*, funnel: str, state_machine_arn: str, entry_rule: str, event: dict,
         raise ValueError(f"unknown entry rule {entry_rule!r}")
     detail = event["detail"]
     cid, event_id = detail["contact_id"], detail["event_id"]
+    incarnation = erasure.incarnation(cid)
+    if incarnation is None:
+        return None  # erased (an event in flight), or never subscribed: nothing is written
     entry_id = "1" if entry_rule == "once_per_contact" else event_id[:32]
-    name = execution_name(cid, entry_id)
+    name = execution_name(cid, funnel, entry_id, incarnation)
     arn = execution_arn(state_machine_arn, name)
+    # TransactWriteItems returns no old values: the entry this claim replaces is read first
+    old = aws.dynamodb().get_item(TableName=config().table, Key=_entry_key(cid, funnel), ConsistentRead=True
+                                  ).get("Item") or {}
     now = clock.now()
     values = {":starting": {"S": "starting"}, ":running": {"S": "running"}, ":eid": {"S": event_id},
               ":iso": {"S": clock.iso(now)}, ":now": {"N": str(int(now))}, ":one": {"N": "1"},
@@ -110,19 +120,24 @@ def enter(*, funnel: str, state_machine_arn: str, entry_rule: str, event: dict,
     if ":running" not in condition:
         del values[":running"]
     claimed = True
+    if old.get("execution_arn"):  # pin what we replace: "always" stops it, a failed start puts it back
+        condition = f"({condition}) AND execution_arn = :old AND #s = :oldstatus"
+        values[":old"], values[":oldstatus"] = old["execution_arn"], old.get("status", {"S": ""})
+    claim = {"Update": {"TableName": config().table, "Key": _entry_key(cid, funnel),
+                        "UpdateExpression": "SET #s = :starting, entered_at = :iso, entered_ts = :now, "
+                                            "trigger_event_id = :eid, execution_arn = :arn, funnel = :f "
+                                            "ADD entries :one",
+                        "ConditionExpression": condition, "ExpressionAttributeNames": {"#s": "status"},
+                        "ExpressionAttributeValues": values}}
     try:
-        old = aws.dynamodb().update_item(
-            TableName=config().table, Key=_entry_key(cid, funnel), ReturnValues="ALL_OLD",
-            UpdateExpression="SET #s = :starting, entered_at = :iso, entered_ts = :now, trigger_event_id = :eid, "
-                             "execution_arn = :arn, funnel = :f ADD entries :one",
-            ConditionExpression=condition, ExpressionAttributeNames={"#s": "status"},
-            ExpressionAttributeValues=values).get("Attributes", {})
+        aws.transact_write([erasure.alive(cid, incarnation), claim])
     except Exception as exc:
-        if not is_conditional_failure(exc):
+        failed = aws.failed_conditions(exc)
+        if not failed:
             raise
-        current = entry(cid, funnel) or {}
+        current = {} if 0 in failed else (entry(cid, funnel) or {})
         if not (current.get("status") == "starting" and current.get("trigger_event_id") == event_id):
-            return None  # not allowed; or a duplicate of an entry already made
+            return None  # erased meanwhile; not allowed; or a duplicate of an entry already made
         arn = current["execution_arn"]  # a retry of a half-done entry: start it (again)
         old, claimed = {}, False
     old_arn = old.get("execution_arn", {}).get("S")
@@ -140,7 +155,9 @@ def enter(*, funnel: str, state_machine_arn: str, entry_rule: str, event: dict,
         # A late duplicate of a trigger whose journey already ran (same name): nothing to start.
         set_status(cid, funnel, arn, "completed", only_from=("starting",))
         return None
-    set_status(cid, funnel, arn, "running", only_from=("starting",))
+    if not set_status(cid, funnel, arn, "running", only_from=("starting",)) and entry(cid, funnel) is None:
+        _stop(arn, "ContactErased", "the contact was erased while the journey started")
+        return None
     if started:
         bus.publish(bus.event("funnel.entered", cid, event_id=tokens.digest_id("fe", funnel, name), funnel=funnel,
                               entry=entry_id, trigger=event.get("detail-type")))

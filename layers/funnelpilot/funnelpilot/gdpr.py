@@ -2,16 +2,17 @@
 
 Everything about a contact lives under one partition key (``pk = contact_id``), so an
 export is one Query (paginated) and an erasure is that Query plus batched deletes. The
-profile goes too: a later signup with fresh consent starts a new person, and funnel
-steps still running for the old one find no contact and send nothing
-(``unknown_contact``). Anonymous aggregates (MetricsTable counters per funnel, step and
-day) hold no person and stay.
+profile goes first (funnelpilot.erasure: every writer is conditioned on it, so an event
+still in flight writes nothing afterwards), then everything else; the person's running
+funnel executions are stopped and their repurchase schedule deleted. A later signup with
+fresh consent is a new person (a new incarnation). Anonymous aggregates (MetricsTable
+counters per funnel, step and day) hold no person and stay.
 """
 from decimal import Decimal
 
 from boto3.dynamodb.types import TypeDeserializer
 
-from funnelpilot import aws, bus, clock, outbox
+from funnelpilot import aws, bus, clock, outbox, repurchase
 from funnelpilot.config import config
 
 _DESERIALIZER = TypeDeserializer()
@@ -62,25 +63,57 @@ def export(cid: str) -> dict | None:
     for item in items:
         kind = item["sk"].split("#", 1)[0].lower()
         grouped.setdefault(kind, []).append(item)
-    return {"contact_id": cid, "exported_at": clock.iso(), "items": grouped}
+    # Execution names carry no contact id: this is how an operator finds the person's journeys.
+    executions = [{"funnel": i["sk"].split("#", 1)[1], "execution_arn": i["execution_arn"], "status": i.get("status"),
+                   "entered_at": i.get("entered_at")} for i in grouped.get("funnel", []) if i.get("execution_arn")]
+    return {"contact_id": cid, "exported_at": clock.iso(), "executions": executions, "items": grouped}
 
 
 def erase(cid: str) -> int | None:
-    """Delete every item under the contact's key and emit ``contact.erased``; the number of
-    items deleted, or None if there was nothing to erase.
-
-    The last item is deleted in one transaction with the event's outbox item: a retry after
-    a failure half-way still finds it and erases the rest, and the event is written when
-    nothing else is left. The relay deletes that outbox item once it has published it, so
-    afterwards no item holds the contact id."""
-    keys = [{"pk": item["pk"], "sk": item["sk"]} for item in _raw_items(cid)]
-    if not keys:
+    """Erase the person: the profile is first replaced by a bare ``erased`` marker (no PII;
+    it keeps the incarnation, so a retry after a failure half-way still finds the schedule),
+    then every other item is deleted, the running executions stopped and the repurchase
+    schedule deleted; then the marker, in one transaction with the ``contact.erased`` outbox
+    item (the relay publishes it, then deletes it), and a last Query deletes what a writer
+    conditioned only on the profile's existence wrote meanwhile. The number of items
+    deleted, or None if there was nothing to erase."""
+    table, profile_key = config().table, {"pk": {"S": cid}, "sk": {"S": "PROFILE"}}
+    old = aws.dynamodb().get_item(TableName=table, Key=profile_key, ConsistentRead=True).get("Item")
+    if old is not None:
+        marker = {**profile_key, "status": {"S": "erased"}, "erased_at": {"S": clock.iso()}}
+        if "incarnation" in old:
+            marker["incarnation"] = old["incarnation"]
+        aws.dynamodb().put_item(TableName=table, Item=marker)
+    count = _delete_items(cid)
+    if old is None and not count:
         return None
-    *others, last = keys
-    for i in range(0, len(others), 25):
-        requests = {config().table: [{"DeleteRequest": {"Key": k}} for k in others[i:i + 25]]}
+    if old is not None:
+        repurchase.unschedule(cid, old.get("incarnation", {}).get("S", ""))
+        count += 1
+    event = outbox.put(bus.event("contact.erased", cid, items=count))
+    aws.transact_write([{"Delete": {"TableName": table, "Key": profile_key}}, event] if old is not None else [event])
+    _delete_items(cid)
+    return count
+
+
+def _delete_items(cid: str) -> int:
+    """Delete the contact's items but the profile and outbox items (the relay deletes those once
+    published), stopping the executions of live funnel entries first."""
+    items = [i for i in _raw_items(cid) if i["sk"]["S"] != "PROFILE" and not i["sk"]["S"].startswith(outbox.PREFIX)]
+    for item in items:
+        if item["sk"]["S"].startswith("FUNNEL#") and item.get("status", {}).get("S") in ("starting", "running"):
+            _stop(item["execution_arn"]["S"])
+    keys = [{"pk": item["pk"], "sk": item["sk"]} for item in items]
+    for i in range(0, len(keys), 25):
+        requests = {config().table: [{"DeleteRequest": {"Key": k}} for k in keys[i:i + 25]]}
         while requests:
             requests = aws.dynamodb().batch_write_item(RequestItems=requests).get("UnprocessedItems") or {}
-    aws.transact_write([{"Delete": {"TableName": config().table, "Key": last}},
-                        outbox.put(bus.event("contact.erased", cid, items=len(keys)))])
     return len(keys)
+
+
+def _stop(arn: str) -> None:
+    sfn = aws.client("stepfunctions")
+    try:
+        sfn.stop_execution(executionArn=arn, error="ContactErased", cause="the contact was erased (GDPR)")
+    except sfn.exceptions.ExecutionDoesNotExist:
+        pass

@@ -32,6 +32,12 @@ def touch(contact_id: str, at: float) -> bool:
                                                       ":bucket": {"S": f"INACTIVE#{inactive_on(at)}"}})
 
 
+def forget(contact_id: str) -> None:
+    """Undo a ``touch`` for a contact that turned out not to exist (erased while the event
+    was in flight: the score handler touches first, then scoring reads the profile)."""
+    aws.dynamodb().delete_item(TableName=config().table, Key={"pk": {"S": contact_id}, "sk": {"S": "ACTIVITY"}})
+
+
 def last_activity(contact_id: str) -> float | None:
     item = aws.dynamodb().get_item(TableName=config().table, Key={"pk": {"S": contact_id}, "sk": {"S": "ACTIVITY"}},
                                    ProjectionExpression="last_at").get("Item")

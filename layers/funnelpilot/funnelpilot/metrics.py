@@ -15,7 +15,7 @@ import re
 
 from botocore.exceptions import ClientError
 
-from funnelpilot import aws, clock
+from funnelpilot import aws, clock, tokens
 from funnelpilot.config import config
 
 MARKER_TTL = 14 * 86400
@@ -95,7 +95,7 @@ def counters_for(detail_type: str, detail: dict) -> tuple[dict[str, int], str] |
             return {f"human_{kind}": 1}, f"{kind}#{mid}"
         return {f"machine_{kind}": 1}, eid
     if detail_type == "contact.unsubscribed":
-        return {"unsubscribes": 1}, f"unsub#{detail['contact_id']}"
+        return {"unsubscribes": 1}, f"unsub#{tokens.digest_id('u', detail['contact_id'])}"  # not the id itself
     if detail_type == "funnel.converted":
         return {"conversions": 1}, eid
     return None

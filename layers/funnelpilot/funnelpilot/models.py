@@ -75,9 +75,13 @@ class Contact(Item):
     created_at = UnicodeAttribute(null=True)
     updated_at = UnicodeAttribute(null=True)
     confirmed_at = UnicodeAttribute(null=True)  # double opt-in done
+    email_proven_at = NumberAttribute(null=True)  # first human email click (funnelpilot.visitors: fp tokens)
     confirm_sent_at = UnicodeAttribute(null=True)  # last confirmation email (resend throttle)
     soft_bounces = NumberAttribute(null=True)  # since the last delivery
     erased_at = UnicodeAttribute(null=True)
+    # Random, set when the profile is created: a signup after an erasure is a new person
+    # (new execution and schedule names, a new welcome), though the contact id is the same.
+    incarnation = UnicodeAttribute(null=True)
     # Scoring (funnelpilot.scoring): points expressed at the reference epoch ``score_at``;
     # read them through scoring.current_score(contact), never directly.
     score = NumberAttribute(null=True)

@@ -5,11 +5,14 @@ The due date is the last order plus the customer's mean interval between orders,
 a seasonal buyer (orders spread over a year or more, all within a window of at most three
 consecutive months), the start of that season next time round; minus ``remind_days_before``.
 Settings: ``repurchase`` in ``infra/scoring.yaml``.
+
+The schedule's name is a keyed digest of the contact and its incarnation (no contact id in
+the Scheduler console or its logs); an erasure deletes it (``unschedule``).
 """
 import json
 from datetime import datetime, timezone
 
-from funnelpilot import aws, clock, scoring, tokens
+from funnelpilot import aws, clock, erasure, scoring, tokens
 from funnelpilot.config import config
 from funnelpilot.models import Contact
 
@@ -50,8 +53,22 @@ def due_at(contact: Contact) -> tuple[float, str] | None:
     return last + interval - remind, "interval"
 
 
+def schedule_name(cid: str, incarnation: str) -> str:
+    return f"repurchase-{tokens.keyed_id('schedule', f'{cid}|{incarnation}')}"
+
+
+def unschedule(cid: str, incarnation: str) -> None:
+    """Delete the customer's schedule, if there is one."""
+    try:
+        _scheduler().delete_schedule(Name=schedule_name(cid, incarnation), GroupName=config().schedule_group)
+    except _scheduler().exceptions.ResourceNotFoundException:
+        pass
+
+
 def schedule(contact: Contact) -> str | None:
-    """Create or replace the customer's one-time schedule; returns its expression (or None)."""
+    """Create or replace the customer's one-time schedule; returns its expression (or None).
+    The profile is read again afterwards: when the customer was erased meanwhile (the
+    erasure may have looked for the schedule before it existed), the schedule is deleted."""
     due = due_at(contact)
     if due is None:
         return None
@@ -62,7 +79,7 @@ def schedule(contact: Contact) -> str | None:
     detail = {"event_id": tokens.digest_id("rd", cid, at[:10]), "contact_id": cid, "occurred_at": at + "Z",
               "due_at": at + "Z", "basis": basis, "orders": int(contact.orders or 0)}
     request = {
-        "Name": f"repurchase-{cid}"[:64], "GroupName": config().schedule_group,
+        "Name": schedule_name(cid, contact.incarnation or ""), "GroupName": config().schedule_group,
         "ScheduleExpression": f"at({at})", "ScheduleExpressionTimezone": "UTC",
         "FlexibleTimeWindow": {"Mode": "OFF"}, "ActionAfterCompletion": "DELETE",
         "Target": {"Arn": config().bus_arn, "RoleArn": config().scheduler_role_arn, "Input": json.dumps(detail),
@@ -72,4 +89,7 @@ def schedule(contact: Contact) -> str | None:
         _scheduler().create_schedule(**request)
     except _scheduler().exceptions.ConflictException:
         _scheduler().update_schedule(**request)
+    if erasure.incarnation(cid) != (contact.incarnation or ""):
+        unschedule(cid, contact.incarnation or "")
+        return None
     return request["ScheduleExpression"]

@@ -63,6 +63,7 @@ class Rule:
     per: float = 1
     max_points: float | None = None
     cap_per_day: int | None = None
+    once_per: tuple[str, ...] = ()  # detail fields: the rule scores once per day per their values
 
     def matches(self, detail_type: str, detail: dict) -> bool:
         return detail_type == self.event and all(matches(detail.get(k), want) for k, want in self.when.items())
@@ -129,7 +130,8 @@ def settings() -> Settings:
         rule = Rule(id=r["id"], event=r["event"], track=r.get("track", "capture"),
                     points=float(r.get("points", 0)), when=r.get("when") or {},
                     per_field=per.get("field"), per=float(per.get("per", 1)),
-                    max_points=r.get("max_points"), cap_per_day=r.get("cap_per_day"))
+                    max_points=r.get("max_points"), cap_per_day=r.get("cap_per_day"),
+                    once_per=tuple(r.get("once_per") or ()))
         if rule.track not in TRACKS:
             raise ValueError(f"scoring.yaml: rule {rule.id}: unknown track {rule.track!r}")
         rules.append(rule)
@@ -177,7 +179,9 @@ class Outcome:
 def record(detail_type: str, detail: dict) -> Outcome:
     """Apply the matching rules to one event (idempotent on event_id)."""
     t = event_time(detail)
-    matched = [r for r in settings().rules if r.matches(detail_type, detail)]
+    # a site view under a signup's fp token, before the address is proven, scores nothing
+    # (funnelpilot.visitors): anyone can sign up any address and browse as that person
+    matched = [] if detail.get("unverified") else [r for r in settings().rules if r.matches(detail_type, detail)]
     return _apply(detail_type, detail, matched, t, f"SCORED#{detail['event_id']}", log_activity=True)
 
 
@@ -206,7 +210,8 @@ def _apply(detail_type: str, detail: dict, matched: list, t: float, seen_sk: str
         if log_activity:
             items.append(_activity(cid, detail_type, detail, t, points))
         first_cap = len(items)
-        items += [_cap(cid, r, day) for r in rules if r.cap_per_day]
+        limited = [(r, item) for r in rules for item in _limits(cid, r, day, detail)]
+        items += [item for _, item in limited]
         items.append(_profile_update(contact, points, t, detail_type, detail))
         try:
             aws.transact_write(items)  # retried while it only conflicts with a concurrent event's
@@ -216,8 +221,7 @@ def _apply(detail_type: str, detail: dict, matched: list, t: float, seen_sk: str
                 raise
             if 0 in failed:
                 return Outcome("duplicate")
-            capped_rules = [r for r in rules if r.cap_per_day]
-            newly = {capped_rules[i - first_cap].id for i in failed if 0 <= i - first_cap < len(capped_rules)}
+            newly = {limited[i - first_cap][0].id for i in failed if 0 <= i - first_cap < len(limited)}
             if newly:
                 capped |= newly
             continue  # cap reached for some rule, or score_at moved (first score / rebase): retry
@@ -231,10 +235,12 @@ def _apply(detail_type: str, detail: dict, matched: list, t: float, seen_sk: str
 
 
 def _get(cid: str) -> Contact | None:
+    """The live profile, or None (never subscribed, or erased: nothing is scored)."""
     try:
-        return Contact.get(cid, PROFILE, consistent_read=True)
+        contact = Contact.get(cid, PROFILE, consistent_read=True)
     except Contact.DoesNotExist:
         return None
+    return None if contact.status == "erased" else contact
 
 
 def _key(cid: str, sk: str) -> dict:
@@ -259,12 +265,22 @@ def _activity(cid, detail_type, detail, t, points) -> dict:
     return {"Put": {"TableName": config().table, "Item": item}}
 
 
-def _cap(cid: str, rule: Rule, day: str) -> dict:
+def _limits(cid: str, rule: Rule, day: str, detail: dict) -> list[dict]:
+    """The rule's counters in the transaction: its daily cap, and once per day per the values
+    of its ``once_per`` fields (a double click on one link of one email scores once)."""
+    out = [_cap(cid, f"CAP#{day}#{rule.id}", rule.cap_per_day)] if rule.cap_per_day else []
+    if rule.once_per:
+        key = tokens.digest_id("", *(str(detail.get(f)) for f in rule.once_per))
+        out.append(_cap(cid, f"CAP#{day}#{rule.id}#{key}", 1))
+    return out
+
+
+def _cap(cid: str, sk: str, limit: int) -> dict:
     return {"Update": {
-        "TableName": config().table, "Key": _key(cid, f"CAP#{day}#{rule.id}"),
+        "TableName": config().table, "Key": _key(cid, sk),
         "UpdateExpression": "ADD hits :one SET expires_at = :exp",
         "ConditionExpression": "attribute_not_exists(hits) OR hits < :cap",
-        "ExpressionAttributeValues": {":one": _n(1), ":cap": _n(rule.cap_per_day),
+        "ExpressionAttributeValues": {":one": _n(1), ":cap": _n(limit),
                                       ":exp": _n(int(clock.now()) + 3 * DAY)}}}
 
 
@@ -308,6 +324,9 @@ def _profile_update(contact: Contact, points: dict, t: float, detail_type: str, 
             names[f"#{attr}"] = attr
             adds.append(f"#{attr} :p_{attr}")
             values[f":p_{attr}"] = _n(pts * 2.0 ** ((t - ref) / tracks[track].half_life))
+    if detail_type == "email.clicked" and detail.get("human") is True:
+        sets.append("email_proven_at = if_not_exists(email_proven_at, :proven)")  # visitors: the address is theirs
+        values[":proven"] = _n(t)
     if detail_type == "order.placed":
         month = clock.iso(t)[5:7]
         adds += ["orders :one", "order_months :month"]
@@ -345,6 +364,8 @@ def _thresholds(cid: str, event_id: str, t: float, points: dict) -> list[str]:
     """
     contact = _get(cid)
     entries, crossed = [], []
+    if contact is None:  # erased since the scoring transaction
+        return crossed
     for name, track in settings().tracks.items():
         if not points[name]:
             continue
@@ -375,4 +396,5 @@ def _set_flag(cid: str, flag: str, value: float, condition: str, t: float) -> bo
     if ":t" in condition:
         values[":t"] = _n(t)
     return aws.conditional("update_item", Key=_key(cid, PROFILE), UpdateExpression=f"SET {flag} = :v",
-                           ConditionExpression=condition, ExpressionAttributeValues=values)
+                           ConditionExpression=f"attribute_exists(pk) AND ({condition})",  # never re-creates a profile
+                           ExpressionAttributeValues=values)

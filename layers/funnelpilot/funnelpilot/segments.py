@@ -143,9 +143,10 @@ def is_member(segment: Segment, facts: Facts, now: float) -> bool:
     return all(results) if segment.mode == "all" else any(results)
 
 
-def record_facts(detail_type: str, detail: dict) -> None:
-    """Remember events that ``did`` conditions look for (latest time per condition)."""
-    seen = set()
+def record_facts(detail_type: str, detail: dict) -> list[str]:
+    """Remember events that ``did`` conditions look for (latest time per condition); the
+    ``DID#`` keys it wrote (``evaluate`` deletes them when the contact turns out to be gone)."""
+    seen, written = set(), []
     for seg in definitions().values():
         for cond in seg.conditions:
             did = cond.get("did")
@@ -161,22 +162,28 @@ def record_facts(detail_type: str, detail: dict) -> None:
                     TableName=config().table, Key={"pk": {"S": detail["contact_id"]}, "sk": {"S": f"DID#{key}"}},
                     UpdateExpression="SET #at = :t", ConditionExpression="attribute_not_exists(#at) OR #at < :t",
                     ExpressionAttributeNames={"#at": "at"}, ExpressionAttributeValues={":t": {"N": str(t)}})
+                written.append(f"DID#{key}")
             except ClientError as exc:
                 if exc.response["Error"]["Code"] != "ConditionalCheckFailedException":
                     raise
+    return written
 
 
 def evaluate(detail_type: str, detail: dict) -> dict[str, list[str]]:
     """Re-evaluate, for the event's contact, the segments that depend on this event type."""
     cid = detail["contact_id"]
-    record_facts(detail_type, detail)
+    facts_written = record_facts(detail_type, detail)
     affected = [s for s in definitions().values() if detail_type in s.depends_on()]
     changes: dict[str, list[str]] = {"entered": [], "left": []}
-    if not affected:
+    if not affected:  # (a did fact always has its segment among the affected ones)
         return changes
-    try:
+    try:  # read after writing the facts: an erasure that came first is seen here (funnelpilot.erasure)
         contact = Contact.get(cid, PROFILE, consistent_read=True)
     except Contact.DoesNotExist:
+        contact = None
+    if contact is None or contact.status == "erased":
+        for sk in facts_written:  # an event in flight for an erased person: leave nothing behind
+            aws.dynamodb().delete_item(TableName=config().table, Key={"pk": {"S": cid}, "sk": {"S": sk}})
         return changes
     facts, now = Facts(contact), clock.now()
     current = set(contact.segments or set())
@@ -226,7 +233,8 @@ def _leave(cid: str, segment: str) -> bool:
         {"Delete": {"TableName": config().table, "Key": _membership_key(cid, segment),
                     "ConditionExpression": "attribute_exists(pk)"}},
         {"Update": {"TableName": config().table, "Key": {"pk": {"S": cid}, "sk": {"S": PROFILE}},
-                    "UpdateExpression": "DELETE #segs :s", "ExpressionAttributeNames": {"#segs": "segments"},
+                    "UpdateExpression": "DELETE #segs :s", "ConditionExpression": "attribute_exists(pk)",
+                    "ExpressionAttributeNames": {"#segs": "segments"},
                     "ExpressionAttributeValues": {":s": {"SS": [segment]}}}}])
 
 

@@ -33,7 +33,13 @@ def _b64(raw: bytes) -> str:
 
 
 def _unb64(text: str) -> bytes:
-    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    """Strict base64url: only the canonical, unpadded encoding of some bytes decodes (a
+    lenient decoder accepts other final characters, padding and stray bytes: several
+    spellings of one token). Raises ValueError otherwise."""
+    raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    if _b64(raw) != text:
+        raise ValueError("not canonical base64url")
+    return raw
 
 
 def _mac(payload: bytes) -> bytes:

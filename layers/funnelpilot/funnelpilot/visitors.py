@@ -4,8 +4,13 @@
 Identity hand-off: a human click on an email link to one of the site origins (the
 ``CORS_ORIGINS`` allow-list, the same origins /collect accepts) lands with ``fp=<token>``
 appended, the way HubSpot appends ``_hsenc``; the signup response returns the same token.
-The token is ``tokens.sign("fp", contact_id, expiry_day)``: it names a contact and nothing
-else, is accepted by /collect only, and expires after ``TOKEN_DAYS`` (on the shared clock).
+The token is ``tokens.sign("fp", contact_id, expiry_day, issued_by)``: it names a contact
+and nothing else, is accepted by /collect only, and expires after ``TOKEN_DAYS`` (on the
+shared clock). ``issued_by`` is ``e`` for an email click (the visitor reads that inbox) or
+``s`` for the signup response (anyone can sign up any address): views under a signup token
+are emitted with ``unverified: true`` until the contact proved the address (confirmed a
+double opt-in, or clicked an email: ``confirmed_at`` / ``email_proven_at`` on the profile),
+and scoring and sales alerts ignore them.
 
 A collected hit with a token costs one GetItem (the contact still exists: an erased person's
 token in some browser attaches nothing), then for every hit one conditional UpdateItem per
@@ -18,17 +23,20 @@ import json
 import math
 import re
 from dataclasses import dataclass
+from functools import cache
 from urllib.parse import urlsplit
 
 from funnelpilot import aws, bus, clock, metrics, tokens
 from funnelpilot.config import config
 
 TOKEN_KIND = "fp"
+SIGNUP, EMAIL = "s", "e"  # who issued an fp token: the signup response, or an email click
 TOKEN_DAYS = 365
 DAY = 86_400
 MAX_BODY = 4096  # bytes; the snippet sends a few hundred
 WINDOW = 60  # seconds of a rate-limit window (real time, from API Gateway's request time)
 SITE_FUNNEL = "site"  # daily counters in MetricsTable as the "site" funnel: one step per page or event:<name>
+OTHER = "(other)"  # the counter of every page or event not declared in infra/site.yaml
 FIELDS = {"event", "token", "path", "title", "referrer", "utm", "props"}
 _EVENT = re.compile(r"^[a-z][a-z0-9_]{0,31}(\.[a-z][a-z0-9_]{0,31}){0,2}$")
 _PROP = re.compile(r"^[a-z][a-z0-9_]{0,39}$")
@@ -55,18 +63,27 @@ class Hit:
 
 
 # ------------------------------------------------------------------ identity hand-off
-def token(contact_id: str) -> str:
-    return tokens.sign(TOKEN_KIND, contact_id, str(int(clock.now() // DAY) + TOKEN_DAYS))
+def token(contact_id: str, issued_by: str = SIGNUP) -> str:
+    return tokens.sign(TOKEN_KIND, contact_id, str(int(clock.now() // DAY) + TOKEN_DAYS), issued_by)
+
+
+def _fields(token_: str) -> tuple[str, str, str]:
+    """(contact id, expiry day, issuer); a token from before issuers counts as a signup's."""
+    fields = tokens.verify(TOKEN_KIND, token_, 3) or [*(tokens.verify(TOKEN_KIND, token_, 2) or ["", ""]), SIGNUP]
+    if not fields[1].isdigit() or fields[2] not in (SIGNUP, EMAIL):
+        raise Refused(403, "contact token is not valid", "token")
+    return fields[0], fields[1], fields[2]
 
 
 def contact_of(token_: str) -> str | None:
     """The contact a token names; None once it has expired (the visit then counts as
     anonymous). A token that fails verification is refused (403)."""
-    fields = tokens.verify(TOKEN_KIND, token_, 2)
-    if fields is None or not fields[1].isdigit():
-        raise Refused(403, "contact token is not valid", "token")
-    cid, expires_day = fields
+    cid, expires_day, _ = _fields(token_)
     return cid if int(expires_day) * DAY > clock.now() else None
+
+
+def issued_by_email(token_: str) -> bool:
+    return _fields(token_)[2] == EMAIL
 
 
 def is_site(url: str) -> bool:
@@ -82,7 +99,7 @@ def hand_off(url: str, contact_id: str) -> str:
         return url
     parts = urlsplit(url)
     kept = [p for p in parts.query.split("&") if p and p.split("=", 1)[0] != "fp"]
-    return parts._replace(query="&".join([*kept, f"fp={token(contact_id)}"])).geturl()
+    return parts._replace(query="&".join([*kept, f"fp={token(contact_id, EMAIL)}"])).geturl()
 
 
 # ------------------------------------------------------------------ POST /collect
@@ -159,6 +176,46 @@ def parse(body: bytes) -> Hit:
                props=_pairs(data, "props", _PROP, 10, scalars=True))
 
 
+@cache
+def site() -> dict:
+    """``infra/site.yaml``: the pages and custom events with a counter row of their own."""
+    import yaml  # at the first hit, not at init: /collect is hot
+
+    doc = yaml.safe_load((config().content_dir / "site.yaml").read_text()) or {}
+    pages = [str(p) for p in doc.get("pages") or []]
+    return {"pages": {_normal(p) for p in pages if not p.endswith("/*")},
+            "prefixes": tuple(p[:-1] for p in pages if p.endswith("/*")),
+            "events": set(doc.get("events") or []), "keep_days": int(doc.get("keep_days", 400))}
+
+
+def _normal(path: str) -> str:
+    path = re.sub(r"/{2,}", "/", path)
+    return path.rstrip("/") or "/"
+
+
+def counter_step(hit: Hit) -> str:
+    """The counter row of a hit: a declared page or event, else ``(other)`` - a bounded set of rows."""
+    cfg = site()
+    if hit.event != "page.viewed":
+        return f"event:{hit.event if hit.event in cfg['events'] else OTHER}"
+    path = _normal(hit.path)
+    if path in cfg["pages"]:
+        return path
+    return next((p + "*" for p in cfg["prefixes"] if (path + "/").startswith(p)), OTHER)
+
+
+def _counter(hit: Hit, known: bool) -> dict:
+    """The UpdateItem that adds one to the hit's daily site counter row; the row expires
+    ``keep_days`` later."""
+    now = clock.now()
+    expires = (int(now // DAY) + site()["keep_days"] + 1) * DAY
+    return {"TableName": config().metrics_table,
+            "Key": metrics.counter_key(SITE_FUNNEL, f"STEP#{counter_step(hit)}", clock.iso(now)[:10]),
+            "UpdateExpression": "ADD #m :one SET expires_at = if_not_exists(expires_at, :exp)",
+            "ExpressionAttributeNames": {"#m": "known" if known else "anonymous"},
+            "ExpressionAttributeValues": {":one": {"N": "1"}, ":exp": {"N": str(expires)}}}
+
+
 def _window(scope: str, key: str, limit: int, at: float) -> bool:
     """Count one hit in a fixed-window counter; False (nothing added) once ``limit`` is reached."""
     window = int(at // WINDOW)
@@ -184,28 +241,30 @@ def record(hit: Hit, *, contact_id: str | None, ip: str, at: float) -> None:
     slots), and the counter was never more than at-most-once per request (a hit has no
     idempotency key; a browser retry counts again either way)."""
     cfg = config()
-    if contact_id and not _exists(contact_id):
+    profile = _profile(contact_id) if contact_id else None
+    if profile is None:
         contact_id = None  # erased (or never subscribed): counted, never attached to a person
     limits = [("ip", tokens.keyed_id("ip", ip), cfg.collect_limit_per_ip)]
     if contact_id:
-        limits.append(("contact", contact_id, cfg.collect_limit_per_contact))
+        limits.append(("contact", tokens.keyed_id("contact", contact_id), cfg.collect_limit_per_contact))
     for scope, key, limit in limits:
         if not _window(scope, key, limit, at):
             raise Refused(429, f"more than {limit} events a minute from this {scope}", scope)
-    step = hit.path[:200] if hit.event == "page.viewed" else f"event:{hit.event}"
-    aws.write("update_item", TableName=cfg.metrics_table, Key=metrics.counter_key(SITE_FUNNEL, f"STEP#{step}"),
-              UpdateExpression="ADD #m :one", ExpressionAttributeNames={"#m": "known" if contact_id else "anonymous"},
-              ExpressionAttributeValues={":one": {"N": "1"}})
+    aws.write("update_item", **_counter(hit, known=bool(contact_id)))
     if contact_id:
-        bus.publish(event(hit, contact_id))
+        proven = issued_by_email(hit.token) or "confirmed_at" in profile or "email_proven_at" in profile
+        bus.publish(event(hit, contact_id, unverified=not proven))
 
 
-def _exists(contact_id: str) -> bool:
+def _profile(contact_id: str) -> dict | None:
+    """Whether the contact exists, and whether they proved the address (see ``token``)."""
     key = {"pk": {"S": contact_id}, "sk": {"S": "PROFILE"}}
-    return "Item" in aws.dynamodb().get_item(TableName=config().table, Key=key, ProjectionExpression="pk")
+    item = aws.dynamodb().get_item(TableName=config().table, Key=key, ProjectionExpression="pk, #s, confirmed_at, "
+                                   "email_proven_at", ExpressionAttributeNames={"#s": "status"}).get("Item")
+    return None if item is None or item.get("status", {}).get("S") == "erased" else item
 
 
-def event(hit: Hit, contact_id: str) -> dict:
+def event(hit: Hit, contact_id: str, unverified: bool = False) -> dict:
     """``page.viewed`` (path, title, referrer, utm_*: the shape POST /events publishes, plus
     ``source: "site"``), or ``custom.<name>`` with ``properties`` for a custom event: the
     namespace POST /events uses too, so a browser can never emit ``order.placed`` or any
@@ -217,4 +276,6 @@ def event(hit: Hit, contact_id: str) -> dict:
     fields = {"path": hit.path, "title": hit.title, "referrer": hit.referrer, "source": "site", **dict(hit.utm)}
     if hit.props:
         fields["properties"] = dict(hit.props)
+    if unverified:  # a signup's token, not yet proven: scoring and sales alerts ignore it
+        fields["unverified"] = True
     return bus.event(detail_type, contact_id, **{k: v for k, v in fields.items() if v is not None})

@@ -326,6 +326,7 @@ def template_block(funnels: dict[str, Funnel]) -> str:
              "      Description: Puts contacts into funnels (entry rules), stops them at a goal, resumes wait_for steps.",
              "      CodeUri: functions/funnel_router/",
              "      Handler: app.handler",
+             "      LoggingConfig: { LogGroup: !Ref FunnelRouterFunctionLogs }",
              "      DeadLetterQueue: { Type: SQS, TargetArn: !GetAtt DeadLetterQueue.Arn }",
              "      EventInvokeConfig: { MaximumRetryAttempts: 2 }",
              "      Policies:",

@@ -201,6 +201,8 @@ def _operation(route: dict, operation_id: str) -> dict:
         responses = {**responses, "403": _error("origin not allowed")}
     if route["auth"] == "AWS_IAM":
         responses = {**responses, "403": _error("request not signed (locally: wrong x-api-key)")}
+    if QUERY.get(key):  # a query parameter the function validates: a bad one is a 400 with the field
+        responses = {**responses, "400": _error("invalid query parameter")}
     op["responses"] = responses
     return op
 

@@ -313,6 +313,12 @@ class Runtime:
             self.client("scheduler").create_schedule_group(Name=name)
             t.physical[lid] = name
             t.attributes[(lid, "Arn")] = f"arn:aws:scheduler:{REGION}:{ACCOUNT}:schedule-group/{name}"
+        for lid in t.of_type("AWS::Logs::LogGroup"):  # the functions' LoggingConfig names them
+            props = t.resolve(t.properties(lid))
+            self.client("logs").create_log_group(logGroupName=props["LogGroupName"])
+            self.client("logs").put_retention_policy(logGroupName=props["LogGroupName"],
+                                                     retentionInDays=int(props["RetentionInDays"]))
+            t.physical[lid] = props["LogGroupName"]
         for lid in t.of_type("AWS::Serverless::HttpApi"):
             t.physical[lid] = "local"
         for lid in t.of_type("AWS::Serverless::LayerVersion"):
