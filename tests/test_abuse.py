@@ -157,3 +157,22 @@ def test_the_report_routes_400_is_documented(rt):
     assert "400" in responses and responses["400"]["content"]["application/json"]
     assert json.loads((root / "infra" / "openapi.json").read_text())["paths"]["/funnels/{id}/report"]["get"][
         "responses"] == responses  # the committed document is the generated one
+
+
+def test_dynamodb_permissions_are_the_actions_each_function_performs(rt):
+    """No function may Scan or gets a CRUD policy template; the public routes cannot delete
+    (but the ingest marker) nor batch-write; strict IAM (the rt fixture) fails every test
+    whose code performs an action its function lacks."""
+    resources = rt.template.doc["Resources"]
+    public = {"SignupFunction", "TrackOpenFunction", "TrackClickFunction", "UnsubscribeFunction", "ConfirmFunction",
+              "SiteTrackerFunction"}
+    for lid, res in resources.items():
+        if res["Type"] != "AWS::Serverless::Function":
+            continue
+        policies = res["Properties"].get("Policies", [])
+        assert not [p for p in policies if "DynamoDBCrudPolicy" in p or "DynamoDBReadPolicy" in p], lid
+        actions = {a for p in policies for st in p.get("Statement", []) for a in
+                   ([st["Action"]] if isinstance(st["Action"], str) else st["Action"]) if a.startswith("dynamodb:")}
+        assert "dynamodb:Scan" not in actions, lid
+        if lid in public:
+            assert not actions & {"dynamodb:DeleteItem", "dynamodb:BatchWriteItem", "dynamodb:Query"}, lid

@@ -132,3 +132,16 @@ def test_erasure_is_complete_and_final_and_a_re_signup_is_a_new_person(rt, tap):
     assert len(emails_to(rt, "ann@example.com", "Welcome")) == 2
     [new] = [ex for ex in executions_of(rt, cid) if ex["status"] == "RUNNING"]
     assert new["name"] not in {ex["name"] for ex in running}
+
+
+def test_every_function_logs_to_its_own_group_with_a_retention(rt):
+    """LoggingConfig names a log group the stack creates (with RetentionInDays) for every function."""
+    resources = rt.template.doc["Resources"]
+    functions = [lid for lid, r in resources.items() if r["Type"] == "AWS::Serverless::Function"]
+    groups = {g["logGroupName"]: g.get("retentionInDays") for g in rt.client("logs").describe_log_groups()["logGroups"]}
+    named = set()
+    for lid in functions:
+        group = rt.template.resolve(resources[lid]["Properties"]["LoggingConfig"])["LogGroup"]
+        assert group == f"/aws/lambda/funnelpilot/{lid}" and groups[group] == 30, (lid, group)
+        named.add(group)
+    assert len(named) == len(functions) >= 19

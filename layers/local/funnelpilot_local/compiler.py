@@ -330,9 +330,12 @@ def template_block(funnels: dict[str, Funnel]) -> str:
              "      DeadLetterQueue: { Type: SQS, TargetArn: !GetAtt DeadLetterQueue.Arn }",
              "      EventInvokeConfig: { MaximumRetryAttempts: 2 }",
              "      Policies:",
-             "        - DynamoDBCrudPolicy: { TableName: !Ref ContactsTable }",
              "        - EventBridgePutEventsPolicy: { EventBusName: !Ref EventBus }",
              "        - Statement:",
+             "            - Effect: Allow  # entries (claimed in a transaction with a profile check), waits; never a Scan",
+             "              Action: [dynamodb:GetItem, dynamodb:PutItem, dynamodb:UpdateItem, dynamodb:DeleteItem, "
+             "dynamodb:ConditionCheckItem, dynamodb:Query]",
+             "              Resource: !GetAtt ContactsTable.Arn",
              "            - Effect: Allow",
              "              Action: [states:StartExecution, states:DescribeStateMachine]",
              "              Resource:"]
