@@ -1,7 +1,7 @@
 """Putting contacts into funnels, taking them out at a goal, and resuming ``wait_for`` steps
 (functions/funnel_router; each funnel is a Step Functions state machine).
 
-Executions are named by a keyed digest of (contact, funnel, entry, the contact's
+Executions are named by a digest of (contact, funnel, entry, the contact's
 incarnation): deterministic, so a duplicate trigger event finds its execution
 (ExecutionAlreadyExists) and a goal event can address (stop) it, but no contact id in the
 console, in CloudWatch or in an ARN; a signup after an erasure is a new incarnation, so
@@ -33,8 +33,11 @@ def _entry_key(cid: str, funnel: str) -> dict:
 
 
 def execution_name(contact_id: str, funnel: str, entry: str, incarnation: str) -> str:
-    """The execution of one entry of one incarnation of a contact (16 characters, [a-z2-7])."""
-    return tokens.keyed_id("execution", "|".join((contact_id, funnel, entry, incarnation)))
+    """The execution of one entry of one incarnation of a contact (25 characters, [a-z2-7]).
+    A digest salted with the incarnation, a random value erased with the profile: once the
+    person is erased nobody can tell which executions were theirs (and the router needs no
+    signing key)."""
+    return tokens.digest_id("x", contact_id, funnel, entry, incarnation)
 
 
 def execution_arn(state_machine_arn: str, name: str) -> str:

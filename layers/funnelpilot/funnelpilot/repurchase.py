@@ -6,8 +6,8 @@ a seasonal buyer (orders spread over a year or more, all within a window of at m
 consecutive months), the start of that season next time round; minus ``remind_days_before``.
 Settings: ``repurchase`` in ``infra/scoring.yaml``.
 
-The schedule's name is a keyed digest of the contact and its incarnation (no contact id in
-the Scheduler console or its logs); an erasure deletes it (``unschedule``).
+The schedule's name is a digest of the contact and its incarnation (no contact id in the
+Scheduler console or its logs); an erasure deletes it (``unschedule``).
 """
 import json
 from datetime import datetime, timezone
@@ -54,7 +54,8 @@ def due_at(contact: Contact) -> tuple[float, str] | None:
 
 
 def schedule_name(cid: str, incarnation: str) -> str:
-    return f"repurchase-{tokens.keyed_id('schedule', f'{cid}|{incarnation}')}"
+    """Salted with the incarnation (erased with the profile), like funnels.execution_name."""
+    return f"repurchase-{tokens.digest_id('', cid, incarnation)}"
 
 
 def unschedule(cid: str, incarnation: str) -> None:
