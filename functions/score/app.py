@@ -20,7 +20,10 @@ def handler(event: dict, context) -> dict:
         inactivity.forget(detail["contact_id"])
     if detail_type == "order.placed" and outcome.status != "unknown_contact":
         # also on a duplicate: a retry after a failed schedule call must still schedule
-        repurchase.schedule(Contact.get(detail["contact_id"], PROFILE, consistent_read=True))
+        try:
+            repurchase.schedule(Contact.get(detail["contact_id"], PROFILE, consistent_read=True))
+        except Contact.DoesNotExist:
+            pass  # erased since it was scored: no reminder
     logger.info("scored", extra={"contact_id": detail.get("contact_id"), "status": outcome.status,
                                  "rules": outcome.rules, "crossed": outcome.crossed})
     return {"status": outcome.status, "points": outcome.points, "crossed": outcome.crossed}
