@@ -1,4 +1,5 @@
 """Shared fixtures: a fresh local runtime (template.yaml on moto) per test."""
+import hashlib
 import json
 from pathlib import Path
 
@@ -31,6 +32,27 @@ class EventTap:
                 self.seen.append(json.loads(m["Body"]))
                 self.sqs.delete_message(QueueUrl=self.url, ReceiptHandle=m["ReceiptHandle"])
         return [e for e in self.seen if detail_type in (None, e["detail-type"])]
+
+
+def ip_for(email: str) -> str:
+    """A source IP of its own per person (10.0.0.0/8), so that tests signing up many people stay
+    under the per-IP signup limit unless they test it."""
+    h = hashlib.sha256(email.encode()).digest()
+    return f"10.{h[0]}.{h[1]}.{h[2] or 1}"
+
+
+SINGLE = "test-single"  # a single opt-in list, declared for the tests only (infra/lists.yaml ships none)
+
+
+@pytest.fixture(autouse=True)
+def single_opt_in_list(monkeypatch):
+    """Declare ``test-single`` (single opt-in) next to the lists of infra/lists.yaml, whose default
+    is double opt-in: tests about something else than the confirmation sign up to it."""
+    from funnelpilot import consent
+
+    shipped = consent._lists()
+    declared = {**shipped, "lists": {**(shipped.get("lists") or {}), SINGLE: {"double_opt_in": False}}}
+    monkeypatch.setattr(consent, "_lists", lambda: declared)
 
 
 START = 1_772_445_600.0  # Monday 2026-03-02, 10:00 UTC: inside working hours (funnels' quiet hours)

@@ -4,7 +4,7 @@ unsubscribe, POST /events). Time is stepped: it moves only with rt.advance()."""
 import json
 
 import pytest
-from conftest import entered_states, executions
+from conftest import SINGLE, entered_states, executions, ip_for
 
 from funnelpilot import bus, clock, tokens
 from funnelpilot_local.moto_adapter import sent_emails
@@ -17,7 +17,9 @@ MINUTE, HOUR, DAY = 60, 3600, 86400
 
 
 def signup(rt, email="ann@example.com", **fields) -> str:
-    resp = rt.http("POST", "/signup", json_body={"email": email, "consent": True, "first_name": "Ann", **fields})
+    fields.setdefault("list", SINGLE)  # a single opt-in list: confirmation is tested in test_double_opt_in
+    resp = rt.http("POST", "/signup", json_body={"email": email, "consent": True, "first_name": "Ann", **fields},
+                   source_ip=ip_for(email))
     assert resp.status == 202, resp.body
     assert rt.settle()
     return resp.json()["contact_id"]

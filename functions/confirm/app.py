@@ -10,7 +10,8 @@ app = http.resolver()
 
 @app.get("/confirm/<token>")
 def confirm(token: str) -> Response:
-    cid = consent.confirm(token)
+    request = app.current_event.request_context.http
+    cid = consent.confirm(token, ip=request.source_ip, user_agent=request.user_agent)
     logger.info("confirm", extra={"contact_id": cid})
     if cid is None:
         return http.page(404, "Link not valid", "<p>This confirmation link is not valid or has expired. "

@@ -1,4 +1,4 @@
-"""POST /signup: landing-page forms (JSON or form-encoded) → contact + contact.subscribed."""
+"""POST /signup: landing-page forms (JSON or form-encoded) → contact + contact.subscribed or contact.pending."""
 import json
 
 from aws_lambda_powertools import Logger
@@ -17,10 +17,12 @@ def signup() -> Response:
     if signup.is_bot:
         logger.info("honeypot filled; nothing stored")
         return _accepted(tokens.contact_id(signup.email))
-    cid = contacts.subscribe(signup, ip=event.request_context.http.source_ip,
-                             page=event.headers.get("referer") or event.headers.get("origin"),
+    ip = event.request_context.http.source_ip
+    contacts.check_limits(signup.email, ip, event.request_context.time_epoch / 1000)  # 429 when over
+    cid = contacts.subscribe(signup, ip=ip, page=event.headers.get("referer") or event.headers.get("origin"),
                              user_agent=event.request_context.http.user_agent)
-    logger.info("contact subscribed", extra={"contact_id": cid, "list": signup.list_name})
+    # The same answer whatever the contact's status: it tells no one who is subscribed.
+    logger.info("signup", extra={"contact_id": cid, "list": signup.list_name})
     if signup.redirect:
         return Response(status_code=303, headers={"Location": signup.redirect}, body="")
     return _accepted(cid)

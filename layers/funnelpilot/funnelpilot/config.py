@@ -25,6 +25,7 @@ class Config:
     content_dir: Path
     collect_limit_per_ip: int
     collect_limit_per_contact: int
+    signup_limits: tuple[tuple[str, int, int], ...]  # (field, limit, window seconds): "ip", then "email"
     region: str
     schedule_group: str = "default"  # EventBridge Scheduler group for one-time schedules (repurchase)
     scheduler_role_arn: str = ""  # role Scheduler assumes to put events on the bus
@@ -50,6 +51,10 @@ def config() -> Config:
         content_dir=Path(env("CONTENT_DIR", "/opt")),
         collect_limit_per_ip=int(env("COLLECT_LIMIT_PER_IP", "120")),  # site events a minute
         collect_limit_per_contact=int(env("COLLECT_LIMIT_PER_CONTACT", "60")),
+        # Signups accepted per source IP and per address in a fixed window (README, "HTTP API").
+        signup_limits=(("ip", int(env("SIGNUP_LIMIT_PER_IP", "20")), int(env("SIGNUP_WINDOW_PER_IP", "3600"))),
+                       ("email", int(env("SIGNUP_LIMIT_PER_ADDRESS", "5")),
+                        int(env("SIGNUP_WINDOW_PER_ADDRESS", "86400")))),
         region=env("AWS_REGION", env("AWS_DEFAULT_REGION", "us-east-1")),
         schedule_group=env("SCHEDULE_GROUP", "default"),
         scheduler_role_arn=env("SCHEDULER_ROLE_ARN", ""),

@@ -13,7 +13,7 @@ from pynamodb.exceptions import DoesNotExist, UpdateError
 
 from funnelpilot import aws, bus, clock, outbox, tokens
 from funnelpilot.config import config
-from funnelpilot.errors import RecipientRejected
+from funnelpilot.errors import InvalidField, RecipientRejected
 from funnelpilot.models import PROFILE, ConsentRecord, Contact, Message, is_conditional_failure
 
 DEFAULT_CONFIRM_HOURS = 48
@@ -79,10 +79,17 @@ def _lists() -> dict:
     return yaml.safe_load(path.read_text()) if path.exists() else {}
 
 
+def require_list(name: str) -> None:
+    """A signup names a list declared in ``lists.yaml``, or is refused (400, field ``list``)."""
+    if name not in (_lists().get("lists") or {}):
+        raise InvalidField("list", f"unknown list {name[:64]!r}")
+
+
 def list_settings(name: str) -> dict:
-    """Settings of a list from ``lists.yaml`` (``default`` applies to unnamed lists)."""
+    """Settings of a declared list from ``lists.yaml``, over its ``default`` (double opt-in
+    unless a list says otherwise)."""
     doc = _lists()
-    return {"double_opt_in": False, "confirm_hours": DEFAULT_CONFIRM_HOURS,
+    return {"double_opt_in": True, "confirm_hours": DEFAULT_CONFIRM_HOURS,
             **(doc.get("default") or {}), **((doc.get("lists") or {}).get(name) or {})}
 
 
@@ -91,11 +98,16 @@ def confirm_url(cid: str, list_name: str, lead_magnet: str | None) -> str:
     return tokens.url("confirm", "confirm", cid, list_name, lead_magnet or "", str(expires))
 
 
-def confirm(token: str) -> str | None:
-    """Confirm a double opt-in link; the contact id, or None for an invalid or expired link.
+def confirm(token: str, *, ip: str | None = None, user_agent: str | None = None) -> str | None:
+    """Confirm a double opt-in link; the contact id, or None for an invalid or expired link or a
+    contact it cannot activate (suppressed, erased, unsubscribed with no signup since).
 
-    The first confirmation activates the contact and emits ``contact.confirmed`` and then
-    ``contact.subscribed`` (which starts the funnels); a repeat click emits nothing."""
+    The link is the only way from ``pending`` to ``active``, and from ``unsubscribed`` back to
+    ``active`` once a signup asked for it (``resubscribe_requested_at``): it was sent to the
+    address, so the click is its owner's. The first confirmation activates the contact, stores a
+    ``CONSENT#…#confirmed`` record (when, from which IP and browser) and emits
+    ``contact.confirmed`` and then ``contact.subscribed`` (which starts the funnels), all in one
+    transaction; a repeat click emits nothing."""
     fields = tokens.verify("confirm", token, 4)
     if fields is None:
         return None
@@ -106,24 +118,32 @@ def confirm(token: str) -> str | None:
         contact = Contact.get(cid, PROFILE, consistent_read=True)
     except DoesNotExist:
         return None
-    if contact.status != "pending":
-        return cid if contact.status != "erased" else None
+    resubscribe = contact.status == "unsubscribed" and contact.resubscribe_requested_at is not None
+    if contact.status != "pending" and not resubscribe:
+        return cid if contact.status == "active" else None
     now = clock.iso()
     utm = contact.utm.as_dict() if contact.utm else {}
     activate = {"Update": {
         "TableName": config().table, "Key": {"pk": {"S": cid}, "sk": {"S": PROFILE}},
-        "UpdateExpression": "SET #s = :active, confirmed_at = :now, updated_at = :now",
-        "ConditionExpression": "#s = :pending", "ExpressionAttributeNames": {"#s": "status"},
-        "ExpressionAttributeValues": {":active": {"S": "active"}, ":pending": {"S": "pending"}, ":now": {"S": now}}}}
+        "UpdateExpression": "SET #s = :active, confirmed_at = :now, updated_at = :now "
+                            "REMOVE resubscribe_requested_at, status_reason",
+        "ConditionExpression": "#s = :pending OR (#s = :unsubscribed AND attribute_exists(resubscribe_requested_at))",
+        "ExpressionAttributeNames": {"#s": "status"},
+        "ExpressionAttributeValues": {":active": {"S": "active"}, ":pending": {"S": "pending"},
+                                      ":unsubscribed": {"S": "unsubscribed"}, ":now": {"S": now}}}}
+    record = ConsentRecord(cid, f"CONSENT#{now}#{list_name}#confirmed", list_name=list_name, source="confirm",
+                           ip=ip, user_agent=user_agent, given_at=now, confirmation="confirmed", confirmed_at=now)
     try:
         aws.transact_write([
-            activate, outbox.put(bus.event("contact.confirmed", cid, list=list_name)),
-            outbox.put(bus.event("contact.subscribed", cid, list=list_name, resubscribed=False, confirmed=True,
+            activate, {"Put": {"TableName": config().table, "Item": record.serialize()}},
+            outbox.put(bus.event("contact.confirmed", cid, list=list_name)),
+            outbox.put(bus.event("contact.subscribed", cid, list=list_name, resubscribed=resubscribe, confirmed=True,
                                  **({"lead_magnet": lead_magnet} if lead_magnet else {}), **utm))])
     except Exception as exc:
         if aws.failed_conditions(exc) != [0]:
             raise
-        return confirm(token)  # the status changed since it was read: answer for the one it has now
+        # the status changed since it was read: answer for the one it has now
+        return confirm(token, ip=ip, user_agent=user_agent)
     return cid
 
 
@@ -131,10 +151,11 @@ CONFIRM_RESEND_SECONDS = 600  # a form resubmitted by a bot does not flood someo
 
 
 def send_confirmation(cid: str, list_name: str, lead_magnet: str | None, event_id: str) -> str | None:
-    """Email the double opt-in link to a pending contact (at most once per 10 minutes);
-    the message id, or None when nothing was sent. A recipient SES rejects (the sandbox's
-    unverified addresses) is logged and not retried; any other failure releases the
-    10-minute claim and is raised, so the asynchronous retry sends it."""
+    """Email the double opt-in link to a pending contact, or to an unsubscribed one a signup
+    asked to re-subscribe (at most once per 10 minutes); the message id, or None when nothing
+    was sent. A recipient SES rejects (the sandbox's unverified addresses) is logged and not
+    retried; any other failure releases the 10-minute claim and is raised, so the asynchronous
+    retry sends it."""
     from funnelpilot import emails  # jinja2 only where an email is rendered
 
     now = clock.now()
@@ -142,7 +163,9 @@ def send_confirmation(cid: str, list_name: str, lead_magnet: str | None, event_i
     try:
         Contact(cid, PROFILE).update(
             actions=[Contact.confirm_sent_at.set(stamp)],
-            condition=Contact.pk.exists() & (Contact.status == "pending")
+            condition=Contact.pk.exists()
+            & ((Contact.status == "pending")
+               | ((Contact.status == "unsubscribed") & Contact.resubscribe_requested_at.exists()))
             & (Contact.confirm_sent_at.does_not_exist()
                | (Contact.confirm_sent_at < clock.iso(now - CONFIRM_RESEND_SECONDS))))
     except UpdateError as exc:

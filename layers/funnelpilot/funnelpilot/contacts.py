@@ -6,10 +6,10 @@ from functools import cache
 from importlib import resources
 from urllib.parse import urlsplit
 
-from funnelpilot import aws, bus, clock, outbox, tokens, urls
+from funnelpilot import aws, bus, clock, outbox, ratelimit, tokens, urls
 from funnelpilot.config import config
-from funnelpilot.consent import list_settings
-from funnelpilot.errors import InvalidField
+from funnelpilot.consent import list_settings, require_list
+from funnelpilot.errors import InvalidField, RateLimited
 from funnelpilot.models import PROFILE, ConsentRecord
 
 # Deliberately strict: what a landing page should accept, not everything RFC 5322 allows.
@@ -71,6 +71,7 @@ def parse_signup(fields: dict) -> Signup:
     list_name = (_text(fields, "list", 64) or DEFAULT_LIST).lower()
     if not _SLUG.match(list_name):
         raise InvalidField("list", "list must be a short slug (a-z, 0-9, - and _)")
+    require_list(list_name)
     lead_magnet = _text(fields, "lead_magnet", 64)
     if lead_magnet and not _SLUG.match(lead_magnet.lower()):
         raise InvalidField("lead_magnet", "lead_magnet must be a short slug")
@@ -110,43 +111,63 @@ def consent_source(page: str | None) -> str:
     return f"{parts.scheme}://{parts.netloc.rsplit('@', 1)[-1]}{parts.path}"[:300]
 
 
+def check_limits(email: str, ip: str, at: float) -> None:
+    """Count one signup per source IP, then per address, in their fixed windows (``config().signup_limits``;
+    ``at``: the request's arrival time, real seconds, whatever the simulated clock does); raises
+    ``RateLimited`` once a window is full. Nothing else is stored for a refused signup."""
+    values = {"ip": ip, "email": email}
+    for field_name, limit, window in config().signup_limits:
+        if not ratelimit.allow(f"signup-{field_name}", tokens.keyed_id(field_name, values[field_name]), limit, window, at):
+            per = "source IP" if field_name == "ip" else "address"
+            raise RateLimited(field_name, f"more than {limit} signups in {window} s from this {per}",
+                              ratelimit.retry_after(window, at))
+
+
 _SUBSCRIBE_ATTEMPTS = 4  # a status changing under each attempt (concurrent signups, unsubscribes)
 
 
 def subscribe(signup: Signup, *, ip: str | None, user_agent: str | None, page: str | None = None) -> str:
-    """Create or update the contact, record consent and write ``contact.subscribed`` to the
-    outbox, all in one transaction (funnelpilot.outbox publishes the event). Repeating it
-    updates the same person, never duplicates. A suppressed contact (bounce, complaint)
-    stays suppressed; one who unsubscribed and signs up again with fresh consent is active
-    again (a single opt-in signup also activates a pending contact).
+    """Create or update the contact, record consent and write its event to the outbox, all in one
+    transaction (funnelpilot.outbox publishes the event). Repeating it updates the same person,
+    never duplicates. Anyone can post any address, so a signup never moves a contact to ``active``
+    but for a new person on a single opt-in list (``lists.yaml``) or one already active:
 
-    Double opt-in lists (``lists.yaml``): a contact not yet active stays ``pending`` and
-    ``contact.pending`` is written instead (functions/confirm_mailer sends the link);
-    ``contact.subscribed``, which starts funnels, follows the confirmation.
+    - new, double opt-in list (the default): ``pending`` and ``contact.pending``
+      (functions/confirm_mailer sends the link; ``consent.confirm`` activates);
+    - new, single opt-in list, or already ``active``: ``contact.subscribed`` (starts funnels);
+    - ``pending``: stays pending, whatever the list; ``contact.pending`` again (a new link, the
+      10-minute resend throttle applies) and the confirmation covers every list asked for;
+    - ``unsubscribed``: stays unsubscribed and is marked ``resubscribe_requested_at``;
+      ``contact.pending`` sends the owner a confirmation link, the only way back to ``active``;
+    - ``suppressed`` (bounce, complaint), ``erased`` (an erasure in progress): nothing changes
+      but the lists, and no event.
 
-    The new status and the event depend on the status the profile has, which the write does
-    not know in advance: it assumes a new person (one transaction, the common case) under a
-    condition on that status; when the condition fails, DynamoDB returns the profile and the
-    write is made again for the status it holds.
+    The ``CONSENT#`` record says which of these it was (``confirmation``); the caller answers the
+    same in every case. The new status and the event depend on the status the profile has, which
+    the write does not know in advance: it assumes a new person (one transaction, the common case)
+    under a condition on that status; when the condition fails, DynamoDB returns the profile and
+    the write is made again for the status it holds.
     """
     double_opt_in = bool(list_settings(signup.list_name)["double_opt_in"])
     cid = tokens.contact_id(signup.email)
     now = clock.iso()
-    consent = ConsentRecord(cid, f"CONSENT#{now}#{signup.list_name}", list_name=signup.list_name,
-                            source=consent_source(page), ip=ip, user_agent=user_agent, given_at=now)
     seen = None  # the profile's status as last read; None: no profile (or one without a status)
     for _ in range(_SUBSCRIBE_ATTEMPTS):
-        status, resubscribed = _next_status(seen, double_opt_in)
-        if double_opt_in and status == "pending":
-            event = bus.event("contact.pending", cid, list=signup.list_name, lead_magnet=signup.lead_magnet)
-        else:  # lead_magnet only when there is one: funnels trigger on its existence (delivery)
+        status, kind, confirmation = _next_status(seen, double_opt_in)
+        consent = ConsentRecord(cid, f"CONSENT#{now}#{signup.list_name}", list_name=signup.list_name,
+                                source=consent_source(page), ip=ip, user_agent=user_agent, given_at=now,
+                                confirmation=confirmation)
+        items = [_profile_update(signup, cid, now, seen, status),
+                 {"Put": {"TableName": config().table, "Item": consent.serialize()}}]
+        if kind == "pending":
+            items.append(outbox.put(bus.event("contact.pending", cid, list=signup.list_name,
+                                              lead_magnet=signup.lead_magnet, resubscribe=seen == "unsubscribed")))
+        elif kind == "subscribed":  # lead_magnet only when there is one: funnels trigger on its existence (delivery)
             magnet = {"lead_magnet": signup.lead_magnet} if signup.lead_magnet else {}
-            event = bus.event("contact.subscribed", cid, list=signup.list_name, resubscribed=resubscribed,
-                              **magnet, **signup.utm)
+            items.append(outbox.put(bus.event("contact.subscribed", cid, list=signup.list_name, resubscribed=False,
+                                              **magnet, **signup.utm)))
         try:
-            aws.transact_write([_profile_update(signup, cid, now, seen, status),
-                                {"Put": {"TableName": config().table, "Item": consent.serialize()}},
-                                outbox.put(event)])
+            aws.transact_write(items)
             return cid
         except Exception as exc:
             if 0 not in aws.failed_conditions(exc):
@@ -155,29 +176,31 @@ def subscribe(signup: Signup, *, ip: str | None, user_agent: str | None, page: s
     raise RuntimeError(f"contact {cid}: its status kept changing during the signup")
 
 
-def _next_status(seen: str | None, double_opt_in: bool) -> tuple[str | None, bool]:
-    """(status after this signup, whether it re-activates the contact) from the status it has."""
-    fresh = "pending" if double_opt_in else "active"
+def _next_status(seen: str | None, double_opt_in: bool) -> tuple[str | None, str | None, str]:
+    """(status after this signup, the event it writes: ``pending``, ``subscribed`` or None,
+    the consent record's ``confirmation``) from the status the contact has."""
     if seen is None:
-        return fresh, False
-    if seen == "unsubscribed" or (seen == "pending" and not double_opt_in):
-        return fresh, True  # fresh consent after an unsubscribe; suppression stays
-    return seen, False
+        return ("pending", "pending", "unconfirmed") if double_opt_in else ("active", "subscribed", "single_opt_in")
+    if seen == "active":
+        return seen, "subscribed", "already_active"
+    if seen in ("pending", "unsubscribed"):
+        return seen, "pending", "unconfirmed"  # only the owner's click on the link activates (consent.confirm)
+    return seen, None, seen  # suppressed, erased: never reactivated by a signup
 
 
 def _profile_update(signup: Signup, cid: str, now: str, seen: str | None, status: str) -> dict:
     """The profile's Update, valid only while its status is still ``seen``."""
     sets = ["email = :email", "created_at = if_not_exists(created_at, :now)", "updated_at = :now",
             "incarnation = if_not_exists(incarnation, :inc)"]  # new on every new profile (funnelpilot.erasure)
-    adds, removes = ["lists :list"], []
+    adds = ["lists :list"]
     names = {"#s": "status"}
     values = {":email": {"S": signup.email}, ":now": {"S": now}, ":list": {"SS": [signup.list_name]},
               ":inc": {"S": uuid.uuid4().hex[:12]}}
     if status != seen:
         sets.append("#s = :status")
         values[":status"] = {"S": status}
-        if seen is not None:
-            removes.append("status_reason")
+    if seen == "unsubscribed":
+        sets.append("resubscribe_requested_at = :now")  # lets the owner's confirmation reactivate
     if seen is not None:
         values[":seen"] = {"S": seen}
     if signup.first_name:
@@ -193,7 +216,7 @@ def _profile_update(signup: Signup, cid: str, now: str, seen: str | None, status
     if signup.utm:
         sets.append("utm = if_not_exists(utm, :utm)")
         values[":utm"] = {"M": {k: {"S": v} for k, v in signup.utm.items()}}
-    expression = f"SET {', '.join(sets)} ADD {', '.join(adds)}" + (f" REMOVE {', '.join(removes)}" if removes else "")
+    expression = f"SET {', '.join(sets)} ADD {', '.join(adds)}"
     return {"Update": {"TableName": config().table, "Key": {"pk": {"S": cid}, "sk": {"S": PROFILE}},
                        "UpdateExpression": expression, "ExpressionAttributeNames": names,
                        "ExpressionAttributeValues": values, "ReturnValuesOnConditionCheckFailure": "ALL_OLD",

@@ -84,3 +84,12 @@ def transient(exc: BaseException) -> TransientError | None:
     if code in THROTTLING or code in UNAVAILABLE or status >= 500:
         return TransientError(f"{operation}: {code or status} {message}".strip())
     return None
+
+
+class RateLimited(Exception):
+    """Too many requests for one ``field`` (``ip``, ``email``): HTTP 429 ``{"error", "field"}``
+    with ``Retry-After: retry_after`` (seconds)."""
+
+    def __init__(self, field: str, message: str, retry_after: int):
+        super().__init__(message)
+        self.field, self.message, self.retry_after = field, message, retry_after

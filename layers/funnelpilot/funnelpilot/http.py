@@ -15,7 +15,7 @@ from aws_lambda_powertools import Logger
 from aws_lambda_powertools.event_handler import APIGatewayHttpResolver, CORSConfig, Response
 
 from funnelpilot.config import config
-from funnelpilot.errors import InvalidField
+from funnelpilot.errors import InvalidField, RateLimited
 
 MAX_BODY = 16 * 1024
 
@@ -42,12 +42,20 @@ def _invalid_field(exc: InvalidField) -> Response:
     return error(400, exc.message, exc.field)
 
 
+def _rate_limited(exc: RateLimited) -> Response:
+    body = {"error": exc.message, "field": exc.field, "retry_after": exc.retry_after}
+    return Response(status_code=429, content_type="application/json", headers={"retry-after": str(exc.retry_after)},
+                    body=json.dumps(body))
+
+
 def resolver(**kwargs) -> APIGatewayHttpResolver:
     """An HTTP API (v2) resolver that answers ``InvalidField`` with a 400
-    ``{"error", "field"}`` JSON body. ``kwargs`` go to ``APIGatewayHttpResolver``
-    (``cors=http.cors()`` for routes that browsers call cross-origin)."""
+    ``{"error", "field"}`` JSON body and ``RateLimited`` with a 429 (and ``Retry-After``).
+    ``kwargs`` go to ``APIGatewayHttpResolver`` (``cors=http.cors()`` for routes that
+    browsers call cross-origin)."""
     app = APIGatewayHttpResolver(**kwargs)
     app.exception_handler(InvalidField)(_invalid_field)
+    app.exception_handler(RateLimited)(_rate_limited)
     return app
 
 

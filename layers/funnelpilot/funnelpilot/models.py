@@ -77,6 +77,7 @@ class Contact(Item):
     confirmed_at = UnicodeAttribute(null=True)  # double opt-in done
     email_proven_at = NumberAttribute(null=True)  # first human email click (funnelpilot.visitors: fp tokens)
     confirm_sent_at = UnicodeAttribute(null=True)  # last confirmation email (resend throttle)
+    resubscribe_requested_at = UnicodeAttribute(null=True)  # a signup since the unsubscribe: awaits confirmation
     soft_bounces = NumberAttribute(null=True)  # since the last delivery
     erased_at = UnicodeAttribute(null=True)
     # Random, set when the profile is created: a signup after an erasure is a new person
@@ -108,7 +109,11 @@ class Contact(Item):
 
 
 class ConsentRecord(Item):
-    """sk = CONSENT#<iso time>: when, from which form and address consent was given."""
+    """sk = CONSENT#<iso time>#<list>: when, from which form and address consent was given.
+
+    confirmation: ``unconfirmed`` (a signup awaiting the owner's click on the link),
+    ``confirmed`` (the click: ``confirmed_at``, from ``ip``/``user_agent``), ``single_opt_in``,
+    ``already_active``, ``suppressed`` or ``erased`` (a signup that changed no status)."""
 
     Meta = _Meta
     list_name = UnicodeAttribute()
@@ -116,6 +121,8 @@ class ConsentRecord(Item):
     ip = UnicodeAttribute(null=True)
     user_agent = UnicodeAttribute(null=True)
     given_at = UnicodeAttribute()
+    confirmation = UnicodeAttribute(null=True)
+    confirmed_at = UnicodeAttribute(null=True)
 
 
 class FunnelEntry(Item):

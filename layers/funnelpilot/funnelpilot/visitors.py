@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from functools import cache
 from urllib.parse import urlsplit
 
-from funnelpilot import aws, bus, clock, metrics, tokens
+from funnelpilot import aws, bus, clock, metrics, ratelimit, tokens
 from funnelpilot.config import config
 
 TOKEN_KIND = "fp"
@@ -216,18 +216,6 @@ def _counter(hit: Hit, known: bool) -> dict:
             "ExpressionAttributeValues": {":one": {"N": "1"}, ":exp": {"N": str(expires)}}}
 
 
-def _window(scope: str, key: str, limit: int, at: float) -> bool:
-    """Count one hit in a fixed-window counter; False (nothing added) once ``limit`` is reached."""
-    window = int(at // WINDOW)
-    return aws.conditional(
-        "update_item", TableName=config().metrics_table,
-        Key={"pk": {"S": f"RATE#{scope}#{key}#{window}"}, "sk": {"S": "RATE"}},
-        UpdateExpression="ADD hits :one SET expires_at = :expires",
-        ConditionExpression="attribute_not_exists(hits) OR hits < :limit",
-        ExpressionAttributeValues={":one": {"N": "1"}, ":limit": {"N": str(limit)},
-                                   ":expires": {"N": str((window + 2) * WINDOW)}})
-
-
 def record(hit: Hit, *, contact_id: str | None, ip: str, at: float) -> None:
     """Rate-limit, count and (for a known contact) emit one hit; ``at`` is the request's real
     arrival time (seconds), so the limits hold whatever speed the simulated clock runs at.
@@ -248,7 +236,7 @@ def record(hit: Hit, *, contact_id: str | None, ip: str, at: float) -> None:
     if contact_id:
         limits.append(("contact", tokens.keyed_id("contact", contact_id), cfg.collect_limit_per_contact))
     for scope, key, limit in limits:
-        if not _window(scope, key, limit, at):
+        if not ratelimit.allow(scope, key, limit, WINDOW, at):
             raise Refused(429, f"more than {limit} events a minute from this {scope}", scope)
     aws.write("update_item", **_counter(hit, known=bool(contact_id)))
     if contact_id:
