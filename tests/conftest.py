@@ -50,9 +50,13 @@ def single_opt_in_list(monkeypatch):
     is double opt-in: tests about something else than the confirmation sign up to it."""
     from funnelpilot import consent
 
-    shipped = consent._lists()
-    declared = {**shipped, "lists": {**(shipped.get("lists") or {}), SINGLE: {"double_opt_in": False}}}
-    monkeypatch.setattr(consent, "_lists", lambda: declared)
+    shipped = consent._lists  # read when a handler asks, once the runtime has set CONTENT_DIR
+
+    def declared() -> dict:
+        doc = shipped()
+        return {**doc, "lists": {**(doc.get("lists") or {}), SINGLE: {"double_opt_in": False}}}
+
+    monkeypatch.setattr(consent, "_lists", declared)
 
 
 START = 1_772_445_600.0  # Monday 2026-03-02, 10:00 UTC: inside working hours (funnels' quiet hours)

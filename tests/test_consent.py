@@ -5,6 +5,7 @@ import uuid
 from email import message_from_bytes, policy
 
 import pytest
+from conftest import SINGLE
 
 from funnelpilot import clock, tokens
 from funnelpilot.errors import FunnelLeft
@@ -13,7 +14,7 @@ BROWSER = "Mozilla/5.0 (Macintosh; Intel Mac OS X 14_5) AppleWebKit/605.1.15 (KH
 
 
 def signup_and_mail(rt, email="ann@example.com"):
-    cid = rt.http("POST", "/signup", json_body={"email": email, "consent": True}).json()["contact_id"]
+    cid = rt.http("POST", "/signup", json_body={"email": email, "consent": True, "list": SINGLE}).json()["contact_id"]
     assert rt.settle()
     [path] = [p for p in rt.outbox.glob("*.eml") if email in p.read_text()]
     return cid, message_from_bytes(path.read_bytes(), policy=policy.default)
@@ -144,7 +145,7 @@ def test_hard_bounce_suppresses_at_once(rt, tap):
     with pytest.raises(FunnelLeft, match="suppressed"):
         send_step(rt, cid)
     # a re-signup does not lift a suppression
-    rt.http("POST", "/signup", json_body={"email": "ann@example.com", "consent": True})
+    rt.http("POST", "/signup", json_body={"email": "ann@example.com", "consent": True, "list": SINGLE})
     assert rt.settle() and status(rt, cid) == "suppressed"
     assert "ann@example.com" not in json.dumps(tap.events())
 

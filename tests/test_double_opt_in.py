@@ -2,7 +2,7 @@
 import re
 from email import message_from_bytes, policy
 
-from conftest import executions
+from conftest import SINGLE, executions
 
 from funnelpilot import clock, tokens
 from funnelpilot_local.runtime import ROOT, Runtime
@@ -81,6 +81,6 @@ def test_invalid_and_expired_links_are_404(rt, tap):
 
 
 def test_single_opt_in_lists_are_unchanged(rt, tap):
-    cid = signup(rt, "eve@example.com", "newsletter")
+    cid = signup(rt, "eve@example.com", SINGLE)
     assert status(rt, cid) == "active"
     assert len(tap.events("contact.subscribed")) == 1 and tap.events("contact.pending") == []

@@ -3,6 +3,7 @@ import json
 import re
 
 import pytest
+from conftest import SINGLE
 
 from funnelpilot.errors import FunnelLeft
 from funnelpilot_local.runtime import LOCAL_ADMIN_KEY
@@ -23,7 +24,7 @@ def everything(rt) -> str:
 
 def engaged_contact(rt):
     cid = rt.http("POST", "/signup", json_body={"email": "Erin.Example@example.com", "consent": True,
-                                                "first_name": "Erin", "utm_source": "ads"},
+                                                "list": SINGLE, "first_name": "Erin", "utm_source": "ads"},
                   headers={"user-agent": BROWSER, "referer": "https://www.example.com/guide?email=x%40y.z"},
                   source_ip="198.51.100.77").json()["contact_id"]
     assert rt.settle() and rt.advance(600)  # read ten minutes after delivery (not "too soon")

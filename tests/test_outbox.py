@@ -7,6 +7,7 @@ import json
 
 import botocore.client
 import pytest
+from conftest import SINGLE
 from botocore.exceptions import ClientError, EndpointConnectionError
 from test_funnels import sent, signup
 from test_gdpr import ADMIN, engaged_contact, everything
@@ -75,10 +76,13 @@ def test_signup_writes_its_event_in_its_transaction_and_makes_no_put_events(rt, 
         return original(client, operation, params)
 
     monkeypatch.setattr(botocore.client.BaseClient, "_make_api_call", record)
-    resp = rt.http("POST", "/signup", json_body={"email": "ann@example.com", "consent": True, "utm_source": "ads"})
+    resp = rt.http("POST", "/signup", json_body={"email": "ann@example.com", "consent": True, "list": SINGLE,
+                                                 "utm_source": "ads"})
     monkeypatch.undo()
     assert resp.status == 202
-    assert [c for c in calls if c[0] != "secretsmanager"] == [("dynamodb", "TransactWriteItems")]
+    # the per-IP and per-address rate windows, then the one transaction
+    assert [c for c in calls if c[0] != "secretsmanager"] == [("dynamodb", "UpdateItem")] * 2 + [
+        ("dynamodb", "TransactWriteItems")]
     cid = resp.json()["contact_id"]
     [item] = items(rt, cid, "OUTBOX#")
     entry = json.loads(item["entry"]["S"])
@@ -99,7 +103,7 @@ def test_event_delivery_failing_after_the_commit_is_retried_and_welcomes_once(rt
         return len(attempts) == 1
 
     failing_put_events(first_call)
-    resp = rt.http("POST", "/signup", json_body={"email": "bo@example.com", "consent": True})
+    resp = rt.http("POST", "/signup", json_body={"email": "bo@example.com", "consent": True, "list": SINGLE})
     assert resp.status == 202  # the signup committed; its event had not reached the bus yet
     cid = resp.json()["contact_id"]
     assert rt.settle()
@@ -108,7 +112,7 @@ def test_event_delivery_failing_after_the_commit_is_retried_and_welcomes_once(rt
     assert welcomes(rt, cid) == 1 and len(tap.events("contact.subscribed")) == 1
     assert items(rt, cid, "OUTBOX#") == [] and rt.dead_letters == [] and rt.errors == []
     # the re-signup a visitor makes after an error page changes nothing either
-    assert rt.http("POST", "/signup", json_body={"email": "bo@example.com", "consent": True}).status == 202
+    assert rt.http("POST", "/signup", json_body={"email": "bo@example.com", "consent": True, "list": SINGLE}).status == 202
     assert rt.settle() and welcomes(rt, cid) == 1
 
 
@@ -140,8 +144,8 @@ def test_only_outbox_inserts_invoke_the_relay(rt, relayed):
 
 
 def test_a_poison_record_is_bisected_out_of_its_batch_and_dead_lettered(rt, relayed, failing_put_events):
-    ok = rt.http("POST", "/signup", json_body={"email": "eve@example.com", "consent": True}).json()["contact_id"]
-    bad = rt.http("POST", "/signup", json_body={"email": "fay@example.com", "consent": True}).json()["contact_id"]
+    ok = rt.http("POST", "/signup", json_body={"email": "eve@example.com", "consent": True, "list": SINGLE}).json()["contact_id"]
+    bad = rt.http("POST", "/signup", json_body={"email": "fay@example.com", "consent": True, "list": SINGLE}).json()["contact_id"]
     failing_put_events(lambda entries: any(json.loads(e["Detail"])["contact_id"] == bad for e in entries))
     assert rt.settle()
     retries = template_retries(rt)
@@ -204,15 +208,15 @@ def profile_item(rt, cid) -> dict:
                                           ConsistentRead=True)["Item"]
 
 
-@pytest.mark.parametrize("first_list, first_status, then_list, status, event, resubscribed", [
-    ("newsletter", "unsubscribed", "newsletter", "active", "contact.subscribed", True),
-    ("newsletter", "unsubscribed", "insiders", "pending", "contact.pending", None),  # must confirm again
-    ("insiders", "pending", "newsletter", "active", "contact.subscribed", True),  # single opt-in activates
-    ("insiders", "pending", "insiders", "pending", "contact.pending", None),
-    ("newsletter", "suppressed", "newsletter", "suppressed", "contact.subscribed", False),  # suppression stays
-    ("newsletter", "active", "insiders", "active", "contact.subscribed", False),  # not asked to confirm
+@pytest.mark.parametrize("first_list, first_status, then_list, status, event", [
+    (SINGLE, "unsubscribed", SINGLE, "unsubscribed", "contact.pending"),  # only the owner's click reactivates
+    (SINGLE, "unsubscribed", "insiders", "unsubscribed", "contact.pending"),
+    ("insiders", "pending", SINGLE, "pending", "contact.pending"),  # a single opt-in list skips no link
+    ("insiders", "pending", "insiders", "pending", "contact.pending"),
+    (SINGLE, "suppressed", SINGLE, "suppressed", None),  # suppression stays, nothing is sent
+    (SINGLE, "active", "insiders", "active", "contact.subscribed"),  # already confirmed or opted in
 ])
-def test_re_signup_status_rules(rt, tap, first_list, first_status, then_list, status, event, resubscribed):
+def test_re_signup_status_rules(rt, tap, first_list, first_status, then_list, status, event):
     from funnelpilot import consent
 
     cid = rt.http("POST", "/signup", json_body={"email": "ivy@example.com", "consent": True,
@@ -224,14 +228,17 @@ def test_re_signup_status_rules(rt, tap, first_list, first_status, then_list, st
         assert consent.suppress(cid, "hard_bounce")
     assert profile_item(rt, cid)["status"]["S"] == first_status
     assert rt.settle()
-    before = len(tap.events(event))
+    before = {kind: len(tap.events(kind)) for kind in ("contact.pending", "contact.subscribed")}
     resp = rt.http("POST", "/signup", json_body={"email": "ivy@example.com", "consent": True, "list": then_list})
     assert resp.status == 202 and resp.json()["contact_id"] == cid
     item = profile_item(rt, cid)
     assert item["status"]["S"] == status and set(item["lists"]["SS"]) == {first_list, then_list}
     assert ("status_reason" in item) == (status in ("unsubscribed", "suppressed"))
     assert rt.settle()
-    events = tap.events(event)
-    assert len(events) == before + 1
-    assert events[-1]["detail"].get("resubscribed") == resubscribed and events[-1]["detail"]["list"] == then_list
+    after = {kind: tap.events(kind) for kind in before}
+    assert {kind: len(e) - before[kind] for kind, e in after.items()} == {k: int(k == event) for k in before}
+    if event:
+        detail = after[event][-1]["detail"]
+        assert detail["list"] == then_list
+        assert detail.get("resubscribe", detail.get("resubscribed")) is (first_status == "unsubscribed")
     assert items(rt, cid, "OUTBOX#") == []

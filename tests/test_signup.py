@@ -10,7 +10,7 @@ def contacts_table_items(rt) -> list[dict]:
     return rt.client("dynamodb").scan(TableName="ContactsTable")["Items"]
 
 
-def test_json_signup_creates_contact_and_emits_subscribed(rt, tap):
+def test_json_signup_creates_a_pending_contact_and_asks_for_confirmation(rt, tap):
     resp = rt.http("POST", "/signup", json_body={"email": "  Ann.Lee@Example.COM ", "consent": True,
                                                  "first_name": "Ann", "utm_source": "ads", "timezone": "Europe/Paris"})
     assert resp.status == 202
@@ -22,7 +22,9 @@ def test_json_signup_creates_contact_and_emits_subscribed(rt, tap):
     assert contact.first_name == "Ann"
     assert contact.lists == {"newsletter"}
     assert contact.utm.as_dict() == {"utm_source": "ads"}
-    [event] = tap.events("contact.subscribed")
+    assert contact.status == "pending"  # newsletter: double opt-in, the default (infra/lists.yaml)
+    assert tap.events("contact.subscribed") == []
+    [event] = tap.events("contact.pending")
     assert event["source"] == "funnelpilot"
     detail = event["detail"]
     assert detail["contact_id"] == cid and detail["event_id"] and detail["occurred_at"].endswith("Z")
@@ -30,9 +32,9 @@ def test_json_signup_creates_contact_and_emits_subscribed(rt, tap):
 
 
 def test_form_encoded_signup_is_accepted(rt):
-    resp = rt.http("POST", "/signup", form={"email": "bo@example.com", "consent": "on", "list": "Launch"})
+    resp = rt.http("POST", "/signup", form={"email": "bo@example.com", "consent": "on", "list": "Insiders"})
     assert resp.status == 202
-    assert Contact.get(resp.json()["contact_id"], PROFILE).lists == {"launch"}
+    assert Contact.get(resp.json()["contact_id"], PROFILE).lists == {"insiders"}
 
 
 def test_form_body_arrives_base64_encoded_like_http_api(rt):
@@ -51,12 +53,12 @@ def test_form_body_arrives_base64_encoded_like_http_api(rt):
 def test_same_person_twice_is_one_contact(rt, tap):
     first = rt.http("POST", "/signup", json_body={"email": "dee@example.com", "consent": True}).json()
     second = rt.http("POST", "/signup", form={"email": "DEE@example.com ", "consent": "true",
-                                              "first_name": "Dee", "list": "vip"}).json()
+                                              "first_name": "Dee", "list": "insiders"}).json()
     assert first == second
     profiles = [i for i in contacts_table_items(rt) if i["sk"]["S"] == PROFILE]
     assert len(profiles) == 1
     contact = Contact.get(first["contact_id"], PROFILE)
-    assert contact.lists == {"newsletter", "vip"} and contact.first_name == "Dee"
+    assert contact.lists == {"newsletter", "insiders"} and contact.first_name == "Dee"
     consents = [i for i in contacts_table_items(rt) if i["sk"]["S"].startswith("CONSENT#")]
     assert len(consents) == 2 and consents[0]["ip"]["S"] == "127.0.0.1"
 
