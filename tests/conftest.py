@@ -45,18 +45,21 @@ SINGLE = "test-single"  # a single opt-in list, declared for the tests only (inf
 
 
 @pytest.fixture(autouse=True)
-def single_opt_in_list(monkeypatch):
+def test_lists(monkeypatch) -> dict:
     """Declare ``test-single`` (single opt-in) next to the lists of infra/lists.yaml, whose default
-    is double opt-in: tests about something else than the confirmation sign up to it."""
+    is double opt-in: tests about something else than the confirmation sign up to it. A test may
+    declare more in the dict this returns."""
     from funnelpilot import consent
 
     shipped = consent._lists  # read when a handler asks, once the runtime has set CONTENT_DIR
+    extra = {SINGLE: {"double_opt_in": False}}
 
     def declared() -> dict:
         doc = shipped()
-        return {**doc, "lists": {**(doc.get("lists") or {}), SINGLE: {"double_opt_in": False}}}
+        return {**doc, "lists": {**(doc.get("lists") or {}), **extra}}
 
     monkeypatch.setattr(consent, "_lists", declared)
+    return extra
 
 
 START = 1_772_445_600.0  # Monday 2026-03-02, 10:00 UTC: inside working hours (funnels' quiet hours)

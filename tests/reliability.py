@@ -78,9 +78,9 @@ def routed(rt, method: str, path: str) -> bool:
 def audience(rt, n: int = 3) -> list[str]:
     """Everything a person can do: sign up (twice; a double opt-in list too), open, click,
     confirm, browse and buy (POST /events), get an email delivered (SES event), unsubscribe."""
-    ids = [rt.http("POST", "/signup", json_body={"email": f"p{i}@example.com", "consent": True,
+    ids = [rt.http("POST", "/signup", json_body={"email": f"p{i}@example.com", "consent": True, "list": "test-single",
                                                  "first_name": f"P{i}"}).json()["contact_id"] for i in range(n)]
-    rt.http("POST", "/signup", form={"email": "P0@example.com", "consent": "true", "list": "vip"})
+    rt.http("POST", "/signup", form={"email": "P0@example.com", "consent": "true", "list": "test-single"})
     rt.http("POST", "/signup", form={"email": "p9@example.com", "consent": "true", "list": "insiders"})
     assert rt.settle(timeout=60)
     for path in links(rt):

@@ -14,7 +14,7 @@ def sales_mail(rt):
 
 
 def test_pricing_visit_by_a_known_contact_sends_one_internal_email(rt, tap):
-    cid = rt.http("POST", "/signup", json_body={"email": "pia@example.com", "consent": True,
+    cid = rt.http("POST", "/signup", json_body={"email": "pia@example.com", "consent": True, "list": "test-single",
                                                 "first_name": "Pia"}).json()["contact_id"]
     assert rt.settle()
     t0 = clock.now()

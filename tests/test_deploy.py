@@ -30,7 +30,7 @@ def modified_template(tmp_path: Path, old: str, new: str) -> Path:
 
 
 def welcome_email(rt: Runtime, email: str = "ann@example.com"):
-    resp = rt.http("POST", "/signup", json_body={"email": email, "consent": True, "first_name": "Ann"})
+    resp = rt.http("POST", "/signup", json_body={"email": email, "consent": True, "list": "test-single", "first_name": "Ann"})
     assert resp.status == 202, resp.body
     assert rt.settle()
     [path] = rt.flush_outbox() or sorted(rt.outbox.glob("*.eml"))
@@ -140,7 +140,7 @@ def test_existing_identity_creates_none_and_sends(tmp_path):
         assert identities(rt) == {"example.com"}  # only what the account had
         assert welcome_email(rt)["To"] == "ann@example.com"
     with runtime(tmp_path / "unverified", parameters={"SenderIdentity": "existing"}) as rt:  # SES refuses to send
-        rt.http("POST", "/signup", json_body={"email": "ann@example.com", "consent": True})
+        rt.http("POST", "/signup", json_body={"email": "ann@example.com", "consent": True, "list": "test-single"})
         assert rt.settle()
         assert not list(rt.outbox.glob("*.eml"))
 

@@ -8,7 +8,7 @@ KEY = {"x-api-key": "local-EventsApiKey"}
 
 @pytest.fixture
 def cid(rt):
-    cid = rt.http("POST", "/signup", json_body={"email": "sam@example.com", "consent": True}).json()["contact_id"]
+    cid = rt.http("POST", "/signup", json_body={"email": "sam@example.com", "consent": True, "list": "test-single"}).json()["contact_id"]
     assert rt.settle()
     return cid
 

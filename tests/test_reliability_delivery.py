@@ -60,7 +60,7 @@ def test_failed_deliveries_land_in_the_watched_dead_letter_queue(rt, tap):
         raise RuntimeError("downstream outage")
 
     router.module.handler = broken
-    rt.http("POST", "/signup", json_body={"email": "dl@example.com", "consent": True})
+    rt.http("POST", "/signup", json_body={"email": "dl@example.com", "consent": True, "list": "test-single"})
     assert rt.settle(timeout=30)
     assert len(calls) == 3  # first attempt + EventInvokeConfig.MaximumRetryAttempts (2)
     sqs = rt.client("sqs")

@@ -58,7 +58,7 @@ def test_ses_throttling_mid_funnel_is_retried_and_sends_once(rt, tap):
 
     ses.meta.events.register("before-call.ses.SendRawEmail", throttle)
     try:
-        cid = rt.http("POST", "/signup", json_body={"email": "thr@example.com", "consent": True}).json()["contact_id"]
+        cid = rt.http("POST", "/signup", json_body={"email": "thr@example.com", "consent": True, "list": "test-single"}).json()["contact_id"]
         assert rt.settle(timeout=60) and rt.advance(60)  # the Retry's backoff runs on the simulated clock
     finally:
         ses.meta.events.unregister("before-call.ses.SendRawEmail", throttle)
@@ -73,7 +73,7 @@ def test_ses_throttling_mid_funnel_is_retried_and_sends_once(rt, tap):
 def test_a_permanent_ses_error_is_not_retried_blindly(rt, inject):
     """A permanent SES error (not throttling, not a rejected recipient) fails the step instead of looping."""
     rule = inject("ses", "SendRawEmail", "AccountSendingPausedException", times=10)
-    rt.http("POST", "/signup", json_body={"email": "rej@example.com", "consent": True})
+    rt.http("POST", "/signup", json_body={"email": "rej@example.com", "consent": True, "list": "test-single"})
     assert rt.settle(timeout=60) and rt.advance(60)
     [ex] = executions(rt)
     assert rule["raised"] == 1 and ex["status"] == "FAILED"
@@ -83,7 +83,7 @@ def test_a_permanent_ses_error_is_not_retried_blindly(rt, inject):
 def test_transient_dynamodb_error_in_a_consumer_is_redelivered(rt, inject):
     rule = inject("dynamodb", "UpdateItem", "ProvisionedThroughputExceededException",  # the router's entry claim
                   when=lambda p: p.get("Key", {}).get("sk", {}).get("S", "").startswith("FUNNEL#"))
-    rt.http("POST", "/signup", json_body={"email": "ddb1@example.com", "consent": True})
+    rt.http("POST", "/signup", json_body={"email": "ddb1@example.com", "consent": True, "list": "test-single"})
     assert rt.settle(timeout=60)
     assert rule["raised"] == 1
     [ex] = executions(rt)

@@ -15,7 +15,7 @@ TOKEN = re.compile(r"http://127\.0\.0\.1:3000/([oc])/([A-Za-z0-9_\-.]+)")
 
 def welcome_emails(rt, *emails) -> dict[str, tuple[str, str, dict]]:
     """Sign the people up; email -> (contact_id, message_id, {"o": pixel path, "c": first link path})."""
-    ids = {e: rt.http("POST", "/signup", json_body={"email": e, "consent": True}).json()["contact_id"] for e in emails}
+    ids = {e: rt.http("POST", "/signup", json_body={"email": e, "consent": True, "list": "test-single"}).json()["contact_id"] for e in emails}
     assert rt.settle() and rt.advance(600)  # read ten minutes after delivery (not "too soon")
     out = {}
     for path in rt.outbox.glob("*.eml"):

@@ -7,14 +7,14 @@ from funnelpilot_local.runtime import ROOT
 
 
 def test_lead_magnet_download_enters_the_segment_within_the_same_event(rt, tap):
-    cid = rt.http("POST", "/signup", json_body={"email": "lea@example.com", "consent": True,
+    cid = rt.http("POST", "/signup", json_body={"email": "lea@example.com", "consent": True, "list": "test-single",
                                                 "lead_magnet": "seo-ebook"}).json()["contact_id"]
     assert rt.settle()
     [entered] = [e for e in tap.events("segment.entered") if e["detail"]["segment"] == "seo-ebook-readers"]
     assert entered["detail"]["contact_id"] == cid and entered["detail"]["trigger"] == "contact.subscribed"
     assert "seo-ebook-readers" in profile(cid).segments
     assert segments.members("seo-ebook-readers") == ([cid], None)
-    other = rt.http("POST", "/signup", json_body={"email": "max@example.com", "consent": True}).json()["contact_id"]
+    other = rt.http("POST", "/signup", json_body={"email": "max@example.com", "consent": True, "list": "test-single"}).json()["contact_id"]
     assert rt.settle()
     assert "seo-ebook-readers" not in (profile(other).segments or set())
     assert segments.members("seo-ebook-readers")[0] == [cid]

@@ -32,7 +32,7 @@ def tap(rt):
 
 
 def signup(rt, email="ann@example.com") -> tuple[str, str]:
-    body = rt.http("POST", "/signup", json_body={"email": email, "consent": True}).json()
+    body = rt.http("POST", "/signup", json_body={"email": email, "consent": True, "list": "test-single"}).json()
     return body["contact_id"], body["fp"]
 
 

@@ -72,7 +72,7 @@ def test_waits_follow_the_virtual_clock(srt):
 
 
 def test_welcome_funnel_runs_in_stepped_time(srt):
-    srt.http("POST", "/signup", json_body={"email": "ann@example.com", "consent": True})
+    srt.http("POST", "/signup", json_body={"email": "ann@example.com", "consent": True, "list": "test-single"})
     assert srt.settle()
     assert len(list(srt.outbox.glob("*.eml"))) == 1
     assert clock.now() == START

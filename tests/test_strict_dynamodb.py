@@ -235,7 +235,7 @@ def test_50_concurrent_sends_on_one_metrics_row_are_each_counted_once(tmp_path):
 
 def test_50_concurrent_orders_on_one_profile_are_each_scored_once(tmp_path):
     with runtime(tmp_path, "scoring", conflict_rate=0.3) as rt:
-        resp = rt.http("POST", "/signup", json_body={"email": "ann@example.com", "consent": True})
+        resp = rt.http("POST", "/signup", json_body={"email": "ann@example.com", "consent": True, "list": "test-single"})
         assert resp.status == 202 and rt.settle()
         cid = resp.json()["contact_id"]
         before = stored(rt, cid, "PROFILE")

@@ -116,7 +116,7 @@ def test_the_execution_role_is_checked_for_its_lambda_invokes(tmp_path):
     from conftest import START
 
     with Runtime(root, stepped=True, start=START, state_dir=tmp_path / "local") as rt:
-        resp = rt.http("POST", "/signup", json_body={"email": "eve@example.com", "consent": True})
+        resp = rt.http("POST", "/signup", json_body={"email": "eve@example.com", "consent": True, "list": "test-single"})
         assert resp.status == 202
         assert rt.settle()
         [ex] = executions(rt, "welcome")

@@ -5,7 +5,7 @@ import json
 from collections import Counter
 from email import message_from_bytes
 
-from conftest import START, EventTap, executions, history
+from conftest import START, EventTap, executions, history, ip_for
 from test_funnels import DAY, MINUTE, click, open_email, order, profile, signup
 
 from funnelpilot import bus
@@ -119,7 +119,8 @@ def test_with_two_concurrent_executions_every_welcome_email_still_goes_out(tmp_p
     with strict(tmp_path, "small", lambda_concurrency=2) as rt:
         people = [f"p{i}@example.com" for i in range(20)]
         for email in people:  # twenty signups within two seconds
-            assert rt.http("POST", "/signup", json_body={"email": email, "consent": True}).status == 202
+            assert rt.http("POST", "/signup", json_body={"email": email, "consent": True, "list": "test-single"},
+                           source_ip=ip_for(email)).status == 202
             assert rt.advance(0.1)
         assert rt.advance(10 * MINUTE)
         assert rt.concurrency.throttled > 0
@@ -137,7 +138,8 @@ def test_with_two_concurrent_executions_every_welcome_email_still_goes_out(tmp_p
         assert len(scored) == 20 and set(scored.values()) == {1}
 
         # three signups at one instant: the third finds no concurrency; API Gateway answers 500
-        statuses = [rt.http("POST", "/signup", json_body={"email": f"q{i}@example.com", "consent": True})
+        statuses = [rt.http("POST", "/signup", json_body={"email": f"q{i}@example.com", "consent": True,
+                                                          "list": "test-single"}, source_ip=ip_for(f"q{i}"))
                     for i in range(3)]
         assert [r.status for r in statuses] == [202, 202, 500]
         assert statuses[2].json() == {"message": "Internal Server Error"}

@@ -13,7 +13,7 @@ URL = re.compile(r"http://127\.0\.0\.1:3000/([ocu])/([A-Za-z0-9_\-.]+)")
 
 
 def send_welcome(rt, email="ann@example.com"):
-    cid = rt.http("POST", "/signup", json_body={"email": email, "consent": True}).json()["contact_id"]
+    cid = rt.http("POST", "/signup", json_body={"email": email, "consent": True, "list": "test-single"}).json()["contact_id"]
     assert rt.settle() and rt.advance(600)  # read ten minutes after delivery (not "too soon")
     [path] = rt.outbox.glob("*.eml")
     mail = message_from_bytes(path.read_bytes(), policy=policy.default)

@@ -9,7 +9,7 @@ def read_outbox(rt):
 
 
 def test_signup_sends_one_welcome_email(rt, tap):
-    cid = rt.http("POST", "/signup", json_body={"email": "ann@example.com", "consent": True,
+    cid = rt.http("POST", "/signup", json_body={"email": "ann@example.com", "consent": True, "list": "test-single",
                                                 "first_name": "Ann"}).json()["contact_id"]
     assert rt.settle()
     [ex] = executions(rt)
@@ -30,16 +30,16 @@ def test_signup_sends_one_welcome_email(rt, tap):
 
 
 def test_second_signup_of_same_person_sends_nothing_more(rt):
-    rt.http("POST", "/signup", json_body={"email": "bo@example.com", "consent": True})
+    rt.http("POST", "/signup", json_body={"email": "bo@example.com", "consent": True, "list": "test-single"})
     assert rt.settle()
-    rt.http("POST", "/signup", form={"email": "BO@example.com", "consent": "true", "list": "vip"})
+    rt.http("POST", "/signup", form={"email": "BO@example.com", "consent": "true", "list": "test-single"})
     assert rt.settle()
     assert len(executions(rt)) == 1
     assert len(read_outbox(rt)) == 1
 
 
 def test_duplicate_subscribed_delivery_starts_one_execution(rt):
-    rt.http("POST", "/signup", json_body={"email": "cy@example.com", "consent": True})
+    rt.http("POST", "/signup", json_body={"email": "cy@example.com", "consent": True, "list": "test-single"})
     # at-least-once delivery: the same event handed to the funnel router twice
     queued = list(rt._deliveries.queue)
     for item in queued:
@@ -50,7 +50,7 @@ def test_duplicate_subscribed_delivery_starts_one_execution(rt):
 
 
 def test_template_injection_and_html_in_names_stay_literal(rt):
-    rt.http("POST", "/signup", json_body={"email": "dee@example.com", "consent": True,
+    rt.http("POST", "/signup", json_body={"email": "dee@example.com", "consent": True, "list": "test-single",
                                           "first_name": "{{ 7*7 }}<script>x</script>"})
     assert rt.settle()
     [mail] = read_outbox(rt)
