@@ -55,7 +55,7 @@ def welcome_click(rt) -> str:
 
 
 def test_a_signup_token_cannot_qualify_a_lead_until_the_address_is_proven(rt, tap):
-    body = rt.http("POST", "/signup", json_body={"email": "victim@example.com", "consent": True}).json()
+    body = rt.http("POST", "/signup", json_body={"email": "victim@example.com", "consent": True, "list": "test-single"}).json()
     cid, fp = body["contact_id"], body["fp"]
     assert rt.settle()
     for _ in range(3):  # the attacker browses /pricing as the victim
@@ -78,7 +78,7 @@ def test_a_signup_token_cannot_qualify_a_lead_until_the_address_is_proven(rt, ta
 
 
 def test_an_email_click_token_is_proven_at_once(rt, tap):
-    cid = rt.http("POST", "/signup", json_body={"email": "ann@example.com", "consent": True}).json()["contact_id"]
+    cid = rt.http("POST", "/signup", json_body={"email": "ann@example.com", "consent": True, "list": "test-single"}).json()["contact_id"]
     assert rt.settle() and rt.advance(600)
     location = rt.http("GET", f"/c/{welcome_click(rt)}", headers={"user-agent": BROWSER}).headers["location"]
     fp = location.split("fp=")[1]
@@ -89,7 +89,7 @@ def test_an_email_click_token_is_proven_at_once(rt, tap):
 
 
 def test_a_double_click_scores_once(rt):
-    cid = rt.http("POST", "/signup", json_body={"email": "ann@example.com", "consent": True}).json()["contact_id"]
+    cid = rt.http("POST", "/signup", json_body={"email": "ann@example.com", "consent": True, "list": "test-single"}).json()["contact_id"]
     assert rt.settle() and rt.advance(600)
     token = welcome_click(rt)
     for _ in range(2):

@@ -80,7 +80,7 @@ def assert_no_trace(rt, cid: str) -> None:
 
 
 def test_erasure_is_complete_and_final_and_a_re_signup_is_a_new_person(rt, tap):
-    body = rt.http("POST", "/signup", json_body={"email": "ann@example.com", "consent": True,
+    body = rt.http("POST", "/signup", json_body={"email": "ann@example.com", "consent": True, "list": "test-single",
                                                  "first_name": "Ann"}).json()
     cid = body["contact_id"]
     assert rt.settle() and rt.advance(600)
@@ -126,7 +126,7 @@ def test_erasure_is_complete_and_final_and_a_re_signup_is_a_new_person(rt, tap):
     assert rt.errors == []
 
     # the same address signing up again is a new person: a new welcome
-    again = rt.http("POST", "/signup", json_body={"email": "ann@example.com", "consent": True})
+    again = rt.http("POST", "/signup", json_body={"email": "ann@example.com", "consent": True, "list": "test-single"})
     assert again.status == 202 and again.json()["contact_id"] == cid
     assert rt.settle()
     assert len(emails_to(rt, "ann@example.com", "Welcome")) == 2

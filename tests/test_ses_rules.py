@@ -157,7 +157,7 @@ def test_a_burst_above_the_sending_rate_all_goes_out_once(strict):
     tap = EventTap(rt)
     people = [f"p{n}@example.com" for n in range(20)]
     for email in people:  # twenty signups at once: twenty welcome-1 sends in the same second
-        assert rt.http("POST", "/signup", json_body={"email": email, "consent": True}).status == 202
+        assert rt.http("POST", "/signup", json_body={"email": email, "consent": True, "list": "test-single"}).status == 202
     assert rt.settle(timeout=120)
     assert len(recipients()) == 2
     assert rt.advance(HOUR)

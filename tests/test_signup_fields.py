@@ -23,9 +23,9 @@ def outbox(rt):
 
 def test_a_url_as_first_name_is_no_name_and_never_a_tracked_link(rt):
     for name in (EVIL, "evil.example/x@y", "www.evil.example", "=?utf-8?q?Ann=0D=0ABcc:_evil@x.test?="):
-        resp = rt.http("POST", "/signup", json_body={"email": "pat@example.com", "consent": True, "first_name": name})
+        resp = rt.http("POST", "/signup", json_body={"email": "pat@example.com", "consent": True, "list": "test-single", "first_name": name})
         assert resp.status == 202 and Contact.get(resp.json()["contact_id"], PROFILE).first_name is None, name
-    resp = rt.http("POST", "/signup", json_body={"email": "ann@example.com", "consent": True, "first_name": EVIL})
+    resp = rt.http("POST", "/signup", json_body={"email": "ann@example.com", "consent": True, "list": "test-single", "first_name": EVIL})
     assert rt.settle()
     cid = resp.json()["contact_id"]
     [mail] = [m for m in outbox(rt) if m["To"] == "ann@example.com"]
@@ -78,14 +78,14 @@ def test_an_href_built_from_contact_data_is_not_tracked(own_templates):
 @pytest.mark.parametrize("zone", ["Mars/Olympus", "Europe", "America", "Asia", "Etc", "Africa", "../etc/passwd",
                                   "/etc/localtime", "localtime", "Europe/", "europe/paris", "Europe/Paris\x00", "zone.tab"])
 def test_a_signup_time_zone_must_be_an_iana_key(rt, zone):
-    resp = rt.http("POST", "/signup", json_body={"email": "tz@example.com", "consent": True, "timezone": zone})
+    resp = rt.http("POST", "/signup", json_body={"email": "tz@example.com", "consent": True, "list": "test-single", "timezone": zone})
     assert resp.status == 400 and resp.json()["field"] == "timezone", zone
 
 
 def test_a_real_time_zone_is_accepted(rt):
     # parse_signup only: storing it is contacts.subscribe's (its UpdateExpression names `timezone`, a
     # DynamoDB reserved word, without a placeholder since the outbox change: reported, not ours to fix)
-    assert contacts.parse_signup({"email": "tz@example.com", "consent": True, "timezone": "Europe/Paris"}).timezone \
+    assert contacts.parse_signup({"email": "tz@example.com", "consent": True, "list": "test-single", "timezone": "Europe/Paris"}).timezone \
         == "Europe/Paris"
 
 
