@@ -85,8 +85,16 @@ def test_landing_page_form_and_snippet_send_page_views(tmp_path):
             cid = tokens.contact_id("browser.test@example.com")
             assert page.evaluate("localStorage.getItem('funnelpilot.fp')")
 
-            # 3. the pricing page is now this contact's page view
-            page.click("#thanks a[href='/pricing']")
+            # 3. the confirmation email's link (double opt-in: the owner of the address proves it),
+            #    then the pricing page is this contact's page view
+            def confirmation():
+                mails = (message_from_bytes(p.read_bytes(), policy=policy.default) for p in rt.outbox.glob("*.eml"))
+                return [m.get_body(("plain",)).get_content() for m in mails if m["To"] == "browser.test@example.com"]
+            [confirm_link] = re.findall(rf"{re.escape(server.base)}/confirm/[A-Za-z0-9_\-.]+", until(confirmation)[0])
+            page.goto(confirm_link)
+            assert "subscribed" in page.content()
+            page.goto(f"{server.base}/")
+            page.click("nav a[href='/pricing']")
             [pricing] = until(lambda: views_of("/pricing"))
             assert pricing["contact_id"] == cid and pricing["title"].startswith("Pricing")
             assert pricing["referrer"] == f"{server.base}/"

@@ -9,6 +9,7 @@ import pytest
 from test_browser import CHROMIUM, FLAGS, free_port
 from test_redirects import ALLOWED, CLASSICS, EVIL, GOOD, payloads, python_host
 
+from funnelpilot.config import config
 from funnelpilot_local.server import LocalServer
 
 if not CHROMIUM.exists():
@@ -33,11 +34,15 @@ def sample() -> list[str]:
     return list(dict.fromkeys(list(GOOD) + CLASSICS[:12] + fooled[::4] + payloads()[::40]))
 
 
-def test_chromium_never_lands_outside_the_allowed_hosts(tmp_path: Path):
+def test_chromium_never_lands_outside_the_allowed_hosts(tmp_path: Path, monkeypatch):
     port = free_port()
     local = f"127.0.0.1:{port}"
     with LocalServer(port, state_dir=tmp_path / "local") as server, sync_playwright() as pw:
         server.start()
+        # one browser, one address, ~100 accepted signups: this test is about redirects, not signup limits
+        monkeypatch.setenv("SIGNUP_LIMIT_PER_IP", "100000")
+        monkeypatch.setenv("SIGNUP_LIMIT_PER_ADDRESS", "100000")
+        config.cache_clear()
         browser = pw.chromium.launch_persistent_context(str(tmp_path / "profile"), executable_path=str(CHROMIUM),
                                                         headless=True, args=FLAGS + [NO_NETWORK])
         try:
