@@ -149,11 +149,14 @@ def test_unsubscribed_mid_way_the_next_send_is_blocked_and_the_journey_ends(rt, 
     assert len(sent_emails(ACCOUNT, REGION)) == emails_before
 
 
-def test_duplicate_subscribed_delivery_starts_one_execution_and_sends_one_email(rt):
-    rt.http("POST", "/signup", json_body={"email": "cy@example.com", "consent": True})
-    for target, payload, _ in list(rt._deliveries.queue):  # at-least-once: every delivery twice
-        rt._deliver(target, payload)
+def test_duplicate_subscribed_delivery_starts_one_execution_and_sends_one_email(rt, tap):
+    signup(rt, "cy@example.com")
+    [subscribed] = tap.events("contact.subscribed")
+    rt.client("events").put_events(Entries=[{  # at-least-once: the same event (same event_id) again
+        "Source": "funnelpilot", "DetailType": "contact.subscribed", "Detail": json.dumps(subscribed["detail"]),
+        "EventBusName": "funnelpilot"}])
     assert rt.settle()
+    assert len(tap.events("contact.subscribed")) == 2
     assert len(executions(rt, "welcome")) == 1
     assert len(sent_emails(ACCOUNT, REGION)) == 1
 
