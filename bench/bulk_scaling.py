@@ -61,15 +61,21 @@ def measure(members: int, page_size: int = bulk.PAGE_SIZE, batch_size: int = bul
         started = time.monotonic()
         run = bulk.start(machine, SEGMENT, {"tag": "bench"}, run_id="bench", page_size=page_size,
                          batch_size=batch_size)
-        while (p := bulk.progress(run["run_id"])) is None or p["status"] != "done":
-            sfn = rt.client("stepfunctions")
-            if p and sfn.describe_execution(executionArn=p["execution"])["status"] in ("FAILED", "ABORTED"):
-                raise RuntimeError(f"bulk execution failed: {sfn.describe_execution(executionArn=p['execution'])}")
+        sfn, said = rt.client("stepfunctions"), time.monotonic()
+        while True:  # the run's current execution, until the one that reports has ended
+            p = bulk.progress(run["run_id"])
+            d = sfn.describe_execution(executionArn=p["execution"] if p else run["execution_arn"])
+            if d["status"] not in ("RUNNING", "SUCCEEDED"):
+                raise RuntimeError(f"bulk execution {d['status']}: {d.get('error')} {d.get('cause')}")
+            if d["status"] == "SUCCEEDED" and "changed" in json.loads(d.get("output") or "{}"):
+                break
+            if time.monotonic() - said > 60:
+                log(f"bulk: {p and p['members_done']} members done, {p and p['executions']} executions")
+                said = time.monotonic()
             time.sleep(1)
         elapsed = time.monotonic() - started
-        sfn = rt.client("stepfunctions")
         runs = sfn.list_executions(stateMachineArn=machine)["executions"]
-        report = json.loads(sfn.describe_execution(executionArn=p["execution"])["output"])
+        report = json.loads(d["output"])
         if report["changed"] != members:
             raise RuntimeError(f"bulk changed {report['changed']} of {members} members")
         return {"members": members, "page_size": page_size, "batch_size": batch_size,
