@@ -55,6 +55,7 @@ def test_no_wildcard_actions_in_any_policy():
                 if text == "*":
                     assert all(scopeless(a) for a in actions), (lid, actions)
                 elif text is not None:
+                    text = re.sub(r"\$\{\w+\.Arn\}", "arn:X:X:X:X:res", text)  # ${ContactsTable.Arn}/index/gsi1
                     parts = re.sub(r"\$\{[^}]+\}", "X", text).split(":", 5)  # ${AWS::Region} -> X
                     assert len(parts) == 6 and "*" not in parts[3] + parts[4], (lid, text)
                     segments = parts[5].split("/")
