@@ -32,8 +32,9 @@ def logs(rt):
         function.handler  # noqa: B018 - import every handler: their loggers exist from now on
     capture, buffer = Capture(), io.StringIO()
     loggers = [logging.getLogger(), *(logging.getLogger(n) for n in list(logging.Logger.manager.loggerDict))]
-    streams = {}
+    streams, levels = {}, {logger: logger.level for logger in loggers}
     for logger in loggers:
+        logger.setLevel(logging.INFO)  # the functions' level (INFO), whatever an earlier runtime left on the logger
         logger.addHandler(capture)
         for handler in logger.handlers:
             if isinstance(handler, logging.StreamHandler) and handler not in streams:
@@ -43,6 +44,7 @@ def logs(rt):
     finally:
         for logger in loggers:
             logger.removeHandler(capture)
+            logger.setLevel(levels[logger])
         for handler, stream in streams.items():
             handler.setStream(stream)
 
@@ -53,6 +55,6 @@ def test_no_email_address_in_any_log_line_of_a_full_journey(rt, logs):
     rt.http("POST", "/signup", json_body={"email": "ok@example.com", "consent": True, "list": "x@example.com"})
     assert rt.settle(timeout=60)
     lines = logs()
-    assert any('"message":"signup"' in line for line in lines)  # the capture works: the signup handler's line
+    assert any(re.search(r'"(message|msg)": ?"signup"', line) for line in lines)  # the capture works
     leaks = [line for line in lines if EMAIL.search(line)]
     assert leaks == []
