@@ -37,7 +37,6 @@
    ``maxResults``; the funnel router reads the latest states of an execution with both.
 10. ``ExecutionWorker._execution_logic``: an execution's thread acts as the state machine's
    IAM role (strict mode checks its Lambda invokes against it; aws_rules.principal).
-<<<<<<< HEAD
 11. Read-only looks at DynamoDB tables for strict mode (aws_rules.dynamodb): a table's key
    attributes, and the item an update expression would leave, computed on a copy.
 12. ``LimitedSizeDict.__setitem__``: moto refuses items over 405,000 bytes of its own measure,
@@ -46,13 +45,11 @@
 13. ``events.models.EventPattern``: moto's EventBridge pattern matcher, which also decides
    the FilterCriteria of the runtime's DynamoDB stream event source mappings (Lambda's
    filter syntax is EventBridge's).
-=======
-11. Execution limits for strict mode (:func:`limit_executions`, used by
+14. Execution limits for strict mode (:func:`limit_executions`, used by
    ``aws_rules.stepfunctions``; see the section at the end): ``EventManager.add_event``
    (the history limit), moto's ``is_within_size_quota`` as its states import it (the
    payload limit, configurable) and ``ErrorEqualsDecl._eval_body`` (``States.ALL`` does not
    catch the terminal errors).
->>>>>>> d774d59 (Strict mode for Step Functions (history limit, payload limit, StartExecution token bucket, States.ALL not catching terminal errors); bulk runs of any size: continue in a new execution after N pages, cursor saved on the run item (resume from it), funnel actions validated; router undoes its entry claim when StartExecution fails)
 """
 import copy
 import functools
