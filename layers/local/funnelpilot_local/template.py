@@ -16,7 +16,7 @@ REGION = "us-east-1"
 NO_VALUE = object()
 
 
-class _Loader(yaml.SafeLoader):
+class _Loader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # libyaml: every runtime start reads the template
     pass
 
 
