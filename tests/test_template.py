@@ -158,12 +158,16 @@ def _imported_layer_modules(path: Path) -> set[str]:
 
 def test_layer_package_holds_only_modules_the_handlers_reach():
     package = ROOT / "layers/funnelpilot/funnelpilot"
-    modules = {f"funnelpilot.{p.stem}" for p in package.glob("*.py") if p.stem != "__init__"}
-    assert not [p for p in package.iterdir() if p.is_dir() and p.name != "__pycache__"], "subpackages: extend this test"
+    # every module, subpackages' included (funnelpilot.audience.lookup: a package is its __init__.py)
+    files = {".".join(("funnelpilot", *p.relative_to(package).with_suffix("").parts)).removesuffix(".__init__"): p
+             for p in package.rglob("*.py") if "__pycache__" not in p.parts}
+    modules = set(files) - {"funnelpilot"}
     reached, todo = set(), [n for app in (ROOT / "functions").glob("*/app.py") for n in _imported_layer_modules(app)]
     while todo:
         name = todo.pop()
         if name in modules and name not in reached:
             reached.add(name)
-            todo += _imported_layer_modules(package / f"{name.split('.', 1)[1]}.py")
+            todo += _imported_layer_modules(files[name])
+            if "." in name.removeprefix("funnelpilot."):  # importing a submodule runs its package's __init__
+                todo.append(name.rsplit(".", 1)[0])
     assert modules - reached == set(), "not imported by any handler: move to layers/local (never deployed)"

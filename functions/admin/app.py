@@ -1,11 +1,14 @@
 """Admin routes (IAM auth on AWS; ``x-api-key`` with the local admin key on the local runtime):
-GET /contacts/{id}, GET /contacts/{id}/export, DELETE /contacts/{id} (GDPR erasure)."""
+GET /contacts/{id}, GET /contacts/{id}/export, DELETE /contacts/{id} (GDPR erasure),
+POST /contacts/lookup (find by email: the address in the body, never in a URL or a log),
+PATCH /contacts/{id} (tag, untag, set)."""
 import json
 
 from aws_lambda_powertools import Logger
 from aws_lambda_powertools.event_handler import Response
 
 from funnelpilot import gdpr, http
+from funnelpilot.audience import lookup
 
 logger = Logger()
 app = http.resolver()
@@ -20,6 +23,21 @@ def _json(status: int, body) -> Response:
 def get_contact(contact_id: str) -> Response:
     item = gdpr.profile(contact_id)
     return _json(200, item) if item else http.error(404, "no such contact", "id")
+
+
+@app.post("/contacts/lookup")
+def find_contact() -> Response:
+    cid = lookup.contact_id(http.fields(app.current_event).get("email"))
+    found = lookup.card(cid)
+    logger.info("lookup", extra={"contact_id": cid, "found": found is not None})
+    return _json(200, found) if found else http.error(404, "no contact with this email", "email")
+
+
+@app.patch("/contacts/<contact_id>")
+def change_contact(contact_id: str) -> Response:
+    changed = lookup.change(contact_id, http.fields(app.current_event))
+    logger.info("change", extra={"contact_id": contact_id, "found": changed is not None})
+    return _json(200, changed) if changed else http.error(404, "no such contact", "id")
 
 
 @app.get("/contacts/<contact_id>/export")

@@ -41,6 +41,11 @@ def validate(segment: str, action: dict) -> dict:
     """The action, checked: exactly one of ``tag``, ``untag``, ``properties`` or ``funnel``."""
     if segment not in segments.definitions():
         raise InvalidField("segment", f"unknown segment {segment!r}")
+    return validate_action(action)
+
+
+def validate_action(action: dict) -> dict:
+    """One action (bulk, or one contact's change from the admin route), checked."""
     if not isinstance(action, dict) or len(action) != 1:
         raise InvalidField("action", "give exactly one of tag, untag, properties, funnel")
     (kind, value), = action.items()
@@ -168,7 +173,7 @@ def apply(event: dict) -> dict:
     (kind, value), = action.items()
     # Events first, with ids derived from run + contact: a retry republishes the same ids
     # (consumers dedupe), and no change is ever left without its event.
-    entries = [_event(kind, value, cid, run_id) for cid in todo]
+    entries = [action_event(kind, value, cid, run_id) for cid in todo]
     bus.publish(*[e for e in entries if e])
     changed = 0
     for cid in todo:
@@ -194,7 +199,8 @@ def _already_done(run_id: str, cids: list[str]) -> set[str]:
     return found
 
 
-def _event(kind: str, value, cid: str, run_id: str) -> dict | None:
+def action_event(kind: str, value, cid: str, run_id: str) -> dict | None:
+    """The event announcing an action's change (segments follow it)."""
     event_id = tokens.digest_id("bk", run_id, cid)
     if kind == "tag":
         return bus.event("contact.tagged", cid, event_id=event_id, tag=value, source_run=run_id)
@@ -210,7 +216,7 @@ def _apply_one(run_id: str, cid: str, kind: str, value) -> bool:
     marker = {"Put": {"TableName": config().table, "ConditionExpression": "attribute_not_exists(pk)",
                       "Item": {"pk": {"S": f"BULK#{run_id}"}, "sk": {"S": f"DONE#{cid}"}, "at": {"S": clock.iso()}}}}
     for with_map in (True, False):
-        items = [marker, _change(cid, kind, value, with_map)]
+        items = [marker, change(cid, kind, value, with_map)]
         try:
             aws.transact_write(items)
             return True
@@ -226,7 +232,8 @@ def _apply_one(run_id: str, cid: str, kind: str, value) -> bool:
     return False
 
 
-def _change(cid: str, kind: str, value, with_map: bool) -> dict:
+def change(cid: str, kind: str, value, with_map: bool) -> dict:
+    """The transaction item making one action's change on the profile."""
     key = {"pk": {"S": cid}, "sk": {"S": "PROFILE"}}
     base = {"TableName": config().table, "Key": key}
     now = {":now": {"S": clock.iso()}}

@@ -32,7 +32,8 @@ def _plain(value):
     return value
 
 
-def _raw_items(cid: str) -> list[dict]:
+def raw_items(cid: str) -> list[dict]:
+    """Every item under the contact's key, as DynamoDB returns them (one Query, paginated)."""
     items, kwargs = [], {"TableName": config().table, "KeyConditionExpression": "pk = :pk",
                          "ExpressionAttributeValues": {":pk": {"S": cid}}, "ConsistentRead": True}
     while True:
@@ -43,20 +44,21 @@ def _raw_items(cid: str) -> list[dict]:
         kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
 
 
-def _items(cid: str) -> list[dict]:
-    return [_plain({k: _DESERIALIZER.deserialize(v) for k, v in item.items()}) for item in _raw_items(cid)]
+def plain(item: dict) -> dict:
+    """A low-level item as plain JSON-able values."""
+    return _plain({k: _DESERIALIZER.deserialize(v) for k, v in item.items()})
 
 
 def profile(cid: str) -> dict | None:
     item = aws.dynamodb().get_item(TableName=config().table, Key={"pk": {"S": cid}, "sk": {"S": "PROFILE"}},
                                    ConsistentRead=True).get("Item")
-    return _plain({k: _DESERIALIZER.deserialize(v) for k, v in item.items()}) if item else None
+    return plain(item) if item else None
 
 
 def export(cid: str) -> dict | None:
     """Every item about the person, grouped by kind (profile, consent, messages with their
     opens and clicks, funnel entries, scores and activity, ...), or None if unknown."""
-    items = _items(cid)
+    items = [plain(i) for i in raw_items(cid)]
     if not items:
         return None
     grouped: dict[str, list] = {}
@@ -99,7 +101,7 @@ def erase(cid: str) -> int | None:
 def _delete_items(cid: str) -> int:
     """Delete the contact's items but the profile and outbox items (the relay deletes those once
     published), stopping the executions of live funnel entries first."""
-    items = [i for i in _raw_items(cid) if i["sk"]["S"] != "PROFILE" and not i["sk"]["S"].startswith(outbox.PREFIX)]
+    items = [i for i in raw_items(cid) if i["sk"]["S"] != "PROFILE" and not i["sk"]["S"].startswith(outbox.PREFIX)]
     for item in items:
         if item["sk"]["S"].startswith("FUNNEL#") and item.get("status", {}).get("S") in ("starting", "running"):
             _stop(item["execution_arn"]["S"])

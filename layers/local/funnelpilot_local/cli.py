@@ -1,4 +1,5 @@
-"""``funnelpilot`` command line: demo, serve (local runtime), funnels (compiler), openapi, report, cost, bulk."""
+"""``funnelpilot`` command line: demo, serve (local runtime), funnels (compiler), openapi, report, cost, bulk,
+contacts."""
 import argparse
 import json
 import os
@@ -50,7 +51,14 @@ def main(argv: list[str] | None = None) -> int:
     cost.add_argument("--contacts", type=int, default=10_000)
     cost.add_argument("--usage", type=Path, default=LOCAL / "usage.json",
                       help="operations measured by a demo run (default .local/usage.json; measured now if absent)")
+    contacts = sub.add_parser("contacts", help="find, export, erase and change people by email; export lists")
+    contacts_sub = contacts.add_subparsers(dest="contacts_command", required=True)
+    from funnelpilot_local import audience_cli
+
+    audience_cli.register(contacts_sub)
     args = parser.parse_args(argv)
+    if args.command == "contacts":
+        return args.contacts_run(args)
     if args.command == "bulk":
         return bulk_command(args)
     if args.command == "demo":

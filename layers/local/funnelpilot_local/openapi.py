@@ -136,6 +136,12 @@ BODIES = {
     "POST /collect": {"required": True, "description": "JSON; the snippet sends it as text/plain (no preflight)",
                       "content": {"application/json": {"schema": {"$ref": REF.format(model="Collect")}},
                                   "text/plain": {"schema": {"$ref": REF.format(model="Collect")}}}},
+    "POST /contacts/lookup": {"required": True, "content": {"application/json": {"schema": {
+        "type": "object", "required": ["email"], "properties": {"email": _string("the address, any case")}}}}},
+    "PATCH /contacts/{id}": {"required": True, "content": {"application/json": {"schema": {
+        "type": "object", "additionalProperties": False, "properties": {
+            "tag": {"type": "array", "items": _string()}, "untag": {"type": "array", "items": _string()},
+            "set": {"type": "object", "description": "properties (custom fields) to set"}}}}}},
     "POST /u/{token}": {"required": False, "content": {FORM: {"schema": {"type": "object", "properties": {
         "List-Unsubscribe": _string("RFC 8058 one-click", enum=["One-Click"])}}}}},
 }
@@ -161,6 +167,11 @@ RESPONSES = {
     "GET /contacts/{id}/export": {"200": _json("every item about the person, grouped"),
                                   "404": _error("no such contact")},
     "DELETE /contacts/{id}": {"204": {"description": "erased"}, "404": _error("no such contact")},
+    "POST /contacts/lookup": {"200": _json("the contact card: profile, fields, lists, consent, scores, segments, "
+                                           "funnels (state, console link), timeline of emails"),
+                              "400": _error("not an address"), "404": _error("no contact with this email")},
+    "PATCH /contacts/{id}": {"200": _json("the contact card after the change"), "400": _error("invalid tag or property"),
+                             "404": _error("no such contact")},
     "GET /funnels/{id}/report": {"200": _json("per-step metrics"), "404": _error("no such funnel")},
     "GET /t.js": {"200": {"description": "the site tracker snippet",
                           "content": {"text/javascript": {"schema": {"type": "string"}}}},
@@ -176,6 +187,7 @@ SUMMARIES = {
     "GET /confirm/{token}": "Double opt-in confirmation", "POST /events": "Site and shop events",
     "GET /contacts/{id}": "Contact profile (admin)", "GET /contacts/{id}/export": "Everything about a person (admin)",
     "DELETE /contacts/{id}": "GDPR erasure (admin)", "GET /funnels/{id}/report": "Per-step funnel report (admin)",
+    "POST /contacts/lookup": "Find a person by email (admin)", "PATCH /contacts/{id}": "Tag, untag, set (admin)",
     "GET /t.js": "Site tracker snippet", "POST /collect": "Page views and custom events from the snippet",
 }
 PREFLIGHT = {"204": {"description": "CORS preflight for an allowed origin"}}

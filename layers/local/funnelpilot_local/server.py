@@ -78,6 +78,9 @@ def make_handler(rt: Runtime):
         def do_DELETE(self):  # noqa: N802
             self._serve("DELETE")
 
+        def do_PATCH(self):  # noqa: N802
+            self._serve("PATCH")
+
         def do_OPTIONS(self):  # noqa: N802
             self._serve("OPTIONS")
 

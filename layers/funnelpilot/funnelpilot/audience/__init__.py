@@ -1,0 +1,1 @@
+"""The audience a marketer manages: finding a person by email (``lookup``), exporting a list or a segment."""
