@@ -229,8 +229,9 @@ def test_50_concurrent_sends_on_one_metrics_row_are_each_counted_once(tmp_path):
         rows = {i["sk"]["S"]: i for i in rt.client("dynamodb").query(
             TableName="MetricsTable", KeyConditionExpression="pk = :p",
             ExpressionAttributeValues={":p": {"S": "FUNNEL#welcome"}})["Items"]}
-        step, email = rows[f"DAY#{day}#STEP#send-welcome-1"], rows[f"DAY#{day}#EMAIL#welcome-1"]
-        assert (step["sent"], step["entered"], email["sent"]) == ({"N": "50"},) * 3
+        step = rows[f"DAY#{day}#STEP#send-welcome-1"]
+        assert (step["sent"], step["entered"], step["template"]) == ({"N": "50"}, {"N": "50"}, {"S": "welcome-1"})
+        assert set(rows) == {f"DAY#{day}#STEP#send-welcome-1"}  # one item: the template's figures are its steps'
 
 
 def test_50_concurrent_orders_on_one_profile_are_each_scored_once(tmp_path):

@@ -1,6 +1,6 @@
 """Bus events → funnel/step/email counters (MetricsTable) and CloudWatch EMF metrics.
 
-Counters are idempotent (funnelpilot.metrics.record: marker + ADD in one transaction), so
+Counters are idempotent (funnelpilot.metrics.record: a counted-once marker, then one ADD), so
 EventBridge's at-least-once delivery never counts twice. Step Functions status changes
 (default bus) count failed funnel executions.
 """

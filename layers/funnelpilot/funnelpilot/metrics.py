@@ -1,25 +1,30 @@
-"""Funnel and email counters: atomic ``ADD`` on counter items, counted once per event.
+"""Funnel and email counters: one atomic ``UpdateItem`` (``ADD`` of several counters) per event,
+counted once per event; no transaction, so no ``TransactionConflict`` on the hot items.
 
 Item layout in the metrics table: ``pk = FUNNEL#<funnel>``, ``sk = DAY#<yyyy-mm-dd>#<row>``
 with one number attribute per metric (``sent``, ``blocked_frequency_cap``, ``human_opens``...).
-A row is ``FUNNEL`` (the funnel as a whole), ``STEP#<step>``, ``EMAIL#<template>`` or
-``VARIANT#<step>#<variant>``. A funnel's report over a day range is one Query on ``pk`` with
-``sk BETWEEN`` (funnelpilot.report).
-Idempotency: the ADD and a marker item ``pk = SEEN#<key>`` (conditional put, with TTL)
-go in one transaction, so a duplicate delivery counts nothing and nothing is lost. A step's
-rows are hot (every send of the step adds to them), so concurrent counts cancel each other
-with ``TransactionConflict``: ``aws.transact_write`` retries those; when it gives up the error
-reaches the Lambda, whose asynchronous retries count the event later (nothing was written).
+A row is ``FUNNEL`` (the funnel as a whole) or ``STEP#<step>``; a step item also names its
+``template`` and A/B ``variant`` (fixed by the state machine: a send state sends one template,
+in one branch), so the report sums a template's or a variant's figures from the step items
+instead of every event also adding to rows of their own (``EMAIL#<template>`` and
+``VARIANT#<step>#<variant>`` items written before are still read). Conversions belong to the
+step only: the goal event names the state the contact was on, not an email. A funnel's report
+over a day range is one Query on ``pk`` with ``sk BETWEEN`` (funnelpilot.report).
+
+Idempotency: a marker item ``pk = SEEN#<key>`` (conditional put, with TTL) first, then the
+``ADD``: a duplicate delivery finds the marker and counts nothing. When the ``ADD`` fails the
+marker is deleted again and the error reaches the Lambda, whose asynchronous retries count the
+event later. Two writes of 1 WRU instead of a transaction of 2 WRU per item: only a process
+dying between the two loses that one count.
 """
 import re
-
-from botocore.exceptions import ClientError
 
 from funnelpilot import aws, clock, tokens
 from funnelpilot.config import config
 
 MARKER_TTL = 14 * 86400
 FUNNEL_ROW = "FUNNEL"
+STEP_ONLY = ("conversions",)  # counted on the step, never on its template's or variant's figures
 _NAME = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
 
 
@@ -28,41 +33,41 @@ def counter_key(funnel: str, row: str, day: str | None = None) -> dict:
     return {"pk": {"S": f"FUNNEL#{funnel}"}, "sk": {"S": f"DAY#{day}#{row}"}}
 
 
-def count(funnel: str, step: str | None, metrics: dict[str, int], *, once_key: str | None = None,
-          day: str | None = None, also: tuple[str, ...] = ()) -> bool:
-    """Add ``metrics`` (name -> amount) to the step's counters for the day (``step=None``:
-    the funnel row); ``also`` names more rows (``EMAIL#welcome-1``) given the same add.
+def _marker_key(once_key: str) -> dict:
+    return {"pk": {"S": f"SEEN#{once_key}"}, "sk": {"S": "SEEN"}}
 
-    With ``once_key`` (an event_id, or a natural key such as ``open#<message>``) the
-    add happens at most once for that key; returns False when it was a duplicate.
+
+def count(funnel: str, step: str | None, metrics: dict[str, int], *, once_key: str | None = None,
+          day: str | None = None, template: str | None = None, variant: str | None = None) -> bool:
+    """Add ``metrics`` (name -> amount) to the step's counters for the day (``step=None``: the
+    funnel row), naming the step's ``template`` and ``variant`` on its item.
+
+    With ``once_key`` (an event_id, or a natural key such as ``opens#<message>``) the add
+    happens at most once for that key; returns False when it was a duplicate.
     """
     for name in metrics:
         if not _NAME.match(name):
             raise ValueError(f"bad metric name {name!r}")
+    table = config().metrics_table
     names = {f"#m{i}": name for i, name in enumerate(metrics)}
     values = {f":v{i}": {"N": str(amount)} for i, amount in enumerate(metrics.values())}
-    rows = (FUNNEL_ROW if step is None else f"STEP#{step}", *also)
-    updates = [{
-        "TableName": config().metrics_table,
-        "Key": counter_key(funnel, row, day),
-        "UpdateExpression": "ADD " + ", ".join(f"#m{i} :v{i}" for i in range(len(metrics))),
-        "ExpressionAttributeNames": names,
-        "ExpressionAttributeValues": values,
-    } for row in rows]
-    if once_key is None and len(updates) == 1:
-        aws.write("update_item", **updates[0])
-        return True
-    items = [{"Update": u} for u in updates]
-    if once_key is not None:
-        items.insert(0, {"Put": {"TableName": config().metrics_table,
-                                 "Item": {"pk": {"S": f"SEEN#{once_key}"}, "sk": {"S": "SEEN"},
-                                          "expires_at": {"N": str(int(clock.now()) + MARKER_TTL)}},
-                                 "ConditionExpression": "attribute_not_exists(pk)"}})
+    expression = "ADD " + ", ".join(f"#m{i} :v{i}" for i in range(len(metrics)))
+    labels = {k: v for k, v in (("template", template), ("variant", variant)) if v and step is not None}
+    if labels:
+        names |= {f"#{k}": k for k in labels}
+        values |= {f":{k}": {"S": str(v)} for k, v in labels.items()}
+        expression += " SET " + ", ".join(f"#{k} = :{k}" for k in labels)
+    if once_key is not None and not aws.conditional(
+            "put_item", TableName=table, Item={**_marker_key(once_key),
+                                               "expires_at": {"N": str(int(clock.now()) + MARKER_TTL)}},
+            ConditionExpression="attribute_not_exists(pk)"):
+        return False
     try:
-        aws.transact_write(items)
-    except ClientError as exc:
-        if aws.failed_conditions(exc):
-            return False
+        aws.write("update_item", TableName=table, Key=counter_key(funnel, FUNNEL_ROW if step is None else f"STEP#{step}", day),
+                  UpdateExpression=expression, ExpressionAttributeNames=names, ExpressionAttributeValues=values)
+    except Exception:
+        if once_key is not None:  # counted nothing: the retry of this event must find no marker
+            aws.write("delete_item", TableName=table, Key=_marker_key(once_key))
         raise
     return True
 
@@ -120,9 +125,5 @@ def record(detail_type: str, detail: dict) -> bool:
     if found is None or not step:
         return counted
     amounts, once_key = found
-    rows = []
-    if detail.get("template"):
-        rows.append(f"EMAIL#{detail['template']}")
-    if detail.get("variant"):
-        rows.append(f"VARIANT#{step}#{detail['variant']}")
-    return count(funnel, step, amounts, once_key=once_key, day=day, also=tuple(rows)) or counted
+    return count(funnel, step, amounts, once_key=once_key, day=day, template=detail.get("template"),
+                 variant=detail.get("variant")) or counted

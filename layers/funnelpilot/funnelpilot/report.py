@@ -1,7 +1,8 @@
 """Funnel reports from the counters in the metrics table (see funnelpilot.metrics).
 
 One Query per funnel (``pk = FUNNEL#<id>``, ``sk BETWEEN DAY#<from> AND DAY#<to>#…``) fetches
-every row of the range; rows are summed over the days. Rates, as a marketer reads them:
+every row of the range; rows are summed over the days, and a template's (an A/B variant's)
+figures are the sums of the step items that name it. Rates, as a marketer reads them:
 
 - open % = unique human opens / (sent - bounced); machine opens (Apple MPP prefetches,
   scanners) are shown apart and never in the rate;
@@ -19,7 +20,7 @@ from pathlib import Path
 from funnelpilot import aws, clock
 from funnelpilot.config import config
 from funnelpilot.errors import InvalidField
-from funnelpilot.metrics import FUNNEL_ROW, STEP_METRICS
+from funnelpilot.metrics import FUNNEL_ROW, STEP_METRICS, STEP_ONLY
 
 DEFAULT_DAYS = 30
 
@@ -104,11 +105,22 @@ def build(funnel: str, rows: list[dict], start: str, end: str, order: list[str] 
     daily: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
     for row in rows:
         day, _, name = row["sk"].removeprefix("DAY#").partition("#")
-        for key, value in row.items():
-            if isinstance(value, int) and key not in ("expires_at",):
-                sums[name][key] += value
-                if name.startswith("STEP#") and key in ("sent", "human_opens", "human_clicks", "conversions"):
-                    daily[day][key] += value
+        counts = {k: v for k, v in row.items() if isinstance(v, int) and k != "expires_at"}
+        for key, value in counts.items():
+            sums[name][key] += value
+        if not name.startswith("STEP#"):
+            continue
+        for key in ("sent", "human_opens", "human_clicks", "conversions"):
+            if key in counts:
+                daily[day][key] += counts[key]
+        # a step item names its template and variant: their figures are the sums of their steps'
+        labelled = [f"EMAIL#{row['template']}"] if row.get("template") else []
+        if row.get("variant"):
+            labelled.append(f"VARIANT#{name.removeprefix('STEP#')}#{row['variant']}")
+        for label in labelled:
+            for key, value in counts.items():
+                if key not in STEP_ONLY:
+                    sums[label][key] += value
     order = order if order is not None else step_order(funnel)
     names = [n.removeprefix("STEP#") for n in sums if n.startswith("STEP#")]
     rank = {name: i for i, name in enumerate(order)}
