@@ -62,6 +62,14 @@ def test_failed_deliveries_land_in_the_watched_dead_letter_queue(rt, tap):
     router.module.handler = broken
     rt.http("POST", "/signup", json_body={"email": "dl@example.com", "consent": True, "list": "test-single"})
     assert rt.settle(timeout=30)
+    assert len(calls) == 1  # Lambda's async queue retries a function error 1 minute later, then 2 more
+    rt.advance(59)
+    assert len(calls) == 1
+    rt.advance(1)
+    assert len(calls) == 2
+    rt.advance(119)
+    assert len(calls) == 2
+    rt.advance(1)
     assert len(calls) == 3  # first attempt + EventInvokeConfig.MaximumRetryAttempts (2)
     sqs = rt.client("sqs")
     url = sqs.get_queue_url(QueueName="DeadLetterQueue")["QueueUrl"]

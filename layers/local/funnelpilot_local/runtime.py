@@ -38,6 +38,7 @@ ROOT = Path(__file__).resolve().parents[3]
 LOCAL_SECRET = "local-development-secret-do-not-use-in-aws"
 # Routes with ``Auth: {Authorizer: AWS_IAM}`` (SigV4 on AWS) take this key in ``x-api-key`` locally.
 LOCAL_ADMIN_KEY = "local-admin-key"
+ASYNC_RETRY_WAIT = 60.0  # seconds: Lambda retries an async event 1 minute after a function error, then 2
 
 
 @dataclass
@@ -583,7 +584,8 @@ class Runtime:
     def _deliver_one(self) -> bool:
         """Make one queued delivery due on the clock (False: none). A function throttled for want
         of concurrency goes back to its queue with backoff for up to 6 hours, not counted as an
-        attempt; a failure is retried ``MaximumRetryAttempts`` times, then dead-lettered."""
+        attempt; a failure is retried ``MaximumRetryAttempts`` times (a function's 1 and 2 minutes
+        later, as Lambda's async queue does), then dead-lettered."""
         from funnelpilot import clock
 
         throttles, first = 0, None
@@ -618,7 +620,13 @@ class Runtime:
                                                    self._delayed_seq, arn, payload, attempt, throttles + 1, first))
                 return True
             if attempt < self._retries.get(arn, 2):
-                self._deliveries.put((arn, payload, attempt + 1))
+                if ":function:" in arn:  # Lambda's async queue waits 1 minute, then 2, between attempts
+                    with self._lock:
+                        self._delayed_seq += 1
+                        heapq.heappush(self._delayed, (clock.now() + ASYNC_RETRY_WAIT * (attempt + 1),
+                                                       self._delayed_seq, arn, payload, attempt + 1, throttles, first))
+                else:
+                    self._deliveries.put((arn, payload, attempt + 1))
                 return True
             self._dead_letter(arn, payload, exc)
         with self._lock:
