@@ -52,6 +52,13 @@
    (the history limit), moto's ``is_within_size_quota`` as its states import it (the
    payload limit, configurable) and ``ErrorEqualsDecl._eval_body`` (``States.ALL`` does not
    catch the terminal errors).
+15. ``boto_client_for`` (Step Functions' Task integrations): moto builds a new boto3 client
+   for every Task (~6% of the demo); one client per (region, service) serves them all
+   (boto3 clients are thread-safe, and moto's ignores the state's credentials anyway).
+16. Read-only looks for the runtime's pollers: whether a stream shard has records past an
+   iterator, whether any EventBridge Scheduler schedule exists; an empty GetRecords or
+   ListSchedules through botocore and moto costs ~3 ms, and the runtime polls each after
+   every delivery (a third of the demo's AWS calls).
 """
 import copy
 import functools
@@ -77,6 +84,17 @@ from moto.stepfunctions.parser.asl.component.state.exec.state_task.state_task_la
 from moto.stepfunctions.parser.asl.parse.asl_parser import AmazonStateLanguageParser
 from moto.stepfunctions.parser import models as sfn_models
 from moto.stepfunctions.parser.backend import execution_worker
+from moto.core.models import botocore_stubber
+from moto.dynamodbstreams.models import dynamodbstreams_backends
+from moto.scheduler.models import scheduler_backends
+from moto.settings import moto_server_port
+from moto.stepfunctions.parser.asl.component.state.exec.state_task import lambda_eval_utils
+from moto.stepfunctions.parser.asl.component.state.exec.state_task.service import (
+    state_task_service_dynamodb, state_task_service_events, state_task_service_sfn, state_task_service_sqs)
+from moto.stepfunctions.parser.asl.utils import boto_client
+
+_TASK_CLIENT_MODULES = (lambda_eval_utils, state_task_service_dynamodb, state_task_service_events,
+                        state_task_service_sfn, state_task_service_sqs)  # each imported boto_client_for by name
 
 from funnelpilot_local.aws_rules import principal
 from funnelpilot_local.aws_rules.lambda_ import is_throttle
@@ -105,6 +123,20 @@ def install(invoker: Invoker, deliverer: Deliverer) -> None:
         execution_worker.ExecutionWorker._fp_execution_logic = execution_worker.ExecutionWorker._execution_logic
         execution_worker.ExecutionWorker._execution_logic = _execution_logic_as_role
     dynamo_type.LimitedSizeDict.__setitem__ = _limited_setitem
+    for module in _TASK_CLIENT_MODULES:
+        module.boto_client_for = _task_client
+
+
+_task_clients: dict = {}
+
+
+def _task_client(region: str, service: str, state_credentials=None):
+    """moto 5.2.5's ``boto_client_for``, made once per (region, service, where it sends)."""
+    key = (region, service, botocore_stubber.enabled, moto_server_port())
+    client = _task_clients.get(key)
+    if client is None:
+        client = _task_clients[key] = boto_client.boto_client_for(region, service, state_credentials)
+    return client
 
 
 def _limited_setitem(self, key, value) -> None:
@@ -323,6 +355,17 @@ def _send_to_targets(self, original_event, transform_input: bool = True) -> None
 def event_filter(pattern: str) -> Callable[[dict], bool]:
     """A predicate: does an event (or a stream record) match this EventBridge-syntax pattern."""
     return events_models.EventPattern.load(pattern).matches_event
+
+
+def stream_has_records(account: str, region: str, iterator: str) -> bool:
+    """Whether GetRecords with this shard iterator would return a record."""
+    it = dynamodbstreams_backends[account][region].shard_iterators[iterator]
+    return it.sequence_number - it.stream_shard.starting_sequence_number < len(it.stream_shard.items)
+
+
+def any_schedules(account: str, region: str) -> bool:
+    """Whether the account has an EventBridge Scheduler schedule in any group."""
+    return any(group.schedules for group in scheduler_backends[account][region].schedule_groups.values())
 
 
 def sent_emails(account: str, region: str) -> list[tuple[str, str]]:
