@@ -1,6 +1,7 @@
 """The daily inactivity job's DynamoDB reads grow with the contacts becoming inactive that
 day, not with the size of the base. Seeds two base sizes on the local runtime (moto) with the
-same number of newly inactive contacts, runs the job, and prints what it read.
+same number of newly inactive contacts, runs the job, and prints what it read (stepped clock
+from a fixed start: the same counts every run).
 
     .venv/bin/python bench/inactivity_scaling.py [--bases 1000,10000] [--inactive 50]
 """
@@ -11,6 +12,7 @@ import tempfile
 from pathlib import Path
 
 from funnelpilot import aws, clock, inactivity
+from funnelpilot_local.demo import START
 from funnelpilot_local.runtime import ROOT, Runtime
 
 DAY = 86_400
@@ -41,7 +43,7 @@ def seed(rt: Runtime, base: int, newly_inactive: int, rng: random.Random) -> Non
 
 
 def measure(base: int, newly_inactive: int, seed_value: int) -> dict:
-    with tempfile.TemporaryDirectory() as tmp, Runtime(ROOT, speed=1.0, state_dir=Path(tmp)) as rt:
+    with tempfile.TemporaryDirectory() as tmp, Runtime(ROOT, stepped=True, start=START, state_dir=Path(tmp)) as rt:
         rt.schedules.clear()
         today = clock.iso()[:10]
         seed(rt, base, newly_inactive, random.Random(seed_value))

@@ -67,10 +67,14 @@ def label(name: str):
 
 @contextmanager
 def suspended():
-    """Calls made inside are neither recorded nor replayed (the meter's own reads)."""
+    """Calls made inside are neither recorded nor replayed (the meter's own reads), and are the
+    runtime's own (strict IAM: not the role of the handler whose call is being measured)."""
+    from funnelpilot_local.aws_rules import principal
+
     _local.suspended = True
     try:
-        yield
+        with principal.acting_as(None):
+            yield
     finally:
         _local.suspended = False
 
