@@ -44,7 +44,7 @@ openapi: $(STAMP)
 	$(BIN)/funnelpilot openapi
 
 bench: $(STAMP)
-	$(BIN)/python bench/run.py
+	$(BIN)/python bench/run.py --check-determinism
 
 clean:
 	rm -rf .local .aws-sam .pytest_cache

@@ -49,7 +49,27 @@ def _response(status: int, body: dict) -> dict:
     return {"statusCode": status, "headers": {"content-type": "application/json"}, "body": json.dumps(body)}
 
 
+def _keyed(purpose: str, value: str, size: int) -> str:
+    digest = hmac.new(_key, f"{purpose}:{value}".encode(), hashlib.sha256).digest()
+    return base64.b32encode(digest[:size]).decode().rstrip("=").lower()
+
+
+def _allow(scope: str, key: str, limit: int, window: int, at: float) -> bool:
+    index = int(at // window)
+    try:
+        _client("dynamodb").update_item(
+            TableName=os.environ["METRICS_TABLE_NAME"], Key={"pk": {"S": f"RATE#{scope}#{key}#{index}"},
+                                                            "sk": {"S": "RATE"}},
+            UpdateExpression="ADD hits :one SET expires_at = :x", ConditionExpression="attribute_not_exists(hits) OR hits < :l",
+            ExpressionAttributeValues={":one": {"N": "1"}, ":l": {"N": str(limit)}, ":x": {"N": str((index + 2) * window)}})
+        return True
+    except _client("dynamodb").exceptions.ConditionalCheckFailedException:
+        return False
+
+
 def signup(event: dict, context=None) -> dict:
+    """A new person on a double opt-in list: the IP's and the address's rate windows, then one
+    transaction (profile, consent record, outbox item of contact.pending)."""
     fields = _fields(event)
     email = str(fields.get("email", "")).strip().lower()
     if not _EMAIL.match(email):
@@ -57,35 +77,32 @@ def signup(event: dict, context=None) -> dict:
     if str(fields.get("consent", "")).lower() not in ("true", "on", "yes", "1"):
         return _response(400, {"error": "consent must be given (true)", "field": "consent"})
     list_name = str(fields.get("list") or "newsletter").lower()
-    digest = hmac.new(_key, b"contact:" + email.encode(), hashlib.sha256).digest()
-    cid = base64.b32encode(digest[:16]).decode().rstrip("=").lower()
+    http = event["requestContext"]["http"]
+    at = event["requestContext"]["timeEpoch"] / 1000
+    for name, value, limit, window in (("ip", http["sourceIp"], 20, 3600), ("email", email, 5, 86400)):
+        if not _allow(f"signup-{name}", _keyed(name, value, 10), limit, window, at):
+            return _response(429, {"error": f"too many signups from this {name}"})
+    cid = _keyed("contact", email, 16)
     now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     table = os.environ["TABLE_NAME"]
-    ddb = _client("dynamodb")
-    key = {"pk": {"S": cid}, "sk": {"S": "PROFILE"}}
-    ddb.transact_write_items(TransactItems=[
-        {"Update": {"TableName": table, "Key": key,
-                    "UpdateExpression": "SET email = :e, created_at = if_not_exists(created_at, :n), "
-                                        "updated_at = :n, #s = if_not_exists(#s, :a) ADD lists :l",
-                    "ExpressionAttributeNames": {"#s": "status"},
-                    "ExpressionAttributeValues": {":e": {"S": email}, ":n": {"S": now}, ":a": {"S": "active"},
-                                                  ":l": {"SS": [list_name]}}}},
+    event_id = uuid.uuid4().hex
+    entry = {"Source": "funnelpilot", "DetailType": "contact.pending", "EventBusName": os.environ["BUS_NAME"],
+             "Detail": json.dumps({"event_id": event_id, "contact_id": cid, "occurred_at": now, "list": list_name})}
+    _client("dynamodb").transact_write_items(TransactItems=[
+        {"Update": {"TableName": table, "Key": {"pk": {"S": cid}, "sk": {"S": "PROFILE"}},
+                    "UpdateExpression": "SET email = :e, created_at = if_not_exists(created_at, :n), updated_at = :n, "
+                                        "incarnation = if_not_exists(incarnation, :i), #s = :p ADD lists :l",
+                    "ConditionExpression": "attribute_not_exists(#s)", "ExpressionAttributeNames": {"#s": "status"},
+                    "ReturnValuesOnConditionCheckFailure": "ALL_OLD",
+                    "ExpressionAttributeValues": {":e": {"S": email}, ":n": {"S": now}, ":p": {"S": "pending"},
+                                                  ":i": {"S": uuid.uuid4().hex[:12]}, ":l": {"SS": [list_name]}}}},
         {"Put": {"TableName": table, "Item": {
             "pk": {"S": cid}, "sk": {"S": f"CONSENT#{now}#{list_name}"}, "list_name": {"S": list_name},
-            "source": {"S": "signup"}, "given_at": {"S": now},
-            "ip": {"S": event["requestContext"]["http"]["sourceIp"]},
-            "user_agent": {"S": event["requestContext"]["http"]["userAgent"]}}}}])
-    try:
-        ddb.update_item(TableName=table, Key=key, UpdateExpression="SET #s = :a REMOVE status_reason",
-                        ConditionExpression="#s = :u", ExpressionAttributeNames={"#s": "status"},
-                        ExpressionAttributeValues={":a": {"S": "active"}, ":u": {"S": "unsubscribed"}})
-        resubscribed = True
-    except ddb.exceptions.ConditionalCheckFailedException:
-        resubscribed = False
-    detail = {"event_id": uuid.uuid4().hex, "contact_id": cid, "occurred_at": now, "list": list_name,
-              "resubscribed": resubscribed}
-    _client("events").put_events(Entries=[{"Source": "funnelpilot", "DetailType": "contact.subscribed",
-                                           "Detail": json.dumps(detail), "EventBusName": os.environ["BUS_NAME"]}])
+            "source": {"S": "signup"}, "given_at": {"S": now}, "confirmation": {"S": "unconfirmed"},
+            "ip": {"S": http["sourceIp"]}, "user_agent": {"S": http["userAgent"]}}}},
+        {"Put": {"TableName": table, "Item": {"pk": {"S": cid}, "sk": {"S": f"OUTBOX#{event_id}"},
+                                              "entry": {"S": json.dumps(entry)},
+                                              "expires_at": {"N": str(int(time.time()) + 86400)}}}}])
     return _response(202, {"contact_id": cid})
 
 

@@ -54,8 +54,11 @@ PER_REQUEST_GOAL = {"POST /signup": 2, "GET /o/{token}": 2, "GET /c/{token}": 2}
 BULK_MEMBERS = "1000,5000"  # segment sizes of the bulk runs (BENCH_BULK_MEMBERS); 150,000 would take half an hour
 
 
+_STARTED = time.monotonic()
+
+
 def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
+    print(f"[{time.monotonic() - _STARTED:4.0f} s] {msg}", file=sys.stderr, flush=True)
 
 
 @dataclass
@@ -321,11 +324,11 @@ def counting(work: Path, contacts: int, funnel_contacts: int, timed: bool, round
         if timed:
             log("cold start: init")
             times["cold"] = coldstart.measure(functions, rounds)
-        # still inside `devnull`: the handlers' loggers were created writing to it
+        # all inside `devnull`: the handlers' loggers were created writing to it
         log(f"funnels: the demo's seeded audience ({funnel_contacts} contacts) through 60 days of every funnel")
         counts["demo"] = demo_run(funnel_contacts)
-    counts["scaling"] = scaling()
-    bulk = bulk_runs()
+        counts["scaling"] = scaling()
+        bulk = bulk_runs()
     counts["bulk"] = [{k: v for k, v in row.items() if k != "cpu_seconds"} for row in bulk]
     times["bulk_cpu_seconds"] = [row["cpu_seconds"] for row in bulk]
     return counts, times
@@ -430,8 +433,12 @@ def render(c: dict, t: dict, check: list[str] | None, n_counts: int) -> str:
         heavy = ", ".join(f"{pkg} {share:.0%}" for pkg, share in row["breakdown"])
         out.append(f"| {lid} | {_fmt(fr)}{'×' if fr else ''} | {_fmt(vs_raw)}{'×' if vs_raw else ''} | {goal} | "
                    f"{_fmt(row['ratio'])}× | {heavy} |")
-    for lid, why in sorted(first.get("failed", {}).items()):
+    failed = first.get("failed", {})
+    for lid, why in sorted(failed.items()):
         out.append(f"\n{lid}: first request not measured (its recorded calls could not be replayed: {why}).")
+    idle = sorted(set(cold["functions"]) - set(first.get("functions", {})) - set(failed))
+    if idle:
+        out.append(f"\nNot invoked by the bench's scenario (init only): {', '.join(idle)}.")
     out += ["", "## HTTP routes (second request of each route: counts; warm time ratio)", "",
             "| route | AWS calls | DynamoDB capacity units (estimated per KB and index) | calls | handler ÷ raw boto3 (time) "
             "| baseline |", "|---|---|---|---|---|---|"]
