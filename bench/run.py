@@ -468,9 +468,9 @@ def render(c: dict, t: dict, check: list[str] | None, n_counts: int) -> str:
         out.append(f"| {row['members']:,} | {row['page_size']} / {row['batch_size']} | {row['history_budget']:,} "
                    f"({row['pages_per_execution']}) | {row['executions']} | {row['max_history']:,} | "
                    f"{row['invocations']} | {cpu / row['members'] * 1000:.1f} |")
-    out += ["", "Invocations grow with the members (one per batch, two per page, two per execution); history events "
-            "per execution stay under the budget whatever the size (the last row: a budget of two pages, so the run "
-            "continues in new executions). The shipped budget fits "
+    out += ["", "Invocations grow with the members (one per batch and per page read, plus a start and a hand-on call "
+            "per execution and the report); history events per execution stay under the budget whatever the size "
+            "(the last row: a budget of two pages, so the run continues in new executions). The shipped budget fits "
             f"{c['bulk'][0]['pages_per_execution'] * c['bulk'][0]['page_size']:,} members in one execution. "
             "CPU seconds are this machine's moto (one TransactWriteItems per member), not AWS's."]
     out += ["", "## Growth with the number of contacts (counts)", ""]
