@@ -1,9 +1,10 @@
 """Counters and the funnel report against a scenario whose true counts are known."""
 import json
 import re
+from collections import Counter
 from email import message_from_bytes, policy
 
-from funnelpilot import bus, metrics, report, tokens
+from funnelpilot import bus, clock, metrics, report, tokens
 from funnelpilot_local.runtime import LOCAL_ADMIN_KEY
 
 
@@ -147,3 +148,55 @@ def test_the_svg_chart_stacks_every_funnel_that_had_contacts():
     texts = [t.firstChild.data for t in doc.getElementsByTagName("text") if t.firstChild]
     assert "demo <1>" in texts and "welcome" in texts and "Send welcome-1" in texts and "sunset" not in texts
     assert "3 machine hits not counted" in svg  # named, never drawn
+
+
+def test_every_delivery_made_twice_gives_the_report_the_message_items_give(tmp_path):
+    """Strict mode delivers every event twice to every consumer: the report equals what the
+    message items themselves say (sent, delivered, first human open and click), counted once."""
+    from email import message_from_bytes as parse
+
+    from conftest import START
+    from test_consent import ses_event
+    from test_funnels import order
+
+    from funnelpilot_local.aws_rules import Rules
+    from funnelpilot_local.runtime import ROOT, Runtime
+
+    with Runtime(ROOT, stepped=True, start=START, state_dir=tmp_path / "twice", log_level="WARNING",
+                 rules=Rules(duplicate_rate=1.0)) as rt:
+        people = welcome_emails(rt, "a@example.com", "b@example.com", "c@example.com")
+        (a, ma, la), (b, mb, lb), (c, mc, lc) = (people[e] for e in sorted(people))
+        mails = {m["To"]: m for m in (parse(p.read_bytes(), policy=policy.default) for p in rt.outbox.glob("*.eml"))}
+        for email in ("a@example.com", "b@example.com"):
+            ses_event(rt, "Email Delivered", "Delivery", mails[email],
+                      {"delivery": {"timestamp": clock.iso(), "recipients": [email], "smtpResponse": "250 ok"}},
+                      recipient=email)
+        assert rt.settle() and rt.advance(600)
+        human = {"user-agent": BROWSER}
+        assert rt.http("GET", la["o"], headers=human).status == 200
+        assert rt.http("GET", la["o"], headers=human).status == 200
+        assert rt.http("GET", lb["c"], headers=human).status == 302
+        assert rt.http("GET", lc["o"], headers=APPLE_MPP, source_ip="17.58.1.2").status == 200
+        assert rt.http("GET", lc["c"], headers=SCANNER, source_ip="203.0.113.9").status == 302
+        order(rt, "b@example.com")
+        assert rt.http("POST", lc["u"], form={"List-Unsubscribe": "One-Click"}).status == 200
+        assert rt.settle()
+        metrics_arn = rt.template.attributes[("MetricsFunction", "Arn")]
+        copies = Counter(p["detail"]["event_id"] for arn, p in rt.delivered if arn == metrics_arn)
+        assert len(copies) >= 12 and min(copies.values()) >= 2  # each counted event reached metrics twice or more
+        messages = [i for i in rt.client("dynamodb").scan(TableName="ContactsTable")["Items"]
+                    if i["sk"]["S"].startswith("MSG#") and i.get("funnel", {}).get("S") == "welcome"]
+        body = get_report(rt).json()
+    [step] = body["steps"]
+    truth = {"sent": sum(m["status"]["S"] == "sent" for m in messages),
+             "delivered": sum("delivered_at" in m for m in messages),
+             "human_opens": sum("first_open_at" in m for m in messages),
+             "human_clicks": sum("first_click_at" in m for m in messages)}
+    assert truth == {"sent": 3, "delivered": 2, "human_opens": 2, "human_clicks": 1}
+    assert {k: step[k] for k in truth} == truth
+    assert (step["entered"], step["machine_opens"], step["machine_clicks"]) == (3, 1, 1)
+    assert (step["conversions"], step["unsubscribes"], body["entered"], body["conversions"]) == (1, 1, 3, 1)
+    [email] = body["emails"]  # the template's figures: its step's, without the step's conversions
+    assert email["template"] == "welcome-1"
+    assert {k: email[k] for k in (*truth, "machine_opens", "unsubscribes")} == {
+        k: step[k] for k in (*truth, "machine_opens", "unsubscribes")} and email["conversions"] == 0
