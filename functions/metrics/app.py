@@ -1,4 +1,5 @@
 """Bus events → funnel/step/email counters (MetricsTable) and CloudWatch EMF metrics.
+(Deliveries are counted by functions/ses_feedback itself: only the counters read them.)
 
 Counters are idempotent (funnelpilot.metrics.record: a counted-once marker, then one ADD), so
 EventBridge's at-least-once delivery never counts twice. Step Functions status changes
@@ -15,10 +16,10 @@ from funnelpilot import bus, metrics
 logger = Logger()
 ops = Metrics()  # EMF: the operational view on the CloudWatch dashboard
 
-EMF_NAMES = {"email.sent": "EmailsSent", "email.blocked": "EmailsBlocked", "email.delivered": "EmailsDelivered",
-             "email.bounced": "EmailsBounced", "email.complained": "EmailsComplained",
-             "contact.unsubscribed": "Unsubscribes", "funnel.entered": "FunnelEntries",
-             "funnel.converted": "Conversions", "funnel.failed": "FunnelExecutionsFailed"}
+EMF_NAMES = {"email.sent": "EmailsSent", "email.blocked": "EmailsBlocked", "email.bounced": "EmailsBounced",
+             "email.complained": "EmailsComplained", "contact.unsubscribed": "Unsubscribes",
+             "funnel.entered": "FunnelEntries", "funnel.converted": "Conversions",
+             "funnel.failed": "FunnelExecutionsFailed"}
 
 
 def _funnel_failure(event: dict) -> tuple[str, dict]:

@@ -4,16 +4,19 @@
 - soft bounce (``Transient``/``Undetermined``; SES reports one only after its own retries
   gave up): count it, suppress after ``SOFT_BOUNCE_LIMIT`` in a row (a delivery resets the count);
 - complaint: suppress at once;
-- delivery: recorded on the message (``delivered_at``, which the engagement rules use).
+- delivery: recorded on the message (``delivered_at``, which the engagement rules use) and
+  counted (``delivered``, funnelpilot.metrics) here: no event on the bus, which only the
+  counters read.
 
 The contact is found from the recipient address (contact_id is a keyed hash of it), the
 message from our ``X-Funnelpilot-Message-Id`` header, which SES copies into ``mail.headers``.
 Idempotent on SES's own ids, not on the EventBridge event id (a re-published copy of an SES
 event gets a new one): a bounce or complaint on its ``feedbackId``, a delivery on the SES
 message id. Emitted events reuse that key, status changes are conditional, and a soft
-bounce (or a delivery's reset of the count) is applied together with a marker item in one
-transaction (retried while it conflicts with another write on the profile: a conflict must
-not lose it).
+bounce is applied together with a marker item in one transaction (retried while it conflicts
+with another write on the profile: a conflict must not lose it). A delivery's reset of the
+count is conditioned on the last soft bounce being older than the delivery, so a copy of an
+old delivery resets nothing and needs no marker; without soft bounces it writes nothing.
 """
 import os
 from datetime import datetime, timezone
@@ -21,7 +24,7 @@ from datetime import datetime, timezone
 from botocore.exceptions import ClientError
 from pynamodb.exceptions import UpdateError
 
-from funnelpilot import aws, bus, clock, consent, contacts, tokens
+from funnelpilot import aws, bus, clock, consent, contacts, metrics, tokens
 from funnelpilot.config import config
 from funnelpilot.models import PROFILE, Contact, Message, is_conditional_failure
 
@@ -78,7 +81,7 @@ def handle(event: dict) -> list[str]:
             if hard:
                 consent.suppress(cid, "hard_bounce", event_id=f"{event_id}-{cid}", **fields)
                 done.append(f"{cid}: hard bounce")
-            elif _count_soft_bounce(cid, event_id) >= soft_bounce_limit():
+            elif _count_soft_bounce(cid, event_id, _iso(bounce.get("timestamp"))) >= soft_bounce_limit():
                 consent.suppress(cid, "soft_bounces", event_id=f"{event_id}-{cid}", **fields)
                 done.append(f"{cid}: soft bounce limit")
             else:
@@ -97,10 +100,11 @@ def handle(event: dict) -> list[str]:
         delivery = detail["delivery"]
         for address in delivery.get("recipients", []):
             cid = tokens.contact_id(contacts.normalise_email(address))
-            _mark_message(cid, message_id, Message.delivered_at, _iso(delivery.get("timestamp")))
-            _reset_soft_bounces(cid, event_id)
-            bus.publish(bus.event("email.delivered", cid, event_id=f"{event_id}-{cid}",
-                                  **consent.message_fields(cid, message_id)))
+            delivered_at = _iso(delivery.get("timestamp"))
+            _mark_message(cid, message_id, Message.delivered_at, delivered_at)
+            _reset_soft_bounces(cid, delivered_at)
+            metrics.record("email.delivered", {"event_id": f"{event_id}-{cid}", "contact_id": cid,
+                                               "occurred_at": clock.iso(), **consent.message_fields(cid, message_id)})
             done.append(f"{cid}: delivered")
     return done
 
@@ -115,17 +119,18 @@ def _feedback_key(kind: str | None, detail: dict) -> str | None:
     return None
 
 
-def _count_soft_bounce(cid: str, event_id: str) -> int:
+def _count_soft_bounce(cid: str, event_id: str, bounced_at: str) -> int:
     """Add one soft bounce (once per SES event: the marker and the ADD in one transaction,
-    retried on conflicts); the contact's count since its last delivery."""
+    retried on conflicts) and stamp ``soft_bounce_at``; the contact's count since its last delivery."""
     table, key = config().table, {"pk": {"S": cid}, "sk": {"S": PROFILE}}
     try:
         aws.transact_write([
             {"Put": {"TableName": table, "ConditionExpression": "attribute_not_exists(pk)",
                      "Item": {"pk": {"S": cid}, "sk": {"S": f"SEEN#{event_id}"},
                               "expires_at": {"N": str(int(clock.now()) + MARKER_TTL)}}}},
-            {"Update": {"TableName": table, "Key": key, "UpdateExpression": "ADD soft_bounces :one",
-                        "ConditionExpression": "attribute_exists(pk)", "ExpressionAttributeValues": {":one": {"N": "1"}}}},
+            {"Update": {"TableName": table, "Key": key, "UpdateExpression": "ADD soft_bounces :one SET soft_bounce_at = :at",
+                        "ConditionExpression": "attribute_exists(pk)",
+                        "ExpressionAttributeValues": {":one": {"N": "1"}, ":at": {"S": bounced_at}}}},
         ])
     except ClientError as exc:
         if not aws.failed_conditions(exc):
@@ -137,18 +142,14 @@ def _count_soft_bounce(cid: str, event_id: str) -> int:
         return 0
 
 
-def _reset_soft_bounces(cid: str, event_id: str) -> None:
-    """A delivery starts the count again, once per SES delivery: a copy of an old delivery
-    re-published after later soft bounces resets nothing."""
-    table = config().table
-    try:
-        aws.transact_write([
-            {"Put": {"TableName": table, "ConditionExpression": "attribute_not_exists(pk)",
-                     "Item": {"pk": {"S": cid}, "sk": {"S": f"SEEN#{event_id}"},
-                              "expires_at": {"N": str(int(clock.now()) + MARKER_TTL)}}}},
-            {"Update": {"TableName": table, "Key": {"pk": {"S": cid}, "sk": {"S": PROFILE}},
-                        "UpdateExpression": "REMOVE soft_bounces", "ConditionExpression": "attribute_exists(pk)"}}])
-    except ClientError as exc:
-        if not aws.failed_conditions(exc):
-            raise
-        # a copy of a delivery already applied, or an address we do not know
+def _reset_soft_bounces(cid: str, delivered_at: str) -> None:
+    """A delivery starts the count again, if there is one and the last soft bounce came before
+    the delivery: a copy of an old delivery re-published after later soft bounces resets nothing.
+    Most contacts have no count: one read (half a read unit) instead of a write."""
+    table, key = config().table, {"pk": {"S": cid}, "sk": {"S": PROFILE}}
+    item = aws.dynamodb().get_item(TableName=table, Key=key, ProjectionExpression="soft_bounces").get("Item")
+    if not item:
+        return  # no count (or an address we do not know): nothing to reset
+    aws.conditional("update_item", TableName=table, Key=key, UpdateExpression="REMOVE soft_bounces, soft_bounce_at",
+                    ConditionExpression="attribute_not_exists(soft_bounce_at) OR soft_bounce_at <= :at",
+                    ExpressionAttributeValues={":at": {"S": delivered_at}})
