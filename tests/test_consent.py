@@ -46,7 +46,7 @@ def sent_count(rt):
 def test_get_shows_a_confirm_page_and_does_not_unsubscribe(rt, tap):
     cid, mail = signup_and_mail(rt)
     resp = rt.http("GET", unsubscribe_path(mail), headers={"user-agent": BROWSER})
-    assert resp.status == 200 and b"<form method=\"post\">" in resp.body and b"Unsubscribe</button>" in resp.body
+    assert resp.status == 200 and b"<form method=\"post\">" in resp.body and b"Unsubscribe from everything</button>" in resp.body
     assert status(rt, cid) == "active" and tap.events("contact.unsubscribed") == []
 
 

@@ -88,6 +88,7 @@ class Funnel:
     quiet_hours: tuple[str, str] | None = None
     timezone: str = "UTC"
     steps: tuple[Step, ...] = field(default=())
+    list_name: str | None = None  # the list its emails belong to (lists.yaml); None: the list its trigger named
 
     def sends(self) -> dict[str, list[Step]]:
         """template -> the send steps that send it (anywhere in the funnel)."""
@@ -331,7 +332,7 @@ class _Checker:
 
 
 _TOP = {"id", "name", "description", "trigger", "entry", "goals", "exits", "frequency_cap", "quiet_hours",
-        "timezone", "steps"}
+        "timezone", "steps", "list"}
 
 
 def parse(path: Path) -> tuple[Funnel | None, list[str]]:
@@ -363,11 +364,24 @@ def parse(path: Path) -> tuple[Funnel | None, list[str]]:
     except (ZoneInfoNotFoundError, ValueError):
         c.error(doc.line, f"timezone {tz!r} is not an IANA time zone (e.g. Europe/Paris)")
     steps = c.steps(doc.get("steps"), doc.line, "")
+    list_name = _list_name(c, doc.get("list"), path, doc.line)
     funnel = Funnel(id=fid, path=path, name=str(doc.get("name") or fid), description=str(doc.get("description") or ""),
                     trigger=trigger, entry_rule=entry_rule, reenter_after=reenter, goals=goals, exits=exits,
-                    frequency_cap=cap, quiet_hours=quiet, timezone=str(tz), steps=steps)
+                    frequency_cap=cap, quiet_hours=quiet, timezone=str(tz), steps=steps, list_name=list_name)
     _check_references(c, funnel)
     return (None if c.errors else funnel), c.errors
+
+
+def _list_name(c: "_Checker", value, path: Path, line: int) -> str | None:
+    """``list``: a list declared in the ``lists.yaml`` beside the funnels' folder."""
+    if value is None:
+        return None
+    lists_file = path.parent.parent / "lists.yaml"
+    declared = (yaml.safe_load(lists_file.read_text()) or {}).get("lists") or {} if lists_file.exists() else {}
+    if not isinstance(value, str) or value not in declared:
+        c.error(line, f"list {value!r} is not declared in lists.yaml (lists: {', '.join(declared) or 'none'})")
+        return None
+    return value
 
 
 def _list(value) -> list:

@@ -122,14 +122,18 @@ def enter(*, funnel: str, state_machine_arn: str, entry_rule: str, event: dict,
         values[":cut"] = {"N": str(int(now - reenter_after))}
     if ":running" not in condition:
         del values[":running"]
+    sets = "SET #s = :starting, entered_at = :iso, entered_ts = :now, trigger_event_id = :eid, execution_arn = :arn, funnel = :f"
+    if isinstance(detail.get("list"), str):  # the journey's emails belong to the list its trigger named
+        sets += ", list_name = :list"
+        values[":list"] = {"S": detail["list"]}
+    else:
+        sets += " REMOVE list_name"
     claimed = True
     if old.get("execution_arn"):  # pin what we replace: "always" stops it, a failed start puts it back
         condition = f"({condition}) AND execution_arn = :old AND #s = :oldstatus"
         values[":old"], values[":oldstatus"] = old["execution_arn"], old.get("status", {"S": ""})
     claim = {"Update": {"TableName": config().table, "Key": _entry_key(cid, funnel),
-                        "UpdateExpression": "SET #s = :starting, entered_at = :iso, entered_ts = :now, "
-                                            "trigger_event_id = :eid, execution_arn = :arn, funnel = :f "
-                                            "ADD entries :one",
+                        "UpdateExpression": f"{sets} ADD entries :one",
                         "ConditionExpression": condition, "ExpressionAttributeNames": {"#s": "status"},
                         "ExpressionAttributeValues": values}}
     try:

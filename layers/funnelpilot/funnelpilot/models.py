@@ -67,6 +67,7 @@ class Contact(Item):
     status = UnicodeAttribute(default="active")
     status_reason = UnicodeAttribute(null=True)
     lists = UnicodeSetAttribute(default=set)
+    unsubscribed_lists = UnicodeSetAttribute(default=set)  # opted out of (funnelpilot.preferences)
     tags = UnicodeSetAttribute(default=set)
     lead_magnets = UnicodeSetAttribute(default=set)
     properties = MapAttribute(default=dict)
@@ -139,6 +140,7 @@ class FunnelEntry(Item):
     entered_at = UnicodeAttribute(null=True)
     entered_ts = NumberAttribute(null=True)  # epoch of the last entry (reenter_after)
     trigger_event_id = UnicodeAttribute(null=True)  # the event that started the current execution
+    list_name = UnicodeAttribute(null=True)  # the list its trigger named: the journey's emails belong to it
     completed_at = UnicodeAttribute(null=True)
     goal = UnicodeAttribute(null=True)  # detail-type of the goal/exit event that ended it
     step = UnicodeAttribute(null=True)  # the state the contact was on when it converted / exited
@@ -155,6 +157,7 @@ class Message(Item):
     template = UnicodeAttribute()
     status = UnicodeAttribute()  # sending | sent | blocked
     variant = UnicodeAttribute(null=True)  # A/B variant of the split branch that sent it
+    list_name = UnicodeAttribute(null=True)  # the list it belongs to: its unsubscribe link opts out of that one
     reason = UnicodeAttribute(null=True)
     detail = UnicodeAttribute(null=True)  # SES's words for a recipient_rejected block
     lease_until = NumberAttribute(null=True)  # sending: the attempt that claimed it owns it until then

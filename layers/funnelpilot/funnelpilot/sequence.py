@@ -19,12 +19,13 @@ from zoneinfo import ZoneInfo
 from boto3.dynamodb.types import TypeSerializer
 from pynamodb.exceptions import DoesNotExist, PutError, UpdateError
 
-from funnelpilot import aws, bus, clock, consent, emails, funnel_spec, funnels, scoring, segments, tokens
+from funnelpilot import aws, bus, clock, consent, emails, funnel_spec, funnels, preferences, scoring, segments, tokens
 from funnelpilot.config import config
 from funnelpilot.errors import FunnelLeft, QuietHours, RecipientRejected, TransientError, transient
 from funnelpilot.models import PROFILE, Contact, Message, is_conditional_failure
 
-LEAVES = ("unknown_contact", "erased", "unsubscribed", "suppressed", "goal_reached")  # blocked: journey over
+LEAVES = ("unknown_contact", "erased", "unsubscribed", "suppressed", "goal_reached",
+          "list_unsubscribed")  # blocked: journey over
 logger = logging.getLogger(__name__)
 LOG_KEEP = 720 * 3600  # marketing_log entries kept: the longest frequency-cap window a funnel may set
 WAIT_GRACE = 86_400  # a wait item outlives its timeout by a day, then DynamoDB's TTL removes it
@@ -95,12 +96,16 @@ def quiet_until(quiet: tuple[str, str] | None, zone: ZoneInfo, now: float) -> fl
 
 
 # ---------------------------------------------------------------- send
-def blocked_reason(contact: Contact | None, step: dict, entry_status: str | None = None) -> str | None:
-    """Why this send must not happen (checks 1-4 of a send), or None."""
+def blocked_reason(contact: Contact | None, step: dict, entry_status: str | None = None,
+                   list_name: str | None = None) -> str | None:
+    """Why this send must not happen (checks 1-4 of a send), or None. ``list_name``: the list the
+    email belongs to, which the contact may have opted out of (funnelpilot.preferences)."""
     if contact is None:
         return "unknown_contact"
     if contact.status in ("unsubscribed", "suppressed", "erased"):
         return contact.status
+    if list_name and list_name in (contact.unsubscribed_lists or ()):
+        return "list_unsubscribed"
     if entry_status in ("converted", "exited"):
         return "goal_reached"  # the goal came while this step was in flight
     if contact.status == "pending" and not step.get("transactional"):
@@ -235,22 +240,26 @@ def send(step: dict) -> dict:
     contact = _contact(cid)
     current = funnels.entry(cid, step["funnel"]) if contact is not None else None
     mine = current and current.get("execution_arn") in (None, step["execution"])
-    reason = blocked_reason(contact, step, current.get("status") if mine else None)
+    spec = funnel_spec.load(step["funnel"])
+    # the list the email belongs to: the funnel's own, else the one its trigger named (the entry's)
+    list_name = spec.list_name or (current.get("list_name") if mine else None)
+    reason = blocked_reason(contact, step, current.get("status") if mine else None, list_name)
     if reason in ("unknown_contact", "erased"):
         return _blocked(step, message_id, reason)  # no item: nothing may be stored about them again
-    spec = funnel_spec.load(step["funnel"])
     if reason is None and not transactional:
         zone = _zone(contact.timezone, spec.timezone)
         if quiet_until(spec.quiet_hours, zone, clock.now()) is not None:
             raise QuietHours(f"{step['funnel']}: quiet hours {spec.quiet_hours[0]}-{spec.quiet_hours[1]}")
     message = Message(cid, f"MSG#{message_id}", message_id=message_id, funnel=step.get("funnel"),
                       step=step["state"], template=template, created_at=clock.iso(), variant=step.get("variant"),
-                      status="blocked" if reason else "sending", reason=reason)
+                      status="blocked" if reason else "sending", reason=reason, list_name=list_name)
     if reason is None:
         context = template_context(contact, message_id, step.get("lead_magnet"))
         rendered, links = emails.track(emails.render(template, context), contact_id=cid, message_id=message_id)
         headers = {"List-Unsubscribe": f"<{context['unsubscribe_url']}>",
-                   "List-Unsubscribe-Post": "List-Unsubscribe=One-Click"}
+                   "List-Unsubscribe-Post": "List-Unsubscribe=One-Click"}  # of this list, when it belongs to one
+        if list_name:
+            headers["List-Id"] = preferences.list_id(list_name)
         raw = emails.build_mime(to=contact.email, rendered=rendered, message_id=message_id, headers=headers)
         message.links = json.dumps(links)
         message.lease_until = clock.now() + LEASE_SECONDS * clock.speed()
