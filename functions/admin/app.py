@@ -1,14 +1,15 @@
 """Admin routes (IAM auth on AWS; ``x-api-key`` with the local admin key on the local runtime):
 GET /contacts/{id}, GET /contacts/{id}/export, DELETE /contacts/{id} (GDPR erasure),
 POST /contacts/lookup (find by email: the address in the body, never in a URL or a log),
-PATCH /contacts/{id} (tag, untag, set)."""
+PATCH /contacts/{id} (tag, untag, set), GET /segments/{name}/members and GET /lists/{name}/members
+(a page of members; ``?cursor=`` the next)."""
 import json
 
 from aws_lambda_powertools import Logger
 from aws_lambda_powertools.event_handler import Response
 
 from funnelpilot import gdpr, http
-from funnelpilot.audience import lookup
+from funnelpilot.audience import export, lookup
 
 logger = Logger()
 app = http.resolver()
@@ -38,6 +39,18 @@ def change_contact(contact_id: str) -> Response:
     changed = lookup.change(contact_id, http.fields(app.current_event))
     logger.info("change", extra={"contact_id": contact_id, "found": changed is not None})
     return _json(200, changed) if changed else http.error(404, "no such contact", "id")
+
+
+@app.get("/segments/<name>/members")
+def segment_members(name: str) -> Response:
+    found = export.page(name, app.current_event.get_query_string_value("cursor"))
+    return _json(200, found) if found else http.error(404, f"unknown segment {name[:64]!r}", "name")
+
+
+@app.get("/lists/<name>/members")
+def list_members(name: str) -> Response:
+    found = export.page(f"list:{name}", app.current_event.get_query_string_value("cursor"))
+    return _json(200, found) if found else http.error(404, f"unknown list {name[:64]!r}", "name")
 
 
 @app.get("/contacts/<contact_id>/export")

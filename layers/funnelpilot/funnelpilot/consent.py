@@ -79,6 +79,11 @@ def _lists() -> dict:
     return yaml.safe_load(path.read_text()) if path.exists() else {}
 
 
+def declared_lists() -> list[str]:
+    """The names of the lists declared in ``lists.yaml``."""
+    return list(_lists().get("lists") or {})
+
+
 def require_list(name: str) -> None:
     """A signup names a list declared in ``lists.yaml``, or is refused (400, field ``list``)."""
     if name not in (_lists().get("lists") or {}):

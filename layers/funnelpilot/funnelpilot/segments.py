@@ -15,7 +15,7 @@ from functools import cache
 import yaml
 from botocore.exceptions import ClientError
 
-from funnelpilot import aws, bus, clock, inactivity, scoring, tokens
+from funnelpilot import aws, bus, clock, consent, inactivity, scoring, tokens
 from funnelpilot.config import config
 from funnelpilot.models import PROFILE, Contact
 
@@ -27,7 +27,8 @@ _STATUS_EVENTS = ["contact.subscribed", "contact.confirmed", "contact.unsubscrib
 # Which events can change each kind of condition (the segment's dependencies).
 DEPENDS = {
     "tag": _PROFILE_EVENTS, "not_tag": _PROFILE_EVENTS, "property": _PROFILE_EVENTS,
-    "list": ["contact.subscribed", "contact.unsubscribed", *_PROFILE_EVENTS],
+    "list": ["contact.subscribed", "contact.unsubscribed", "contact.list_unsubscribed", "contact.list_subscribed",
+             *_PROFILE_EVENTS],
     "lead_magnet": ["contact.subscribed", *_PROFILE_EVENTS],
     "status": _STATUS_EVENTS,
     "score": ["score.changed"], "loyalty": ["score.changed"],
@@ -73,6 +74,10 @@ def definitions() -> dict[str, Segment]:
             if kind == "did" and "event" not in arg:
                 raise ValueError(f"segments.yaml: {name}: did needs an event")
         out[name] = Segment(name, mode, conditions, spec.get("description", ""))
+    # every declared list is a segment too, so its members are a Query (funnelpilot.audience.export)
+    for list_name in consent.declared_lists():
+        out[f"list:{list_name}"] = Segment(f"list:{list_name}", "all", (
+            {"list": list_name}, {"status": ["active", "pending"]}), f"on the {list_name} list (not opted out)")
     return out
 
 
@@ -110,8 +115,8 @@ def holds(kind: str, arg, facts: Facts, now: float) -> bool:
         return arg in (c.tags or set())
     if kind == "not_tag":
         return arg not in (c.tags or set())
-    if kind == "list":
-        return arg in (c.lists or set())
+    if kind == "list":  # joined and not opted out of (funnelpilot.preferences)
+        return arg in (c.lists or set()) and arg not in (c.unsubscribed_lists or set())
     if kind == "lead_magnet":
         return arg in (c.lead_magnets or set())
     if kind == "status":

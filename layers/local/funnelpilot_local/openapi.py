@@ -143,7 +143,9 @@ BODIES = {
             "tag": {"type": "array", "items": _string()}, "untag": {"type": "array", "items": _string()},
             "set": {"type": "object", "description": "properties (custom fields) to set"}}}}}},
     "POST /u/{token}": {"required": False, "content": {FORM: {"schema": {"type": "object", "properties": {
-        "List-Unsubscribe": _string("RFC 8058 one-click", enum=["One-Click"])}}}}},
+        "List-Unsubscribe": _string("RFC 8058 one-click: opts out of the email's list", enum=["One-Click"]),
+        "action": _string("the preference centre's button", enum=["save", "all"]),
+        "list": {"type": "array", "items": _string(), "description": "save: the lists to keep (repeated)"}}}}}},
 }
 GIF = {"description": "a 1x1 transparent GIF (also for an unknown or tampered token)",
        "content": {"image/gif": {"schema": {"type": "string", "format": "binary"}}}}
@@ -157,8 +159,13 @@ RESPONSES = {
                      "429": _error("over the signup limit per source IP or per address (Retry-After)")},
     "GET /o/{token}": {"200": GIF}, "HEAD /o/{token}": {"200": GIF},
     "GET /c/{token}": CLICK, "HEAD /c/{token}": CLICK,
-    "GET /u/{token}": {"200": _html("a page with a confirm button"), "404": _html("invalid token")},
-    "POST /u/{token}": {"200": _html("unsubscribed"), "404": _html("invalid token")},
+    "GET /u/{token}": {"200": _html("the preference centre: a form with a checkbox per list joined"),
+                       "404": _html("invalid token")},
+    "POST /u/{token}": {"200": _html("choices saved, or unsubscribed from everything"), "404": _html("invalid token")},
+    "GET /segments/{name}/members": {"200": _json("a page of members: columns, rows, next (cursor)"),
+                                     "400": _error("invalid cursor"), "404": _error("unknown segment")},
+    "GET /lists/{name}/members": {"200": _json("a page of the list's members: columns, rows, next (cursor)"),
+                                  "400": _error("invalid cursor"), "404": _error("unknown list")},
     "GET /confirm/{token}": {"200": _html("confirmed"), "404": _html("invalid or expired link")},
     "POST /events": {"202": _json("accepted, duplicate or unknown contact", {"type": "object", "properties": {
                          "status": _string(enum=["accepted", "duplicate", "unknown_contact"]), "event_id": _string()}}),
@@ -183,7 +190,8 @@ RESPONSES = {
 SUMMARIES = {
     "POST /signup": "Sign up from a landing-page form", "GET /o/{token}": "Open pixel",
     "HEAD /o/{token}": "Open pixel (HEAD)", "GET /c/{token}": "Tracked link", "HEAD /c/{token}": "Tracked link (HEAD)",
-    "GET /u/{token}": "Unsubscribe page", "POST /u/{token}": "Unsubscribe (also RFC 8058 one-click)",
+    "GET /u/{token}": "Preference centre", "POST /u/{token}": "Choose lists, or unsubscribe (also RFC 8058 one-click)",
+    "GET /segments/{name}/members": "Export a segment (admin)", "GET /lists/{name}/members": "Export a list (admin)",
     "GET /confirm/{token}": "Double opt-in confirmation", "POST /events": "Site and shop events",
     "GET /contacts/{id}": "Contact profile (admin)", "GET /contacts/{id}/export": "Everything about a person (admin)",
     "DELETE /contacts/{id}": "GDPR erasure (admin)", "GET /funnels/{id}/report": "Per-step funnel report (admin)",
@@ -192,7 +200,9 @@ SUMMARIES = {
 }
 PREFLIGHT = {"204": {"description": "CORS preflight for an allowed origin"}}
 QUERY = {"GET /funnels/{id}/report": [
-    {"name": name, "in": "query", "required": False, "schema": _string(format="date")} for name in ("from", "to")]}
+    {"name": name, "in": "query", "required": False, "schema": _string(format="date")} for name in ("from", "to")],
+    **{f"GET /{kind}/{{name}}/members": [{"name": "cursor", "in": "query", "required": False, "schema": _string()}]
+       for kind in ("segments", "lists")}}
 
 
 def _operation(route: dict, operation_id: str) -> dict:
