@@ -33,7 +33,7 @@ button{{padding:.6rem 1.2rem;font-size:1rem}}</style></head><body><h1>{title}</h
 
 def page(status: int, title: str, body_html: str) -> Response:
     """A small HTML page for people (unsubscribe, confirmation): not indexed, not cached.
-    ``title`` and ``body_html`` are our own constant text, never request data."""
+    ``title`` and ``body_html`` are our own text (configuration values escaped), never request data."""
     return Response(status_code=status, content_type="text/html; charset=utf-8",
                     headers={"cache-control": "no-store"}, body=_PAGE.format(title=title, body=body_html))
 
