@@ -69,6 +69,9 @@ def test_one_click_opts_out_of_that_list_only(rt, tap):
     assert opted["detail"]["list"] == "newsletter" and opted["detail"]["source"] == "one_click"
     assert opted["detail"]["template"] == "welcome-1"  # which email it came from
     assert tap.events("contact.unsubscribed") == []  # still subscribed: to the insiders list
+    report = rt.http("GET", "/funnels/welcome/report", headers={"x-api-key": "local-admin-key"}).json()
+    [step] = [s for s in report["steps"] if s["step"] == "Send welcome-1"]
+    assert step["unsubscribes"] == 1  # the opt-out counts on the email it came from
 
     rt.advance(8 * DAY)
     assert rt.settle()

@@ -101,6 +101,8 @@ def counters_for(detail_type: str, detail: dict) -> tuple[dict[str, int], str] |
         return {f"machine_{kind}": 1}, eid
     if detail_type == "contact.unsubscribed":
         return {"unsubscribes": 1}, f"unsub#{tokens.digest_id('u', detail['contact_id'])}"  # not the id itself
+    if detail_type == "contact.list_unsubscribed":  # an opt-out of the email's list (funnelpilot.preferences)
+        return {"unsubscribes": 1}, f"unsub#{tokens.digest_id('u', detail['contact_id'], detail.get('list') or '')}"
     if detail_type == "funnel.converted":
         return {"conversions": 1}, eid
     return None
