@@ -171,3 +171,16 @@ def test_the_address_looked_up_is_in_no_log_record(rt, caplog):
     records = [str(r.__dict__) for r in caplog.records]
     assert any("'lookup'" in r and cid in r for r in records)  # the line names the contact id
     assert not any("pia@example.com" in r for r in records)
+
+
+def test_stack_requests_are_sigv4_signed_for_execute_api(monkeypatch):
+    """`--stack`: the request carries botocore's SigV4 signature for the execute-api service."""
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIDEXAMPLE")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY")
+    api = audience_cli.AdminApi("https://abc123.execute-api.eu-west-1.amazonaws.com", region="eu-west-1")
+    headers = api._signed("POST", api.base_url + "/contacts/lookup", b'{"email": "a@example.com"}',
+                          {"content-type": "application/json"})
+    auth = headers["Authorization"]
+    assert auth.startswith("AWS4-HMAC-SHA256 Credential=AKIDEXAMPLE/")
+    assert "/eu-west-1/execute-api/aws4_request" in auth and "SignedHeaders=" in auth
+    assert "X-Amz-Date" in headers
