@@ -39,6 +39,24 @@ def normalise_email(raw: str) -> str:
     return raw.strip().lower()
 
 
+def parse_email(raw: str | None) -> str:
+    """The normalised address, or ``InvalidField("email")``."""
+    if not raw:
+        raise InvalidField("email", "email is required")
+    email = normalise_email(raw)
+    local = email.split("@", 1)[0]
+    # "=?": an RFC 2047 encoded word, which a header parser would decode inside an address
+    if not _EMAIL.match(email) or len(local) > 64 or ".." in email or "=?" in email:
+        raise InvalidField("email", "email is not a valid address")
+    return email
+
+
+def check_timezone(name: str | None) -> str | None:
+    if name and name not in _zones():
+        raise InvalidField("timezone", "timezone must be an IANA time zone such as Europe/Paris")
+    return name
+
+
 def _text(fields: dict, name: str, max_len: int) -> str | None:
     value = fields.get(name)
     if value is None or value == "":
@@ -57,14 +75,7 @@ def parse_signup(fields: dict) -> Signup:
     """Validate a signup form (JSON or form-encoded, already decoded to a dict)."""
     if _text(fields, "website", 2000):  # honeypot: humans never see this field
         return Signup(email="", is_bot=True)
-    raw_email = _text(fields, "email", 254)
-    if not raw_email:
-        raise InvalidField("email", "email is required")
-    email = normalise_email(raw_email)
-    local = email.split("@", 1)[0]
-    # "=?": an RFC 2047 encoded word, which a header parser would decode inside an address
-    if not _EMAIL.match(email) or len(local) > 64 or ".." in email or "=?" in email:
-        raise InvalidField("email", "email is not a valid address")
+    email = parse_email(_text(fields, "email", 254))
     consent = fields.get("consent")
     if not (consent is True or (isinstance(consent, str) and consent.strip().lower() in _TRUE)):
         raise InvalidField("consent", "consent must be given (true)")
@@ -79,9 +90,7 @@ def parse_signup(fields: dict) -> Signup:
     if redirect:
         redirect = urls.allowed_redirect(redirect, config().redirect_hosts)
     first_name = _text(fields, "first_name", 100)
-    timezone = _text(fields, "timezone", 64)
-    if timezone and timezone not in _zones():
-        raise InvalidField("timezone", "timezone must be an IANA time zone such as Europe/Paris")
+    timezone = check_timezone(_text(fields, "timezone", 64))
     utm = {k: v for k in UTM_KEYS if (v := _text(fields, k, 200))}
     return Signup(
         email=email,

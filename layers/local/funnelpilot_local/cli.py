@@ -56,6 +56,9 @@ def main(argv: list[str] | None = None) -> int:
     from funnelpilot_local import audience_cli
 
     audience_cli.register(contacts_sub)
+    from funnelpilot_local import contacts_cli
+
+    contacts_cli.register(contacts_sub)
     args = parser.parse_args(argv)
     if args.command == "contacts":
         return args.contacts_run(args)

@@ -1,0 +1,180 @@
+"""``funnelpilot contacts import FILE.csv``: import a list (the other ``contacts`` commands: audience_cli).
+
+Locally the commands run on the local runtime, whose contacts table is kept in
+``.local/contacts-table.json`` between commands (``local_runtime``); with ``--stack NAME`` they
+act on a deployed stack.
+"""
+import argparse
+import json
+import os
+import sys
+import time
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from pathlib import Path
+
+LOCAL = Path(".local")
+ROOT = Path(__file__).resolve().parents[3]  # runtime.ROOT, without importing moto to check a file
+BATCH = 100  # rows per invocation of ContactImportFunction (the Distributed Map's MaxItemsPerBatch)
+
+IMPORT_EXAMPLE = """examples:
+  funnelpilot contacts import members.csv
+  funnelpilot contacts import export.csv --list insiders --map "Email Address=email" --map "MEMBER_RATING=-"
+  funnelpilot contacts import members.csv --enter welcome --stack my-funnelpilot
+
+columns (header names, any case): email (required), first_name, lists and tags (separated by ; , or |),
+timezone (IANA), consent_date (YYYY-MM-DD or ISO date and time), consent_source,
+status (subscribed, unsubscribed, bounced, complained), and the fields declared in infra/fields.yaml."""
+
+
+def register(commands) -> None:
+    """Add ``import`` to the ``contacts`` sub-parsers."""
+    imp = commands.add_parser("import", help="import a CSV file (validated whole before anything is written)",
+                              epilog=IMPORT_EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter)
+    imp.add_argument("file", type=Path, help="the CSV file (UTF-8, a header line)")
+    imp.add_argument("--list", default="newsletter", help="list for rows whose lists cell is empty (default newsletter)")
+    imp.add_argument("--map", action="append", default=[], metavar="HEADER=COLUMN",
+                     help="read the file's HEADER as COLUMN (or `-`: ignore it); repeatable")
+    imp.add_argument("--enter", metavar="FUNNEL", help="hand each new subscribed person to this funnel (default: none)")
+    imp.add_argument("--stack", help="a deployed stack's name: upload to its import bucket and run its import state machine")
+    imp.add_argument("--state-dir", type=Path, default=LOCAL, help=argparse.SUPPRESS)
+    imp.set_defaults(contacts_run=import_command)
+
+
+class UserError(Exception):
+    """A mistake of the user's: one line, exit 2."""
+
+
+def batch_input(args, name: str) -> dict:
+    from funnelpilot import clock
+
+    mapping = {}
+    for pair in args.map:
+        header, sep, column = pair.partition("=")
+        if not sep or not header or not column:
+            raise UserError(f"--map {pair!r}: write HEADER=COLUMN (or HEADER=- to ignore a column)")
+        mapping[header] = column.strip().lower()
+    if args.enter:
+        from funnelpilot.report import known_funnels
+
+        if args.enter not in (known := known_funnels()):
+            raise UserError(f"--enter {args.enter!r}: no such funnel (funnels: {', '.join(known)})")
+    imported_at = datetime.fromtimestamp(clock.now(), timezone.utc).date().isoformat()
+    return {"file": name, "imported_at": imported_at, "list": args.list.lower(), "mapping": mapping,
+            "enter": args.enter}
+
+
+def read_and_validate(path: Path, batch: dict):
+    """The file's validation (``importer.Validation``), printed when it has errors."""
+    from funnelpilot.audience import importer
+    from funnelpilot.consent import require_list
+    from funnelpilot.errors import InvalidField
+
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except FileNotFoundError:
+        raise UserError(f"{path}: no such file") from None
+    except UnicodeDecodeError as exc:
+        raise UserError(f"{path}: not UTF-8 (byte {exc.start}); save it as UTF-8 CSV") from None
+    try:
+        require_list(batch["list"])
+    except InvalidField as exc:
+        raise UserError(f"--list: {exc.message}") from None
+    return importer.validate(text, batch["mapping"], batch["list"])
+
+
+class Progress:
+    """A progress bar with rate and ETA on stderr (redrawn in place on a terminal, a line every
+    10% otherwise)."""
+
+    def __init__(self, total: int, stream=sys.stderr):
+        self.total, self.stream, self.start, self.last = max(total, 1), stream, time.monotonic(), -1
+        self.tty = stream.isatty()
+
+    def update(self, done: int) -> None:
+        elapsed = max(time.monotonic() - self.start, 1e-6)
+        rate = done / elapsed
+        eta = (self.total - done) / rate if rate else 0
+        tenth = done * 10 // self.total
+        if not self.tty and tenth == self.last and done < self.total:
+            return
+        self.last = tenth
+        bar = "#" * (done * 30 // self.total)
+        line = f"[{bar:<30}] {done}/{self.total} rows  {rate:,.0f} rows/s  ETA {eta:.0f} s"
+        self.stream.write(("\r" + line) if self.tty else line + "\n")
+        if self.tty and done >= self.total:
+            self.stream.write("\n")
+        self.stream.flush()
+
+
+def import_rows(invoke, rows: list[dict], batch: dict, progress: Progress | None = None) -> dict:
+    """Invoke ContactImportFunction (``invoke(function, payload)``) with ``BATCH`` rows at a time;
+    the summed counts."""
+    totals: dict[str, int] = {}
+    for i in range(0, len(rows), BATCH):
+        counts = invoke("ContactImportFunction", {"Items": rows[i:i + BATCH], "BatchInput": batch})
+        for key, n in counts.items():
+            totals[key] = totals.get(key, 0) + n
+        if progress:
+            progress.update(min(i + BATCH, len(rows)))
+    return totals
+
+
+def import_command(args) -> int:
+    os.environ.setdefault("CONTENT_DIR", str(ROOT / "infra"))
+    try:
+        batch = batch_input(args, args.file.name)
+        validation = read_and_validate(args.file, batch)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if validation.errors:
+        from funnelpilot.audience.importer import MAX_ERRORS_SHOWN
+
+        for line in validation.errors[:MAX_ERRORS_SHOWN]:
+            print(line, file=sys.stderr)
+        if len(validation.errors) > MAX_ERRORS_SHOWN:
+            print(f"... and {len(validation.errors) - MAX_ERRORS_SHOWN} more", file=sys.stderr)
+        print(f"{args.file.name}: {validation.summary()}", file=sys.stderr)
+        return 1
+    print(f"{args.file.name}: {validation.summary()}", file=sys.stderr)
+    if args.stack:
+        raise NotImplementedError
+    with local_runtime(args.state_dir) as rt:
+        counts = import_rows(rt.invoke, validation.rows, batch, Progress(len(validation.rows)))
+        rt.settle()
+    print(format_counts(counts, batch))
+    return 0
+
+
+def format_counts(counts: dict, batch: dict) -> str:
+    line = (f"imported {batch['file']}: {counts.get('created', 0)} created, {counts.get('updated', 0)} updated, "
+            f"{counts.get('unchanged', 0)} unchanged")
+    if counts.get("skipped"):
+        line += f", {counts['skipped']} skipped (erased people are not re-created)"
+    if batch.get("enter"):
+        line += f"; {counts.get('entered', 0)} handed to the {batch['enter']} funnel"
+    else:
+        line += "; no funnel entered, nothing sent (--enter FUNNEL to start one)"
+    return line
+
+
+@contextmanager
+def local_runtime(state_dir: Path = LOCAL):
+    """The local runtime, with the contacts table loaded from ``state_dir/contacts-table.json``
+    and saved back when the block ends (the local stand-in for a deployed stack's table)."""
+    from funnelpilot.config import config
+    from funnelpilot_local.runtime import Runtime
+
+    saved = state_dir / "contacts-table.json"
+    with Runtime(ROOT, state_dir=state_dir, speed=1.0) as rt:  # real time: dates on record are today's
+        ddb, table = rt.client("dynamodb"), config().table
+        items = json.loads(saved.read_text()) if saved.exists() else []
+        for i in range(0, len(items), 25):
+            request = {table: [{"PutRequest": {"Item": item}} for item in items[i:i + 25]]}
+            while request:
+                request = ddb.batch_write_item(RequestItems=request).get("UnprocessedItems") or None
+        yield rt
+        items = [item for page in ddb.get_paginator("scan").paginate(TableName=table) for item in page["Items"]]
+        saved.parent.mkdir(parents=True, exist_ok=True)
+        saved.write_text(json.dumps(items))
