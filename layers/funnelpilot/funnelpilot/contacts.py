@@ -7,6 +7,7 @@ from importlib import resources
 from urllib.parse import urlsplit
 
 from funnelpilot import aws, bus, clock, outbox, ratelimit, tokens, urls
+from funnelpilot.audience import fields as custom_fields
 from funnelpilot.config import config
 from funnelpilot.consent import list_settings, require_list
 from funnelpilot.errors import InvalidField, RateLimited
@@ -21,6 +22,9 @@ _TRUE = {"true", "on", "yes", "1"}
 _NOT_A_NAME = re.compile(r"://|@|=\?|\bwww\.", re.IGNORECASE)
 UTM_KEYS = ("utm_source", "utm_medium", "utm_campaign", "utm_term", "utm_content")
 DEFAULT_LIST = "newsletter"
+# What a signup form may send besides the custom fields declared in infra/fields.yaml.
+SIGNUP_FIELDS = {"email", "list", "first_name", "consent", "consent_version", "lead_magnet", "redirect", "timezone",
+                 "website", *UTM_KEYS}
 
 
 @dataclass(frozen=True)
@@ -32,6 +36,8 @@ class Signup:
     utm: dict = field(default_factory=dict)
     redirect: str | None = None
     timezone: str | None = None
+    properties: dict = field(default_factory=dict)  # custom fields (funnelpilot.audience.fields)
+    consent_version: str | None = None
     is_bot: bool = False
 
 
@@ -92,6 +98,8 @@ def parse_signup(fields: dict) -> Signup:
     first_name = _text(fields, "first_name", 100)
     timezone = check_timezone(_text(fields, "timezone", 64))
     utm = {k: v for k in UTM_KEYS if (v := _text(fields, k, 200))}
+    properties = custom_fields.parse({k: v for k, v in fields.items() if k not in SIGNUP_FIELDS})
+    consent_version = custom_fields.check_consent_version(_text(fields, "consent_version", 32))
     return Signup(
         email=email,
         list_name=list_name,
@@ -100,6 +108,8 @@ def parse_signup(fields: dict) -> Signup:
         utm=utm,
         redirect=redirect,
         timezone=timezone,
+        properties=properties,
+        consent_version=consent_version,
     )
 
 
@@ -161,12 +171,13 @@ def subscribe(signup: Signup, *, ip: str | None, user_agent: str | None, page: s
     cid = tokens.contact_id(signup.email)
     now = clock.iso()
     seen = None  # the profile's status as last read; None: no profile (or one without a status)
+    has_properties = False  # whether that profile has a properties map (custom fields go in it)
     for _ in range(_SUBSCRIBE_ATTEMPTS):
         status, kind, confirmation = _next_status(seen, double_opt_in)
         consent = ConsentRecord(cid, f"CONSENT#{now}#{signup.list_name}", list_name=signup.list_name,
                                 source=consent_source(page), ip=ip, user_agent=user_agent, given_at=now,
-                                confirmation=confirmation)
-        items = [_profile_update(signup, cid, now, seen, status),
+                                confirmation=confirmation, wording_version=signup.consent_version)
+        items = [_profile_update(signup, cid, now, seen, status, has_properties),
                  {"Put": {"TableName": config().table, "Item": consent.serialize()}}]
         if kind == "pending":
             items.append(outbox.put(bus.event("contact.pending", cid, list=signup.list_name,
@@ -181,7 +192,8 @@ def subscribe(signup: Signup, *, ip: str | None, user_agent: str | None, page: s
         except Exception as exc:
             if 0 not in aws.failed_conditions(exc):
                 raise
-            seen = exc.response["CancellationReasons"][0].get("Item", {}).get("status", {}).get("S")
+            old = exc.response["CancellationReasons"][0].get("Item", {})
+            seen, has_properties = old.get("status", {}).get("S"), "properties" in old
     raise RuntimeError(f"contact {cid}: its status kept changing during the signup")
 
 
@@ -197,8 +209,9 @@ def _next_status(seen: str | None, double_opt_in: bool) -> tuple[str | None, str
     return seen, None, seen  # suppressed, erased: never reactivated by a signup
 
 
-def _profile_update(signup: Signup, cid: str, now: str, seen: str | None, status: str) -> dict:
-    """The profile's Update, valid only while its status is still ``seen``."""
+def _profile_update(signup: Signup, cid: str, now: str, seen: str | None, status: str, has_properties: bool) -> dict:
+    """The profile's Update, valid only while its status is still ``seen`` (and its properties map
+    exists, or not, as read)."""
     sets = ["email = :email", "created_at = if_not_exists(created_at, :now)", "updated_at = :now",
             "incarnation = if_not_exists(incarnation, :inc)"]  # new on every new profile (funnelpilot.erasure)
     adds = ["lists :list"]
@@ -225,8 +238,21 @@ def _profile_update(signup: Signup, cid: str, now: str, seen: str | None, status
     if signup.utm:
         sets.append("utm = if_not_exists(utm, :utm)")
         values[":utm"] = {"M": {k: {"S": v} for k, v in signup.utm.items()}}
+    condition = "attribute_not_exists(#s)" if seen is None else "#s = :seen"
+    if signup.properties:
+        names["#p"] = "properties"
+        if has_properties:  # set the fields the form sent, keep the others
+            for i, (name, value) in enumerate(signup.properties.items()):
+                sets.append(f"#p.#f{i} = :f{i}")
+                names[f"#f{i}"] = name
+                values[f":f{i}"] = custom_fields.attribute(value)
+            condition += " AND attribute_exists(#p)"
+        else:
+            sets.append("#p = :props")
+            values[":props"] = {"M": {k: custom_fields.attribute(v) for k, v in signup.properties.items()}}
+            condition += " AND attribute_not_exists(#p)"
     expression = f"SET {', '.join(sets)} ADD {', '.join(adds)}"
     return {"Update": {"TableName": config().table, "Key": {"pk": {"S": cid}, "sk": {"S": PROFILE}},
                        "UpdateExpression": expression, "ExpressionAttributeNames": names,
                        "ExpressionAttributeValues": values, "ReturnValuesOnConditionCheckFailure": "ALL_OLD",
-                       "ConditionExpression": "attribute_not_exists(#s)" if seen is None else "#s = :seen"}}
+                       "ConditionExpression": condition}}

@@ -124,6 +124,7 @@ class ConsentRecord(Item):
     given_at = UnicodeAttribute()
     confirmation = UnicodeAttribute(null=True)
     confirmed_at = UnicodeAttribute(null=True)
+    wording_version = UnicodeAttribute(null=True)  # the consent wording the form showed (infra/fields.yaml)
 
 
 class FunnelEntry(Item):

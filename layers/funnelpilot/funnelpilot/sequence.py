@@ -20,6 +20,7 @@ from boto3.dynamodb.types import TypeSerializer
 from pynamodb.exceptions import DoesNotExist, PutError, UpdateError
 
 from funnelpilot import aws, bus, clock, consent, emails, funnel_spec, funnels, preferences, scoring, segments, tokens
+from funnelpilot.audience import fields as custom_fields
 from funnelpilot.config import config
 from funnelpilot.errors import FunnelLeft, QuietHours, RecipientRejected, TransientError, transient
 from funnelpilot.models import PROFILE, Contact, Message, is_conditional_failure
@@ -123,6 +124,7 @@ def template_context(contact: Contact, message_id: str, lead_magnet: str | None 
         "lead_magnet": lead_magnet or (magnets[0] if len(magnets) == 1 else None),
         "contact_id": contact.pk,
         "properties": contact.properties.as_dict() if contact.properties else {},
+        "fields": custom_fields.template_values(contact.properties.as_dict() if contact.properties else {}),
         "unsubscribe_url": unsubscribe,
         "public_url": config().public_url,
         "site_url": config().site_url,

@@ -117,6 +117,15 @@ def parse(values: dict) -> dict:
     return out
 
 
+def attribute(value) -> dict:
+    """A field's value as a DynamoDB attribute value."""
+    if isinstance(value, bool):
+        return {"BOOL": value}
+    if isinstance(value, (int, float)):
+        return {"N": str(value)}
+    return {"S": value}
+
+
 def template_values(properties: dict) -> dict:
     """What templates see as ``fields``: every declared field, None where the contact has none."""
     return {name: properties.get(name) for name in declared()}

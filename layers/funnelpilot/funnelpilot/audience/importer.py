@@ -249,14 +249,6 @@ def _same(new, old: dict | None) -> bool:
     return old.get("S") == new
 
 
-def _attr(value) -> dict:
-    if isinstance(value, bool):
-        return {"BOOL": value}
-    if isinstance(value, (int, float)):
-        return {"N": str(value)}
-    return {"S": value}
-
-
 def _plan(row: Row, cid: str, old: dict | None, batch: dict) -> list[dict] | str | None:
     """The transaction items that bring the profile to what the row says (None: nothing to change).
     A new person's profile is a conditional Put (the cheapest write to check), an existing one's
@@ -273,7 +265,7 @@ def _plan(row: Row, cid: str, old: dict | None, batch: dict) -> list[dict] | str
                 "incarnation": {"S": uuid.uuid4().hex[:12]}}  # new on every new profile (funnelpilot.erasure)
         optional = {"status_reason": reason and {"S": reason}, "first_name": row.first_name and {"S": row.first_name},
                     "timezone": row.timezone and {"S": row.timezone}, "tags": row.tags and {"SS": list(row.tags)},
-                    "properties": row.fields and {"M": {k: _attr(v) for k, v in row.fields.items()}}}
+                    "properties": row.fields and {"M": {k: custom_fields.attribute(v) for k, v in row.fields.items()}}}
         item |= {k: v for k, v in optional.items() if v}
         items = [{"Put": {"TableName": table, "Item": item, "ConditionExpression": "attribute_not_exists(pk)"}}]
     else:
@@ -317,12 +309,12 @@ def _update(row: Row, old: dict, seen: str | None, status: tuple | None, now: st
         names["#p"] = "properties"
         if props is None:
             sets.append("#p = :props")
-            values[":props"] = {"M": {k: _attr(v) for k, v in changed.items()}}
+            values[":props"] = {"M": {k: custom_fields.attribute(v) for k, v in changed.items()}}
         else:
             for i, (k, v) in enumerate(changed.items()):
                 sets.append(f"#p.#f{i} = :f{i}")
                 names[f"#f{i}"] = k
-                values[f":f{i}"] = _attr(v)
+                values[f":f{i}"] = custom_fields.attribute(v)
     new_lists = sorted(set(row.lists) - set(old.get("lists", {}).get("SS", [])))
     new_tags = sorted(set(row.tags) - set(old.get("tags", {}).get("SS", [])))
     adds = []
