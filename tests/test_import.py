@@ -1,6 +1,7 @@
 """Importing a list (issue 15): every row validated before anything is written, then written once;
 suppressions of the previous tool (and of funnelpilot) honoured forever; nobody emailed unless asked."""
 import csv
+import json
 import email
 import io
 
@@ -157,3 +158,27 @@ def test_a_thousand_rows_with_thirty_invalid_then_fixed_then_again(rt, tmp_path,
     expected = {r["Email Address"].lower() for r in newcomers if r["status"] == "subscribed"}
     assert sorted(recipients(sent_before)) == sorted(expected)
     assert rt.dead_letters == [] and rt.errors == []
+
+
+def test_the_import_state_machine_reads_the_uploaded_csv_and_writes_each_row_once(rt, tmp_path):
+    """What `contacts import --stack` runs: the Distributed Map's CSV ItemReader over the uploaded file
+    (locally each child gets a batch of one row: moto does not parse ItemBatcher)."""
+    rows = people(6, prefix="s")
+    path = tmp_path / "export.csv"
+    write_csv(path, rows)
+    batch = contacts_cli.batch_input(cli_args(path), path.name)
+    assert contacts_cli.read_and_validate(path, batch).errors == []
+    bucket = rt.template.physical["ImportBucket"]
+    rt.client("s3").put_object(Bucket=bucket, Key="imports/run-1/export.csv", Body=path.read_bytes())
+    sfn = rt.client("stepfunctions")
+    arn = next(a for a in rt.state_machine_arns() if a.endswith("-import"))
+    for run in ("run-1", "run-1-again"):
+        execution = sfn.start_execution(stateMachineArn=arn, name=run, input=json.dumps(
+            {"bucket": bucket, "key": "imports/run-1/export.csv", **batch}))["executionArn"]
+        assert rt.settle()
+        done = sfn.describe_execution(executionArn=execution)
+        assert done["status"] == "SUCCEEDED", done
+        totals = {k: sum(c[k] for c in json.loads(done["output"])) for k in ("created", "unchanged")}
+        assert totals == ({"created": 6, "unchanged": 0} if run == "run-1" else {"created": 0, "unchanged": 6})
+    assert profile(rt, "s1@example.com")["properties"] == {"last_name": {"S": "Lee"}, "company": {"S": "Acme"},
+                                                           "employees": {"N": "1"}}

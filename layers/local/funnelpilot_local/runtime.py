@@ -323,6 +323,11 @@ class Runtime:
             self.client("logs").put_retention_policy(logGroupName=props["LogGroupName"],
                                                      retentionInDays=int(props["RetentionInDays"]))
             t.physical[lid] = props["LogGroupName"]
+        for lid in t.of_type("AWS::S3::Bucket"):  # CloudFormation names them <stack>-<logical id>-<suffix>
+            name = f"{t.stack_name}-{lid}".lower()
+            self.client("s3").create_bucket(Bucket=name)
+            t.physical[lid] = name
+            t.attributes[(lid, "Arn")] = f"arn:aws:s3:::{name}"
         for lid in t.of_type("AWS::Serverless::HttpApi"):
             t.physical[lid] = "local"
         for lid in t.of_type("AWS::Serverless::LayerVersion"):
@@ -398,7 +403,8 @@ class Runtime:
         text = (self.root / props["DefinitionUri"]).read_text()
         for key, value in subs.items():
             text = text.replace("${" + key + "}", value)
-        definition = compress_waits(json.loads(text), self.speed) if self.speed != 1 else json.loads(text)
+        definition = unbatch_items(json.loads(text))
+        definition = compress_waits(definition, self.speed) if self.speed != 1 else definition
         self.client("stepfunctions").create_state_machine(
             name=t.attributes[(lid, "Name")], definition=json.dumps(definition), roleArn=self.role_of(lid))
 
@@ -895,6 +901,25 @@ def lambda_stream_record(record: dict, stream_arn: str) -> dict:
         return value
 
     return {**plain(record), "eventSourceARN": stream_arn}
+
+
+def unbatch_items(definition: dict) -> dict:
+    """moto's interpreter does not parse a Map's ``ItemBatcher`` (moto 5.2.5; ItemReader it runs):
+    each Map with one gets instead an ``ItemSelector`` that gives every child workflow the input a
+    batch has on AWS, ``{"Items": [item], "BatchInput": ...}``: locally, batches of one item."""
+    def walk(states: dict) -> None:
+        for state in states.values():
+            batcher = state.pop("ItemBatcher", None)
+            if batcher is not None:
+                state["ItemSelector"] = {"Items.$": "States.Array($$.Map.Item.Value)",
+                                         "BatchInput": batcher.get("BatchInput", {})}
+            for key in ("Iterator", "ItemProcessor"):
+                if key in state:
+                    walk(state[key]["States"])
+
+    definition = json.loads(json.dumps(definition))
+    walk(definition["States"])
+    return definition
 
 
 def compress_waits(definition: dict, speed: float) -> dict:

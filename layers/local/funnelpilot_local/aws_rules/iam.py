@@ -138,6 +138,10 @@ def resources(prefix: str, action: str, params: dict, context: dict) -> dict[str
         return {"queue": _arn("sqs", queue)}
     if prefix == "sns":
         return {"topic": params["TopicArn"]}
+    if prefix == "s3":  # S3 ARNs name no region nor account
+        if params.get("Key"):
+            return {"object": f"arn:aws:s3:::{params['Bucket']}/{params['Key']}"}
+        return {"bucket": f"arn:aws:s3:::{params['Bucket']}"}
     return {}
 
 
