@@ -1,15 +1,64 @@
 """``funnelpilot`` command line: demo, serve (local runtime), funnels (compiler), openapi, report, cost, bulk,
 contacts."""
 import argparse
+import errno
 import json
 import os
 import sys
 from pathlib import Path
 
 LOCAL = Path(".local")
+EXAMPLES = {  # shown at the end of each command's --help
+    "demo": "funnelpilot demo --contacts 30 --days 14",
+    "serve": "funnelpilot serve --port 3000",
+    "funnels": "funnelpilot funnels --check",
+    "openapi": "funnelpilot openapi",
+    "bulk": "funnelpilot bulk --stack my-funnelpilot --segment hot-leads --tag webinar --wait",
+    "report": "funnelpilot report --funnel welcome --from 2026-01-01 --to 2026-01-31",
+    "cost": "funnelpilot cost --contacts 10000",
+    "contacts": "funnelpilot contacts import members.csv; funnelpilot contacts show ann@example.com",
+}
+
+
+class UserError(Exception):
+    """A mistake of the user's (a bad option value, a busy port): one line on stderr, exit code 2."""
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The entry point: a user's mistake — a bad option value, no AWS credentials, a stack that does
+    not exist, a busy port — is one line on stderr and exit code 2, never a traceback."""
+    try:
+        return _main(argv)
+    except Exception as exc:  # noqa: BLE001 - classified here, anything else is re-raised
+        line = user_error(exc)
+        if line is None:
+            raise
+        print(f"error: {line}", file=sys.stderr)
+        return 2
+
+
+def user_error(exc: Exception) -> str | None:
+    """The one line that explains a user's mistake, or None for a bug (a traceback is then right)."""
+    from botocore.exceptions import ClientError, NoCredentialsError, NoRegionError, PartialCredentialsError
+
+    from funnelpilot.errors import InvalidField
+
+    if isinstance(exc, UserError):
+        return str(exc)
+    if isinstance(exc, InvalidField):
+        return f"--{exc.field.replace('_', '-')}: {exc.message}"
+    if isinstance(exc, (NoCredentialsError, PartialCredentialsError)):
+        return ("no AWS credentials found: run `aws configure` or set AWS_PROFILE (or leave out --stack to use the "
+                "local runtime)")
+    if isinstance(exc, NoRegionError):
+        return "no AWS region: pass --region, or set AWS_REGION or a region in `aws configure`"
+    if isinstance(exc, ClientError):
+        error = exc.response.get("Error", {})
+        return f"AWS refused {exc.operation_name}: {error.get('Code')}: {error.get('Message')}"
+    return None
+
+
+def _main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="funnelpilot", description="funnelpilot local tools")
     sub = parser.add_subparsers(dest="command", required=True)
     demo = sub.add_parser("demo", help="simulate an audience through every shipped funnel and report")
@@ -59,6 +108,9 @@ def main(argv: list[str] | None = None) -> int:
     from funnelpilot_local import contacts_cli
 
     contacts_cli.register(contacts_sub)
+    for name, command in sub.choices.items():
+        if name in EXAMPLES:
+            command.epilog, command.formatter_class = f"example:\n  {EXAMPLES[name]}", argparse.RawDescriptionHelpFormatter
     args = parser.parse_args(argv)
     if args.command == "contacts":
         return args.contacts_run(args)
@@ -71,7 +123,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "serve":
         from funnelpilot_local.server import serve as serve_fn
 
-        serve_fn(port=args.port)
+        try:
+            serve_fn(port=args.port)
+        except OSError as exc:
+            if exc.errno != errno.EADDRINUSE:
+                raise
+            raise UserError(f"--port {args.port}: the port is in use (another `funnelpilot serve`?): stop it or "
+                            "pass another --port") from None
         return 0
     if args.command == "funnels":
         return funnels_command(args)
@@ -127,7 +185,10 @@ def report_command(args) -> int:
     from funnelpilot_local.runtime import ROOT
 
     content = ROOT / "infra"
-    funnels = args.funnel or report.known_funnels(content)
+    known = report.known_funnels(content)
+    if unknown := [f for f in args.funnel or [] if f not in known]:
+        raise UserError(f"--funnel {unknown[0]!r}: no such funnel (funnels: {', '.join(known)})")
+    funnels = args.funnel or known
     if args.stack:
         import boto3
 

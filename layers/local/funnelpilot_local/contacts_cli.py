@@ -13,6 +13,8 @@ from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 
+from funnelpilot_local.cli import UserError
+
 LOCAL = Path(".local")
 ROOT = Path(__file__).resolve().parents[3]  # runtime.ROOT, without importing moto to check a file
 BATCH = 100  # rows per invocation of ContactImportFunction (the Distributed Map's MaxItemsPerBatch)
@@ -39,10 +41,6 @@ def register(commands) -> None:
     imp.add_argument("--stack", help="a deployed stack's name: upload to its import bucket and run its import state machine")
     imp.add_argument("--state-dir", type=Path, default=LOCAL, help=argparse.SUPPRESS)
     imp.set_defaults(contacts_run=import_command)
-
-
-class UserError(Exception):
-    """A mistake of the user's: one line, exit 2."""
 
 
 def batch_input(args, name: str) -> dict:
@@ -108,26 +106,29 @@ class Progress:
 
 
 def import_rows(invoke, rows: list[dict], batch: dict, progress: Progress | None = None) -> dict:
-    """Invoke ContactImportFunction (``invoke(function, payload)``) with ``BATCH`` rows at a time;
-    the summed counts."""
-    totals: dict[str, int] = {}
+    """Invoke ContactImportFunction (``invoke(function, payload)``) with ``BATCH`` rows at a time, as
+    the import state machine's Distributed Map does on AWS; the summed counts."""
+    batches = []
     for i in range(0, len(rows), BATCH):
-        counts = invoke("ContactImportFunction", {"Items": rows[i:i + BATCH], "BatchInput": batch})
-        for key, n in counts.items():
-            totals[key] = totals.get(key, 0) + n
+        batches.append(invoke("ContactImportFunction", {"Items": rows[i:i + BATCH], "BatchInput": batch}))
         if progress:
             progress.update(min(i + BATCH, len(rows)))
+    return summed(batches)
+
+
+def summed(batches: list[dict]) -> dict:
+    """The counts of every batch added up."""
+    totals: dict[str, int] = {}
+    for counts in batches:
+        for key, n in counts.items():
+            totals[key] = totals.get(key, 0) + n
     return totals
 
 
 def import_command(args) -> int:
     os.environ.setdefault("CONTENT_DIR", str(ROOT / "infra"))
-    try:
-        batch = batch_input(args, args.file.name)
-        validation = read_and_validate(args.file, batch)
-    except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    batch = batch_input(args, args.file.name)
+    validation = read_and_validate(args.file, batch)
     if validation.errors:
         from funnelpilot.audience.importer import MAX_ERRORS_SHOWN
 
@@ -139,12 +140,45 @@ def import_command(args) -> int:
         return 1
     print(f"{args.file.name}: {validation.summary()}", file=sys.stderr)
     if args.stack:
-        raise NotImplementedError
-    with local_runtime(args.state_dir) as rt:
-        counts = import_rows(rt.invoke, validation.rows, batch, Progress(len(validation.rows)))
-        rt.settle()
+        counts = import_to_stack(args.stack, args.file, validation.total, batch)
+    else:
+        with local_runtime(args.state_dir) as rt:
+            counts = import_rows(rt.invoke, validation.rows, batch, Progress(len(validation.rows)))
+            rt.settle()
     print(format_counts(counts, batch))
     return 0
+
+
+def import_to_stack(stack: str, path: Path, rows: int, batch: dict) -> dict:
+    """Upload the file to the stack's import bucket and run its import state machine (a Distributed
+    Map over the file); progress from the map run's item counts. The summed counts."""
+    import uuid
+
+    import boto3
+
+    outputs = {o["OutputKey"]: o["OutputValue"] for o in boto3.client("cloudformation").describe_stacks(
+        StackName=stack)["Stacks"][0].get("Outputs", [])}
+    if "ImportStateMachineArn" not in outputs:
+        raise UserError(f"--stack {stack}: no ImportStateMachineArn output (deploy this version first: sam deploy)")
+    run = f"import-{datetime.now(timezone.utc):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}"
+    key = f"imports/{run}/{path.name}"
+    boto3.client("s3").upload_file(str(path), outputs["ImportBucketName"], key)
+    sfn = boto3.client("stepfunctions")
+    execution = sfn.start_execution(stateMachineArn=outputs["ImportStateMachineArn"], name=run, input=json.dumps(
+        {"bucket": outputs["ImportBucketName"], "key": key, **batch}))["executionArn"]
+    print(f"execution: {execution}", file=sys.stderr)
+    progress = Progress(rows)
+    while True:
+        done = sfn.describe_execution(executionArn=execution)
+        for map_run in sfn.list_map_runs(executionArn=execution).get("mapRuns", [])[:1]:
+            progress.update(sfn.describe_map_run(mapRunArn=map_run["mapRunArn"])["itemCounts"]["succeeded"])
+        if done["status"] != "RUNNING":
+            break
+        time.sleep(2)
+    if done["status"] != "SUCCEEDED":
+        raise UserError(f"the import execution {done['status'].lower()}: {done.get('error')}: {done.get('cause')} "
+                        f"({execution}); re-running the file writes only what is missing")
+    return summed(json.loads(done["output"]))
 
 
 def format_counts(counts: dict, batch: dict) -> str:
