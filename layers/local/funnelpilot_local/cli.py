@@ -184,6 +184,7 @@ def report_command(args) -> int:
     from funnelpilot import report
     from funnelpilot_local.runtime import ROOT
 
+    report.day_range(args.start, args.end)  # a bad --from/--to is refused before anything is read
     content = ROOT / "infra"
     known = report.known_funnels(content)
     if unknown := [f for f in args.funnel or [] if f not in known]:

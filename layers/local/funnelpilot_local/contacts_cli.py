@@ -55,7 +55,7 @@ def batch_input(args, name: str) -> dict:
     if args.enter:
         from funnelpilot.report import known_funnels
 
-        if args.enter not in (known := known_funnels()):
+        if args.enter not in (known := known_funnels(ROOT / "infra")):
             raise UserError(f"--enter {args.enter!r}: no such funnel (funnels: {', '.join(known)})")
     imported_at = datetime.fromtimestamp(clock.now(), timezone.utc).date().isoformat()
     return {"file": name, "imported_at": imported_at, "list": args.list.lower(), "mapping": mapping,
