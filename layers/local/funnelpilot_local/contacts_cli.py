@@ -193,22 +193,46 @@ def format_counts(counts: dict, batch: dict) -> str:
     return line
 
 
+TABLE_FILE = "contacts-table.json"
+
+
 @contextmanager
 def local_runtime(state_dir: Path = LOCAL):
-    """The local runtime, with the contacts table loaded from ``state_dir/contacts-table.json``
-    and saved back when the block ends (the local stand-in for a deployed stack's table)."""
-    from funnelpilot.config import config
+    """The local runtime with the contacts table of ``state_dir`` (``load_table``), saved back when
+    the block ends. Refused while `funnelpilot serve` runs: it holds the table in memory and saves
+    it when it stops."""
+    import socket
+
     from funnelpilot_local.runtime import Runtime
 
-    saved = state_dir / "contacts-table.json"
+    with socket.socket() as probe:
+        if probe.connect_ex(("127.0.0.1", 3000)) == 0:
+            raise UserError("`funnelpilot serve` is running on port 3000: stop it first (it keeps the local table in "
+                            "memory and saves it when it stops), then import, then start it again")
     with Runtime(ROOT, state_dir=state_dir, speed=1.0) as rt:  # real time: dates on record are today's
-        ddb, table = rt.client("dynamodb"), config().table
-        items = json.loads(saved.read_text()) if saved.exists() else []
-        for i in range(0, len(items), 25):
-            request = {table: [{"PutRequest": {"Item": item}} for item in items[i:i + 25]]}
-            while request:
-                request = ddb.batch_write_item(RequestItems=request).get("UnprocessedItems") or None
+        saved = load_table(rt, state_dir)
         yield rt
-        items = [item for page in ddb.get_paginator("scan").paginate(TableName=table) for item in page["Items"]]
-        saved.parent.mkdir(parents=True, exist_ok=True)
-        saved.write_text(json.dumps(items))
+        save_table(rt, saved)
+
+
+def load_table(rt, state_dir: Path) -> Path:
+    """Load the contacts table saved in ``state_dir`` (the local stand-in for a deployed stack's
+    table, shared by `contacts import` and `serve`) into the runtime; the file's path."""
+    from funnelpilot.config import config
+
+    saved = Path(state_dir) / TABLE_FILE
+    ddb, table = rt.client("dynamodb"), config().table
+    items = json.loads(saved.read_text()) if saved.exists() else []
+    for i in range(0, len(items), 25):
+        request = {table: [{"PutRequest": {"Item": item}} for item in items[i:i + 25]]}
+        while request:
+            request = ddb.batch_write_item(RequestItems=request).get("UnprocessedItems") or None
+    return saved
+
+
+def save_table(rt, saved: Path) -> None:
+    from funnelpilot.config import config
+
+    pages = rt.client("dynamodb").get_paginator("scan").paginate(TableName=config().table)
+    saved.parent.mkdir(parents=True, exist_ok=True)
+    saved.write_text(json.dumps([item for page in pages for item in page["Items"]]))

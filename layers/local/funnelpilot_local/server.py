@@ -109,9 +109,13 @@ class LocalServer:
         self._serving = False
 
     def __enter__(self) -> "LocalServer":
-        self.rt.start()
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", self.port), make_handler(self.rt))  # a busy port: before the runtime
+        try:
+            self.rt.start()
+        except BaseException:
+            self.httpd.server_close()
+            raise
         threading.Thread(target=self._pump, daemon=True).start()
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", self.port), make_handler(self.rt))
         return self
 
     def __exit__(self, *exc) -> None:
@@ -138,8 +142,11 @@ class LocalServer:
 
 
 def serve(port: int = 3000, speed: float = 86_400.0) -> None:
+    from funnelpilot_local import contacts_cli
+
     with LocalServer(port, speed) as server:
         rt, base = server.rt, server.base
+        table = contacts_cli.load_table(rt, rt.state_dir)  # the contacts `funnelpilot contacts import` wrote
         print(f"funnelpilot local API on {base}  (landing page: {base}/ , the same site as http://localhost:{port}/)")
         print(f"  routes: {', '.join(sorted({f'{r.method} {r.path}' for r in rt.routes}))}")
         print(f"  emails are written to {rt.outbox}/  - one simulated day passes every {86400 / speed:g} s")
@@ -151,3 +158,5 @@ def serve(port: int = 3000, speed: float = 86_400.0) -> None:
             server.serve_forever()
         except KeyboardInterrupt:
             pass
+        finally:
+            contacts_cli.save_table(rt, table)
