@@ -7,6 +7,18 @@ import pytest
 from funnelpilot_local import cli
 
 
+@pytest.fixture(autouse=True)
+def content(monkeypatch):
+    """This checkout's content (infra/), as a runtime reads it: what the settings cached at import
+    time (no CONTENT_DIR) would otherwise make the lists and fields caches hold for later tests."""
+    from funnelpilot.config import config
+
+    monkeypatch.setenv("CONTENT_DIR", str(cli.Path(__file__).parents[1] / "infra"))
+    config.cache_clear()
+    yield
+    config.cache_clear()
+
+
 def run(capsys, *argv) -> tuple[int, list[str]]:
     code = cli.main(list(argv))
     return code, capsys.readouterr().err.strip().splitlines()

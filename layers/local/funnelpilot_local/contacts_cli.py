@@ -126,7 +126,10 @@ def summed(batches: list[dict]) -> dict:
 
 
 def import_command(args) -> int:
+    from funnelpilot.config import config
+
     os.environ.setdefault("CONTENT_DIR", str(ROOT / "infra"))
+    config.cache_clear()  # read when funnelpilot.models was imported, maybe without CONTENT_DIR
     batch = batch_input(args, args.file.name)
     validation = read_and_validate(args.file, batch)
     if validation.errors:
