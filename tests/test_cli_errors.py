@@ -4,7 +4,10 @@ import socket
 
 import pytest
 
+from funnelpilot.report import known_funnels
 from funnelpilot_local import cli
+
+FUNNELS = ", ".join(known_funnels(cli.Path(__file__).parents[1] / "infra"))
 
 
 @pytest.fixture(autouse=True)
@@ -25,16 +28,14 @@ def run(capsys, *argv) -> tuple[int, list[str]]:
 
 
 @pytest.mark.parametrize("argv, line", [
-    (["report", "--funnel", "nope"], "error: --funnel 'nope': no such funnel (funnels: ascension, delivery, "
-                                     "engagement, reengagement, segmentation, sunset, welcome)"),
+    (["report", "--funnel", "nope"], f"error: --funnel 'nope': no such funnel (funnels: {FUNNELS})"),
     (["report", "--from", "2026-13-01"], "error: --from: expected a day as YYYY-MM-DD"),
     (["report", "--from", "2026-02-01", "--to", "2026-01-01"], "error: --from: from is after to"),
     (["contacts", "import", "no-such-file.csv"], "error: no-such-file.csv: no such file"),
     (["contacts", "import", "examples/members.csv", "--map", "Email Address"],
      "error: --map 'Email Address': write HEADER=COLUMN (or HEADER=- to ignore a column)"),
     (["contacts", "import", "examples/members.csv", "--enter", "nope"],
-     "error: --enter 'nope': no such funnel (funnels: ascension, delivery, engagement, reengagement, segmentation, "
-     "sunset, welcome)"),
+     f"error: --enter 'nope': no such funnel (funnels: {FUNNELS})"),
     (["contacts", "import", "examples/members.csv", "--list", "nope"], "error: --list: unknown list 'nope'"),
 ])
 def test_bad_option_values(capsys, monkeypatch, argv, line):
