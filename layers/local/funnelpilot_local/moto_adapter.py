@@ -59,6 +59,12 @@
    iterator, whether any EventBridge Scheduler schedule exists; an empty GetRecords or
    ListSchedules through botocore and moto costs ~3 ms, and the runtime polls each after
    every delivery (a third of the demo's AWS calls).
+17. Per-request costs of the in-process transport, while a runtime runs (:func:`uninstall`
+   ends it): botocore signs no request (SigV4 is a tenth of a call's CPU; moto reads the
+   region from the endpoint's host name and, with no Authorization header, answers as its
+   default account, as it does for any access key it has not issued; a presigned URL is
+   still signed), and moto lists a response class's methods once (``inspect.getmembers``
+   at every request, ~5% of a call).
 """
 import copy
 import functools
@@ -68,8 +74,10 @@ import threading
 from typing import Callable
 
 from botocore.exceptions import ClientError
+from botocore.signers import RequestSigner
 from moto.awslambda_simple.models import LambdaSimpleBackend
 from moto.core.exceptions import JsonRESTError
+from moto.core import responses as moto_responses
 from moto.core.responses import ActionResult
 from moto.dynamodb import exceptions as ddb_errors
 from moto.dynamodb.comparisons import get_filter_expression
@@ -125,6 +133,28 @@ def install(invoker: Invoker, deliverer: Deliverer) -> None:
     dynamo_type.LimitedSizeDict.__setitem__ = _limited_setitem
     for module in _TASK_CLIENT_MODULES:
         module.boto_client_for = _task_client
+    global _unsigned
+    _unsigned = True
+    if not hasattr(RequestSigner, "_fp_sign"):
+        RequestSigner._fp_sign = RequestSigner.sign
+        RequestSigner.sign = _sign
+        moto_responses.method_names_from_class = functools.lru_cache(maxsize=None)(
+            moto_responses.method_names_from_class)
+
+
+def uninstall() -> None:
+    """Back to botocore's signing (the moto patches stay; each checks for a running runtime)."""
+    global _unsigned
+    _unsigned = False
+
+
+_unsigned = False
+
+
+def _sign(self, operation_name, request, region_name=None, signing_type="standard", *args, **kwargs):
+    if _unsigned and signing_type == "standard":
+        return None
+    return RequestSigner._fp_sign(self, operation_name, request, region_name, signing_type, *args, **kwargs)
 
 
 _task_clients: dict = {}

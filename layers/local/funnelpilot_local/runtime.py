@@ -214,23 +214,27 @@ class Runtime:
         tokens._key.cache_clear()  # the signing key of this stack's secret (SECRET_ID)
 
     def stop(self) -> None:
+        from funnelpilot_local import moto_adapter
+
         if self._mock is None:
             return
         sfn = self.client("stepfunctions")
-        for arn in self.state_machine_arns():
-            for ex in sfn.list_executions(stateMachineArn=arn, statusFilter="RUNNING")["executions"]:
-                try:
-                    sfn.stop_execution(executionArn=ex["executionArn"], cause="local runtime stopped")
-                except Exception:  # noqa: BLE001 - best effort on shutdown
-                    pass
-        time.sleep(0.05)
+        running = [ex["executionArn"] for arn in self.state_machine_arns()
+                   for ex in sfn.list_executions(stateMachineArn=arn, statusFilter="RUNNING")["executions"]]
+        for arn in running:
+            try:
+                sfn.stop_execution(executionArn=arn, cause="local runtime stopped")
+            except Exception:  # noqa: BLE001 - best effort on shutdown
+                pass
+        if running:
+            time.sleep(0.05)  # their threads end before moto stops
         if self.stepped:
             from funnelpilot import clock
-            from funnelpilot_local import moto_adapter
 
             moto_adapter.use_virtual_time(None)  # parked threads of this runtime stay parked (daemons)
             clock.configure()
         aws_rules.uninstall()
+        moto_adapter.uninstall()
         self._mock.stop()
         self._mock = None
 
