@@ -22,8 +22,11 @@ demo: $(STAMP)
 serve: $(STAMP)
 	$(BIN)/funnelpilot serve --port $(PORT)
 
+# One pytest worker per core (pytest-xdist); each test gets the next idle worker (worksteal:
+# the few long tests do not hold up a worker's queue). JOBS=0 runs in this process.
+JOBS ?= auto
 test: $(STAMP) lint browser
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(JOBS) --dist worksteal
 
 # tests/test_browser.py drives Debian's Chromium. When it is missing and we are root with
 # apt-get (CI, a fresh machine), install it; otherwise that one test is skipped with the reason.
