@@ -7,10 +7,12 @@ active or pending), so a page is one Query of the index plus BatchGetItem of the
 import base64
 import binascii
 import json
+import random
+import time
 
 from funnelpilot import aws, gdpr, segments
 from funnelpilot.config import config
-from funnelpilot.errors import InvalidField
+from funnelpilot.errors import InvalidField, TransientError
 
 PAGE = 500  # index entries per page: 5 BatchGetItem calls of 100 profiles
 COLUMNS = ["contact_id", "email", "first_name", "status", "lists", "unsubscribed_lists", "tags", "segments",
@@ -53,10 +55,15 @@ def _profiles(cids: list[str]) -> list[dict]:
     for i in range(0, len(cids), 100):
         keys = {config().table: {"Keys": [{"pk": {"S": c}, "sk": {"S": "PROFILE"}} for c in cids[i:i + 100]],
                                  "ProjectionExpression": ", ".join(names), "ExpressionAttributeNames": names}}
-        while keys:
+        for attempt in range(10):
             resp = aws.dynamodb().batch_get_item(RequestItems=keys)
             out += [gdpr.plain(p) for p in resp["Responses"].get(config().table, [])]
             keys = resp.get("UnprocessedKeys") or {}
+            if not keys:
+                break
+            time.sleep(random.uniform(0, 0.05 * 2 ** attempt))  # what DynamoDB could not read yet: back off
+        else:
+            raise TransientError("BatchGetItem kept returning unprocessed keys")
     return out
 
 
