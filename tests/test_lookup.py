@@ -130,12 +130,16 @@ def test_tag_untag_set_export_and_erase_by_email(rt, tap):
     assert code == 0 and "tags:    vip, webinar" in text
     code, text = cli_run(rt, "untag", "lee@example.com", "webinar")
     assert code == 0 and "tags:    vip\n" in text
-    code, text = cli_run(rt, "set", "lee@example.com", "plan=pro", "company=Acme Ltd")
-    assert code == 0 and "fields:  company=Acme Ltd, plan=pro" in text
+    code, text = cli_run(rt, "set", "lee@example.com", "employees=12", "company=Acme Ltd")
+    assert code == 0 and "fields:  company=Acme Ltd, employees=12" in text  # a number, as fields.yaml declares
+    undeclared = rt.http("PATCH", f"/contacts/{cid}", json_body={"set": {"plan": "pro"}}, headers=ADMIN)
+    assert undeclared.status == 400 and undeclared.json()["field"] == "plan"
+    assert rt.http("PATCH", f"/contacts/{cid}", json_body={"set": {"employees": "many"}},
+                   headers=ADMIN).json()["field"] == "employees"
     assert [e["detail"]["tag"] for e in tap.events("contact.tagged")] == ["vip", "webinar"]
     assert [e["detail"]["tag"] for e in tap.events("contact.untagged")] == ["webinar"]
     [updated] = tap.events("contact.updated")
-    assert updated["detail"]["fields"] == ["company", "plan"] and updated["detail"]["contact_id"] == cid
+    assert updated["detail"]["fields"] == ["company", "employees"] and updated["detail"]["contact_id"] == cid
     bad = rt.http("PATCH", f"/contacts/{cid}", json_body={"tag": ["Not A Slug!"]}, headers=ADMIN)
     assert bad.status == 400 and bad.json()["field"] == "tag"
     assert rt.http("PATCH", "/contacts/nobody", json_body={"tag": ["x"]}, headers=ADMIN).status == 404
@@ -145,7 +149,7 @@ def test_tag_untag_set_export_and_erase_by_email(rt, tap):
     exported = json.loads(text)
     assert code == 0 and exported["contact_id"] == cid
     assert exported["items"]["profile"][0]["tags"] == ["vip"]
-    assert exported["items"]["profile"][0]["properties"] == {"company": "Acme Ltd", "plan": "pro"}
+    assert exported["items"]["profile"][0]["properties"] == {"company": "Acme Ltd", "employees": 12}
 
     assert cli_run(rt, "erase", "lee@example.com")[0] == 1  # not without --yes
     code, text = cli_run(rt, "erase", "lee@example.com", "--yes")

@@ -23,7 +23,7 @@ EXAMPLES = """examples:
   funnelpilot contacts erase ann@example.com --yes          # GDPR erasure
   funnelpilot contacts tag ann@example.com vip webinar
   funnelpilot contacts untag ann@example.com vip
-  funnelpilot contacts set ann@example.com plan=pro seats=5"""
+  funnelpilot contacts set ann@example.com company="Acme Ltd" employees=12   # fields of infra/fields.yaml"""
 
 
 class CliError(Exception):
@@ -113,7 +113,7 @@ def register(sub) -> None:
         p = command(name, f"{what} (segments follow)")
         p.add_argument("email")
         p.add_argument("tags", nargs="+", metavar="TAG")
-    setp = command("set", "set profile properties (custom fields)")
+    setp = command("set", "set custom fields (declared in infra/fields.yaml)")
     setp.add_argument("email")
     setp.add_argument("pairs", nargs="+", metavar="NAME=VALUE")
 

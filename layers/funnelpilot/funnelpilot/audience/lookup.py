@@ -8,6 +8,7 @@ import json
 import uuid
 
 from funnelpilot import aws, bulk, bus, funnels, gdpr, scoring, tokens
+from funnelpilot.audience import fields
 from funnelpilot.contacts import normalise_email
 from funnelpilot.errors import InvalidField
 from funnelpilot.models import Contact
@@ -103,15 +104,15 @@ def _timeline(messages: list[dict]) -> list[dict]:
 
 
 def change(cid: str, body: dict) -> dict | None:
-    """``tag`` / ``untag`` (lists of tags) and ``set`` (properties) on one contact, each checked as a
-    bulk action's and applied the same way (one conditional write each), each emitting
+    """``tag`` / ``untag`` (lists of tags) and ``set`` (custom fields) on one contact, each checked as a
+    bulk action's (fields as declared) and applied the same way (one conditional write each), each emitting
     ``contact.tagged`` / ``contact.untagged`` / ``contact.updated`` so segments follow. The
     contact's card afterwards, or None if there is no such contact."""
     if not isinstance(body, dict) or not body or set(body) - {"tag", "untag", "set"}:
         raise InvalidField("body", "give tag, untag (lists of tags) and/or set (an object of properties)")
     actions = [("tag", t) for t in _tags(body, "tag")] + [("untag", t) for t in _tags(body, "untag")]
     if "set" in body:
-        actions.append(("properties", body["set"]))
+        actions.append(("properties", _fields(body["set"])))
     for kind, value in actions:
         bulk.validate_action({kind: value})
     if gdpr.profile(cid) is None:
@@ -130,6 +131,17 @@ def change(cid: str, body: dict) -> dict | None:
             break
         bus.publish(bulk.action_event(kind, value, cid, f"{run_id}-{kind}-{value if isinstance(value, str) else 'set'}"))
     return card(cid)
+
+
+def _fields(values) -> dict:
+    """Custom fields to set, each checked and converted as infra/fields.yaml declares it (a 400
+    naming an undeclared or ill-typed one)."""
+    if not isinstance(values, dict) or not values:
+        raise InvalidField("set", "set must be an object of fields and values")
+    out = {name: fields.convert(name, raw) for name, raw in values.items()}
+    if empty := [name for name, value in out.items() if value is None]:
+        raise InvalidField(empty[0], f"{empty[0]}: give a value")
+    return out
 
 
 def _tags(body: dict, key: str) -> list[str]:
