@@ -1,5 +1,5 @@
 """What a real deploy of template.yaml needs and the local runtime checks as it builds the stack:
-alarms that can notify, a signing secret that survives a re-create, stack-scoped names, SES
+alarms that can notify, a signing key that survives a re-create, stack-scoped names, SES
 identities that may already exist (aws_rules.cloudformation)."""
 import copy
 import os
@@ -87,30 +87,46 @@ def test_customer_managed_key_must_let_cloudwatch_use_it(tmp_path, statement, ok
             check_alarm_actions(t)
 
 
-# ---------------------------------------------------------------- signing secret
-def test_signing_secret_is_retained_and_reusable():
-    secret = load_yaml(ROOT / "template.yaml")["Resources"]["SigningSecret"]
-    assert secret["DeletionPolicy"] == secret["UpdateReplacePolicy"] == "Retain"
-    assert secret["Condition"] == "CreateSigningSecret"
+# ---------------------------------------------------------------- signing key
+def test_signing_key_is_an_ssm_securestring_the_stack_only_names():
+    """CloudFormation cannot create a SecureString (AWS::SSM::Parameter: String, StringList): the
+    stack takes its name, validated at deploy (AWS::SSM::Parameter::Name), and outlives the stack."""
+    doc = load_yaml(ROOT / "template.yaml")
+    assert doc["Parameters"]["SigningKeyParameter"]["Type"] == "AWS::SSM::Parameter::Name"
+    assert not [lid for lid, r in doc["Resources"].items() if r["Type"] == "AWS::SecretsManager::Secret"]
 
 
-RETAINED = f"arn:aws:secretsmanager:{REGION}:{ACCOUNT}:secret:SigningSecret-Ab12Cd"
+KEPT = "/shop-old/signing-key"
 
 
-def test_recreated_stack_reads_the_retained_secret(tmp_path):
-    with runtime(tmp_path, parameters={"SigningSecretArn": RETAINED}, rules=Rules(existing_secrets=(RETAINED,))) as rt:
-        assert {f.env["SECRET_ID"] for f in rt.functions.values()} == {RETAINED}
-        names = [s["Name"] for s in rt.client("secretsmanager").list_secrets()["SecretList"]]
-        assert names == ["SigningSecret-Ab12Cd"]  # the stack created none
+def test_recreated_stack_reads_the_kept_signing_key(tmp_path):
+    with runtime(tmp_path, parameters={"SigningKeyParameter": KEPT}, rules=Rules(existing_parameters=(KEPT,))) as rt:
+        assert {f.env["SIGNING_KEY_PARAMETER"] for f in rt.functions.values()} == {KEPT}
+        kept = rt.client("ssm").get_parameter(Name=KEPT)["Parameter"]
+        assert kept["Type"] == "SecureString"
         mail = welcome_email(rt)
         unsubscribe = mail["List-Unsubscribe"].strip("<>").split("http://127.0.0.1:3000", 1)[1]
-        assert rt.http("GET", unsubscribe).status == 200  # the link's token checks out against that secret
+        assert rt.http("GET", unsubscribe).status == 200  # the link's token checks out against that key
         assert rt.http("GET", unsubscribe[:-2] + "xx").status == 404
+        assert rt.denied == []  # ssm:GetParameter on that parameter only; aws/ssm decrypts for the account
 
 
-def test_reusing_a_secret_the_account_does_not_have_fails(tmp_path):
-    with pytest.raises(StackError, match="SigningSecretArn .*no such secret"):
-        runtime(tmp_path, parameters={"SigningSecretArn": RETAINED}).start()
+def test_a_signing_key_the_account_does_not_have_fails_the_deploy(tmp_path):
+    with pytest.raises(StackError, match="parameter value /funnelpilot/signing-key .* does not exist"):
+        runtime(tmp_path, rules=Rules(existing_parameters=(KEPT,))).start()
+
+
+def test_each_function_may_read_only_the_signing_key(tmp_path):
+    with runtime(tmp_path, rules=Rules(existing_parameters=("/funnelpilot/signing-key", KEPT))) as rt:
+        from botocore.exceptions import ClientError
+
+        from funnelpilot_local.aws_rules import principal
+
+        with principal.acting_as(rt.role_of("TrackClickFunction")):
+            assert rt.client("ssm").get_parameter(Name="/funnelpilot/signing-key", WithDecryption=True)
+            with pytest.raises(ClientError, match="AccessDenied"):
+                rt.client("ssm").get_parameter(Name=KEPT, WithDecryption=True)
+        rt.denied.clear()
 
 
 # ---------------------------------------------------------------- SES identity
@@ -221,15 +237,15 @@ def physical_names(translated: dict, stack: str, **parameters) -> set[tuple[str,
 
 
 def test_two_stacks_in_one_account_name_nothing_alike(translated):
-    a = physical_names(translated, "shop-a")
-    b = physical_names(translated, "shop-b", SenderIdentity="existing")  # the second stack reuses the sender
+    a = physical_names(translated, "shop-a", CreateDashboard="true")
+    b = physical_names(translated, "shop-b", SenderIdentity="existing", CreateDashboard="true")  # reuses the sender
     assert {scope for scope, _ in a} >= {"AWS::Events::EventBus", "group default", "AWS::Scheduler::ScheduleGroup",
                                          "AWS::SSM::Parameter", "AWS::StepFunctions::StateMachine",
                                          "AWS::CloudWatch::Dashboard", "AWS::SES::EmailIdentity",
                                          "AWS::Lambda::LayerVersion"}
     assert a & b == set()
     assert {(s, n) for s, n in a if "shop-a" not in n} == {("AWS::SES::EmailIdentity", "hello@example.com")}
-    both_create = physical_names(translated, "shop-b")
+    both_create = physical_names(translated, "shop-b", CreateDashboard="true")
     assert a & both_create == {("AWS::SES::EmailIdentity", "hello@example.com")}  # why SenderIdentity=existing
 
 
@@ -249,7 +265,7 @@ def test_runtime_builds_the_stack_under_its_name(tmp_path):
 
 
 @pytest.mark.parametrize("name, value", [("SenderIdentity", "both"), ("SenderEmail", "hello"),
-                                         ("SigningSecretArn", "SigningSecret-Ab12Cd")])
+                                         ("Tracing", "PassThrough"), ("CustomMetrics", "yes")])
 def test_a_parameter_cloudformation_would_refuse_is_refused(name, value):
     with pytest.raises(ValueError, match=f"parameter {name}="):
         Template.load(ROOT, {name: value})

@@ -14,7 +14,7 @@ class Config:
     table: str
     metrics_table: str
     bus: str
-    secret_id: str
+    signing_key_parameter: str  # SSM SecureString name
     public_url: str
     site_url: str
     sender: str
@@ -40,7 +40,7 @@ def config() -> Config:
         table=env("TABLE_NAME", "ContactsTable"),
         metrics_table=env("METRICS_TABLE_NAME", "MetricsTable"),
         bus=env("BUS_NAME", "funnelpilot"),
-        secret_id=env("SECRET_ID", "SigningSecret"),
+        signing_key_parameter=env("SIGNING_KEY_PARAMETER", "/funnelpilot/signing-key"),
         public_url=env("PUBLIC_URL", "http://127.0.0.1:3000").rstrip("/"),
         site_url=env("SITE_URL", "https://example.com").rstrip("/"),
         sender=env("SENDER_EMAIL", "hello@example.com"),

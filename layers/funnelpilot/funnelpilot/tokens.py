@@ -3,11 +3,12 @@
 A token is ``base64url(kind|field|field...)`` + ``.`` + ``base64url(HMAC-SHA256[:16])``.
 It names a message and a link *index*, never a URL: the link a click goes to is stored
 with the message, so a forged token can at worst point at a link we already sent.
-The HMAC key is a Secrets Manager secret created by template.yaml, read once per
-cold start (powertools parameters, cached). Measured with ``python -X importtime``:
-``aws_lambda_powertools.utilities.parameters`` adds ~10 ms (plus ~7 ms for the
-powertools package) on top of ~200 ms for ``boto3`` itself, so the pixel and click
-handlers use it too instead of a hand-rolled secretsmanager client.
+The HMAC key is an SSM Parameter Store SecureString (standard tier: free, where a Secrets
+Manager secret costs $0.40 a month), named by template.yaml's ``SigningKeyParameter`` and read
+once per cold start (powertools parameters, cached; one GetParameter and the KMS decrypt SSM
+makes for it). Measured with ``python -X importtime``: ``aws_lambda_powertools.utilities.parameters``
+adds ~10 ms (plus ~7 ms for the powertools package) on top of ~200 ms for ``boto3`` itself, so
+the pixel and click handlers use it too instead of a hand-rolled ssm client.
 """
 import base64
 import hashlib
@@ -23,9 +24,9 @@ HONEYPOT = "h"
 
 @cache
 def _key() -> bytes:
-    from aws_lambda_powertools.utilities.parameters import get_secret
+    from aws_lambda_powertools.utilities.parameters import get_parameter
 
-    return get_secret(config().secret_id, max_age=3600).encode()
+    return get_parameter(config().signing_key_parameter, decrypt=True, max_age=3600).encode()
 
 
 def _b64(raw: bytes) -> str:

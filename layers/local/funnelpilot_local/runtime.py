@@ -211,7 +211,7 @@ class Runtime:
         from funnelpilot.config import config
 
         config.cache_clear()  # settings are read from the environment the template just set
-        tokens._key.cache_clear()  # the signing key of this stack's secret (SECRET_ID)
+        tokens._key.cache_clear()  # the signing key of this stack (SIGNING_KEY_PARAMETER)
 
     def stop(self) -> None:
         from funnelpilot_local import moto_adapter
@@ -270,16 +270,7 @@ class Runtime:
         self.role_arn = iam.create_role(RoleName="funnelpilot-local",
                                         AssumeRolePolicyDocument="{}")["Role"]["Arn"]
         cloudformation.check_alarm_actions(t)
-        secrets = self.client("secretsmanager")
-        for arn in self.rules.existing_secrets:  # found by the name in its ARN (moto)
-            secrets.create_secret(Name=arn.rsplit(":", 1)[-1], SecretString=LOCAL_SECRET)
-        reused = t.parameters.get("SigningSecretArn")
-        if reused and reused not in self.rules.existing_secrets:
-            raise cloudformation.StackError(
-                f"SigningSecretArn {reused}: no such secret in the account; every signed link would fail "
-                "(locally, name it in Rules(existing_secrets=...))")
-        for lid in t.of_type("AWS::SecretsManager::Secret"):
-            t.physical[lid] = secrets.create_secret(Name=lid, SecretString=LOCAL_SECRET)["ARN"]  # Ref: the ARN
+        self._put_named_parameters()
         for lid in t.of_type("AWS::DynamoDB::Table"):
             self._create_table(lid, t.resolve(t.properties(lid)))
         for lid in t.of_type("AWS::SSM::Parameter"):
@@ -362,6 +353,23 @@ class Runtime:
         for lid in t.of_type("AWS::Events::Rule"):
             props = t.resolve(t.properties(lid))
             self._put_rule(lid, props.get("EventBusName", "default"), props["EventPattern"], props["Targets"])
+
+    def _put_named_parameters(self) -> None:
+        """The SSM parameters the template takes by name (``AWS::SSM::Parameter::Name``: the signing key).
+        CloudFormation cannot create a SecureString, so the operator puts it before the first deploy and
+        CloudFormation refuses a name the account does not hold; here the runtime puts each as a SecureString
+        (``Rules.existing_parameters`` None) or refuses one the account was said not to have."""
+        t = self.template
+        named = {t.parameters[name]: name for name, spec in t.doc.get("Parameters", {}).items()
+                 if spec.get("Type") == "AWS::SSM::Parameter::Name"}
+        held = named if self.rules.existing_parameters is None else self.rules.existing_parameters
+        for value in held:
+            self.client("ssm").put_parameter(Name=value, Type="SecureString", Value=LOCAL_SECRET)
+        for value, name in named.items():
+            if value not in held:
+                raise cloudformation.StackError(
+                    f"Parameter validation failed: parameter value {value} for parameter name {name} does not exist "
+                    "(create it with `aws ssm put-parameter --type SecureString`, README \"Deploy to AWS\")")
 
     def _create_table(self, lid: str, props: dict) -> None:
         name = props.get("TableName", lid)

@@ -57,7 +57,9 @@ class Rules:
     api_throttling: bool = True  # the template's route throttling (429)
     # The account before the stack is created (checked as the runtime builds it: aws_rules.cloudformation)
     ses_existing_identities: tuple[str, ...] = ()  # SES identities (addresses, domains) verified already
-    existing_secrets: tuple[str, ...] = ()  # secret ARNs, e.g. a SigningSecret retained from a deleted stack
+    # SSM parameters the account holds; None: those the template names by an AWS::SSM::Parameter::Name parameter
+    # (the signing key: README's one `aws ssm put-parameter` before the first deploy), created as SecureStrings
+    existing_parameters: tuple[str, ...] | None = None
 
 
 @dataclass
