@@ -1,8 +1,8 @@
-"""The demo: a simulated audience through the real handlers, deterministic for a seed; cost and CLI."""
+"""The demo: a simulated audience through the real handlers, deterministic for a seed; report CLI (cost: test_costs)."""
 import json
 
 from funnelpilot_local import cli
-from funnelpilot_local import costs, demo
+from funnelpilot_local import demo
 
 
 def test_same_seed_same_report_and_the_audience_acts_through_real_routes(tmp_path):
@@ -19,17 +19,6 @@ def test_same_seed_same_report_and_the_audience_acts_through_real_routes(tmp_pat
     assert sum(s["human_opens"] for s in steps) <= tally["opens"]  # never as human ones
     assert {r["funnel"] for r in first["reports"] if r["entered"]} >= {"welcome", "delivery"}
     assert len(list(first["outbox"].glob("*.eml"))) == tally["emails"]
-
-
-def test_cost_estimate_scales_per_contact_and_month():
-    usage = {"contacts": 100, "days": 60, "per_contact_month": {k: 0 for k, _, _ in costs.LINES}}
-    usage["per_contact_month"]["ses_emails"] = 5  # 5 emails per contact a month
-    est = costs.estimate(usage, contacts=10_000)
-    ses = next(line for line in est["lines"] if line["item"] == "SES emails")
-    assert ses["quantity"] == 50_000 and round(ses["cost"], 2) == 5.00  # $0.10 per 1,000
-    assert round(est["total"] - 5.00, 2) == round(sum(f["cost"] for f in est["fixed"]), 2)
-    text = costs.format_estimate(est)
-    assert "HubSpot" in text and "list price as published" in text
 
 
 def test_report_cli_reads_the_demo_snapshot(tmp_path, capsys):

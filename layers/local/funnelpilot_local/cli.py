@@ -96,8 +96,10 @@ def _main(argv: list[str] | None = None) -> int:
     rep.add_argument("--chart", type=Path, default=LOCAL / "funnels.html",
                      help="where to write the chart page (an .svg image of it goes beside)")
     rep.add_argument("--json", action="store_true", help="print the reports as JSON")
-    cost = sub.add_parser("cost", help="monthly AWS cost of the shipped funnels for N contacts")
-    cost.add_argument("--contacts", type=int, default=10_000)
+    cost = sub.add_parser("cost", help="monthly AWS cost of the stack at steady state, next to SES and the peers")
+    cost.add_argument("--contacts", help="list size (default: 1,000, 10,000, 100,000 and 1,000,000)")
+    cost.add_argument("--new-per-month", default="0.1",
+                      help="share of the list in its first month at steady state (default 0.1)")
     cost.add_argument("--usage", type=Path, default=LOCAL / "usage.json",
                       help="operations measured by a demo run (default .local/usage.json; measured now if absent)")
     contacts = sub.add_parser("contacts", help="find, export, erase and change people by email; export lists")
@@ -220,18 +222,34 @@ def report_command(args) -> int:
     return 0
 
 
+COST_SIZES = (1_000, 10_000, 100_000, 1_000_000)
+
+
 def cost_command(args) -> int:
     from funnelpilot_local import costs
 
-    if args.usage.exists():
-        usage = json.loads(args.usage.read_text())
-    else:
+    text = (args.contacts or "").replace(",", "").replace("_", "")
+    if args.contacts is not None and not (text.isdigit() and int(text) >= 1):
+        print(f"funnelpilot cost: --contacts must be a whole number of contacts, at least 1 (got {args.contacts!r})",
+              file=sys.stderr)
+        return 2
+    try:
+        new_per_month = float(args.new_per_month)
+    except ValueError:
+        new_per_month = -1.0
+    if not 0 <= new_per_month <= 1:
+        print(f"funnelpilot cost: --new-per-month must be a share between 0 and 1 (got {args.new_per_month!r})",
+              file=sys.stderr)
+        return 2
+    usage = json.loads(args.usage.read_text()) if args.usage.exists() else None
+    if not usage or usage.get("version") != costs.USAGE_VERSION:
         from funnelpilot_local import demo
 
         print("measuring: a 100-contact, 60-day simulation (run `make demo` to measure a larger one)...",
               file=sys.stderr)
         usage = demo.simulate(seed=7, contacts=100, days=60, state_dir=LOCAL / "cost-run")["usage"]
-    print(costs.format_estimate(costs.estimate(usage, contacts=args.contacts)))
+    for size in [int(text)] if args.contacts is not None else COST_SIZES:
+        print(costs.format_estimate(costs.estimate(usage, contacts=size, new_per_month=new_per_month)) + "\n")
     return 0
 
 

@@ -379,7 +379,8 @@ def run(seed: int = 7, contacts: int = 200, days: int = 60) -> int:
     print(f"outbox:   {result['outbox']}/ ({len(list(result['outbox'].glob('*.eml')))} emails)")
     print(f"snapshot: {snapshot} (funnelpilot report reads it)")
     print()
-    print(costs.format_estimate(costs.estimate(result["usage"], contacts=10_000)))
+    for size in (1_000, 10_000):
+        print(costs.format_estimate(costs.estimate(result["usage"], contacts=size)) + "\n")
     if result["errors"]:
         print("errors:", json.dumps(result["errors"][:20], indent=2))
         return 1
