@@ -14,7 +14,7 @@ everything a run measures is divided by the emails it sent to contacts (per-emai
 the work behind an email, its opens, clicks, feedback and events), and a steady-state model
 says how many emails a contact gets a month: a share ``new_per_month`` of the list is in its
 first month (the run's first-month emails per contact, from contacts observed 30 days or
-more), the rest gets the run's emails per contact-month after their first month. The fixed
+more), the rest gets the rate the run measured in days 30-45 of contacts' lives. The fixed
 lines come from the template itself (``template_lines``: alarms, dashboard, keys, secrets,
 schedules, log retention, table storage and backups, X-Ray and custom metrics when their
 parameters turn them on), every resource type of template.yaml is either billed there or
@@ -241,16 +241,14 @@ class Meter:
                 "emf_metrics": sorted(self.emf_names), "invocations": dict(sorted(self.invocations.items()))}
 
     def email_ages(self, end: float) -> dict:
-        """Emails to contacts by the contact's age: in their first 30 days (contacts observed that
-        long), and per contact-day afterwards (every contact's days after their first 30)."""
-        month = MONTH_DAYS * DAY
-        observed = {a for a, at in self.signups.items() if end - at >= month}
-        first = sum(1 for t, to in self.sends if to in observed and t - self.signups[to] < month)
-        later = sum(1 for t, to in self.sends if to in self.signups and t - self.signups[to] >= month)
-        later_days = sum(max(0.0, end - at - month) for at in self.signups.values()) / DAY
-        return {"to_contacts": sum(1 for _, to in self.sends if to in self.signups), "first_month": first,
-                "first_month_contacts": len(observed), "after_first_month": later,
-                "after_first_month_contact_days": round(later_days, 3)}
+        """Per contact: how many days the run saw them (signup to the end), and the age in days
+        of every email they got."""
+        ages = defaultdict(list)
+        for t, to in self.sends:
+            if to in self.signups:
+                ages[to].append(round((t - self.signups[to]) / DAY, 4))
+        contacts = [[round((end - at) / DAY, 4), sorted(ages[a])] for a, at in sorted(self.signups.items())]
+        return {"to_contacts": sum(len(v) for v in ages.values()), "contacts": contacts}
 
 
 _MISSING = object()
@@ -261,15 +259,26 @@ def load_prices(path: Path = PRICES) -> dict:
 
 
 # ---------------------------------------------------------------- steady state
+LATER = (30, 45)  # the age band (days) whose rate later months are costed at
+
+
 def emails_per_contact_month(usage: dict, new_per_month: float) -> tuple[float, float, float]:
     """(steady-state emails per contact a month, first-month emails per new contact, emails per
-    contact-month afterwards). Raises ValueError when the run cannot tell (too short a window)."""
-    e = usage["emails"]
-    if not e["first_month_contacts"] or not e["after_first_month_contact_days"]:
+    contact-month after the first month). A share ``new_per_month`` of the list is in its first
+    month: the emails of contacts' first 30 days, from the contacts the run saw that long. The
+    rest is costed at the rate of days 30-45 (emails per contact-day over the days the run saw
+    in that band): every run of 60 days or more sees most contacts through it, while later ages
+    depend on the window; an upper bound for an established list, whose later months send less
+    (contacts who never engage are sunset). Raises ValueError when the run cannot tell."""
+    contacts = usage["emails"]["contacts"]
+    full = [ages for seen, ages in contacts if seen >= MONTH_DAYS]
+    lo, hi = LATER
+    exposure = sum(min(hi, seen) - lo for seen, _ in contacts if seen > lo)
+    if not full or not exposure:
         raise ValueError(f"a {usage['days']}-day run observes no contact for more than a month: "
                          "measure with a longer window (funnelpilot demo --days 60)")
-    first = e["first_month"] / e["first_month_contacts"]
-    later = e["after_first_month"] / e["after_first_month_contact_days"] * MONTH_DAYS
+    first = sum(1 for ages in full for a in ages if a < MONTH_DAYS) / len(full)
+    later = sum(1 for _, ages in contacts for a in ages if lo <= a < hi) / exposure * MONTH_DAYS
     return new_per_month * first + (1 - new_per_month) * later, first, later
 
 
@@ -469,7 +478,7 @@ def _money(amount: float, currency: str = "USD") -> str:
 def format_estimate(est: dict) -> str:
     out = [f"monthly cost for {est['contacts']:,} contacts at steady state: {est['emails']:,.0f} emails a month "
            f"({est['emails_per_contact']:.2f} per contact: {est['new_per_month']:.0%} of the list in its first month "
-           f"at {est['first_month']:.2f} emails, the rest at {est['after_first_month']:.2f}; measured on "
+           f"at {est['first_month']:.2f} emails, the rest at the {est['after_first_month']:.2f} a month of days 30-45; measured on "
            f"{est['measured_contacts']} simulated contacts over {est['measured_days']} days; list prices "
            f"{est['region']}, {est['as_of']})"]
     for line in est["lines"]:
