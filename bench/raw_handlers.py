@@ -31,7 +31,8 @@ def _client(service: str):
 def init() -> None:
     """Module-level work of a raw handler (secret fetched once per cold start)."""
     global _key
-    _key = _client("secretsmanager").get_secret_value(SecretId=os.environ["SECRET_ID"])["SecretString"].encode()
+    _key = _client("ssm").get_parameter(Name=os.environ["SIGNING_KEY_PARAMETER"],
+                                        WithDecryption=True)["Parameter"]["Value"].encode()
     _client("dynamodb"), _client("events")
 
 
