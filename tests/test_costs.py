@@ -116,7 +116,7 @@ def test_a_real_run_is_metered_per_email(tmp_path, capsys):
     assert capsys.readouterr().out == ""  # the functions' INFO logs were counted, not printed
     e, totals = usage["emails"], usage["totals"]
     assert 0 < e["to_contacts"] <= totals["ses_emails"]
-    assert sorted(round(seen) for seen, _ in e["contacts"]) == [23, 25, 34]  # signed up on days 11.2, 9.7, 0.7
+    assert sorted(round(seen) for seen, _ in e["contacts"]) == [24, 25, 34]  # signed up on days 11.2, 9.7, 0.7
     assert all(ages and ages[0] < 0.1 for _, ages in e["contacts"])  # the welcome email at signup
     assert totals["log_bytes"] > costs.PLATFORM_LOG_BYTES * totals["lambda_requests"]  # INFO lines too
     assert totals["ssm_reads"] >= 1  # the signing key (SSM SecureString), once per cold start
