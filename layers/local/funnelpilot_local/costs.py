@@ -310,6 +310,7 @@ RESOURCE_BILLING = {
     "AWS::Scheduler::ScheduleGroup": "free",  # its schedules: usage (one-time) and fixed (template cron)
     "AWS::Serverless::LayerVersion": "free",  # code storage within Lambda's 75 GB
     "AWS::IAM::Role": "free",
+    "AWS::S3::Bucket": "fixed",  # contact imports: a few MB kept 7 days
 }
 
 
@@ -393,6 +394,8 @@ def template_lines(t, monthly: dict, prices: dict) -> list[dict]:
     line("DynamoDB point-in-time recovery", pitr, "dynamodb_pitr_gb_month")
     streams = [lid for lid, r in t.of_type("AWS::DynamoDB::Table").items() if "StreamSpecification" in r["Properties"]]
     line(f"DynamoDB Streams ({len(streams)})", 0, "dynamodb_stream_read", "read by Lambda triggers: free")
+    buckets = t.of_type("AWS::S3::Bucket")
+    line(f"S3 buckets ({len(buckets)})", 0, "s3_storage_gb_month", "contact-import CSVs, kept 7 days: cents at most")
     fixed_runs = 0.0
     for lid in t.of_type("AWS::Serverless::Function"):
         for event in t.properties(lid).get("Events", {}).values():
