@@ -191,6 +191,7 @@ NAME_PROPERTIES = {
     "AWS::Lambda::LayerVersion": "LayerName", "AWS::Lambda::Function": "FunctionName", "AWS::IAM::Role": "RoleName",
     "AWS::DynamoDB::Table": "TableName", "AWS::SQS::Queue": "QueueName", "AWS::SNS::Topic": "TopicName",
     "AWS::SecretsManager::Secret": "Name", "AWS::KMS::Alias": "AliasName", "AWS::Logs::LogGroup": "LogGroupName",
+    "AWS::S3::Bucket": "BucketName",  # global: leave it unnamed (CloudFormation generates one)
 }
 # Named inside another resource of the stack, or not unique by name at all.
 NOT_ACCOUNT_SCOPED = {"AWS::ApiGatewayV2::Api", "AWS::ApiGatewayV2::Stage", "AWS::Lambda::Permission",
