@@ -15,8 +15,8 @@ from pathlib import Path
 
 from funnelpilot_local.cli import UserError
 
-LOCAL = Path(".local")
 ROOT = Path(__file__).resolve().parents[3]  # runtime.ROOT, without importing moto to check a file
+LOCAL = ROOT / ".local"  # the local runtime's, as `make serve` uses it
 BATCH = 100  # rows per invocation of ContactImportFunction (the Distributed Map's MaxItemsPerBatch)
 
 IMPORT_EXAMPLE = """examples:
