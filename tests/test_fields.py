@@ -63,3 +63,16 @@ def test_undeclared_fields_can_be_kept_by_setting(rt, monkeypatch):
     assert post(rt, email="cy@example.com", favourite_colour="blue").status == 202
     assert rt.settle()
     assert items(rt, "cy@example.com")["PROFILE"]["properties"] == {"M": {"favourite_colour": {"S": "blue"}}}
+
+
+def test_every_problem_of_an_import_row_is_listed(tmp_path):
+    from funnelpilot.audience import importer
+
+    text = "email,role,employees,timezone,status\nnot-an-address,ceo,many,Mars/Olympus,maybe\nok@example.com,,,,\n"
+    result = importer.validate(text, {}, "newsletter")
+    assert result.errors == ["line 2, column email: email is not a valid address",
+                             "line 2, column status: status must be one of subscribed, unsubscribed, bounced, complained",
+                             "line 2, column timezone: timezone must be an IANA time zone such as Europe/Paris",
+                             "line 2, column role: role must be one of founder, marketing, engineering, sales, other",
+                             "line 2, column employees: employees must be a number"]
+    assert result.summary().startswith("2 rows: 1 valid, 1 invalid (5 problems: ")

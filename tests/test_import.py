@@ -106,7 +106,7 @@ def test_a_thousand_rows_with_thirty_invalid_then_fixed_then_again(rt, tmp_path,
     assert any("column timezone: timezone must be an IANA time zone" in line for line in listed)
     assert any("column role: role must be one of founder" in line for line in listed)
     assert any("column lists: unknown list" in line for line in listed), [l for l in listed if "lists" in l]
-    assert err[-1] == "members.csv: 1001 rows: 971 valid, 30 invalid (Email Address 6, timezone 3, status 3, " \
+    assert err[-1] == "members.csv: 1001 rows: 971 valid, 30 invalid (30 problems: Email Address 6, timezone 3, status 3, " \
                       "consent_date 3, role 3, lists 3, tags 3, employees 3, First Name 3); nothing was written"
     validation, counts = run_import(rt, path)
     assert counts is None and len(validation.errors) == 30

@@ -109,12 +109,25 @@ def convert(name: str, raw) -> str | int | float | bool | None:
 
 def parse(values: dict) -> dict:
     """Custom field values (name -> raw) checked and converted, the empty ones left out; every
-    required field must be there."""
-    out = {name: v for name, raw in values.items() if (v := convert(name, raw)) is not None}
-    for name, spec in declared().items():
-        if spec["required"] and name not in out:
-            raise InvalidField(name, f"{name} is required")
+    required field must be there. Raises the first problem (``checked`` gives them all)."""
+    out, problems = checked(values)
+    if problems:
+        raise problems[0]
     return out
+
+
+def checked(values: dict) -> tuple[dict, list[InvalidField]]:
+    """(the values converted, empty ones left out; every problem, one ``InvalidField`` per field)."""
+    out, problems = {}, []
+    for name, raw in values.items():
+        try:
+            if (value := convert(name, raw)) is not None:
+                out[name] = value
+        except InvalidField as exc:
+            problems.append(exc)
+    problems += [InvalidField(name, f"{name} is required") for name, spec in declared().items()
+                 if spec["required"] and name not in out and all(p.field != name for p in problems)]
+    return out, problems
 
 
 def attribute(value) -> dict:

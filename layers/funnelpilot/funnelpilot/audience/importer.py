@@ -63,14 +63,15 @@ class Validation:
     rows: list[dict]  # the file's rows (header -> cell), once per address
     errors: list[str]
     total: int = 0
+    invalid_rows: int = 0
     duplicates: int = 0
     by_column: dict = field(default_factory=dict)
 
     def summary(self) -> str:
         if self.errors:
             where = ", ".join(f"{c} {n}" for c, n in sorted(self.by_column.items(), key=lambda kv: -kv[1]))
-            return (f"{self.total} rows: {self.total - len(self.errors)} valid, {len(self.errors)} invalid ({where}); "
-                    "nothing was written")
+            return (f"{self.total} rows: {self.total - self.invalid_rows} valid, {self.invalid_rows} invalid "
+                    f"({len(self.errors)} problems: {where}); nothing was written")
         return f"{self.total} rows valid, {len(self.rows)} people ({self.duplicates} duplicate rows of the same address)"
 
 
@@ -101,37 +102,73 @@ def check_header(headers: list[str], mapping: dict[str, str]) -> list[str]:
     return errors
 
 
+class RowProblems(InvalidField):
+    """Every problem of one row (``problems``: an ``InvalidField`` per column); the first one's words."""
+
+    def __init__(self, problems: list[InvalidField]):
+        super().__init__(problems[0].field, problems[0].message)
+        self.problems = problems
+
+
 def parse_row(cells: dict, mapping: dict[str, str], default_list: str) -> Row:
-    """One row (header -> cell text) as a ``Row``; ``InvalidField(column, ...)`` at the first problem."""
+    """One row (header -> cell text) as a ``Row``; ``RowProblems`` (an ``InvalidField``) naming every
+    column that is wrong."""
     by_col = {}
     for header, value in cells.items():
         col = column_of(header, mapping)
         if col != IGNORE:
             by_col[col] = (value or "").strip()
-    email = parse_email(by_col.get("email"))
-    first_name = by_col.get("first_name") or None
-    if first_name and (len(first_name) > 100 or _NOT_A_NAME.search(first_name)):
-        raise InvalidField("first_name", "first_name is not a name (at most 100 characters, no link or address)")
-    lists = tuple(sorted({v.strip().lower() for v in _SPLIT.split(by_col.get("lists", "")) if v.strip()})) or (default_list,)
-    for name in lists:
+    parsed, problems = {}, []
+    checks = {"email": lambda v: parse_email(v), "first_name": _first_name, "lists": lambda v: _lists(v, default_list),
+              "tags": _tags, "status": _status, "consent_source": _source, "timezone": lambda v: check_timezone(v or None),
+              "consent_date": lambda v: _consent_date(v or None)}
+    for column, check in checks.items():
         try:
-            require_list(name)
+            parsed[column] = check(by_col.get(column))
         except InvalidField as exc:
-            raise InvalidField("lists", exc.message) from None
-    tags = tuple(sorted({v.strip().lower() for v in _SPLIT.split(by_col.get("tags", "")) if v.strip()}))
+            problems.append(InvalidField(column, exc.message))
+    parsed["fields"], field_problems = custom_fields.checked({c: v for c, v in by_col.items() if c not in COLUMNS})
+    problems += field_problems
+    if problems:
+        raise RowProblems(problems)
+    return Row(**parsed)
+
+
+def _first_name(text: str | None) -> str | None:
+    if text and (len(text) > 100 or _NOT_A_NAME.search(text)):
+        raise InvalidField("first_name", "first_name is not a name (at most 100 characters, no link or address)")
+    return text or None
+
+
+def _split(text: str | None) -> tuple[str, ...]:
+    return tuple(sorted({v.strip().lower() for v in _SPLIT.split(text or "") if v.strip()}))
+
+
+def _lists(text: str | None, default_list: str) -> tuple[str, ...]:
+    lists = _split(text) or (default_list,)
+    for name in lists:
+        require_list(name)
+    return lists
+
+
+def _tags(text: str | None) -> tuple[str, ...]:
+    tags = _split(text)
     if bad := [t for t in tags if not _SLUG.match(t)]:
         raise InvalidField("tags", f"tag {bad[0][:64]!r} is not a short slug (a-z, 0-9, - and _)")
-    status = (by_col.get("status") or "subscribed").lower()
+    return tags
+
+
+def _status(text: str | None) -> str:
+    status = (text or "subscribed").lower()
     if status not in STATUSES:
         raise InvalidField("status", f"status must be one of {', '.join(STATUSES)}")
-    source = by_col.get("consent_source") or None
-    if source and (len(source) > 200 or any(ord(c) < 32 for c in source)):
+    return status
+
+
+def _source(text: str | None) -> str | None:
+    if text and (len(text) > 200 or any(ord(c) < 32 for c in text)):
         raise InvalidField("consent_source", "consent_source is at most 200 characters of text")
-    values = {c: v for c, v in by_col.items() if c not in COLUMNS}
-    return Row(email=email, first_name=first_name, lists=lists, tags=tags,
-               timezone=check_timezone(by_col.get("timezone") or None),
-               consent_date=_consent_date(by_col.get("consent_date") or None), consent_source=source, status=status,
-               fields=custom_fields.parse(values))
+    return text or None
 
 
 def _consent_date(text: str | None) -> str | None:
@@ -170,15 +207,18 @@ def validate(text: str, mapping: dict[str, str], default_list: str) -> Validatio
                 raise InvalidField("-", f"{len(headers)} cells expected, as in the header")
             row = parse_row(cells, mapping, default_list)
         except InvalidField as exc:
-            header = next((h for h in headers if column_of(h, mapping) == exc.field), exc.field)
-            where = f"line {start}" + ("" if exc.field == "-" else f", column {header}")
-            result.errors.append(f"{where}: {exc.message}")
-            key = "cells" if exc.field == "-" else header
-            result.by_column[key] = result.by_column.get(key, 0) + 1
+            result.invalid_rows += 1
+            for problem in getattr(exc, "problems", [exc]):
+                header = _header(headers, mapping, problem.field)
+                where = f"line {start}" + ("" if problem.field == "-" else f", column {header}")
+                result.errors.append(f"{where}: {problem.message}")
+                key = "cells" if problem.field == "-" else header
+                result.by_column[key] = result.by_column.get(key, 0) + 1
             continue
         if row.email in first:
             seen_line, seen = first[row.email]
             if seen != row:
+                result.invalid_rows += 1
                 result.errors.append(f"line {start}, column {_header(headers, mapping, 'email')}: the same address "
                                      f"as line {seen_line}, with other values (keep one of the two)")
                 result.by_column["email"] = result.by_column.get("email", 0) + 1
