@@ -65,7 +65,7 @@ def test_undeclared_fields_can_be_kept_by_setting(rt, monkeypatch):
     assert items(rt, "cy@example.com")["PROFILE"]["properties"] == {"M": {"favourite_colour": {"S": "blue"}}}
 
 
-def test_every_problem_of_an_import_row_is_listed(tmp_path):
+def test_every_problem_of_an_import_row_is_listed(rt):  # rt: the content (lists.yaml, fields.yaml) it reads
     from funnelpilot.audience import importer
 
     text = "email,role,employees,timezone,status\nnot-an-address,ceo,many,Mars/Olympus,maybe\nok@example.com,,,,\n"
