@@ -152,7 +152,7 @@ _unsigned = False
 
 
 def _sign(self, operation_name, request, region_name=None, signing_type="standard", *args, **kwargs):
-    if _unsigned and signing_type == "standard":
+    if _unsigned and signing_type == "standard" and self._signing_name != "s3":  # moto's S3: unsigned is anonymous (403)
         return None
     return RequestSigner._fp_sign(self, operation_name, request, region_name, signing_type, *args, **kwargs)
 
