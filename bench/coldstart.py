@@ -1,10 +1,11 @@
-"""Cold init of every function in template.yaml, in a fresh interpreter each time.
+"""Cold starts in a fresh interpreter each time.
 
-Init = importing the handler module as Lambda does (its directory on sys.path, then
-``app``), with the environment template.yaml gives the function: everything its module
-level does (imports, powertools objects, boto3 clients). The baseline, measured in the
-same interleaved rounds, is ``import boto3`` plus one client. Interpreter start-up is
-the same for both and is excluded (measured in-process with perf_counter).
+A function's init is importing its handler module as Lambda does (its directory on sys.path,
+then ``app``), with the environment template.yaml gives the function: everything its module
+level does (imports, powertools objects, boto3 clients). ``compare`` times pieces of code
+(bench/run.py: init plus the first request) against a baseline in shuffled, interleaved rounds;
+``breakdowns`` says where each function's import time goes. Interpreter start-up is the same
+for every piece and is excluded (measured in-process with perf_counter).
 """
 import os
 import random
@@ -15,7 +16,6 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
-BASELINE = "import boto3\nboto3.client('dynamodb')\n"
 HANDLER = """import sys
 sys.path.insert(0, {code_dir!r})
 import {module}
@@ -84,10 +84,6 @@ def compare(baseline: str, jobs: dict[str, tuple[str, dict]], rounds: int, seed:
                           for lid, t in samples.items()}}
 
 
-def measure(functions: dict, rounds: int = 7) -> dict:
-    """functions: logical id -> runtime Function (module_path, env): init ÷ baseline."""
-    jobs = {lid: (handler_code(fn), _env(fn.env)) for lid, fn in functions.items()}
-    result = compare(BASELINE, jobs, rounds)
-    for lid, (code, env) in jobs.items():
-        result["functions"][lid]["breakdown"] = import_breakdown(code, env)
-    return result
+def breakdowns(functions: dict) -> dict:
+    """functions: logical id -> runtime Function (module_path, env): the largest shares of its init's import time."""
+    return {lid: import_breakdown(handler_code(fn), _env(fn.env)) for lid, fn in functions.items()}
