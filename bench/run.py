@@ -313,7 +313,7 @@ def counting(work: Path, contacts: int, funnel_contacts: int, timed: bool, round
                                                                  log_level="INFO") as rt:
             log(f"scenario: {contacts} contacts through 60 days on the stepped runtime")
             seen = exercise(rt, contacts)
-            counts |= {"routes": route_rows(seen["routes"]), "per_request": per_request(rt),
+            counts |= {"audience": contacts, "routes": route_rows(seen["routes"]), "per_request": per_request(rt),
                        "consumers": consumers(rt)}
             if timed:
                 log("warm requests: handler vs raw boto3 (replayed AWS, interleaved)")
@@ -412,7 +412,8 @@ def render(c: dict, t: dict, check: list[str] | None, n_counts: int) -> str:
             f"Per email: the usage meter (`funnelpilot_local.costs.Meter`) over the demo's seeded audience "
             f"(`demo.simulate(seed=7, contacts={d['contacts']}, days=60)`: {usage['ses_emails']} emails sent, "
             "confirmations included), each total divided by the emails. Per request: every request of the bench's "
-            "own audience to the route (first and repeated opens and clicks, new signups), AWS calls on the request "
+            f"own audience ({c['audience']} contacts, 60 days) to the route (first and repeated opens and clicks, new "
+            "signups), AWS calls on the request "
             "path (what follows on the bus is counted per event below).", "",
             "| figure | measured | goal | |", "|---|---|---|---|"]
     for label, key, goal in PER_EMAIL:
