@@ -1,6 +1,8 @@
 """Shared fixtures: a fresh local runtime (template.yaml on moto) per test."""
 import hashlib
+import io
 import json
+import logging
 from pathlib import Path
 
 import pytest
@@ -94,3 +96,42 @@ def history(rt: Runtime, execution_arn: str) -> list[dict]:
 def entered_states(rt: Runtime, execution_arn: str) -> list[str]:
     return [e["stateEnteredEventDetails"]["name"] for e in history(rt, execution_arn)
             if "stateEnteredEventDetails" in e]
+
+
+class Capture(logging.Handler):
+    """Every record, formatted as the function's powertools logger writes it, plus its raw fields."""
+
+    def __init__(self):
+        super().__init__(logging.DEBUG)
+        self.lines: list[str] = []
+
+    def emit(self, record):
+        formatter = next((h.formatter for h in logging.getLogger("funnelpilot").handlers
+                          if h is not self and h.formatter), None) or logging.Formatter()
+        self.lines.append(formatter.format(record))
+        self.lines.append(json.dumps(record.__dict__, default=str))
+
+
+@pytest.fixture
+def logs(rt):
+    """Every log line written while the test runs: each stream handler of every logger is
+    pointed at a buffer (the handlers stay as configured), and every record is captured."""
+    for function in rt.functions.values():
+        function.handler  # noqa: B018 - import every handler: their loggers exist from now on
+    capture, buffer = Capture(), io.StringIO()
+    loggers = [logging.getLogger(), *(logging.getLogger(n) for n in list(logging.Logger.manager.loggerDict))]
+    streams, levels = {}, {logger: logger.level for logger in loggers}
+    for logger in loggers:
+        logger.setLevel(logging.INFO)  # the functions' level (INFO), whatever an earlier runtime left on the logger
+        logger.addHandler(capture)
+        for handler in logger.handlers:
+            if isinstance(handler, logging.StreamHandler) and handler not in streams:
+                streams[handler] = handler.setStream(buffer)
+    try:
+        yield lambda: capture.lines + buffer.getvalue().splitlines()
+    finally:
+        for logger in loggers:
+            logger.removeHandler(capture)
+            logger.setLevel(levels[logger])
+        for handler, stream in streams.items():
+            handler.setStream(stream)

@@ -253,10 +253,6 @@ def cost_command(args) -> int:
     return 0
 
 
-if __name__ == "__main__":
-    sys.exit(main())
-
-
 def bulk_command(args) -> int:
     """``funnelpilot bulk ...``: start (or resume) a run; with ``--wait``, print progress lines
     (stderr) until the run is done, then its report (JSON)."""
@@ -308,3 +304,7 @@ def bulk_command(args) -> int:
                               "cause": d.get("cause")}))
             return 1
         time.sleep(1)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
