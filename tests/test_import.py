@@ -182,3 +182,40 @@ def test_the_import_state_machine_reads_the_uploaded_csv_and_writes_each_row_onc
         assert totals == ({"created": 6, "unchanged": 0} if run == "run-1" else {"created": 0, "unchanged": 6})
     assert profile(rt, "s1@example.com")["properties"] == {"last_name": {"S": "Lee"}, "company": {"S": "Acme"},
                                                            "employees": {"N": "1"}}
+
+
+def test_imported_people_are_members_of_their_lists_and_a_suppression_leaves_them(rt, tmp_path, test_lists):
+    """An import emits no event for the segment function: its own writes keep the lists' segments,
+    which `contacts export --list` reads."""
+    from test_lookup import cli_run
+
+    test_lists["newsletter"] = {"double_opt_in": False}
+    rt.http("POST", "/signup", json_body={"email": "old@example.com", "consent": True, "list": "newsletter"},
+            source_ip=ip_for("old@example.com"))
+    assert rt.settle()
+    rows = [{"Email Address": e, "lists": lists, "status": status} for e, lists, status in [
+        ("ann@example.com", "newsletter;insiders", "subscribed"), ("bob@example.com", "newsletter", "subscribed"),
+        ("cat@example.com", "newsletter", "unsubscribed"), ("dan@example.com", "newsletter", "bounced"),
+        ("old@example.com", "newsletter", "unsubscribed")]]
+    path = tmp_path / "members.csv"
+    write_csv(path, rows)
+
+    def exported(list_name: str) -> list[str]:
+        code, text = cli_run(rt, "export", "--list", list_name)
+        assert code == 0, text
+        return sorted(r["email"] for r in csv.DictReader(io.StringIO(text)))
+
+    assert exported("newsletter") == ["old@example.com"]
+    validation, counts = run_import(rt, path)
+    assert validation.errors == [] and counts["created"] == 4 and counts["updated"] == 1
+    assert exported("newsletter") == ["ann@example.com", "bob@example.com"]
+    assert exported("insiders") == ["ann@example.com"]
+    assert profile(rt, "ann@example.com")["segments"] == ["list:insiders", "list:newsletter"]
+    assert "segments" not in profile(rt, "cat@example.com")
+    assert "list:newsletter" not in profile(rt, "old@example.com").get("segments", [])
+    after = table_items(rt)
+
+    _, counts = run_import(rt, path)  # again: nothing changes
+    assert counts == {"created": 0, "updated": 0, "unchanged": 5, "skipped": 0, "entered": 0}
+    assert table_items(rt) == after
+    assert rt.dead_letters == [] and rt.errors == []

@@ -20,6 +20,7 @@ from funnelpilot.config import config
 from funnelpilot.models import PROFILE, Contact
 
 DAY = 86_400
+LIST_STATUSES = ("active", "pending")  # who a list's segment counts (opted out of it: not)
 ENGAGEMENT = sorted(inactivity.ENGAGEMENT)
 _PROFILE_EVENTS = ["contact.updated", "contact.tagged", "contact.untagged"]
 _STATUS_EVENTS = ["contact.subscribed", "contact.confirmed", "contact.unsubscribed", "contact.suppressed",
@@ -76,8 +77,8 @@ def definitions() -> dict[str, Segment]:
         out[name] = Segment(name, mode, conditions, spec.get("description", ""))
     # every declared list is a segment too, so its members are a Query (funnelpilot.audience.export)
     for list_name in consent.declared_lists():
-        out[f"list:{list_name}"] = Segment(f"list:{list_name}", "all", (
-            {"list": list_name}, {"status": ["active", "pending"]}), f"on the {list_name} list (not opted out)")
+        out[list_segment(list_name)] = Segment(list_segment(list_name), "all", (
+            {"list": list_name}, {"status": list(LIST_STATUSES)}), f"on the {list_name} list (not opted out)")
     return out
 
 
@@ -207,7 +208,7 @@ def evaluate(detail_type: str, detail: dict) -> dict[str, list[str]]:
     return changes
 
 
-def _membership_key(cid: str, segment: str) -> dict:
+def membership_key(cid: str, segment: str) -> dict:
     return {"pk": {"S": cid}, "sk": {"S": f"SEG#{segment}"}}
 
 
@@ -222,11 +223,20 @@ def _transact(items: list[dict]) -> bool:
         raise
 
 
-def _enter(cid: str, segment: str) -> bool:
-    item = {**_membership_key(cid, segment), "gsi1pk": {"S": f"SEG#{segment}"}, "gsi1sk": {"S": cid},
+def membership_item(cid: str, segment: str) -> dict:
+    """The item that makes ``cid`` a member of ``segment`` (on the sparse index)."""
+    return {**membership_key(cid, segment), "gsi1pk": {"S": f"SEG#{segment}"}, "gsi1sk": {"S": cid},
             "segment": {"S": segment}, "entered_at": {"S": clock.iso()}}
+
+
+def list_segment(list_name: str) -> str:
+    return f"list:{list_name}"
+
+
+def _enter(cid: str, segment: str) -> bool:
     return _transact([
-        {"Put": {"TableName": config().table, "Item": item, "ConditionExpression": "attribute_not_exists(pk)"}},
+        {"Put": {"TableName": config().table, "Item": membership_item(cid, segment),
+                 "ConditionExpression": "attribute_not_exists(pk)"}},
         {"Update": {"TableName": config().table, "Key": {"pk": {"S": cid}, "sk": {"S": PROFILE}},
                     "UpdateExpression": "ADD #segs :s", "ConditionExpression": "attribute_exists(pk)",
                     "ExpressionAttributeNames": {"#segs": "segments"},
@@ -235,7 +245,7 @@ def _enter(cid: str, segment: str) -> bool:
 
 def _leave(cid: str, segment: str) -> bool:
     return _transact([
-        {"Delete": {"TableName": config().table, "Key": _membership_key(cid, segment),
+        {"Delete": {"TableName": config().table, "Key": membership_key(cid, segment),
                     "ConditionExpression": "attribute_exists(pk)"}},
         {"Update": {"TableName": config().table, "Key": {"pk": {"S": cid}, "sk": {"S": PROFILE}},
                     "UpdateExpression": "DELETE #segs :s", "ConditionExpression": "attribute_exists(pk)",

@@ -12,7 +12,10 @@ and planned again. Statuses only ever get stricter: an unsubscribed, bounced or 
 (from the file or from funnelpilot) is never made subscribable by an import. Imported people start
 no funnel (no ``contact.subscribed``) unless the import names one to enter (``funnel.handoff``).
 Their consent record says where the consent came from ("imported from FILE on DATE, source ..."),
-with no IP address or user agent: the importer's are not the person's.
+with no IP address or user agent: the importer's are not the person's. An import emits no event, so
+the rows' own writes keep the lists' segments (``list:<name>``, what an export of a list reads): a
+subscribed person joins the segments of the lists the row adds, one made unsubscribed or suppressed
+leaves every list segment.
 """
 import csv
 import io
@@ -22,7 +25,7 @@ from dataclasses import dataclass, field
 from datetime import date, datetime, timezone
 from decimal import Decimal
 
-from funnelpilot import aws, bus, clock, outbox, tokens
+from funnelpilot import aws, bus, clock, outbox, segments, tokens
 from funnelpilot.audience import fields as custom_fields
 from funnelpilot.config import config
 from funnelpilot.consent import require_list
@@ -306,14 +309,18 @@ def _plan(row: Row, cid: str, old: dict | None, batch: dict) -> list[dict] | str
         optional = {"status_reason": reason and {"S": reason}, "first_name": row.first_name and {"S": row.first_name},
                     "timezone": row.timezone and {"S": row.timezone}, "tags": row.tags and {"SS": list(row.tags)},
                     "properties": row.fields and {"M": {k: custom_fields.attribute(v) for k, v in row.fields.items()}}}
+        joined, left = (_list_segments(new_lists) if status in segments.LIST_STATUSES else []), []
+        optional["segments"] = joined and {"SS": joined}
         item |= {k: v for k, v in optional.items() if v}
         items = [{"Put": {"TableName": table, "Item": item, "ConditionExpression": "attribute_not_exists(pk)"}}]
     else:
         status = target if _RANK[target] > _RANK.get(seen, 0) else None
-        update, new_lists = _update(row, old, seen, status and (status, reason), now)
+        update, new_lists, joined, left = _update(row, old, seen, status and (status, reason), now)
         if update is None:
             return None
         items = [{"Update": {"TableName": table, "Key": key, **update}}]
+    items += [{"Put": {"TableName": table, "Item": segments.membership_item(cid, s)}} for s in joined]
+    items += [{"Delete": {"TableName": table, "Key": segments.membership_key(cid, s)}} for s in left]
     source = (f"imported from {batch['file']} on {batch['imported_at']}, source: {row.consent_source or 'not given'}"
               f", status there: {row.status}")
     given = row.consent_date or batch["imported_at"]
@@ -327,8 +334,13 @@ def _plan(row: Row, cid: str, old: dict | None, batch: dict) -> list[dict] | str
     return items
 
 
-def _update(row: Row, old: dict, seen: str | None, status: tuple | None, now: str) -> tuple[dict | None, list]:
-    """(UpdateItem arguments, the lists it adds) of an existing profile; None when nothing changes."""
+def _list_segments(lists) -> list[str]:
+    return [segments.list_segment(name) for name in sorted(lists)]
+
+
+def _update(row: Row, old: dict, seen: str | None, status: tuple | None, now: str) -> tuple:
+    """(UpdateItem arguments, the lists it adds, the list segments it joins, those it leaves) of an
+    existing profile; the arguments are None when nothing changes."""
     sets, names, values = [], {"#s": "status"}, {}
     if status:
         sets.append("#s = :status")
@@ -365,7 +377,20 @@ def _update(row: Row, old: dict, seen: str | None, status: tuple | None, now: st
         adds.append("tags :tags")
         values[":tags"] = {"SS": new_tags}
     if not sets and not adds:
-        return None, []
+        return None, [], [], []
+    joined, left = [], []
+    if (status[0] if status else seen) in segments.LIST_STATUSES:
+        opted_out = set(old.get("unsubscribed_lists", {}).get("SS", []))
+        joined = _list_segments(set(new_lists) - opted_out)
+    elif status:  # stricter now: on no list's segment any more
+        left = sorted(s for s in old.get("segments", {}).get("SS", []) if s.startswith(segments.list_segment("")))
+    if joined:
+        adds.append("#segs :joined")
+        values[":joined"] = {"SS": joined}
+    if left:
+        values[":left"] = {"SS": left}
+    if joined or left:
+        names["#segs"] = "segments"
     sets.append("updated_at = :now")
     values[":now"] = {"S": now}
     condition = "#s = :seen" if seen else "attribute_not_exists(#s)"
@@ -373,9 +398,10 @@ def _update(row: Row, old: dict, seen: str | None, status: tuple | None, now: st
         values[":seen"] = {"S": seen}
     if changed:
         condition += " AND attribute_exists(#p)" if props is not None else " AND attribute_not_exists(#p)"
-    expression = f"SET {', '.join(sets)}" + (f" ADD {', '.join(adds)}" if adds else "")
+    expression = (f"SET {', '.join(sets)}" + (f" ADD {', '.join(adds)}" if adds else "")
+                  + (" DELETE #segs :left" if left else ""))
     return {"UpdateExpression": expression, "ConditionExpression": condition, "ExpressionAttributeNames": names,
-            "ExpressionAttributeValues": values}, new_lists
+            "ExpressionAttributeValues": values}, new_lists, joined, left
 
 
 def _commit(planned: list[tuple[Row, bool, list[dict]]], counts: dict) -> list[Row]:
