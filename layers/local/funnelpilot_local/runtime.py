@@ -25,7 +25,7 @@ import uuid
 import zipfile
 from collections import deque
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timezone
 from email import message_from_bytes
 from pathlib import Path
 from urllib.parse import parse_qsl, urlencode
@@ -686,13 +686,10 @@ class Runtime:
         from funnelpilot_local import moto_adapter
 
         if not m.batches:
-            if not moto_adapter.stream_has_records(ACCOUNT, REGION, m.iterator):
+            records, m.iterator = moto_adapter.stream_records(ACCOUNT, REGION, m.iterator, m.batch_size)
+            if not records:
                 return False
-            page = self.client("dynamodbstreams").get_records(ShardIterator=m.iterator, Limit=m.batch_size)
-            m.iterator = page["NextShardIterator"]
-            if not page["Records"]:
-                return False
-            batch = [r for r in (lambda_stream_record(r, m.stream_arn) for r in page["Records"]) if m.matches(r)]
+            batch = [r for r in (lambda_stream_record(r, m.stream_arn) for r in records) if m.matches(r)]
             if not batch:
                 return True
             m.batches.append((batch, 0))
@@ -898,8 +895,8 @@ def http_api_event(method, path, query, headers, body, params, route, source_ip)
 
 
 def lambda_stream_record(record: dict, stream_arn: str) -> dict:
-    """A DynamoDB Streams record (as boto3's GetRecords parses it) in the shape Lambda hands it
-    to a function: JSON only (binary values base64, ApproximateCreationDateTime in epoch
+    """A DynamoDB Streams record (moto_adapter.stream_records) in the shape Lambda hands it to a
+    function, a copy: JSON only (binary values base64, ApproximateCreationDateTime in epoch
     seconds) plus ``eventSourceARN``."""
     def plain(value):
         if isinstance(value, dict):
@@ -908,8 +905,8 @@ def lambda_stream_record(record: dict, stream_arn: str) -> dict:
             return [plain(v) for v in value]
         if isinstance(value, bytes):
             return base64.b64encode(value).decode()
-        if isinstance(value, datetime):
-            return int(value.timestamp())
+        if isinstance(value, datetime):  # naive: UTC
+            return int(value.replace(tzinfo=value.tzinfo or timezone.utc).timestamp())
         return value
 
     return {**plain(record), "eventSourceARN": stream_arn}
