@@ -7,6 +7,7 @@ import pytest
 from conftest import SINGLE, entered_states, executions, ip_for
 
 from funnelpilot import bus, clock, tokens
+from funnelpilot.models import PROFILE, Contact
 from funnelpilot_local.moto_adapter import sent_emails
 from funnelpilot_local.template import ACCOUNT, REGION
 
@@ -328,18 +329,28 @@ def test_ascension_not_clicked_still_offers_the_complement(rt):
     assert status == "SUCCEEDED" and "Tag interest-core" not in states and states[-1] == "Send ascension-2"
 
 
-# ---------------------------------------------------------------- re-engagement and sunset
-def test_reengagement_silence_goes_to_sunset_which_suppresses(rt, tap):
+# ---------------------------------------------------------------- re-engagement and its sunset
+def test_reengagement_silence_sunsets_in_its_last_steps(rt, tap):
     cid = signup(rt, "zed@example.com")
     assert rt.advance(3 * DAY + HOUR)  # welcome-2 went a day before
     publish(rt, "contact.inactive", cid, days=30)
-    assert rt.advance(11 * DAY)
+    assert rt.advance(10 * DAY)
+    assert journey(rt, "reengagement", cid)[0] == "RUNNING" and profile(rt, cid)["status"]["S"] == "active"
+    assert rt.advance(DAY)
     status, states = journey(rt, "reengagement", cid)
-    assert status == "SUCCEEDED" and states[-1] == "Go to sunset"
+    assert status == "SUCCEEDED" and states[-2:] == ["Tag sunset", "Suppress (sunset)"]
     assert {"reengage-1", "reengage-2"} <= set(sent(rt, cid))
-    assert journey(rt, "sunset", cid) == ("SUCCEEDED", ["Tag sunset", "Suppress (sunset)"])
-    assert profile(rt, cid)["status"]["S"] == "suppressed"
-    assert any(e["detail"]["contact_id"] == cid for e in tap.events("contact.suppressed"))
+    assert profile(rt, cid)["status"]["S"] == "suppressed" and "sunset" in profile(rt, cid)["tags"]["SS"]
+    [suppressed] = {e["detail"]["event_id"]: e["detail"] for e in tap.events("contact.suppressed")
+                    if e["detail"]["contact_id"] == cid}.values()
+    assert suppressed["reason"] == "sunset" and suppressed["funnel"] == "reengagement"
+    # no hand-off, no second machine: the sunset is two states of this execution
+    assert not any(e["detail"]["contact_id"] == cid and e["detail"].get("from") == "reengagement"
+                   for e in tap.events("funnel.handoff"))
+    assert not [a for a in rt.state_machine_arns() if a.endswith("-sunset")]
+    [done] = [e["detail"] for e in tap.events("funnel.completed") if e["detail"]["contact_id"] == cid
+              and e["detail"]["funnel"] == "reengagement"]
+    assert done["outcome"] == "completed" and done["step"] == "Suppress (sunset)"
 
 
 @pytest.mark.parametrize("which", ["reengage-1", "reengage-2"])
@@ -367,6 +378,26 @@ def test_a_send_in_quiet_hours_waits_for_the_morning_in_the_contacts_time_zone(r
     assert rt.advance(10 * HOUR)
     m = message(rt, cid, "reengage-1")
     assert m["status"] == "sent" and m["sent_at"] == "2026-03-06T07:00:00Z"  # 08:00 in Paris
-    states = journey(rt, "reengagement", cid)[1]
-    assert states[:4] == ["Send reengage-1", "Quiet hours: time until reengage-1 may go",
-                          "Wait out quiet hours (reengage-1)", "Send reengage-1"]
+    # the router computed the first Wait (10 hours): no failed send, no detour
+    assert journey(rt, "reengagement", cid)[1][:3] == ["Wait until reengage-1 may go", "Send reengage-1",
+                                                        "Wait for a click on reengage-1, up to 5 days"]
+
+
+def test_a_wait_that_would_end_in_quiet_hours_is_longer_instead_of_a_detour(rt, tap):
+    cid = "c_night_owl"
+    Contact(cid, PROFILE, email="owl@example.com", first_name="Owl", status="active",
+            timezone="America/New_York").save()
+    assert rt.advance(16 * HOUR)  # Tuesday 02:00 UTC = Monday 21:00 in New York
+    publish(rt, "funnel.handoff", cid, to="segmentation", **{"from": "welcome"})
+    [ex] = executions(rt, "segmentation")
+    wait = json.loads(rt.client("stepfunctions").describe_execution(executionArn=ex["executionArn"])["input"])
+    assert wait["wait_seconds"] == 35 * HOUR  # a day later is 21:00 again: until 08:00 the morning after
+    assert rt.advance(DAY + 10 * HOUR)
+    assert messages(rt, cid) == []
+    assert rt.advance(HOUR)
+    assert message(rt, cid, "segmentation-1")["sent_at"] == "2026-03-04T13:00:00Z"  # 08:00 in New York
+    assert journey(rt, "segmentation", cid)[1] == ["Wait 1 day", "Send segmentation-1",
+                                                   "Wait for a click on segmentation-1, up to 4 days"]
+    assert [e for e in tap.events("email.blocked") if e["detail"]["contact_id"] == cid] == []
+
+

@@ -246,11 +246,11 @@ def test_quiet_hours_raise_before_anything_is_written_and_until_says_how_long(rt
         send(rt, night, ex=ex)
     assert items(rt, night, "MSG#") == [] and "marketing_log" not in item(rt, night, PROFILE)
     assert tap.events("email.blocked") == []
-    assert step(rt, "until", night, ex=ex, quiet_hours=True) == {"seconds": 9 * HOUR}
+    assert step(rt, "until", night, ex=ex, wait={"quiet": True}) == {"wait_seconds": 9 * HOUR}
     assert send(rt, night, ex=ex, transactional=True)["status"] == "sent"  # transactional: any time
     day = person(rt, "fr")  # no time zone of their own: the funnel's (Paris, 11:00)
     assert send(rt, day, ex=execution())["status"] == "sent"
-    assert step(rt, "until", day, ex=ex, quiet_hours=True) == {"seconds": 0}
+    assert step(rt, "until", day, ex=ex, wait={"quiet": True}) == {"wait_seconds": 0}
 
 
 def test_welcome_payload_without_a_funnel_file_uses_the_defaults(rt):
@@ -408,17 +408,29 @@ def test_fail_records_the_failure(rt, tap):
 # ---------------------------------------------------------------- until
 def test_until_a_local_time_uses_the_contacts_time_zone_then_the_funnels(rt, monkeypatch):
     ny = person(rt, "ny", timezone="America/New_York")  # Monday 10:00 UTC = 05:00 in New York
-    assert step(rt, "until", ny, ex=execution(), time="09:30") == {"seconds": 4 * HOUR + 30 * 60}
+    assert step(rt, "until", ny, ex=execution(), wait={"until": "09:30"}) == {"wait_seconds": 4 * HOUR + 30 * 60}
     plain = person(rt, "utc")  # no zone: the funnel's (default UTC, 10:00): tomorrow 09:30
-    assert step(rt, "until", plain, ex=execution(), time="09:30") == {"seconds": 23 * HOUR + 30 * 60}
+    assert step(rt, "until", plain, ex=execution(), wait={"until": "09:30"}) == {"wait_seconds": 23 * HOUR + 30 * 60}
     settings(monkeypatch, timezone="Asia/Tokyo")  # 19:00 there
-    assert step(rt, "until", plain, ex=execution(), time="20:00") == {"seconds": HOUR}
+    assert step(rt, "until", plain, ex=execution(), wait={"until": "20:00"}) == {"wait_seconds": HOUR}
     bad = person(rt, "bad", timezone="Mars/Olympus")  # an invalid zone falls back to the funnel's
-    assert step(rt, "until", bad, ex=execution(), time="20:00") == {"seconds": HOUR}
+    assert step(rt, "until", bad, ex=execution(), wait={"until": "20:00"}) == {"wait_seconds": HOUR}
+
+
+def test_a_task_before_a_computed_wait_returns_its_seconds_out_of_quiet_hours(rt, monkeypatch):
+    settings(monkeypatch, quiet_hours=("21:00", "08:00"), timezone="Europe/Paris")  # Monday 11:00 in Paris
+    cid = person(rt)
+    sent = send(rt, cid, ex=execution(), wait={"seconds": 11 * HOUR, "quiet": True})  # would end at 22:00
+    assert sent["status"] == "sent" and sent["wait_seconds"] == 21 * HOUR  # Tuesday 08:00 in Paris
+    assert step(rt, "tag", cid, ex=execution(), tag="x", wait={"seconds": 11 * HOUR}) == {
+        "status": "done", "wait_seconds": 11 * HOUR}  # no send after it: not moved
+    tokyo = person(rt, "jp", timezone="Asia/Tokyo")  # 19:00 there: 2 hours later is quiet until 08:00
+    assert step(rt, "tag", tokyo, ex=execution(), tag="x", wait={"seconds": 2 * HOUR, "quiet": True}) == {
+        "status": "done", "wait_seconds": 13 * HOUR}
 
 
 def test_until_crosses_a_daylight_saving_change(rt):
     cid = person(rt, "ny", timezone="America/New_York")
     assert rt.advance(5 * DAY + 10 * HOUR)  # Saturday 2026-03-07 20:00 UTC = 15:00 EST; clocks go forward Sunday
     # Sunday 09:00 EDT = 13:00 UTC: 17 h later (18 h of wall-clock time minus the lost hour)
-    assert step(rt, "until", cid, ex=execution(), time="09:00") == {"seconds": 17 * HOUR}
+    assert step(rt, "until", cid, ex=execution(), wait={"until": "09:00"}) == {"wait_seconds": 17 * HOUR}

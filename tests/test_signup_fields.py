@@ -9,7 +9,7 @@ from email import message_from_bytes, policy
 import pytest
 from conftest import executions
 
-from funnelpilot import contacts, emails, sequence
+from funnelpilot import contacts, emails, sendtime, sequence
 from funnelpilot.config import config
 from funnelpilot.models import PROFILE, Contact
 from test_funnels import messages, publish
@@ -94,7 +94,7 @@ def test_a_stored_directory_zone_falls_back_and_the_journey_sends(rt, caplog):
     cid = "c_stored_zone"
     Contact(cid, PROFILE, email="zone@example.com", first_name="Zed", status="active", timezone="Europe",
             lists={"newsletter"}).save()
-    with caplog.at_level(logging.WARNING, logger="funnelpilot.sequence"):
+    with caplog.at_level(logging.WARNING, logger="funnelpilot.sendtime"):
         publish(rt, "contact.subscribed", cid, list="newsletter")
     [ex] = executions(rt)
     assert ex["status"] == "RUNNING" and [m["status"] for m in messages(rt, cid)] == ["sent"]
@@ -104,6 +104,6 @@ def test_a_stored_directory_zone_falls_back_and_the_journey_sends(rt, caplog):
 
 
 def test_zone_falls_back_contact_then_funnel_then_utc():
-    assert sequence._zone("Asia", "Europe/Paris").key == "Europe/Paris"
-    assert sequence._zone("../etc", "Africa").key == "UTC"
-    assert sequence._zone("Asia/Tokyo", "Europe/Paris").key == "Asia/Tokyo"
+    assert sendtime.zone("Asia", "Europe/Paris").key == "Europe/Paris"
+    assert sendtime.zone("../etc", "Africa").key == "UTC"
+    assert sendtime.zone("Asia/Tokyo", "Europe/Paris").key == "Asia/Tokyo"

@@ -11,7 +11,8 @@ logger = Logger()
 def _enter(event: dict) -> dict:
     return {"execution": funnels.enter(funnel=event["funnel"], state_machine_arn=event["state_machine"],
                                        entry_rule=event["entry_rule"], event=event["event"],
-                                       reenter_after=float(event.get("reenter_after") or 0))}
+                                       reenter_after=float(event.get("reenter_after") or 0),
+                                       start_wait=event.get("start_wait"))}
 
 
 def _goal(event: dict) -> dict:

@@ -24,12 +24,20 @@ def _key(cid: str) -> dict:
 def incarnation(cid: str) -> str | None:
     """The profile's incarnation ("" for a profile created before incarnations existed),
     or None when there is no live profile (erased, or never subscribed). A consistent read."""
+    profile = live(cid)
+    return None if profile is None else profile["incarnation"]
+
+
+def live(cid: str, *fields: str) -> dict | None:
+    """``incarnation`` and ``fields`` (plain values, absent when unset) of the live profile, or None
+    when there is none (erased, or never subscribed). A consistent read."""
+    names = {"#s": "status", **{f"#f{i}": f for i, f in enumerate(fields)}}
     item = aws.dynamodb().get_item(TableName=config().table, Key=_key(cid), ConsistentRead=True,
-                                   ProjectionExpression="incarnation, #s",
-                                   ExpressionAttributeNames={"#s": "status"}).get("Item")
+                                   ProjectionExpression=", ".join(["incarnation", *names]),
+                                   ExpressionAttributeNames=names).get("Item")
     if item is None or item.get("status", {}).get("S") == "erased":
         return None
-    return item.get("incarnation", {}).get("S", "")
+    return {"incarnation": "", **{k: next(iter(v.values())) for k, v in item.items() if k != "status"}}
 
 
 def alive(cid: str, incarnation_: str | None = None) -> dict:

@@ -15,7 +15,7 @@ claim, which lets the steps of a stale execution recognise that the entry is no 
 import json
 from functools import cache
 
-from funnelpilot import aws, bus, clock, erasure, scoring, tokens
+from funnelpilot import aws, bus, clock, erasure, funnel_spec, scoring, sendtime, tokens
 from funnelpilot.config import config
 
 ENTRY_RULES = ("once_per_contact", "once_per_trigger", "always")
@@ -91,22 +91,24 @@ def _claim_condition(entry_rule: str, reenter_after: float) -> str:
 
 
 def enter(*, funnel: str, state_machine_arn: str, entry_rule: str, event: dict,
-          reenter_after: float = 0) -> str | None:
+          reenter_after: float = 0, start_wait: dict | None = None) -> str | None:
     """Start the funnel for the event's contact if the entry rule allows; the execution
     name, or None when the contact may not (re-)enter. Safe to repeat.
 
     once_per_contact: the first trigger only, ever. once_per_trigger: each distinct trigger
     event, not while the contact is in the funnel nor within ``reenter_after`` seconds of
     the last entry. always: each distinct trigger event (``reenter_after`` still applies
-    when > 0); a running execution is stopped and replaced.
+    when > 0); a running execution is stopped and replaced. ``start_wait`` (the compiler's, when
+    the machine starts with a computed Wait): its seconds go in the input as ``wait_seconds``.
     """
     if entry_rule not in ENTRY_RULES:
         raise ValueError(f"unknown entry rule {entry_rule!r}")
     detail = event["detail"]
     cid, event_id = detail["contact_id"], detail["event_id"]
-    incarnation = erasure.incarnation(cid)
-    if incarnation is None:
+    profile = erasure.live(cid, "timezone")
+    if profile is None:
         return None  # erased (an event in flight), or never subscribed: nothing is written
+    incarnation = profile["incarnation"]
     entry_id = "1" if entry_rule == "once_per_contact" else event_id[:32]
     name = execution_name(cid, funnel, entry_id, incarnation)
     arn = execution_arn(state_machine_arn, name)
@@ -152,6 +154,8 @@ def enter(*, funnel: str, state_machine_arn: str, entry_rule: str, event: dict,
         _stop(old_arn, "FunnelReentered", "replaced by a new entry (entry rule: always)")
     payload = {"contact_id": cid, "funnel": funnel, "entry": entry_id, "trigger": event.get("detail-type"),
                "event_id": event_id, "lead_magnet": detail.get("lead_magnet")}
+    if start_wait:
+        payload["wait_seconds"] = sendtime.wait_seconds(start_wait, funnel_spec.load(funnel), profile.get("timezone"))
     try:
         started = _start(state_machine_arn, name, payload)
     except Exception:

@@ -5,21 +5,20 @@ action's parameters; README "Funnels"). Every action is idempotent on (execution
 ids and event ids are derived from them, writes are conditional, so a retried or duplicated
 Task never sends twice, adds points twice or emits a second distinct event.
 ``"complete": true`` on any Task marks the last state of a path: after the action the
-contact's funnel entry is completed (``complete``).
+contact's funnel entry is completed (``complete``); ``"wait": {...}`` on a Task (the compiler's,
+when a computed Wait follows it) adds ``wait_seconds`` to its result (``wait_seconds``).
 """
 import hashlib
 import json
-import logging
 import random
-from datetime import datetime, time, timedelta
 from decimal import Decimal
 from time import sleep
-from zoneinfo import ZoneInfo
 
 from boto3.dynamodb.types import TypeSerializer
 from pynamodb.exceptions import DoesNotExist, PutError, UpdateError
 
-from funnelpilot import aws, bus, clock, consent, emails, funnel_spec, funnels, preferences, scoring, segments, tokens
+from funnelpilot import (aws, bus, clock, consent, emails, funnel_spec, funnels, preferences, scoring, segments,
+                         sendtime, tokens)
 from funnelpilot.audience import fields as custom_fields
 from funnelpilot.config import config
 from funnelpilot.errors import FunnelLeft, QuietHours, RecipientRejected, TransientError, transient
@@ -27,7 +26,6 @@ from funnelpilot.models import PROFILE, Contact, Message, is_conditional_failure
 
 LEAVES = ("unknown_contact", "erased", "unsubscribed", "suppressed", "goal_reached",
           "list_unsubscribed")  # blocked: journey over
-logger = logging.getLogger(__name__)
 LOG_KEEP = 720 * 3600  # marketing_log entries kept: the longest frequency-cap window a funnel may set
 WAIT_GRACE = 86_400  # a wait item outlives its timeout by a day, then DynamoDB's TTL removes it
 LEASE_SECONDS = 60  # real seconds a send attempt holds its claim (the function's timeout is 30 s)
@@ -54,46 +52,6 @@ def _update(key: dict, expression: str, condition: str, values: dict, names: dic
     extra = {"ExpressionAttributeNames": names} if names else {}
     return aws.conditional("update_item", Key=key, UpdateExpression=expression, ConditionExpression=condition,
                            ExpressionAttributeValues=values, **extra)
-
-
-def _zone(contact_zone: str | None, funnel_zone: str | None) -> ZoneInfo:
-    """The contact's IANA zone, else the funnel's, else UTC. A stored value never fails a step:
-    any error loading it (``Europe`` is a directory: IsADirectoryError) is logged with whose zone
-    and the reason (never the value) and the next one is tried."""
-    for whose, name in (("contact", contact_zone), ("funnel", funnel_zone)):
-        if name:
-            try:
-                return ZoneInfo(name)
-            except Exception as exc:  # noqa: BLE001 - whatever the stored text, fall back
-                logger.warning("time zone fallback", extra={"zone": whose, "reason": type(exc).__name__})
-    return ZoneInfo("UTC")
-
-
-def _hhmm(text: str) -> time:
-    hours, minutes = text.split(":")
-    return time(int(hours), int(minutes))
-
-
-def _at(day, clock_time: time, zone: ZoneInfo) -> float:
-    """Epoch of a wall-clock time on a local day (DST-aware)."""
-    return datetime.combine(day, clock_time, tzinfo=zone).timestamp()
-
-
-def next_local(clock_time: str, zone: ZoneInfo, now: float) -> float:
-    """Epoch of the next ``HH:MM`` in ``zone`` at or after ``now``."""
-    local = datetime.fromtimestamp(now, zone)
-    at = _at(local.date(), _hhmm(clock_time), zone)
-    return at if at >= now else _at(local.date() + timedelta(days=1), _hhmm(clock_time), zone)
-
-
-def quiet_until(quiet: tuple[str, str] | None, zone: ZoneInfo, now: float) -> float | None:
-    """End (epoch) of the quiet period ``now`` falls in, or None when sending is allowed."""
-    if not quiet:
-        return None
-    start, end = _hhmm(quiet[0]), _hhmm(quiet[1])
-    t = datetime.fromtimestamp(now, zone).time()
-    inside = start <= t < end if start <= end else (t >= start or t < end)
-    return next_local(quiet[1], zone, now) if inside else None
 
 
 # ---------------------------------------------------------------- send
@@ -249,8 +207,8 @@ def send(step: dict) -> dict:
     if reason in ("unknown_contact", "erased"):
         return _blocked(step, message_id, reason)  # no item: nothing may be stored about them again
     if reason is None and not transactional:
-        zone = _zone(contact.timezone, spec.timezone)
-        if quiet_until(spec.quiet_hours, zone, clock.now()) is not None:
+        zone = sendtime.zone(contact.timezone, spec.timezone)
+        if sendtime.quiet_until(spec.quiet_hours, zone, clock.now()) is not None:
             raise QuietHours(f"{step['funnel']}: quiet hours {spec.quiet_hours[0]}-{spec.quiet_hours[1]}")
     message = Message(cid, f"MSG#{message_id}", message_id=message_id, funnel=step.get("funnel"),
                       step=step["state"], template=template, created_at=clock.iso(), variant=step.get("variant"),
@@ -398,17 +356,18 @@ def wait_for(step: dict) -> dict:
 
 
 def until(step: dict) -> dict:
-    """Seconds (real, for the Wait state's SecondsPath) until a local time of day, or until
-    the end of the funnel's quiet hours; time zone: contact's, else funnel's, else UTC."""
-    spec = funnel_spec.load(step["funnel"])
-    contact = _contact(step["contact_id"])
-    zone = _zone(contact.timezone if contact else None, spec.timezone)
-    now = clock.now()
-    if step.get("quiet_hours"):
-        at = quiet_until(spec.quiet_hours, zone, now) or now
-    else:
-        at = next_local(step["time"], zone, now)
-    return {"seconds": clock.real_seconds(at - now)}
+    """A Task whose only job is the next Wait's duration (``wait``, see ``wait_seconds``): a
+    ``wait: {until: ...}`` with no Task before it, and the quiet-hours detour of a send."""
+    return {}
+
+
+def wait_seconds(step: dict) -> int:
+    """Seconds of the Wait after this Task (``step["wait"]``, sendtime.wait_seconds); time zone:
+    the contact's, else the funnel's, else UTC."""
+    item = aws.dynamodb().get_item(TableName=config().table, Key=_profile_key(step["contact_id"]),
+                                   ProjectionExpression="#z", ExpressionAttributeNames={"#z": "timezone"}
+                                   ).get("Item") or {}
+    return sendtime.wait_seconds(step["wait"], funnel_spec.load(step["funnel"]), item.get("timezone", {}).get("S"))
 
 
 # ---------------------------------------------------------------- contact changes
@@ -547,6 +506,8 @@ def _run(step: dict) -> dict:
     except FunnelLeft:
         _end(step, "left")
         raise
+    if step.get("wait"):
+        result = {**result, "wait_seconds": wait_seconds(step)}
     if step.get("complete") and step["action"] != "complete":
         complete({**step, "outcome": "completed", "reason": None})
     return result

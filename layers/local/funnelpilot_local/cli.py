@@ -171,7 +171,11 @@ def funnels_command(args) -> int:
     except (FunnelError, compiler.CompileError) as exc:
         print(f"funnels: not compiled, fix these first:\n{str(exc).replace(f'{root}/', '')}", file=sys.stderr)
         return 1
-    return sync_generated(root, "funnels", expected, compiler.stale_machines(root, expected), args.check)
+    status = sync_generated(root, "funnels", expected, compiler.stale_machines(root, expected), args.check)
+    machines = {p.name.removesuffix(".asl.json"): json.loads(text) for p, text in expected.items()
+                if p.name.endswith(".asl.json")}
+    print(compiler.path_table(machines))
+    return status
 
 
 def openapi_command(args) -> int:

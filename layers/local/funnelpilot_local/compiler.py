@@ -16,6 +16,7 @@ from pathlib import Path
 from funnelpilot.funnel_spec import Funnel, Step, load_all, walk
 
 TASK = "${SequenceStepArn}"
+COMPUTED, START_COMPUTED = "$.last.wait_seconds", "$.wait_seconds"  # computed Waits (_compute_waits)
 WAIT_FOR_TOKEN = "arn:aws:states:::lambda:invoke.waitForTaskToken"
 # Retry policy of every Task (README "Funnels"): exponential backoff with full jitter, each wait
 # capped at an hour, and enough attempts to span more than a day (expected ~35 h, under 24 h
@@ -76,6 +77,9 @@ class _Machine:
         self.names: dict[int, dict[str, str]] = {}  # id(step) -> role -> state name
         self._name_all(funnel.steps)
         self.send_states = {t: [self.names[id(s)]["main"] for s in steps] for t, steps in funnel.sends().items()}
+        self.waits: dict[str, dict] = {}  # Wait state -> its wait ({"seconds"} or {"until"}), for _compute_waits
+        self.until_tasks: dict[str, str] = {}  # Wait state of a `wait: {until}` -> the Task before it
+        self.start_wait: dict | None = None  # the router computes the first Wait (funnels.enter)
 
     # ---------------------------------------------------------------- names
     def _unique(self, name: str) -> str:
@@ -100,6 +104,8 @@ class _Machine:
             roles = {"main": f"Send {a}"}
             if self.f.quiet_hours and not step.transactional:
                 roles |= {"hold": f"Quiet hours: time until {a} may go", "quiet": f"Wait out quiet hours ({a})"}
+                if step is self.f.steps[0]:
+                    roles["start"] = f"Wait until {a} may go"
             return roles
         if k == "wait":
             if isinstance(a, dict):
@@ -167,16 +173,23 @@ class _Machine:
             if variant:
                 params["variant"] = variant
             catches = ()
-            if "hold" in names:
+            if "hold" in names:  # the fallback when a send still meets quiet hours (see _compute_waits)
                 catches = ({"ErrorEquals": ["QuietHours"], "ResultPath": "$.last", "Next": names["hold"]},)
-                self._task(names["hold"], "until", {"quiet_hours": True}, names["quiet"])
-                self.states[names["quiet"]] = {"Type": "Wait", "SecondsPath": "$.last.seconds", "Next": main}
+                self._task(names["hold"], "until", {"wait": {"quiet": True}}, names["quiet"])
+                self.states[names["quiet"]] = {"Type": "Wait", "SecondsPath": COMPUTED, "Next": main}
             self._task(main, "send", params, nxt, can_complete=True, catches=catches)
+            if "start" in names:
+                self.waits[names["start"]] = {"quiet": True}
+                self.states[names["start"]] = {"Type": "Wait", "SecondsPath": START_COMPUTED, "Next": main}
+                return names["start"]
         elif k == "wait" and isinstance(a, dict):
-            self._task(names["task"], "until", {"time": a["until"]}, main)
-            self.states[main] = {"Type": "Wait", "SecondsPath": "$.last.seconds", "Next": self._target(nxt)}
+            self.waits[main] = {"until": a["until"]}
+            self.until_tasks[main] = names["task"]
+            self._task(names["task"], "until", {"wait": self.waits[main]}, main)
+            self.states[main] = {"Type": "Wait", "SecondsPath": COMPUTED, "Next": self._target(nxt)}
             return names["task"]
         elif k == "wait":
+            self.waits[main] = {"seconds": int(a)}
             self.states[main] = {"Type": "Wait", "Seconds": int(a), "Next": self._target(nxt)}
         elif k == "wait_for":
             then = self.seq(step.then, nxt, variant)
@@ -223,8 +236,68 @@ class _Machine:
             return {kind: {**arg, "states": self.send_states[arg["email"]]}}
         return condition
 
+    def _sends_ahead(self, name: str) -> bool:
+        """A marketing send is met after ``name`` before any other waiting state (Wait, wait_for)."""
+        seen, stack = set(), [self.states[name]["Next"]]
+        while stack:
+            name = stack.pop()
+            state = self.states[name]
+            if name in seen or state["Type"] == "Wait" or state.get("Resource") == WAIT_FOR_TOKEN:
+                continue
+            seen.add(name)
+            params = state.get("Parameters") or {}
+            if params.get("action") == "send" and not params.get("transactional"):
+                return True
+            stack += _targets(state, catches=False)
+        return False
+
+    def _compute_waits(self, start: str) -> str:
+        """Waits whose end must be computed (a ``wait: {until}``; a wait before a marketing send in
+        a funnel with quiet hours, so the send never meets them) read their seconds from the state
+        before them: every Task reaching the Wait by its Next gets the ``wait`` parameter and returns
+        ``wait_seconds`` (sequence.wait_seconds), or, for the first state, the router puts them in
+        the input. Zero transitions either way. Otherwise (a Choice or a wait_for before it) an
+        ``until`` keeps its own Task and a plain wait stays plain: a send that then meets quiet
+        hours takes its detour (QuietHours: time until it may go, wait, send again: 3 transitions).
+        Returns the start state."""
+        into: dict[str, list[tuple[str, str]]] = {}
+        for name, state in self.states.items():
+            for target in _targets(state, catches=False):
+                into.setdefault(target, []).append((name, "next" if target == state.get("Next") else "choice"))
+            for catch in state.get("Catch", []):
+                into.setdefault(catch["Next"], []).append((name, "catch"))
+        for wait_state, wait in self.waits.items():
+            if wait_state not in self.states:
+                continue
+            wait = dict(wait)
+            if self.f.quiet_hours and self._sends_ahead(wait_state):
+                wait["quiet"] = True
+            if "until" not in wait and not wait.get("quiet"):
+                continue
+            entry = self.until_tasks.get(wait_state, wait_state)
+            sources = into.get(entry, [])
+            tasks = all(kind == "next" and self.states[n]["Type"] == "Task" and self.states[n]["Resource"] == TASK
+                        for n, kind in sources)
+            if entry == start and not sources:
+                self.start_wait, path, start = wait, START_COMPUTED, wait_state
+            elif sources and tasks:
+                for source, _ in sources:
+                    self.states[source]["Parameters"]["wait"] = wait
+                    self.states[source]["Next"] = wait_state
+                path = COMPUTED
+            else:
+                if entry != wait_state:
+                    self.states[entry]["Parameters"]["wait"] = wait
+                continue
+            if entry != wait_state:
+                del self.states[entry]
+            comment = {"Comment": "Longer when it would end in quiet hours (a send follows)"} if wait.get("quiet") else {}
+            self.states[wait_state] = {"Type": "Wait", **comment, "SecondsPath": path,
+                                       "Next": self.states[wait_state]["Next"]}
+        return start
+
     def definition(self) -> dict:
-        start = self.seq(self.f.steps, None)
+        start = self._compute_waits(self.seq(self.f.steps, None))
         self._task(RECORD_FAILURE, "fail", {"error.$": "$.error"}, FAILED)
         self.states[RECORD_FAILURE]["Catch"] = [{"ErrorEquals": ["States.ALL"], "ResultPath": "$.error",
                                                  "Next": FAILED}]
@@ -236,12 +309,13 @@ class _Machine:
         return {"Comment": comment, "StartAt": start, "States": _in_flow_order(start, self.states)}
 
 
-def _targets(state: dict) -> list[str]:
+def _targets(state: dict, catches: bool = True) -> list[str]:
     out = [state["Next"]] if "Next" in state else []
     out += [c["Next"] for c in state.get("Choices", [])]
     if "Default" in state:
         out.append(state["Default"])
-    out += [c["Next"] for c in state.get("Catch", [])]
+    if catches:
+        out += [c["Next"] for c in state.get("Catch", [])]
     return out
 
 
@@ -277,6 +351,63 @@ def to_json(value, level: int = 0) -> str:
 
 def compile_funnel(funnel: Funnel) -> dict:
     return _Machine(funnel).definition()
+
+
+# ---------------------------------------------------------------- what the paths cost
+DETOUR = 3  # a send meeting quiet hours: "Quiet hours: time until ...", its Wait, the send again
+
+
+def paths(definition: dict) -> list[dict]:
+    """Every way through a machine that does not fail or leave (the states entered, in order,
+    taking both ends of each Choice and wait_for): ``transitions`` (what Step Functions bills: one
+    per state entered), ``emails`` (Send states) and ``deferred``, the transitions when every
+    marketing send on it meets quiet hours (a send after a computed Wait: none more; any other:
+    the detour's 3)."""
+    states, out = definition["States"], []
+
+    def walk(name: str, trail: tuple[str, ...]) -> None:
+        trail += (name,)
+        state = states[name]
+        nexts = _targets(state, catches=False)
+        nexts += [c["Next"] for c in state.get("Catch", []) if c["ErrorEquals"] == ["States.Timeout"]]
+        if not nexts:
+            out.append(_path_cost(states, trail))
+        for target in dict.fromkeys(nexts):
+            walk(target, trail)
+
+    walk(definition["StartAt"], ())
+    return out
+
+
+def _path_cost(states: dict, trail: tuple[str, ...]) -> dict:
+    emails = exposed = 0
+    covered = False  # the last waiting state was a computed Wait
+    for name in trail:
+        state = states[name]
+        if state["Type"] == "Wait" or state.get("Resource") == WAIT_FOR_TOKEN:
+            covered = state.get("SecondsPath") in (COMPUTED, START_COMPUTED)
+        params = state.get("Parameters") or {}
+        if params.get("action") == "send":
+            emails += 1
+            if any(c["ErrorEquals"] == ["QuietHours"] for c in state["Catch"]) and not covered:
+                exposed += 1
+    return {"states": list(trail), "end": trail[-1], "transitions": len(trail), "emails": emails,
+            "deferred": len(trail) + DETOUR * exposed}
+
+
+def path_table(definitions: dict[str, dict]) -> str:
+    """The compiler's report (``make funnels``): per funnel, its paths grouped by what they cost."""
+    lines = ["transitions per path (one per state entered; 'deferred': every marketing send meets quiet hours):",
+             f"  {'funnel':<14}{'paths':>6}{'emails':>8}{'transitions':>13}{'per email':>11}{'deferred':>10}  ends at"]
+    for fid, definition in sorted(definitions.items()):
+        groups: dict[tuple, list[dict]] = {}
+        for path in paths(definition):
+            groups.setdefault((path["emails"], path["transitions"], path["deferred"]), []).append(path)
+        for (emails, transitions, deferred), group in sorted(groups.items()):
+            per = f"{transitions / emails:.2f}" if emails else "-"
+            ends = ", ".join(dict.fromkeys(p["end"] for p in group))
+            lines.append(f"  {fid:<14}{len(group):>6}{emails:>8}{transitions:>13}{per:>11}{deferred:>10}  {ends[:60]}")
+    return "\n".join(lines)
 
 
 # ---------------------------------------------------------------- template.yaml block
@@ -353,6 +484,10 @@ def template_block(funnels: dict[str, Funnel]) -> str:
         f, lid = funnels[fid], logical_id(fid)[:-len("Funnel")]
         enter = {"route": "enter", "funnel": fid, "entry_rule": f.entry_rule, "reenter_after": int(f.reenter_after),
                  "state_machine": f"${{{logical_id(fid)}}}"}
+        machine = _Machine(f)
+        machine.definition()
+        if machine.start_wait:
+            enter["start_wait"] = machine.start_wait
         if f.trigger:
             _rule(f"{lid}Trigger", _event_pattern(f.trigger["event"], f.trigger["where"]), enter, lines)
         _rule(f"{lid}Handoff", _event_pattern("funnel.handoff", {"to": [fid]}), enter, lines)
