@@ -115,7 +115,8 @@ def test_states_are_readable_and_every_task_retries_and_catches():
 
 
 def test_one_state_per_step_and_the_last_task_closes_the_journey():
-    """send/tag/set/score/notify/goto/exit/wait/wait_for: one state each; if and split: two."""
+    """send/wait/wait_for: one state each; if and split: two; a run of tag/set/score/notify/suppress
+    (ended by a goto or exit): one."""
     funnels = load_all(ROOT / "infra" / "funnels")
     from funnelpilot.funnel_spec import walk
 
@@ -123,6 +124,7 @@ def test_one_state_per_step_and_the_last_task_closes_the_journey():
         states = machines()[fid]["States"]
         steps = list(walk(funnel.steps))
         budget = sum(2 if s.kind in ("if", "split") else 1 for s in steps)
+        budget -= sum(len(run) - 1 for seq in _sequences(funnel.steps) for run in compiler._runs(seq))
         # the quiet-hours detour of a marketing send (2 states, off the common path); a funnel
         # starting with one waits first (a Wait the router computes)
         marketing = [s for s in steps if s.kind == "send" and funnel.quiet_hours and not s.transactional]
@@ -131,10 +133,20 @@ def test_one_state_per_step_and_the_last_task_closes_the_journey():
                       and s["Parameters"]["action"] == "until")  # a `wait: {until}` no Task precedes
         fixed = {"Record failure", "Failed", "Left the funnel", "Complete"}
         assert len(set(states) - fixed) == budget, fid
-    sunset = machines()["reengagement"]["States"]
-    assert sunset["Tag sunset"]["Next"] == "Suppress (sunset)"
-    assert sunset["Suppress (sunset)"]["Parameters"]["complete"] is True and sunset["Suppress (sunset)"]["End"]
-    assert "Complete" not in sunset
+    sunset = machines()["reengagement"]["States"]["Tag sunset + Suppress (sunset)"]
+    assert sunset["Parameters"]["steps"] == [{"action": "tag", "tag": "sunset"},
+                                             {"action": "suppress", "reason": "sunset"}]
+    assert sunset["Parameters"]["complete"] is True and sunset["End"]
+    assert "Complete" not in machines()["reengagement"]["States"]
+
+
+def _sequences(steps):
+    """Every list of steps of a funnel (its own, then, else, each variant's)."""
+    yield steps
+    for step in steps:
+        for inner in (step.then, step.otherwise, *(b for _, _, b in step.branches)):
+            if inner:
+                yield from _sequences(inner)
 
 
 def test_funnel_errors_are_raised_together(project):
@@ -205,7 +217,7 @@ def test_make_funnels_prints_transitions_per_path(capsys):
     assert cli.main(["funnels", "--check"]) == 0
     out = capsys.readouterr().out
     rows = {tuple(line.split()[:6]) for line in out.splitlines() if line.startswith("  reengagement")}
-    # silence: start Wait, reengage-1, wait_for, reengage-2, wait_for, Tag sunset, Suppress (sunset);
+    # silence: start Wait, reengage-1, wait_for, reengage-2, wait_for, Tag sunset + Suppress (sunset);
     # reengage-2 comes after a wait_for: deferred, it takes the 3-state detour
-    assert ("reengagement", "1", "2", "7", "3.50", "10") in rows
+    assert ("reengagement", "2", "2", "6", "3.00", "9") in rows
     assert any(line.split()[:6] == ["welcome", "1", "2", "7", "3.50", "7"] for line in out.splitlines())

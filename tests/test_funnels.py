@@ -213,7 +213,8 @@ def test_segmentation_click_tags_the_interest_and_routes_a_prospect_to_engagemen
     assert click(rt, cid, "segmentation-1", f"/topics/{topic}") == 302
     assert rt.settle()
     status, states = journey(rt, "segmentation", cid)
-    assert status == "SUCCEEDED" and f"Tag interest-{topic}" in states and states[-1] == "Go to engagement"
+    assert status == "SUCCEEDED" and f"Tag interest-{topic} + Set interest = {topic}" in states  # one Task
+    assert states[-1] == "Go to engagement"
     contact = profile(rt, cid)
     assert f"interest-{topic}" in contact["tags"]["SS"] and contact["properties"]["M"]["interest"]["S"] == topic
     assert journey(rt, "engagement", cid)[0] == "RUNNING"
@@ -246,7 +247,7 @@ def test_engagement_pricing_click_scores_alerts_sales_and_records_the_variant(rt
     click(rt, cid, "engagement-1", "/pricing")
     assert rt.advance(2 * DAY)
     status, states = journey(rt, "engagement", cid)
-    assert "Score +10" in states and "Notify sales: clicked the pricing link in engagement-1" in states
+    assert "Score +10 + Notify sales: clicked the pricing link in engagement-1" in states
     assert any(e["detail"]["contact_id"] == cid for e in tap.events("sales.notify"))
     alerts = [raw for _, raw in sent_emails(ACCOUNT, REGION) if "sales@example.com" in str(raw)[:2000]]
     assert alerts, "the notify step sends an internal email to sales"
@@ -310,7 +311,7 @@ def test_ascension_after_a_purchase_and_the_next_order_is_its_goal(rt, tap):
     assert rt.settle()
     assert "interest-core" in profile(rt, cid)["tags"]["SS"]
     status, states = journey(rt, "ascension", cid)
-    assert "Score +10 loyalty" in states and states[-1] == "Wait 1 day (2)"
+    assert "Tag interest-core + Score +10 loyalty" in states and states[-1] == "Wait 1 day (2)"
     assert rt.advance(DAY)
     assert journey(rt, "ascension", cid)[1][-1] == "Send ascension-2"
     message_count = len(messages(rt, cid))
@@ -334,11 +335,11 @@ def test_reengagement_silence_sunsets_in_its_last_steps(rt, tap):
     cid = signup(rt, "zed@example.com")
     assert rt.advance(3 * DAY + HOUR)  # welcome-2 went a day before
     publish(rt, "contact.inactive", cid, days=30)
-    assert rt.advance(10 * DAY)
+    assert rt.advance(9 * DAY)  # waiting for a click on reengage-2
     assert journey(rt, "reengagement", cid)[0] == "RUNNING" and profile(rt, cid)["status"]["S"] == "active"
-    assert rt.advance(DAY)
+    assert rt.advance(2 * DAY)
     status, states = journey(rt, "reengagement", cid)
-    assert status == "SUCCEEDED" and states[-2:] == ["Tag sunset", "Suppress (sunset)"]
+    assert status == "SUCCEEDED" and states[-1] == "Tag sunset + Suppress (sunset)"  # one Task, the last
     assert {"reengage-1", "reengage-2"} <= set(sent(rt, cid))
     assert profile(rt, cid)["status"]["S"] == "suppressed" and "sunset" in profile(rt, cid)["tags"]["SS"]
     [suppressed] = {e["detail"]["event_id"]: e["detail"] for e in tap.events("contact.suppressed")
@@ -350,7 +351,7 @@ def test_reengagement_silence_sunsets_in_its_last_steps(rt, tap):
     assert not [a for a in rt.state_machine_arns() if a.endswith("-sunset")]
     [done] = [e["detail"] for e in tap.events("funnel.completed") if e["detail"]["contact_id"] == cid
               and e["detail"]["funnel"] == "reengagement"]
-    assert done["outcome"] == "completed" and done["step"] == "Suppress (sunset)"
+    assert done["outcome"] == "completed" and done["step"] == "Tag sunset + Suppress (sunset)"
 
 
 @pytest.mark.parametrize("which", ["reengage-1", "reengage-2"])

@@ -383,6 +383,21 @@ def test_goto_hands_off_and_completes_once(rt, tap):
     assert item(rt, cid, "FUNNEL#demo")["status"] == "completed"
 
 
+def test_merged_steps_run_in_order_each_once_and_the_last_ends_the_journey(rt, tap):
+    cid, ex = person(rt), execution()
+    entry(rt, cid, ex)
+    parts = [{"action": "tag", "tag": "a"}, {"action": "tag", "tag": "b"}, {"action": "score", "points": 5},
+             {"action": "complete", "outcome": "exited", "reason": "done"}]
+    for _ in range(2):  # a retry of the Task runs every part again
+        assert step(rt, "steps", cid, ex=ex, state="Tag a + Tag b + Score +5 + Exit (done)", steps=parts) == {
+            "status": "done"}
+    assert sorted(t["tag"] for t in distinct(tap, "contact.tagged", cid)) == ["a", "b"]  # two events, not one
+    assert round(scoring.current_score(Contact.get(cid, PROFILE))) == 5
+    [done] = distinct(tap, "funnel.completed", cid)
+    assert done["outcome"] == "exited" and done["step"] == "Tag a + Tag b + Score +5 + Exit (done)"
+    assert item(rt, cid, "FUNNEL#demo")["status"] == "exited"
+
+
 def test_complete_does_not_overwrite_a_converted_entry_and_exit_is_an_outcome(rt, tap):
     cid, ex = person(rt), execution()
     entry(rt, cid, ex, status="converted")

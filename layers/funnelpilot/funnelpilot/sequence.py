@@ -32,8 +32,10 @@ LEASE_SECONDS = 60  # real seconds a send attempt holds its claim (the function'
 
 
 def _step_id(step: dict, prefix: str = "s") -> str:
-    """The (execution, state) idempotency key of a step: event ids, once keys."""
-    return tokens.digest_id(prefix, step["execution"], step["state"])
+    """The (execution, state) idempotency key of a step: event ids, once keys; a part of a
+    merged Task (``steps``) after the first adds its index."""
+    part = (str(step["part"]),) if step.get("part") else ()
+    return tokens.digest_id(prefix, step["execution"], step["state"], *part)
 
 
 def _contact(cid: str) -> Contact | None:
@@ -445,6 +447,15 @@ def goto(step: dict) -> dict:
     return {"status": "done"}
 
 
+def steps(step: dict) -> dict:
+    """Consecutive instant steps the compiler merged into one Task (``steps``: their actions and
+    parameters, a goto or exit last), run in order; a retry runs them all again (each is idempotent)."""
+    base = {k: v for k, v in step.items() if k not in ("steps", "complete", "wait")}
+    for part, params in enumerate(step["steps"]):
+        ACTIONS[params["action"]]({**base, **params, "part": part})
+    return {"status": "done"}
+
+
 # ---------------------------------------------------------------- the journey's end
 def _end(step: dict, status: str) -> bool:
     """Move this execution's entry from starting/running to ``status`` (a converted, exited or
@@ -479,7 +490,7 @@ def fail(step: dict) -> dict:
 
 ACTIONS = {"send": send, "check": check, "split": split, "wait_for": wait_for, "until": until, "tag": tag,
            "untag": untag, "set": set_properties, "score": score, "notify": notify, "goto": goto,
-           "suppress": suppress, "complete": complete, "fail": fail}
+           "suppress": suppress, "steps": steps, "complete": complete, "fail": fail}
 
 
 def run(step: dict) -> dict:
