@@ -43,7 +43,7 @@ class FunnelLeft(RuntimeError):
 
 class QuietHours(RuntimeError):
     """A marketing send fell in the funnel's quiet hours (contact's time zone): the state
-    machine catches it, waits (``until`` with ``quiet_hours: true``) and re-enters the send."""
+    machine catches it, waits (``until`` with ``wait: {"quiet": true}``) and re-enters the send."""
 
 
 # Error codes AWS answers when a request may succeed later (botocore's standard retry mode lists
