@@ -18,8 +18,8 @@ def signup() -> Response:
         logger.info("honeypot filled; nothing stored")
         return _accepted(tokens.contact_id(signup.email))
     ip = event.request_context.http.source_ip
-    contacts.check_limits(signup.email, ip, event.request_context.time_epoch / 1000)  # 429 when over
-    cid = contacts.subscribe(signup, ip=ip, page=event.headers.get("referer") or event.headers.get("origin"),
+    cid = contacts.subscribe(signup, ip=ip, at=event.request_context.time_epoch / 1000,  # 429 over a limit
+                             page=event.headers.get("referer") or event.headers.get("origin"),
                              user_agent=event.request_context.http.user_agent)
     # The same answer whatever the contact's status: it tells no one who is subscribed.
     logger.info("signup", extra={"contact_id": cid, "list": signup.list_name})

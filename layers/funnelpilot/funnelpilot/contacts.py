@@ -130,25 +130,27 @@ def consent_source(page: str | None) -> str:
     return f"{parts.scheme}://{parts.netloc.rsplit('@', 1)[-1]}{parts.path}"[:300]
 
 
-def check_limits(email: str, ip: str, at: float) -> None:
-    """Count one signup per source IP, then per address, in their fixed windows (``config().signup_limits``;
-    ``at``: the request's arrival time, real seconds, whatever the simulated clock does); raises
-    ``RateLimited`` once a window is full. Nothing else is stored for a refused signup."""
-    values = {"ip": ip, "email": email}
-    for field_name, limit, window in config().signup_limits:
-        if not ratelimit.allow(f"signup-{field_name}", tokens.keyed_id(field_name, values[field_name]), limit, window, at):
-            per = "source IP" if field_name == "ip" else "address"
-            raise RateLimited(field_name, f"more than {limit} signups in {window} s from this {per}",
-                              ratelimit.retry_after(window, at))
+def _limits(signup: Signup, ip: str, at: float) -> list[tuple[str, int, int, dict]]:
+    """(field, limit, window, its counter's transaction ``Update``) per signup limit: per source IP,
+    then per address (``config().signup_limits``), each counted in its fixed window (``ratelimit``)."""
+    values = {"ip": ip, "email": signup.email}
+    return [(name, limit, window, {"Update": ratelimit.counter(f"signup-{name}", tokens.keyed_id(name, values[name]),
+                                                               limit, window, at)})
+            for name, limit, window in config().signup_limits]
 
 
 _SUBSCRIBE_ATTEMPTS = 4  # a status changing under each attempt (concurrent signups, unsubscribes)
 
 
-def subscribe(signup: Signup, *, ip: str | None, user_agent: str | None, page: str | None = None) -> str:
-    """Create or update the contact, record consent and write its event to the outbox, all in one
-    transaction (funnelpilot.outbox publishes the event). Repeating it updates the same person,
-    never duplicates. Anyone can post any address, so a signup never moves a contact to ``active``
+def subscribe(signup: Signup, *, ip: str, user_agent: str | None, at: float, page: str | None = None) -> str:
+    """Count the signup against its limits, create or update the contact, record consent and write
+    its event to the outbox, all in one TransactWriteItems (funnelpilot.outbox publishes the event;
+    low-level client, like every write of the signup path). Repeating it updates the same person,
+    never duplicates. ``at``: the request's arrival time (real seconds, whatever the simulated clock
+    does), which picks the limits' windows; a full window raises ``RateLimited`` (the source IP's
+    first) and, the transaction being cancelled, stores nothing at all, not even a count.
+
+    Anyone can post any address, so a signup never moves a contact to ``active``
     but for a new person on a single opt-in list (``lists.yaml``) or one already active:
 
     - new, double opt-in list (the default): ``pending`` and ``contact.pending``
@@ -163,13 +165,16 @@ def subscribe(signup: Signup, *, ip: str | None, user_agent: str | None, page: s
 
     The ``CONSENT#`` record says which of these it was (``confirmation``); the caller answers the
     same in every case. The new status and the event depend on the status the profile has, which
-    the write does not know in advance: it assumes a new person (one transaction, the common case)
-    under a condition on that status; when the condition fails, DynamoDB returns the profile and
-    the write is made again for the status it holds.
+    the write does not know in advance: it assumes a new person (one call, the common case)
+    under a condition on that status; when the condition fails, DynamoDB returns the profile
+    (``CancellationReasons``, ``ReturnValuesOnConditionCheckFailure``) and the transaction is made
+    again for the status it holds (two calls).
     """
     double_opt_in = bool(list_settings(signup.list_name)["double_opt_in"])
     cid = tokens.contact_id(signup.email)
     now = clock.iso()
+    limits = _limits(signup, ip, at)
+    profile = len(limits)  # the profile's index in the transaction
     seen = None  # the profile's status as last read; None: no profile (or one without a status)
     has_properties = False  # whether that profile has a properties map (custom fields go in it)
     for _ in range(_SUBSCRIBE_ATTEMPTS):
@@ -177,7 +182,7 @@ def subscribe(signup: Signup, *, ip: str | None, user_agent: str | None, page: s
         consent = ConsentRecord(cid, f"CONSENT#{now}#{signup.list_name}", list_name=signup.list_name,
                                 source=consent_source(page), ip=ip, user_agent=user_agent, given_at=now,
                                 confirmation=confirmation, wording_version=signup.consent_version)
-        items = [_profile_update(signup, cid, now, seen, status, has_properties),
+        items = [*(update for *_, update in limits), _profile_update(signup, cid, now, seen, status, has_properties),
                  {"Put": {"TableName": config().table, "Item": consent.serialize()}}]
         if kind == "pending":
             items.append(outbox.put(bus.event("contact.pending", cid, list=signup.list_name,
@@ -190,9 +195,16 @@ def subscribe(signup: Signup, *, ip: str | None, user_agent: str | None, page: s
             aws.transact_write(items)
             return cid
         except Exception as exc:
-            if 0 not in aws.failed_conditions(exc):
+            failed = aws.failed_conditions(exc)
+            full = [limits[i] for i in failed if i < profile]
+            if full:
+                name, limit, window, _ = full[0]
+                per = "source IP" if name == "ip" else "address"
+                raise RateLimited(name, f"more than {limit} signups in {window} s from this {per}",
+                                  ratelimit.retry_after(window, at)) from None
+            if profile not in failed:
                 raise
-            old = exc.response["CancellationReasons"][0].get("Item", {})
+            old = exc.response["CancellationReasons"][profile].get("Item", {})
             seen, has_properties = old.get("status", {}).get("S"), "properties" in old
     raise RuntimeError(f"contact {cid}: its status kept changing during the signup")
 

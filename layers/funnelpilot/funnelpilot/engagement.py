@@ -1,22 +1,21 @@
 """Opens and clicks: recording every hit and classifying it honestly as human or machine.
 
-This module serves the two hottest routes (``/o`` and ``/c``): it uses low-level boto3
-clients (no pynamodb) and does one GetItem, at most one UpdateItem and at most one
-PutEvents per hit. The rules and their sources are documented in README.md
-("Engagement: human or machine").
+This module serves the two hottest routes (``/o`` and ``/c``) with the low-level boto3
+clients (no pynamodb): two AWS calls per hit, one conditional UpdateItem that appends the
+hit and returns the message as it was, then one PutEvents (``_record``). The rules and
+their sources are documented in README.md ("Engagement: human or machine").
 
 Every recorded hit is appended to the message item (``hits``: time, kind, link index,
 human, reason; never an IP address or user agent) and emitted as ``email.opened`` /
 ``email.clicked`` with ``human`` true or false. Consumers act only on ``human: true``.
 Hits are appended with ``list_append``, so concurrent hits on one message are all kept;
-only a honeypot hit rewrites the list (to re-label the burst before it).
+a hit is changed afterwards only to label it machine (``_correct``).
 """
 import ipaddress
 import json
 import logging
 from dataclasses import dataclass
 from datetime import datetime
-
 
 from funnelpilot import aws, bus, clock, tokens, visitors
 from funnelpilot.agents import AUTOMATED
@@ -53,6 +52,21 @@ def _epoch(iso: str | None) -> float | None:
 def classify(kind: str, *, method: str, user_agent: str, ip: str, now: float, sent_at: float | None,
              link: str | None = None, honeypot_at: float | None = None, hits: list[dict] = ()) -> Verdict:
     """Human or machine, with the first rule that matched (see README for the sources)."""
+    verdict = request_verdict(kind, method=method, user_agent=user_agent, ip=ip, link=link)
+    if not verdict.human:
+        return verdict
+    if honeypot_at is not None and abs(now - honeypot_at) <= BURST_WINDOW:
+        return Verdict(False, "honeypot_burst")
+    if any(not h["human"] and abs(now - _epoch(h["at"])) <= BURST_WINDOW for h in hits):
+        return Verdict(False, "burst")
+    if sent_at is None or now - sent_at < DELIVERY_WINDOW:
+        return Verdict(False, "too_soon")
+    return Verdict(True)
+
+
+def request_verdict(kind: str, *, method: str, user_agent: str, ip: str, link: str | None = None) -> Verdict:
+    """The rules that need only the request (the first ones of ``classify``): human here means
+    human unless the message's own history (burst, delivery time) says otherwise."""
     agent = (user_agent or "").strip()
     if kind == "click" and link == HONEYPOT:
         return Verdict(False, "honeypot")
@@ -64,12 +78,6 @@ def classify(kind: str, *, method: str, user_agent: str, ip: str, now: float, se
         return Verdict(False, "apple_mpp")
     if AUTOMATED.search(agent):
         return Verdict(False, "scanner")
-    if honeypot_at is not None and abs(now - honeypot_at) <= BURST_WINDOW:
-        return Verdict(False, "honeypot_burst")
-    if any(not h["human"] and abs(now - _epoch(h["at"])) <= BURST_WINDOW for h in hits):
-        return Verdict(False, "burst")
-    if sent_at is None or now - sent_at < DELIVERY_WINDOW:
-        return Verdict(False, "too_soon")
     return Verdict(True)
 
 
@@ -96,73 +104,110 @@ def _attr(item: dict, name: str):
     return None if value is None else next(iter(value.values()))
 
 
+def _verdict(kind: str, item: dict, link: str | None, request: dict, now: float) -> Verdict:
+    """``classify`` with what the message item knows (delivery time, honeypot, earlier hits)."""
+    return classify(kind, now=now, sent_at=_epoch(_attr(item, "delivered_at") or _attr(item, "sent_at")), link=link,
+                    honeypot_at=_epoch(_attr(item, "honeypot_at")), hits=_hits(item), **request)
+
+
+def _hits(item: dict) -> list[dict]:
+    return [_hit(h["M"]) for h in item.get("hits", {}).get("L", [])]
+
+
+def _link(item: dict, link: str | None) -> tuple[str | None, bool] | None:
+    """(URL, whether it gets the identity hand-off) of the clicked link; (None, False) for an open or
+    the honeypot; None when the message has no such link."""
+    if link is None or link == HONEYPOT:
+        return None, False
+    links = json.loads(_attr(item, "links") or "[]")
+    if int(link) >= len(links):
+        return None
+    entry = links[int(link)]  # a URL, or {"url", "fp": false} for a link opted out of the hand-off
+    return (entry["url"], False) if isinstance(entry, dict) else (entry, True)
+
+
 def hit(kind: str, token: str, *, method: str, user_agent: str, ip: str) -> Result:
     """Record an open (``kind="open"``, token from ``/o``) or a click (``"click"``, ``/c``).
 
-    A token that fails verification, or names a message we do not have, records nothing.
+    A token that fails verification, or names a message we do not have (or a link it does not
+    have), records nothing.
     """
     fields = tokens.verify("o", token, 2) if kind == "open" else tokens.verify("c", token, 3)
     if fields is None:
         return Result(False)
     cid, message_id = fields[0], fields[1]
     link = fields[2] if kind == "click" else None
-    key = {"pk": {"S": cid}, "sk": {"S": f"MSG#{message_id}"}}
-    item = aws.dynamodb().get_item(TableName=config().table, Key=key).get("Item")
-    if not item or _attr(item, "status") not in ("sent", "sending"):  # sending: SES may have accepted it
+    if link is not None and link != HONEYPOT and not link.isdigit():
         return Result(False)
-    links = json.loads(_attr(item, "links") or "[]")
-    url, hand_off = None, False
-    if link is not None and link != HONEYPOT:
-        if not link.isdigit() or int(link) >= len(links):
-            return Result(False)
-        entry = links[int(link)]  # a URL, or {"url", "fp": false} for a link opted out of the hand-off
-        url, hand_off = (entry["url"], False) if isinstance(entry, dict) else (entry, True)
-    hits = [_hit(h["M"]) for h in item.get("hits", {}).get("L", [])]
+    key = {"pk": {"S": cid}, "sk": {"S": f"MSG#{message_id}"}}
+    request = {"method": method, "user_agent": user_agent, "ip": ip}
     now = clock.now()
-    verdict = classify(kind, method=method, user_agent=user_agent, ip=ip, now=now,
-                       sent_at=_epoch(_attr(item, "delivered_at") or _attr(item, "sent_at")), link=link,
-                       honeypot_at=_epoch(_attr(item, "honeypot_at")), hits=hits)
-    # identity hand-off to the site (never for machines); events keep the link as sent
-    landing = visitors.hand_off(url, cid) if hand_off and verdict.human else url
+    recorded = True
     try:
-        _record(kind, cid, message_id, key, item, link, url, verdict, hits, now)
+        found = _record(kind, cid, message_id, key, link, request, now)
     except Exception:  # the person still gets their page or image; the hit is lost, not the click
         logger.exception("hit not recorded", extra={"contact_id": cid})
-        return Result(False, url=landing, honeypot=link == HONEYPOT)
-    return Result(True, url=landing, honeypot=link == HONEYPOT)
+        found, recorded = _message(key, kind, link, request, now), False
+    target = found and _link(found[0], link)
+    if not target:
+        return Result(False)
+    url, hand_off = target
+    # identity hand-off to the site (never for machines); events keep the link as sent
+    landing = visitors.hand_off(url, cid) if hand_off and found[1].human else url
+    return Result(recorded, url=landing, honeypot=link == HONEYPOT)
 
 
-def _record(kind: str, cid: str, message_id: str, key: dict, item: dict, link: str | None, url: str | None,
-            verdict: Verdict, hits: list[dict], now: float) -> None:
-    """One UpdateItem on the message, then one PutEvents."""
+def _message(key: dict, kind: str, link: str | None, request: dict, now: float) -> tuple[dict, Verdict] | None:
+    """The sent message and the hit's verdict, read (GetItem) when the hit could not be recorded:
+    where the click goes."""
+    item = aws.dynamodb().get_item(TableName=config().table, Key=key).get("Item")
+    if not item or _attr(item, "status") not in RECORDABLE:
+        return None
+    return item, _verdict(kind, item, link, request, now)
+
+
+RECORDABLE = ("sent", "sending")  # sending: SES may have accepted it
+
+
+def _record(kind: str, cid: str, message_id: str, key: dict, link: str | None, request: dict,
+            now: float) -> tuple[dict, Verdict] | None:
+    """Append the hit to the message and emit its events: one UpdateItem, then one PutEvents.
+
+    The write comes first, labelled by the request alone (``request_verdict``), and returns the
+    message as it was before it (``ALL_OLD``), which completes the verdict (``classify``). It sets
+    ``first_open_at``/``first_click_at`` with ``if_not_exists``, so that old item also tells, atomically,
+    whether the hit is the message's first (``unique``): two concurrent first opens count once.
+    A second write happens only when the message disagrees with the label (a burst, a hit too soon
+    after delivery), after a honeypot hit (the burst before it is re-labelled), or for a link the
+    message does not have (a forged index: the hit is taken back, as if never made).
+    Returns the message item as it was and the verdict; None when nothing was recorded."""
     stamp = clock.iso(now)
-    first_open = verdict.human and _attr(item, "first_open_at") is None
-    first_click = verdict.human and kind == "click" and _attr(item, "first_click_at") is None
-    new = {"at": stamp, "kind": kind, "link": link, "human": verdict.human, "reason": verdict.reason}
-    sets = ["last_hit_at = :now"]
-    values = {":now": {"S": stamp}}
-    if link == HONEYPOT:  # the whole burst was a machine: re-label the hits just before it
-        for h in hits:
-            if h["human"] and abs(now - _epoch(h["at"])) <= BURST_WINDOW:
-                h.update(human=False, reason="honeypot_burst")
-        sets.append("hits = :hits")
-        values[":hits"] = {"L": [_typed(h) for h in (hits + [new])[-MAX_STORED_HITS:]]}
-    elif len(hits) < MAX_STORED_HITS:
-        sets.append("hits = list_append(if_not_exists(hits, :empty), :hit)")
-        values.update({":empty": {"L": []}, ":hit": {"L": [_typed(new)]}})
-    if first_open:
-        sets.append("first_open_at = :now")
-    if first_click:
-        sets.append("first_click_at = :now")
-    if link == HONEYPOT:
-        sets.append("honeypot_at = :now")
-    aws.dynamodb().update_item(TableName=config().table, Key=key, UpdateExpression="SET " + ", ".join(sets),
-                               ConditionExpression="attribute_exists(pk)", ExpressionAttributeValues=values)
+    label = request_verdict(kind, link=link, **request)
+    entry = {"at": stamp, "kind": kind, "link": link, "human": label.human, "reason": label.reason}
+    old, stored = _append(key, kind, link, entry)
+    if old is None:
+        return None
+    index = len(old.get("hits", {}).get("L", []))  # where list_append put the hit: the list only grows at its end
+    marked = [a for a in ("first_open_at", "first_click_at") if label.human and _attr(old, a) is None
+              and (a == "first_open_at" or kind == "click")]  # set by this hit
+    if _link(old, link) is None:
+        last = _attr(old, "last_hit_at")
+        _correct(key, drop=(index, stamp) if stored else None, remove=marked + ([] if last else ["last_hit_at"]),
+                 last_hit_at=last)
+        return None
+    verdict = _verdict(kind, old, link, request, now)
+    if verdict != label:  # the message's history made a human-looking hit a machine
+        _correct(key, relabel=[(index, stamp, verdict.reason)] if stored else [], remove=marked)
+    elif link == HONEYPOT:  # the whole burst was a machine: re-label the human hits just before it
+        _correct(key, relabel=[(i, h["at"], "honeypot_burst") for i, h in enumerate(_hits(old))
+                               if h["human"] and abs(now - _epoch(h["at"])) <= BURST_WINDOW])
 
-    common = {"message_id": message_id, "funnel": _attr(item, "funnel"), "step": _attr(item, "step"),
-              "template": _attr(item, "template"), "human": verdict.human}
-    if _attr(item, "variant"):  # A/B: counted per variant too
-        common["variant"] = _attr(item, "variant")
+    first_open = verdict.human and _attr(old, "first_open_at") is None
+    first_click = verdict.human and kind == "click" and _attr(old, "first_click_at") is None
+    common = {"message_id": message_id, "funnel": _attr(old, "funnel"), "step": _attr(old, "step"),
+              "template": _attr(old, "template"), "human": verdict.human}
+    if _attr(old, "variant"):  # A/B: counted per variant too
+        common["variant"] = _attr(old, "variant")
     if verdict.reason:
         common["reason"] = verdict.reason
     entries = []
@@ -170,5 +215,72 @@ def _record(kind: str, cid: str, message_id: str, key: dict, item: dict, link: s
         entries.append(bus.event("email.opened", cid, unique=first_open,
                                  **common, **({"via": "click"} if kind == "click" else {})))
     if kind == "click":
-        entries.append(bus.event("email.clicked", cid, link=link, url=url, unique=first_click, **common))
+        entries.append(bus.event("email.clicked", cid, link=link, url=_link(old, link)[0], unique=first_click,
+                                 **common))
     bus.publish(*entries)
+    return old, verdict
+
+
+def _append(key: dict, kind: str, link: str | None, entry: dict) -> tuple[dict | None, bool]:
+    """The UpdateItem that records a hit on a sent message: (the message as it was, whether the hit
+    went into its ``hits``); (None, False) when there is no sent message (nothing written). A message
+    already holding ``MAX_STORED_HITS`` hits gets its timestamps but not the hit (a second UpdateItem,
+    for those rare messages: the first one's condition failed)."""
+    sets = ["last_hit_at = :now"]
+    if entry["human"]:
+        sets += ["first_open_at = if_not_exists(first_open_at, :now)"] + (
+            ["first_click_at = if_not_exists(first_click_at, :now)"] if kind == "click" else [])
+    if link == HONEYPOT:
+        sets.append("honeypot_at = :now")
+    values = {":now": {"S": entry["at"]}, ":sent": {"S": RECORDABLE[0]}, ":sending": {"S": RECORDABLE[1]}}
+    condition = "#s IN (:sent, :sending)"
+    for store in (True, False):
+        request = {"UpdateExpression": "SET " + ", ".join(sets), "ConditionExpression": condition,
+                   "ExpressionAttributeValues": values}
+        if store:
+            request = {"UpdateExpression": request["UpdateExpression"] + ", hits = list_append(if_not_exists(hits, :empty), :hit)",
+                       "ConditionExpression": condition + " AND (attribute_not_exists(hits) OR size(hits) < :max)",
+                       "ExpressionAttributeValues": {**values, ":empty": {"L": []}, ":hit": {"L": [_typed(entry)]},
+                                                     ":max": {"N": str(MAX_STORED_HITS)}}}
+        try:
+            return aws.write("update_item", Key=key, ExpressionAttributeNames={"#s": "status"}, ReturnValues="ALL_OLD",
+                             ReturnValuesOnConditionCheckFailure="ALL_OLD", **request).get("Attributes", {}), store
+        except Exception as exc:
+            if not aws.is_conditional_failure(exc):
+                raise
+            item = exc.response.get("Item")
+            if not item or _attr(item, "status") not in RECORDABLE:
+                return None, False
+    return None, False  # its status changed between the two writes
+
+
+def _correct(key: dict, *, relabel: list[tuple[int, str, str]] = (), remove: list[str] = (),
+             drop: tuple[int, str] | None = None, last_hit_at: str | None = None) -> None:
+    """The rare second write on a message (see ``_record``): label the hits of ``relabel`` (index, its
+    ``at``, reason) machine, remove the attributes ``remove``, take back the hit ``drop`` (index, ``at``),
+    set ``last_hit_at`` back. Each hit is changed only while it is still the one at its index; when it is
+    not, the correction is logged and given up."""
+    sets, removes, conditions = [], list(remove), []
+    values: dict = {":false": {"BOOL": False}} if relabel else {}
+    for i, at, reason in relabel:
+        sets += [f"hits[{i}].#human = :false", f"hits[{i}].#reason = :r{i}"]
+        values[f":r{i}"] = {"S": reason}
+    for i, at in [(i, at) for i, at, _ in relabel] + ([drop] if drop else []):
+        conditions.append(f"hits[{i}].#at = :at{i}")  # "at" is a reserved word
+        values[f":at{i}"] = {"S": at}
+    if drop:
+        removes.append(f"hits[{drop[0]}]")
+    if last_hit_at:
+        sets.append("last_hit_at = :last")
+        values[":last"] = {"S": last_hit_at}
+    if not sets and not removes:
+        return
+    request = {"UpdateExpression": " ".join(([f"SET {', '.join(sets)}"] if sets else [])
+                                            + ([f"REMOVE {', '.join(removes)}"] if removes else []))}
+    if conditions:
+        request["ConditionExpression"] = " AND ".join(conditions)
+        request["ExpressionAttributeNames"] = {"#at": "at"} | ({"#human": "human", "#reason": "reason"} if relabel else {})
+    if values:
+        request["ExpressionAttributeValues"] = values
+    if not aws.conditional("update_item", Key=key, **request):
+        logger.warning("hit correction given up: the message's hits changed", extra={"message": key["sk"]["S"]})
