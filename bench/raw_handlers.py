@@ -55,22 +55,19 @@ def _keyed(purpose: str, value: str, size: int) -> str:
     return base64.b32encode(digest[:size]).decode().rstrip("=").lower()
 
 
-def _allow(scope: str, key: str, limit: int, window: int, at: float) -> bool:
+def _counter(scope: str, key: str, limit: int, window: int, at: float) -> dict:
     index = int(at // window)
-    try:
-        _client("dynamodb").update_item(
-            TableName=os.environ["METRICS_TABLE_NAME"], Key={"pk": {"S": f"RATE#{scope}#{key}#{index}"},
-                                                            "sk": {"S": "RATE"}},
-            UpdateExpression="ADD hits :one SET expires_at = :x", ConditionExpression="attribute_not_exists(hits) OR hits < :l",
-            ExpressionAttributeValues={":one": {"N": "1"}, ":l": {"N": str(limit)}, ":x": {"N": str((index + 2) * window)}})
-        return True
-    except _client("dynamodb").exceptions.ConditionalCheckFailedException:
-        return False
+    return {"Update": {"TableName": os.environ["METRICS_TABLE_NAME"],
+                       "Key": {"pk": {"S": f"RATE#{scope}#{key}#{index}"}, "sk": {"S": "RATE"}},
+                       "UpdateExpression": "ADD hits :one SET expires_at = :x",
+                       "ConditionExpression": "attribute_not_exists(hits) OR hits < :l",
+                       "ExpressionAttributeValues": {":one": {"N": "1"}, ":l": {"N": str(limit)},
+                                                     ":x": {"N": str((index + 2) * window)}}}}
 
 
 def signup(event: dict, context=None) -> dict:
-    """A new person on a double opt-in list: the IP's and the address's rate windows, then one
-    transaction (profile, consent record, outbox item of contact.pending)."""
+    """A new person on a double opt-in list: one transaction (the IP's and the address's rate
+    windows, profile, consent record, outbox item of contact.pending)."""
     fields = _fields(event)
     email = str(fields.get("email", "")).strip().lower()
     if not _EMAIL.match(email):
@@ -80,30 +77,35 @@ def signup(event: dict, context=None) -> dict:
     list_name = str(fields.get("list") or "newsletter").lower()
     http = event["requestContext"]["http"]
     at = event["requestContext"]["timeEpoch"] / 1000
-    for name, value, limit, window in (("ip", http["sourceIp"], 20, 3600), ("email", email, 5, 86400)):
-        if not _allow(f"signup-{name}", _keyed(name, value, 10), limit, window, at):
-            return _response(429, {"error": f"too many signups from this {name}"})
+    limits = [_counter(f"signup-{name}", _keyed(name, value, 10), limit, window, at)
+              for name, value, limit, window in (("ip", http["sourceIp"], 20, 3600), ("email", email, 5, 86400))]
     cid = _keyed("contact", email, 16)
     now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     table = os.environ["TABLE_NAME"]
     event_id = uuid.uuid4().hex
     entry = {"Source": "funnelpilot", "DetailType": "contact.pending", "EventBusName": os.environ["BUS_NAME"],
              "Detail": json.dumps({"event_id": event_id, "contact_id": cid, "occurred_at": now, "list": list_name})}
-    _client("dynamodb").transact_write_items(TransactItems=[
-        {"Update": {"TableName": table, "Key": {"pk": {"S": cid}, "sk": {"S": "PROFILE"}},
-                    "UpdateExpression": "SET email = :e, created_at = if_not_exists(created_at, :n), updated_at = :n, "
-                                        "incarnation = if_not_exists(incarnation, :i), #s = :p ADD lists :l",
-                    "ConditionExpression": "attribute_not_exists(#s)", "ExpressionAttributeNames": {"#s": "status"},
-                    "ReturnValuesOnConditionCheckFailure": "ALL_OLD",
-                    "ExpressionAttributeValues": {":e": {"S": email}, ":n": {"S": now}, ":p": {"S": "pending"},
-                                                  ":i": {"S": uuid.uuid4().hex[:12]}, ":l": {"SS": [list_name]}}}},
-        {"Put": {"TableName": table, "Item": {
-            "pk": {"S": cid}, "sk": {"S": f"CONSENT#{now}#{list_name}"}, "list_name": {"S": list_name},
-            "source": {"S": "signup"}, "given_at": {"S": now}, "confirmation": {"S": "unconfirmed"},
-            "ip": {"S": http["sourceIp"]}, "user_agent": {"S": http["userAgent"]}}}},
-        {"Put": {"TableName": table, "Item": {"pk": {"S": cid}, "sk": {"S": f"OUTBOX#{event_id}"},
-                                              "entry": {"S": json.dumps(entry)},
-                                              "expires_at": {"N": str(int(time.time()) + 86400)}}}}])
+    ddb = _client("dynamodb")
+    try:
+        ddb.transact_write_items(TransactItems=limits + [
+            {"Update": {"TableName": table, "Key": {"pk": {"S": cid}, "sk": {"S": "PROFILE"}},
+                        "UpdateExpression": "SET email = :e, created_at = if_not_exists(created_at, :n), updated_at = :n, "
+                                            "incarnation = if_not_exists(incarnation, :i), #s = :p ADD lists :l",
+                        "ConditionExpression": "attribute_not_exists(#s)", "ExpressionAttributeNames": {"#s": "status"},
+                        "ReturnValuesOnConditionCheckFailure": "ALL_OLD",
+                        "ExpressionAttributeValues": {":e": {"S": email}, ":n": {"S": now}, ":p": {"S": "pending"},
+                                                      ":i": {"S": uuid.uuid4().hex[:12]}, ":l": {"SS": [list_name]}}}},
+            {"Put": {"TableName": table, "Item": {
+                "pk": {"S": cid}, "sk": {"S": f"CONSENT#{now}#{list_name}"}, "list_name": {"S": list_name},
+                "source": {"S": "signup"}, "given_at": {"S": now}, "confirmation": {"S": "unconfirmed"},
+                "ip": {"S": http["sourceIp"]}, "user_agent": {"S": http["userAgent"]}}}},
+            {"Put": {"TableName": table, "Item": {"pk": {"S": cid}, "sk": {"S": f"OUTBOX#{event_id}"},
+                                                  "entry": {"S": json.dumps(entry)},
+                                                  "expires_at": {"N": str(int(time.time()) + 86400)}}}}])
+    except ddb.exceptions.TransactionCanceledException as exc:
+        if any(r.get("Code") == "ConditionalCheckFailed" for r in exc.response["CancellationReasons"][:2]):
+            return _response(429, {"error": "too many signups"})
+        raise
     return _response(202, {"contact_id": cid})
 
 
@@ -137,27 +139,31 @@ def _verify(kind: str, token: str, arity: int) -> list[str] | None:
 
 
 def _hit(kind: str, event: dict) -> str | None:
-    """Verify, read the message, append the hit, publish: the URL a click goes to."""
+    """Verify, append the hit (the message as it was comes back), publish: the URL a click goes to."""
     fields = _verify("o" if kind == "open" else "c", event["pathParameters"]["token"], 2 if kind == "open" else 3)
     if fields is None:
         return None
     request = event["requestContext"]["http"]
     key = {"pk": {"S": fields[0]}, "sk": {"S": f"MSG#{fields[1]}"}}
-    ddb = _client("dynamodb")
-    item = ddb.get_item(TableName=os.environ["TABLE_NAME"], Key=key).get("Item")
-    if not item or item["status"]["S"] != "sent":
-        return None
-    url = json.loads(item.get("links", {}).get("S", "[]"))[int(fields[2])] if kind == "click" else None
-    url = url["url"] if isinstance(url, dict) else url
     agent = request.get("userAgent", "")
     human = request["method"] != "HEAD" and bool(agent) and "bot" not in agent.lower()
     now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    hits = json.loads(item.get("hits", {}).get("S", "[]")) + [{"at": now, "kind": kind, "human": human}]
-    ddb.update_item(TableName=os.environ["TABLE_NAME"], Key=key, UpdateExpression="SET hits = :h, last_hit_at = :n",
-                    ConditionExpression="attribute_exists(pk)",
-                    ExpressionAttributeValues={":h": {"S": json.dumps(hits)}, ":n": {"S": now}})
+    hit = {"M": {"at": {"S": now}, "kind": {"S": kind}, "human": {"BOOL": human}}}
+    ddb = _client("dynamodb")
+    try:
+        item = ddb.update_item(
+            TableName=os.environ["TABLE_NAME"], Key=key, ReturnValues="ALL_OLD",
+            UpdateExpression="SET hits = list_append(if_not_exists(hits, :empty), :h), last_hit_at = :n, "
+                             "first_open_at = if_not_exists(first_open_at, :n)",
+            ConditionExpression="#s = :sent", ExpressionAttributeNames={"#s": "status"},
+            ExpressionAttributeValues={":h": {"L": [hit]}, ":empty": {"L": []}, ":n": {"S": now},
+                                       ":sent": {"S": "sent"}})["Attributes"]
+    except ddb.exceptions.ConditionalCheckFailedException:
+        return None
+    url = json.loads(item.get("links", {}).get("S", "[]"))[int(fields[2])] if kind == "click" else None
+    url = url["url"] if isinstance(url, dict) else url
     detail = {"event_id": uuid.uuid4().hex, "contact_id": fields[0], "occurred_at": now, "message_id": fields[1],
-              "human": human}
+              "human": human, "unique": "first_open_at" not in item}
     kinds = ["email.opened"] + (["email.clicked"] if kind == "click" else [])
     _client("events").put_events(Entries=[{"Source": "funnelpilot", "DetailType": k, "Detail": json.dumps(detail),
                                            "EventBusName": os.environ["BUS_NAME"]} for k in kinds])

@@ -3,8 +3,10 @@ import hashlib
 import io
 import json
 import logging
+import threading
 from pathlib import Path
 
+import botocore.client
 import pytest
 
 from funnelpilot_local.runtime import ROOT, Runtime
@@ -81,6 +83,22 @@ def rt(tmp_path: Path):
 @pytest.fixture
 def tap(rt) -> EventTap:
     return EventTap(rt)
+
+
+@pytest.fixture
+def aws_calls(monkeypatch) -> list[str]:
+    """``service:Operation`` of every AWS call the test's own thread makes from now on (the handlers
+    rt.http runs), but the signing secret's; clear it before the request under test."""
+    calls, original, thread = [], botocore.client.BaseClient._make_api_call, threading.get_ident()
+
+    def record(client, operation, params):
+        service = client.meta.service_model.service_name
+        if threading.get_ident() == thread and service != "secretsmanager":
+            calls.append(f"{service}:{operation}")
+        return original(client, operation, params)
+
+    monkeypatch.setattr(botocore.client.BaseClient, "_make_api_call", record)
+    return calls
 
 
 def executions(rt: Runtime, machine: str = "welcome") -> list[dict]:

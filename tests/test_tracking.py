@@ -156,6 +156,8 @@ def test_tampered_click_token_is_404_never_a_redirect(rt, tap):
         assert resp.status == 404 and "location" not in resp.headers
         assert b"Link not found" in resp.body
     assert tap.events("email.clicked") == [] and hits(rt, cid, mid) == []
+    # the forged index was written (a browser click looks human), then taken back whole
+    assert {"last_hit_at", "first_open_at", "first_click_at"}.isdisjoint(message_item(rt, cid, mid))
 
 
 def test_classification_rules():
@@ -198,4 +200,90 @@ def test_concurrent_hits_on_one_message_are_all_kept(rt, tap):
         statuses = list(pool.map(lambda _: rt.http("GET", path_of("o", pixel), headers={"user-agent": BROWSER}).status,
                                  range(8)))
     assert statuses == [200] * 8
-    assert len(hits(rt, cid, mid)) == 8 and len(tap.events("email.opened")) == 8
+    opened = tap.events("email.opened")
+    assert len(hits(rt, cid, mid)) == 8 and len(opened) == 8
+    assert sum(e["detail"]["unique"] for e in opened) == 1  # the first open, told by the write itself
+
+
+def test_a_hit_is_one_update_and_one_put_events(rt, tap, aws_calls):
+    cid, mail = send_welcome(rt)
+    mid = mail["X-Funnelpilot-Message-Id"]
+    in_html = links_in(mail)[0]
+    [pixel] = [t for k, t in in_html if k == "o"]
+    [link] = [t for k, t in in_html if k == "c" and tokens.verify("c", t, 3)[2] == "0"]
+    aws_calls.clear()
+    assert rt.http("GET", path_of("o", pixel), headers={"user-agent": BROWSER}).status == 200
+    assert aws_calls == ["dynamodb:UpdateItem", "events:PutEvents"]
+    aws_calls.clear()
+    resp = rt.http("GET", path_of("c", link), headers={"user-agent": BROWSER})
+    assert resp.status == 302 and resp.headers["location"] == "https://example.com/guide"
+    assert aws_calls == ["dynamodb:UpdateItem", "events:PutEvents"]
+    [opened] = tap.events("email.opened")  # the click's open was not the first: no second email.opened
+    [clicked] = tap.events("email.clicked")
+    assert opened["detail"]["unique"] and clicked["detail"]["unique"] and clicked["detail"]["human"]
+    assert [(h["kind"], h["human"]) for h in hits(rt, cid, mid)] == [("open", True), ("click", True)]
+
+
+def test_an_open_the_message_history_makes_a_machine_is_corrected_by_a_second_write(rt, tap, aws_calls):
+    cid = rt.http("POST", "/signup", json_body={"email": "cy@example.com", "consent": True, "list": "test-single"}).json()["contact_id"]
+    assert rt.settle()
+    [path] = rt.outbox.glob("*.eml")
+    mail = message_from_bytes(path.read_bytes(), policy=policy.default)
+    mid = mail["X-Funnelpilot-Message-Id"]
+    [pixel] = [t for k, t in links_in(mail)[0] if k == "o"]
+    aws_calls.clear()  # at the instant of delivery: a browser's user agent, but no person reads that fast
+    rt.http("GET", path_of("o", pixel), headers={"user-agent": BROWSER})
+    assert aws_calls == ["dynamodb:UpdateItem", "dynamodb:UpdateItem", "events:PutEvents"]
+    [event] = tap.events("email.opened")
+    assert (event["detail"]["human"], event["detail"]["reason"], event["detail"]["unique"]) == (False, "too_soon", False)
+    assert [(h["human"], h["reason"]) for h in hits(rt, cid, mid)] == [(False, "too_soon")]
+    assert "first_open_at" not in message_item(rt, cid, mid)  # set by the first write, taken back
+    assert rt.advance(600)
+    rt.http("GET", path_of("o", pixel), headers={"user-agent": "Mozilla/5.0 (compatible; BarracudaCentral)"})
+    assert rt.advance(5)
+    aws_calls.clear()  # 5 s after a scanner's hit: the same burst
+    rt.http("GET", path_of("o", pixel), headers={"user-agent": BROWSER})
+    assert len(aws_calls) == 3
+    assert [(h["human"], h["reason"]) for h in hits(rt, cid, mid)][1:] == [(False, "scanner"), (False, "burst")]
+    assert "first_open_at" not in message_item(rt, cid, mid)
+    assert rt.advance(60)
+    aws_calls.clear()
+    rt.http("GET", path_of("o", pixel), headers={"user-agent": BROWSER})
+    assert aws_calls == ["dynamodb:UpdateItem", "events:PutEvents"]
+    last = tap.events("email.opened")[-1]["detail"]
+    assert last["human"] and last["unique"] and "first_open_at" in message_item(rt, cid, mid)
+
+
+def test_a_honeypot_hit_relabels_the_human_hits_just_before_it(rt, tap):
+    cid, mail = send_welcome(rt)
+    mid = mail["X-Funnelpilot-Message-Id"]
+    in_html = links_in(mail)[0]
+    [pixel] = [t for k, t in in_html if k == "o"]
+    [link] = [t for k, t in in_html if k == "c" and tokens.verify("c", t, 3)[2] == "0"]
+    [trap] = [t for k, t in in_html if k == "c" and tokens.verify("c", t, 3)[2] == tokens.HONEYPOT]
+    rt.http("GET", path_of("o", pixel), headers={"user-agent": BROWSER})
+    assert rt.advance(60)
+    rt.http("GET", path_of("c", link), headers={"user-agent": BROWSER})  # a browser-like scanner...
+    assert rt.advance(2)
+    rt.http("GET", path_of("c", trap), headers={"user-agent": BROWSER})  # ...that follows every link
+    opened, *clicks = hits(rt, cid, mid)
+    assert opened["human"] is True  # a minute before: not in the burst
+    assert [(h["human"], h["reason"]) for h in clicks] == [(False, "honeypot_burst"), (False, "honeypot")]
+    assert rt.advance(3)
+    rt.http("GET", path_of("c", link), headers={"user-agent": BROWSER})
+    assert tap.events("email.clicked")[-1]["detail"]["reason"] == "honeypot_burst"
+
+
+def test_hits_past_the_stored_maximum_are_emitted_but_not_stored(rt, tap, monkeypatch, aws_calls):
+    monkeypatch.setattr(engagement, "MAX_STORED_HITS", 2)
+    cid, mail = send_welcome(rt)
+    mid = mail["X-Funnelpilot-Message-Id"]
+    [pixel] = [t for k, t in links_in(mail)[0] if k == "o"]
+    for _ in range(4):
+        assert rt.advance(60)
+        aws_calls.clear()
+        rt.http("GET", path_of("o", pixel), headers={"user-agent": BROWSER})
+    assert aws_calls == ["dynamodb:UpdateItem"] * 2 + ["events:PutEvents"]  # the first one's condition failed
+    assert len(hits(rt, cid, mid)) == 2 and len(tap.events("email.opened")) == 4
+    item = message_item(rt, cid, mid)
+    assert item["last_hit_at"]["S"] > item["first_open_at"]["S"] == hits(rt, cid, mid)[0]["at"]

@@ -11,7 +11,7 @@ from funnelpilot.audience import fields as custom_fields
 from funnelpilot.config import config
 from funnelpilot.consent import list_settings, require_list
 from funnelpilot.errors import InvalidField, RateLimited
-from funnelpilot.models import PROFILE, ConsentRecord
+from funnelpilot.models import PROFILE
 
 # Deliberately strict: what a landing page should accept, not everything RFC 5322 allows.
 _EMAIL = re.compile(r"^[a-z0-9.!#$%&'*+/=?^_`{|}~-]+@[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)+$")
@@ -179,11 +179,11 @@ def subscribe(signup: Signup, *, ip: str, user_agent: str | None, at: float, pag
     has_properties = False  # whether that profile has a properties map (custom fields go in it)
     for _ in range(_SUBSCRIBE_ATTEMPTS):
         status, kind, confirmation = _next_status(seen, double_opt_in)
-        consent = ConsentRecord(cid, f"CONSENT#{now}#{signup.list_name}", list_name=signup.list_name,
-                                source=consent_source(page), ip=ip, user_agent=user_agent, given_at=now,
-                                confirmation=confirmation, wording_version=signup.consent_version)
+        consent = _consent_record(cid, f"CONSENT#{now}#{signup.list_name}", list_name=signup.list_name,
+                                  source=consent_source(page), ip=ip, user_agent=user_agent, given_at=now,
+                                  confirmation=confirmation, wording_version=signup.consent_version)
         items = [*(update for *_, update in limits), _profile_update(signup, cid, now, seen, status, has_properties),
-                 {"Put": {"TableName": config().table, "Item": consent.serialize()}}]
+                 {"Put": {"TableName": config().table, "Item": consent}}]
         if kind == "pending":
             items.append(outbox.put(bus.event("contact.pending", cid, list=signup.list_name,
                                               lead_magnet=signup.lead_magnet, resubscribe=seen == "unsubscribed")))
@@ -207,6 +207,12 @@ def subscribe(signup: Signup, *, ip: str, user_agent: str | None, at: float, pag
             old = exc.response["CancellationReasons"][profile].get("Item", {})
             seen, has_properties = old.get("status", {}).get("S"), "properties" in old
     raise RuntimeError(f"contact {cid}: its status kept changing during the signup")
+
+
+def _consent_record(cid: str, sk: str, **fields: str | None) -> dict:
+    """A ``CONSENT#`` item (the attributes of ``models.ConsentRecord``, which reads it) as the low-level
+    client writes it; a None field is left out."""
+    return {"pk": {"S": cid}, "sk": {"S": sk}} | {k: {"S": v} for k, v in fields.items() if v is not None}
 
 
 def _next_status(seen: str | None, double_opt_in: bool) -> tuple[str | None, str | None, str]:

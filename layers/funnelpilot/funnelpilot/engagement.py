@@ -148,29 +148,26 @@ def hit(kind: str, token: str, *, method: str, user_agent: str, ip: str) -> Resu
     except Exception:  # the person still gets their page or image; the hit is lost, not the click
         logger.exception("hit not recorded", extra={"contact_id": cid})
         found, recorded = _message(key, kind, link, request, now), False
-    target = found and _link(found[0], link)
-    if not target:
+    if found is None:
         return Result(False)
-    url, hand_off = target
+    (url, hand_off), verdict = found
     # identity hand-off to the site (never for machines); events keep the link as sent
-    landing = visitors.hand_off(url, cid) if hand_off and found[1].human else url
+    landing = visitors.hand_off(url, cid) if hand_off and verdict.human else url
     return Result(recorded, url=landing, honeypot=link == HONEYPOT)
 
 
-def _message(key: dict, kind: str, link: str | None, request: dict, now: float) -> tuple[dict, Verdict] | None:
-    """The sent message and the hit's verdict, read (GetItem) when the hit could not be recorded:
-    where the click goes."""
+def _message(key: dict, kind: str, link: str | None, request: dict, now: float) -> tuple[tuple, Verdict] | None:
+    """Where the click goes when the hit could not be recorded: like ``_record``'s answer, from a GetItem."""
     item = aws.dynamodb().get_item(TableName=config().table, Key=key).get("Item")
-    if not item or _attr(item, "status") not in RECORDABLE:
-        return None
-    return item, _verdict(kind, item, link, request, now)
+    target = item and _attr(item, "status") in RECORDABLE and _link(item, link)
+    return (target, _verdict(kind, item, link, request, now)) if target else None
 
 
 RECORDABLE = ("sent", "sending")  # sending: SES may have accepted it
 
 
 def _record(kind: str, cid: str, message_id: str, key: dict, link: str | None, request: dict,
-            now: float) -> tuple[dict, Verdict] | None:
+            now: float) -> tuple[tuple[str | None, bool], Verdict] | None:
     """Append the hit to the message and emit its events: one UpdateItem, then one PutEvents.
 
     The write comes first, labelled by the request alone (``request_verdict``), and returns the
@@ -180,7 +177,7 @@ def _record(kind: str, cid: str, message_id: str, key: dict, link: str | None, r
     A second write happens only when the message disagrees with the label (a burst, a hit too soon
     after delivery), after a honeypot hit (the burst before it is re-labelled), or for a link the
     message does not have (a forged index: the hit is taken back, as if never made).
-    Returns the message item as it was and the verdict; None when nothing was recorded."""
+    Returns the link (``_link``) and the verdict; None when nothing was recorded."""
     stamp = clock.iso(now)
     label = request_verdict(kind, link=link, **request)
     entry = {"at": stamp, "kind": kind, "link": link, "human": label.human, "reason": label.reason}
@@ -190,7 +187,8 @@ def _record(kind: str, cid: str, message_id: str, key: dict, link: str | None, r
     index = len(old.get("hits", {}).get("L", []))  # where list_append put the hit: the list only grows at its end
     marked = [a for a in ("first_open_at", "first_click_at") if label.human and _attr(old, a) is None
               and (a == "first_open_at" or kind == "click")]  # set by this hit
-    if _link(old, link) is None:
+    target = _link(old, link)
+    if target is None:
         last = _attr(old, "last_hit_at")
         _correct(key, drop=(index, stamp) if stored else None, remove=marked + ([] if last else ["last_hit_at"]),
                  last_hit_at=last)
@@ -215,10 +213,9 @@ def _record(kind: str, cid: str, message_id: str, key: dict, link: str | None, r
         entries.append(bus.event("email.opened", cid, unique=first_open,
                                  **common, **({"via": "click"} if kind == "click" else {})))
     if kind == "click":
-        entries.append(bus.event("email.clicked", cid, link=link, url=_link(old, link)[0], unique=first_click,
-                                 **common))
+        entries.append(bus.event("email.clicked", cid, link=link, url=target[0], unique=first_click, **common))
     bus.publish(*entries)
-    return old, verdict
+    return target, verdict
 
 
 def _append(key: dict, kind: str, link: str | None, entry: dict) -> tuple[dict | None, bool]:
