@@ -3,7 +3,7 @@ import base64
 
 import pytest
 
-from funnelpilot.models import PROFILE, Contact
+from funnelpilot.models import PROFILE, ConsentRecord, Contact
 
 
 def contacts_table_items(rt) -> list[dict]:
@@ -61,6 +61,24 @@ def test_same_person_twice_is_one_contact(rt, tap):
     assert contact.lists == {"newsletter", "insiders"} and contact.first_name == "Dee"
     consents = [i for i in contacts_table_items(rt) if i["sk"]["S"].startswith("CONSENT#")]
     assert len(consents) == 2 and consents[0]["ip"]["S"] == "127.0.0.1"
+
+
+def test_a_new_signup_is_one_call_a_repeat_two_and_its_consent_record_reads_as_the_model(rt, aws_calls):
+    body = {"email": "eve@example.com", "consent": True, "list": "insiders"}
+    aws_calls.clear()
+    first = rt.http("POST", "/signup", json_body=body,
+                    headers={"user-agent": "Form/1.0", "referer": "https://example.com/join?ref=ads"})
+    assert first.status == 202 and aws_calls == ["dynamodb:TransactWriteItems"]  # limits, profile, consent, event
+    assert rt.advance(1)  # (a consent record per second and list)
+    aws_calls.clear()
+    assert rt.http("POST", "/signup", json_body=body | {"list": "newsletter"}).status == 202
+    assert aws_calls == ["dynamodb:TransactWriteItems"] * 2  # assumed new, then made again for "pending"
+    cid = first.json()["contact_id"]
+    records = sorted(ConsentRecord.query(cid, ConsentRecord.sk.startswith("CONSENT#")), key=lambda r: r.sk)
+    assert [(r.list_name, r.source, r.ip, r.user_agent, r.confirmation, r.confirmed_at) for r in records] == [
+        ("insiders", "https://example.com/join", "127.0.0.1", "Form/1.0", "unconfirmed", None),
+        ("newsletter", "signup", "127.0.0.1", "", "unconfirmed", None)]  # (no user agent sent)
+    assert records[0].given_at < records[1].given_at
 
 
 @pytest.mark.parametrize("payload, field", [

@@ -1,11 +1,17 @@
 """POST /signup attacked from outside: list bombing (third parties' addresses), invented lists,
 undoing an unsubscribe, skipping the confirmation. Everything through the real routes."""
+import json
 import re
+import threading
 from email import message_from_bytes, policy
 
 from conftest import SINGLE, executions, ip_for
+from test_reliability_concurrency import environment
 
+from funnelpilot import ratelimit, tokens
+from funnelpilot_local.aws_rules import dynamodb
 from funnelpilot_local.moto_adapter import sent_emails
+from funnelpilot_local.runtime import LambdaContext, http_api_event
 from funnelpilot_local.template import ACCOUNT, REGION
 
 CONFIRM_SUBJECT = "Please confirm your subscription"
@@ -75,6 +81,54 @@ def test_per_address_limit(rt):
     answers = [post(rt, "target@example.org", f"198.51.100.{i}", list=SINGLE) for i in range(1, 8)]
     assert [a.status for a in answers] == [202] * 5 + [429] * 2
     assert answers[5].json()["field"] == "email" and int(answers[5].headers["retry-after"]) <= DAY
+
+
+def windows(rt, field: str) -> dict[str, int]:
+    """The signup rate windows of ``field`` (``ip``, ``email``): pseudonym -> count."""
+    items = rt.client("dynamodb").scan(TableName="MetricsTable")["Items"]
+    return {i["pk"]["S"].split("#")[2]: int(i["hits"]["N"]) for i in items if i["pk"]["S"].startswith(f"RATE#signup-{field}#")}
+
+
+def test_a_refused_signup_counts_in_no_window_and_a_full_ip_is_named_first(rt):
+    for i in range(1, 6):
+        assert post(rt, "full@example.org", f"198.51.100.{i}", list=SINGLE).status == 202
+    refused = post(rt, "full@example.org", "192.0.2.99", list=SINGLE)
+    assert refused.status == 429 and refused.json()["field"] == "email"
+    assert windows(rt, "email") == {tokens.keyed_id("email", "full@example.org"): 5}
+    assert tokens.keyed_id("ip", "192.0.2.99") not in windows(rt, "ip")  # one transaction: nothing counted
+    for i in range(20):
+        assert post(rt, f"p{i}@example.org", "192.0.2.99", list=SINGLE).status == 202  # its 20 are intact
+    both = post(rt, "full@example.org", "192.0.2.99", list=SINGLE)
+    assert both.status == 429 and both.json()["field"] == "ip"
+    assert windows(rt, "ip")[tokens.keyed_id("ip", "192.0.2.99")] == 20
+
+
+def test_a_signup_meeting_another_on_its_ip_window_is_retried_and_both_count(rt):
+    """The per-IP window is an item of every signup transaction from that IP: one in flight cancels
+    another (strict mode: TransactionConflict), which is made again once it is through."""
+    route = next(r for r in rt.routes if (r.method, r.path) == ("POST", "/signup"))
+    at, ip = 1_800_000_000, "203.0.113.77"
+
+    def signup(email: str):
+        event = http_api_event("POST", "/signup", "", {"content-type": "application/json"},
+                               f'{{"email": "{email}", "consent": true, "list": "{SINGLE}"}}', {}, route, ip)
+        event["requestContext"]["timeEpoch"] = at * 1000  # one window, whatever the hour
+        return environment(rt, route.function)(event, LambdaContext(route.function))
+
+    window = ratelimit.counter("signup-ip", tokens.keyed_id("ip", ip), 20, 3600, at)["Key"]
+    results = {}
+    with dynamodb.hold("MetricsTable", window) as held:
+        first = threading.Thread(target=lambda: results.update(first=signup("nat@example.org")))
+        first.start()
+        held.wait()  # its transaction is in flight
+        threading.Thread(target=lambda: held.refused.wait(20) and held.release()).start()
+        results["second"] = signup("ned@example.org")  # conflicts, then retries once the first is through
+        assert held.refused.is_set()
+    first.join()
+    assert {r["statusCode"] for r in results.values()} == {202}
+    assert windows(rt, "ip") == {tokens.keyed_id("ip", ip): 2}
+    assert {tokens.contact_id(e) for e in ("nat@example.org", "ned@example.org")} == {
+        json.loads(r["body"])["contact_id"] for r in results.values()}
 
 
 def test_unknown_list_is_400_and_stores_nothing(rt, tap):
