@@ -30,6 +30,8 @@ logger = logging.getLogger(__name__)
 DELIVERY_WINDOW = 10  # seconds after the send in which no human opens or clicks
 BURST_WINDOW = 10  # seconds around a machine hit in which other hits of the message are machine
 MAX_STORED_HITS = 100  # hits kept on a message item; later ones are still emitted
+RECORDABLE = ("sent", "sending")  # a message's statuses that record hits (sending: SES may have accepted it)
+_FIRSTS = {"open": ("first_open_at",), "click": ("first_open_at", "first_click_at")}  # a human click is also an open
 
 
 @dataclass(frozen=True)
@@ -163,9 +165,6 @@ def _message(key: dict, kind: str, link: str | None, request: dict, now: float) 
     return (target, _verdict(kind, item, link, request, now)) if target else None
 
 
-RECORDABLE = ("sent", "sending")  # sending: SES may have accepted it
-
-
 def _record(kind: str, cid: str, message_id: str, key: dict, link: str | None, request: dict,
             now: float) -> tuple[tuple[str | None, bool], Verdict] | None:
     """Append the hit to the message and emit its events: one UpdateItem, then one PutEvents.
@@ -185,8 +184,7 @@ def _record(kind: str, cid: str, message_id: str, key: dict, link: str | None, r
     if old is None:
         return None
     index = len(old.get("hits", {}).get("L", []))  # where list_append put the hit: the list only grows at its end
-    marked = [a for a in ("first_open_at", "first_click_at") if label.human and _attr(old, a) is None
-              and (a == "first_open_at" or kind == "click")]  # set by this hit
+    marked = [a for a in _FIRSTS[kind] if label.human and _attr(old, a) is None]  # set by this hit
     target = _link(old, link)
     if target is None:
         last = _attr(old, "last_hit_at")
@@ -223,25 +221,21 @@ def _append(key: dict, kind: str, link: str | None, entry: dict) -> tuple[dict |
     went into its ``hits``); (None, False) when there is no sent message (nothing written). A message
     already holding ``MAX_STORED_HITS`` hits gets its timestamps but not the hit (a second UpdateItem,
     for those rare messages: the first one's condition failed)."""
-    sets = ["last_hit_at = :now"]
-    if entry["human"]:
-        sets += ["first_open_at = if_not_exists(first_open_at, :now)"] + (
-            ["first_click_at = if_not_exists(first_click_at, :now)"] if kind == "click" else [])
+    sets = ["last_hit_at = :now"] + [f"{a} = if_not_exists({a}, :now)" for a in _FIRSTS[kind] if entry["human"]]
     if link == HONEYPOT:
         sets.append("honeypot_at = :now")
+    sent = "#s IN (:sent, :sending)"
     values = {":now": {"S": entry["at"]}, ":sent": {"S": RECORDABLE[0]}, ":sending": {"S": RECORDABLE[1]}}
-    condition = "#s IN (:sent, :sending)"
-    for store in (True, False):
-        request = {"UpdateExpression": "SET " + ", ".join(sets), "ConditionExpression": condition,
-                   "ExpressionAttributeValues": values}
-        if store:
-            request = {"UpdateExpression": request["UpdateExpression"] + ", hits = list_append(if_not_exists(hits, :empty), :hit)",
-                       "ConditionExpression": condition + " AND (attribute_not_exists(hits) OR size(hits) < :max)",
-                       "ExpressionAttributeValues": {**values, ":empty": {"L": []}, ":hit": {"L": [_typed(entry)]},
-                                                     ":max": {"N": str(MAX_STORED_HITS)}}}
+    with_hit = {"UpdateExpression": "SET " + ", ".join(sets + ["hits = list_append(if_not_exists(hits, :empty), :hit)"]),
+                "ConditionExpression": f"{sent} AND (attribute_not_exists(hits) OR size(hits) < :max)",
+                "ExpressionAttributeValues": {**values, ":empty": {"L": []}, ":hit": {"L": [_typed(entry)]},
+                                              ":max": {"N": str(MAX_STORED_HITS)}}}
+    without = {"UpdateExpression": "SET " + ", ".join(sets), "ConditionExpression": sent,
+               "ExpressionAttributeValues": values}
+    for stored, request in ((True, with_hit), (False, without)):
         try:
             return aws.write("update_item", Key=key, ExpressionAttributeNames={"#s": "status"}, ReturnValues="ALL_OLD",
-                             ReturnValuesOnConditionCheckFailure="ALL_OLD", **request).get("Attributes", {}), store
+                             ReturnValuesOnConditionCheckFailure="ALL_OLD", **request).get("Attributes", {}), stored
         except Exception as exc:
             if not aws.is_conditional_failure(exc):
                 raise
