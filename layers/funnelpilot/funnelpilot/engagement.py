@@ -55,8 +55,13 @@ def classify(kind: str, *, method: str, user_agent: str, ip: str, now: float, se
              link: str | None = None, honeypot_at: float | None = None, hits: list[dict] = ()) -> Verdict:
     """Human or machine, with the first rule that matched (see README for the sources)."""
     verdict = request_verdict(kind, method=method, user_agent=user_agent, ip=ip, link=link)
-    if not verdict.human:
-        return verdict
+    return history_verdict(now=now, sent_at=sent_at, honeypot_at=honeypot_at, hits=hits) if verdict.human else verdict
+
+
+def history_verdict(*, now: float, sent_at: float | None, honeypot_at: float | None = None,
+                    hits: list[dict] = ()) -> Verdict:
+    """The last rules of ``classify``, which need the message's history: for a hit the request's
+    own rules (``request_verdict``) call human."""
     if honeypot_at is not None and abs(now - honeypot_at) <= BURST_WINDOW:
         return Verdict(False, "honeypot_burst")
     if any(not h["human"] and abs(now - _epoch(h["at"])) <= BURST_WINDOW for h in hits):
@@ -67,8 +72,8 @@ def classify(kind: str, *, method: str, user_agent: str, ip: str, now: float, se
 
 
 def request_verdict(kind: str, *, method: str, user_agent: str, ip: str, link: str | None = None) -> Verdict:
-    """The rules that need only the request (the first ones of ``classify``): human here means
-    human unless the message's own history (burst, delivery time) says otherwise."""
+    """The first rules of ``classify``, which need only the request: human here means human unless
+    the message's history says otherwise (``history_verdict``)."""
     agent = (user_agent or "").strip()
     if kind == "click" and link == HONEYPOT:
         return Verdict(False, "honeypot")
@@ -106,10 +111,13 @@ def _attr(item: dict, name: str):
     return None if value is None else next(iter(value.values()))
 
 
-def _verdict(kind: str, item: dict, link: str | None, request: dict, now: float) -> Verdict:
-    """``classify`` with what the message item knows (delivery time, honeypot, earlier hits)."""
-    return classify(kind, now=now, sent_at=_epoch(_attr(item, "delivered_at") or _attr(item, "sent_at")), link=link,
-                    honeypot_at=_epoch(_attr(item, "honeypot_at")), hits=_hits(item), **request)
+def _verdict(label: Verdict, item: dict, now: float) -> Verdict:
+    """The hit's verdict: its request's (``label``), completed by what the message item knows
+    (delivery time, honeypot, earlier hits)."""
+    if not label.human:
+        return label
+    return history_verdict(now=now, sent_at=_epoch(_attr(item, "delivered_at") or _attr(item, "sent_at")),
+                           honeypot_at=_epoch(_attr(item, "honeypot_at")), hits=_hits(item))
 
 
 def _hits(item: dict) -> list[dict]:
@@ -142,14 +150,14 @@ def hit(kind: str, token: str, *, method: str, user_agent: str, ip: str) -> Resu
     if link is not None and link != HONEYPOT and not link.isdigit():
         return Result(False)
     key = {"pk": {"S": cid}, "sk": {"S": f"MSG#{message_id}"}}
-    request = {"method": method, "user_agent": user_agent, "ip": ip}
+    label = request_verdict(kind, method=method, user_agent=user_agent, ip=ip, link=link)
     now = clock.now()
     recorded = True
     try:
-        found = _record(kind, cid, message_id, key, link, request, now)
+        found = _record(kind, cid, message_id, key, link, label, now)
     except Exception:  # the person still gets their page or image; the hit is lost, not the click
         logger.exception("hit not recorded", extra={"contact_id": cid})
-        found, recorded = _message(key, kind, link, request, now), False
+        found, recorded = _message(key, link, label, now), False
     if found is None:
         return Result(False)
     (url, hand_off), verdict = found
@@ -158,19 +166,20 @@ def hit(kind: str, token: str, *, method: str, user_agent: str, ip: str) -> Resu
     return Result(recorded, url=landing, honeypot=link == HONEYPOT)
 
 
-def _message(key: dict, kind: str, link: str | None, request: dict, now: float) -> tuple[tuple, Verdict] | None:
+def _message(key: dict, link: str | None, label: Verdict, now: float) -> tuple[tuple, Verdict] | None:
     """Where the click goes when the hit could not be recorded: like ``_record``'s answer, from a GetItem."""
     item = aws.dynamodb().get_item(TableName=config().table, Key=key).get("Item")
     target = item and _attr(item, "status") in RECORDABLE and _link(item, link)
-    return (target, _verdict(kind, item, link, request, now)) if target else None
+    return (target, _verdict(label, item, now)) if target else None
 
 
-def _record(kind: str, cid: str, message_id: str, key: dict, link: str | None, request: dict,
+def _record(kind: str, cid: str, message_id: str, key: dict, link: str | None, label: Verdict,
             now: float) -> tuple[tuple[str | None, bool], Verdict] | None:
     """Append the hit to the message and emit its events: one UpdateItem, then one PutEvents.
 
-    The write comes first, labelled by the request alone (``request_verdict``), and returns the
-    message as it was before it (``ALL_OLD``), which completes the verdict (``classify``). It sets
+    The write comes first, labelled by the request alone (``label``: ``request_verdict``), and
+    returns the message as it was before it (``ALL_OLD``), which completes the verdict
+    (``history_verdict``). It sets
     ``first_open_at``/``first_click_at`` with ``if_not_exists``, so that old item also tells, atomically,
     whether the hit is the message's first (``unique``): two concurrent first opens count once.
     A second write happens only when the message disagrees with the label (a burst, a hit too soon
@@ -178,7 +187,6 @@ def _record(kind: str, cid: str, message_id: str, key: dict, link: str | None, r
     message does not have (a forged index: the hit is taken back, as if never made).
     Returns the link (``_link``) and the verdict; None when nothing was recorded."""
     stamp = clock.iso(now)
-    label = request_verdict(kind, link=link, **request)
     entry = {"at": stamp, "kind": kind, "link": link, "human": label.human, "reason": label.reason}
     old, stored = _append(key, kind, link, entry)
     if old is None:
@@ -191,7 +199,7 @@ def _record(kind: str, cid: str, message_id: str, key: dict, link: str | None, r
         _correct(key, drop=(index, stamp) if stored else None, remove=marked + ([] if last else ["last_hit_at"]),
                  last_hit_at=last)
         return None
-    verdict = _verdict(kind, old, link, request, now)
+    verdict = _verdict(label, old, now)
     if verdict != label:  # the message's history made a human-looking hit a machine
         _correct(key, relabel=[(index, stamp, verdict.reason)] if stored else [], remove=marked)
     elif link == HONEYPOT:  # the whole burst was a machine: re-label the human hits just before it
