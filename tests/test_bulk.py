@@ -159,13 +159,13 @@ def test_a_run_needing_several_executions_changes_each_member_once(tmp_path, rea
 def test_bulk_properties_and_rerun_of_a_finished_run_changes_nothing(rt, reads):
     cids = seed_segment(rt, "customers", 30)
     arn = machine(rt)
-    done = wait(rt, bulk.start(arn, "customers", {"properties": {"plan": "pro", "seats": 5}}, run_id="plan1",
+    done = wait(rt, bulk.start(arn, "customers", {"properties": {"role": "sales", "employees": "5"}}, run_id="plan1",
                                page_size=20, batch_size=7)["execution_arn"])
     assert json.loads(done["output"])["changed"] == 30
     item = rt.client("dynamodb").get_item(TableName="ContactsTable", Key={"pk": {"S": cids[0]}, "sk": {"S": "PROFILE"}})
-    assert item["Item"]["properties"]["M"] == {"plan": {"S": "pro"}, "seats": {"N": "5"}}
+    assert item["Item"]["properties"]["M"] == {"role": {"S": "sales"}, "employees": {"N": "5"}}  # as infra/fields.yaml
     pages = len(reads)
-    rerun = wait(rt, bulk.start(arn, "customers", {"properties": {"plan": "pro", "seats": 5}},
+    rerun = wait(rt, bulk.start(arn, "customers", {"properties": {"role": "sales", "employees": 5}},
                                 run_id="plan1")["execution_arn"])
     assert json.loads(rerun["output"])["changed"] == 30  # still 30: nobody changed twice
     assert len(reads) == pages  # a finished run reads no page again
@@ -182,6 +182,16 @@ def test_bad_bulk_actions_are_refused(rt):
         bulk.validate("customers", {"tag": "x", "untag": "y"})
     with pytest.raises(InvalidField):
         bulk.validate("customers", {"properties": {"Bad Name": 1}})
+    # `set` takes the fields of infra/fields.yaml, each checked as declared, the error naming the field
+    for values, field, words in [({"plan": "pro"}, "plan", "unknown field 'plan'"),
+                                 ({"employees": "many"}, "employees", "employees must be a number"),
+                                 ({"role": "ceo"}, "role", "role must be one of founder"),
+                                 ({"company": ""}, "company", "company: give a value")]:
+        with pytest.raises(InvalidField) as bad:
+            bulk.validate("customers", {"properties": values})
+        assert bad.value.field == field and words in bad.value.message, bad.value.message
+    assert bulk.validate("customers", {"properties": {"employees": "12", "role": "sales"}}) == {
+        "properties": {"employees": 12, "role": "sales"}}
     with pytest.raises(InvalidField) as unknown:
         bulk.validate("customers", {"funnel": "re-engagement"})
     assert unknown.value.field == "funnel" and "'re-engagement'" in unknown.value.message
@@ -194,10 +204,12 @@ def test_cli_starts_a_run_and_prints_its_report(rt, capsys):
 
     seed_segment(rt, "customers", 12)
     assert cli.main(["bulk", "--state-machine-arn", machine(rt), "--segment", "customers",
-                     "--set", "plan=pro", "--run-id", "cli1", "--wait"]) == 0
+                     "--set", "role=founder", "--run-id", "cli1", "--wait"]) == 0
     out = capsys.readouterr()
     lines = out.out.strip().splitlines()
     assert json.loads(lines[0])["run_id"] == "cli1"
     assert json.loads(lines[-1])["changed"] == 12
     assert "progress: 12 members done, 1 executions" in out.err.splitlines()
     assert cli.main(["bulk", "--state-machine-arn", machine(rt), "--segment", "nope", "--tag", "x"]) == 2
+    assert cli.main(["bulk", "--state-machine-arn", machine(rt), "--segment", "customers", "--set", "employees=many"]) == 2
+    assert capsys.readouterr().err.splitlines()[-1] == "error: employees: employees must be a number"

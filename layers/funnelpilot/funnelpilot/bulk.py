@@ -24,12 +24,12 @@ import uuid
 from botocore.exceptions import ClientError
 
 from funnelpilot import aws, bus, clock, segments, tokens
+from funnelpilot.audience import fields as custom_fields
 from funnelpilot.config import config
 from funnelpilot.errors import InvalidField, TransientError
 from funnelpilot.report import known_funnels
 
 _SLUG = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
-_PROP = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
 PAGE_SIZE, BATCH_SIZE = 2000, 500  # 2,000 ids (~60 KB) stay far below the 256 KB state limit
 # History events (inline Map): per page "Read a page" 5, "What next?" 2, the Map 4, per batch 7
 # (iteration started/succeeded and a Task's 5); per execution start, last page read, report: 20.
@@ -54,9 +54,8 @@ def validate_action(action: dict) -> dict:
             raise InvalidField(kind, f"{kind} must be a short slug")
         if kind == "funnel" and value not in (known := known_funnels()):
             raise InvalidField("funnel", f"unknown funnel {value!r} (funnels: {', '.join(known)})")
-    elif kind == "properties":
-        if not isinstance(value, dict) or not value or not all(_PROP.match(k) for k in value):
-            raise InvalidField("properties", "properties must map lower_snake_case names to values")
+    elif kind == "properties":  # custom fields, checked and converted as infra/fields.yaml declares them
+        return {"properties": custom_fields.to_set(value)}
     else:
         raise InvalidField("action", f"unknown action {kind!r}")
     return action
@@ -243,7 +242,7 @@ def change(cid: str, kind: str, value, with_map: bool) -> dict:
                            "ConditionExpression": "attribute_exists(pk)",
                            "ExpressionAttributeValues": {":t": {"SS": [value]}, **now}}}
     if kind == "properties":
-        values = {f":v{i}": _attr(v) for i, v in enumerate(value.values())}
+        values = {f":v{i}": custom_fields.attribute(v) for i, v in enumerate(value.values())}
         names = {"#p": "properties", **{f"#k{i}": k for i, k in enumerate(value)}}
         if with_map:
             sets = ", ".join(f"#p.#k{i} = :v{i}" for i in range(len(value)))
@@ -253,18 +252,8 @@ def change(cid: str, kind: str, value, with_map: bool) -> dict:
         return {"Update": {**base, "UpdateExpression": "SET #p = :m, updated_at = :now",
                            "ConditionExpression": "attribute_exists(pk) AND attribute_not_exists(#p)",
                            "ExpressionAttributeNames": {"#p": "properties"},
-                           "ExpressionAttributeValues": {":m": {"M": {k: _attr(v) for k, v in value.items()}}, **now}}}
+                           "ExpressionAttributeValues": {":m": {"M": {k: custom_fields.attribute(v) for k, v in value.items()}}, **now}}}
     return {"ConditionCheck": {**base, "ConditionExpression": "attribute_exists(pk)"}}  # funnel: event only
-
-
-def _attr(value) -> dict:
-    if isinstance(value, bool):
-        return {"BOOL": value}
-    if isinstance(value, (int, float)):
-        return {"N": str(value)}
-    if value is None:
-        return {"NULL": True}
-    return {"S": str(value)}
 
 
 def changed(run_id: str) -> int:
@@ -308,7 +297,7 @@ OPERATIONS = {"start": start_run, "page": page, "apply": apply, "report": report
 def start(state_machine_arn: str, segment: str, action: dict, *, run_id: str | None = None,
           page_size: int = PAGE_SIZE, batch_size: int = BATCH_SIZE, history_budget: int = HISTORY_BUDGET) -> dict:
     """Start (or resume, with the same ``run_id``) a bulk action; returns run id and execution ARN."""
-    validate(segment, action)
+    action = validate(segment, action)  # the fields' values converted (the CLI's "12" is a number)
     run_id = run_id or f"{segment}-{clock.iso()[:10]}-{uuid.uuid4().hex[:8]}"
     if not _SLUG.match(run_id.lower()) or len(run_id) > 60:
         raise InvalidField("run_id", "run_id must be a short slug")

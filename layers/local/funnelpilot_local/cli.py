@@ -264,28 +264,30 @@ def bulk_command(args) -> int:
 
     import boto3
 
-    from funnelpilot.bulk import progress, start
-    from funnelpilot.config import config
-    from funnelpilot.errors import InvalidField
     from funnelpilot_local.runtime import ROOT
 
-    os.environ.setdefault("CONTENT_DIR", str(ROOT / "infra"))
-    arn, table = args.state_machine_arn, None
-    if args.stack:
-        cfn = boto3.client("cloudformation", region_name=config().region)
-        outputs = cfn.describe_stacks(StackName=args.stack)["Stacks"][0].get("Outputs", [])
-        arn = next(o["OutputValue"] for o in outputs if o["OutputKey"] == "BulkStateMachineArn")
-        table = cfn.describe_stack_resource(StackName=args.stack, LogicalResourceId="ContactsTable")[
-            "StackResourceDetail"]["PhysicalResourceId"]
+    os.environ.setdefault("CONTENT_DIR", str(ROOT / "infra"))  # before funnelpilot.models reads the config
+    from funnelpilot.bulk import progress, start, validate
+    from funnelpilot.config import config
+    from funnelpilot.errors import InvalidField
+
     if args.set:
         pairs = [p.partition("=") for p in args.set]
         action = {"properties": {k: v for k, _, v in pairs}}
     else:
         action = {k: getattr(args, k) for k in ("tag", "untag", "funnel") if getattr(args, k)}
     try:
+        validate(args.segment, action)  # a wrong segment or field is said before any AWS call
+        arn, table = args.state_machine_arn, None
+        if args.stack:
+            cfn = boto3.client("cloudformation", region_name=config().region)
+            outputs = cfn.describe_stacks(StackName=args.stack)["Stacks"][0].get("Outputs", [])
+            arn = next(o["OutputValue"] for o in outputs if o["OutputKey"] == "BulkStateMachineArn")
+            table = cfn.describe_stack_resource(StackName=args.stack, LogicalResourceId="ContactsTable")[
+                "StackResourceDetail"]["PhysicalResourceId"]
         started = start(arn, args.segment, action, run_id=args.run_id)
     except InvalidField as exc:
-        print(f"error: {exc.field}: {exc.message}")
+        print(f"error: {exc.field}: {exc.message}", file=sys.stderr)
         return 2
     print(json.dumps(started))
     if not args.wait:

@@ -1,6 +1,6 @@
 """Custom contact fields, declared in ``infra/fields.yaml`` (name, type, required, allowed values).
 
-Signup, the CSV import and templates use them: values are checked and converted here, and
+Signup, the CSV import, ``contacts set``, bulk ``--set`` and templates use them: values are checked and converted here, and
 stored in the contact's ``properties`` map. A field that is not declared is refused
 (``InvalidField`` naming it: a 400 on signup, an error line on import) unless the file says
 ``undeclared: keep``; it is never silently dropped.
@@ -128,6 +128,17 @@ def checked(values: dict) -> tuple[dict, list[InvalidField]]:
     problems += [InvalidField(name, f"{name} is required") for name, spec in declared().items()
                  if spec["required"] and name not in out and all(p.field != name for p in problems)]
     return out, problems
+
+
+def to_set(values, name: str = "properties") -> dict:
+    """Fields to set on contacts (``contacts set``, bulk ``--set``), each checked and converted as
+    declared (``InvalidField`` naming an undeclared, ill-typed or empty one; ``name``: the argument)."""
+    if not isinstance(values, dict) or not values:
+        raise InvalidField(name, f"{name} must be an object of fields and values")
+    out = {field: convert(field, raw) for field, raw in values.items()}
+    if empty := [field for field, value in out.items() if value is None]:
+        raise InvalidField(empty[0], f"{empty[0]}: give a value")
+    return out
 
 
 def attribute(value) -> dict:

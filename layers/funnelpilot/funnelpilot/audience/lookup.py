@@ -112,7 +112,7 @@ def change(cid: str, body: dict) -> dict | None:
         raise InvalidField("body", "give tag, untag (lists of tags) and/or set (an object of properties)")
     actions = [("tag", t) for t in _tags(body, "tag")] + [("untag", t) for t in _tags(body, "untag")]
     if "set" in body:
-        actions.append(("properties", _fields(body["set"])))
+        actions.append(("properties", fields.to_set(body["set"], "set")))
     for kind, value in actions:
         bulk.validate_action({kind: value})
     if gdpr.profile(cid) is None:
@@ -131,17 +131,6 @@ def change(cid: str, body: dict) -> dict | None:
             break
         bus.publish(bulk.action_event(kind, value, cid, f"{run_id}-{kind}-{value if isinstance(value, str) else 'set'}"))
     return card(cid)
-
-
-def _fields(values) -> dict:
-    """Custom fields to set, each checked and converted as infra/fields.yaml declares it (a 400
-    naming an undeclared or ill-typed one)."""
-    if not isinstance(values, dict) or not values:
-        raise InvalidField("set", "set must be an object of fields and values")
-    out = {name: fields.convert(name, raw) for name, raw in values.items()}
-    if empty := [name for name, value in out.items() if value is None]:
-        raise InvalidField(empty[0], f"{empty[0]}: give a value")
-    return out
 
 
 def _tags(body: dict, key: str) -> list[str]:
