@@ -3,7 +3,9 @@ import json
 import threading
 import uuid
 
+import botocore.client
 import pytest
+from botocore.exceptions import ClientError
 
 from funnelpilot import bus, clock, scoring
 from funnelpilot.models import PROFILE, Contact
@@ -135,6 +137,38 @@ def test_threshold_crossing_emits_lead_qualified_once_per_crossing(rt, tap):
     publish("order.placed", cid, t0 + DAY + 5, order_id="o1", amount=10)
     assert rt.settle()
     assert len(tap.events("lead.qualified")) == 1  # a customer now: capture track is for prospects
+
+
+def test_a_running_episode_is_extended_without_a_failing_write(rt, tap, monkeypatch):
+    """Above the threshold, the read already made tells the crossing's claim would fail (a
+    failed conditional write is billed): only the episode's extension is written."""
+    cid = new_contact()
+    t0 = clock.now()
+    for i in range(3):
+        publish("page.viewed", cid, t0 + i, path="/pricing")  # 63: qualified
+    assert rt.settle() and len(tap.events("lead.qualified")) == 1
+    until = profile(cid).qualified_until
+    flag_writes, original = [], botocore.client.BaseClient._make_api_call
+
+    def record(client, operation, params):
+        if operation == "UpdateItem" and "qualified_until" in params.get("UpdateExpression", ""):
+            try:
+                result = original(client, operation, params)
+            except ClientError as exc:
+                flag_writes.append(exc.response["Error"]["Code"])
+                raise
+            flag_writes.append("ok")
+            return result
+        return original(client, operation, params)
+
+    monkeypatch.setattr(botocore.client.BaseClient, "_make_api_call", record)
+    assert rt.invoke("ScoreFunction", eb("email.clicked", cid, t0 + 3, human=True, message_id="m1"))["crossed"] == []
+    assert flag_writes == ["ok"] and profile(cid).qualified_until > until  # 5 more points: a later end
+    flag_writes.clear()
+    rt.invoke("ScoreFunction", eb("page.viewed", cid, t0 + 4, path="/blog"))
+    assert "ConditionalCheckFailedException" not in flag_writes
+    monkeypatch.undo()
+    assert len(tap.events("lead.qualified")) == 1
 
 
 def test_falling_below_by_decay_then_rising_qualifies_again(rt, tap):

@@ -379,11 +379,14 @@ def _thresholds(cid: str, event_id: str, t: float, points: dict) -> list[str]:
         if now_score >= track.threshold and eligible:
             stored = float(getattr(contact, _ATTR[name]))
             until = float(contact.score_at) + track.half_life * math.log2(stored / track.threshold)
-            if _set_flag(cid, flag, until, f"attribute_not_exists({flag}) OR {flag} < :t", t):
+            # the conditions decide under concurrency; the read (consistent) skips the writes it
+            # already knows would fail (a failed conditional write is billed too)
+            running = getattr(contact, flag) is not None and getattr(contact, flag) >= t
+            if not running and _set_flag(cid, flag, until, f"attribute_not_exists({flag}) OR {flag} < :t", t):
                 crossed.append(track.emits)
                 entries.append(bus.event(track.emits, cid, event_id=tokens.digest_id("q", event_id, name),
                                          track=name, score=round(now_score, 2), threshold=track.threshold))
-            else:
+            elif getattr(contact, flag) is None or getattr(contact, flag) < until:
                 _set_flag(cid, flag, until, f"{flag} < :v", t)  # extend the running episode
         elif now_score < track.threshold and getattr(contact, flag) and getattr(contact, flag) > t:
             _set_flag(cid, flag, t, f"{flag} > :v", t)  # fell below: the episode ends now
