@@ -153,3 +153,16 @@ def logs(rt):
             logger.setLevel(levels[logger])
         for handler, stream in streams.items():
             handler.setStream(stream)
+
+
+def funnel_counts(rt: Runtime, funnel: str) -> dict[str, int]:
+    """The funnel row's counters in MetricsTable (entered, completed, ...), summed over its days."""
+    items = rt.client("dynamodb").query(TableName="MetricsTable", KeyConditionExpression="pk = :p",
+                                        ExpressionAttributeValues={":p": {"S": f"FUNNEL#{funnel}"}})["Items"]
+    totals: dict[str, int] = {}
+    for item in items:
+        if item["sk"]["S"].endswith("#FUNNEL"):
+            for name, value in item.items():
+                if "N" in value:
+                    totals[name] = totals.get(name, 0) + int(value["N"])
+    return totals

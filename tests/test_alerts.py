@@ -43,7 +43,7 @@ def test_unknown_contacts_and_other_events_send_nothing(rt):
     publish("page.viewed", "nobody", clock.now(), path="/pricing")
     cid = new_contact("quiet")
     publish("page.viewed", cid, clock.now(), path="/blog/post")
-    bus.publish(bus.event("funnel.entered", cid, funnel="welcome"))
+    bus.publish(bus.event("funnel.handoff", cid, to="welcome", **{"from": "test"}))
     assert rt.settle()
     assert sales_mail(rt) == []
 

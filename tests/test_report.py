@@ -74,9 +74,9 @@ def test_report_counts_humans_once_and_machines_apart(rt):
 
 
 def test_conversion_is_attributed_to_the_step_the_contact_was_on(rt):
-    bus.publish(bus.event("funnel.entered", "c1", funnel="welcome"),
-                bus.event("funnel.entered", "c2", funnel="welcome"),
-                bus.event("email.sent", "c1", message_id="m1", funnel="welcome", step="Send welcome-1",
+    metrics.entered("welcome")  # the router counts an entry when it starts the execution
+    metrics.entered("welcome")
+    bus.publish(bus.event("email.sent", "c1", message_id="m1", funnel="welcome", step="Send welcome-1",
                           template="welcome-1"),
                 bus.event("email.sent", "c2", message_id="m2", funnel="welcome", step="Send welcome-1",
                           template="welcome-1"),
@@ -183,7 +183,9 @@ def test_every_delivery_made_twice_gives_the_report_the_message_items_give(tmp_p
         assert rt.settle()
         metrics_arn = rt.template.attributes[("MetricsFunction", "Arn")]
         copies = Counter(p["detail"]["event_id"] for arn, p in rt.delivered if arn == metrics_arn)
-        assert len(copies) >= 12 and min(copies.values()) >= 2  # each counted event reached metrics twice or more
+        # each event metrics counts (sends, opens, clicks, the unsubscribe, the conversion; entries are counted
+        # by the router) reached it twice or more
+        assert len(copies) >= 11 and min(copies.values()) >= 2
         messages = [i for i in rt.client("dynamodb").scan(TableName="ContactsTable")["Items"]
                     if i["sk"]["S"].startswith("MSG#") and i.get("funnel", {}).get("S") == "welcome"]
         body = get_report(rt).json()

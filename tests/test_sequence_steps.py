@@ -10,6 +10,7 @@ from types import SimpleNamespace
 import pytest
 from botocore.exceptions import ClientError, EndpointConnectionError
 
+from conftest import funnel_counts
 from funnelpilot import clock, emails, funnel_spec, scoring, sequence, tokens
 from funnelpilot.errors import FunnelLeft, QuietHours, TransientError
 from funnelpilot_local.moto_adapter import sent_emails
@@ -378,9 +379,7 @@ def test_goto_hands_off_and_completes_once(rt, tap):
         step(rt, "goto", cid, ex=ex, state="Go to segmentation", to="segmentation", complete=True)
     [handoff] = distinct(tap, "funnel.handoff", cid)
     assert handoff["to"] == "segmentation" and handoff["from"] == "demo"
-    [done] = distinct(tap, "funnel.completed", cid)
-    assert done["outcome"] == "completed" and done["funnel"] == "demo"
-    assert item(rt, cid, "FUNNEL#demo")["status"] == "completed"
+    assert item(rt, cid, "FUNNEL#demo")["status"] == "completed" and funnel_counts(rt, "demo")["completed"] == 1
 
 
 def test_merged_steps_run_in_order_each_once_and_the_last_ends_the_journey(rt, tap):
@@ -402,12 +401,12 @@ def test_complete_does_not_overwrite_a_converted_entry_and_exit_is_an_outcome(rt
     cid, ex = person(rt), execution()
     entry(rt, cid, ex, status="converted")
     step(rt, "tag", cid, ex=ex, state="Tag done", tag="done", complete=True)
-    assert item(rt, cid, "FUNNEL#demo")["status"] == "converted" and distinct(tap, "funnel.completed", cid) == []
+    assert item(rt, cid, "FUNNEL#demo")["status"] == "converted" and funnel_counts(rt, "demo") == {}
     entry(rt, cid, ex)
-    step(rt, "complete", cid, ex=ex, state="Exit (no topic chosen)", outcome="exited", reason="no topic chosen")
-    [done] = distinct(tap, "funnel.completed", cid)
-    assert done["outcome"] == "exited" and done["reason"] == "no topic chosen"
-    assert item(rt, cid, "FUNNEL#demo")["status"] == "exited"
+    for _ in range(2):  # a retried Task
+        step(rt, "complete", cid, ex=ex, state="Exit (no topic chosen)", outcome="exited", reason="no topic chosen")
+    assert item(rt, cid, "FUNNEL#demo")["status"] == "exited" and funnel_counts(rt, "demo")["completed"] == 1
+    assert item(rt, cid, "FUNNEL#demo")["reason"] == "no topic chosen"
 
 
 def test_fail_records_the_failure(rt, tap):

@@ -18,7 +18,7 @@ ops = Metrics()  # EMF: the operational view on the CloudWatch dashboard
 
 EMF_NAMES = {"email.sent": "EmailsSent", "email.blocked": "EmailsBlocked", "email.bounced": "EmailsBounced",
              "email.complained": "EmailsComplained", "contact.unsubscribed": "Unsubscribes",
-             "funnel.entered": "FunnelEntries", "funnel.converted": "Conversions",
+             "funnel.converted": "Conversions",
              "funnel.failed": "FunnelExecutionsFailed"}
 
 

@@ -21,7 +21,7 @@ ENTRY_RULES = ("once_per_contact", "once_per_trigger", "always")
 EVENTS = frozenset("""contact.subscribed contact.confirmed contact.pending contact.unsubscribed contact.suppressed
 contact.erased contact.updated contact.tagged contact.untagged contact.inactive email.sent email.blocked
 email.delivered email.opened email.clicked email.bounced email.complained page.viewed order.placed score.changed
-lead.qualified customer.vip customer.repurchase_due segment.entered segment.left funnel.entered funnel.completed
+lead.qualified customer.vip customer.repurchase_due segment.entered segment.left
 funnel.converted funnel.handoff sales.notify""".split())
 ACTIONS = ("send", "wait", "wait_for", "if", "split", "tag", "untag", "set", "score", "notify", "goto",
            "exit", "suppress")

@@ -15,7 +15,7 @@ claim, which lets the steps of a stale execution recognise that the entry is no 
 import json
 from functools import cache
 
-from funnelpilot import aws, bus, clock, erasure, funnel_spec, scoring, sendtime, tokens
+from funnelpilot import aws, bus, clock, erasure, funnel_spec, metrics, scoring, sendtime, tokens
 from funnelpilot.config import config
 
 ENTRY_RULES = ("once_per_contact", "once_per_trigger", "always")
@@ -169,9 +169,8 @@ def enter(*, funnel: str, state_machine_arn: str, entry_rule: str, event: dict,
     if not set_status(cid, funnel, arn, "running", only_from=("starting",)) and entry(cid, funnel) is None:
         _stop(arn, "ContactErased", "the contact was erased while the journey started")
         return None
-    if started:
-        bus.publish(bus.event("funnel.entered", cid, event_id=tokens.digest_id("fe", funnel, name), funnel=funnel,
-                              entry=entry_id, trigger=event.get("detail-type")))
+    if started:  # once per execution: a retry finds it exists (funnelpilot.metrics)
+        metrics.entered(funnel)
     return name
 
 
@@ -236,14 +235,11 @@ def goal(*, funnel: str, kind: str, event: dict) -> str | None:
     if not set_status(cid, funnel, arn, outcome, completed_at=clock.iso(), goal=event.get("detail-type"),
                        step=step):
         return None
-    event_id = tokens.digest_id("fg", funnel, arn, outcome)
     if kind == "goal":
-        out = bus.event("funnel.converted", cid, event_id=event_id, funnel=funnel, step=step, state=state,
-                        goal=event.get("detail-type"))
-    else:
-        out = bus.event("funnel.completed", cid, event_id=event_id, funnel=funnel, outcome="exited", step=step,
-                        state=state, exit=event.get("detail-type"))
-    bus.publish(out)
+        bus.publish(bus.event("funnel.converted", cid, event_id=tokens.digest_id("fg", funnel, arn, outcome),
+                              funnel=funnel, step=step, state=state, goal=event.get("detail-type")))
+    else:  # an exit ends the journey: counted here, once (the status change above is the guard)
+        metrics.completed(funnel)
     return step
 
 

@@ -11,10 +11,16 @@ instead of every event also adding to rows of their own (``EMAIL#<template>`` an
 step only: the goal event names the state the contact was on, not an email. A funnel's report
 over a day range is one Query on ``pk`` with ``sk BETWEEN`` (funnelpilot.report).
 
-Idempotency: a marker item ``pk = SEEN#<key>`` (conditional put, with TTL) first, then the
-``ADD``: a duplicate delivery finds the marker and counts nothing. When the ``ADD`` fails the
-marker is deleted again and the error reaches the Lambda, whose asynchronous retries count the
-event later. Two writes of 1 WRU instead of a transaction of 2 WRU per item: only a process
+Entries and journey ends are counted where they happen, with no bus event and no marker
+(``count`` without ``once_key``): the router when its StartExecution created the execution,
+the sequence step's completion and the router's exit when they moved the entry's status (see
+``entered`` and ``completed``): the producer's own conditional write is the counted-once guard,
+and a process dying between it and the ``ADD`` loses that one count.
+
+Idempotency of the events counted here: a marker item ``pk = SEEN#<key>`` (conditional put,
+with TTL) first, then the ``ADD``: a duplicate delivery finds the marker and counts nothing.
+When the ``ADD`` fails the marker is deleted again and the error reaches the Lambda, whose
+asynchronous retries count the event later. Two writes of 1 WRU instead of a transaction of 2 WRU per item: only a process
 dying between the two loses that one count.
 """
 import re
@@ -108,8 +114,17 @@ def counters_for(detail_type: str, detail: dict) -> tuple[dict[str, int], str] |
     return None
 
 
-FUNNEL_EVENTS = {"funnel.entered": "entered", "funnel.completed": "completed", "funnel.converted": "conversions",
-                 "funnel.failed": "failed"}
+FUNNEL_EVENTS = {"funnel.converted": "conversions", "funnel.failed": "failed"}
+
+
+def entered(funnel: str) -> None:
+    """A contact entered ``funnel`` (called once per execution, by the StartExecution that made it)."""
+    count(funnel, None, {"entered": 1})
+
+
+def completed(funnel: str) -> None:
+    """A journey through ``funnel`` ended (completed or exited; once, by its status change)."""
+    count(funnel, None, {"completed": 1})
 
 
 def record(detail_type: str, detail: dict) -> bool:

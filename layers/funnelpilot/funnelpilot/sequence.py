@@ -17,7 +17,7 @@ from time import sleep
 from boto3.dynamodb.types import TypeSerializer
 from pynamodb.exceptions import DoesNotExist, PutError, UpdateError
 
-from funnelpilot import (aws, bus, clock, consent, emails, funnel_spec, funnels, preferences, scoring, segments,
+from funnelpilot import (aws, bus, clock, consent, emails, funnel_spec, funnels, metrics, preferences, scoring, segments,
                          sendtime, tokens)
 from funnelpilot.audience import fields as custom_fields
 from funnelpilot.config import config
@@ -468,13 +468,13 @@ def _end(step: dict, status: str) -> bool:
 
 
 def complete(step: dict) -> dict:
-    """The journey ends here: entry status ``outcome`` and ``funnel.completed`` (once)."""
+    """The journey ends here: entry status ``outcome`` (and the step's ``reason``), counted once
+    (by the status change: a retry finds it made)."""
     outcome = step.get("outcome") or "completed"
-    if _end(step, outcome):
-        fields = {"reason": step["reason"]} if step.get("reason") else {}
-        bus.publish(bus.event("funnel.completed", step["contact_id"],
-                              event_id=tokens.digest_id("fc", step["execution"], "complete"),
-                              funnel=step["funnel"], outcome=outcome, step=step["state"], **fields))
+    fields = {"reason": step["reason"]} if step.get("reason") else {}
+    if funnels.set_status(step["contact_id"], step["funnel"], step["execution"], outcome, completed_at=clock.iso(),
+                          **fields):
+        metrics.completed(step["funnel"])
     return {"status": "done"}
 
 

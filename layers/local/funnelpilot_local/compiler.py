@@ -496,6 +496,9 @@ def template_block(funnels: dict[str, Funnel]) -> str:
              "              Action: [dynamodb:GetItem, dynamodb:PutItem, dynamodb:UpdateItem, dynamodb:DeleteItem, "
              "dynamodb:ConditionCheckItem, dynamodb:Query]",
              "              Resource: !GetAtt ContactsTable.Arn",
+             "            - Effect: Allow  # entries and exits counted (funnelpilot.metrics: one ADD)",
+             "              Action: [dynamodb:UpdateItem]",
+             "              Resource: !GetAtt MetricsTable.Arn",
              "            - Effect: Allow",
              "              Action: [states:StartExecution, states:DescribeStateMachine]",
              "              Resource:"]
