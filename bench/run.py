@@ -52,6 +52,7 @@ PER_EMAIL = [("Step Functions state transitions", "stepfunctions_transitions", 2
              ("custom bus events (PutEvents entries)", "eventbridge_events", 3)]
 PER_REQUEST_GOAL = {"POST /signup": 2, "GET /o/{token}": 2, "GET /c/{token}": 2}  # AWS calls on the request path
 BULK_MEMBERS = "1000,5000"  # segment sizes of the bulk runs (BENCH_BULK_MEMBERS); 150,000 would take half an hour
+IMPORT_ROWS = "100000"  # CSV sizes of the import runs (BENCH_IMPORT_ROWS, comma-separated: the per-row trend)
 
 
 _STARTED = time.monotonic()
@@ -304,6 +305,19 @@ def bulk_runs() -> list[dict]:
     return rows
 
 
+def import_runs() -> list[dict]:
+    """Importing CSV files of ``BENCH_IMPORT_ROWS`` rows (bench/import_scaling.py): validation, a first
+    import, a re-run that changes nothing. Rows/s and the Lambda GB-seconds in the cost are times, so
+    the timed part runs them once (not the determinism run)."""
+    import import_scaling
+
+    rows = []
+    for n in (int(r) for r in os.environ.get("BENCH_IMPORT_ROWS", IMPORT_ROWS).split(",")):
+        log(f"import: a CSV file of {n} rows")
+        rows.append(import_scaling.measure(n, log=log))
+    return rows
+
+
 # ---------------------------------------------------------------- the two parts
 def counting(work: Path, contacts: int, funnel_contacts: int, timed: bool, rounds: int) -> tuple[dict, dict]:
     """(counts, times): the counts from stepped runtimes only; times (ratios) when ``timed``."""
@@ -329,6 +343,8 @@ def counting(work: Path, contacts: int, funnel_contacts: int, timed: bool, round
         counts["demo"] = demo_run(funnel_contacts)
         counts["scaling"] = scaling()
         bulk = bulk_runs()
+        if timed:
+            times["import"] = import_runs()
     counts["bulk"] = [{k: v for k, v in row.items() if k != "cpu_seconds"} for row in bulk]
     times["bulk_cpu_seconds"] = [row["cpu_seconds"] for row in bulk]
     return counts, times
@@ -389,6 +405,32 @@ def _commit() -> str:
         return head + (" + uncommitted changes" if dirty else "")
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
+
+
+def render_import(runs: list[dict]) -> list[str]:
+    """The import's section of RESULTS.md (``runs``: ``import_runs()``)."""
+    from import_scaling import TRANSITIONS_PER_BATCH
+
+    out = ["", "## Import (a CSV file, `funnelpilot contacts import`; stepped runtime, strict mode; measured once)", "",
+            "Validation of the whole file, then ContactImportFunction 100 rows an invocation (one BatchGetItem, "
+            "TransactWriteItems); the re-run changes nothing. USD at infra/prices.yaml's list prices: DynamoDB "
+            "on-demand units, Lambda requests and GB-seconds (this machine's time), and the Distributed Map's "
+            f"{TRANSITIONS_PER_BATCH} state transitions per batch of 100 on AWS.", "",
+            "| rows | validation rows/s | run | rows/s | AWS calls per 1,000 rows | write / read units per 1,000 rows | "
+            "USD per 1,000 rows | written |", "|---|---|---|---|---|---|---|---|"]
+    for row in runs:
+        for run in ("first", "again"):
+            r = row[run]
+            written = ", ".join(f"{v} {k}" for k, v in r["counts"].items() if v)
+            out.append(f"| {row['rows']:,} | {row['validate_rows_per_s']:,} | {run} | {r['rows_per_s']:,} | "
+                       f"{r['aws_calls_per_1000_rows']:g} | {r['wru_per_1000_rows']:,} / {r['rru_per_1000_rows']:,} | "
+                       f"{r['usd_per_1000_rows']:.5f} | {written} |")
+    if len(runs) > 1:
+        first, last = runs[0], runs[-1]
+        out.append(f"\nPer-row trend from {first['rows']:,} to {last['rows']:,} rows: first import "
+                   f"{first['first']['rows_per_s']:,} → {last['first']['rows_per_s']:,} rows/s, AWS calls per 1,000 rows "
+                   f"{first['first']['aws_calls_per_1000_rows']:g} → {last['first']['aws_calls_per_1000_rows']:g}.")
+    return out
 
 
 def render(c: dict, t: dict, check: list[str] | None, n_counts: int) -> str:
@@ -488,6 +530,7 @@ def render(c: dict, t: dict, check: list[str] | None, n_counts: int) -> str:
             "(the last row: a budget of two pages, so the run continues in new executions). The shipped budget fits "
             f"{c['bulk'][0]['pages_per_execution'] * c['bulk'][0]['page_size']:,} members in one execution. "
             "CPU seconds are this machine's moto (one TransactWriteItems per member), not AWS's."]
+    out += render_import(t.get("import", []))
     out += ["", "## Growth with the number of contacts (counts)", ""]
     if c["scaling"]:
         out += ["| job | contacts | figure | value | per contact |", "|---|---|---|---|---|"]
