@@ -23,6 +23,8 @@ import yaml
 sys.path.insert(0, str(Path(__file__).parent))
 import meter  # noqa: E402
 
+from funnelpilot import clock  # noqa: E402
+from funnelpilot_local.aws_rules import lambda_  # noqa: E402
 from funnelpilot_local.runtime import ROOT, Runtime  # noqa: E402
 
 # Distributed Map, per child execution of one batch (Standard): the child's start, its Task state
@@ -69,6 +71,9 @@ def measure(rows: int = 100_000, log=print) -> dict:
                     return call()
                 finally:
                     lambda_s[0] += time.monotonic() - t
+                    # one batch after the other, as the CLI invokes them: on the stepped clock they would all
+                    # overlap at one instant, and past 1,000 (the account's concurrency) be throttled
+                    clock.advance_to(clock.now() + lambda_.HOLD)
 
             rt.invoke_hook = timed
             with meter.label(f"import-{run}") as calls:
