@@ -207,11 +207,15 @@ class Runtime:
         except Exception:  # a stack that cannot be built (aws_rules.cloudformation): leave nothing running
             self.stop()
             raise
+        from aws_lambda_powertools.utilities.parameters.base import DEFAULT_PROVIDERS
+
         from funnelpilot import tokens
         from funnelpilot.config import config
 
         config.cache_clear()  # settings are read from the environment the template just set
         tokens._key.cache_clear()  # the signing key of this stack (SIGNING_KEY_PARAMETER)
+        for provider in DEFAULT_PROVIDERS.values():  # a new stack: cold starts (each keeps its client)
+            provider.clear_cache()
 
     def stop(self) -> None:
         from funnelpilot_local import moto_adapter
