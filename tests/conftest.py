@@ -3,6 +3,7 @@ import hashlib
 import io
 import json
 import logging
+import os
 import threading
 from pathlib import Path
 
@@ -88,12 +89,14 @@ def tap(rt) -> EventTap:
 @pytest.fixture
 def aws_calls(monkeypatch) -> list[str]:
     """``service:Operation`` of every AWS call the test's own thread makes from now on (the handlers
-    rt.http runs), but the signing secret's; clear it before the request under test."""
+    rt.http runs), but the signing key's read (once per cold start: each runtime is a new stack);
+    clear it before the request under test."""
     calls, original, thread = [], botocore.client.BaseClient._make_api_call, threading.get_ident()
 
     def record(client, operation, params):
         service = client.meta.service_model.service_name
-        if threading.get_ident() == thread and service != "secretsmanager":
+        signing_key = service == "ssm" and params.get("Name") == os.environ.get("SIGNING_KEY_PARAMETER")
+        if threading.get_ident() == thread and not signing_key:
             calls.append(f"{service}:{operation}")
         return original(client, operation, params)
 
