@@ -18,7 +18,7 @@ def post(rt, body, headers=KEY):
 
 
 def test_key_is_the_ssm_parameter(rt, cid):
-    [param] = rt.client("ssm").get_parameters_by_path(Path="/funnelpilot")["Parameters"]
+    param = rt.client("ssm").get_parameter(Name="/funnelpilot/events-api-key")["Parameter"]
     assert param["Value"] == KEY["x-api-key"]
     body = {"type": "page.viewed", "event_id": "evt-00000001", "contact_id": cid, "path": "/pricing"}
     assert post(rt, body, headers={}).status == 401
