@@ -1,4 +1,5 @@
 """The welcome funnel executed for real by moto's Step Functions interpreter."""
+import re
 from email import message_from_bytes, policy
 
 from conftest import entered_states, executions, history
@@ -55,6 +56,7 @@ def test_template_injection_and_html_in_names_stay_literal(rt):
     assert rt.settle()
     [mail] = read_outbox(rt)
     html = mail.get_body(("html",)).get_content()
-    assert "{{ 7*7 }}" in html and "49" not in html
+    text = re.sub(r'(href|src)="[^"]*"', "", html)  # signed links may hold "49" by chance
+    assert "{{ 7*7 }}" in html and not re.search(r"\b49\b", text)
     assert "<script>" not in html and "&lt;script&gt;" in html
     assert mail["Subject"] == "Welcome, {{ 7*7 }}<script>x</script>!"
