@@ -32,11 +32,11 @@ def run(capsys, *argv) -> tuple[int, list[str]]:
     (["report", "--from", "2026-13-01"], "error: --from: expected a day as YYYY-MM-DD"),
     (["report", "--from", "2026-02-01", "--to", "2026-01-01"], "error: --from: from is after to"),
     (["contacts", "import", "no-such-file.csv"], "error: no-such-file.csv: no such file"),
-    (["contacts", "import", "examples/members.csv", "--map", "Email Address"],
+    (["contacts", "import", "infra/examples/members.csv", "--map", "Email Address"],
      "error: --map 'Email Address': write HEADER=COLUMN (or HEADER=- to ignore a column)"),
-    (["contacts", "import", "examples/members.csv", "--enter", "nope"],
+    (["contacts", "import", "infra/examples/members.csv", "--enter", "nope"],
      f"error: --enter 'nope': no such funnel (funnels: {FUNNELS})"),
-    (["contacts", "import", "examples/members.csv", "--list", "nope"], "error: --list: unknown list 'nope'"),
+    (["contacts", "import", "infra/examples/members.csv", "--list", "nope"], "error: --list: unknown list 'nope'"),
 ])
 def test_bad_option_values(capsys, monkeypatch, argv, line):
     monkeypatch.chdir(cli.Path(__file__).parents[1])
