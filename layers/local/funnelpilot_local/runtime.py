@@ -920,12 +920,23 @@ def unbatch_items(definition: dict) -> dict:
     """moto's interpreter does not parse a Map's ``ItemBatcher`` (moto 5.2.5; ItemReader it runs):
     each Map with one gets instead an ``ItemSelector`` that gives every child workflow the input a
     batch has on AWS, ``{"Items": [item], "BatchInput": ...}``: locally, batches of one item."""
+    def unbatch(state: dict) -> None:
+        batcher = state.pop("ItemBatcher", None)
+        if batcher is not None:
+            state["ItemSelector"] = {"Items.$": "States.Array($$.Map.Item.Value)",
+                                     "BatchInput": batcher.get("BatchInput", {})}
+
+    return _with_each_state(definition, unbatch)
+
+
+def _with_each_state(definition: dict, change) -> dict:
+    """A copy of an ASL definition with ``change(state)`` applied to every state, nested ones
+    (Parallel branches, Map iterators) included."""
     def walk(states: dict) -> None:
         for state in states.values():
-            batcher = state.pop("ItemBatcher", None)
-            if batcher is not None:
-                state["ItemSelector"] = {"Items.$": "States.Array($$.Map.Item.Value)",
-                                         "BatchInput": batcher.get("BatchInput", {})}
+            change(state)
+            for branch in state.get("Branches", []):
+                walk(branch["States"])
             for key in ("Iterator", "ItemProcessor"):
                 if key in state:
                     walk(state[key]["States"])
@@ -940,24 +951,16 @@ def compress_waits(definition: dict, speed: float) -> dict:
     def scaled(seconds: float) -> int:
         return max(1, round(seconds / speed)) if seconds > 0 else 0
 
-    def walk(states: dict) -> None:
-        for state in states.values():
-            if state.get("Type") == "Wait" and "Seconds" in state:
-                state["Seconds"] = scaled(state["Seconds"])
-            for key in ("TimeoutSeconds", "HeartbeatSeconds"):
-                if key in state:
-                    state[key] = max(1, scaled(state[key]))
-            for retry in state.get("Retry", []):
-                if "IntervalSeconds" in retry:
-                    retry["IntervalSeconds"] = max(1, scaled(retry["IntervalSeconds"]))
-                if "MaxDelaySeconds" in retry:
-                    retry["MaxDelaySeconds"] = max(1, scaled(retry["MaxDelaySeconds"]))
-            for branch in state.get("Branches", []):
-                walk(branch["States"])
-            for key in ("Iterator", "ItemProcessor"):
-                if key in state:
-                    walk(state[key]["States"])
+    def compress(state: dict) -> None:
+        if state.get("Type") == "Wait" and "Seconds" in state:
+            state["Seconds"] = scaled(state["Seconds"])
+        for key in ("TimeoutSeconds", "HeartbeatSeconds"):
+            if key in state:
+                state[key] = max(1, scaled(state[key]))
+        for retry in state.get("Retry", []):
+            if "IntervalSeconds" in retry:
+                retry["IntervalSeconds"] = max(1, scaled(retry["IntervalSeconds"]))
+            if "MaxDelaySeconds" in retry:
+                retry["MaxDelaySeconds"] = max(1, scaled(retry["MaxDelaySeconds"]))
 
-    definition = json.loads(json.dumps(definition))
-    walk(definition["States"])
-    return definition
+    return _with_each_state(definition, compress)
