@@ -2,6 +2,9 @@
 
 Templates live in ``<content>/emails/``: ``<name>.html.j2`` and ``<name>.txt.j2``, both
 extending the shared layouts; the subject is the ``subject`` block of the text template.
+A funnel's send renders the content version its state machine names (``version``): the copy
+of the template and of everything it extends or includes that the compiler keeps in
+``<content>/emails/versions/<name>@<version>/`` (README "Changing a live funnel").
 Contact data is only ever passed as *values*, never compiled as template source, so a
 first name of ``{{ 7*7 }}`` stays literal; and it is never a tracked link: every ``{{ }}``
 output is rendered between data marks, so ``track`` wraps only links whose scheme and host
@@ -55,10 +58,19 @@ def _mark(value):
     return Markup(f"{_DATA}{text}{_END}") if isinstance(value, Markup) else f"{_DATA}{text}{_END}"
 
 
+VERSIONS = "versions"  # <content>/emails/versions/<name>@<version>/: the compiler's copies
+
+
+def template_dir(template: str, version: str | None = None) -> str:
+    """Where a template's files are: the copy of its ``version`` (a funnel's send), or the live ones."""
+    emails = config().content_dir / "emails"
+    return str(emails / VERSIONS / f"{template}@{version}" if version else emails)
+
+
 @cache
-def _env(html: bool) -> SandboxedEnvironment:
+def _env(html: bool, directory: str) -> SandboxedEnvironment:
     return SandboxedEnvironment(
-        loader=FileSystemLoader(str(config().content_dir / "emails")),
+        loader=FileSystemLoader(directory),
         autoescape=select_autoescape(enabled_extensions=("html.j2",), default=False) if html else False,
         undefined=StrictUndefined,
         trim_blocks=True,
@@ -71,9 +83,10 @@ def _unmark(text: str) -> str:
     return _MARKS.sub("", text)
 
 
-def render(template: str, context: dict) -> Rendered:
-    text_tpl = _env(False).get_template(f"{template}.txt.j2")
-    html_tpl = _env(True).get_template(f"{template}.html.j2")
+def render(template: str, context: dict, version: str | None = None) -> Rendered:
+    directory = template_dir(template, version)
+    text_tpl = _env(False, directory).get_template(f"{template}.txt.j2")
+    html_tpl = _env(True, directory).get_template(f"{template}.html.j2")
     context = {k: _Ours(v) if k in OUR_URLS and isinstance(v, str) else v for k, v in context.items()}
     subject = mime.header_text(_unmark("".join(text_tpl.blocks["subject"](text_tpl.new_context(dict(context))))))
     html, text = html_tpl.render(context), text_tpl.render(context)

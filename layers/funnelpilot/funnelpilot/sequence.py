@@ -217,7 +217,7 @@ def send(step: dict) -> dict:
                       status="blocked" if reason else "sending", reason=reason, list_name=list_name)
     if reason is None:
         context = template_context(contact, message_id, step.get("lead_magnet"))
-        rendered, links = emails.track(emails.render(template, context), contact_id=cid, message_id=message_id)
+        rendered, links = emails.track(emails.render(template, context, step.get("version")), contact_id=cid, message_id=message_id)
         headers = {"List-Unsubscribe": f"<{context['unsubscribe_url']}>",
                    "List-Unsubscribe-Post": "List-Unsubscribe=One-Click"}  # of this list, when it belongs to one
         if list_name:

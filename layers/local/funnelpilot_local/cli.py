@@ -148,16 +148,31 @@ def sync_generated(root: Path, target: str, expected: dict[Path, str], stale: li
     """Write the files a `make <target>` generates (or, with ``check``, only say which are out of
     date: exit 1), removing ``stale`` ones."""
     changed = [p for p, text in expected.items() if not p.exists() or p.read_text() != text] + stale
+    said = set()
     for path in changed:
-        print(f"{'out of date' if check else 'removed' if path in stale else 'wrote'}: {path.relative_to(root)}")
+        shown = _shown(path.relative_to(root))
+        if shown not in said:
+            said.add(shown)
+            print(f"{'out of date' if check else 'removed' if path in stale else 'wrote'}: {shown}")
         if not check:
-            path.unlink() if path in stale else path.write_text(expected[path])
+            if path in stale:
+                path.unlink()
+                if path.parent.name != "statemachines" and not any(path.parent.iterdir()):
+                    path.parent.rmdir()  # a content version's folder, once empty
+            else:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_text(expected[path])
     if not changed:
         print(f"{target}: everything up to date")
     elif check:
         print(f"run `make {target}` to regenerate", file=sys.stderr)
         return 1
     return 0
+
+
+def _shown(path: Path) -> Path:
+    """A content version's copies are said once, by their folder."""
+    return path.parent if path.parent.parent.name == "versions" else path
 
 
 def funnels_command(args) -> int:

@@ -9,10 +9,14 @@ into a recorded failure; ``FunnelLeft`` (unsubscribed, suppressed, goal reached)
 journey quietly. State names are what a person reads in the console: "Send welcome-1",
 "Wait 2 days", "Clicked /guide in welcome-1?".
 """
+import hashlib
 import json
 import re
 from pathlib import Path
 
+from jinja2 import Environment, TemplateSyntaxError, meta
+
+from funnelpilot.emails import VERSIONS
 from funnelpilot.funnel_spec import Funnel, Step, load_all, walk
 
 TASK = "${SequenceStepArn}"
@@ -71,8 +75,9 @@ def question(condition: dict) -> str:
 
 
 class _Machine:
-    def __init__(self, funnel: Funnel):
+    def __init__(self, funnel: Funnel, versions: dict[str, str] | None = None):
         self.f = funnel
+        self.versions = versions or {}  # template -> content version (content_versions)
         self.states: dict[str, dict] = {}
         self.taken = {COMPLETE, LEFT, RECORD_FAILURE, FAILED}
         self.names: dict[int, dict[str, str]] = {}  # id(step) -> role -> state name
@@ -179,6 +184,8 @@ class _Machine:
         main = names["main"]
         if k == "send":
             params = {"template": a, "lead_magnet.$": "$.lead_magnet"}  # the trigger's, for the template
+            if a in self.versions:
+                params["version"] = self.versions[a]
             if step.transactional:
                 params["transactional"] = True
             if variant:
@@ -378,8 +385,70 @@ def to_json(value, level: int = 0) -> str:
     return "{\n" + ",\n".join(items) + "\n" + pad + "}"
 
 
-def compile_funnel(funnel: Funnel) -> dict:
-    return _Machine(funnel).definition()
+def compile_funnel(funnel: Funnel, versions: dict[str, str] | None = None) -> dict:
+    """The state machine of ``funnel``; its sends name their content version (``versions``, by
+    default those of the templates beside the funnel's file now)."""
+    if versions is None and funnel.path is not None:
+        versions = {t: v for t, (v, _) in content_versions(funnel.path.parent.parent / "emails", funnel.sends()).items()}
+    return _Machine(funnel, versions).definition()
+
+
+# ---------------------------------------------------------------- content versions
+def template_files(emails: Path, template: str) -> dict[str, str]:
+    """What a send of ``template`` renders: its html and text templates and every template they
+    extend, include or import, recursively (name relative to ``emails`` -> source)."""
+    env, files, todo = Environment(), {}, [f"{template}.html.j2", f"{template}.txt.j2"]
+    while todo:
+        name = todo.pop()
+        if name in files:
+            continue
+        path = emails / name
+        if not path.is_file():
+            raise CompileError(f"{path}: not found (used by email {template!r})")
+        files[name] = path.read_text()
+        try:
+            references = list(meta.find_referenced_templates(env.parse(files[name])))
+        except TemplateSyntaxError as exc:
+            raise CompileError(f"{path}:{exc.lineno}: {exc.message}") from None
+        if None in references:
+            raise CompileError(f"{path}: a template named by a variable cannot be versioned: name it literally")
+        todo += references
+    return files
+
+
+def content_versions(emails: Path, templates) -> dict[str, tuple[str, dict[str, str]]]:
+    """template -> (its content version, its files): the version is a digest of every file it
+    renders, so an edit of the layout is a new version of each template extending it."""
+    out = {}
+    for template in sorted(templates):
+        files = template_files(emails, template)
+        digest = hashlib.sha256(json.dumps(sorted(files.items())).encode()).hexdigest()[:12]
+        out[template] = (digest, files)
+    return out
+
+
+def version_files(emails: Path, versions: dict[str, tuple[str, dict[str, str]]]) -> dict[Path, str]:
+    """The copies the content layer keeps of each version (funnelpilot.emails.template_dir)."""
+    return {emails / VERSIONS / f"{t}@{v}" / name: text for t, (v, files) in versions.items()
+            for name, text in files.items()}
+
+
+def referenced_versions(definition: dict) -> set[str]:
+    """``<template>@<version>`` of every send of a compiled (or deployed) definition."""
+    found = set()
+
+    def visit(value) -> None:
+        if isinstance(value, dict):
+            if value.get("action") == "send" and value.get("version"):
+                found.add(f"{value['template']}@{value['version']}")
+            for v in value.values():
+                visit(v)
+        elif isinstance(value, list):
+            for v in value:
+                visit(v)
+
+    visit(definition)
+    return found
 
 
 # ---------------------------------------------------------------- what the paths cost
@@ -562,11 +631,15 @@ def splice(template_text: str, block: str) -> str:
 
 # ---------------------------------------------------------------- what `make funnels` writes
 def build(root: Path) -> dict[Path, str]:
-    """Every file the funnels produce: path -> expected content."""
+    """Every file the funnels produce: path -> expected content (the state machines, the copies
+    of the content versions they send, template.yaml)."""
     funnels = load_all(root / "infra" / "funnels")
-    out = {}
+    emails = root / "infra" / "emails"
+    versions = content_versions(emails, {t for f in funnels.values() for t in f.sends()})
+    out = version_files(emails, versions)
     for fid, funnel in funnels.items():
-        out[root / "infra" / "statemachines" / f"{fid}.asl.json"] = to_json(compile_funnel(funnel)) + "\n"
+        sent = {t: versions[t][0] for t in funnel.sends()}
+        out[root / "infra" / "statemachines" / f"{fid}.asl.json"] = to_json(compile_funnel(funnel, sent)) + "\n"
     template = root / "template.yaml"
     out[template] = splice(template.read_text(), template_block(funnels))
     return out

@@ -147,6 +147,7 @@ class Runtime:
         self.log_level = log_level
         self.template = Template.load(self.root, {"PublicUrl": public_url, **(parameters or {})},
                                       stack_name=stack_name, path=template)
+        self._template_file = template or self.root / "template.yaml"  # read again by redeploy()
         # A NoEcho parameter without a default is a key the deployer must supply; locally it is
         # ``local-<ParameterName>`` (make serve prints it).
         for name, spec in self.template.doc.get("Parameters", {}).items():
@@ -337,11 +338,7 @@ class Runtime:
             t.attributes[(lid, "Arn")] = f"arn:aws:lambda:{REGION}:{ACCOUNT}:function:{lid}"
         machines = t.of_type("AWS::Serverless::StateMachine")
         for lid in machines:
-            name = t.resolve(t.properties(lid).get("Name", lid))
-            arn = f"arn:aws:states:{REGION}:{ACCOUNT}:stateMachine:{name}"
-            t.physical[lid] = arn
-            t.attributes[(lid, "Arn")] = arn
-            t.attributes[(lid, "Name")] = name
+            self._name_state_machine(lid)
         from funnelpilot_local.aws_rules.iam import Policies
 
         self.policies = Policies(t)
@@ -412,7 +409,15 @@ class Runtime:
         self.client("lambda").create_function(FunctionName=lid, Runtime="python3.12", Role=self.role_arn,
                                               Handler=props["Handler"], Code={"ZipFile": buf.getvalue()})
 
-    def _create_state_machine(self, lid: str) -> None:
+    def _name_state_machine(self, lid: str) -> None:
+        t = self.template
+        name = t.resolve(t.properties(lid).get("Name", lid))
+        arn = f"arn:aws:states:{REGION}:{ACCOUNT}:stateMachine:{name}"
+        t.physical[lid] = arn
+        t.attributes[(lid, "Arn")] = arn
+        t.attributes[(lid, "Name")] = name
+
+    def _definition(self, lid: str) -> str:
         t = self.template
         props = t.properties(lid)
         subs = {k: str(v) for k, v in t.resolve(props.get("DefinitionSubstitutions", {})).items()}
@@ -420,9 +425,54 @@ class Runtime:
         for key, value in subs.items():
             text = text.replace("${" + key + "}", value)
         definition = unbatch_items(json.loads(text))
-        definition = compress_waits(definition, self.speed) if self.speed != 1 else definition
+        return json.dumps(compress_waits(definition, self.speed) if self.speed != 1 else definition)
+
+    def _create_state_machine(self, lid: str) -> None:
         self.client("stepfunctions").create_state_machine(
-            name=t.attributes[(lid, "Name")], definition=json.dumps(definition), roleArn=self.role_of(lid))
+            name=self.template.attributes[(lid, "Name")], definition=self._definition(lid), roleArn=self.role_of(lid))
+
+    def redeploy(self) -> None:
+        """What `sam deploy` of a changed template.yaml does to the funnels (README "Changing a live
+        funnel"): each state machine gets its new definition (UpdateStateMachine: running executions
+        keep the one they started with), a new one is created, one gone from the template is deleted
+        (its running executions stop at their next transition on AWS: stopped here), and the functions'
+        EventBridge rules are put again (a new pattern or input applies from the next event; a rule
+        gone is deleted). Tables, functions and routes stay as they are."""
+        from funnelpilot_local.aws_rules.iam import Policies
+        from funnelpilot_local.template import load_yaml
+
+        t, sfn, events = self.template, self.client("stepfunctions"), self.client("events")
+        before, rules_before = set(t.of_type("AWS::Serverless::StateMachine")), self._function_rules()
+        t.doc = load_yaml(self._template_file)
+        machines = t.of_type("AWS::Serverless::StateMachine")
+        for lid in before - set(machines):
+            arn = t.physical.pop(lid)
+            for ex in sfn.list_executions(stateMachineArn=arn, statusFilter="RUNNING")["executions"]:
+                sfn.stop_execution(executionArn=ex["executionArn"], cause="state machine deleted")
+            sfn.delete_state_machine(stateMachineArn=arn)
+        for lid in set(machines) - before:
+            self._name_state_machine(lid)
+        self.policies = Policies(t)
+        for lid in machines:
+            if lid in before:
+                sfn.update_state_machine(stateMachineArn=t.physical[lid], definition=self._definition(lid))
+            else:
+                self._create_state_machine(lid)
+        rules = self._function_rules()
+        for name, (lid, bus) in rules_before.items():
+            if name not in rules:
+                events.remove_targets(Rule=name, EventBusName=bus, Ids=[lid])
+                events.delete_rule(Name=name, EventBusName=bus)
+        for lid in t.of_type("AWS::Serverless::Function"):
+            wired = {k: e for k, e in t.properties(lid).get("Events", {}).items() if e["Type"] == "EventBridgeRule"}
+            self._wire_events(lid, wired, t.attributes[(lid, "Arn")])
+
+    def _function_rules(self) -> dict[str, tuple[str, str]]:
+        """rule name -> (function, bus) of the functions' EventBridgeRule events (_wire_events names them)."""
+        t = self.template
+        return {f"{lid}{eid}": (lid, t.resolve(e.get("Properties", {}).get("EventBusName", "default")))
+                for lid in t.of_type("AWS::Serverless::Function")
+                for eid, e in t.properties(lid).get("Events", {}).items() if e["Type"] == "EventBridgeRule"}
 
     def _async_config(self, lid: str, props: dict) -> None:
         """A function's asynchronous-invocation settings: retries and where failures go
