@@ -52,7 +52,7 @@ def test_a_broken_funnel_file_fails_make_funnels_naming_file_line_and_problem(pr
     path = project / "infra" / "funnels" / "broken.yaml"
     path.write_text("# a marketer's typo\nid: broken\nname: Broken\ntrigger: contact.subscribed\n" + steps)
     before = {p: p.read_text() for p in (project / "infra" / "statemachines").glob("*.json")}
-    assert cli.main(["funnels", "--root", str(project)]) == 1
+    assert cli.main(["funnels", "--root", str(project)]) == 2
     err = capsys.readouterr().err
     assert f"infra/funnels/broken.yaml:{line}: " in err and problem in err, err
     assert not (project / "infra" / "statemachines" / "broken.asl.json").exists()

@@ -61,9 +61,9 @@ def own_templates(rt, tmp_path, monkeypatch):
         "{{ site_url }}/p/{{ first_name | urlencode }} https://shop.test/\n")
     cfg = replace(config(), content_dir=tmp_path)
     monkeypatch.setattr(emails, "config", lambda: cfg)
-    emails._env.cache_clear()
+    emails.environment.cache_clear()
     yield
-    emails._env.cache_clear()
+    emails.environment.cache_clear()
 
 
 def test_an_href_built_from_contact_data_is_not_tracked(own_templates):

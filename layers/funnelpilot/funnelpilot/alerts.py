@@ -72,6 +72,19 @@ def _release(cid: str) -> None:
     aws.dynamodb().delete_item(TableName=config().table, Key={"pk": {"S": cid}, "sk": {"S": "ALERT"}})
 
 
+def alert_context(contact: Contact, reason: str, activity: list[dict]) -> dict:
+    """What the alert email (``sales-alert``) may use."""
+    return {
+        "headline": f"{contact.first_name or contact.email} {reason}",
+        "name": contact.first_name or contact.email, "email": contact.email, "contact_id": contact.pk,
+        "status": contact.status, "customer": scoring.is_customer(contact), "orders": int(contact.orders or 0),
+        "score": round(scoring.current_score(contact, "capture"), 1),
+        "loyalty": round(scoring.current_score(contact, "loyalty"), 1),
+        "tags": sorted(contact.tags or []), "segments": sorted(contact.segments or []),
+        "activity": activity,
+    }
+
+
 def alert(detail_type: str, detail: dict) -> str:
     """Send the alert for this event if it deserves one; returns what happened."""
     reason = reason_for(detail_type, detail)
@@ -86,15 +99,7 @@ def alert(detail_type: str, detail: dict) -> str:
         return "unknown_contact"
     if not _claim(cid, reason):
         return "rate_limited"
-    context = {
-        "headline": f"{contact.first_name or contact.email} {reason}",
-        "name": contact.first_name or contact.email, "email": contact.email, "contact_id": cid,
-        "status": contact.status, "customer": scoring.is_customer(contact), "orders": int(contact.orders or 0),
-        "score": round(scoring.current_score(contact, "capture"), 1),
-        "loyalty": round(scoring.current_score(contact, "loyalty"), 1),
-        "tags": sorted(contact.tags or []), "segments": sorted(contact.segments or []),
-        "activity": recent_activity(cid, settings()["recent"]),
-    }
+    context = alert_context(contact, reason, recent_activity(cid, settings()["recent"]))
     message_id = tokens.digest_id("a", detail["event_id"])
     raw = emails.build_mime(to=config().sales_email, rendered=emails.render("sales-alert", context),
                             message_id=message_id, headers={})

@@ -155,6 +155,13 @@ def confirm(token: str, *, ip: str | None = None, user_agent: str | None = None)
 CONFIRM_RESEND_SECONDS = 600  # a form resubmitted by a bot does not flood someone's inbox
 
 
+def confirmation_context(contact: Contact, list_name: str, lead_magnet: str | None) -> dict:
+    """What the confirmation email (``confirm``) may use."""
+    return {"first_name": contact.first_name or "there", "list": list_name,
+            "confirm_url": confirm_url(contact.pk, list_name, lead_magnet),
+            "confirm_hours": list_settings(list_name)["confirm_hours"]}
+
+
 def send_confirmation(cid: str, list_name: str, lead_magnet: str | None, event_id: str) -> str | None:
     """Email the double opt-in link to a pending contact, or to an unsubscribed one a signup
     asked to re-subscribe (at most once per 10 minutes); the message id, or None when nothing
@@ -179,9 +186,7 @@ def send_confirmation(cid: str, list_name: str, lead_magnet: str | None, event_i
         raise
     contact = Contact.get(cid, PROFILE)
     message_id = tokens.digest_id("c", event_id)
-    rendered = emails.render("confirm", {"first_name": contact.first_name or "there", "list": list_name,
-                                         "confirm_url": confirm_url(cid, list_name, lead_magnet),
-                                         "confirm_hours": list_settings(list_name)["confirm_hours"]})
+    rendered = emails.render("confirm", confirmation_context(contact, list_name, lead_magnet))
     raw = emails.build_mime(to=contact.email, rendered=rendered, message_id=message_id, headers={})
     try:
         emails.send_raw(contact.email, raw)

@@ -5,6 +5,8 @@ extending the shared layouts; the subject is the ``subject`` block of the text t
 A funnel's send renders the content version its state machine names (``version``): the copy
 of the template and of everything it extends or includes that the compiler keeps in
 ``<content>/emails/versions/<name>@<version>/`` (README "Changing a live funnel").
+A template that cannot be rendered raises ``TemplateError`` naming the file and line (``make
+funnels`` renders every template in use the same way before anything is deployed).
 Contact data is only ever passed as *values*, never compiled as template source, so a
 first name of ``{{ 7*7 }}`` stays literal; and it is never a tracked link: every ``{{ }}``
 output is rendered between data marks, so ``track`` wraps only links whose scheme and host
@@ -12,17 +14,20 @@ the template wrote (literally, or with one of the URLs in ``OUR_URLS``).
 """
 import html as html_lib
 import re
+import traceback
 from dataclasses import dataclass, field, replace
 from email.utils import parseaddr
 from functools import cache
+from pathlib import Path
 
-from jinja2 import FileSystemLoader, StrictUndefined, select_autoescape
+from jinja2 import FileSystemLoader, StrictUndefined, TemplateNotFound, TemplateSyntaxError, select_autoescape
+from jinja2 import TemplateError as JinjaError
 from jinja2.sandbox import SandboxedEnvironment
 from markupsafe import Markup
 
 from funnelpilot import aws, mime, tokens
 from funnelpilot.config import config
-from funnelpilot.errors import RecipientRejected
+from funnelpilot.errors import RecipientRejected, TemplateError
 
 _HREF = re.compile(r"""(<a\b[^>]*?\bhref\s*=\s*)(["'])(.*?)\2""", re.IGNORECASE | re.DOTALL)
 # An anchor with data-fp="off" never carries the visitor's fp token (funnelpilot.visitors).
@@ -68,7 +73,9 @@ def template_dir(template: str, version: str | None = None) -> str:
 
 
 @cache
-def _env(html: bool, directory: str) -> SandboxedEnvironment:
+def environment(directory: str, html: bool) -> SandboxedEnvironment:
+    """The one environment templates render in: the send path's, and that of the compile-time
+    check and preview (funnelpilot_local) on a checkout's ``infra/emails``."""
     return SandboxedEnvironment(
         loader=FileSystemLoader(directory),
         autoescape=select_autoescape(enabled_extensions=("html.j2",), default=False) if html else False,
@@ -83,14 +90,62 @@ def _unmark(text: str) -> str:
     return _MARKS.sub("", text)
 
 
-def render(template: str, context: dict, version: str | None = None) -> Rendered:
-    directory = template_dir(template, version)
-    text_tpl = _env(False, directory).get_template(f"{template}.txt.j2")
-    html_tpl = _env(True, directory).get_template(f"{template}.html.j2")
+def templates(template: str, directory: str) -> tuple:
+    """The (text, HTML) jinja2 templates of an email; ``TemplateError`` when one is missing or does not parse."""
+    try:
+        return tuple(environment(directory, part == "html").get_template(f"{template}.{part}.j2")
+                     for part in ("txt", "html"))
+    except JinjaError as exc:
+        raise template_error(exc, template, directory) from exc
+
+
+def render(template: str, context: dict, version: str | None = None, *, directory: str | None = None) -> Rendered:
+    """Subject, HTML and text of ``template``: of its content ``version``, else the live files (or
+    those in ``directory``)."""
+    directory = directory or template_dir(template, version)
+    text_tpl, html_tpl = templates(template, directory)
+    if "subject" not in text_tpl.blocks:
+        raise TemplateError(template, f"{template}.txt.j2", 1,
+                            "no subject: the text part needs {% block subject %}...{% endblock %}")
     context = {k: _Ours(v) if k in OUR_URLS and isinstance(v, str) else v for k, v in context.items()}
-    subject = mime.header_text(_unmark("".join(text_tpl.blocks["subject"](text_tpl.new_context(dict(context))))))
-    html, text = html_tpl.render(context), text_tpl.render(context)
+    try:
+        subject = mime.header_text(_unmark("".join(text_tpl.blocks["subject"](text_tpl.new_context(dict(context))))))
+        html, text = html_tpl.render(context), text_tpl.render(context)
+    except Exception as exc:  # noqa: BLE001 - anything a template raises (a filter's TypeError too) is its error
+        raise template_error(exc, template, directory) from exc
+    if not subject:
+        raise TemplateError(template, f"{template}.txt.j2", _block_line(text_tpl, "subject"), "the subject is empty")
     return Rendered(subject=subject, html=_unmark(html), text=_unmark(text), marked=(html, text))
+
+
+def template_error(exc: Exception, template: str, directory: str) -> TemplateError:
+    """A render failure as a ``TemplateError`` naming the template file (under the content's emails:
+    ``versions/<name>@<version>/...`` for a version's copy) and the line: a syntax error's own, else
+    the innermost template frame of the traceback jinja2 rewrites."""
+    def name(path: str) -> str:
+        path = Path(directory) / path
+        base = next((b for b in (config().content_dir / "emails", Path(directory)) if path.is_relative_to(b)), None)
+        return path.relative_to(base).as_posix() if base else path.name
+
+    if isinstance(exc, TemplateSyntaxError):
+        return TemplateError(template, name(exc.filename or exc.name or f"{template}.txt.j2"), exc.lineno,
+                             exc.message or "syntax error")
+    frames = [f for f in traceback.extract_tb(exc.__traceback__) if f.filename.endswith(".j2")]
+    if isinstance(exc, TemplateNotFound):
+        problem = (f"template {exc.name!r} not found" if frames
+                   else f"missing: {exc.name} (every email has a text and an HTML part)")
+    else:
+        problem = getattr(exc, "message", None) or f"{type(exc).__name__}: {exc}"
+    file, line = (frames[-1].filename, frames[-1].lineno) if frames else (
+        exc.name if isinstance(exc, TemplateNotFound) else f"{template}.txt.j2", 1)
+    return TemplateError(template, name(file), line, problem)
+
+
+def _block_line(tpl, block: str) -> int:
+    """The line of ``{% block NAME %}`` in a template's source (1 when not found)."""
+    source = tpl.environment.loader.get_source(tpl.environment, tpl.name)[0]
+    match = re.search(r"{%-?\s*block\s+" + block + r"\b", source)
+    return source.count("\n", 0, match.start()) + 1 if match else 1
 
 
 def _in_data(text: str, at: int) -> bool:

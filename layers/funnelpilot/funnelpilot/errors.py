@@ -41,6 +41,16 @@ class FunnelLeft(RuntimeError):
     while a step was in flight): the state machine catches it by name and ends the journey."""
 
 
+class TemplateError(ValueError):
+    """An email template that cannot be rendered (a syntax error, an undefined variable, no subject, a
+    missing part): ``file`` (``welcome-2.html.j2``) and ``line`` say where. Not retried: the journey
+    ends in "Record failure", whose cause names them."""
+
+    def __init__(self, template: str, file: str, line: int, problem: str):
+        super().__init__(f"{file}:{line}: {problem}")
+        self.template, self.file, self.line, self.problem = template, file, line, problem
+
+
 class QuietHours(RuntimeError):
     """A marketing send fell in the funnel's quiet hours (contact's time zone): the state
     machine catches it, waits (``until`` with ``wait: {"quiet": true}``) and re-enters the send."""

@@ -156,7 +156,7 @@ class Message(Item):
     funnel = UnicodeAttribute(null=True)
     step = UnicodeAttribute(null=True)
     template = UnicodeAttribute()
-    status = UnicodeAttribute()  # sending | sent | blocked
+    status = UnicodeAttribute()  # sending | sent | blocked | failed (its template could not be rendered)
     variant = UnicodeAttribute(null=True)  # A/B variant of the split branch that sent it
     list_name = UnicodeAttribute(null=True)  # the list it belongs to: its unsubscribe link opts out of that one
     reason = UnicodeAttribute(null=True)

@@ -10,6 +10,7 @@ when a computed Wait follows it) adds ``wait_seconds`` to its result (``wait_sec
 """
 import hashlib
 import json
+import logging
 import random
 from decimal import Decimal
 from time import sleep
@@ -21,9 +22,10 @@ from funnelpilot import (aws, bus, clock, consent, emails, funnel_spec, funnels,
                          sendtime, tokens)
 from funnelpilot.audience import fields as custom_fields
 from funnelpilot.config import config
-from funnelpilot.errors import FunnelLeft, QuietHours, RecipientRejected, TransientError, transient
+from funnelpilot.errors import FunnelLeft, QuietHours, RecipientRejected, TemplateError, TransientError, transient
 from funnelpilot.models import PROFILE, Contact, Message, is_conditional_failure
 
+logger = logging.getLogger(__name__)
 LEAVES = ("unknown_contact", "erased", "unsubscribed", "suppressed", "goal_reached",
           "list_unsubscribed")  # blocked: journey over
 LOG_KEEP = 720 * 3600  # marketing_log entries kept: the longest frequency-cap window a funnel may set
@@ -144,13 +146,17 @@ def _take_slot(cid: str, message_id: str, cap: tuple[int, float], log: list[str]
     raise TransientError("frequency cap: the contact's log kept changing; retry")
 
 
+def _free():
+    """A claim no live attempt holds: released, or its lease ran out."""
+    return (Message.status == "sending") & (Message.lease_until.does_not_exist() | (Message.lease_until < clock.now()))
+
+
 def _claim(message: Message) -> Message | None:
-    """Write the message item unless another attempt of this step holds it: it is new, or a
-    failed attempt released it (or its lease ran out). None when claimed, else the item."""
-    free = (Message.status == "sending") & (Message.lease_until.does_not_exist()
-                                            | (Message.lease_until < clock.now()))
+    """Write the message item unless another attempt of this step holds it: it is new, a failed
+    attempt released it (or its lease ran out), or it could not be rendered (``failed``: a retry
+    after the fix sends). None when claimed, else the item."""
     try:
-        message.save(condition=Message.pk.does_not_exist() | free)
+        message.save(condition=Message.pk.does_not_exist() | _free() | (Message.status == "failed"))
         return None
     except PutError as exc:
         if not is_conditional_failure(exc):
@@ -164,6 +170,34 @@ def _release(message: Message) -> None:
         message.update(actions=[Message.lease_until.set(0)], condition=Message.status == "sending")
     except Exception:  # noqa: BLE001 - best effort: the attempt is failing already, the lease expires anyway
         pass
+
+
+def _render_failed(message: Message, exc: TemplateError) -> None:
+    """The template cannot be rendered: a claim an earlier attempt left (released, or its lease ran
+    out) becomes ``failed`` with the reason, so no item stays ``sending``; nothing is written when
+    there is none (the claim comes after the render)."""
+    try:
+        message.update(actions=[Message.status.set("failed"), Message.reason.set("template_error"),
+                                Message.detail.set(str(exc)), Message.links.remove(), Message.lease_until.remove()],
+                       condition=_free())
+    except UpdateError as error:
+        if not is_conditional_failure(error):
+            raise
+
+
+def compose(contact: Contact, template: str, message_id: str, *, version: str | None = None,
+            lead_magnet: str | None = None, list_name: str | None = None) -> tuple[list, bytes]:
+    """The email of a send as SES gets it: rendered for the contact (the template's content
+    ``version``, else the live files), its links tracked, with its headers; returns (links for the
+    message item, raw MIME). ``TemplateError`` when it cannot render."""
+    context = template_context(contact, message_id, lead_magnet)
+    rendered, links = emails.track(emails.render(template, context, version), contact_id=contact.pk,
+                                   message_id=message_id)
+    headers = {"List-Unsubscribe": f"<{context['unsubscribe_url']}>",
+               "List-Unsubscribe-Post": "List-Unsubscribe=One-Click"}  # of this list, when it belongs to one
+    if list_name:
+        headers["List-Id"] = preferences.list_id(list_name)
+    return links, emails.build_mime(to=contact.email, rendered=rendered, message_id=message_id, headers=headers)
 
 
 def _mark_sent(message: Message, ses_id: str) -> None:
@@ -187,7 +221,8 @@ def send(step: dict) -> dict:
     """Send one email, after the checks in this order: unknown/erased, unsubscribed/suppressed,
     goal reached (FunnelLeft), unconfirmed, quiet hours (QuietHours, before any write),
     the message claim, the frequency cap. Then SES; a rejected recipient is a block
-    (``recipient_rejected``, the journey goes on), anything else SES answers is raised.
+    (``recipient_rejected``, the journey goes on), anything else SES answers is raised. A template
+    that cannot be rendered raises ``TemplateError`` (the journey ends in "Record failure").
 
     Idempotent on (execution, state), and nothing is lost between the writes: the claim
     already stores the links a click needs; a send is marked ``sent`` only after SES accepted
@@ -216,13 +251,12 @@ def send(step: dict) -> dict:
                       step=step["state"], template=template, created_at=clock.iso(), variant=step.get("variant"),
                       status="blocked" if reason else "sending", reason=reason, list_name=list_name)
     if reason is None:
-        context = template_context(contact, message_id, step.get("lead_magnet"))
-        rendered, links = emails.track(emails.render(template, context, step.get("version")), contact_id=cid, message_id=message_id)
-        headers = {"List-Unsubscribe": f"<{context['unsubscribe_url']}>",
-                   "List-Unsubscribe-Post": "List-Unsubscribe=One-Click"}  # of this list, when it belongs to one
-        if list_name:
-            headers["List-Id"] = preferences.list_id(list_name)
-        raw = emails.build_mime(to=contact.email, rendered=rendered, message_id=message_id, headers=headers)
+        try:
+            links, raw = compose(contact, template, message_id, version=step.get("version"),
+                                 lead_magnet=step.get("lead_magnet"), list_name=list_name)
+        except TemplateError as exc:
+            _render_failed(message, exc)
+            raise
         message.links = json.dumps(links)
         message.lease_until = clock.now() + LEASE_SECONDS * clock.speed()
     prior = _claim(message)
@@ -479,13 +513,26 @@ def complete(step: dict) -> dict:
 
 
 def fail(step: dict) -> dict:
-    """A Catch landed here: record the failure and the state that failed (from the history)."""
+    """A Catch landed here: record the failure and the state that failed (from the history), and log
+    the error (a ``TemplateError`` with its message: the template file and line)."""
     error = step.get("error") or {}
     failed = next((s for s in funnels.recent_states(step["execution"]) if s != step["state"]), None)
+    about = {"funnel": step["funnel"], "step": failed, "error": error.get("Error")}
+    if error.get("Error") == TemplateError.__name__:  # names a file and a line, never data (other causes may)
+        about["cause"] = _cause(error.get("Cause"))
+    logger.error("funnel step failed", extra=about)
     if _end(step, "failed"):
         bus.publish(bus.event("funnel.failed", step["contact_id"], event_id=tokens.digest_id("ff", step["execution"]),
                               funnel=step["funnel"], step=failed, error=error.get("Error")))
     return {"status": "recorded"}
+
+
+def _cause(cause: str | None) -> str | None:
+    """The message of a caught Lambda error (its ``Cause`` is the JSON Lambda returned)."""
+    try:
+        return json.loads(cause).get("errorMessage") or cause
+    except (TypeError, ValueError, AttributeError):
+        return cause
 
 
 ACTIONS = {"send": send, "check": check, "split": split, "wait_for": wait_for, "until": until, "tag": tag,

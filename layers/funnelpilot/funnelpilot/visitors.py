@@ -198,7 +198,13 @@ def counter_step(hit: Hit) -> str:
     cfg = site()
     if hit.event != "page.viewed":
         return f"event:{hit.event if hit.event in cfg['events'] else OTHER}"
-    path = _normal(hit.path)
+    return page_row(hit.path)
+
+
+def page_row(path: str) -> str:
+    """The declared page a path counts under (itself, or its ``/prefix/*``), else ``(other)``."""
+    cfg = site()
+    path = _normal(path)
     if path in cfg["pages"]:
         return path
     return next((p + "*" for p in cfg["prefixes"] if (path + "/").startswith(p)), OTHER)

@@ -183,9 +183,9 @@ def funnels_command(args) -> int:
     root = args.root or ROOT
     try:
         expected = compiler.build(root)
-    except (FunnelError, compiler.CompileError) as exc:
+    except (FunnelError, compiler.CompileError) as exc:  # a funnel file's or a template's mistakes: nothing written
         print(f"funnels: not compiled, fix these first:\n{str(exc).replace(f'{root}/', '')}", file=sys.stderr)
-        return 1
+        return 2
     status = sync_generated(root, "funnels", expected, compiler.stale_machines(root, expected), args.check)
     machines = {p.name.removesuffix(".asl.json"): json.loads(text) for p, text in expected.items()
                 if p.name.endswith(".asl.json")}

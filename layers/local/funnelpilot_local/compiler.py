@@ -314,8 +314,10 @@ class _Machine:
         self._task(RECORD_FAILURE, "fail", {"error.$": "$.error"}, FAILED)
         self.states[RECORD_FAILURE]["Catch"] = [{"ErrorEquals": ["States.ALL"], "ResultPath": "$.error",
                                                  "Next": FAILED}]
-        self.states[FAILED] = {"Type": "Fail", "Error": "FunnelStepFailed",
-                               "Cause": "A step failed after its retries; see the Record failure state's input."}
+        # the execution fails with the step's own error and cause (a TemplateError names the template's
+        # file and line), not a generic one: what the console and DescribeExecution show first
+        self.states[FAILED] = {"Type": "Fail", "Comment": "A step failed after its retries: its error and cause.",
+                               "ErrorPath": "$.error.Error", "CausePath": "$.error.Cause"}
         self.states[LEFT] = {"Type": "Succeed", "Comment": "Unsubscribed, suppressed or goal reached: no more steps."}
         comment = (f"{self.f.id}: {self.f.name}. {self.f.description} ({MARKER}{self.f.id}.yaml by "
                    "`make funnels`; edit that file, not this one)").replace("  ", " ")
@@ -632,8 +634,10 @@ def splice(template_text: str, block: str) -> str:
 # ---------------------------------------------------------------- what `make funnels` writes
 def build(root: Path) -> dict[Path, str]:
     """Every file the funnels produce: path -> expected content (the state machines, the copies
-    of the content versions they send, template.yaml)."""
+    of the content versions they send, template.yaml). Nothing when a funnel file or a template in
+    use is wrong (``FunnelError`` / ``CompileError`` listing every problem)."""
     funnels = load_all(root / "infra" / "funnels")
+    check_templates(root, funnels)
     emails = root / "infra" / "emails"
     versions = content_versions(emails, {t for f in funnels.values() for t in f.sends()})
     out = version_files(emails, versions)
@@ -643,6 +647,17 @@ def build(root: Path) -> dict[Path, str]:
     template = root / "template.yaml"
     out[template] = splice(template.read_text(), template_block(funnels))
     return out
+
+
+def check_templates(root: Path, funnels: dict[str, Funnel]) -> dict[str, str]:
+    """Every template in use, rendered for sample contacts as the send path renders it
+    (funnelpilot_local.email_check): their subjects, or a ``CompileError`` listing every problem."""
+    from funnelpilot_local import email_check
+
+    subjects, problems = email_check.check(root, funnels)
+    if problems:
+        raise CompileError("\n".join(problems))
+    return subjects
 
 
 def stale_machines(root: Path, expected: dict[Path, str]) -> list[Path]:
