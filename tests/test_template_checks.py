@@ -28,9 +28,9 @@ def project(tmp_path) -> Path:
 
 
 def generated(project: Path) -> dict[Path, str]:
-    """Everything `make funnels` may write: compiled machines, diagrams, template.yaml."""
+    """Everything `make funnels` may write: compiled machines, content versions, diagrams, template.yaml."""
     files = [project / "template.yaml", *(project / "infra" / "statemachines").glob("*"),
-             *(project / "infra" / "diagrams").glob("*")]
+             *(project / "infra" / "emails" / "versions").glob("*/*"), *(project / "infra" / "diagrams").glob("*")]
     return {p: p.read_text() for p in files}
 
 
@@ -180,10 +180,18 @@ def emails_dir(tmp_path, monkeypatch) -> Path:
     emails.environment.cache_clear()
 
 
+def sent_copy(emails_dir: Path, funnel: str, name: str) -> Path:
+    """The folder of the content version of ``name`` that the funnel's Send state names (what it renders)."""
+    machine = json.loads((ROOT / "infra" / "statemachines" / f"{funnel}.asl.json").read_text())
+    return emails_dir / "versions" / f"{name}@{machine['States'][f'Send {name}']['Parameters']['version']}"
+
+
 def test_a_send_whose_template_breaks_fails_the_journey_naming_template_and_line(rt, tap, emails_dir, caplog):
     cid = signup(rt, "tia@example.com")
     assert sent(rt, cid) == ["welcome-1"]
-    line = in_body(emails_dir, "welcome-2.html.j2", "<p>Your code: {{ coupon_code }}</p>")
+    copy = sent_copy(emails_dir, "welcome", "welcome-2")
+    line = in_body(copy, "welcome-2.html.j2", "<p>Your code: {{ coupon_code }}</p>")
+    where = f"versions/{copy.name}/welcome-2.html.j2:{line}"
     with caplog.at_level(logging.ERROR, logger="funnelpilot.sequence"):
         assert rt.advance(2 * DAY)
     status, states = journey(rt, "welcome", cid)
@@ -191,11 +199,11 @@ def test_a_send_whose_template_breaks_fails_the_journey_naming_template_and_line
     [ex] = executions(rt)
     described = rt.client("stepfunctions").describe_execution(executionArn=ex["executionArn"])
     assert described["error"] == "TemplateError"  # the execution fails with the step's own error and cause
-    assert json.loads(described["cause"])["errorMessage"] == f"welcome-2.html.j2:{line}: 'coupon_code' is undefined"
+    assert json.loads(described["cause"])["errorMessage"] == f"{where}: 'coupon_code' is undefined"
     [failed] = tap.events("funnel.failed")
     assert failed["detail"]["step"] == "Send welcome-2" and failed["detail"]["error"] == "TemplateError"
     [logged] = [r for r in caplog.records if r.getMessage() == "funnel step failed"]
-    assert logged.cause == f"welcome-2.html.j2:{line}: 'coupon_code' is undefined" and logged.step == "Send welcome-2"
+    assert logged.cause == f"{where}: 'coupon_code' is undefined" and logged.step == "Send welcome-2"
     assert [m["template"] for m in messages(rt, cid)] == ["welcome-1"]  # no item left for welcome-2, none `sending`
     entry = rt.client("dynamodb").get_item(TableName="ContactsTable",
                                            Key={"pk": {"S": cid}, "sk": {"S": "FUNNEL#welcome"}})["Item"]
@@ -204,7 +212,7 @@ def test_a_send_whose_template_breaks_fails_the_journey_naming_template_and_line
 
 def test_a_claim_left_by_an_earlier_attempt_is_marked_failed_and_a_retry_after_the_fix_sends(rt, inject, emails_dir):
     cid = signup(rt, "uma@example.com")
-    path = emails_dir / "welcome-2.txt.j2"
+    path = sent_copy(emails_dir, "welcome", "welcome-2") / "welcome-2.txt.j2"
     good = path.read_text()
 
     def first_attempt_then_break(params) -> bool:  # SES refuses the first attempt; the template breaks before the retry
@@ -218,7 +226,7 @@ def test_a_claim_left_by_an_earlier_attempt_is_marked_failed_and_a_retry_after_t
     assert status == "FAILED" and states[-2:] == ["Record failure", "Failed"]
     m = message(rt, cid, "welcome-2")  # the first attempt's claim, released by its SES failure
     assert m["status"] == "failed" and m["reason"] == "template_error" and "lease_until" not in m
-    assert "welcome-2.txt.j2:" in m["detail"] and "'coupon_code' is undefined" in m["detail"]
+    assert f"versions/{path.parent.name}/welcome-2.txt.j2:" in m["detail"] and "'coupon_code' is undefined" in m["detail"]
     assert len(sent_emails(ACCOUNT, REGION)) == 1  # welcome-1 only
     path.write_text(good)  # fixed: the same send (a redrive) claims the failed item and sends
     [ex] = executions(rt)
