@@ -3,7 +3,8 @@ from email import message_from_bytes, policy
 
 from test_scoring import new_contact, publish
 
-from funnelpilot import alerts, bus, clock
+from funnelpilot import bus, clock
+from funnelpilot.channels import alerts
 from funnelpilot_local.runtime import ROOT
 from funnelpilot_local.template import Template
 

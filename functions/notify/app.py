@@ -1,7 +1,7 @@
 """EventBridge → instant sales alert email (infra/alerts.yaml), rate-limited per contact."""
 from aws_lambda_powertools import Logger
 
-from funnelpilot import alerts
+from funnelpilot.channels import alerts
 
 logger = Logger()
 
