@@ -30,6 +30,7 @@ class Config:
     schedule_group: str = "default"  # EventBridge Scheduler group for one-time schedules (repurchase)
     scheduler_role_arn: str = ""  # role Scheduler assumes to put events on the bus
     bus_arn: str = ""
+    sales_webhook: bool = False  # SalesWebhookUrl set: sales alerts also go to it (channels.alerts)
 
 
 @cache
@@ -59,4 +60,5 @@ def config() -> Config:
         schedule_group=env("SCHEDULE_GROUP", "default"),
         scheduler_role_arn=env("SCHEDULER_ROLE_ARN", ""),
         bus_arn=env("BUS_ARN", ""),
+        sales_webhook=env("SALES_WEBHOOK", "") == "on",
     )

@@ -23,7 +23,7 @@ contact.erased contact.updated contact.tagged contact.untagged contact.inactive 
 email.delivered email.opened email.clicked email.bounced email.complained page.viewed order.placed score.changed
 lead.qualified customer.vip customer.repurchase_due segment.entered segment.left
 funnel.converted funnel.handoff sales.notify""".split())
-ACTIONS = ("send", "wait", "wait_for", "if", "split", "tag", "untag", "set", "score", "notify", "goto",
+ACTIONS = ("send", "wait", "wait_for", "if", "split", "tag", "untag", "set", "score", "notify", "webhook", "goto",
            "exit", "suppress")
 _EXTRA_KEYS = {"send": {"transactional"}, "if": {"then", "else"}, "wait_for": {"timeout", "then", "else"}}
 # Conditions of ``if``: engagement with this funnel's emails, plus every segment condition.
@@ -314,6 +314,33 @@ class _Checker:
         if not isinstance(value, str) or not value.strip() or len(value) > 120:
             raise ValueError("notify takes the reason sales read: `notify: clicked the pricing link`")
         return Step("notify", value.strip(), line, name)
+
+    def _webhook(self, value, raw, line, where, name):
+        """``webhook: crm`` or ``webhook: {to: crm, fields: [email], data: {stage: hot}}``: a delivery to a
+        subscription of webhooks.yaml (beside the funnels' folder), with at most its fields."""
+        from funnelpilot.channels import webhooks
+
+        spec = {"to": value} if isinstance(value, str) else value
+        if not isinstance(spec, dict) or not isinstance(spec.get("to"), str):
+            raise ValueError("webhook names a subscription of webhooks.yaml: `webhook: crm`, or "
+                             "`webhook: {to: crm, fields: [email], data: {stage: hot}}`")
+        self.keys(spec, {"to", "fields", "data"}, line, where)
+        try:
+            subscriptions = webhooks.load(self.path.parent.parent / "webhooks.yaml")
+        except webhooks.WebhookError as exc:
+            raise ValueError(f"webhooks.yaml has errors:\n{exc}") from None
+        sub = subscriptions.get(spec["to"])
+        if sub is None:
+            raise ValueError(f"no subscription {spec['to']!r} in webhooks.yaml "
+                             f"(subscriptions: {', '.join(sorted(subscriptions)) or 'none'})")
+        fields = spec.get("fields", list(sub.fields))
+        if not isinstance(fields, list) or not set(fields) <= set(sub.fields):
+            raise ValueError(f"fields: a list among the subscription's own ({', '.join(sub.fields) or 'none'})")
+        data = spec.get("data") or {}
+        if not isinstance(data, dict) or not all(isinstance(k, str) and re.match(r"^[a-z][a-z0-9_]{0,39}$", k) and (
+                isinstance(v, (int, float, bool)) or isinstance(v, str) and len(v) <= 200) for k, v in data.items()):
+            raise ValueError("data: literal values by lowercase name (text of at most 200 characters, number, true/false)")
+        return Step("webhook", {"webhook": sub.name, "fields": list(fields), "data": _plain(data)}, line, name)
 
     def _goto(self, value, raw, line, where, name):
         if not isinstance(value, str) or not _ID.match(value):

@@ -474,6 +474,17 @@ def notify(step: dict) -> dict:
     return {"status": "done"}
 
 
+def webhook(step: dict) -> dict:
+    """A delivery to a webhook subscription (funnelpilot.channels.webhooks): the subscription's fields
+    (or fewer) and the step's ``data``; its id is the step's, so a retry is the same delivery."""
+    from funnelpilot.channels import webhooks
+
+    detail = {"event_id": _step_id(step, "wh"), "contact_id": step["contact_id"], "occurred_at": clock.iso(),
+              "funnel": step["funnel"], "step": step["state"], **(step.get("data") or {})}
+    return {"status": webhooks.deliver(step["webhook"], step.get("fields") or [], webhooks.STEP, detail,
+                                       delivery_id=detail["event_id"])}
+
+
 def goto(step: dict) -> dict:
     """Hand the contact to another funnel: its router rule enters them on ``funnel.handoff``."""
     bus.publish(bus.event("funnel.handoff", step["contact_id"], event_id=_step_id(step, "fh"), to=step["to"],
@@ -536,7 +547,7 @@ def _cause(cause: str | None) -> str | None:
 
 
 ACTIONS = {"send": send, "check": check, "split": split, "wait_for": wait_for, "until": until, "tag": tag,
-           "untag": untag, "set": set_properties, "score": score, "notify": notify, "goto": goto,
+           "untag": untag, "set": set_properties, "score": score, "notify": notify, "webhook": webhook, "goto": goto,
            "suppress": suppress, "steps": steps, "complete": complete, "fail": fail}
 
 

@@ -177,13 +177,14 @@ def _shown(path: Path) -> Path:
 
 def funnels_command(args) -> int:
     from funnelpilot_local import compiler
+    from funnelpilot.channels.webhooks import WebhookError
     from funnelpilot.funnel_spec import FunnelError
     from funnelpilot_local.runtime import ROOT
 
     root = args.root or ROOT
     try:
         expected = compiler.build(root)
-    except (FunnelError, compiler.CompileError) as exc:  # a funnel file's or a template's mistakes: nothing written
+    except (FunnelError, WebhookError, compiler.CompileError) as exc:  # funnels', templates', webhooks' mistakes: nothing written
         print(f"funnels: not compiled, fix these first:\n{str(exc).replace(f'{root}/', '')}", file=sys.stderr)
         return 2
     status = sync_generated(root, "funnels", expected, compiler.stale_machines(root, expected), args.check)

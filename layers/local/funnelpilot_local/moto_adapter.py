@@ -10,7 +10,8 @@
    Lambda service error ``Exception``; Step Functions names it ``Lambda.<error code>``).
 2. ``events.models.Rule.send_to_targets``: moto matches event patterns fully but cannot
    deliver to Lambda or Step Functions targets (``put_events`` raises). We keep moto's
-   matcher and input transformation and hand each (target ARN, input) to the runtime,
+   matcher and input transformation (adding ``InputPath``, which moto ignores) and hand each
+   (target ARN, input) to the runtime,
    which delivers it asynchronously like EventBridge does (with the event id: strict mode
    may deliver it twice, as EventBridge's at-least-once delivery can).
 3. SES ``sent_messages``: the raw MIME of every email sent, for the outbox folder.
@@ -379,6 +380,10 @@ def _send_to_targets(self, original_event, transform_input: bool = True) -> None
             )
         elif "Input" in target:
             payload = json.loads(target["Input"])
+        elif "InputPath" in target:  # moto ignores it (5.2.5): a plain $.a.b path, as the template uses
+            payload = json.loads(json.dumps(original_event, default=str))
+            for key in target["InputPath"].removeprefix("$").strip(".").split("."):
+                payload = payload[key] if key else payload
         else:
             payload = json.loads(json.dumps(original_event, default=str))
         _deliverer(target["Arn"], payload, event_id=original_event.get("id"))

@@ -31,6 +31,7 @@ from pathlib import Path
 from urllib.parse import parse_qsl, urlencode
 
 from funnelpilot_local import aws_rules
+from funnelpilot_local.api_destinations import ApiDestinations
 from funnelpilot_local.aws_rules import Rules, apigateway, cloudformation, dynamodb, events, lambda_, principal, ses
 from funnelpilot_local.template import ACCOUNT, REGION, Template
 
@@ -143,6 +144,7 @@ class Runtime:
         self.invoke_hook = None  # (function, call) -> result: lets the cost meter time every invocation
         self.state_dir = Path(state_dir or self.root / ".local")
         self.outbox = self.state_dir / "outbox"
+        self.api_destinations = ApiDestinations(self.state_dir / "outbox-webhooks")  # webhooks (api_destinations)
         self.public_url = public_url
         self.log_level = log_level
         self.template = Template.load(self.root, {"PublicUrl": public_url, **(parameters or {})},
@@ -312,6 +314,7 @@ class Runtime:
         for lid in t.of_type("AWS::IAM::Role"):
             t.physical[lid] = lid
             t.attributes[(lid, "Arn")] = f"arn:aws:iam::{ACCOUNT}:role/{lid}"
+        self._create_api_destinations()
         for lid in t.of_type("AWS::Scheduler::ScheduleGroup"):
             name = t.resolve(t.properties(lid)).get("Name", lid)
             self.client("scheduler").create_schedule_group(Name=name)
@@ -354,6 +357,24 @@ class Runtime:
         for lid in t.of_type("AWS::Events::Rule"):
             props = t.resolve(t.properties(lid))
             self._put_rule(lid, props.get("EventBusName", "default"), props["EventPattern"], props["Targets"])
+            for target in props["Targets"]:
+                if target["Arn"] in self.api_destinations.destinations:
+                    self.api_destinations.target(target)
+
+    def _create_api_destinations(self) -> None:
+        """Connections and API destinations: kept by the runtime, which calls the endpoints itself
+        (funnelpilot_local.api_destinations); moto holds none of them."""
+        t = self.template
+        connections = {}
+        for lid in t.of_type("AWS::Events::Connection"):
+            arn = f"arn:aws:events:{REGION}:{ACCOUNT}:connection/{lid}/local"
+            t.physical[lid], t.attributes[(lid, "Arn")] = lid, arn
+            connections[arn] = t.resolve(t.properties(lid))
+        for lid in t.of_type("AWS::Events::ApiDestination"):
+            arn = f"arn:aws:events:{REGION}:{ACCOUNT}:api-destination/{lid}/local"
+            t.physical[lid], t.attributes[(lid, "Arn")] = lid, arn
+            props = t.resolve(t.properties(lid))
+            self.api_destinations.add(arn, props, connections[props["ConnectionArn"]])
 
     def _put_named_parameters(self) -> None:
         """The SSM parameters the template takes by name (``AWS::SSM::Parameter::Name``: the signing key).
@@ -675,6 +696,11 @@ class Runtime:
                 arn, payload, attempt = self._deliveries.get_nowait()
             except queue.Empty:
                 return False
+        if arn in self.api_destinations.destinations:
+            if not self._call_api_destination(arn, payload, attempt, throttles, first):
+                with self._lock:
+                    self._in_flight -= 1
+            return True
         try:
             if ":function:" in arn:
                 self.invoke(arn.split(":function:")[-1], payload)
@@ -708,6 +734,36 @@ class Runtime:
             self._dead_letter(arn, payload, exc)
         with self._lock:
             self._in_flight -= 1
+        return True
+
+    def _call_api_destination(self, arn: str, payload, attempt: int, throttles: int, first: float | None) -> bool:
+        """One attempt at an API destination target, as EventBridge makes it (api_destinations):
+        True when it is queued again for a retry; else it was delivered or dead-lettered."""
+        from funnelpilot import clock
+
+        first = clock.now() if first is None else first
+        dests = self.api_destinations
+        dest = dests.destinations[arn]
+        if self.rules.iam and not self.policies.allowed(dest.role or "", "events:InvokeApiDestination", arn):
+            from funnelpilot_local.aws_rules.iam import Denial
+
+            denial = Denial(dest.role or "(no RoleArn)", "events:InvokeApiDestination", arn)
+            self.denied.append(denial)
+            self._fail_to(dest.dead_letter_queue, arn, payload, PermissionError(str(denial)))
+            return False
+        status, retry_after, error = dests.call(arn, payload, attempt)
+        if status is not None and 200 <= status < 300:
+            self.delivered.append((arn, payload))
+            return False
+        wait = dests.retry_in(arn, status, retry_after, attempt, clock.now() - first)
+        if wait is None:
+            self._fail_to(dest.dead_letter_queue, arn, payload, RuntimeError(
+                f"{dest.endpoint}: {status or error} (attempt {attempt + 1}; EventBridge does not retry it further)"))
+            return False
+        with self._lock:
+            self._delayed_seq += 1
+            heapq.heappush(self._delayed, (clock.now() + wait, self._delayed_seq, arn, payload, attempt + 1,
+                                           throttles, first))
         return True
 
     def _dead_letter(self, target_arn: str, payload: dict, exc: Exception) -> None:

@@ -6,8 +6,10 @@ The rate limit is a conditional write on the contact's ``ALERT`` item claimed *b
 sending and released if the send fails, so duplicates and bursts (three pricing views in
 a minute, then lead.qualified) produce one email. A recipient SES rejects (SALES_EMAIL not
 verified while the account is in the sandbox) keeps the claim and is not retried. After
-sending, ``sales.alerted`` (no PII) is published: the optional Slack/webhook API destination
-listens to it.
+sending, ``sales.alerted`` (no PII) is published, and with ``SalesWebhookUrl`` set, in the same
+PutEvents, the Slack message (``slack_message``: the person's first name, their email only if
+alerts.yaml says so, a link to their profile) as a ``webhook.delivery`` for the ``sales-alert``
+API destination.
 """
 import json
 from functools import cache
@@ -15,6 +17,7 @@ from functools import cache
 import yaml
 
 from funnelpilot import aws, bus, clock, emails, erasure, scoring, tokens
+from funnelpilot.channels import webhooks
 from funnelpilot.config import config
 from funnelpilot.errors import RecipientRejected
 from funnelpilot.models import PROFILE, Contact
@@ -23,9 +26,34 @@ from funnelpilot.models import PROFILE, Contact
 @cache
 def settings() -> dict:
     doc = yaml.safe_load((config().content_dir / "alerts.yaml").read_text()) or {}
+    slack = doc.get("slack") or {}
     return {"events": set(doc.get("events") or []), "pages": set(doc.get("pages") or []),
             "rate_limit": float(doc.get("rate_limit_hours", 24)) * 3600,
-            "recent": int(doc.get("recent_activity", 10))}
+            "recent": int(doc.get("recent_activity", 10)),
+            "slack_email": slack.get("email") is True, "profile_url": str(slack.get("profile_url") or "")}
+
+
+def profile_url(cid: str) -> str:
+    """Where the alert links the person: alerts.yaml's ``profile_url``, else their profile item in
+    the DynamoDB console (the console asks the reader to sign in to the account)."""
+    if settings()["profile_url"]:
+        return settings()["profile_url"].replace("{contact_id}", cid)
+    region, table = config().region, config().table
+    return (f"https://{region}.console.aws.amazon.com/dynamodbv2/home?region={region}#edit-item?itemMode=2"
+            f"&pk={cid}&route=ROUTE_ITEM_EXPLORER&sk=PROFILE&table={table}")
+
+
+def _slack(text: str) -> str:
+    """Slack's three control characters, escaped (a name cannot make a link or a mention)."""
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def slack_message(contact: Contact, reason: str, score: float) -> dict:
+    """The incoming-webhook body: ``{"text": ...}`` in Slack's mrkdwn."""
+    who = f"*{_slack(contact.first_name)}*" if contact.first_name else "A contact"
+    if settings()["slack_email"] and contact.email:
+        who += f" ({_slack(contact.email)})"
+    return {"text": f"Sales alert: {who} {_slack(reason)} (score {score:g}) <{profile_url(contact.pk)}|profile>"}
 
 
 def reason_for(detail_type: str, detail: dict) -> str | None:
@@ -110,6 +138,10 @@ def alert(detail_type: str, detail: dict) -> str:
     except Exception:
         _release(cid)
         raise
-    bus.publish(bus.event("sales.alerted", cid, event_id=tokens.digest_id("sa", detail["event_id"]),
-                          reason=reason, trigger=detail_type, path=detail.get("path")))
+    entries = [bus.event("sales.alerted", cid, event_id=tokens.digest_id("sa", detail["event_id"]),
+                         reason=reason, trigger=detail_type, path=detail.get("path"))]
+    if config().sales_webhook:
+        entries.append(webhooks.delivery("sales-alert", cid, slack_message(contact, reason, context["score"]),
+                                         tokens.digest_id("sw", detail["event_id"])))
+    bus.publish(*entries)
     return "sent"
