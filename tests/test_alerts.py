@@ -1,4 +1,5 @@
 """Instant sales alerts: one internal email naming the contact and the page, rate-limited."""
+import json
 from email import message_from_bytes, policy
 
 from test_scoring import new_contact, publish
@@ -60,3 +61,37 @@ def test_funnel_can_ask_for_an_alert_with_sales_notify(rt):
 def test_notify_rule_covers_configured_events():
     pattern = Template.load(ROOT).resources["NotifyFunction"]["Properties"]["Events"]["Alerting"]["Properties"]["Pattern"]
     assert alerts.settings()["events"] | {"page.viewed"} <= set(pattern["detail-type"])
+
+
+def test_slack_alert_names_the_person_and_links_their_profile(tmp_path, monkeypatch):
+    """With SalesWebhookUrl set, the alert also goes to it through its API destination: the person's
+    first name and a link to their profile, their email only when alerts.yaml's `slack.email` says so."""
+    from conftest import START, SINGLE
+
+    from funnelpilot_local.runtime import Runtime
+
+    url = "https://hooks.slack.example.com/services/T000/B000/XXXX"
+    with Runtime(ROOT, stepped=True, start=START, state_dir=tmp_path / "local",
+                 parameters={"SalesWebhookUrl": url}) as rt:
+        cid = rt.http("POST", "/signup", json_body={"email": "pia@example.com", "consent": True, "list": SINGLE,
+                                                    "first_name": "Pia <b>"}).json()["contact_id"]
+        assert rt.settle()
+        bus.publish(bus.event("sales.notify", cid, reason="asked for a demo", funnel="engagement"))
+        assert rt.settle()
+        [attempt] = rt.api_destinations.attempts
+        sent = json.loads(attempt.outbox.read_text())  # an example domain: written to .local/outbox-webhooks/
+        assert attempt.outbox.parent == tmp_path / "local" / "outbox-webhooks" and sent["url"] == url
+        text = sent["body"]["text"]
+        assert text.startswith("Sales alert: *Pia &lt;b&gt;* asked for a demo (score ")
+        assert f"&pk={cid}&" in text and "|profile>" in text and "dynamodbv2" in text
+        assert "pia@example.com" not in text
+        monkeypatch.setitem(alerts.settings(), "slack_email", True)
+        monkeypatch.setitem(alerts.settings(), "profile_url", "https://crm.example.com/people/{contact_id}")
+        other = rt.http("POST", "/signup", json_body={"email": "tom@example.com", "consent": True, "list": SINGLE,
+                                                      "first_name": "Tom"}).json()["contact_id"]
+        assert rt.settle()
+        bus.publish(bus.event("sales.notify", other, reason="asked for a demo", funnel="engagement"))
+        assert rt.settle()
+        text = json.loads(rt.api_destinations.attempts[1].outbox.read_text())["body"]["text"]
+        assert "*Tom* (tom@example.com)" in text and f"<https://crm.example.com/people/{other}|profile>" in text
+        assert not rt.denied and not rt.errors

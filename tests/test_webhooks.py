@@ -290,3 +290,24 @@ def test_no_subscription_no_resource():
     assert webhooks.load(ROOT / "infra" / "webhooks.yaml") == {}
     assert not shipped.of_type("AWS::Events::ApiDestination")  # SalesWebhookUrl empty: none either
     assert "WebhookFunction" not in shipped.resources
+
+
+def test_the_cost_model_prices_the_webhooks(tmp_path):
+    from test_costs import lifecycle_usage
+
+    from funnelpilot_local import costs
+
+    template = Template.load(ROOT, path=stack(tmp_path, CONFIG.format(url="https://crm.example.com")))
+    assert costs.unpriced(template) == set()
+    usage = lifecycle_usage(60)
+    sent = usage["emails"]["to_contacts"]
+    usage["totals"]["api_destination_invocations"] = 2 * sent  # two webhook calls per email
+    est = costs.estimate(usage, 10_000, template=template)
+    [connections] = [x for x in est["lines"] if x["item"].startswith("EventBridge connections")]
+    assert connections["item"] == "EventBridge connections (2)" and connections["cost"] == 0  # secrets included
+    [calls] = [x for x in est["lines"] if x["item"] == "EventBridge API destination calls"]
+    assert calls["quantity"] == pytest.approx(2 * est["emails"])
+    assert calls["cost"] == pytest.approx(2 * est["emails"] * 0.20 / 1e6)
+    del usage["totals"]["api_destination_invocations"]  # measured before webhooks existed: no such calls
+    assert [x for x in costs.estimate(usage, 10_000, template=template)["lines"]
+            if x["item"] == "EventBridge API destination calls"][0]["cost"] == 0

@@ -4,7 +4,7 @@
 invocations and their duration (GB-s at the function's configured memory), Step Functions
 state transitions (from the execution histories), DynamoDB request units, custom
 EventBridge events, SES emails, HTTP API requests, SSM reads (each a KMS decrypt), Scheduler
-schedules, SQS messages, the log lines the functions write at the deployed level (INFO) plus
+schedules, SQS messages, API destination calls (webhooks, each attempt), the log lines the functions write at the deployed level (INFO) plus
 Lambda's own START/END/REPORT lines, the EMF metrics the metrics consumer would emit with
 ``CustomMetrics=true``, and, at the end, what the tables store. Only calls made by the
 functions count (not the simulator's own look-ups).
@@ -235,7 +235,8 @@ class Meter:
                   "ses_emails": self.units["emails"], "http_requests": self.http_requests,
                   "ssm_reads": self.units["ssm_reads"], "secrets_calls": self.units["secrets_calls"],
                   "scheduler_invocations": self.units["schedules"], "sqs_requests": self.units["sqs_requests"],
-                  "log_bytes": self.log_bytes + PLATFORM_LOG_BYTES * requests, "emf_bytes": self.emf_bytes}
+                  "log_bytes": self.log_bytes + PLATFORM_LOG_BYTES * requests, "emf_bytes": self.emf_bytes,
+                  "api_destination_invocations": len(self.rt.api_destinations.attempts)}
         return {"version": USAGE_VERSION, "contacts": contacts, "days": days, "totals": totals,
                 "emails": self.email_ages(clock.now()), "stored_bytes": self.stored_bytes(),
                 "emf_metrics": sorted(self.emf_names), "invocations": dict(sorted(self.invocations.items()))}
@@ -292,8 +293,8 @@ RESOURCE_BILLING = {
     "AWS::DynamoDB::Table": "fixed",  # requests (usage), storage, backups, SSE with KMS
     "AWS::Events::EventBus": "usage",  # custom events put
     "AWS::Events::Rule": "free",  # matching and delivery included in the event's price
-    "AWS::Events::Connection": "free",  # the API destination's invocations are priced per event
-    "AWS::Events::ApiDestination": "usage",  # sales alerts only (SalesWebhookUrl): a few a month
+    "AWS::Events::Connection": "fixed",  # its Secrets Manager secret: included in the API destination's price
+    "AWS::Events::ApiDestination": "usage",  # invocations (webhooks, Slack alerts)
     "AWS::SES::EmailIdentity": "free",
     "AWS::SES::ConfigurationSet": "free",
     "AWS::SES::ConfigurationSetEventDestination": "free",  # events to the default bus: AWS service events are free
@@ -381,6 +382,9 @@ def template_lines(t, monthly: dict, prices: dict) -> list[dict]:
     line("KMS requests", monthly["ssm_reads"] + len(kms_tables) * MONTH_DAYS * 288, "kms_request",
          "SSM SecureString reads" + (f"; SSE with KMS on {', '.join(kms_tables)}" if kms_tables else
                                      "; tables use the AWS owned key (no charge)"))
+    connections = len(t.of_type("AWS::Events::Connection"))
+    line(f"EventBridge connections ({connections})", connections, "eventbridge_connection_secret",
+         "webhooks' secrets, kept by EventBridge in Secrets Manager: included in the API destination price")
     secrets = len(t.of_type("AWS::SecretsManager::Secret"))
     line(f"Secrets Manager secrets ({secrets})", secrets, "secrets_manager_secret")
     advanced = sum(1 for r in t.of_type("AWS::SSM::Parameter").values() if r["Properties"].get("Tier") == "Advanced")
@@ -422,6 +426,7 @@ USAGE_LINES = [  # (usage key, price key, label)
     ("http_requests", "http_api_request", "HTTP API requests"),
     ("sqs_requests", "sqs_request", "SQS requests"),
     ("secrets_calls", "secrets_manager_api_call", "Secrets Manager calls"),
+    ("api_destination_invocations", "eventbridge_api_destination_invocation", "EventBridge API destination calls"),
 ]
 
 
@@ -452,8 +457,9 @@ def estimate(usage: dict, contacts: int, prices: dict | None = None, *, template
     lines = []
     for key, price_key, label in USAGE_LINES:
         pr = p[price_key]
-        lines.append({"item": label, "quantity": monthly[key], "unit": pr["unit"],
-                      "cost": monthly[key] * pr["price"] / pr["per"], "note": "", "optional": None})
+        quantity = monthly.get(key, 0.0)  # a usage measured before the line existed: none
+        lines.append({"item": label, "quantity": quantity, "unit": pr["unit"],
+                      "cost": quantity * pr["price"] / pr["per"], "note": "", "optional": None})
     lines += template_lines(template, monthly, prices)
     ses = p["ses_outbound_email"]
     ses_line = {"item": "SES emails", "quantity": monthly["ses_emails"], "unit": ses["unit"],

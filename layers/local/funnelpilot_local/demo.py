@@ -24,7 +24,7 @@ from pathlib import Path
 from funnelpilot import clock, report, tokens
 from funnelpilot_local import compiler
 from funnelpilot_local import costs
-from funnelpilot_local.runtime import Runtime
+from funnelpilot_local.runtime import ROOT, Runtime
 
 START = datetime(2026, 3, 2, tzinfo=timezone.utc).timestamp()  # a Monday, 00:00 UTC
 HOUR, DAY = 3600, 86400
@@ -328,13 +328,28 @@ def progress_bar(stream=sys.stderr):
     return show
 
 
+EXAMPLE_WEBHOOKS = ROOT / "infra" / "examples" / "webhooks.yaml"  # order.placed -> a CRM
+
+
+def demo_template(state_dir: Path) -> Path:
+    """template.yaml with the example webhook subscription (infra/examples/webhooks.yaml) added."""
+    from funnelpilot.channels import webhooks
+
+    path = state_dir / "demo-template.yaml"
+    state_dir.mkdir(parents=True, exist_ok=True)
+    path.write_text(compiler.with_webhooks((ROOT / "template.yaml").read_text(), webhooks.load(EXAMPLE_WEBHOOKS)))
+    return path
+
+
 def simulate(seed: int = 7, contacts: int = 200, days: int = 60, state_dir: Path | None = None,
              progress=None, with_journeys: bool = False) -> dict:
     """Run the simulation; returns {reports, tally, usage, outbox, errors}."""
     # moto logs every task-token timeout (a wait_for that ran out: normal here) at ERROR level
     logging.getLogger("moto").setLevel(logging.CRITICAL)
-    with Runtime(stepped=True, start=START, state_dir=state_dir, log_level="ERROR") as rt:
-        for old in rt.outbox.glob("*.eml"):
+    state_dir = Path(state_dir or ROOT / ".local")
+    with Runtime(stepped=True, start=START, state_dir=state_dir, log_level="ERROR",
+                 template=demo_template(state_dir)) as rt:
+        for old in (*rt.outbox.glob("*.eml"), *rt.api_destinations.outbox.glob("*.json")):
             old.unlink()
         meter = costs.Meter(rt)
         with meter:
@@ -347,6 +362,7 @@ def simulate(seed: int = 7, contacts: int = 200, days: int = 60, state_dir: Path
         reports = [report.build(f, rows[f], start, end, report.step_order(f, rt.root / "infra")) for f in funnels]
         usage = meter.usage(contacts=contacts, days=days)
         return {"reports": reports, "rows": rows, "tally": sim.tally, "usage": usage, "outbox": rt.outbox,
+                "webhooks": [(a.url, a.status, a.outbox) for a in rt.api_destinations.attempts],
                 "errors": list(rt.errors), "state_dir": rt.state_dir,
                 "journeys": journeys(rt) if with_journeys else None}
 
@@ -377,6 +393,14 @@ def run(seed: int = 7, contacts: int = 200, days: int = 60) -> int:
           f"{t['unsubscribes']} unsubscribes, {t['bounces']} bounces, {t['complaints']} complaints")
     print(f"chart:    {chart} (and funnels.svg)")
     print(f"outbox:   {result['outbox']}/ ({len(list(result['outbox'].glob('*.eml')))} emails)")
+    written = [path for _, _, path in result["webhooks"] if path]
+    if result["webhooks"]:
+        first = json.loads(written[0].read_text())["body"] if written else {}
+        print(f"webhooks: {len(result['webhooks'])} deliveries to "
+              f"{', '.join(sorted({url for url, _, _ in result['webhooks']}))}"
+              + (f", written to {written[0].parent}/ (the first: {first.get('type')} of contact "
+                 f"{first.get('contact_id')}, with {', '.join(first.get('contact') or {}) or 'no personal data'})"
+                 if written else ""))
     print(f"snapshot: {snapshot} (funnelpilot report reads it)")
     print()
     for size in (1_000, 10_000):
