@@ -311,3 +311,19 @@ def test_the_cost_model_prices_the_webhooks(tmp_path):
     del usage["totals"]["api_destination_invocations"]  # measured before webhooks existed: no such calls
     assert [x for x in costs.estimate(usage, 10_000, template=template)["lines"]
             if x["item"] == "EventBridge API destination calls"][0]["cost"] == 0
+
+
+def test_names_that_would_clash_are_refused(tmp_path):
+    path = tmp_path / "webhooks.yaml"
+    path.write_text("subscriptions:\n  sales-alert:\n    url: https://a.example.com/\n"
+                    "  ab-:\n    url: https://a.example.com/\n"
+                    "  one:\n    url: https://a.example.com/\n    secret: SharedSecretName\n"
+                    "  two:\n    url: https://b.example.com/\n    secret: SharedSecretName\n")
+    with pytest.raises(webhooks.WebhookError) as err:
+        webhooks.load(path)
+    text = str(err.value)
+    assert "'sales-alert': sales-alert is the Slack alert's" in text and "'ab-': a name is words" in text
+    assert f"{path}:10: subscription two: secret SharedSecretName is one's too" in text
+    path.write_text("subscriptions:\n  crm:\n    url: https://a.example.com/\n    secret: EventsApiKey\n")
+    with pytest.raises(compiler.CompileError, match="secret EventsApiKey is a parameter of template.yaml already"):
+        compiler.with_webhooks((ROOT / "template.yaml").read_text(), webhooks.load(path))

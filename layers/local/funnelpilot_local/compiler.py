@@ -756,6 +756,11 @@ def _splice_between(text: str, markers: tuple[str, str], block: str) -> str:
 def with_webhooks(template_text: str, subs: dict[str, Subscription]) -> str:
     """template.yaml's text with the webhook blocks of these subscriptions."""
     params, resources = webhook_blocks(subs)
+    rest = _splice_between(template_text, WEBHOOK_PARAMETERS, "\n".join(WEBHOOK_PARAMETERS) + "\n")
+    taken = [sub for sub in subs.values() if f"\n  {sub.secret}:\n" in rest]
+    if taken:
+        raise CompileError("\n".join(f"infra/webhooks.yaml:{sub.line}: subscription {sub.name}: secret {sub.secret} "
+                                     "is a parameter of template.yaml already: name another" for sub in taken))
     return _splice_between(_splice_between(template_text, WEBHOOK_PARAMETERS, params), WEBHOOK_RESOURCES, resources)
 
 

@@ -141,7 +141,7 @@ def alert(detail_type: str, detail: dict) -> str:
     entries = [bus.event("sales.alerted", cid, event_id=tokens.digest_id("sa", detail["event_id"]),
                          reason=reason, trigger=detail_type, path=detail.get("path"))]
     if config().sales_webhook:
-        entries.append(webhooks.delivery("sales-alert", cid, slack_message(contact, reason, context["score"]),
+        entries.append(webhooks.delivery(webhooks.SALES_ALERT, cid, slack_message(contact, reason, context["score"]),
                                          tokens.digest_id("sw", detail["event_id"])))
     bus.publish(*entries)
     return "sent"

@@ -32,7 +32,8 @@ PROFILE_FIELDS = ("email", "first_name", "status", "lists", "tags", "segments", 
                   "timezone")
 PII = ("email", "first_name")  # named in the README: listing them sends personal data
 _KEYS = {"url", "events", "fields", "auth", "secret", "rate_per_second", "description"}
-_NAME = re.compile(r"^[a-z][a-z0-9-]{0,29}$")
+_NAME = re.compile(r"^(?=.{1,30}$)[a-z][a-z0-9]*(-[a-z0-9]+)*$")
+SALES_ALERT = "sales-alert"  # the Slack alert's own API destination (SalesWebhookUrl, template.yaml)
 _PARAMETER = re.compile(r"^[A-Za-z][A-Za-z0-9]{0,254}$")
 _HEADER = re.compile(r"^[A-Za-z0-9-]{1,100}$")
 DEFAULT_HEADER = "X-Funnelpilot-Secret"
@@ -87,8 +88,10 @@ def load(path: Path) -> dict[str, Subscription]:
         def error(message: str) -> None:
             found.append(f"{path}:{line}: subscription {name}: {message}")
 
-        if not isinstance(name, str) or not _NAME.match(name):
-            errors.append(f"{path}:{line}: subscription {name!r}: a name is lowercase letters, digits and - (at most 30)")
+        if not isinstance(name, str) or not _NAME.match(name) or name == SALES_ALERT:
+            errors.append(f"{path}:{line}: subscription {name!r}: " + (
+                f"{SALES_ALERT} is the Slack alert's (the SalesWebhookUrl parameter)" if name == SALES_ALERT else
+                "a name is words of lowercase letters and digits joined by - (at most 30 characters)"))
             continue
         if not isinstance(spec, dict):
             errors.append(f"{path}:{line}: subscription {name}: expected a mapping with url, events and fields")
