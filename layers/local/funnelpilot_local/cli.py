@@ -176,7 +176,7 @@ def _shown(path: Path) -> Path:
 
 
 def funnels_command(args) -> int:
-    from funnelpilot_local import compiler
+    from funnelpilot_local import compiler, diagrams
     from funnelpilot.channels.webhooks import WebhookError
     from funnelpilot.funnel_spec import FunnelError
     from funnelpilot_local.runtime import ROOT
@@ -187,7 +187,8 @@ def funnels_command(args) -> int:
     except (FunnelError, WebhookError, compiler.CompileError) as exc:  # funnels', templates', webhooks' mistakes: nothing written
         print(f"funnels: not compiled, fix these first:\n{str(exc).replace(f'{root}/', '')}", file=sys.stderr)
         return 2
-    status = sync_generated(root, "funnels", expected, compiler.stale_machines(root, expected), args.check)
+    stale = compiler.stale_machines(root, expected) + diagrams.stale(root, expected)
+    status = sync_generated(root, "funnels", expected, stale, args.check)
     machines = {p.name.removesuffix(".asl.json"): json.loads(text) for p, text in expected.items()
                 if p.name.endswith(".asl.json")}
     print(compiler.path_table(machines))

@@ -767,17 +767,21 @@ def with_webhooks(template_text: str, subs: dict[str, Subscription]) -> str:
 # ---------------------------------------------------------------- what `make funnels` writes
 def build(root: Path) -> dict[Path, str]:
     """Every file the funnels (and the webhook subscriptions) produce: path -> expected content (the
-    state machines, the copies of the content versions they send, template.yaml). Nothing when a
-    funnel file, a template in use or webhooks.yaml is wrong (``FunnelError`` / ``CompileError`` /
-    ``WebhookError`` listing every problem)."""
+    state machines, the copies of the content versions they send, the diagrams, template.yaml).
+    Nothing when a funnel file, a template in use or webhooks.yaml is wrong (``FunnelError`` /
+    ``CompileError`` / ``WebhookError`` listing every problem)."""
+    from funnelpilot_local import diagrams
+
     funnels = load_all(root / "infra" / "funnels")
-    check_templates(root, funnels)
+    subjects = check_templates(root, funnels)
     emails = root / "infra" / "emails"
     versions = content_versions(emails, {t for f in funnels.values() for t in f.sends()})
     out = version_files(emails, versions)
+    definitions = {}
     for fid, funnel in funnels.items():
-        sent = {t: versions[t][0] for t in funnel.sends()}
-        out[root / "infra" / "statemachines" / f"{fid}.asl.json"] = to_json(compile_funnel(funnel, sent)) + "\n"
+        definitions[fid] = compile_funnel(funnel, {t: versions[t][0] for t in funnel.sends()})
+        out[root / "infra" / "statemachines" / f"{fid}.asl.json"] = to_json(definitions[fid]) + "\n"
+    out |= diagrams.files(root, funnels, definitions, subjects)
     template = root / "template.yaml"
     text = splice(template.read_text(), template_block(funnels))
     out[template] = with_webhooks(text, webhooks.load(root / "infra" / "webhooks.yaml"))
