@@ -51,8 +51,9 @@ def content(root: Path, env: dict | None = None, key: bytes = SAMPLE_KEY):
 
 
 def _clear_caches() -> None:
-    from funnelpilot import alerts, consent, emails, funnel_spec, visitors
+    from funnelpilot import consent, emails, funnel_spec, visitors
     from funnelpilot.audience import fields
+    from funnelpilot.channels import alerts
     from funnelpilot.config import config
 
     for cached in (config, emails.environment, fields._doc, consent._lists, alerts.settings, funnel_spec.load, visitors.site):
@@ -74,7 +75,8 @@ def sample_contacts() -> list:
 
 def context(template: str, contact, message_id: str = SAMPLE_MESSAGE, lead_magnet: str | None = None) -> dict:
     """What ``template`` is rendered with for ``contact``: by its sender's own function."""
-    from funnelpilot import alerts, consent, sequence
+    from funnelpilot import consent, sequence
+    from funnelpilot.channels import alerts
 
     if template == "confirm":
         return consent.confirmation_context(contact, consent.declared_lists()[0], lead_magnet)
