@@ -57,7 +57,7 @@ CONFIG = """subscriptions:
   crm:
     url: {url}/crm
     events: [order.placed]
-    fields: [email, first_name]
+    fields: [email, first_name, company]
   analytics:
     url: {url}/analytics
     events: [order.placed, contact.subscribed]
@@ -72,6 +72,7 @@ def stack(tmp_path: Path, config: str, funnels: dict[str, str] | None = None, ed
     content = tmp_path / "content"
     (content / "funnels").mkdir(parents=True)
     (content / "webhooks.yaml").write_text(config)
+    (content / "fields.yaml").write_text((ROOT / "infra" / "fields.yaml").read_text())  # custom fields may be listed
     text = (ROOT / "template.yaml").read_text()
     if funnels:
         shipped = load_all(ROOT / "infra" / "funnels")
@@ -111,8 +112,8 @@ def make_rt(tmp_path):
 
 
 def signup(rt, email="pia@example.com") -> str:
-    resp = rt.http("POST", "/signup", json_body={"email": email, "consent": True, "first_name": "Pia", "list": SINGLE},
-                   source_ip=ip_for(email))
+    resp = rt.http("POST", "/signup", json_body={"email": email, "consent": True, "first_name": "Pia", "list": SINGLE,
+                                                 "company": "Acme"}, source_ip=ip_for(email))
     assert resp.status == 202
     assert rt.settle()
     return resp.json()["contact_id"]
@@ -141,7 +142,7 @@ def test_an_order_reaches_each_subscription_with_only_the_fields_it_lists(tmp_pa
     assert headers["x-funnelpilot-secret"] == "local-CrmWebhookSecret"  # the connection's API key: the stack parameter
     body = request["body"]
     assert body["webhook"] == "crm" and body["type"] == "order.placed" and body["contact_id"] == cid
-    assert body["contact"] == {"email": "pia@example.com", "first_name": "Pia"}
+    assert body["contact"] == {"email": "pia@example.com", "first_name": "Pia", "company": "Acme"}  # a fields.yaml field too
     assert body["data"]["amount"] == 49 and body["data"]["order_id"] == "o-1"
     analytics = [r for r in endpoint.requests if r["path"] == "/analytics"]
     assert [r["body"]["type"] for r in analytics] == ["contact.subscribed", "order.placed"]

@@ -177,7 +177,7 @@ def _profile(cid: str, fields: list[str]) -> dict | None:
     values = {"email": contact.email, "first_name": contact.first_name, "status": contact.status,
               "lists": sorted(contact.lists or []), "tags": sorted(contact.tags or []),
               "segments": sorted(contact.segments or []), "timezone": contact.timezone}
-    props = contact.properties.as_dict() if hasattr(contact.properties, "as_dict") else dict(contact.properties or {})
+    props = contact.properties.as_dict() if contact.properties else {}
     out = {}
     for field in fields:
         if field in ("score", "loyalty"):
