@@ -86,9 +86,14 @@ def test_make_funnels_regenerates_what_changed_and_check_reports_it(project, cap
     extra.write_text("id: extra\ntrigger: order.placed\nsteps:\n  - tag: buyer\n")
     assert cli.main(["funnels", "--root", str(project)]) == 0
     assert "ExtraFunnel" in (project / "template.yaml").read_text()
-    extra.unlink()
+    extra.unlink()  # a removed funnel drains (tests/test_live_edits.py) until forced
     assert cli.main(["funnels", "--root", str(project)]) == 0
+    assert "draining: extra (its file was removed)" in capsys.readouterr().out
+    assert '"draining": true' in (project / "template.yaml").read_text()
+    assert cli.main(["funnels", "--root", str(project), "--force", "extra"]) == 0
+    assert "removed: infra/statemachines/extra.asl.json" in capsys.readouterr().out
     assert not (project / "infra" / "statemachines" / "extra.asl.json").exists()
+    assert not (project / "infra" / "statemachines" / "extra.yaml").exists()
     assert "ExtraFunnel" not in (project / "template.yaml").read_text()
 
 

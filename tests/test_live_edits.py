@@ -3,12 +3,13 @@ definition and the content they started with; `funnels --plan` says what changes
 funnel drains. Every journey here is a real execution on the local runtime (stepped clock), and a
 change reaches it as on AWS: `make funnels`, then a deploy (Runtime.redeploy: UpdateStateMachine)."""
 import email
+import json
 import shutil
 from email import policy
 from pathlib import Path
 
 import pytest
-from conftest import START, entered_states, executions
+from conftest import START, executions, funnel_counts
 from test_funnels import DAY, HOUR, journey, open_email, sent, signup
 
 from funnelpilot_local import cli
@@ -48,7 +49,9 @@ def bodies(to: str) -> list[str]:
     return found
 
 
-def test_renaming_a_template_and_editing_the_layout_leaves_people_inside_on_their_version(project, live, capsys):
+def test_renaming_a_template_and_editing_the_layout_leaves_people_inside_on_their_version(project, live, capsys,
+                                                                                        monkeypatch):
+    on_stack(monkeypatch, live)
     emails, funnel = project / "infra" / "emails", project / "infra" / "funnels" / "welcome.yaml"
     ann = signup(live, "ann@example.com")
     assert sent(live, ann) == ["welcome-1"]  # Ann now waits 2 days for welcome-2
@@ -61,8 +64,9 @@ def test_renaming_a_template_and_editing_the_layout_leaves_people_inside_on_thei
         layout.write_text(layout.read_text().replace("You get this email", "NEW LAYOUT. You get this email"))
     funnel.write_text(funnel.read_text().replace("welcome-2", "why-we-started"))
     assert make_funnels(project) == 0, capsys.readouterr()
-    assert [p.name for p in (emails / "versions").glob("welcome-2@*")], "the version Ann's definition names is kept"
+    [kept] = (emails / "versions").glob("welcome-2@*")  # the version Ann's definition names
     live.redeploy()
+    assert make_funnels(project, "--stack", "local") == 0 and kept.is_dir()  # Ann's execution still sends it
 
     bob = signup(live, "bob@example.com")  # a new entrant: the new definition, the new content
     assert live.advance(2 * DAY)
@@ -80,3 +84,115 @@ def test_renaming_a_template_and_editing_the_layout_leaves_people_inside_on_thei
     assert "Send welcome-3" in states  # her open of the old welcome-2 counted on the old definition
     assert journey(live, "segmentation", ann)[1][:2] == ["Wait 1 day", "Send segmentation-1"]
     assert journey(live, "welcome", bob)[1][2] == "Send why-we-started"
+    assert live.advance(7 * DAY) and not [e for e in executions(live) if e["status"] == "RUNNING"]
+    capsys.readouterr()
+    assert make_funnels(project, "--stack", "local") == 0  # no journey sends the old versions now
+    assert f"removed: infra/emails/versions/{kept.name}" in capsys.readouterr().out and not kept.exists()
+    assert not list((emails / "versions").glob("why-we-started@*/welcome-2*"))
+    assert len(list((emails / "versions").glob("why-we-started@*"))) == 1
+
+
+def on_stack(monkeypatch, rt) -> None:
+    """`--stack local`: the runtime's state machines stand for the deployed stack's (CloudFormation's
+    ListStackResources is what the CLI asks on AWS)."""
+    from funnelpilot_local import plan
+
+    t = rt.template
+    monkeypatch.setattr(plan, "stack_machines", lambda stack, region: {
+        lid: t.physical[lid] for lid in t.of_type("AWS::Serverless::StateMachine") if lid in t.physical})
+
+
+def test_plan_says_what_happens_to_the_people_inside_before_anything_is_written(project, live, capsys, monkeypatch):
+    on_stack(monkeypatch, live)
+    ann = signup(live, "ann@example.com")
+    assert sent(live, ann) == ["welcome-1"]
+    emails, funnel = project / "infra" / "emails", project / "infra" / "funnels" / "welcome.yaml"
+    for ext in ("html", "txt"):
+        (emails / f"welcome-2.{ext}.j2").rename(emails / f"why-we-started.{ext}.j2")
+    funnel.write_text(funnel.read_text().replace("welcome-2", "why-we-started").replace("wait: 3 days", "wait: 4 days")
+                      .replace("  - goto: segmentation", "  - tag: welcomed\n  - goto: segmentation"))
+    before = {p: p.read_bytes() for p in project.rglob("*") if p.is_file()}
+    assert make_funnels(project, "--plan", "--stack", "local") == 0
+    out = capsys.readouterr().out
+    assert {p: p.read_bytes() for p in project.rglob("*") if p.is_file()} == before  # nothing written
+    welcome = out[out.index("welcome: "):out.index("(nothing written")]
+    assert "changes (the 1 running now keep the definition they started on" in welcome, out
+    assert ("email welcome-2 is replaced by why-we-started ('Send welcome-2' -> 'Send why-we-started'): people inside "
+            "who reach it still get welcome-2 as it was (0 there now)") in welcome
+    assert "wait 'Wait 3 days' becomes 'Wait 4 days': people waiting there keep the old wait (0 there now)" in welcome
+    assert ("'Go to segmentation' becomes 'Tag welcomed + Go to segmentation': people inside keep 'Go to "
+            "segmentation' (0 there now); only new entrants meet 'Tag welcomed + Go to segmentation'") in welcome
+    assert "now: 1 in 'Wait 2 days'" in welcome
+    assert "segmentation: no change" in out and "delivery: no change" in out
+    assert make_funnels(project, "--plan") == 0  # against the compiled files: the same changes, no counts
+    local = capsys.readouterr().out
+    assert "email welcome-2 is replaced by why-we-started" in local and "(anyone there now)" in local
+    assert "now: " not in local
+
+
+def test_a_removed_funnel_drains_then_goes_once_nobody_is_inside(project, live, capsys, monkeypatch):
+    on_stack(monkeypatch, live)
+    ann = signup(live, "ann@example.com")  # in welcome, waiting for welcome-2
+    (project / "infra" / "funnels" / "welcome.yaml").unlink()
+    assert make_funnels(project) == 0
+    assert "draining: welcome (its file was removed): takes nobody in" in capsys.readouterr().out
+    assert (project / "infra" / "statemachines" / "welcome.asl.json").exists()
+    live.redeploy()
+    bob = signup(live, "bob@example.com")  # contact.subscribed: welcome's trigger, refused
+    assert [json_input(live, e)["contact_id"] for e in executions(live, "welcome")] == [ann]
+    assert funnel_counts(live, "welcome")["refused_draining"] == 1 and sent(live, bob) == []
+    assert make_funnels(project, "--plan", "--stack", "local") == 0
+    out = capsys.readouterr().out
+    assert "welcome: draining (its file was removed): takes nobody in; 1 journeys inside finish" in out
+    assert "now: 1 in 'Wait 2 days'" in out
+    assert make_funnels(project, "--stack", "local") == 0  # somebody inside: it stays
+    assert "draining: welcome (its file was removed): takes nobody in; 1 journeys inside" in capsys.readouterr().out
+
+    assert live.advance(7 * DAY)  # Ann finishes on the old definition: welcome-2, then the hand-off
+    status, states = journey(live, "welcome", ann)
+    assert status == "SUCCEEDED" and states[-1] == "Go to segmentation" and "welcome-2" in sent(live, ann)
+    assert journey(live, "segmentation", ann)[1][:2] == ["Wait 1 day", "Send segmentation-1"]
+    assert make_funnels(project, "--stack", "local") == 0  # nobody inside now: removed
+    assert "removed: infra/statemachines/welcome.asl.json" in capsys.readouterr().out
+    assert "WelcomeFunnel" not in (project / "template.yaml").read_text()
+    live.redeploy()
+    assert not [a for a in live.state_machine_arns() if a.endswith("-welcome")]
+
+
+def test_force_removes_a_draining_funnel_and_says_how_many_journeys_stop(project, live, capsys, monkeypatch):
+    on_stack(monkeypatch, live)
+    signup(live, "ann@example.com")
+    (project / "infra" / "funnels" / "welcome.yaml").unlink()
+    assert make_funnels(project, "--force", "welcome", "--plan", "--stack", "local") == 0
+    assert ("welcome: removed (--force): the deploy deletes its state machine; 1 journeys still inside stop at their "
+            "next transition") in capsys.readouterr().out
+    assert make_funnels(project, "--force", "welcome", "--stack", "local") == 0
+    out = capsys.readouterr().out
+    assert "removed: welcome (--force): the next deploy deletes its state machine and stops 1 journeys" in out
+    [execution] = executions(live, "welcome")
+    assert execution["status"] == "RUNNING"
+    live.redeploy()  # DeleteStateMachine: the journey inside stops
+    assert not [a for a in live.state_machine_arns() if a.endswith("-welcome")] and not live.running_executions()
+    assert cli.main(["funnels", "--root", str(project), "--force", "delivery"]) == 2  # its file is still there
+    assert "infra/funnels/delivery.yaml still exists" in capsys.readouterr().err
+
+
+def test_a_funnel_marked_draining_takes_nobody_in_and_no_funnel_may_hand_off_to_it(project, live, capsys):
+    ann = signup(live, "ann@example.com")
+    path = project / "infra" / "funnels" / "welcome.yaml"
+    path.write_text(path.read_text().replace("entry: once_per_contact", "entry: once_per_contact\nstatus: draining"))
+    assert make_funnels(project) == 0
+    assert "draining: welcome (status: draining): takes nobody in" in capsys.readouterr().out
+    live.redeploy()
+    bob = signup(live, "bob@example.com")
+    assert [json_input(live, e)["contact_id"] for e in executions(live, "welcome")] == [ann]
+    assert funnel_counts(live, "welcome")["refused_draining"] == 1 and sent(live, bob) == []
+    assert live.advance(2 * DAY) and sent(live, ann) == ["welcome-1", "welcome-2"]
+    other = project / "infra" / "funnels" / "reengagement.yaml"
+    other.write_text(other.read_text().replace("goto: segmentation", "goto: welcome", 1))
+    assert make_funnels(project) == 2
+    assert "goto: funnel 'welcome' is draining (it takes nobody in)" in capsys.readouterr().err
+
+
+def json_input(rt, execution: dict) -> dict:
+    return json.loads(rt.client("stepfunctions").describe_execution(executionArn=execution["executionArn"])["input"])

@@ -9,10 +9,12 @@ logger = Logger()
 
 
 def _enter(event: dict) -> dict:
-    return {"execution": funnels.enter(funnel=event["funnel"], state_machine_arn=event["state_machine"],
-                                       entry_rule=event["entry_rule"], event=event["event"],
-                                       reenter_after=float(event.get("reenter_after") or 0),
-                                       start_wait=event.get("start_wait"))}
+    draining = bool(event.get("draining"))
+    result = {"execution": funnels.enter(funnel=event["funnel"], state_machine_arn=event["state_machine"],
+                                         entry_rule=event["entry_rule"], event=event["event"],
+                                         reenter_after=float(event.get("reenter_after") or 0),
+                                         start_wait=event.get("start_wait"), draining=draining)}
+    return result | {"refused": "draining"} if draining else result
 
 
 def _goal(event: dict) -> dict:

@@ -89,6 +89,7 @@ class Funnel:
     timezone: str = "UTC"
     steps: tuple[Step, ...] = field(default=())
     list_name: str | None = None  # the list its emails belong to (lists.yaml); None: the list its trigger named
+    status: str = "live"  # or "draining": takes nobody in, people inside finish (README "Changing a live funnel")
 
     def sends(self) -> dict[str, list[Step]]:
         """template -> the send steps that send it (anywhere in the funnel)."""
@@ -119,8 +120,8 @@ def seconds(text, unit_default: str | None = None) -> float:
 
 
 class _Checker:
-    def __init__(self, path: Path):
-        self.path, self.errors = path, []
+    def __init__(self, path: Path, templates: bool = True):
+        self.path, self.errors, self.templates = path, [], templates
         self.named_emails: set[str] = set()  # every `send:` value, even a broken one (no cascade of errors)
 
     def error(self, line: int, message: str) -> None:
@@ -185,7 +186,8 @@ class _Checker:
             raise ValueError("send names an email template, e.g. `send: welcome-1`")
         self.named_emails.add(value)
         emails = self.path.parent.parent / "emails"  # <content>/funnels/x.yaml -> <content>/emails
-        missing = [f"{value}.{ext}.j2" for ext in ("html", "txt") if not (emails / f"{value}.{ext}.j2").exists()]
+        missing = [f"{value}.{ext}.j2" for ext in ("html", "txt")
+                   if self.templates and not (emails / f"{value}.{ext}.j2").exists()]
         if missing:
             raise ValueError(f"email template {value!r} not found (missing {', '.join(missing)} in {emails})")
         transactional = raw.get("transactional", False)
@@ -359,12 +361,14 @@ class _Checker:
 
 
 _TOP = {"id", "name", "description", "trigger", "entry", "goals", "exits", "frequency_cap", "quiet_hours",
-        "timezone", "steps", "list"}
+        "timezone", "steps", "list", "status"}
+STATUSES = ("live", "draining")
 
 
-def parse(path: Path) -> tuple[Funnel | None, list[str]]:
-    """One funnel file -> (Funnel, []) or (None, errors)."""
-    c = _Checker(path)
+def parse(path: Path, templates: bool = True) -> tuple[Funnel | None, list[str]]:
+    """One funnel file -> (Funnel, []) or (None, errors). ``templates=False``: its emails need not
+    exist (the copy the compiler keeps of a removed funnel, whose sends name kept versions)."""
+    c = _Checker(path, templates)
     try:
         doc = yaml.load(path.read_text(), Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as exc:
@@ -392,9 +396,13 @@ def parse(path: Path) -> tuple[Funnel | None, list[str]]:
         c.error(doc.line, f"timezone {tz!r} is not an IANA time zone (e.g. Europe/Paris)")
     steps = c.steps(doc.get("steps"), doc.line, "")
     list_name = _list_name(c, doc.get("list"), path, doc.line)
+    status = doc.get("status", "live")
+    if status not in STATUSES:
+        c.error(doc.line, f"status {status!r}: live, or draining (no new entries; people inside finish)")
     funnel = Funnel(id=fid, path=path, name=str(doc.get("name") or fid), description=str(doc.get("description") or ""),
                     trigger=trigger, entry_rule=entry_rule, reenter_after=reenter, goals=goals, exits=exits,
-                    frequency_cap=cap, quiet_hours=quiet, timezone=str(tz), steps=steps, list_name=list_name)
+                    frequency_cap=cap, quiet_hours=quiet, timezone=str(tz), steps=steps, list_name=list_name,
+                    status=str(status))
     _check_references(c, funnel)
     return (None if c.errors else funnel), c.errors
 
@@ -515,6 +523,10 @@ def load_all(directory: Path) -> dict[str, Funnel]:
             if step.kind == "goto" and step.arg not in known:
                 errors.append(f"{funnel.path}:{step.line}: goto: no funnel {step.arg!r} "
                               f"(funnels: {', '.join(sorted(known))})")
+            elif step.kind == "goto" and step.arg in funnels and funnels[step.arg].status == "draining" \
+                    and funnel.status == "live":
+                errors.append(f"{funnel.path}:{step.line}: goto: funnel {step.arg!r} is draining (it takes nobody "
+                              "in): hand off to another funnel")
     if errors:
         raise FunnelError("\n".join(errors))
     return funnels
@@ -522,12 +534,18 @@ def load_all(directory: Path) -> dict[str, Funnel]:
 
 @cache
 def load(funnel_id: str) -> Funnel:
-    """A shipped funnel's settings at run time (the file is in the content layer). A
-    funnel without a file (a one-off step call) gets the defaults."""
-    path = config().content_dir / "funnels" / f"{funnel_id}.yaml"
-    if not _ID.match(funnel_id) or not path.exists():
+    """A shipped funnel's settings at run time (the file is in the content layer; a removed one
+    that drains: the compiler's copy). A funnel without either (a one-off step call) gets the defaults."""
+    path, kept = config().content_dir / "funnels" / f"{funnel_id}.yaml", compiled_copy(config().content_dir, funnel_id)
+    if not _ID.match(funnel_id) or not (path.exists() or kept.exists()):
         return Funnel(id=funnel_id)
-    funnel, errors = parse(path)
+    funnel, errors = parse(path) if path.exists() else parse(kept, templates=False)
     if errors:
         raise FunnelError("\n".join(errors))
     return funnel
+
+
+def compiled_copy(content: Path, funnel_id: str) -> Path:
+    """The funnel file as last compiled, which the compiler keeps beside its state machine: what a
+    removed funnel drains from (compiler.drained)."""
+    return content / "statemachines" / f"{funnel_id}.yaml"

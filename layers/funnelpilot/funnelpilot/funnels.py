@@ -91,7 +91,7 @@ def _claim_condition(entry_rule: str, reenter_after: float) -> str:
 
 
 def enter(*, funnel: str, state_machine_arn: str, entry_rule: str, event: dict,
-          reenter_after: float = 0, start_wait: dict | None = None) -> str | None:
+          reenter_after: float = 0, start_wait: dict | None = None, draining: bool = False) -> str | None:
     """Start the funnel for the event's contact if the entry rule allows; the execution
     name, or None when the contact may not (re-)enter. Safe to repeat.
 
@@ -100,11 +100,16 @@ def enter(*, funnel: str, state_machine_arn: str, entry_rule: str, event: dict,
     the last entry. always: each distinct trigger event (``reenter_after`` still applies
     when > 0); a running execution is stopped and replaced. ``start_wait`` (the compiler's, when
     the machine starts with a computed Wait): its seconds go in the input as ``wait_seconds``.
+    ``draining`` (a funnel being removed, README "Changing a live funnel"): nobody enters; the
+    refusal is counted once per event (``refused_draining`` on the funnel's row).
     """
     if entry_rule not in ENTRY_RULES:
         raise ValueError(f"unknown entry rule {entry_rule!r}")
     detail = event["detail"]
     cid, event_id = detail["contact_id"], detail["event_id"]
+    if draining:
+        metrics.count(funnel, None, {"refused_draining": 1}, once_key=f"refused#{funnel}#{event_id}")
+        return None
     profile = erasure.live(cid, "timezone")
     if profile is None:
         return None  # erased (an event in flight), or never subscribed: nothing is written

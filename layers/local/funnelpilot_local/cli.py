@@ -11,7 +11,7 @@ LOCAL = Path(".local")
 EXAMPLES = {  # shown at the end of each command's --help
     "demo": "funnelpilot demo --contacts 30 --days 14",
     "serve": "funnelpilot serve --port 3000",
-    "funnels": "funnelpilot funnels --check",
+    "funnels": "funnelpilot funnels --plan --stack my-funnelpilot",
     "openapi": "funnelpilot openapi",
     "bulk": "funnelpilot bulk --stack my-funnelpilot --segment hot-leads --tag webinar --wait",
     "report": "funnelpilot report --funnel welcome --from 2026-01-01 --to 2026-01-31",
@@ -70,6 +70,13 @@ def _main(argv: list[str] | None = None) -> int:
     funnels = sub.add_parser("funnels", help="compile infra/funnels/*.yaml to state machines and template.yaml")
     funnels.add_argument("--check", action="store_true", help="change nothing; exit 1 if anything is out of date")
     funnels.add_argument("--root", type=Path, help="project directory (default: this checkout)")
+    funnels.add_argument("--plan", action="store_true",
+                         help="say what changes for the people inside each funnel, per state; write nothing")
+    funnels.add_argument("--stack", help="compare with this deployed stack's state machines and count who is in each "
+                                         "state; a removed funnel nobody is inside is then removed (AWS credentials)")
+    funnels.add_argument("--region", help="AWS region of the stack (default: your AWS configuration's)")
+    funnels.add_argument("--force", action="append", default=[], metavar="FUNNEL",
+                         help="remove a removed funnel's state machine now instead of letting it drain")
     oas = sub.add_parser("openapi", help="write the HTTP API's OpenAPI document (infra/openapi.json) from template.yaml")
     oas.add_argument("--check", action="store_true", help="change nothing; exit 1 if the file is out of date")
     oas.add_argument("--root", type=Path, help="project directory (default: this checkout)")
@@ -157,8 +164,10 @@ def sync_generated(root: Path, target: str, expected: dict[Path, str], stale: li
         if not check:
             if path in stale:
                 path.unlink()
-                if path.parent.name != "statemachines" and not any(path.parent.iterdir()):
-                    path.parent.rmdir()  # a content version's folder, once empty
+                for folder in path.parents:  # a content version's folders, once empty
+                    if "versions" not in folder.relative_to(root).parts[:-1] or any(folder.iterdir()):
+                        break
+                    folder.rmdir()
             else:
                 path.parent.mkdir(parents=True, exist_ok=True)
                 path.write_text(expected[path])
@@ -182,17 +191,54 @@ def funnels_command(args) -> int:
     from funnelpilot_local.runtime import ROOT
 
     root = args.root or ROOT
+    deployed = None
+    if args.stack:
+        import boto3
+
+        from funnelpilot_local import plan
+
+        region = args.region or boto3.session.Session().region_name or "us-east-1"
+        deployed = plan.machine_state(boto3.client("stepfunctions", region_name=region),
+                                      plan.stack_machines(args.stack, region))
     try:
-        expected = compiler.build(root)
+        forced = _forced(root, args.force)
+        running = plan.running(deployed) if deployed is not None else None
+        expected = compiler.build(root, forced, running)
+        draining = compiler.draining(root, forced, running)
     except (FunnelError, WebhookError, compiler.CompileError) as exc:  # funnels', templates', webhooks' mistakes: nothing written
         print(f"funnels: not compiled, fix these first:\n{str(exc).replace(f'{root}/', '')}", file=sys.stderr)
         return 2
+    if args.plan:
+        from funnelpilot_local import plan
+
+        print(plan.report(root, expected, draining, deployed))
+        return 0
     stale = compiler.stale_machines(root, expected) + diagrams.stale(root, expected)
+    if deployed is not None:  # the stack says which old content versions a journey may still send
+        stale += compiler.stale_versions(root, expected, plan.needed(deployed))
     status = sync_generated(root, "funnels", expected, stale, args.check)
+    for fid, why in draining.items():
+        inside = f"{running.get(fid, 0)} journeys" if running is not None else "journeys"
+        print(f"draining: {fid} ({why}): takes nobody in; {inside} inside finish on the definition they started on"
+              + (f" (`funnelpilot funnels --force {fid}` removes it now)" if why.startswith("its file") else ""))
+    for fid in forced:
+        inside = f"{running.get(fid, 0)} journeys" if running is not None else "every journey"
+        print(f"removed: {fid} (--force): the next deploy deletes its state machine and stops {inside} still inside "
+              "at their next transition")
     machines = {p.name.removesuffix(".asl.json"): json.loads(text) for p, text in expected.items()
                 if p.name.endswith(".asl.json")}
     print(compiler.path_table(machines))
     return status
+
+
+def _forced(root: Path, names: list[str]) -> set[str]:
+    """--force names a funnel whose file was removed and that still has a compiled state machine."""
+    for fid in names:
+        if (root / "infra" / "funnels" / f"{fid}.yaml").exists():
+            raise UserError(f"--force {fid}: infra/funnels/{fid}.yaml still exists: remove the file, then force")
+        if not (root / "infra" / "statemachines" / f"{fid}.asl.json").exists():
+            raise UserError(f"--force {fid}: no compiled funnel of that name")
+    return set(names)
 
 
 def openapi_command(args) -> int:

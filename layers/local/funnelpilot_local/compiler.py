@@ -12,6 +12,7 @@ journey quietly. State names are what a person reads in the console: "Send welco
 import hashlib
 import json
 import re
+from dataclasses import replace
 from pathlib import Path
 
 from jinja2 import Environment, TemplateSyntaxError, meta
@@ -19,7 +20,7 @@ from jinja2 import Environment, TemplateSyntaxError, meta
 from funnelpilot.channels import webhooks
 from funnelpilot.channels.webhooks import Subscription
 from funnelpilot.emails import VERSIONS
-from funnelpilot.funnel_spec import Funnel, Step, load_all, walk
+from funnelpilot.funnel_spec import Funnel, Step, compiled_copy, load_all, parse, walk
 
 TASK = "${SequenceStepArn}"
 COMPUTED, START_COMPUTED = "$.last.wait_seconds", "$.wait_seconds"  # computed Waits (_compute_waits)
@@ -571,8 +572,8 @@ def template_block(funnels: dict[str, Funnel]) -> str:
              "              Action: [dynamodb:GetItem, dynamodb:PutItem, dynamodb:UpdateItem, dynamodb:DeleteItem, "
              "dynamodb:ConditionCheckItem, dynamodb:Query]",
              "              Resource: !GetAtt ContactsTable.Arn",
-             "            - Effect: Allow  # entries and exits counted (funnelpilot.metrics: one ADD)",
-             "              Action: [dynamodb:UpdateItem]",
+             "            - Effect: Allow  # entries and exits counted (one ADD); a draining funnel's refusals once per event",
+             "              Action: [dynamodb:PutItem, dynamodb:UpdateItem, dynamodb:DeleteItem]",
              "              Resource: !GetAtt MetricsTable.Arn",
              "            - Effect: Allow",
              "              Action: [states:StartExecution, states:DescribeStateMachine]",
@@ -591,6 +592,8 @@ def template_block(funnels: dict[str, Funnel]) -> str:
         f, lid = funnels[fid], logical_id(fid)[:-len("Funnel")]
         enter = {"route": "enter", "funnel": fid, "entry_rule": f.entry_rule, "reenter_after": int(f.reenter_after),
                  "state_machine": f"${{{logical_id(fid)}}}"}
+        if f.status == "draining":  # the router takes nobody in (funnels.enter); goals and waits still apply
+            enter["draining"] = True
         machine = _Machine(f)
         machine.definition()
         if machine.start_wait:
@@ -765,25 +768,31 @@ def with_webhooks(template_text: str, subs: dict[str, Subscription]) -> str:
 
 
 # ---------------------------------------------------------------- what `make funnels` writes
-def build(root: Path) -> dict[Path, str]:
+def build(root: Path, force=(), running: dict[str, int] | None = None) -> dict[Path, str]:
     """Every file the funnels (and the webhook subscriptions) produce: path -> expected content (the
-    state machines, the copies of the content versions they send, the diagrams, template.yaml).
-    Nothing when a funnel file, a template in use or webhooks.yaml is wrong (``FunnelError`` /
-    ``CompileError`` / ``WebhookError`` listing every problem)."""
+    state machines, the copies of the content versions they send, the diagrams, a copy of each
+    funnel file, template.yaml); a removed funnel's files as they are while it drains (``drained``:
+    ``force``, ``running``). Nothing when a funnel file, a template in use or webhooks.yaml is wrong
+    (``FunnelError`` / ``CompileError`` / ``WebhookError`` listing every problem)."""
     from funnelpilot_local import diagrams
 
     funnels = load_all(root / "infra" / "funnels")
     subjects = check_templates(root, funnels)
-    emails = root / "infra" / "emails"
-    versions = content_versions(emails, {t for f in funnels.values() for t in f.sends()})
-    out = version_files(emails, versions)
+    content, machines = root / "infra", root / "infra" / "statemachines"
+    versions = content_versions(content / "emails", {t for f in funnels.values() for t in f.sends()})
+    out = version_files(content / "emails", versions)
     definitions = {}
     for fid, funnel in funnels.items():
         definitions[fid] = compile_funnel(funnel, {t: versions[t][0] for t in funnel.sends()})
-        out[root / "infra" / "statemachines" / f"{fid}.asl.json"] = to_json(definitions[fid]) + "\n"
+        out[machines / f"{fid}.asl.json"] = to_json(definitions[fid]) + "\n"
+        out[compiled_copy(content, fid)] = KEPT.format(fid=fid) + funnel.path.read_text()
     out |= diagrams.files(root, funnels, definitions, subjects)
+    gone = drained(root, funnels, force, running)
+    for fid in gone:
+        for path in (machines / f"{fid}.asl.json", compiled_copy(content, fid)):
+            out[path] = path.read_text()
     template = root / "template.yaml"
-    text = splice(template.read_text(), template_block(funnels))
+    text = splice(template.read_text(), template_block(funnels | gone))
     out[template] = with_webhooks(text, webhooks.load(root / "infra" / "webhooks.yaml"))
     return out
 
@@ -799,7 +808,50 @@ def check_templates(root: Path, funnels: dict[str, Funnel]) -> dict[str, str]:
     return subjects
 
 
+# ---------------------------------------------------------------- removing a funnel: it drains
+KEPT = ("# generated by `make funnels`: infra/funnels/{fid}.yaml as last compiled, kept so that the funnel drains "
+        "when that file is removed\n# (README \"Changing a live funnel\"); edit that file, not this one\n")
+
+
+def drained(root: Path, live: dict[str, Funnel], force=(), running: dict[str, int] | None = None) -> dict[str, Funnel]:
+    """Removed funnels that drain: a compiled funnel whose file is gone keeps its state machine (as
+    last compiled: its sends name kept content versions) and its router rules, and takes nobody in
+    (``status`` draining), until nobody is inside — ``running`` (journeys per funnel on the deployed
+    stack, when asked) says none — or ``force`` names it."""
+    out = {}
+    for asl in sorted((root / "infra" / "statemachines").glob("*.asl.json")):
+        fid = asl.name.removesuffix(".asl.json")
+        kept = compiled_copy(root / "infra", fid)
+        if fid in live or fid in force or not kept.exists() or MARKER not in asl.read_text():
+            continue
+        if running is not None and not running.get(fid):
+            continue
+        funnel, errors = parse(kept, templates=False)
+        if errors:
+            raise CompileError("\n".join(errors))
+        out[fid] = replace(funnel, status="draining")
+    return out
+
+
+def stale_versions(root: Path, expected: dict[Path, str], needed: set[str]) -> list[Path]:
+    """Files of the content versions that no compiled definition names and that a deployed stack
+    no longer sends (``needed``: its definitions', and those its running executions started on)."""
+    folder = root / "infra" / "emails" / VERSIONS
+    named = {v for path, text in expected.items() if path.name.endswith(".asl.json")
+             for v in referenced_versions(json.loads(text))}
+    return [p for d in sorted(folder.glob("*@*")) if d.name not in named | needed for p in sorted(d.rglob("*"))
+            if p.is_file()]
+
+
+def draining(root: Path, force=(), running: dict[str, int] | None = None) -> dict[str, str]:
+    """funnel -> why it drains: its file says ``status: draining``, or was removed (``drained``)."""
+    funnels = load_all(root / "infra" / "funnels")
+    marked = {fid: "status: draining" for fid, f in funnels.items() if f.status == "draining"}
+    return marked | {fid: "its file was removed" for fid in drained(root, funnels, force, running)}
+
+
 def stale_machines(root: Path, expected: dict[Path, str]) -> list[Path]:
-    """Compiled files whose funnel file is gone."""
-    return [p for p in (root / "infra" / "statemachines").glob("*.asl.json")
-            if p not in expected and MARKER in p.read_text()]
+    """Compiled files of a funnel that is gone (removed and drained, or forced)."""
+    machines = root / "infra" / "statemachines"
+    return [p for p in sorted(machines.glob("*.asl.json")) + sorted(machines.glob("*.yaml"))
+            if p not in expected and (MARKER in p.read_text() or p.read_text().startswith(KEPT[:40]))]

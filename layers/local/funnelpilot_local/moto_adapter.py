@@ -68,6 +68,9 @@
    default account, as it does for any access key it has not issued; a presigned URL is
    still signed), and moto lists a response class's methods once (``inspect.getmembers``
    at every request, ~5% of a call).
+18. ``StepFunctionResponse.describe_state_machine_for_execution``: the definition the execution
+   runs (moto's start-time copy), not the machine's current one (`funnels --stack` prunes content
+   versions by what running executions still send).
 """
 import copy
 import functools
@@ -130,6 +133,7 @@ def install(invoker: Invoker, deliverer: Deliverer) -> None:
     execution_worker.ExecutionWorker._get_evaluation_entrypoint = _entrypoint
     sfn_models.AmazonStateLanguageParser = _CachedParser
     StepFunctionResponse.get_execution_history = _execution_history
+    StepFunctionResponse.describe_state_machine_for_execution = _state_machine_for_execution
     if not hasattr(execution_worker.ExecutionWorker, "_fp_execution_logic"):
         execution_worker.ExecutionWorker._fp_execution_logic = execution_worker.ExecutionWorker._execution_logic
         execution_worker.ExecutionWorker._execution_logic = _execution_logic_as_role
@@ -198,6 +202,18 @@ def _execution_history(self):
     if self._get_param("maxResults"):
         events = events[:int(self._get_param("maxResults"))]
     return ActionResult({**history, "events": events})
+
+
+def _state_machine_for_execution(self):
+    """The definition the execution runs: moto keeps each execution's start-time copy of its state
+    machine, but describes the machine as it is now (after an UpdateStateMachine, not what the
+    execution runs; AWS answers with the execution's)."""
+    arn = self._get_param("executionArn")
+    machine = self.stepfunction_backend.describe_state_machine_for_execution(arn)  # ResourceNotFound if none
+    execution = next(e for e in machine.executions if e.exec_arn == arn)
+    return ActionResult({"stateMachineArn": machine.arn, "name": machine.name,
+                         "definition": execution.state_machine.definition, "roleArn": execution.role_arn,
+                         "updateDate": machine.update_date})
 
 
 dynamodb_observer = None  # strict mode (aws_rules.dynamodb): told when moto starts and ends a request
