@@ -37,7 +37,7 @@ def lifecycle_usage(days: int, contacts: int = 400) -> dict:
     per_email = {"lambda_requests": 10, "lambda_gb_seconds": 0.25, "stepfunctions_transitions": 3.5,
                  "dynamodb_wru": 30, "dynamodb_rru": 7, "eventbridge_events": 5, "ses_emails": 1.02,
                  "http_requests": 1, "ssm_reads": 0.01, "secrets_calls": 0, "scheduler_invocations": 0.01,
-                 "sqs_requests": 0, "log_bytes": 6000, "emf_bytes": 600}
+                 "sqs_requests": 0, "sms_message_parts": 0.01, "log_bytes": 6000, "emf_bytes": 600}
     return {"version": costs.USAGE_VERSION, "contacts": contacts, "days": days, "emails": emails,
             "totals": {k: v * sent for k, v in per_email.items()},
             "stored_bytes": {"ContactsTable": 12_000 * contacts, "MetricsTable": 2_000 * contacts},

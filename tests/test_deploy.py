@@ -192,11 +192,13 @@ NAME_PROPERTIES = {
     "AWS::DynamoDB::Table": "TableName", "AWS::SQS::Queue": "QueueName", "AWS::SNS::Topic": "TopicName",
     "AWS::SecretsManager::Secret": "Name", "AWS::KMS::Alias": "AliasName", "AWS::Logs::LogGroup": "LogGroupName",
     "AWS::S3::Bucket": "BucketName",  # global: leave it unnamed (CloudFormation generates one)
+    "AWS::SMSVOICE::ConfigurationSet": "ConfigurationSetName",
 }
 # Named inside another resource of the stack, or not unique by name at all.
 NOT_ACCOUNT_SCOPED = {"AWS::ApiGatewayV2::Api", "AWS::ApiGatewayV2::Stage", "AWS::Lambda::Permission",
                       "AWS::Lambda::EventInvokeConfig", "AWS::SES::ConfigurationSetEventDestination",
-                      "AWS::SNS::Subscription", "AWS::SQS::QueuePolicy", "AWS::Lambda::EventSourceMapping"}
+                      "AWS::SNS::Subscription", "AWS::SQS::QueuePolicy", "AWS::Lambda::EventSourceMapping",
+                      "AWS::SNS::TopicPolicy"}
 
 
 @pytest.fixture(scope="module")
@@ -238,8 +240,10 @@ def physical_names(translated: dict, stack: str, **parameters) -> set[tuple[str,
 
 
 def test_two_stacks_in_one_account_name_nothing_alike(translated):
-    a = physical_names(translated, "shop-a", CreateDashboard="true")
-    b = physical_names(translated, "shop-b", SenderIdentity="existing", CreateDashboard="true")  # reuses the sender
+    sms = "arn:aws:sms-voice:us-east-1:123456789012:phone-number/phone-0123456789abcdef0123456789abcdef"
+    a = physical_names(translated, "shop-a", CreateDashboard="true", SmsOriginationIdentity=sms)
+    b = physical_names(translated, "shop-b", SenderIdentity="existing", CreateDashboard="true",  # reuses the sender
+                       SmsOriginationIdentity=sms)  # and the SMS number: its configuration set and topic are the stack's
     assert {scope for scope, _ in a} >= {"AWS::Events::EventBus", "group default", "AWS::Scheduler::ScheduleGroup",
                                          "AWS::SSM::Parameter", "AWS::StepFunctions::StateMachine",
                                          "AWS::CloudWatch::Dashboard", "AWS::SES::EmailIdentity",

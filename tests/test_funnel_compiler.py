@@ -132,7 +132,7 @@ def test_one_state_per_step_and_the_last_task_closes_the_journey():
         budget -= sum(len(run) - 1 for seq in _sequences(funnel.steps) for run in compiler._runs(seq))
         # the quiet-hours detour of a marketing send (2 states, off the common path); a funnel
         # starting with one waits first (a Wait the router computes)
-        marketing = [s for s in steps if s.kind == "send" and funnel.quiet_hours and not s.transactional]
+        marketing = [s for s in steps if s.kind in ("send", "sms") and funnel.quiet_hours and not s.transactional]
         budget += 2 * len(marketing) + (funnel.steps[0] in marketing)
         budget += sum(1 for s in states.values() if s.get("Parameters", {}).get("wait", {}).get("until")
                       and s["Parameters"]["action"] == "until")  # a `wait: {until}` no Task precedes

@@ -99,8 +99,8 @@ def test_request_bodies_match_what_the_functions_read():
     schemas = DOC["components"]["schemas"]
     signup = schemas["Signup"]
     assert set(signup["required"]) == {"email", "consent"}
-    assert {"email", "consent", "list", "first_name", "lead_magnet", "timezone", "redirect", "website",
-            *contacts.UTM_KEYS} == set(signup["properties"])
+    assert {"email", "consent", "list", "first_name", "lead_magnet", "timezone", "redirect", "website", "phone",
+            "sms_consent", *contacts.UTM_KEYS} == set(signup["properties"])
     body = DOC["paths"]["/signup"]["post"]["requestBody"]["content"]
     assert set(body) == {"application/json", "application/x-www-form-urlencoded"}
     assert {o["$ref"].rsplit("/", 1)[1] for o in schemas["Event"]["oneOf"]} == {"PageViewed", "OrderPlaced", "Custom"}

@@ -31,6 +31,8 @@ class Config:
     scheduler_role_arn: str = ""  # role Scheduler assumes to put events on the bus
     bus_arn: str = ""
     sales_webhook: bool = False  # SalesWebhookUrl set: sales alerts also go to it (channels.alerts)
+    sms_origination: str = ""  # phone number or pool ARN SMS are sent from; empty: SMS off (channels.sms)
+    sms_configuration_set: str = ""  # its delivery events go to the stack's SNS topic
 
 
 @cache
@@ -61,4 +63,6 @@ def config() -> Config:
         scheduler_role_arn=env("SCHEDULER_ROLE_ARN", ""),
         bus_arn=env("BUS_ARN", ""),
         sales_webhook=env("SALES_WEBHOOK", "") == "on",
+        sms_origination=env("SMS_ORIGINATION_IDENTITY", ""),
+        sms_configuration_set=env("SMS_CONFIGURATION_SET", ""),
     )

@@ -8,6 +8,7 @@ from urllib.parse import urlsplit
 
 from funnelpilot import aws, bus, clock, outbox, ratelimit, tokens, urls
 from funnelpilot.audience import fields as custom_fields
+from funnelpilot.channels.phone import parse_phone
 from funnelpilot.config import config
 from funnelpilot.consent import list_settings, require_list
 from funnelpilot.errors import InvalidField, RateLimited
@@ -24,7 +25,7 @@ UTM_KEYS = ("utm_source", "utm_medium", "utm_campaign", "utm_term", "utm_content
 DEFAULT_LIST = "newsletter"
 # What a signup form may send besides the custom fields declared in infra/fields.yaml.
 SIGNUP_FIELDS = {"email", "list", "first_name", "consent", "consent_version", "lead_magnet", "redirect", "timezone",
-                 "website", *UTM_KEYS}
+                 "website", "phone", "sms_consent", *UTM_KEYS}
 
 
 @dataclass(frozen=True)
@@ -38,6 +39,8 @@ class Signup:
     timezone: str | None = None
     properties: dict = field(default_factory=dict)  # custom fields (funnelpilot.audience.fields)
     consent_version: str | None = None
+    phone: str | None = None  # E.164 (funnelpilot.channels.phone)
+    sms_consent: bool = False  # its own checkbox: email consent never implies SMS consent
     is_bot: bool = False
 
 
@@ -77,13 +80,16 @@ def _text(fields: dict, name: str, max_len: int) -> str | None:
     return value or None
 
 
+def _checked(value) -> bool:
+    return value is True or (isinstance(value, str) and value.strip().lower() in _TRUE)
+
+
 def parse_signup(fields: dict) -> Signup:
     """Validate a signup form (JSON or form-encoded, already decoded to a dict)."""
     if _text(fields, "website", 2000):  # honeypot: humans never see this field
         return Signup(email="", is_bot=True)
     email = parse_email(_text(fields, "email", 254))
-    consent = fields.get("consent")
-    if not (consent is True or (isinstance(consent, str) and consent.strip().lower() in _TRUE)):
+    if not _checked(fields.get("consent")):
         raise InvalidField("consent", "consent must be given (true)")
     list_name = (_text(fields, "list", 64) or DEFAULT_LIST).lower()
     if not _SLUG.match(list_name):
@@ -100,6 +106,10 @@ def parse_signup(fields: dict) -> Signup:
     utm = {k: v for k in UTM_KEYS if (v := _text(fields, k, 200))}
     properties = custom_fields.parse({k: v for k, v in fields.items() if k not in SIGNUP_FIELDS})
     consent_version = custom_fields.check_consent_version(_text(fields, "consent_version", 32))
+    phone = parse_phone(_text(fields, "phone", 32))
+    sms_consent = _checked(fields.get("sms_consent"))
+    if sms_consent and not phone:
+        raise InvalidField("phone", "phone is required for SMS consent")
     return Signup(
         email=email,
         list_name=list_name,
@@ -110,6 +120,8 @@ def parse_signup(fields: dict) -> Signup:
         timezone=timezone,
         properties=properties,
         consent_version=consent_version,
+        phone=phone,
+        sms_consent=sms_consent,
     )
 
 
@@ -181,7 +193,8 @@ def subscribe(signup: Signup, *, ip: str, user_agent: str | None, at: float, pag
         status, kind, confirmation = _next_status(seen, double_opt_in)
         consent = _consent_record(cid, f"CONSENT#{now}#{signup.list_name}", list_name=signup.list_name,
                                   source=consent_source(page), ip=ip, user_agent=user_agent, given_at=now,
-                                  confirmation=confirmation, wording_version=signup.consent_version)
+                                  confirmation=confirmation, wording_version=signup.consent_version,
+                                  sms="given" if signup.sms_consent else None)
         items = [*(update for *_, update in limits), _profile_update(signup, cid, now, seen, status, has_properties),
                  {"Put": {"TableName": config().table, "Item": consent}}]
         if kind == "pending":
@@ -249,6 +262,15 @@ def _profile_update(signup: Signup, cid: str, now: str, seen: str | None, status
     if signup.lead_magnet:
         adds.append("lead_magnets :magnet")
         values[":magnet"] = {"SS": [signup.lead_magnet]}
+    removes = []
+    if signup.phone:  # the form showed the SMS checkbox: its state is the number's consent (given anew, or not)
+        sets.append("phone = :phone")
+        values[":phone"] = {"S": signup.phone}
+        if signup.sms_consent:
+            sets.append("sms_consent_at = :now")
+            removes.append("sms_opted_out_at")  # the service's own opt-out list still decides (channels.sms)
+        else:
+            removes.append("sms_consent_at")
     if signup.timezone:
         sets.append("#tz = :tz")  # a DynamoDB reserved word
         names["#tz"] = "timezone"
@@ -269,7 +291,7 @@ def _profile_update(signup: Signup, cid: str, now: str, seen: str | None, status
             sets.append("#p = :props")
             values[":props"] = {"M": {k: custom_fields.attribute(v) for k, v in signup.properties.items()}}
             condition += " AND attribute_not_exists(#p)"
-    expression = f"SET {', '.join(sets)} ADD {', '.join(adds)}"
+    expression = f"SET {', '.join(sets)} ADD {', '.join(adds)}" + (f" REMOVE {', '.join(removes)}" if removes else "")
     return {"Update": {"TableName": config().table, "Key": {"pk": {"S": cid}, "sk": {"S": PROFILE}},
                        "UpdateExpression": expression, "ExpressionAttributeNames": names,
                        "ExpressionAttributeValues": values, "ReturnValuesOnConditionCheckFailure": "ALL_OLD",

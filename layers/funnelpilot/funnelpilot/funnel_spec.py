@@ -23,9 +23,9 @@ contact.erased contact.updated contact.tagged contact.untagged contact.inactive 
 email.delivered email.opened email.clicked email.bounced email.complained page.viewed order.placed score.changed
 lead.qualified customer.vip customer.repurchase_due segment.entered segment.left
 funnel.converted funnel.handoff sales.notify""".split())
-ACTIONS = ("send", "wait", "wait_for", "if", "split", "tag", "untag", "set", "score", "notify", "webhook", "goto",
+ACTIONS = ("send", "sms", "wait", "wait_for", "if", "split", "tag", "untag", "set", "score", "notify", "webhook", "goto",
            "exit", "suppress")
-_EXTRA_KEYS = {"send": {"transactional"}, "if": {"then", "else"}, "wait_for": {"timeout", "then", "else"}}
+_EXTRA_KEYS = {"send": {"transactional"}, "sms": {"segments"}, "if": {"then", "else"}, "wait_for": {"timeout", "then", "else"}}
 # Conditions of ``if``: engagement with this funnel's emails, plus every segment condition.
 ENGAGEMENT = ("clicked", "opened")
 PROFILE_CONDITIONS = ("segment", "tag", "not_tag", "list", "lead_magnet", "property", "status", "score", "loyalty",
@@ -67,6 +67,7 @@ class Step:
     line: int
     name: str | None = None  # the marketer's own state name
     transactional: bool = False
+    segments: int = 1  # sms: the most segments its text may take
     timeout: float | None = None  # wait_for, seconds
     then: tuple["Step", ...] = ()
     otherwise: tuple["Step", ...] = ()
@@ -194,6 +195,30 @@ class _Checker:
         if not isinstance(transactional, bool):
             raise ValueError("transactional is true or false")
         return Step("send", value, line, name, transactional=transactional)
+
+    def _sms(self, value, raw, line, where, name):
+        """A text in <content>/sms/, checked with the longest values it may meet: at most ``segments``
+        (default 1) segments of 160 GSM-7 / 70 UCS-2 characters, and it says how to opt out (STOP)."""
+        from funnelpilot.channels import sms  # it loads funnels at run time
+
+        if not isinstance(value, str) or not _TEMPLATE.match(value):
+            raise ValueError("sms names a text template, e.g. `sms: engagement-call`")
+        content = self.path.parent.parent
+        path = content / "sms" / f"{value}.txt.j2"
+        if not path.exists():
+            raise ValueError(f"SMS template {value!r} not found (missing {path.name} in {path.parent})")
+        allowed = raw.get("segments", sms.MAX_SEGMENTS)
+        if not isinstance(allowed, int) or isinstance(allowed, bool) or not 1 <= allowed <= 10:
+            raise ValueError("segments is a whole number from 1 to 10")
+        size = sms.longest(value, content)
+        if size["segments"] > allowed:
+            single, part = sms.SEGMENT[size["encoding"]]
+            raise ValueError(f"SMS {value!r} is {size['units']} {size['encoding']} characters at its longest: "
+                             f"{size['segments']} segments (one holds {single}, each of a longer text {part}); "
+                             f"shorten it or allow `segments: {size['segments']}`")
+        if "stop" not in path.read_text().lower():
+            raise ValueError(f"SMS {value!r} must say how to opt out, e.g. 'Reply STOP to opt out'")
+        return Step("sms", value, line, name, segments=allowed)
 
     def _wait(self, value, raw, line, where, name):
         if isinstance(value, dict):

@@ -82,7 +82,8 @@ def count(funnel: str, step: str | None, metrics: dict[str, int], *, once_key: s
 _REASON = re.compile(r"[^a-z0-9_]+")
 # Exact names, so the report and dashboards can rely on them.
 STEP_METRICS = ("entered", "sent", "blocked", "delivered", "bounced", "complained", "human_opens",
-                "machine_opens", "human_clicks", "machine_clicks", "conversions", "unsubscribes")
+                "machine_opens", "human_clicks", "machine_clicks", "conversions", "unsubscribes",
+                "sms_sent", "sms_delivered", "sms_failed")
 
 
 def counters_for(detail_type: str, detail: dict) -> tuple[dict[str, int], str] | None:
@@ -94,7 +95,12 @@ def counters_for(detail_type: str, detail: dict) -> tuple[dict[str, int], str] |
     mid, eid = detail.get("message_id"), detail["event_id"]
     if detail_type == "email.sent":
         return {"sent": 1, "entered": 1}, f"sent#{mid or eid}"
-    if detail_type == "email.blocked":
+    if detail_type == "sms.sent":  # an SMS step's (funnelpilot.channels.sms); its deliveries come from sms_feedback
+        return {"sms_sent": 1, "entered": 1}, f"sent#{mid or eid}"
+    if detail_type in ("sms.delivered", "sms.failed"):
+        name = detail_type.replace(".", "_")
+        return {name: 1}, f"{name}#{mid or eid}"
+    if detail_type in ("email.blocked", "sms.blocked"):
         reason = _REASON.sub("_", str(detail.get("reason") or "unknown").lower()).strip("_")[:40] or "unknown"
         return {"blocked": 1, f"blocked_{reason}": 1, "entered": 1}, f"blocked#{mid or eid}"
     if detail_type in ("email.delivered", "email.bounced", "email.complained"):

@@ -73,6 +73,11 @@ class Contact(Item):
     properties = MapAttribute(default=dict)
     utm = MapAttribute(default=dict)
     timezone = UnicodeAttribute(null=True)
+    # SMS (funnelpilot.channels.sms): an E.164 number, its own consent (never implied by the email's),
+    # and the opt-out the SMS service reported for it (a STOP reply puts the number on its opt-out list)
+    phone = UnicodeAttribute(null=True)
+    sms_consent_at = UnicodeAttribute(null=True)
+    sms_opted_out_at = UnicodeAttribute(null=True)
     created_at = UnicodeAttribute(null=True)
     updated_at = UnicodeAttribute(null=True)
     confirmed_at = UnicodeAttribute(null=True)  # double opt-in done
@@ -125,6 +130,7 @@ class ConsentRecord(Item):
     confirmation = UnicodeAttribute(null=True)
     confirmed_at = UnicodeAttribute(null=True)
     wording_version = UnicodeAttribute(null=True)  # the consent wording the form showed (infra/fields.yaml)
+    sms = UnicodeAttribute(null=True)  # "given": the form's SMS checkbox was ticked too (funnelpilot.channels.sms)
 
 
 class FunnelEntry(Item):
@@ -149,10 +155,11 @@ class FunnelEntry(Item):
 
 
 class Message(Item):
-    """sk = MSG#<message id>: one email to one contact, with the links it carries."""
+    """sk = MSG#<message id>: one email (or SMS, ``channel``) to one contact, with the links it carries."""
 
     Meta = _Meta
     message_id = UnicodeAttribute()
+    channel = UnicodeAttribute(null=True)  # None: email; "sms" (funnelpilot.channels.sms)
     funnel = UnicodeAttribute(null=True)
     step = UnicodeAttribute(null=True)
     template = UnicodeAttribute()
@@ -164,6 +171,7 @@ class Message(Item):
     lease_until = NumberAttribute(null=True)  # sending: the attempt that claimed it owns it until then
     links = UnicodeAttribute(null=True)  # JSON list of URLs, indexed by click tokens
     ses_message_id = UnicodeAttribute(null=True)
+    sms_message_id = UnicodeAttribute(null=True)  # the MessageId SendTextMessage answered
     created_at = UnicodeAttribute()
     sent_at = UnicodeAttribute(null=True)
     # Written by the tracking and SES feedback handlers (low-level client, see engagement.py).

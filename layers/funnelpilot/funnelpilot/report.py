@@ -188,6 +188,9 @@ def table(report: dict) -> str:
             blocked[reason] = blocked.get(reason, 0) + n
     if blocked:
         out.append("  blocked: " + ", ".join(f"{r} {n}" for r, n in sorted(blocked.items())))
+    texts = {k: sum(s[f"sms_{k}"] for s in report["steps"]) for k in ("sent", "delivered", "failed")}
+    if any(texts.values()):
+        out.append("  SMS: " + ", ".join(f"{k} {n}" for k, n in texts.items()))
     for v in report["variants"]:
         out.append(f"  A/B {v['step']} [{v['variant']}]: sent {v['sent']}, open {_fmt_pct(v['open_rate'])}, "
                    f"click {_fmt_pct(v['click_rate'])}, conv {_fmt_pct(v['conversion_rate'])}")

@@ -21,6 +21,7 @@ from pynamodb.exceptions import DoesNotExist, PutError, UpdateError
 from funnelpilot import (aws, bus, clock, consent, emails, funnel_spec, funnels, metrics, preferences, scoring, segments,
                          sendtime, tokens)
 from funnelpilot.audience import fields as custom_fields
+from funnelpilot.channels import sms
 from funnelpilot.config import config
 from funnelpilot.errors import FunnelLeft, QuietHours, RecipientRejected, TemplateError, TransientError, transient
 from funnelpilot.models import PROFILE, Contact, Message, is_conditional_failure
@@ -101,19 +102,19 @@ def _email_fields(step: dict, message_id: str) -> dict:
     return fields
 
 
-def _blocked(step: dict, message_id: str, reason: str, detail: str | None = None) -> dict:
-    """Emit ``email.blocked`` (same event id on a retry) and end the journey if the reason says so."""
+def _blocked(step: dict, message_id: str, reason: str, detail: str | None = None, channel: str = "email") -> dict:
+    """Emit ``email.blocked`` (``sms.blocked``; same event id on a retry) and end the journey if the reason says so."""
     extra = {"detail": detail} if detail else {}
-    bus.publish(bus.event("email.blocked", step["contact_id"], event_id=tokens.digest_id("eb", message_id),
+    bus.publish(bus.event(f"{channel}.blocked", step["contact_id"], event_id=tokens.digest_id("eb", message_id),
                           reason=reason, **extra, **_email_fields(step, message_id)))
     if reason in LEAVES:
         raise FunnelLeft(reason)
     return {"message_id": message_id, "status": "blocked", "reason": reason, **extra}
 
 
-def _sent(step: dict, message_id: str) -> dict:
-    """Emit ``email.sent`` (same event id on a retry: consumers count it once)."""
-    bus.publish(bus.event("email.sent", step["contact_id"], event_id=tokens.digest_id("es", message_id),
+def _sent(step: dict, message_id: str, channel: str = "email") -> dict:
+    """Emit ``email.sent`` (``sms.sent``; same event id on a retry: consumers count it once)."""
+    bus.publish(bus.event(f"{channel}.sent", step["contact_id"], event_id=tokens.digest_id("es", message_id),
                           **_email_fields(step, message_id)))
     return {"message_id": message_id, "status": "sent"}
 
@@ -200,10 +201,10 @@ def compose(contact: Contact, template: str, message_id: str, *, version: str | 
     return links, emails.build_mime(to=contact.email, rendered=rendered, message_id=message_id, headers=headers)
 
 
-def _mark_sent(message: Message, ses_id: str) -> None:
-    """SES accepted the email: mark it sent. The one write whose loss would make a retry send
-    again, so it is retried here too (transient errors, full jitter) before giving up."""
-    actions = [Message.status.set("sent"), Message.ses_message_id.set(ses_id), Message.sent_at.set(clock.iso()),
+def _mark_sent(message: Message, ses_id: str, id_attribute=Message.ses_message_id) -> None:
+    """SES (or the SMS service: ``id_attribute``) accepted the message: mark it sent. The one write whose loss
+    would make a retry send again, so it is retried here too (transient errors, full jitter) before giving up."""
+    actions = [Message.status.set("sent"), id_attribute.set(ses_id), Message.sent_at.set(clock.iso()),
                Message.lease_until.remove()]
     for attempt in range(4):
         try:
@@ -546,7 +547,7 @@ def _cause(cause: str | None) -> str | None:
         return cause
 
 
-ACTIONS = {"send": send, "check": check, "split": split, "wait_for": wait_for, "until": until, "tag": tag,
+ACTIONS = {"send": send, "sms": sms.send, "check": check, "split": split, "wait_for": wait_for, "until": until, "tag": tag,
            "untag": untag, "set": set_properties, "score": score, "notify": notify, "webhook": webhook, "goto": goto,
            "suppress": suppress, "steps": steps, "complete": complete, "fail": fail}
 

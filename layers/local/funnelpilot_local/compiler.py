@@ -109,8 +109,8 @@ class _Machine:
 
     def _roles(self, step: Step) -> dict[str, str]:
         k, a = step.kind, step.arg
-        if k == "send":
-            roles = {"main": f"Send {a}"}
+        if k in ("send", "sms"):  # an SMS is sent as an email is: one Task, the same quiet-hours detour
+            roles = {"main": f"Send {a}" if k == "send" else f"Send SMS {a}"}
             if self.f.quiet_hours and not step.transactional:
                 roles |= {"hold": f"Quiet hours: time until {a} may go", "quiet": f"Wait out quiet hours ({a})"}
                 if step is self.f.steps[0]:
@@ -187,7 +187,7 @@ class _Machine:
     def step(self, step: Step, nxt: str | None, variant: str | None) -> str:
         names, k, a = self.names[id(step)], step.kind, step.arg
         main = names["main"]
-        if k == "send":
+        if k in ("send", "sms"):
             params = {"template": a, "lead_magnet.$": "$.lead_magnet"}  # the trigger's, for the template
             if a in self.versions:
                 params["version"] = self.versions[a]
@@ -200,7 +200,7 @@ class _Machine:
                 catches = ({"ErrorEquals": ["QuietHours"], "ResultPath": "$.last", "Next": names["hold"]},)
                 self._task(names["hold"], "until", {"wait": {"quiet": True}}, names["quiet"])
                 self.states[names["quiet"]] = {"Type": "Wait", "SecondsPath": COMPUTED, "Next": main}
-            self._task(main, "send", params, nxt, can_complete=True, catches=catches)
+            self._task(main, k, params, nxt, can_complete=True, catches=catches)
             if "start" in names:
                 self.waits[names["start"]] = {"quiet": True}
                 self.states[names["start"]] = {"Type": "Wait", "SecondsPath": START_COMPUTED, "Next": main}
@@ -264,7 +264,7 @@ class _Machine:
                 continue
             seen.add(name)
             params = state.get("Parameters") or {}
-            if params.get("action") == "send" and not params.get("transactional"):
+            if params.get("action") in ("send", "sms") and not params.get("transactional"):
                 return True
             stack += _targets(state, catches=False)
         return False
@@ -492,8 +492,8 @@ def _path_cost(states: dict, trail: tuple[str, ...]) -> dict:
         if state["Type"] == "Wait" or state.get("Resource") == WAIT_FOR_TOKEN:
             covered = state.get("SecondsPath") in (COMPUTED, START_COMPUTED)
         params = state.get("Parameters") or {}
-        if params.get("action") == "send":
-            emails += 1
+        if params.get("action") in ("send", "sms"):
+            emails += params["action"] == "send"  # an SMS is no email, but meets quiet hours as one
             if any(c["ErrorEquals"] == ["QuietHours"] for c in state["Catch"]) and not covered:
                 exposed += 1
     return {"states": list(trail), "end": trail[-1], "transitions": len(trail), "emails": emails,

@@ -44,7 +44,7 @@ PRICES = ROOT / "infra" / "prices.yaml"
 DAY, MONTH_DAYS = 86_400, 30
 # Lambda writes START, END and REPORT lines for every invocation (text format), about this many bytes.
 PLATFORM_LOG_BYTES = 330
-USAGE_VERSION = 2
+USAGE_VERSION = 3  # 3: sms_message_parts, api_destination_invocations
 
 
 class Meter:
@@ -192,6 +192,10 @@ class Meter:
             self.units["schedules"] += 1  # a one-time schedule: one invocation
         elif service == "sqs" and operation.startswith("SendMessage"):
             self.units["sqs_requests"] += 1
+        elif service == "pinpoint-sms-voice-v2" and operation == "SendTextMessage":
+            from funnelpilot.channels.sms import measure
+
+            self.units["sms_parts"] += measure(params.get("MessageBody", ""))["segments"]  # billed per part
 
     def transitions(self) -> int:
         sfn = self.rt.client("stepfunctions")
@@ -235,6 +239,7 @@ class Meter:
                   "ses_emails": self.units["emails"], "http_requests": self.http_requests,
                   "ssm_reads": self.units["ssm_reads"], "secrets_calls": self.units["secrets_calls"],
                   "scheduler_invocations": self.units["schedules"], "sqs_requests": self.units["sqs_requests"],
+                  "sms_message_parts": self.units["sms_parts"],
                   "log_bytes": self.log_bytes + PLATFORM_LOG_BYTES * requests, "emf_bytes": self.emf_bytes,
                   "api_destination_invocations": len(self.rt.api_destinations.attempts)}
         return {"version": USAGE_VERSION, "contacts": contacts, "days": days, "totals": totals,
@@ -300,7 +305,9 @@ RESOURCE_BILLING = {
     "AWS::SES::ConfigurationSetEventDestination": "free",  # events to the default bus: AWS service events are free
     "AWS::SQS::Queue": "usage",  # requests (dead letters only)
     "AWS::SQS::QueuePolicy": "free",
-    "AWS::SNS::Topic": "free",  # alarm notifications: a handful a month (1,000 emails free)
+    "AWS::SNS::Topic": "free",  # alarm notifications (1,000 emails free); SMS delivery events: deliveries to Lambda free
+    "AWS::SNS::TopicPolicy": "free",
+    "AWS::SMSVOICE::ConfigurationSet": "free",  # its texts: usage (per message part); the number: template_lines
     "AWS::SNS::Subscription": "free",
     "AWS::CloudWatch::Alarm": "fixed",
     "AWS::CloudWatch::Dashboard": "fixed",
@@ -405,6 +412,10 @@ def template_lines(t, monthly: dict, prices: dict) -> list[dict]:
         for event in t.properties(lid).get("Events", {}).values():
             if event["Type"] in ("Schedule", "ScheduleV2"):
                 fixed_runs += _occurrences_per_month(t.resolve(event["Properties"]["ScheduleExpression"]))
+    sms_on = t.condition("HasSms")
+    line("SMS origination number", 1 if sms_on else 0, "sms_us_toll_free_number",
+         "SmsOriginationIdentity: leased outside the stack (assumed a US toll-free number)" if sms_on else
+         "off (SmsOriginationIdentity empty)")
     line("EventBridge Scheduler invocations", fixed_runs + monthly["scheduler_invocations"], "scheduler_invocation",
          "template schedules + one-time repurchase reminders")
     return lines
@@ -427,6 +438,7 @@ USAGE_LINES = [  # (usage key, price key, label)
     ("sqs_requests", "sqs_request", "SQS requests"),
     ("secrets_calls", "secrets_manager_api_call", "Secrets Manager calls"),
     ("api_destination_invocations", "eventbridge_api_destination_invocation", "EventBridge API destination calls"),
+    ("sms_message_parts", "sms_us_message_part", "SMS to the US (message parts)"),
 ]
 
 

@@ -49,6 +49,7 @@ SCANNER = "Mozilla/5.0 (compatible; Mimecast URL Protect)"
 LINK = re.compile(r"http://127\.0\.0\.1:3000(/[oc]/[A-Za-z0-9_\-.]+)")
 CONFIRM = re.compile(r"http://127\.0\.0\.1:3000(/confirm/[A-Za-z0-9_\-.]+)")
 CONFIRMS = 0.9  # share of people who click the double opt-in link (the others never hear from us again)
+PHONES, SMS_CONSENTS = 0.3, 0.7  # share giving a mobile number at signup; of those, share ticking the SMS box
 
 
 @dataclass
@@ -64,6 +65,8 @@ class Person:
     bounces: bool  # the address does not exist
     quiet_after: float  # from then on this person reads (almost) nothing
     interest: int  # which topic link they pick
+    phone: str | None = None  # given at signup (a fictional 555-01xx number), SMS consent ticked or not
+    sms_consent: bool = False
     emails: int = 0
     orders: int = 0
     unsubscribed: bool = False
@@ -86,6 +89,9 @@ def audience(seed: int, size: int, days: int) -> list[Person]:
             lead_magnet="starter-guide" if r.random() < 0.6 else None, signup_at=signup_at, profile=profile,
             apple_mail=r.random() < 0.35, scanner=r.random() < 0.08, bounces=r.random() < 0.02,
             quiet_after=signup_at + r.uniform(7, 40) * DAY, interest=r.randrange(3)))
+        sms = rng_for(seed, "phone", i)  # a generator of its own: the draws above stay what they were
+        if sms.random() < PHONES:
+            people[-1].phone, people[-1].sms_consent = f"+1415555{100 + i % 100:04d}", sms.random() < SMS_CONSENTS
     return people
 
 
@@ -122,6 +128,8 @@ class Simulation:
         form = {"email": p.email, "first_name": p.first_name, "consent": "true", **p.utm}
         if p.lead_magnet:
             form["lead_magnet"] = p.lead_magnet
+        if p.phone:
+            form |= {"phone": p.phone, **({"sms_consent": "on"} if p.sms_consent else {})}
         # each from their own address (the signup limit per IP is for list bombing, not for an audience)
         digest = hashlib.sha256(p.email.encode()).digest()
         ip = f"10.{digest[0]}.{digest[1]}.{digest[2] or 1}"
@@ -349,7 +357,8 @@ def simulate(seed: int = 7, contacts: int = 200, days: int = 60, state_dir: Path
     state_dir = Path(state_dir or ROOT / ".local")
     with Runtime(stepped=True, start=START, state_dir=state_dir, log_level="ERROR",
                  template=demo_template(state_dir)) as rt:
-        for old in (*rt.outbox.glob("*.eml"), *rt.api_destinations.outbox.glob("*.json")):
+        for old in (*rt.outbox.glob("*.eml"), *rt.api_destinations.outbox.glob("*.json"),
+                    *(rt.state_dir / "outbox-sms").glob("*.json")):
             old.unlink()
         meter = costs.Meter(rt)
         with meter:
@@ -401,6 +410,10 @@ def run(seed: int = 7, contacts: int = 200, days: int = 60) -> int:
               + (f", written to {written[0].parent}/ (the first: {first.get('type')} of contact "
                  f"{first.get('contact_id')}, with {', '.join(first.get('contact') or {}) or 'no personal data'})"
                  if written else ""))
+    texts = [json.loads(p.read_text()) for p in sorted((state / "outbox-sms").glob("*.json"))]
+    print(f"sms:      {state / 'outbox-sms'}/ ({len(texts)} texts, AWS End User Messaging SMS answered locally)")
+    for text in sorted(texts, key=lambda t: t["sent_at"])[:3]:
+        print(f"  {text['sent_at'][:16]} to {text['DestinationPhoneNumber']}: {text['MessageBody']!r}")
     print(f"snapshot: {snapshot} (funnelpilot report reads it)")
     print()
     for size in (1_000, 10_000):

@@ -77,6 +77,11 @@ def _signup_schema() -> dict:
         "first_name": _string(maxLength=100),
         "lead_magnet": _string("a lead magnet slug", maxLength=64),
         "timezone": _string("IANA time zone, e.g. Europe/Berlin", maxLength=64),
+        "phone": _string("mobile number in E.164 form, e.g. +14155550123 (spaces, dashes, dots and parentheses "
+                         "are ignored); 400 naming phone otherwise", maxLength=32),
+        "sms_consent": {"description": "true: the person also agrees to receive SMS (needs phone); given apart from "
+                                       "consent, never implied by it",
+                        "oneOf": [{"type": "boolean"}, {"type": "string", "enum": ["true", "on", "yes", "1"]}]},
         "redirect": _string("http(s) URL on an allowed host: answer 303 to it", maxLength=2000),
         "website": _string("honeypot: leave empty (filled: 202 and nothing stored)"),
         **{k: _string(maxLength=200) for k in contacts.UTM_KEYS},

@@ -32,13 +32,15 @@ from urllib.parse import parse_qsl, urlencode
 
 from funnelpilot_local import aws_rules
 from funnelpilot_local.api_destinations import ApiDestinations
-from funnelpilot_local.aws_rules import Rules, apigateway, cloudformation, dynamodb, events, lambda_, principal, ses
+from funnelpilot_local.aws_rules import Rules, apigateway, cloudformation, dynamodb, events, lambda_, principal, ses, sms
 from funnelpilot_local.template import ACCOUNT, REGION, Template
 
 ROOT = Path(__file__).resolve().parents[3]
 LOCAL_SECRET = "local-development-secret-do-not-use-in-aws"
 # Routes with ``Auth: {Authorizer: AWS_IAM}`` (SigV4 on AWS) take this key in ``x-api-key`` locally.
 LOCAL_ADMIN_KEY = "local-admin-key"
+# SMS are on locally (template default: off): this phone number, answered by aws_rules.sms
+LOCAL_SMS_ORIGINATION = f"arn:aws:sms-voice:{REGION}:{ACCOUNT}:phone-number/phone-00000000000000000000000000000001"
 ASYNC_RETRY_WAIT = 60.0  # seconds: Lambda retries an async event 1 minute after a function error, then 2
 _CLIENTS: dict[str, object] = {}  # Runtime.client
 
@@ -147,7 +149,8 @@ class Runtime:
         self.api_destinations = ApiDestinations(self.state_dir / "outbox-webhooks")  # webhooks (api_destinations)
         self.public_url = public_url
         self.log_level = log_level
-        self.template = Template.load(self.root, {"PublicUrl": public_url, **(parameters or {})},
+        self.template = Template.load(self.root, {"PublicUrl": public_url, "SmsOriginationIdentity": LOCAL_SMS_ORIGINATION,
+                                                  **(parameters or {})},
                                       stack_name=stack_name, path=template)
         self._template_file = template or self.root / "template.yaml"  # read again by redeploy()
         # A NoEcho parameter without a default is a key the deployer must supply; locally it is
@@ -156,6 +159,8 @@ class Runtime:
             if spec.get("NoEcho") and "Default" not in spec and name not in (parameters or {}):
                 self.template.parameters[name] = f"local-{name}"
         self.admin_key = LOCAL_ADMIN_KEY
+        self.sms = sms.Sms(self)  # End User Messaging SMS, which moto lacks: .local/outbox-sms/, opt-out list
+        self.sns_subscribers: dict[str, list[str]] = {}  # topic ARN -> functions with an SNS event on it
         self.functions: dict[str, Function] = {}
         self.routes: list[Route] = []
         self.schedules: list[dict] = []  # template Schedule/ScheduleV2 events, fired by fire_schedules()
@@ -253,7 +258,7 @@ class Runtime:
         if self.rules.iam:
             families.append(iam.IamRule(self))
         # after IAM: a request is authorised, then validated
-        return families + [dynamodb.DynamoDB(self.rules), ses.Ses(self.rules, self.template)]
+        return families + [dynamodb.DynamoDB(self.rules), ses.Ses(self.rules, self.template), self.sms]
 
     def role_of(self, logical_id: str) -> str:
         """The IAM role a function or state machine runs as (the one SAM generates for it)."""
@@ -296,6 +301,11 @@ class Runtime:
             t.physical[lid] = url
             t.attributes[(lid, "Arn")] = f"arn:aws:sqs:{REGION}:{ACCOUNT}:{lid}"
             t.attributes[(lid, "QueueName")] = lid
+        for lid in t.of_type("AWS::SNS::Topic"):
+            name = t.resolve(t.properties(lid)).get("TopicName", lid)
+            t.physical[lid] = self.client("sns").create_topic(Name=name)["TopicArn"]
+        for lid in t.of_type("AWS::SMSVOICE::ConfigurationSet"):  # answered by aws_rules.sms, from the template
+            t.physical[lid] = t.resolve(t.properties(lid))["ConfigurationSetName"]
         ses = self.client("ses")
         for lid in t.of_type("AWS::SES::ConfigurationSet"):
             ses.create_configuration_set(ConfigurationSet={"Name": lid})
@@ -525,6 +535,8 @@ class Runtime:
                 self._put_rule(f"{lid}{event_id}", props.get("EventBusName", "default"), props["Pattern"], [target])
                 if "Arn" in props.get("DeadLetterConfig", {}):  # the function's own DLQ takes precedence
                     self._dead_letter_queues.setdefault(target_arn, props["DeadLetterConfig"]["Arn"])
+            elif kind == "SNS":
+                self.sns_subscribers.setdefault(props["Topic"], []).append(target_arn)
             elif kind == "DynamoDB":
                 self.stream_mappings.append(self._stream_mapping(f"{lid}.{event_id}", lid, props))
             elif kind in ("Schedule", "ScheduleV2"):
@@ -578,6 +590,17 @@ class Runtime:
             self._in_flight += copies
         for _ in range(copies):
             self._deliveries.put((target_arn, payload, 0))
+
+    def publish_sns(self, topic_arn: str, message: str) -> None:
+        """A message on an SNS topic: one asynchronous delivery per subscribed function, in the
+        event shape Lambda receives from SNS (moto's SNS would not invoke them)."""
+        from funnelpilot import clock
+
+        for target in self.sns_subscribers.get(topic_arn, []):
+            record = {"EventSource": "aws:sns", "EventVersion": "1.0", "EventSubscriptionArn": f"{topic_arn}:local",
+                      "Sns": {"Type": "Notification", "MessageId": str(uuid.uuid4()), "TopicArn": topic_arn,
+                              "Subject": None, "Message": message, "Timestamp": clock.iso(), "MessageAttributes": {}}}
+            self._deliver(target, {"Records": [record]})
 
     # ------------------------------------------------------------------ schedules
     def fire_schedules(self) -> int:

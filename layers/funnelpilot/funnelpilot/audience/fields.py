@@ -89,9 +89,7 @@ def convert(name: str, raw) -> str | int | float | bool | None:
             raise InvalidField(name, f"{name} must be a number")
         return int(value) if value.is_integer() else value
     if kind == "boolean":
-        if text.lower() in _TRUE | _FALSE:
-            return text.lower() in _TRUE
-        raise InvalidField(name, f"{name} must be true or false")
+        return boolean(name, text)
     if kind == "date":
         try:
             return date.fromisoformat(text).isoformat()
@@ -105,6 +103,13 @@ def convert(name: str, raw) -> str | int | float | bool | None:
     if len(text) > int(spec["max_length"]):
         raise InvalidField(name, f"{name} is longer than {spec['max_length']} characters")
     return text
+
+
+def boolean(name: str, text: str) -> bool:
+    """true/yes/1/on or false/no/0/off (any case), else ``InvalidField(name)``."""
+    if text.strip().lower() in _TRUE | _FALSE:
+        return text.strip().lower() in _TRUE
+    raise InvalidField(name, f"{name} must be true or false")
 
 
 def parse(values: dict) -> dict:

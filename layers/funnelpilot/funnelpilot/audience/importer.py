@@ -27,17 +27,20 @@ from decimal import Decimal
 
 from funnelpilot import aws, bus, clock, outbox, segments, tokens
 from funnelpilot.audience import fields as custom_fields
+from funnelpilot.channels.phone import parse_phone
 from funnelpilot.config import config
 from funnelpilot.consent import require_list
 from funnelpilot.contacts import _NOT_A_NAME, _SLUG, check_timezone, parse_email
 from funnelpilot.errors import InvalidField, TransientError
 from funnelpilot.models import PROFILE, ConsentRecord
 
-COLUMNS = ("email", "first_name", "lists", "tags", "timezone", "consent_date", "consent_source", "status")
+COLUMNS = ("email", "first_name", "lists", "tags", "timezone", "consent_date", "consent_source", "status", "phone",
+           "sms_consent")
 # Other tools' header names (after lower-casing and turning spaces and dashes into "_").
 ALIASES = {"email_address": "email", "e_mail": "email", "fname": "first_name", "firstname": "first_name",
            "lname": "last_name", "lastname": "last_name", "list": "lists", "tag": "tags", "time_zone": "timezone",
-           "tz": "timezone", "optin_time": "consent_date", "consent_time": "consent_date"}
+           "tz": "timezone", "optin_time": "consent_date", "consent_time": "consent_date", "phone_number": "phone",
+           "mobile": "phone", "sms_opt_in": "sms_consent"}
 IGNORE = "-"  # ``--map "COLUMN=-"``: a column deliberately not imported
 # A file's status -> (funnelpilot status, status_reason)
 STATUSES = {"subscribed": ("active", None), "unsubscribed": ("unsubscribed", "imported: unsubscribed"),
@@ -58,6 +61,8 @@ class Row:
     consent_date: str | None = None
     consent_source: str | None = None
     status: str = "subscribed"
+    phone: str | None = None  # E.164
+    sms_consent: bool = False  # true: the SMS consent the row's phone was given (since consent_date)
     fields: dict = field(default_factory=dict)
 
 
@@ -124,12 +129,15 @@ def parse_row(cells: dict, mapping: dict[str, str], default_list: str) -> Row:
     parsed, problems = {}, []
     checks = {"email": lambda v: parse_email(v), "first_name": _first_name, "lists": lambda v: _lists(v, default_list),
               "tags": _tags, "status": _status, "consent_source": _source, "timezone": lambda v: check_timezone(v or None),
-              "consent_date": lambda v: _consent_date(v or None)}
+              "consent_date": lambda v: _consent_date(v or None), "phone": parse_phone,
+              "sms_consent": lambda v: bool(v) and custom_fields.boolean("sms_consent", v)}
     for column, check in checks.items():
         try:
             parsed[column] = check(by_col.get(column))
         except InvalidField as exc:
             problems.append(InvalidField(column, exc.message))
+    if parsed.get("sms_consent") and not by_col.get("phone"):
+        problems.append(InvalidField("sms_consent", "sms_consent needs the row's phone"))
     parsed["fields"], field_problems = custom_fields.checked({c: v for c, v in by_col.items() if c not in COLUMNS})
     problems += field_problems
     if problems:
@@ -308,6 +316,8 @@ def _plan(row: Row, cid: str, old: dict | None, batch: dict) -> list[dict] | str
                 "incarnation": {"S": uuid.uuid4().hex[:12]}}  # new on every new profile (funnelpilot.erasure)
         optional = {"status_reason": reason and {"S": reason}, "first_name": row.first_name and {"S": row.first_name},
                     "timezone": row.timezone and {"S": row.timezone}, "tags": row.tags and {"SS": list(row.tags)},
+                    "phone": row.phone and {"S": row.phone},
+                    "sms_consent_at": row.sms_consent and {"S": row.consent_date or batch["imported_at"]},
                     "properties": row.fields and {"M": {k: custom_fields.attribute(v) for k, v in row.fields.items()}}}
         joined, left = (_list_segments(new_lists) if status in segments.LIST_STATUSES else []), []
         optional["segments"] = joined and {"SS": joined}
@@ -351,6 +361,15 @@ def _update(row: Row, old: dict, seen: str | None, status: tuple | None, now: st
     if row.first_name and not _same(row.first_name, old.get("first_name")):
         sets.append("first_name = :first_name")
         values[":first_name"] = {"S": row.first_name}
+    removes, new_phone = [], bool(row.phone) and not _same(row.phone, old.get("phone"))
+    if new_phone:
+        sets.append("phone = :phone")
+        values[":phone"] = {"S": row.phone}
+        if not row.sms_consent and "sms_consent_at" in old:
+            removes.append("sms_consent_at")  # given for the number it replaces
+    if row.sms_consent and ("sms_consent_at" not in old or new_phone):
+        sets.append("sms_consent_at = :sms")
+        values[":sms"] = {"S": row.consent_date or now}
     if row.timezone and not _same(row.timezone, old.get("timezone")):
         sets.append("#tz = :tz")  # a reserved word
         names["#tz"] = "timezone"
@@ -399,7 +418,7 @@ def _update(row: Row, old: dict, seen: str | None, status: tuple | None, now: st
     if changed:
         condition += " AND attribute_exists(#p)" if props is not None else " AND attribute_not_exists(#p)"
     expression = (f"SET {', '.join(sets)}" + (f" ADD {', '.join(adds)}" if adds else "")
-                  + (" DELETE #segs :left" if left else ""))
+                  + (" DELETE #segs :left" if left else "") + (f" REMOVE {', '.join(removes)}" if removes else ""))
     return {"UpdateExpression": expression, "ConditionExpression": condition, "ExpressionAttributeNames": names,
             "ExpressionAttributeValues": values}, new_lists, joined, left
 

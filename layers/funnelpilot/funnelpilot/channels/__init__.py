@@ -1,2 +1,3 @@
 """Ways funnelpilot reaches people and systems besides the marketing email: sales alerts
-(email, Slack), outbound webhooks (EventBridge API destinations)."""
+(email, Slack, SMS), outbound webhooks (EventBridge API destinations), SMS (``sms``: AWS End User
+Messaging SMS) and the phone numbers it needs (``phone``)."""

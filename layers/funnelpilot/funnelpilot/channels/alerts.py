@@ -1,6 +1,7 @@
 """Instant sales alerts (rules: ``infra/alerts.yaml``): an internal email to SALES_EMAIL
 naming the contact, why, and their recent activity (the ``EVT#`` items the scoring
-transaction writes), at most one per contact per ``rate_limit_hours``.
+transaction writes), at most one per contact per ``rate_limit_hours``; and a text to each of the
+business's own numbers in its ``sms`` (funnelpilot.channels.sms).
 
 The rate limit is a conditional write on the contact's ``ALERT`` item claimed *before*
 sending and released if the send fails, so duplicates and bursts (three pricing views in
@@ -12,15 +13,19 @@ alerts.yaml says so, a link to their profile) as a ``webhook.delivery`` for the 
 API destination.
 """
 import json
+import logging
 from functools import cache
 
 import yaml
 
 from funnelpilot import aws, bus, clock, emails, erasure, scoring, tokens
-from funnelpilot.channels import webhooks
+from funnelpilot.channels import sms, webhooks
+from funnelpilot.channels.phone import parse_phone
 from funnelpilot.config import config
 from funnelpilot.errors import RecipientRejected
 from funnelpilot.models import PROFILE, Contact
+
+logger = logging.getLogger(__name__)
 
 
 @cache
@@ -30,7 +35,8 @@ def settings() -> dict:
     return {"events": set(doc.get("events") or []), "pages": set(doc.get("pages") or []),
             "rate_limit": float(doc.get("rate_limit_hours", 24)) * 3600,
             "recent": int(doc.get("recent_activity", 10)),
-            "slack_email": slack.get("email") is True, "profile_url": str(slack.get("profile_url") or "")}
+            "slack_email": slack.get("email") is True, "profile_url": str(slack.get("profile_url") or ""),
+            "sms": [parse_phone(n, "alerts.yaml sms") for n in doc.get("sms") or []]}
 
 
 def profile_url(cid: str) -> str:
@@ -138,6 +144,11 @@ def alert(detail_type: str, detail: dict) -> str:
     except Exception:
         _release(cid)
         raise
+    for number in settings()["sms"]:  # best effort once the email went: a failure is logged, never retried
+        try:
+            sms.send_alert(number, f"Sales alert: {context['headline']}", message_id)
+        except Exception as exc:  # noqa: BLE001
+            logger.warning("sales alert SMS failed", extra={"contact_id": cid, "error": type(exc).__name__})
     entries = [bus.event("sales.alerted", cid, event_id=tokens.digest_id("sa", detail["event_id"]),
                          reason=reason, trigger=detail_type, path=detail.get("path"))]
     if config().sales_webhook:

@@ -30,7 +30,8 @@ from funnelpilot_local.aws_rules import Call, Rule, error
 from funnelpilot_local.template import ACCOUNT, REGION, Template
 
 # botocore service name -> IAM service prefix, where they differ
-_PREFIX = {"stepfunctions": "states", "dynamodbstreams": "dynamodb", "sesv2": "ses"}
+_PREFIX = {"stepfunctions": "states", "dynamodbstreams": "dynamodb", "sesv2": "ses", "pinpoint-sms-voice-v2": "sms-voice"}
+_SMS_IDENTITIES = {"phone-number": "phonenumber", "pool": "pool", "sender-id": "senderid"}  # ARN part -> resource type
 # operations whose IAM action has another name
 _ACTION = {("lambda", "Invoke"): "InvokeFunction", ("lambda", "InvokeAsync"): "InvokeAsync"}
 _QUERY_PROTOCOL = {"ses", "sqs", "sns", "iam", "cloudformation", "sts"}
@@ -119,6 +120,15 @@ def resources(prefix: str, action: str, params: dict, context: dict) -> dict[str
         arns = {"identity": _arn("ses", f"identity/{_sender_identity(params.get('Source', ''), context['identities'])}")}
         if params.get("ConfigurationSetName"):
             arns["configuration-set"] = _arn("ses", f"configuration-set/{params['ConfigurationSetName']}")
+        return arns
+    if prefix == "sms-voice":  # an origination identity given by ARN (a bare number or id cannot be judged)
+        origin, arns = params.get("OriginationIdentity", ""), {}
+        if origin.startswith("arn:"):
+            arns[_SMS_IDENTITIES[origin.split(":", 5)[5].split("/", 1)[0]]] = origin
+        if params.get("ConfigurationSetName"):
+            arns["configurationset"] = _arn("sms-voice", f"configuration-set/{_name(params['ConfigurationSetName'], '/')}")
+        if params.get("OptOutListName"):
+            arns["optoutlist"] = _arn("sms-voice", f"opt-out-list/{_name(params['OptOutListName'], '/')}")
         return arns
     if prefix == "secretsmanager":
         secret = params["SecretId"]
@@ -260,8 +270,8 @@ class Policies:
             template.physical.setdefault(lid, lid)
         for lid in resolver.of_type("AWS::IAM::Role"):
             statements = []
-            for policy in resolver.properties(lid).get("Policies", []):
-                for s in resolver.resolve(policy["PolicyDocument"]).get("Statement", []):
+            for policy in resolver.resolve(resolver.properties(lid).get("Policies", [])):  # an !If'd one too
+                for s in policy["PolicyDocument"].get("Statement", []):
                     if "Condition" in s:
                         raise StrictModeGap(f"strict IAM: {lid} has a statement with a Condition: not modelled")
                     statements.append(Statement(s["Effect"], _listed(s.get("Action")), _listed(s.get("NotAction")),
