@@ -10,7 +10,9 @@ from pathlib import Path
 
 import pytest
 from conftest import START, executions, funnel_counts
-from test_funnels import DAY, HOUR, journey, open_email, sent, signup
+from test_funnels import DAY, HOUR, journey, open_email, order, sent, signup
+
+from funnelpilot import funnel_spec
 
 from funnelpilot_local import cli
 from funnelpilot_local.moto_adapter import sent_emails
@@ -138,6 +140,7 @@ def test_a_removed_funnel_drains_then_goes_once_nobody_is_inside(project, live, 
     assert "draining: welcome (its file was removed): takes nobody in" in capsys.readouterr().out
     assert (project / "infra" / "statemachines" / "welcome.asl.json").exists()
     live.redeploy()
+    assert funnel_spec.load("welcome").goals == ("order.placed",)  # its steps read the kept copy of the file
     bob = signup(live, "bob@example.com")  # contact.subscribed: welcome's trigger, refused
     assert [json_input(live, e)["contact_id"] for e in executions(live, "welcome")] == [ann]
     assert funnel_counts(live, "welcome")["refused_draining"] == 1 and sent(live, bob) == []
@@ -188,6 +191,8 @@ def test_a_funnel_marked_draining_takes_nobody_in_and_no_funnel_may_hand_off_to_
     assert [json_input(live, e)["contact_id"] for e in executions(live, "welcome")] == [ann]
     assert funnel_counts(live, "welcome")["refused_draining"] == 1 and sent(live, bob) == []
     assert live.advance(2 * DAY) and sent(live, ann) == ["welcome-1", "welcome-2"]
+    order(live, "ann@example.com")  # the goal still takes her out of a draining funnel
+    assert journey(live, "welcome", ann)[0] == "ABORTED"
     other = project / "infra" / "funnels" / "reengagement.yaml"
     other.write_text(other.read_text().replace("goto: segmentation", "goto: welcome", 1))
     assert make_funnels(project) == 2

@@ -101,14 +101,14 @@ def enter(*, funnel: str, state_machine_arn: str, entry_rule: str, event: dict,
     when > 0); a running execution is stopped and replaced. ``start_wait`` (the compiler's, when
     the machine starts with a computed Wait): its seconds go in the input as ``wait_seconds``.
     ``draining`` (a funnel being removed, README "Changing a live funnel"): nobody enters; the
-    refusal is counted once per event (``refused_draining`` on the funnel's row).
+    refusal is counted once per event (``refused`` and ``refused_draining`` on the funnel's row).
     """
     if entry_rule not in ENTRY_RULES:
         raise ValueError(f"unknown entry rule {entry_rule!r}")
     detail = event["detail"]
     cid, event_id = detail["contact_id"], detail["event_id"]
     if draining:
-        metrics.count(funnel, None, {"refused_draining": 1}, once_key=f"refused#{funnel}#{event_id}")
+        metrics.count(funnel, None, {"refused": 1, "refused_draining": 1}, once_key=f"refused#{funnel}#{event_id}")
         return None
     profile = erasure.live(cid, "timezone")
     if profile is None:

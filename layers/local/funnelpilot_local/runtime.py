@@ -468,9 +468,14 @@ class Runtime:
         keep the one they started with), a new one is created, one gone from the template is deleted
         (its running executions stop at their next transition on AWS: stopped here), and the functions'
         EventBridge rules are put again (a new pattern or input applies from the next event; a rule
-        gone is deleted). Tables, functions and routes stay as they are."""
+        gone is deleted). Tables, functions and routes stay as they are; the functions start cold (the
+        content they cached, such as funnel files, is read again)."""
+        from funnelpilot import emails, funnel_spec
         from funnelpilot_local.aws_rules.iam import Policies
         from funnelpilot_local.template import load_yaml
+
+        funnel_spec.load.cache_clear()
+        emails.environment.cache_clear()
 
         t, sfn, events = self.template, self.client("stepfunctions"), self.client("events")
         before, rules_before = set(t.of_type("AWS::Serverless::StateMachine")), self._function_rules()
