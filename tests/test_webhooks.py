@@ -17,11 +17,11 @@ from funnelpilot_local.template import Template
 
 
 class Endpoint:
-    """An HTTP endpoint answering, per path, the statuses of ``script[path]`` in turn (then 200),
-    recording every request."""
+    """An HTTP endpoint answering, per path, the statuses of ``script[path]`` in turn (then 200; a
+    status may come with a Retry-After: ``(429, "120")``), recording every request."""
 
     def __init__(self):
-        self.script: dict[str, list[int]] = {}
+        self.script: dict[str, list] = {}
         self.requests: list[dict] = []
         endpoint = self
 
@@ -30,8 +30,10 @@ class Endpoint:
                 body = self.rfile.read(int(self.headers["Content-Length"]))
                 endpoint.requests.append({"path": self.path, "headers": dict(self.headers), "body": json.loads(body)})
                 queued = endpoint.script.get(self.path) or [200]
-                status = queued.pop(0)
+                status, retry_after = (queued.pop(0), None) if not isinstance(queued[0], tuple) else queued.pop(0)
                 self.send_response(status)
+                if retry_after is not None:
+                    self.send_header("Retry-After", retry_after)
                 self.send_header("Content-Length", "0")
                 self.end_headers()
 
@@ -168,6 +170,22 @@ def test_a_5xx_is_retried_on_the_clock_with_the_same_body(tmp_path, endpoint, ma
     assert len(crm) == 3 and crm[0] == crm[1] == crm[2]  # the third got 200: nothing more
     assert rt.advance(600) and len([r for r in endpoint.requests if r["path"] == "/crm"]) == 3
     assert not rt.errors and not rt.dead_letters
+
+
+def test_retry_after_delays_the_retry_and_a_negative_one_ends_it(tmp_path, endpoint, make_rt):
+    rt = make_rt(stack(tmp_path, CONFIG.format(url=endpoint.url)))
+    signup(rt)
+    endpoint.requests.clear()
+    endpoint.script = {"/crm": [(429, "120")], "/analytics": [(503, "-1")]}
+    order(rt)
+    assert rt.advance(119)
+    assert [r["path"] for r in endpoint.requests].count("/crm") == 1  # not at 1 s: the endpoint asked for 120
+    assert rt.advance(2)
+    assert [r["path"] for r in endpoint.requests].count("/crm") == 2
+    assert [r["path"] for r in endpoint.requests].count("/analytics") == 1
+    [dead] = rt.dead_letters  # analytics: a negative Retry-After stops the retries
+    assert "WebhookAnalyticsDestination" in dead["target"]
+    rt.errors.clear()
 
 
 def test_a_4xx_is_not_retried_and_goes_to_the_dead_letter_queue(tmp_path, endpoint, make_rt):
