@@ -144,6 +144,8 @@ def test_a_removed_funnel_drains_then_goes_once_nobody_is_inside(project, live, 
     bob = signup(live, "bob@example.com")  # contact.subscribed: welcome's trigger, refused
     assert [json_input(live, e)["contact_id"] for e in executions(live, "welcome")] == [ann]
     assert funnel_counts(live, "welcome")["refused_draining"] == 1 and sent(live, bob) == []
+    report = live.http("GET", "/funnels/welcome/report", headers={"x-api-key": live.admin_key})
+    assert report.status == 200 and report.json()["entered"] == 1  # a draining funnel keeps its report
     assert make_funnels(project, "--plan", "--stack", "local") == 0
     out = capsys.readouterr().out
     assert "welcome: draining (its file was removed): takes nobody in; 1 journeys inside finish" in out

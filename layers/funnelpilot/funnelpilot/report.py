@@ -25,9 +25,13 @@ from funnelpilot.metrics import FUNNEL_ROW, STEP_METRICS, STEP_ONLY
 DEFAULT_DAYS = 30
 
 
-def known_funnels(content_dir: Path | None = None) -> list[str]:
-    """Funnel ids shipped as content: ``funnels/<id>.yaml`` (not other state machines, e.g. bulk)."""
-    return sorted(p.stem for p in (Path(content_dir or config().content_dir) / "funnels").glob("*.yaml"))
+def known_funnels(content_dir: Path | None = None, *, removed: bool = False) -> list[str]:
+    """Funnel ids shipped as content: ``funnels/<id>.yaml`` (not other state machines, e.g. bulk);
+    ``removed``: also those whose file was removed and that still drain (the compiler's copy beside
+    their state machine, funnel_spec.compiled_copy), which have a report but take nobody in."""
+    content = Path(content_dir or config().content_dir)
+    folders = ("funnels", "statemachines") if removed else ("funnels",)
+    return sorted({p.stem for folder in folders for p in (content / folder).glob("*.yaml")})
 
 
 def step_order(funnel: str, content_dir: Path | None = None) -> list[str]:
@@ -158,7 +162,7 @@ def build(funnel: str, rows: list[dict], start: str, end: str, order: list[str] 
 
 def funnel_report(funnel: str, start: str | None = None, end: str | None = None) -> dict | None:
     """Report for a shipped funnel, or None when no such funnel exists."""
-    if funnel not in known_funnels():
+    if funnel not in known_funnels(removed=True):
         return None
     start, end = day_range(start, end)
     return build(funnel, query_rows(funnel, start, end), start, end)

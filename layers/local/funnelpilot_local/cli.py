@@ -255,7 +255,7 @@ def report_command(args) -> int:
 
     report.day_range(args.start, args.end)  # a bad --from/--to is refused before anything is read
     content = ROOT / "infra"
-    known = report.known_funnels(content)
+    known = report.known_funnels(content, removed=True)
     if unknown := [f for f in args.funnel or [] if f not in known]:
         raise UserError(f"--funnel {unknown[0]!r}: no such funnel (funnels: {', '.join(known)})")
     funnels = args.funnel or known
