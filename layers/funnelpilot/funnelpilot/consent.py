@@ -162,6 +162,14 @@ def confirmation_context(contact: Contact, list_name: str, lead_magnet: str | No
             "confirm_hours": list_settings(list_name)["confirm_hours"]}
 
 
+def confirmation_email(contact: Contact, list_name: str, lead_magnet: str | None, message_id: str) -> bytes:
+    """The confirmation email as SES gets it (raw MIME)."""
+    from funnelpilot import emails  # jinja2 only where an email is rendered
+
+    rendered = emails.render("confirm", confirmation_context(contact, list_name, lead_magnet))
+    return emails.build_mime(to=contact.email, rendered=rendered, message_id=message_id, headers={})
+
+
 def send_confirmation(cid: str, list_name: str, lead_magnet: str | None, event_id: str) -> str | None:
     """Email the double opt-in link to a pending contact, or to an unsubscribed one a signup
     asked to re-subscribe (at most once per 10 minutes); the message id, or None when nothing
@@ -186,8 +194,7 @@ def send_confirmation(cid: str, list_name: str, lead_magnet: str | None, event_i
         raise
     contact = Contact.get(cid, PROFILE)
     message_id = tokens.digest_id("c", event_id)
-    rendered = emails.render("confirm", confirmation_context(contact, list_name, lead_magnet))
-    raw = emails.build_mime(to=contact.email, rendered=rendered, message_id=message_id, headers={})
+    raw = confirmation_email(contact, list_name, lead_magnet, message_id)
     try:
         emails.send_raw(contact.email, raw)
     except RecipientRejected as exc:

@@ -187,13 +187,14 @@ def _render_failed(message: Message, exc: TemplateError) -> None:
 
 
 def compose(contact: Contact, template: str, message_id: str, *, version: str | None = None,
-            lead_magnet: str | None = None, list_name: str | None = None) -> tuple[list, bytes]:
+            lead_magnet: str | None = None, list_name: str | None = None, tracked: bool = True) -> tuple[list, bytes]:
     """The email of a send as SES gets it: rendered for the contact (the template's content
-    ``version``, else the live files), its links tracked, with its headers; returns (links for the
-    message item, raw MIME). ``TemplateError`` when it cannot render."""
+    ``version``, else the live files), its links tracked (not for a test send: ``tracked``), with its
+    headers; returns (links for the message item, raw MIME). ``TemplateError`` when it cannot render."""
     context = template_context(contact, message_id, lead_magnet)
-    rendered, links = emails.track(emails.render(template, context, version), contact_id=contact.pk,
-                                   message_id=message_id)
+    rendered, links = emails.render(template, context, version), []
+    if tracked:
+        rendered, links = emails.track(rendered, contact_id=contact.pk, message_id=message_id)
     headers = {"List-Unsubscribe": f"<{context['unsubscribe_url']}>",
                "List-Unsubscribe-Post": "List-Unsubscribe=One-Click"}  # of this list, when it belongs to one
     if list_name:

@@ -1,5 +1,5 @@
 """``funnelpilot`` command line: demo, serve (local runtime), funnels (compiler), openapi, report, cost, bulk,
-contacts."""
+contacts, preview and send-test (one email as it would be sent)."""
 import argparse
 import errno
 import json
@@ -17,6 +17,8 @@ EXAMPLES = {  # shown at the end of each command's --help
     "report": "funnelpilot report --funnel welcome --from 2026-01-01 --to 2026-01-31",
     "cost": "funnelpilot cost --contacts 10000",
     "contacts": "funnelpilot contacts import members.csv; funnelpilot contacts show ann@example.com",
+    "preview": "funnelpilot preview welcome-1 --contact ann@example.com",
+    "send-test": "funnelpilot send-test welcome-1 --to you@example.com --stack my-funnelpilot",
 }
 
 
@@ -109,6 +111,19 @@ def _main(argv: list[str] | None = None) -> int:
                       help="share of the list in its first month at steady state (default 0.1)")
     cost.add_argument("--usage", type=Path, default=LOCAL / "usage.json",
                       help="operations measured by a demo run (default .local/usage.json; measured now if absent)")
+    preview = sub.add_parser("preview", help="an email as it would be sent (.html, .txt, .eml) and what spam filters see")
+    preview.add_argument("template", help="an email a funnel sends, or confirm, sales-alert")
+    who = preview.add_mutually_exclusive_group()
+    who.add_argument("--contact", metavar="EMAIL", help="a real person: of the local table, or of --stack")
+    who.add_argument("--sample", action="store_true", help="the sample contact Ada (the default)")
+    preview.add_argument("--out", type=Path, default=LOCAL / "preview", help="where to write (default .local/preview)")
+    test = sub.add_parser("send-test", help="send an email untracked, [TEST] in the subject: to the outbox, or via SES")
+    test.add_argument("template", help="an email a funnel sends, or confirm, sales-alert")
+    test.add_argument("--to", required=True, metavar="ADDRESS")
+    test.add_argument("--contact", metavar="EMAIL", help="render it for this person (default: the sample contact)")
+    for command in (preview, test):
+        command.add_argument("--stack", help="a deployed stack: its settings (and --contact: its people), your credentials")
+        command.add_argument("--region", help="AWS region of the stack (default: your AWS configuration's)")
     contacts = sub.add_parser("contacts", help="find, export, erase and change people by email; export lists")
     contacts_sub = contacts.add_subparsers(dest="contacts_command", required=True)
     from funnelpilot_local import audience_cli
@@ -142,6 +157,8 @@ def _main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "funnels":
         return funnels_command(args)
+    if args.command in ("preview", "send-test"):
+        return preview_command(args)
     if args.command == "openapi":
         return openapi_command(args)
     if args.command == "report":
@@ -239,6 +256,23 @@ def _forced(root: Path, names: list[str]) -> set[str]:
         if not (root / "infra" / "statemachines" / f"{fid}.asl.json").exists():
             raise UserError(f"--force {fid}: no compiled funnel of that name")
     return set(names)
+
+
+def preview_command(args) -> int:
+    from funnelpilot_local import preview
+    from funnelpilot_local.runtime import ROOT
+
+    if args.command == "send-test":
+        where = preview.send_test(ROOT, args.template, args.to, contact_email=args.contact, stack=args.stack,
+                                  region=args.region, state_dir=LOCAL)
+        print(f"sent {args.template} to {args.to} (untracked, [TEST] subject): {where}")
+        return 0
+    raw, facts = preview.build(ROOT, args.template, contact_email=args.contact, stack=args.stack, region=args.region,
+                               state_dir=LOCAL)
+    for path in preview.write(args.out, args.template, raw, facts):
+        print(f"wrote: {path}")
+    print(preview.report(facts))
+    return 0
 
 
 def openapi_command(args) -> int:
@@ -376,4 +410,6 @@ def bulk_command(args) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from funnelpilot_local import cli  # one module (and one UserError) whether run with -m or imported
+
+    sys.exit(cli.main())

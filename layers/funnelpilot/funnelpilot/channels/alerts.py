@@ -119,6 +119,13 @@ def alert_context(contact: Contact, reason: str, activity: list[dict]) -> dict:
     }
 
 
+def alert_email(contact: Contact, reason: str, activity: list[dict], message_id: str) -> bytes:
+    """The alert email to SALES_EMAIL as SES gets it (raw MIME)."""
+    return emails.build_mime(to=config().sales_email,
+                             rendered=emails.render("sales-alert", alert_context(contact, reason, activity)),
+                             message_id=message_id, headers={})
+
+
 def alert(detail_type: str, detail: dict) -> str:
     """Send the alert for this event if it deserves one; returns what happened."""
     reason = reason_for(detail_type, detail)
@@ -133,10 +140,8 @@ def alert(detail_type: str, detail: dict) -> str:
         return "unknown_contact"
     if not _claim(cid, reason):
         return "rate_limited"
-    context = alert_context(contact, reason, recent_activity(cid, settings()["recent"]))
     message_id = tokens.digest_id("a", detail["event_id"])
-    raw = emails.build_mime(to=config().sales_email, rendered=emails.render("sales-alert", context),
-                            message_id=message_id, headers={})
+    raw = alert_email(contact, reason, recent_activity(cid, settings()["recent"]), message_id)
     try:
         emails.send_raw(config().sales_email, raw)
     except RecipientRejected:
