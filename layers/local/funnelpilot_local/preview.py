@@ -104,7 +104,7 @@ def compose(root: Path, template: str, contact, message_id: str, tracked: bool =
     if template == "confirm":
         return consent.confirmation_email(contact, consent.declared_lists()[0], None, message_id), []
     if template == "sales-alert":
-        return alerts.alert_email(contact, "viewed /pricing", email_check.SAMPLE_ACTIVITY, message_id), []
+        return alerts.alert_email(email_check.context(template, contact), message_id), []
     funnels = funnel_spec.load_all(root / "infra" / "funnels")
     sender = next(f for f in funnels.values() if template in f.sends())
     list_name = sender.list_name or (sorted(contact.lists or ()) or consent.declared_lists())[0]

@@ -119,10 +119,9 @@ def alert_context(contact: Contact, reason: str, activity: list[dict]) -> dict:
     }
 
 
-def alert_email(contact: Contact, reason: str, activity: list[dict], message_id: str) -> bytes:
-    """The alert email to SALES_EMAIL as SES gets it (raw MIME)."""
-    return emails.build_mime(to=config().sales_email,
-                             rendered=emails.render("sales-alert", alert_context(contact, reason, activity)),
+def alert_email(context: dict, message_id: str) -> bytes:
+    """The alert email to SALES_EMAIL as SES gets it (raw MIME), for an ``alert_context``."""
+    return emails.build_mime(to=config().sales_email, rendered=emails.render("sales-alert", context),
                              message_id=message_id, headers={})
 
 
@@ -140,8 +139,9 @@ def alert(detail_type: str, detail: dict) -> str:
         return "unknown_contact"
     if not _claim(cid, reason):
         return "rate_limited"
+    context = alert_context(contact, reason, recent_activity(cid, settings()["recent"]))
     message_id = tokens.digest_id("a", detail["event_id"])
-    raw = alert_email(contact, reason, recent_activity(cid, settings()["recent"]), message_id)
+    raw = alert_email(context, message_id)
     try:
         emails.send_raw(config().sales_email, raw)
     except RecipientRejected:
