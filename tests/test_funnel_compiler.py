@@ -138,9 +138,8 @@ def test_one_state_per_step_and_the_last_task_closes_the_journey():
                       and s["Parameters"]["action"] == "until")  # a `wait: {until}` no Task precedes
         fixed = {"Record failure", "Failed", "Left the funnel", "Complete"}
         assert len(set(states) - fixed) == budget, fid
-    sunset = machines()["reengagement"]["States"]["Tag sunset + Suppress (sunset)"]
-    assert sunset["Parameters"]["steps"] == [{"action": "tag", "tag": "sunset"},
-                                             {"action": "suppress", "reason": "sunset"}]
+    sunset = machines()["reengagement"]["States"]["Sunset"]
+    assert sunset["Parameters"]["action"] == "sunset" and "reason" not in sunset["Parameters"]
     assert sunset["Parameters"]["complete"] is True and sunset["End"]
     assert "Complete" not in machines()["reengagement"]["States"]
 
@@ -222,7 +221,7 @@ def test_make_funnels_prints_transitions_per_path(capsys):
     assert cli.main(["funnels", "--check"]) == 0
     out = capsys.readouterr().out
     rows = {tuple(line.split()[:6]) for line in out.splitlines() if line.startswith("  reengagement")}
-    # silence: start Wait, reengage-1, wait_for, reengage-2, wait_for, Tag sunset + Suppress (sunset);
+    # silence: start Wait, reengage-1, wait_for, reengage-2, wait_for, Sunset;
     # reengage-2 comes after a wait_for: deferred, it takes the 3-state detour
     assert ("reengagement", "2", "2", "6", "3.00", "9") in rows
     assert any(line.split()[:6] == ["welcome", "1", "2", "7", "3.50", "7"] for line in out.splitlines())

@@ -329,7 +329,7 @@ def test_ascension_not_clicked_still_offers_the_complement(rt):
 
 
 # ---------------------------------------------------------------- re-engagement and its sunset
-def test_reengagement_silence_sunsets_in_its_last_steps(rt, tap):
+def test_reengagement_silence_sunsets_in_its_last_step(rt, tap):
     cid = signup(rt, "zed@example.com")
     assert rt.advance(3 * DAY + HOUR)  # welcome-2 went a day before
     publish(rt, "contact.inactive", cid, days=30)
@@ -337,12 +337,14 @@ def test_reengagement_silence_sunsets_in_its_last_steps(rt, tap):
     assert journey(rt, "reengagement", cid)[0] == "RUNNING" and profile(rt, cid)["status"]["S"] == "active"
     assert rt.advance(2 * DAY)
     status, states = journey(rt, "reengagement", cid)
-    assert status == "SUCCEEDED" and states[-1] == "Tag sunset + Suppress (sunset)"  # one Task, the last
+    assert status == "SUCCEEDED" and states[-1] == "Sunset"  # one Task, the last
     assert {"reengage-1", "reengage-2"} <= set(sent(rt, cid))
-    assert profile(rt, cid)["status"]["S"] == "suppressed" and "sunset" in profile(rt, cid)["tags"]["SS"]
-    [suppressed] = {e["detail"]["event_id"]: e["detail"] for e in tap.events("contact.suppressed")
-                    if e["detail"]["contact_id"] == cid}.values()
-    assert suppressed["reason"] == "sunset" and suppressed["funnel"] == "reengagement"
+    contact = profile(rt, cid)
+    assert (contact["status"]["S"], contact["status_reason"]["S"]) == ("sunset", "no response")  # not suppressed
+    [sunset] = {e["detail"]["event_id"]: e["detail"] for e in tap.events("contact.sunset")
+                if e["detail"]["contact_id"] == cid}.values()
+    assert sunset["reason"] == "no response" and sunset["funnel"] == "reengagement"
+    assert not [e for e in tap.events("contact.suppressed") if e["detail"]["contact_id"] == cid]
     # no hand-off, no second machine: the sunset is two states of this execution
     assert not any(e["detail"]["contact_id"] == cid and e["detail"].get("from") == "reengagement"
                    for e in tap.events("funnel.handoff"))

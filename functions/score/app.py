@@ -1,8 +1,9 @@
 """EventBridge → lead and loyalty scoring for one contact (rules: infra/scoring.yaml); human
-engagement also moves the contact's inactivity bucket; an order (re)schedules repurchase_due."""
+engagement also moves the contact's inactivity bucket; an order (re)schedules repurchase_due and
+ends a sunset."""
 from aws_lambda_powertools import Logger
 
-from funnelpilot import inactivity, repurchase, scoring
+from funnelpilot import consent, inactivity, repurchase, scoring
 from funnelpilot.models import PROFILE, Contact
 
 logger = Logger()
@@ -21,9 +22,13 @@ def handler(event: dict, context) -> dict:
     if detail_type == "order.placed" and outcome.status != "unknown_contact":
         # also on a duplicate: a retry after a failed schedule call must still schedule
         try:
-            repurchase.schedule(Contact.get(detail["contact_id"], PROFILE, consistent_read=True))
+            contact = Contact.get(detail["contact_id"], PROFILE, consistent_read=True)
         except Contact.DoesNotExist:
-            pass  # erased since it was scored: no reminder
+            contact = None  # erased since it was scored: no reminder
+        if contact is not None:
+            repurchase.schedule(contact)
+            if contact.status == "sunset":  # a purchase ends a sunset (funnelpilot.consent)
+                consent.reactivate(contact.pk, "order.placed", event_id=f"{detail['event_id']}-reactivated")
     logger.info("scored", extra={"contact_id": detail.get("contact_id"), "status": outcome.status,
                                  "rules": outcome.rules, "crossed": outcome.crossed})
     return {"status": outcome.status, "points": outcome.points, "crossed": outcome.crossed}

@@ -1,6 +1,6 @@
 """GET /u/{token}: the preference centre, a plain HTML form (no JavaScript): a checkbox per list the
-person joined, "Save my choices" and "Unsubscribe from everything". POST /u/{token}: that form,
-or a mail client's RFC 8058 one-click (``List-Unsubscribe=One-Click``), which opts out of the list
+person joined, "Save my choices" and "Unsubscribe from everything". POST /u/{token}: that form
+(or, for someone sunset, its "Send me your emails again", consent.reactivate), or a mail client's RFC 8058 one-click (``List-Unsubscribe=One-Click``), which opts out of the list
 the email belongs to (of everything for an email of no list). A POST with no choice (the old
 page's button) unsubscribes from everything.
 
@@ -24,8 +24,12 @@ def _fields(token: str) -> list[str] | None:
 
 
 def _choices(cid: str) -> str:
-    """The form's checkboxes: every list the person joined, ticked unless opted out of."""
+    """The form's checkboxes: every list the person joined, ticked unless opted out of; for someone
+    sunset (no longer mailed for want of response, funnelpilot.consent) the button that re-subscribes."""
     now = preferences.state(cid)
+    if now is not None and now["status"] == "sunset":
+        return ("<p>We stopped sending you our emails because you had not opened any for a while.</p>"
+                '<p><button type="submit" name="action" value="resubscribe">Send me your emails again</button></p>')
     if now is None or now["status"] not in ("active", "pending"):
         return ""
     boxes = []
@@ -61,6 +65,9 @@ def unsubscribe(token: str) -> Response:
         source, list_name = "one_click", preferences.message_list(cid, message_id)
         outcome = (preferences.choose(cid, drop={list_name}, source=source, message_id=message_id) if list_name
                    else "unsubscribed" if consent.unsubscribe(cid, message_id, source) else "inactive")
+    elif form.get("action") == ["resubscribe"]:  # fresh consent from the owner of the signed link
+        source = "preference_centre"
+        outcome = "updated" if consent.reactivate(cid, source) else "unchanged"
     elif form.get("action") == ["save"]:
         source = "preference_centre"
         outcome = preferences.choose(cid, keep=set(form.get("list", [])), source=source, message_id=message_id)

@@ -1,9 +1,15 @@
-"""Consent: unsubscribing, suppressing, and double opt-in per list.
+"""Consent: unsubscribing, suppressing, sunsetting, and double opt-in per list.
 
 Every change of a contact's status is one conditional update, in one transaction with the
 event it emits (written to the outbox, funnelpilot.outbox), so a repeat (a second one-click
 POST, a duplicate bounce) changes nothing and emits nothing, and no change goes without its
 event. A status other than ``active`` blocks every marketing send (``sequence.blocked_reason``).
+
+``sunset`` is not a suppression: it is what the re-engagement funnel does to someone who stopped
+responding, and it stops marketing only (a transactional email still goes). Fresh consent brings
+the person back to ``active``: a signup (contacts.subscribe: at once on a single opt-in list, through
+the confirmation link on a double opt-in one), the preference centre's re-subscribe, or a purchase
+(``reactivate``). ``unsubscribed`` and ``suppressed`` (bounce, complaint) are never revived by either.
 """
 import logging
 from functools import cache
@@ -17,6 +23,7 @@ from funnelpilot.errors import InvalidField, RecipientRejected
 from funnelpilot.models import PROFILE, ConsentRecord, Contact, Message, is_conditional_failure
 
 DEFAULT_CONFIRM_HOURS = 48
+RESUBSCRIBABLE = ("unsubscribed", "sunset")  # statuses a signup's confirmed link brings back to active
 logger = logging.getLogger(__name__)
 
 
@@ -32,44 +39,77 @@ def message_fields(cid: str, message_id: str | None) -> dict:
     return fields | ({"variant": m.variant} if m.variant else {})
 
 
-def _set_status(cid: str, status: str, reason: str, allowed_from: tuple[str, ...], *also: dict) -> bool:
+def _set_status(cid: str, status: str, reason: str | None, allowed_from: tuple[str, ...], *also: dict) -> bool:
     """Move the contact to ``status`` if it is in one of ``allowed_from``, with the
-    transaction items ``also`` (its event in the outbox, a consent record) in the same
-    transaction; False when its status was none of them (nothing is written)."""
+    transaction items ``also`` (its event in the outbox, a consent record, a condition check) in
+    the same transaction; False when its status was none of them or a check of ``also`` failed
+    (nothing is written). ``reason`` None: back to ``active``, the old reason and any pending
+    re-subscription request are removed."""
     allowed = {f":from{i}": {"S": s} for i, s in enumerate(allowed_from)}
+    values = {":status": {"S": status}, ":now": {"S": clock.iso()}, **allowed}
+    if reason is None:
+        expression = "SET #s = :status, updated_at = :now REMOVE status_reason, resubscribe_requested_at"
+    else:
+        expression = "SET #s = :status, status_reason = :reason, updated_at = :now"
+        values[":reason"] = {"S": reason}
     update = {"Update": {
         "TableName": config().table, "Key": {"pk": {"S": cid}, "sk": {"S": PROFILE}},
-        "UpdateExpression": "SET #s = :status, status_reason = :reason, updated_at = :now",
+        "UpdateExpression": expression,
         "ConditionExpression": f"attribute_exists(pk) AND #s IN ({', '.join(allowed)})",
-        "ExpressionAttributeNames": {"#s": "status"},
-        "ExpressionAttributeValues": {":status": {"S": status}, ":reason": {"S": reason}, ":now": {"S": clock.iso()},
-                                      **allowed}}}
+        "ExpressionAttributeNames": {"#s": "status"}, "ExpressionAttributeValues": values}}
     try:
         aws.transact_write([update, *also])
     except Exception as exc:
-        if aws.failed_conditions(exc) == [0]:
+        if aws.failed_conditions(exc):
             return False
         raise
     return True
 
 
+def _record(cid: str, kind: str, source: str) -> dict:
+    """The transaction ``Put`` of a ``CONSENT#<time>#*#<kind>`` line (every list) of the consent history."""
+    now = clock.iso()
+    record = ConsentRecord(cid, f"CONSENT#{now}#*#{kind}", list_name="*", source=source, given_at=now,
+                           confirmation=kind, ip=None, user_agent=None)
+    return {"Put": {"TableName": config().table, "Item": record.serialize()}}
+
+
 def unsubscribe(cid: str, message_id: str | None, source: str) -> bool:
     """Stop all marketing email to the contact; records the withdrawal of consent and
     emits ``contact.unsubscribed`` (once). True when this call changed the status."""
-    now = clock.iso()
-    withdrawal = ConsentRecord(cid, f"CONSENT#{now}#withdrawn", list_name="*", source=source, given_at=now,
-                               ip=None, user_agent=None)
     event = bus.event("contact.unsubscribed", cid, source=source, **message_fields(cid, message_id))
-    return _set_status(cid, "unsubscribed", source, ("active", "pending"),
-                       {"Put": {"TableName": config().table, "Item": withdrawal.serialize()}}, outbox.put(event))
+    return _set_status(cid, "unsubscribed", source, ("active", "pending", "sunset"), _record(cid, "withdrawn", source),
+                       outbox.put(event))
 
 
 def suppress(cid: str, reason: str, *, event_id: str | None = None, **fields) -> bool:
     """Never email this contact again (hard bounce, complaint, too many soft bounces).
-    Overrides an unsubscribe; emits ``contact.suppressed`` once."""
+    Overrides an unsubscribe and a sunset; emits ``contact.suppressed`` once."""
     event = bus.event("contact.suppressed", cid, event_id=event_id and f"{event_id}-suppressed", reason=reason,
                       **fields)
-    return _set_status(cid, "suppressed", reason, ("active", "pending", "unsubscribed"), outbox.put(event))
+    return _set_status(cid, "suppressed", reason, ("active", "pending", "unsubscribed", "sunset"), outbox.put(event))
+
+
+def sunset(cid: str, reason: str, *, since: float, event_id: str, funnel: str) -> bool:
+    """Stop marketing to an active contact who stopped responding: status ``sunset`` (``reason``), a
+    ``#sunset`` line in the consent history and ``contact.sunset``, in one transaction, conditioned on
+    no human engagement since ``since`` (the re-engagement journey's start; funnelpilot.inactivity's
+    ``ACTIVITY`` item): someone who opened, clicked, visited or bought meanwhile stays. True when it
+    changed the status."""
+    quiet = {"ConditionCheck": {"TableName": config().table, "Key": {"pk": {"S": cid}, "sk": {"S": "ACTIVITY"}},
+                                "ConditionExpression": "attribute_not_exists(last_at) OR last_at <= :since",
+                                "ExpressionAttributeValues": {":since": {"N": str(since)}}}}
+    event = bus.event("contact.sunset", cid, event_id=event_id, reason=reason, funnel=funnel)
+    return _set_status(cid, "sunset", reason, ("active",), quiet, _record(cid, "sunset", f"funnel {funnel}: {reason}"),
+                       outbox.put(event))
+
+
+def reactivate(cid: str, source: str, *, event_id: str | None = None) -> bool:
+    """Fresh consent from a sunset contact outside a signup (a purchase, ``order.placed``; the
+    preference centre's re-subscribe): back to ``active``, a ``#reactivated`` line in the consent
+    history and ``contact.reactivated`` (``source``), once. Any other status is left as it is."""
+    event = bus.event("contact.reactivated", cid, event_id=event_id, source=source)
+    return _set_status(cid, "active", None, ("sunset",), _record(cid, "reactivated", source), outbox.put(event))
 
 
 # ------------------------------------------------------------------ double opt-in
@@ -107,8 +147,8 @@ def confirm(token: str, *, ip: str | None = None, user_agent: str | None = None)
     """Confirm a double opt-in link; the contact id, or None for an invalid or expired link or a
     contact it cannot activate (suppressed, erased, unsubscribed with no signup since).
 
-    The link is the only way from ``pending`` to ``active``, and from ``unsubscribed`` back to
-    ``active`` once a signup asked for it (``resubscribe_requested_at``): it was sent to the
+    The link is the only way from ``pending`` to ``active``, and from ``unsubscribed`` (or, on a double
+    opt-in list, ``sunset``) back to ``active`` once a signup asked for it (``resubscribe_requested_at``): it was sent to the
     address, so the click is its owner's. The first confirmation activates the contact, stores a
     ``CONSENT#…#confirmed`` record (when, from which IP and browser) and emits
     ``contact.confirmed`` and then ``contact.subscribed`` (which starts the funnels), all in one
@@ -123,7 +163,7 @@ def confirm(token: str, *, ip: str | None = None, user_agent: str | None = None)
         contact = Contact.get(cid, PROFILE, consistent_read=True)
     except DoesNotExist:
         return None
-    resubscribe = contact.status == "unsubscribed" and contact.resubscribe_requested_at is not None
+    resubscribe = contact.status in RESUBSCRIBABLE and contact.resubscribe_requested_at is not None
     if contact.status != "pending" and not resubscribe:
         return cid if contact.status == "active" else None
     now = clock.iso()
@@ -132,10 +172,12 @@ def confirm(token: str, *, ip: str | None = None, user_agent: str | None = None)
         "TableName": config().table, "Key": {"pk": {"S": cid}, "sk": {"S": PROFILE}},
         "UpdateExpression": "SET #s = :active, confirmed_at = :now, updated_at = :now "
                             "REMOVE resubscribe_requested_at, status_reason",
-        "ConditionExpression": "#s = :pending OR (#s = :unsubscribed AND attribute_exists(resubscribe_requested_at))",
+        "ConditionExpression": "#s = :pending OR (#s IN (:unsubscribed, :sunset) "
+                               "AND attribute_exists(resubscribe_requested_at))",
         "ExpressionAttributeNames": {"#s": "status"},
         "ExpressionAttributeValues": {":active": {"S": "active"}, ":pending": {"S": "pending"},
-                                      ":unsubscribed": {"S": "unsubscribed"}, ":now": {"S": now}}}}
+                                      ":unsubscribed": {"S": "unsubscribed"}, ":sunset": {"S": "sunset"},
+                                      ":now": {"S": now}}}}
     record = ConsentRecord(cid, f"CONSENT#{now}#{list_name}#confirmed", list_name=list_name, source="confirm",
                            ip=ip, user_agent=user_agent, given_at=now, confirmation="confirmed", confirmed_at=now)
     try:
@@ -171,7 +213,7 @@ def confirmation_email(contact: Contact, list_name: str, lead_magnet: str | None
 
 
 def send_confirmation(cid: str, list_name: str, lead_magnet: str | None, event_id: str) -> str | None:
-    """Email the double opt-in link to a pending contact, or to an unsubscribed one a signup
+    """Email the double opt-in link to a pending contact, or to an unsubscribed (sunset) one a signup
     asked to re-subscribe (at most once per 10 minutes); the message id, or None when nothing
     was sent. A recipient SES rejects (the sandbox's unverified addresses) is logged and not
     retried; any other failure releases the 10-minute claim and is raised, so the asynchronous
@@ -185,7 +227,7 @@ def send_confirmation(cid: str, list_name: str, lead_magnet: str | None, event_i
             actions=[Contact.confirm_sent_at.set(stamp)],
             condition=Contact.pk.exists()
             & ((Contact.status == "pending")
-               | ((Contact.status == "unsubscribed") & Contact.resubscribe_requested_at.exists()))
+               | (Contact.status.is_in(*RESUBSCRIBABLE) & Contact.resubscribe_requested_at.exists()))
             & (Contact.confirm_sent_at.does_not_exist()
                | (Contact.confirm_sent_at < clock.iso(now - CONFIRM_RESEND_SECONDS))))
     except UpdateError as exc:

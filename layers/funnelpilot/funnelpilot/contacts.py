@@ -10,7 +10,7 @@ from funnelpilot import aws, bus, clock, outbox, ratelimit, tokens, urls
 from funnelpilot.audience import fields as custom_fields
 from funnelpilot.channels.phone import parse_phone
 from funnelpilot.config import config
-from funnelpilot.consent import list_settings, require_list
+from funnelpilot.consent import RESUBSCRIBABLE, list_settings, require_list
 from funnelpilot.errors import InvalidField, RateLimited
 from funnelpilot.models import PROFILE
 
@@ -172,6 +172,9 @@ def subscribe(signup: Signup, *, ip: str, user_agent: str | None, at: float, pag
       10-minute resend throttle applies) and the confirmation covers every list asked for;
     - ``unsubscribed``: stays unsubscribed and is marked ``resubscribe_requested_at``;
       ``contact.pending`` sends the owner a confirmation link, the only way back to ``active``;
+    - ``sunset`` (no response, funnelpilot.consent): the signup is fresh consent. On a single opt-in
+      list ``active`` again and ``contact.subscribed`` (``resubscribed``); on a double opt-in list as
+      ``unsubscribed`` above, the confirmation link brings them back;
     - ``suppressed`` (bounce, complaint), ``erased`` (an erasure in progress): nothing changes
       but the lists, and no event.
 
@@ -199,10 +202,11 @@ def subscribe(signup: Signup, *, ip: str, user_agent: str | None, at: float, pag
                  {"Put": {"TableName": config().table, "Item": consent}}]
         if kind == "pending":
             items.append(outbox.put(bus.event("contact.pending", cid, list=signup.list_name,
-                                              lead_magnet=signup.lead_magnet, resubscribe=seen == "unsubscribed")))
+                                              lead_magnet=signup.lead_magnet, resubscribe=seen in RESUBSCRIBABLE)))
         elif kind == "subscribed":  # lead_magnet only when there is one: funnels trigger on its existence (delivery)
             magnet = {"lead_magnet": signup.lead_magnet} if signup.lead_magnet else {}
-            items.append(outbox.put(bus.event("contact.subscribed", cid, list=signup.list_name, resubscribed=False,
+            items.append(outbox.put(bus.event("contact.subscribed", cid, list=signup.list_name,
+                                              resubscribed=seen == "sunset",
                                               **magnet, **signup.utm)))
         try:
             aws.transact_write(items)
@@ -235,7 +239,9 @@ def _next_status(seen: str | None, double_opt_in: bool) -> tuple[str | None, str
         return ("pending", "pending", "unconfirmed") if double_opt_in else ("active", "subscribed", "single_opt_in")
     if seen == "active":
         return seen, "subscribed", "already_active"
-    if seen in ("pending", "unsubscribed"):
+    if seen == "sunset" and not double_opt_in:
+        return "active", "subscribed", "resubscribed"  # fresh consent ends a sunset (funnelpilot.consent)
+    if seen in ("pending", *RESUBSCRIBABLE):
         return seen, "pending", "unconfirmed"  # only the owner's click on the link activates (consent.confirm)
     return seen, None, seen  # suppressed, erased: never reactivated by a signup
 
@@ -252,7 +258,7 @@ def _profile_update(signup: Signup, cid: str, now: str, seen: str | None, status
     if status != seen:
         sets.append("#s = :status")
         values[":status"] = {"S": status}
-    if seen == "unsubscribed":
+    if seen in RESUBSCRIBABLE and status == seen:
         sets.append("resubscribe_requested_at = :now")  # lets the owner's confirmation reactivate
     if seen is not None:
         values[":seen"] = {"S": seen}
@@ -291,6 +297,8 @@ def _profile_update(signup: Signup, cid: str, now: str, seen: str | None, status
             sets.append("#p = :props")
             values[":props"] = {"M": {k: custom_fields.attribute(v) for k, v in signup.properties.items()}}
             condition += " AND attribute_not_exists(#p)"
+    if seen == "sunset" and status == "active":
+        removes += ["status_reason", "resubscribe_requested_at"]
     expression = f"SET {', '.join(sets)} ADD {', '.join(adds)}" + (f" REMOVE {', '.join(removes)}" if removes else "")
     return {"Update": {"TableName": config().table, "Key": {"pk": {"S": cid}, "sk": {"S": PROFILE}},
                        "UpdateExpression": expression, "ExpressionAttributeNames": names,

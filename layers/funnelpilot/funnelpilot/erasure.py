@@ -29,15 +29,15 @@ def incarnation(cid: str) -> str | None:
 
 
 def live(cid: str, *fields: str) -> dict | None:
-    """``incarnation`` and ``fields`` (plain values, absent when unset) of the live profile, or None
-    when there is none (erased, or never subscribed). A consistent read."""
+    """``incarnation``, ``status`` and ``fields`` (plain values, absent when unset) of the live profile,
+    or None when there is none (erased, or never subscribed). A consistent read."""
     names = {"#s": "status", **{f"#f{i}": f for i, f in enumerate(fields)}}
     item = aws.dynamodb().get_item(TableName=config().table, Key=_key(cid), ConsistentRead=True,
                                    ProjectionExpression=", ".join(["incarnation", *names]),
                                    ExpressionAttributeNames=names).get("Item")
     if item is None or item.get("status", {}).get("S") == "erased":
         return None
-    return {"incarnation": "", **{k: next(iter(v.values())) for k, v in item.items() if k != "status"}}
+    return {"incarnation": "", **{k: next(iter(v.values())) for k, v in item.items()}}
 
 
 def alive(cid: str, incarnation_: str | None = None) -> dict:

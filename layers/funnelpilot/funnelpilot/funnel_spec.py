@@ -17,14 +17,17 @@ import yaml
 from funnelpilot.config import config
 
 ENTRY_RULES = ("once_per_contact", "once_per_trigger", "always")
+# What a hand-off (``goto``, ``funnel.handoff``) does about ``reenter_after``: ``enter`` overrides it (the
+# person was sent here on purpose), ``respect_reentry`` refuses within it (funnelpilot.funnels.handoff).
+HANDOFF_MODES = ("enter", "respect_reentry")
 # The event catalogue (ARCHITECTURE.md §4) plus the events funnelpilot adds; ``custom.*`` are the site's own.
 EVENTS = frozenset("""contact.subscribed contact.confirmed contact.pending contact.unsubscribed contact.suppressed
 contact.erased contact.updated contact.tagged contact.untagged contact.inactive email.sent email.blocked
 email.delivered email.opened email.clicked email.bounced email.complained page.viewed order.placed score.changed
 lead.qualified customer.vip customer.repurchase_due segment.entered segment.left
-funnel.converted funnel.handoff sales.notify""".split())
+funnel.converted funnel.handoff funnel.refused contact.sunset contact.reactivated sales.notify""".split())
 ACTIONS = ("send", "sms", "wait", "wait_for", "if", "split", "tag", "untag", "set", "score", "notify", "webhook", "goto",
-           "exit", "suppress")
+           "exit", "suppress", "sunset")
 _EXTRA_KEYS = {"send": {"transactional"}, "sms": {"segments"}, "if": {"then", "else"}, "wait_for": {"timeout", "then", "else"}}
 # Conditions of ``if``: engagement with this funnel's emails, plus every segment condition.
 ENGAGEMENT = ("clicked", "opened")
@@ -83,6 +86,7 @@ class Funnel:
     trigger: dict | None = None  # {"event": detail-type, "where": detail pattern}
     entry_rule: str = "once_per_trigger"
     reenter_after: float = 0.0
+    handoff: str = "enter"  # one of HANDOFF_MODES
     goals: tuple[str, ...] = ()
     exits: tuple[str, ...] = ()
     frequency_cap: tuple[int, float] = (1, 24.0)  # marketing emails per contact, per hours (every funnel)
@@ -156,8 +160,8 @@ class _Checker:
 
     def step(self, raw, parent_line: int, where: str) -> Step | None:
         line = getattr(raw, "line", parent_line)
-        if isinstance(raw, str) and raw == "exit":
-            return Step("exit", None, line)
+        if isinstance(raw, str) and raw in ("exit", "sunset"):
+            return Step(raw, None, line)
         if not isinstance(raw, dict):
             self.error(line, f"{where}: a step is a mapping such as `send: welcome-1` or `wait: 2 days`")
             return None
@@ -380,9 +384,17 @@ class _Checker:
         return Step("exit", value if isinstance(value, str) else None, line, name)
 
     def _suppress(self, value, raw, line, where, name):
+        if value == "sunset":
+            raise ValueError("suppress is for ever (like a hard bounce); a sunset is its own step, `- sunset`, "
+                             "which fresh consent or a purchase undoes")
         if not isinstance(value, str) or not re.match(r"^[a-z0-9_-]{1,40}$", value):
-            raise ValueError("suppress takes a reason word: `suppress: sunset`")
+            raise ValueError("suppress takes a reason word: `suppress: spam-trap`")
         return Step("suppress", value, line, name)
+
+    def _sunset(self, value, raw, line, where, name):
+        if value not in (None, True) and not (isinstance(value, str) and re.match(r"^[a-z0-9_ -]{1,40}$", value)):
+            raise ValueError("sunset takes nothing, or a short reason: `- sunset` or `sunset: no response`")
+        return Step("sunset", value if isinstance(value, str) else None, line, name)
 
 
 _TOP = {"id", "name", "description", "trigger", "entry", "goals", "exits", "frequency_cap", "quiet_hours",
@@ -409,7 +421,7 @@ def parse(path: Path, templates: bool = True) -> tuple[Funnel | None, list[str]]
     elif fid != path.stem:
         c.error(doc.line, f"id {fid!r} must match the file name ({path.stem}.yaml)")
     trigger = _trigger(c, doc.get("trigger"), doc.line)
-    entry_rule, reenter = _entry(c, doc.get("entry", "once_per_trigger"), doc.line)
+    entry_rule, reenter, handoff = _entry(c, doc.get("entry", "once_per_trigger"), doc.line)
     goals = tuple(e for e in (c.event(g, doc.line, "goals") for g in _list(doc.get("goals"))) if e)
     exits = tuple(e for e in (c.event(g, doc.line, "exits") for g in _list(doc.get("exits"))) if e)
     cap = _cap(c, doc.get("frequency_cap"), doc.line)
@@ -425,9 +437,9 @@ def parse(path: Path, templates: bool = True) -> tuple[Funnel | None, list[str]]
     if status not in STATUSES:
         c.error(doc.line, f"status {status!r}: live, or draining (no new entries; people inside finish)")
     funnel = Funnel(id=fid, path=path, name=str(doc.get("name") or fid), description=str(doc.get("description") or ""),
-                    trigger=trigger, entry_rule=entry_rule, reenter_after=reenter, goals=goals, exits=exits,
-                    frequency_cap=cap, quiet_hours=quiet, timezone=str(tz), steps=steps, list_name=list_name,
-                    status=str(status))
+                    trigger=trigger, entry_rule=entry_rule, reenter_after=reenter, handoff=handoff, goals=goals,
+                    exits=exits, frequency_cap=cap, quiet_hours=quiet, timezone=str(tz), steps=steps,
+                    list_name=list_name, status=str(status))
     _check_references(c, funnel)
     return (None if c.errors else funnel), c.errors
 
@@ -474,26 +486,34 @@ def _plain(value):
     return value
 
 
-def _entry(c: _Checker, node, line: int) -> tuple[str, float]:
+def _entry(c: _Checker, node, line: int) -> tuple[str, float, str]:
     if isinstance(node, str):
         node = {"rule": node}
     if not isinstance(node, dict):
         c.error(line, f"entry: one of {', '.join(ENTRY_RULES)}, or `{{rule: ..., reenter_after: 30 days}}`")
-        return "once_per_trigger", 0.0
-    c.keys(node, {"rule", "reenter_after"}, getattr(node, "line", line), "entry")
+        return "once_per_trigger", 0.0, "enter"
+    line = getattr(node, "line", line)
+    c.keys(node, {"rule", "reenter_after", "handoff"}, line, "entry")
     rule = node.get("rule")
     if rule not in ENTRY_RULES:
-        c.error(getattr(node, "line", line), f"entry rule {rule!r}: one of {', '.join(ENTRY_RULES)}")
-        return "once_per_trigger", 0.0
+        c.error(line, f"entry rule {rule!r}: one of {', '.join(ENTRY_RULES)}")
+        return "once_per_trigger", 0.0, "enter"
     reenter = 0.0
     if "reenter_after" in node:
         if rule == "once_per_contact":
-            c.error(getattr(node, "line", line), "entry: once_per_contact never re-enters; drop reenter_after")
+            c.error(line, "entry: once_per_contact never re-enters; drop reenter_after")
         try:
             reenter = seconds(node["reenter_after"])
         except ValueError as exc:
-            c.error(getattr(node, "line", line), f"entry.reenter_after: {exc}")
-    return rule, reenter
+            c.error(line, f"entry.reenter_after: {exc}")
+    handoff = node.get("handoff", "enter")
+    if handoff not in HANDOFF_MODES:
+        c.error(line, f"entry.handoff {handoff!r}: `enter` (a hand-off enters even within reenter_after, the "
+                      "default) or `respect_reentry` (a hand-off within reenter_after is refused)")
+        handoff = "enter"
+    elif handoff == "respect_reentry" and not reenter:
+        c.error(line, "entry.handoff: respect_reentry needs a reenter_after to respect (e.g. `reenter_after: 30 days`)")
+    return rule, reenter, handoff
 
 
 def _cap(c: _Checker, node, line: int) -> tuple[int, float]:

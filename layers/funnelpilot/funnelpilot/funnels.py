@@ -14,9 +14,11 @@ claim, which lets the steps of a stale execution recognise that the entry is no 
 """
 import json
 from functools import cache
+from typing import NamedTuple
 
-from funnelpilot import aws, bus, clock, erasure, funnel_spec, metrics, scoring, sendtime, tokens
+from funnelpilot import aws, bus, clock, erasure, funnel_spec, metrics, outbox, scoring, sendtime, tokens
 from funnelpilot.config import config
+from funnelpilot.errors import TransientError
 
 ENTRY_RULES = ("once_per_contact", "once_per_trigger", "always")
 LIVE = ("starting", "running")
@@ -77,6 +79,17 @@ def converting_step(arn: str) -> tuple[str | None, str | None]:
 
 
 # ---------------------------------------------------------------- enter
+# A hand-off to someone no marketing may reach is refused (the status is the reason).
+NOT_MARKETABLE = ("unsubscribed", "suppressed", "sunset")
+_CLAIM_ATTEMPTS = 3  # the entry changing between its read and the claim (a journey ending at that instant)
+
+
+class Attempt(NamedTuple):
+    execution: str | None = None  # the execution's name when entered
+    refused: str | None = None  # why the entry rule (or the person's status) refused it
+    incarnation: str | None = None  # the profile's, when there is one
+
+
 def _claim_condition(entry_rule: str, reenter_after: float) -> str:
     """Who may (re-)enter. A duplicate of the current trigger never does (trigger_event_id)."""
     if entry_rule == "once_per_contact":
@@ -88,6 +101,20 @@ def _claim_condition(entry_rule: str, reenter_after: float) -> str:
         allowed.append("NOT (#s IN (:starting, :running))")
     return f"attribute_not_exists(pk) OR ({' AND '.join(allowed)})" if len(allowed) > 1 else \
         f"attribute_not_exists(pk) OR {allowed[0]}"
+
+
+def _refusal(entry_rule: str, reenter_after: float, current: dict, now: float) -> str | None:
+    """Which part of the claim's condition failed, from the entry as it is now; None when none
+    fails any more (it changed since it was read: claim again)."""
+    if not current:
+        return None
+    if entry_rule == "once_per_contact":
+        return "once_per_contact"
+    if entry_rule == "once_per_trigger" and current.get("status") in LIVE:
+        return "already_in_funnel"
+    if reenter_after > 0 and float(current.get("entered_ts") or 0) > now - reenter_after:
+        return "reenter_after"
+    return None
 
 
 def enter(*, funnel: str, state_machine_arn: str, entry_rule: str, event: dict,
@@ -103,57 +130,120 @@ def enter(*, funnel: str, state_machine_arn: str, entry_rule: str, event: dict,
     ``draining`` (a funnel being removed, README "Changing a live funnel"): nobody enters; the
     refusal is counted once per event (``refused`` and ``refused_draining`` on the funnel's row).
     """
+    if draining:
+        metrics.count(funnel, None, {"refused": 1, "refused_draining": 1},
+                      once_key=f"refused#{funnel}#{event['detail']['event_id']}")
+        return None
+    return _enter(funnel, state_machine_arn, entry_rule, event, reenter_after, start_wait).execution
+
+
+def handoff(*, funnel: str, state_machine_arn: str, entry_rule: str, event: dict, reenter_after: float = 0,
+            mode: str = "enter", start_wait: dict | None = None, draining: bool = False) -> dict:
+    """A ``funnel.handoff`` into ``funnel`` (a ``goto``, a bulk action, an import): an explicit entry,
+    which enters or is refused with its reason and recorded (``refuse``), never dropped. ``mode``
+    (the funnel's ``entry.handoff``): ``enter`` overrides ``reenter_after`` (the person was sent here on
+    purpose), ``respect_reentry`` refuses within it. Also refused: ``once_per_contact`` (once ever),
+    ``already_in_funnel`` (once_per_trigger, running), a person no marketing may reach
+    (NOT_MARKETABLE) and anyone while the funnel is ``draining``. A duplicate of a hand-off that
+    entered is neither."""
+    attempt = _enter(funnel, state_machine_arn, entry_rule, event,
+                     reenter_after if mode == "respect_reentry" else 0, start_wait, NOT_MARKETABLE, draining)
+    if attempt.refused:
+        refuse(event, funnel, attempt.refused, attempt.incarnation)
+    return {"execution": attempt.execution, "refused": attempt.refused}
+
+
+def refuse(event: dict, funnel: str, reason: str, incarnation: str) -> bool:
+    """Record a refused hand-off, once per hand-off event: a ``REFUSED#`` item in the contact's
+    partition (their timeline, funnelpilot.audience.lookup) and ``funnel.refused`` (funnel, reason,
+    from) in its outbox, in one transaction conditioned on the profile (funnelpilot.erasure) and on
+    the item being new, then the funnel's ``refused`` counters (one ADD, funnelpilot.metrics). False
+    when it was recorded already (a duplicate delivery) or the person is erased."""
+    detail = event["detail"]
+    cid, source = detail["contact_id"], detail.get("from")
+    refusal_id = tokens.digest_id("fr", funnel, detail["event_id"])
+    origin = {"from": source} if isinstance(source, str) else {}
+    item = {"pk": {"S": cid}, "sk": {"S": f"REFUSED#{refusal_id}"}, "funnel": {"S": funnel}, "reason": {"S": reason},
+            "at": {"S": clock.iso()}, **{k: {"S": v} for k, v in origin.items()}}
+    refused = bus.event("funnel.refused", cid, event_id=refusal_id, funnel=funnel, reason=reason, **origin)
+    try:
+        aws.transact_write([erasure.alive(cid, incarnation),
+                            {"Put": {"TableName": config().table, "Item": item,
+                                     "ConditionExpression": "attribute_not_exists(pk)"}}, outbox.put(refused)])
+    except Exception as exc:
+        if not aws.failed_conditions(exc):
+            raise
+        return False
+    metrics.refused(funnel, reason)
+    return True
+
+
+def _enter(funnel: str, state_machine_arn: str, entry_rule: str, event: dict, reenter_after: float,
+           start_wait: dict | None, refused_statuses: tuple[str, ...] = (), draining: bool = False) -> Attempt:
+    """``enter``; ``refused_statuses``: profile statuses refused outright (their name is the reason);
+    ``draining``: the funnel takes nobody in (the reason: ``draining``)."""
     if entry_rule not in ENTRY_RULES:
         raise ValueError(f"unknown entry rule {entry_rule!r}")
     detail = event["detail"]
     cid, event_id = detail["contact_id"], detail["event_id"]
-    if draining:
-        metrics.count(funnel, None, {"refused": 1, "refused_draining": 1}, once_key=f"refused#{funnel}#{event_id}")
-        return None
     profile = erasure.live(cid, "timezone")
     if profile is None:
-        return None  # erased (an event in flight), or never subscribed: nothing is written
+        return Attempt()  # erased (an event in flight), or never subscribed: nothing is written
     incarnation = profile["incarnation"]
+    if draining or profile.get("status") in refused_statuses:
+        return Attempt(refused="draining" if draining else profile["status"], incarnation=incarnation)
     entry_id = "1" if entry_rule == "once_per_contact" else event_id[:32]
     name = execution_name(cid, funnel, entry_id, incarnation)
     arn = execution_arn(state_machine_arn, name)
-    # TransactWriteItems returns no old values: the entry this claim replaces is read first
-    old = aws.dynamodb().get_item(TableName=config().table, Key=_entry_key(cid, funnel), ConsistentRead=True
-                                  ).get("Item") or {}
-    now = clock.now()
-    values = {":starting": {"S": "starting"}, ":running": {"S": "running"}, ":eid": {"S": event_id},
-              ":iso": {"S": clock.iso(now)}, ":now": {"N": str(int(now))}, ":one": {"N": "1"},
-              ":arn": {"S": arn}, ":f": {"S": funnel}}
-    condition = _claim_condition(entry_rule, reenter_after)
-    if ":cut" in condition:
-        values[":cut"] = {"N": str(int(now - reenter_after))}
-    if ":running" not in condition:
-        del values[":running"]
-    sets = "SET #s = :starting, entered_at = :iso, entered_ts = :now, trigger_event_id = :eid, execution_arn = :arn, funnel = :f"
-    if isinstance(detail.get("list"), str):  # the journey's emails belong to the list its trigger named
-        sets += ", list_name = :list"
-        values[":list"] = {"S": detail["list"]}
+    for _attempt in range(_CLAIM_ATTEMPTS):
+        # TransactWriteItems returns no old values: the entry this claim replaces is read first
+        old = aws.dynamodb().get_item(TableName=config().table, Key=_entry_key(cid, funnel), ConsistentRead=True
+                                      ).get("Item") or {}
+        now = clock.now()
+        values = {":starting": {"S": "starting"}, ":running": {"S": "running"}, ":eid": {"S": event_id},
+                  ":iso": {"S": clock.iso(now)}, ":now": {"N": str(int(now))}, ":one": {"N": "1"},
+                  ":arn": {"S": arn}, ":f": {"S": funnel}}
+        condition = _claim_condition(entry_rule, reenter_after)
+        if ":cut" in condition:
+            values[":cut"] = {"N": str(int(now - reenter_after))}
+        if ":running" not in condition:
+            del values[":running"]
+        sets = ("SET #s = :starting, entered_at = :iso, entered_ts = :now, trigger_event_id = :eid, "
+                "execution_arn = :arn, funnel = :f")
+        if isinstance(detail.get("list"), str):  # the journey's emails belong to the list its trigger named
+            sets += ", list_name = :list"
+            values[":list"] = {"S": detail["list"]}
+        else:
+            sets += " REMOVE list_name"
+        if old.get("execution_arn"):  # pin what we replace: "always" stops it, a failed start puts it back
+            condition = f"({condition}) AND execution_arn = :old AND #s = :oldstatus"
+            values[":old"], values[":oldstatus"] = old["execution_arn"], old.get("status", {"S": ""})
+        claim = {"Update": {"TableName": config().table, "Key": _entry_key(cid, funnel),
+                            "UpdateExpression": f"{sets} ADD entries :one",
+                            "ConditionExpression": condition, "ExpressionAttributeNames": {"#s": "status"},
+                            "ExpressionAttributeValues": values}}
+        try:
+            aws.transact_write([erasure.alive(cid, incarnation), claim])
+            claimed = True
+            break
+        except Exception as exc:
+            failed = aws.failed_conditions(exc)
+            if not failed:
+                raise
+            if 0 in failed:
+                return Attempt()  # erased meanwhile
+            current = entry(cid, funnel) or {}
+            if current.get("trigger_event_id") == event_id:
+                if current.get("status") != "starting":
+                    return Attempt(incarnation=incarnation)  # a duplicate of an entry already made
+                arn = current["execution_arn"]  # a retry of a half-done entry: start it (again)
+                old, claimed = {}, False
+                break
+            reason = _refusal(entry_rule, reenter_after, current, now)
+            if reason:
+                return Attempt(refused=reason, incarnation=incarnation)
     else:
-        sets += " REMOVE list_name"
-    claimed = True
-    if old.get("execution_arn"):  # pin what we replace: "always" stops it, a failed start puts it back
-        condition = f"({condition}) AND execution_arn = :old AND #s = :oldstatus"
-        values[":old"], values[":oldstatus"] = old["execution_arn"], old.get("status", {"S": ""})
-    claim = {"Update": {"TableName": config().table, "Key": _entry_key(cid, funnel),
-                        "UpdateExpression": f"{sets} ADD entries :one",
-                        "ConditionExpression": condition, "ExpressionAttributeNames": {"#s": "status"},
-                        "ExpressionAttributeValues": values}}
-    try:
-        aws.transact_write([erasure.alive(cid, incarnation), claim])
-    except Exception as exc:
-        failed = aws.failed_conditions(exc)
-        if not failed:
-            raise
-        current = {} if 0 in failed else (entry(cid, funnel) or {})
-        if not (current.get("status") == "starting" and current.get("trigger_event_id") == event_id):
-            return None  # erased meanwhile; not allowed; or a duplicate of an entry already made
-        arn = current["execution_arn"]  # a retry of a half-done entry: start it (again)
-        old, claimed = {}, False
+        raise TransientError(f"entry into {funnel}: the entry kept changing under its claim")
     old_arn = old.get("execution_arn", {}).get("S")
     if entry_rule == "always" and old_arn and old_arn != arn and old.get("status", {}).get("S") in LIVE:
         _stop(old_arn, "FunnelReentered", "replaced by a new entry (entry rule: always)")
@@ -170,13 +260,13 @@ def enter(*, funnel: str, state_machine_arn: str, entry_rule: str, event: dict,
     if not started and _sfn().describe_execution(executionArn=arn)["status"] != "RUNNING":
         # A late duplicate of a trigger whose journey already ran (same name): nothing to start.
         set_status(cid, funnel, arn, "completed", only_from=("starting",))
-        return None
+        return Attempt(incarnation=incarnation)
     if not set_status(cid, funnel, arn, "running", only_from=("starting",)) and entry(cid, funnel) is None:
         _stop(arn, "ContactErased", "the contact was erased while the journey started")
-        return None
+        return Attempt()
     if started:  # once per execution: a retry finds it exists (funnelpilot.metrics)
         metrics.entered(funnel)
-    return name
+    return Attempt(execution=name, incarnation=incarnation)
 
 
 def _start(state_machine_arn: str, name: str, payload: dict) -> bool:

@@ -14,7 +14,7 @@ from funnelpilot.config import config
 
 # Human engagement (email.opened/clicked arrive here only with human: true: the rule's pattern).
 ENGAGEMENT = {"email.opened", "email.clicked", "page.viewed", "order.placed", "contact.subscribed",
-              "contact.confirmed"}
+              "contact.confirmed", "contact.reactivated"}
 JOB_KEY = {"pk": {"S": "JOB#reengage_scan"}, "sk": {"S": "CURSOR"}}
 MAX_CATCH_UP_DAYS = 7
 

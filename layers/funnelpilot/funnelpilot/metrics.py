@@ -11,8 +11,9 @@ instead of every event also adding to rows of their own (``EMAIL#<template>`` an
 step only: the goal event names the state the contact was on, not an email. A funnel's report
 over a day range is one Query on ``pk`` with ``sk BETWEEN`` (funnelpilot.report).
 
-Entries and journey ends are counted where they happen, with no bus event and no marker
-(``count`` without ``once_key``): the router when its StartExecution created the execution,
+Entries, refused hand-offs and journey ends are counted where they happen, with no bus event and no marker
+(``count`` without ``once_key``): the router when its StartExecution created the execution or
+its refusal's item was new,
 the sequence step's completion and the router's exit when they moved the entry's status (see
 ``entered`` and ``completed``): the producer's own conditional write is the counted-once guard,
 and a process dying between it and the ``ADD`` loses that one count.
@@ -131,6 +132,12 @@ def entered(funnel: str) -> None:
 def completed(funnel: str) -> None:
     """A journey through ``funnel`` ended (completed or exited; once, by its status change)."""
     count(funnel, None, {"completed": 1})
+
+
+def refused(funnel: str, reason: str) -> None:
+    """A hand-off into ``funnel`` was refused (once, by its ``REFUSED#`` item, funnelpilot.funnels.refuse):
+    ``refused`` and ``refused_<reason>`` in one ADD."""
+    count(funnel, None, {"refused": 1, f"refused_{reason}": 1})
 
 
 def record(detail_type: str, detail: dict) -> bool:

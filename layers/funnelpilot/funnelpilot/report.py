@@ -138,7 +138,9 @@ def build(funnel: str, rows: list[dict], start: str, end: str, order: list[str] 
         return _with_rates(out)
 
     total = sums.get(FUNNEL_ROW, {})
-    funnel_row = {k: total.get(k, 0) for k in ("entered", "completed", "conversions", "failed")}
+    funnel_row = {k: total.get(k, 0) for k in ("entered", "completed", "conversions", "failed", "refused")}
+    funnel_row["refused_by_reason"] = {k.removeprefix("refused_"): v for k, v in sorted(total.items())
+                                       if k.startswith("refused_")}  # hand-offs, and entries while draining
     funnel_row["conversion_rate"] = _pct(funnel_row["conversions"], funnel_row["entered"])
     # A/B branch steps run side by side: no drop-off between them, the step after compares with the one before
     branches = {n.removeprefix("VARIANT#").rpartition("#")[0] for n in sums if n.startswith("VARIANT#")}
@@ -195,6 +197,8 @@ def table(report: dict) -> str:
     texts = {k: sum(s[f"sms_{k}"] for s in report["steps"]) for k in ("sent", "delivered", "failed")}
     if any(texts.values()):
         out.append("  SMS: " + ", ".join(f"{k} {n}" for k, n in texts.items()))
+    if report.get("refused_by_reason"):
+        out.append("  refused: " + ", ".join(f"{r} {n}" for r, n in report["refused_by_reason"].items()))
     for v in report["variants"]:
         out.append(f"  A/B {v['step']} [{v['variant']}]: sent {v['sent']}, open {_fmt_pct(v['open_rate'])}, "
                    f"click {_fmt_pct(v['click_rate'])}, conv {_fmt_pct(v['conversion_rate'])}")

@@ -24,7 +24,7 @@ LIST_STATUSES = ("active", "pending")  # who a list's segment counts (opted out 
 ENGAGEMENT = sorted(inactivity.ENGAGEMENT)
 _PROFILE_EVENTS = ["contact.updated", "contact.tagged", "contact.untagged"]
 _STATUS_EVENTS = ["contact.subscribed", "contact.confirmed", "contact.unsubscribed", "contact.suppressed",
-                  "contact.erased"]
+                  "contact.sunset", "contact.reactivated", "contact.erased"]
 # Which events can change each kind of condition (the segment's dependencies).
 DEPENDS = {
     "tag": _PROFILE_EVENTS, "not_tag": _PROFILE_EVENTS, "property": _PROFILE_EVENTS,

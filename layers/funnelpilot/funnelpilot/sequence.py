@@ -27,7 +27,7 @@ from funnelpilot.errors import FunnelLeft, QuietHours, RecipientRejected, Templa
 from funnelpilot.models import PROFILE, Contact, Message, is_conditional_failure
 
 logger = logging.getLogger(__name__)
-LEAVES = ("unknown_contact", "erased", "unsubscribed", "suppressed", "goal_reached",
+LEAVES = ("unknown_contact", "erased", "unsubscribed", "suppressed", "sunset", "goal_reached",
           "list_unsubscribed")  # blocked: journey over
 LOG_KEEP = 720 * 3600  # marketing_log entries kept: the longest frequency-cap window a funnel may set
 WAIT_GRACE = 86_400  # a wait item outlives its timeout by a day, then DynamoDB's TTL removes it
@@ -74,6 +74,8 @@ def blocked_reason(contact: Contact | None, step: dict, entry_status: str | None
         return "goal_reached"  # the goal came while this step was in flight
     if contact.status == "pending" and not step.get("transactional"):
         return "unconfirmed"
+    if contact.status == "sunset" and not step.get("transactional"):
+        return "sunset"  # marketing stops; a transactional email (a lead magnet) still goes
     return None
 
 
@@ -462,10 +464,19 @@ def score(step: dict) -> dict:
 
 
 def suppress(step: dict) -> dict:
-    """Sunset: never email this contact again."""
+    """Never email this contact again."""
     consent.suppress(step["contact_id"], step.get("reason") or "funnel", event_id=_step_id(step, "sp"),
                      funnel=step["funnel"])
     return {"status": "done"}
+
+
+def sunset(step: dict) -> dict:
+    """Stop marketing to someone who stopped responding (consent.sunset), unless they engaged since
+    this journey began (its entry's ``entered_ts``): a purchase or a visit meanwhile counts."""
+    current = funnels.entry(step["contact_id"], step["funnel"]) or {}
+    done = consent.sunset(step["contact_id"], step.get("reason") or "no response", event_id=_step_id(step, "ss"),
+                          since=float(current.get("entered_ts") or 0), funnel=step["funnel"])
+    return {"status": "sunset" if done else "kept"}
 
 
 # ---------------------------------------------------------------- events for other parts
@@ -550,7 +561,7 @@ def _cause(cause: str | None) -> str | None:
 
 ACTIONS = {"send": send, "sms": sms.send, "check": check, "split": split, "wait_for": wait_for, "until": until, "tag": tag,
            "untag": untag, "set": set_properties, "score": score, "notify": notify, "webhook": webhook, "goto": goto,
-           "suppress": suppress, "steps": steps, "complete": complete, "fail": fail}
+           "suppress": suppress, "sunset": sunset, "steps": steps, "complete": complete, "fail": fail}
 
 
 def run(step: dict) -> dict:

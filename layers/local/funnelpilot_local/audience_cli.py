@@ -235,6 +235,10 @@ def format_card(card: dict) -> str:
             lines.append(f"    {f['console_url']}")
     lines.append("emails")
     for e in card["timeline"]:
+        if e["event"] == "refused":  # a hand-off the funnel refused (funnelpilot.funnels.refuse)
+            lines.append(f"  {e['at']}  {'refused':<10} {e.get('funnel') or '-':<16} {e.get('reason')}"
+                         + (f", handed off by {e['from']}" if e.get("from") else ""))
+            continue
         who = "" if "human" not in e else "human" if e["human"] else f"machine: {e.get('reason')}"
         lines.append(f"  {e['at']}  {e['event']:<10} {e.get('template') or '-':<16} {who}"
                      + (f"  {e['url']}" if e.get("url") else "") + (f"  ({e['reason']})" if e["event"] == "blocked" else ""))

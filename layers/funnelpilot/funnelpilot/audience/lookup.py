@@ -60,7 +60,7 @@ def card(cid: str) -> dict | None:
                    "orders": p.get("orders") or 0, "spend": p.get("spend") or 0},
         "segments": p.get("segments") or [],
         "funnels": [_journey(f) for f in sorted(by_kind.get("FUNNEL", []), key=lambda f: f.get("entered_at") or "")],
-        "timeline": _timeline(by_kind.get("MSG", [])),
+        "timeline": _timeline(by_kind.get("MSG", []), by_kind.get("REFUSED", [])),
     }
 
 
@@ -77,10 +77,12 @@ def _journey(entry: dict) -> dict:
     return {k: v for k, v in out.items() if v is not None}
 
 
-def _timeline(messages: list[dict]) -> list[dict]:
+def _timeline(messages: list[dict], refusals: list[dict]) -> list[dict]:
     """Every email and what happened to it, oldest first: sent or blocked (why), delivered,
-    bounced, complained, and each open and click, human or machine (with the machine's reason)."""
-    events = []
+    bounced, complained, and each open and click, human or machine (with the machine's reason);
+    and each hand-off a funnel refused (funnelpilot.funnels.refuse: which, why, from where)."""
+    events = [{"at": r.get("at"), "event": "refused", "template": None, "funnel": r.get("funnel"),
+               "reason": r.get("reason"), "from": r.get("from")} for r in refusals]
     for m in messages:
         about = {"template": m.get("template"), "funnel": m.get("funnel"), "message_id": m.get("message_id")}
         if m.get("status") == "blocked":
