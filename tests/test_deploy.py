@@ -2,6 +2,7 @@
 alarms that can notify, a signing key that survives a re-create, stack-scoped names, SES
 identities that may already exist (aws_rules.cloudformation)."""
 import copy
+import re
 import os
 from email import message_from_bytes
 from pathlib import Path
@@ -11,7 +12,7 @@ import pytest
 from funnelpilot_local.aws_rules import Rules
 from funnelpilot_local.aws_rules.cloudformation import StackError, check_alarm_actions
 from funnelpilot_local.runtime import ROOT, Runtime
-from funnelpilot_local.template import ACCOUNT, REGION, Template, load_yaml
+from funnelpilot_local.template import ACCOUNT, LOCAL_VALUES, REGION, Template, load_yaml
 
 START = 1_772_445_600.0  # Monday 10:00 UTC, as in conftest
 TEMPLATE_TEXT = (ROOT / "template.yaml").read_text()
@@ -222,8 +223,7 @@ def translated() -> dict:
 
 def physical_names(translated: dict, stack: str, **parameters) -> set[tuple[str, str]]:
     """(scope, name) of every account-scoped physical name the stack would create."""
-    t = Template(ROOT, translated, {k: str(v.get("Default", "")) for k, v in translated["Parameters"].items()}
-                 | parameters, stack_name=stack)
+    t = Template(ROOT, translated, Template.load(ROOT).parameters | parameters, stack_name=stack)
     names = set()
     for lid, res in t.resources.items():
         kind = res["Type"]
@@ -274,3 +274,95 @@ def test_runtime_builds_the_stack_under_its_name(tmp_path):
 def test_a_parameter_cloudformation_would_refuse_is_refused(name, value):
     with pytest.raises(ValueError, match=f"parameter {name}="):
         Template.load(ROOT, {name: value})
+
+
+# ---------------------------------------------------------------- parameters a deploy must be given
+MUST_SUPPLY = {"SenderEmail", "SalesEmail", "SiteUrl", "CorsOrigins", "EventsApiKey"}
+
+
+def test_no_demo_defaults_a_deploy_would_silently_keep():
+    """sam deploy --guided shows a Default as the answer: none may be a placeholder address,
+    site or origin, and the ones with none are exactly those the deployer must choose."""
+    params = load_yaml(ROOT / "template.yaml")["Parameters"]
+    assert {name for name, spec in params.items() if "Default" not in spec} == MUST_SUPPLY
+    for name, spec in params.items():
+        assert not any(p in str(spec.get("Default", "")) for p in ("example.", "localhost", "127.0.0.1")), name
+    assert set(LOCAL_VALUES) | {"EventsApiKey"} == MUST_SUPPLY  # the local runtime's stand-ins, nothing more
+
+
+def test_a_parameter_without_default_or_local_value_is_refused_clearly(tmp_path):
+    path = modified_template(tmp_path, "  BusName:\n", "  ShopName:\n    Type: String\n  BusName:\n")
+    with pytest.raises(ValueError, match=r"parameter ShopName has no Default.*'Parameters: \[ShopName\] must have "
+                                         r"values'.*LOCAL_VALUES"):
+        Template.load(ROOT, path=path)
+    assert Template.load(ROOT, {"ShopName": "Ann's"}, path=path).parameters["ShopName"] == "Ann's"  # as a deploy passes it
+
+
+@pytest.mark.parametrize("name, value", [("SiteUrl", "example.com"), ("CorsOrigins", "https://a.example, https://b.example"),
+                                         ("SalesEmail", "sales"), ("MailFromSubdomain", "mail.example.com")])
+def test_a_malformed_deploy_value_is_refused(name, value):
+    with pytest.raises(ValueError, match=f"parameter {name}="):
+        Template.load(ROOT, {name: value})
+
+
+# ---------------------------------------------------------------- domain identity, MAIL FROM, DNS records
+def deployed(**parameters) -> Template:
+    """template.yaml with every resource created, the identity's DKIM tokens as SES returns them."""
+    t = Template.load(ROOT, parameters)
+    t.physical.update({lid: lid for lid in t.resources})
+    for i in (1, 2, 3):
+        t.attributes[("SenderDomainIdentity", f"DkimDNSTokenName{i}")] = f"tok{i}._domainkey.shop.example"
+        t.attributes[("SenderDomainIdentity", f"DkimDNSTokenValue{i}")] = f"tok{i}.dkim.amazonses.com"
+    return t
+
+
+def outputs(t: Template) -> dict[str, str]:
+    """The stack outputs CloudFormation would show."""
+    return {k: t.resolve(v["Value"]) for k, v in t.doc["Outputs"].items()
+            if "Condition" not in v or t.condition(v["Condition"])}
+
+
+def test_domain_identity_prints_every_dns_record_to_publish():
+    t = deployed(SenderIdentity="domain", SenderEmail="news@shop.example")
+    identity = t.resolve(t.properties("SenderDomainIdentity"))
+    assert identity["DkimSigningAttributes"] == {"NextSigningKeyLength": "RSA_2048_BIT"}
+    assert identity["MailFromAttributes"] == {"MailFromDomain": "mail.shop.example", "BehaviorOnMxFailure": "USE_DEFAULT_VALUE"}
+    out = outputs(t)
+    assert [out[f"DkimRecord{i}"] for i in (1, 2, 3)] == [
+        f"tok{i}._domainkey.shop.example CNAME tok{i}.dkim.amazonses.com" for i in (1, 2, 3)]
+    assert out["MailFromMxRecord"] == f"mail.shop.example MX 10 feedback-smtp.{REGION}.amazonses.com"
+    assert out["MailFromSpfRecord"] == 'mail.shop.example TXT "v=spf1 include:amazonses.com ~all"'
+    assert out["DmarcRecord"] == '_dmarc.shop.example TXT "v=DMARC1; p=none; rua=mailto:news@shop.example"'
+
+
+def test_no_custom_mail_from_when_empty_and_no_dns_outputs_for_an_address():
+    t = deployed(SenderIdentity="domain", MailFromSubdomain="")
+    assert "MailFromAttributes" not in t.resolve(t.properties("SenderDomainIdentity"))
+    assert {"DkimRecord1", "DmarcRecord"} <= set(outputs(t)) and "MailFromMxRecord" not in outputs(t)
+    assert not {k for k in outputs(deployed()) if "Record" in k}  # SenderIdentity=email: nothing to publish
+
+
+def test_runtime_sets_the_mail_from_domain_and_still_sends(tmp_path):
+    with runtime(tmp_path, parameters={"SenderIdentity": "domain"}) as rt:
+        attrs = rt.client("ses").get_identity_mail_from_domain_attributes(Identities=["example.com"])
+        assert attrs["MailFromDomainAttributes"]["example.com"]["MailFromDomain"] == "mail.example.com"
+        assert attrs["MailFromDomainAttributes"]["example.com"]["BehaviorOnMXFailure"] == "UseDefaultValue"
+        assert welcome_email(rt)["From"] == "hello@example.com"
+
+
+# ---------------------------------------------------------------- the README's parameter table
+def readme_section(title: str) -> str:
+    text = (ROOT / "README.md").read_text()
+    start = text.index(f"\n## {title}\n")
+    end = text.find("\n## ", start + 1)
+    return text[start:end if end > 0 else None]
+
+
+def test_readme_parameter_table_lists_every_template_parameter():
+    """The deploy guide's table is the one place a deployer reads what --guided asks: one row per
+    parameter of template.yaml, no row for a parameter that is gone, each with its meaning."""
+    rows = dict(re.findall(r"^\| `(\w+)` \| (.+) \|$", readme_section("Deploy to AWS"), re.MULTILINE))
+    params = load_yaml(ROOT / "template.yaml")["Parameters"]
+    assert sorted(rows) == sorted(params)
+    for name in MUST_SUPPLY:
+        assert "required" in rows[name], name  # the table says which ones --guided cannot skip

@@ -153,11 +153,6 @@ class Runtime:
                                                   **(parameters or {})},
                                       stack_name=stack_name, path=template)
         self._template_file = template or self.root / "template.yaml"  # read again by redeploy()
-        # A NoEcho parameter without a default is a key the deployer must supply; locally it is
-        # ``local-<ParameterName>`` (make serve prints it).
-        for name, spec in self.template.doc.get("Parameters", {}).items():
-            if spec.get("NoEcho") and "Default" not in spec and name not in (parameters or {}):
-                self.template.parameters[name] = f"local-{name}"
         self.admin_key = LOCAL_ADMIN_KEY
         self.sms = sms.Sms(self)  # End User Messaging SMS, which moto lacks: .local/outbox-sms/, opt-out list
         self.sns_subscribers: dict[str, list[str]] = {}  # topic ARN -> functions with an SNS event on it
@@ -319,6 +314,11 @@ class Runtime:
                 ses.verify_email_identity(EmailAddress=identity)
             else:
                 ses.verify_domain_identity(Domain=identity)
+        for lid, identity in identities.items():  # a custom MAIL FROM domain, as the template asks
+            if mail_from := t.resolve(t.properties(lid)).get("MailFromAttributes"):
+                ses.set_identity_mail_from_domain(Identity=identity, MailFromDomain=mail_from["MailFromDomain"],
+                                                  BehaviorOnMXFailure={"USE_DEFAULT_VALUE": "UseDefaultValue"}.get(
+                                                      mail_from["BehaviorOnMxFailure"], "RejectMessage"))
         t.physical.update(identities)
         self.ses_identities = {i.lower() for i in (*existing, *identities.values())}
         for lid in t.of_type("AWS::IAM::Role"):

@@ -14,6 +14,15 @@ import yaml
 ACCOUNT = "123456789012"
 REGION = "us-east-1"
 NO_VALUE = object()
+# The values the local runtime gives the parameters a deploy must supply (no Default in
+# template.yaml: CloudFormation refuses a stack without them). A NoEcho parameter without a
+# Default (a key) is ``local-<Name>`` instead (make serve prints it).
+LOCAL_VALUES = {
+    "SenderEmail": "hello@example.com",
+    "SalesEmail": "sales@example.com",
+    "SiteUrl": "https://example.com",
+    "CorsOrigins": "http://127.0.0.1:3000,http://localhost:3000",
+}
 
 
 class _Loader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # libyaml: every runtime start reads the template
@@ -66,6 +75,17 @@ def _check_parameter(name: str, value: str, spec: dict) -> None:
                          f"{spec.get('ConstraintDescription') or allowed or pattern or 'bad length'}")
 
 
+def local_value(name: str, spec: dict) -> str:
+    """The local stand-in for a parameter without a Default (one a deploy must be given)."""
+    if spec.get("NoEcho"):
+        return f"local-{name}"
+    if name not in LOCAL_VALUES:
+        raise ValueError(f"template.yaml: parameter {name} has no Default, so a deploy must pass it (CloudFormation: "
+                         f"'Parameters: [{name}] must have values'); give the local runtime a value for it in "
+                         "funnelpilot_local.template.LOCAL_VALUES")
+    return LOCAL_VALUES[name]
+
+
 @dataclass
 class Template:
     root: Path
@@ -81,10 +101,12 @@ class Template:
         """``root/template.yaml``, or the template file ``path`` (CodeUri and the other paths in
         it stay relative to ``root``)."""
         doc = load_yaml(path or root / "template.yaml")
-        params = {k: str(v.get("Default", "")) for k, v in doc.get("Parameters", {}).items()}
-        unknown = set(overrides or {}) - set(params)
+        specs = doc.get("Parameters", {})
+        unknown = set(overrides or {}) - set(specs)
         if unknown:
             raise KeyError(f"template.yaml: no such parameter: {', '.join(sorted(unknown))}")
+        params = {k: str(v["Default"]) if "Default" in v else local_value(k, v) for k, v in specs.items()
+                  if "Default" in v or k not in (overrides or {})}
         params.update(overrides or {})
         for name, value in (overrides or {}).items():
             _check_parameter(name, str(value), doc["Parameters"][name])
