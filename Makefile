@@ -5,6 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 PORT   ?= 3000
+SPEED  ?= 1
 SEED   ?= 7
 CONTACTS ?= 200
 
@@ -20,7 +21,7 @@ demo: $(STAMP)
 	$(BIN)/funnelpilot demo --seed $(SEED) --contacts $(CONTACTS)
 
 serve: $(STAMP)
-	$(BIN)/funnelpilot serve --port $(PORT)
+	$(BIN)/funnelpilot serve --port $(PORT) --speed $(SPEED) $(if $(FRESH),--fresh)
 
 # One pytest worker per core (pytest-xdist); each test gets the next idle worker (worksteal:
 # the few long tests do not hold up a worker's queue). JOBS=0 runs in this process.

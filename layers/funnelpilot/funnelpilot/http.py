@@ -38,6 +38,13 @@ def page(status: int, title: str, body_html: str) -> Response:
                     headers={"cache-control": "no-store"}, body=_PAGE.format(title=title, body=body_html))
 
 
+def wants_html(event) -> bool:
+    """A browser's own form POST (no JavaScript: ``Accept: text/html,…``) rather than ``fetch`` or an
+    API client, which ask for JSON (or anything, ``*/*``)."""
+    accept = (event.headers.get("accept") or "").lower()
+    return "text/html" in accept and "application/json" not in accept
+
+
 def _invalid_field(exc: InvalidField) -> Response:
     return error(400, exc.message, exc.field)
 

@@ -10,7 +10,7 @@ from pathlib import Path
 LOCAL = Path(".local")
 EXAMPLES = {  # shown at the end of each command's --help
     "demo": "funnelpilot demo --contacts 30 --days 14",
-    "serve": "funnelpilot serve --port 3000",
+    "serve": "funnelpilot serve --port 3000 --speed 3600",
     "funnels": "funnelpilot funnels --plan --stack my-funnelpilot",
     "openapi": "funnelpilot openapi",
     "bulk": "funnelpilot bulk --stack my-funnelpilot --segment hot-leads --tag webinar --wait",
@@ -69,6 +69,9 @@ def _main(argv: list[str] | None = None) -> int:
     demo.add_argument("--days", type=int, default=60, help="simulated days (default 60)")
     serve = sub.add_parser("serve", help="serve the HTTP API and a landing page on 127.0.0.1")
     serve.add_argument("--port", type=int, default=3000)
+    serve.add_argument("--speed", default="1", help="simulated seconds per real second (default 1: real time; "
+                       "86400: a day a second)")
+    serve.add_argument("--fresh", action="store_true", help="forget the state kept in .local/ and start over")
     funnels = sub.add_parser("funnels", help="compile infra/funnels/*.yaml to state machines and template.yaml")
     funnels.add_argument("--check", action="store_true", help="change nothing; exit 1 if anything is out of date")
     funnels.add_argument("--root", type=Path, help="project directory (default: this checkout)")
@@ -148,7 +151,14 @@ def _main(argv: list[str] | None = None) -> int:
         from funnelpilot_local.server import serve as serve_fn
 
         try:
-            serve_fn(port=args.port)
+            speed = float(args.speed)
+        except ValueError:
+            speed = 0.0
+        if not 0 < speed < float("inf"):
+            raise UserError(f"--speed {args.speed}: a positive number of simulated seconds per real second (1 = real "
+                            "time, 86400 = a day a second)")
+        try:
+            serve_fn(port=args.port, speed=speed, fresh=args.fresh)
         except OSError as exc:
             if exc.errno != errno.EADDRINUSE:
                 raise
