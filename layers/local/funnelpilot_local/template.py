@@ -15,13 +15,15 @@ ACCOUNT = "123456789012"
 REGION = "us-east-1"
 NO_VALUE = object()
 # The values the local runtime gives the parameters a deploy must supply (no Default in
-# template.yaml: CloudFormation refuses a stack without them). A NoEcho parameter without a
-# Default (a key) is ``local-<Name>`` instead (make serve prints it).
+# template.yaml: CloudFormation refuses a stack without them), and a site's redirect hosts
+# (none by default on AWS). A NoEcho parameter without a Default (a key) is ``local-<Name>``
+# instead (make serve prints it).
 LOCAL_VALUES = {
     "SenderEmail": "hello@example.com",
     "SalesEmail": "sales@example.com",
     "SiteUrl": "https://example.com",
     "CorsOrigins": "http://127.0.0.1:3000,http://localhost:3000",
+    "AllowedRedirectHosts": "example.com,www.example.com",
 }
 
 
@@ -105,8 +107,8 @@ class Template:
         unknown = set(overrides or {}) - set(specs)
         if unknown:
             raise KeyError(f"template.yaml: no such parameter: {', '.join(sorted(unknown))}")
-        params = {k: str(v["Default"]) if "Default" in v else local_value(k, v) for k, v in specs.items()
-                  if "Default" in v or k not in (overrides or {})}
+        params = {k: LOCAL_VALUES.get(k, str(v["Default"])) if "Default" in v else local_value(k, v)
+                  for k, v in specs.items() if "Default" in v or k not in (overrides or {})}
         params.update(overrides or {})
         for name, value in (overrides or {}).items():
             _check_parameter(name, str(value), doc["Parameters"][name])
