@@ -1,5 +1,5 @@
 """``funnelpilot`` command line: demo, serve (local runtime), funnels (compiler), openapi, report, cost, bulk,
-contacts, preview and send-test (one email as it would be sent)."""
+contacts, preview and send-test (one email as it would be sent), doctor."""
 import argparse
 import errno
 import json
@@ -19,6 +19,7 @@ EXAMPLES = {  # shown at the end of each command's --help
     "contacts": "funnelpilot contacts import members.csv; funnelpilot contacts show ann@example.com",
     "preview": "funnelpilot preview welcome-1 --contact ann@example.com",
     "send-test": "funnelpilot send-test welcome-1 --to you@example.com --stack my-funnelpilot",
+    "doctor": "funnelpilot doctor --stack funnelpilot --region eu-west-1",
 }
 
 
@@ -127,6 +128,9 @@ def _main(argv: list[str] | None = None) -> int:
     for command in (preview, test):
         command.add_argument("--stack", help="a deployed stack: its settings (and --contact: its people), your credentials")
         command.add_argument("--region", help="AWS region of the stack (default: your AWS configuration's)")
+    doctor = sub.add_parser("doctor", help="check a deployed stack (--stack) or this machine, one line per check")
+    doctor.add_argument("--stack", help="a deployed stack's name (needs AWS credentials; read-only calls)")
+    doctor.add_argument("--region", help="AWS region of the stack (default: your AWS configuration's)")
     contacts = sub.add_parser("contacts", help="find, export, erase and change people by email; export lists")
     contacts_sub = contacts.add_subparsers(dest="contacts_command", required=True)
     from funnelpilot_local import audience_cli
@@ -175,6 +179,8 @@ def _main(argv: list[str] | None = None) -> int:
         return report_command(args)
     if args.command == "cost":
         return cost_command(args)
+    if args.command == "doctor":
+        return doctor_command(args)
     return 2
 
 
@@ -362,6 +368,23 @@ def cost_command(args) -> int:
     for size in [int(text)] if args.contacts is not None else COST_SIZES:
         print(costs.format_estimate(costs.estimate(usage, contacts=size, new_per_month=new_per_month)) + "\n")
     return 0
+
+
+def doctor_command(args) -> int:
+    from funnelpilot_local import doctor
+    from funnelpilot_local.runtime import ROOT
+
+    if args.stack:
+        import boto3
+
+        session = boto3.session.Session(region_name=args.region)
+        if not session.region_name:
+            raise UserError("no AWS region: pass --region, or set AWS_REGION or a region in `aws configure`")
+        checks = doctor.stack_checks(args.stack, session.client)
+    else:
+        checks = doctor.local_checks(ROOT)
+    print(doctor.report(checks))
+    return doctor.exit_code(checks)
 
 
 def bulk_command(args) -> int:
