@@ -123,6 +123,7 @@ def test_a_form_posted_without_javascript_gets_html_pages(server):
                                     {**ctype, "accept": BROWSER_ACCEPT})
     assert status == 400 and headers["content-type"] == "text/html; charset=utf-8"
     assert "We could not sign you up" in body.decode() and "correct the form" in body.decode()
+    assert '<p data-field="email">' in body.decode()  # which field, for people and for scripts
 
     # the landing page's fetch (form-encoded, Accept: application/json) and API clients keep JSON
     for accept in ("application/json", "*/*"):

@@ -54,7 +54,7 @@ def _problem_page(exc: InvalidField | RateLimited) -> Response:
     back = "Please try again in a little while." if isinstance(exc, RateLimited) else \
         "Please go back, correct the form and send it again."
     resp = http.page(429 if isinstance(exc, RateLimited) else 400, "We could not sign you up",
-                     f"<p>{html.escape(exc.message)}</p><p>{back}</p>")
+                     f'<p data-field="{html.escape(exc.field)}">{html.escape(exc.message)}</p><p>{back}</p>')
     if isinstance(exc, RateLimited):
         resp.headers["retry-after"] = str(exc.retry_after)
     return resp
