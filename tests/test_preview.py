@@ -110,3 +110,44 @@ def test_the_facts_warn_about_an_image_only_body_a_missing_text_part_and_links_t
     assert "no text part" in warnings and "image without alt text: https://example.com/banner.png" in warnings
     assert "link to nowhere (#)" in warnings and "/nope is not a page of the site" in warnings
     assert [i["open_pixel"] for i in facts["images"]] == [False, True] and facts["words"] == 3
+
+
+def test_send_test_on_a_stack_goes_through_ses_from_the_stacks_sender_untracked(workdir, monkeypatch, capsys):
+    """--stack: the settings of the stack's sequence-step function, SES with the caller's credentials
+    and no configuration set; moto stands in for the account (but for the one CloudFormation call
+    naming the function: moto's CloudFormation needs openapi-spec-validator, which is not installed)."""
+    import io
+    import json
+    import zipfile
+
+    import boto3
+    from moto import mock_aws
+
+    from funnelpilot_local.moto_adapter import sent_emails
+    from funnelpilot_local.template import ACCOUNT
+
+    for name, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                        "AWS_SESSION_TOKEN": "testing"}.items():
+        monkeypatch.setenv(name, value)
+    env = {"PUBLIC_URL": "https://api.shop.example", "SITE_URL": "https://shop.example",
+           "SENDER_EMAIL": "news@shop.example", "SES_CONFIGURATION_SET": "shop-events"}
+    with mock_aws():
+        role = boto3.client("iam", region_name="eu-west-1").create_role(
+            RoleName="step", AssumeRolePolicyDocument=json.dumps({"Version": "2012-10-17", "Statement": []}))["Role"]
+        code = io.BytesIO()
+        zipfile.ZipFile(code, "w").writestr("app.py", "")
+        boto3.client("lambda", region_name="eu-west-1").create_function(
+            FunctionName="shop-SequenceStepFunction-A1B2", Runtime="python3.12", Role=role["Arn"],
+            Handler="app.handler", Code={"ZipFile": code.getvalue()}, Environment={"Variables": env})
+        monkeypatch.setattr(preview, "step_function", lambda stack, region: f"{stack}-SequenceStepFunction-A1B2")
+        boto3.client("ses", region_name="eu-west-1").verify_email_identity(EmailAddress="news@shop.example")
+        assert cli.main(["send-test", "welcome-1", "--to", "me@example.org", "--stack", "shop",
+                         "--region", "eu-west-1"]) == 0
+        [(_, raw)] = sent_emails(ACCOUNT, "eu-west-1")
+    assert "(from news@shop.example)" in capsys.readouterr().out
+    msg = email.message_from_bytes(raw.encode() if isinstance(raw, str) else raw, policy=policy.default)
+    assert msg["From"] == "news@shop.example" and msg["To"] == "me@example.org"
+    assert msg["Subject"] == "[TEST] Welcome, Ada!"
+    html = body(msg, "html")
+    assert 'href="https://shop.example/guide"' in html and "https://api.shop.example/c/" not in html
+    assert "https://api.shop.example/o/" not in html and not (workdir / ".local" / "outbox").exists()

@@ -43,14 +43,20 @@ def local_settings(root: Path) -> dict[str, str]:
     return env
 
 
-def stack_settings(stack: str, region: str | None) -> dict[str, str]:
-    """The environment the stack's sequence-step function runs with (CloudFormation, then Lambda's
-    GetFunctionConfiguration: your credentials need both)."""
+def step_function(stack: str, region: str | None) -> str:
+    """The name of the stack's sequence-step function (CloudFormation DescribeStackResource)."""
     import boto3
 
-    name = boto3.client("cloudformation", region_name=region).describe_stack_resource(
+    return boto3.client("cloudformation", region_name=region).describe_stack_resource(
         StackName=stack, LogicalResourceId=STEP_FUNCTION)["StackResourceDetail"]["PhysicalResourceId"]
-    config = boto3.client("lambda", region_name=region).get_function_configuration(FunctionName=name)
+
+
+def stack_settings(stack: str, region: str | None) -> dict[str, str]:
+    """The environment the stack's sequence-step function runs with (Lambda GetFunctionConfiguration)."""
+    import boto3
+
+    config = boto3.client("lambda", region_name=region).get_function_configuration(
+        FunctionName=step_function(stack, region))
     return dict(config.get("Environment", {}).get("Variables", {}))
 
 
