@@ -74,7 +74,7 @@ def executions_of(rt, cid: str) -> list[dict]:
 def assert_no_trace(rt, cid: str) -> None:
     assert cid not in everything(rt)
     names = [s["Name"] for s in rt.client("scheduler").list_schedules()["Schedules"]]
-    assert not [n for n in names if n.startswith("repurchase-")], names  # deleted, not only renamed
+    assert not [n for n in names if n.startswith(("repurchase-", "lapsed-"))], names  # deleted, not only renamed
     for ex in executions_of(rt, cid):
         assert cid not in ex["name"] and ex["status"] != "RUNNING", ex
 
@@ -98,8 +98,9 @@ def test_erasure_is_complete_and_final_and_a_re_signup_is_a_new_person(rt, tap):
     assert rt.settle()
 
     # before: the person is everywhere, under names that do not carry the id
-    [schedule] = rt.client("scheduler").list_schedules()["Schedules"]
-    assert schedule["Name"].startswith("repurchase-") and cid not in schedule["Name"]
+    schedules = rt.client("scheduler").list_schedules()["Schedules"]
+    assert sorted(s["Name"].split("-")[0] for s in schedules) == ["lapsed", "repurchase"]
+    assert not [s for s in schedules if cid in s["Name"]]
     running = [ex for ex in executions_of(rt, cid) if ex["status"] == "RUNNING"]
     assert running and not [ex for ex in executions_of(rt, cid) if cid in ex["name"]]
     export = rt.http("GET", f"/contacts/{cid}/export", headers=ADMIN).json()

@@ -69,8 +69,8 @@ def distinct(tap, detail_type, cid) -> list[dict]:
 
 
 def settings(monkeypatch, **overrides):
-    base = {"frequency_cap": (1, 24.0), "quiet_hours": None, "timezone": "UTC", "list_name": None}
-    monkeypatch.setattr(funnel_spec, "load", lambda funnel_id: SimpleNamespace(**{**base, **overrides}))
+    base = {"frequency_cap": (1, 24.0), "quiet_hours": None, "timezone": "UTC", "list_name": None, "utm": None}
+    monkeypatch.setattr(funnel_spec, "load", lambda funnel_id: SimpleNamespace(**{"id": funnel_id, **base, **overrides}))
 
 
 # ---------------------------------------------------------------- send

@@ -14,6 +14,7 @@ from funnelpilot.models import Message
 
 BROWSER = "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/126.0 Safari/537.36"
 SITE = "http://localhost:3000"  # the local site origin (SiteUrl, and an allowed origin)
+UTM = "utm_source=funnelpilot&utm_medium=email&utm_campaign=welcome&utm_content=welcome-1"  # steering.utm
 CLICK = re.compile(r"http://127\.0\.0\.1:3000/c/([A-Za-z0-9_\-.]+)")
 NOW_MS = 1_900_000_020_000  # a fixed request time: rate-limit windows are real-time minutes
 
@@ -83,18 +84,18 @@ def test_click_from_email_lands_with_fp_for_that_contact(rt, tap):
     resp = rt.http("GET", f"/c/{token}", headers={"user-agent": BROWSER})
     assert resp.status == 302
     location = resp.headers["location"]
-    assert location.startswith(f"{SITE}/guide?fp=")
+    assert location.startswith(f"{SITE}/guide?{UTM}&fp=")
     fp = location.split("fp=", 1)[1]
     assert visitors.contact_of(fp) == cid
     [clicked] = tap.events("email.clicked")
-    assert clicked["detail"]["url"] == f"{SITE}/guide"  # the token never goes on the bus
+    assert clicked["detail"]["url"] == f"{SITE}/guide?{UTM}"  # the token never goes on the bus
 
 
 def test_machine_click_gets_no_fp(rt):
     signup(rt)
     token = welcome_click_token(rt)
     resp = rt.http("GET", f"/c/{token}", headers={"user-agent": "Mozilla/5.0 (compatible; BarracudaCentral)"})
-    assert resp.status == 302 and resp.headers["location"] == f"{SITE}/guide"
+    assert resp.status == 302 and resp.headers["location"] == f"{SITE}/guide?{UTM}"
 
 
 def test_hand_off_keeps_query_and_fragment_and_only_targets_site_origins(rt):

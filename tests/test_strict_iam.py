@@ -104,10 +104,12 @@ def test_every_wait_for_resumes_on_a_click_within_the_same_simulated_second(rt, 
 def test_the_execution_role_is_checked_for_its_lambda_invokes(tmp_path):
     """A state machine whose role may not invoke its Task's function fails at that Task
     (AccessDeniedException) as on AWS: strict IAM covers executions, not only handlers."""
-    text = (ROOT / "template.yaml").read_text().replace(
-        "      Policies:\n        - LambdaInvokePolicy: { FunctionName: !Ref SequenceStepFunction }\n  # <<< funnels",
-        "      Policies:\n        - LambdaInvokePolicy: { FunctionName: !Ref BulkFunction }\n  # <<< funnels")
-    assert "FunctionName: !Ref BulkFunction }\n  # <<< funnels" in text  # the last funnel: welcome
+    welcome = ("DefinitionUri: infra/statemachines/welcome.asl.json\n      DefinitionSubstitutions:\n"
+               "        SequenceStepArn: !GetAtt SequenceStepFunction.Arn\n      Policies:\n"
+               "        - LambdaInvokePolicy: { FunctionName: !Ref SequenceStepFunction }\n")
+    text = (ROOT / "template.yaml").read_text().replace(welcome, welcome.replace(
+        "FunctionName: !Ref SequenceStepFunction", "FunctionName: !Ref BulkFunction"))
+    assert "FunctionName: !Ref BulkFunction }" in text  # the welcome funnel's role
     root = tmp_path / "repo"
     root.mkdir()
     for name in ("functions", "infra", "layers"):

@@ -12,6 +12,10 @@ BROWSER = "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, 
 URL = re.compile(r"http://127\.0\.0\.1:3000/([ocu])/([A-Za-z0-9_\-.]+)")
 
 
+GUIDE = ("https://example.com/guide?utm_source=funnelpilot&utm_medium=email&utm_campaign=welcome"
+         "&utm_content=welcome-1")  # the welcome email's link to the site, with its UTM tags (steering.utm)
+
+
 def send_welcome(rt, email="ann@example.com"):
     cid = rt.http("POST", "/signup", json_body={"email": email, "consent": True, "list": "test-single"}).json()["contact_id"]
     assert rt.settle() and rt.advance(600)  # read ten minutes after delivery (not "too soon")
@@ -49,9 +53,9 @@ def test_sent_email_carries_pixel_honeypot_and_tracked_links(rt):
     assert kinds.count("o") == 1 and kinds.count("u") == 1
     clicks = [tokens.verify("c", t, 3) for k, t in in_html if k == "c"]
     assert [cid, mid, tokens.HONEYPOT] in clicks and [cid, mid, "0"] in clicks
-    assert "https://example.com/guide" not in mail.get_body(("html",)).get_content()
+    assert "https://example.com/guide" not in mail.get_body(("html",)).get_content()  # only behind /c
     assert [tokens.verify("c", t, 3) for k, t in in_text if k == "c"] == [[cid, mid, "0"]]
-    assert json.loads(message_item(rt, cid, mid)["links"]["S"]) == ["https://example.com/guide"]
+    assert json.loads(message_item(rt, cid, mid)["links"]["S"]) == [GUIDE]
     # the unsubscribe link is never wrapped in the click redirect
     assert mail["List-Unsubscribe"].startswith("<http://127.0.0.1:3000/u/")
 
@@ -108,10 +112,10 @@ def test_human_click_redirects_to_stored_link_and_counts_as_open(rt, tap):
     mid = mail["X-Funnelpilot-Message-Id"]
     [link] = [t for k, t in links_in(mail)[0] if k == "c" and tokens.verify("c", t, 3)[2] == "0"]
     resp = rt.http("GET", path_of("c", link), headers={"user-agent": BROWSER}, source_ip="198.51.100.4")
-    assert resp.status == 302 and resp.headers["location"] == "https://example.com/guide"
+    assert resp.status == 302 and resp.headers["location"] == GUIDE
     [clicked] = tap.events("email.clicked")
     assert clicked["detail"]["human"] is True and clicked["detail"]["link"] == "0"
-    assert clicked["detail"]["url"] == "https://example.com/guide"
+    assert clicked["detail"]["url"] == GUIDE
     [opened] = tap.events("email.opened")
     assert opened["detail"]["human"] is True and opened["detail"]["via"] == "click"
     item = message_item(rt, cid, mid)
@@ -189,7 +193,7 @@ def test_a_click_still_redirects_when_recording_fails(rt, tap, monkeypatch):
 
     monkeypatch.setattr(engagement, "_record", broken)
     resp = rt.http("GET", path_of("c", link), headers={"user-agent": BROWSER})
-    assert resp.status == 302 and resp.headers["location"] == "https://example.com/guide"
+    assert resp.status == 302 and resp.headers["location"] == GUIDE
 
 
 def test_concurrent_hits_on_one_message_are_all_kept(rt, tap):
@@ -216,7 +220,7 @@ def test_a_hit_is_one_update_and_one_put_events(rt, tap, aws_calls):
     assert aws_calls == ["dynamodb:UpdateItem", "events:PutEvents"]
     aws_calls.clear()
     resp = rt.http("GET", path_of("c", link), headers={"user-agent": BROWSER})
-    assert resp.status == 302 and resp.headers["location"] == "https://example.com/guide"
+    assert resp.status == 302 and resp.headers["location"] == GUIDE
     assert aws_calls == ["dynamodb:UpdateItem", "events:PutEvents"]
     [opened] = tap.events("email.opened")  # the click's open was not the first: no second email.opened
     [clicked] = tap.events("email.clicked")

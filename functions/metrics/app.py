@@ -1,4 +1,5 @@
-"""Bus events → funnel/step/email counters (MetricsTable) and CloudWatch EMF metrics.
+"""Bus events → funnel/step/email counters (MetricsTable) and CloudWatch EMF metrics; an order's
+amount → the revenue of the email its last human click came from (funnelpilot.steering.attribution).
 (Deliveries are counted by functions/ses_feedback itself: only the counters read them.)
 
 Counters are idempotent (funnelpilot.metrics.record: a counted-once marker, then one ADD), so
@@ -12,6 +13,7 @@ from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.metrics.functions import is_metrics_disabled
 
 from funnelpilot import bus, metrics
+from funnelpilot.steering import abtest, attribution
 
 logger = Logger()
 ops = Metrics()  # EMF: the operational view on the CloudWatch dashboard
@@ -37,7 +39,9 @@ def handler(event: dict, context) -> dict:
         detail_type, detail = event["detail-type"], event["detail"]
     else:
         detail_type, detail = _funnel_failure(event)
-    counted = metrics.record(detail_type, detail)
+    counted = attribution.record(detail) if detail_type == "order.placed" else metrics.record(detail_type, detail)
+    if counted:
+        abtest.on_counted(detail_type, detail)  # an A/B split with a winner rule may have its winner now
     name = EMF_NAMES.get(detail_type)
     if detail_type in ("email.opened", "email.clicked"):
         kind = "Opens" if detail_type == "email.opened" else "Clicks"

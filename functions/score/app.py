@@ -1,9 +1,10 @@
 """EventBridge → lead and loyalty scoring for one contact (rules: infra/scoring.yaml); human
 engagement also moves the contact's inactivity bucket; an order (re)schedules repurchase_due and
-ends a sunset."""
+lapsed, and ends a sunset."""
 from aws_lambda_powertools import Logger
 
-from funnelpilot import consent, inactivity, repurchase, scoring
+from funnelpilot import consent, inactivity, scoring
+from funnelpilot.loyalty import repurchase
 from funnelpilot.models import PROFILE, Contact
 
 logger = Logger()

@@ -28,6 +28,7 @@ from markupsafe import Markup
 from funnelpilot import aws, mime, tokens
 from funnelpilot.config import config
 from funnelpilot.errors import RecipientRejected, TemplateError
+from funnelpilot.steering import utm
 
 _HREF = re.compile(r"""(<a\b[^>]*?\bhref\s*=\s*)(["'])(.*?)\2""", re.IGNORECASE | re.DOTALL)
 # An anchor with data-fp="off" never carries the visitor's fp token (funnelpilot.visitors).
@@ -158,16 +159,19 @@ def _tracked(url: str) -> bool:
     return url.lower().startswith(("http://", "https://")) and not url.startswith(config().public_url + "/")
 
 
-def track(rendered: Rendered, *, contact_id: str, message_id: str) -> tuple[Rendered, list[str | dict]]:
+def track(rendered: Rendered, *, contact_id: str, message_id: str,
+          utm_tags: dict[str, str] | None = None) -> tuple[Rendered, list[str | dict]]:
     """Rewrite links to ``/c/{token}``, add the open pixel ``/o/{token}`` and the honeypot link.
 
     Returns the tracked email and its links: the message item stores them, and a click
     token carries only the index into that list, never a URL. A link opted out of the
-    identity hand-off (``data-fp="off"``) is stored as ``{"url": ..., "fp": false}``.
+    identity hand-off (``data-fp="off"``) is stored as ``{"url": ..., "fp": false}``. Links to
+    the site get ``utm_tags`` (funnelpilot.steering.utm) where they have none of their own.
     """
     links: list[str | dict] = []
 
     def click_url(url: str, hand_off: bool = True) -> str:
+        url = utm.tag(url, utm_tags)
         entry = url if hand_off else {"url": url, "fp": False}
         if entry not in links:
             links.append(entry)

@@ -9,7 +9,7 @@ before the profile's deletion is found by the erasure's Query; one after it sees
 
 The incarnation is a random value set when a profile is created: a signup after an
 erasure has the same contact id but another incarnation, so its execution and schedule
-names differ from the erased person's (funnels.execution_name, repurchase.schedule_name).
+names differ from the erased person's (funnels.execution_name, loyalty.repurchase.schedule_name).
 """
 from funnelpilot import aws
 from funnelpilot.config import config

@@ -24,11 +24,12 @@ HANDOFF_MODES = ("enter", "respect_reentry")
 EVENTS = frozenset("""contact.subscribed contact.confirmed contact.pending contact.unsubscribed contact.suppressed
 contact.erased contact.updated contact.tagged contact.untagged contact.inactive email.sent email.blocked
 email.delivered email.opened email.clicked email.bounced email.complained page.viewed order.placed score.changed
-lead.qualified customer.vip customer.repurchase_due segment.entered segment.left
+lead.qualified customer.vip customer.repurchase_due customer.lapsed segment.entered segment.left
 funnel.converted funnel.handoff funnel.refused contact.sunset contact.reactivated sales.notify""".split())
 ACTIONS = ("send", "sms", "wait", "wait_for", "if", "split", "tag", "untag", "set", "score", "notify", "webhook", "goto",
            "exit", "suppress", "sunset")
-_EXTRA_KEYS = {"send": {"transactional"}, "sms": {"segments"}, "if": {"then", "else"}, "wait_for": {"timeout", "then", "else"}}
+_EXTRA_KEYS = {"send": {"transactional"}, "sms": {"segments"}, "if": {"then", "else"}, "wait_for": {"timeout", "then", "else"},
+               "split": {"winner"}}
 # Conditions of ``if``: engagement with this funnel's emails, plus every segment condition.
 ENGAGEMENT = ("clicked", "opened")
 PROFILE_CONDITIONS = ("segment", "tag", "not_tag", "list", "lead_magnet", "property", "status", "score", "loyalty",
@@ -75,6 +76,7 @@ class Step:
     then: tuple["Step", ...] = ()
     otherwise: tuple["Step", ...] = ()
     branches: tuple[tuple[str, int, tuple["Step", ...]], ...] = ()  # split: (variant, weight, steps)
+    winner: dict | None = None  # split: {"min_sends", "metric", "p"} - new entrants get a significant winner
 
 
 @dataclass(frozen=True)
@@ -95,6 +97,7 @@ class Funnel:
     steps: tuple[Step, ...] = field(default=())
     list_name: str | None = None  # the list its emails belong to (lists.yaml); None: the list its trigger named
     status: str = "live"  # or "draining": takes nobody in, people inside finish (README "Changing a live funnel")
+    utm: dict | bool | None = None  # its links' UTM tags (funnelpilot.steering.utm): overrides, or False: none
 
     def sends(self) -> dict[str, list[Step]]:
         """template -> the send steps that send it (anywhere in the funnel)."""
@@ -273,12 +276,29 @@ class _Checker:
             raise ValueError("link is a piece of the link's URL, e.g. `link: /pricing`")
         return {kind: {"email": arg["email"], "link": arg.get("link")}}
 
+    def score_condition(self, kind: str, arg) -> dict:
+        """``{gte: 40}`` (gte, gt, lte, lt), a number or ``threshold``: the track's threshold in scoring.yaml."""
+        if not isinstance(arg, dict) or not arg or set(arg) - {"gte", "gt", "lte", "lt"}:
+            raise ValueError(f"{kind} takes comparisons: `{kind}: {{gte: 40}}` or `{kind}: {{gte: threshold}}`")
+        for value in arg.values():
+            if value == "threshold":
+                track = "capture" if kind == "score" else "loyalty"
+                scoring = self.path.parent.parent / "scoring.yaml"
+                tracks = (yaml.safe_load(scoring.read_text()) or {}).get("tracks") or {} if scoring.exists() else {}
+                if (tracks.get(track) or {}).get("threshold") is None:
+                    raise ValueError(f"{kind}: threshold: the {track} track has no threshold in scoring.yaml")
+            elif not isinstance(value, (int, float)) or isinstance(value, bool):
+                raise ValueError(f"{kind}: compare with a number or `threshold`, not {value!r}")
+        return dict(arg)
+
     def _if(self, value, raw, line, where, name):
         if not isinstance(value, dict) or len(value) != 1:
             raise ValueError("if takes one condition, e.g. `if: {clicked: {email: welcome-1}}` or `if: {tag: vip}`")
         kind = next(iter(value))
         if kind in ENGAGEMENT:
             condition = self.engagement(value, line, where)
+        elif kind in ("score", "loyalty"):
+            condition = {kind: self.score_condition(kind, value[kind])}
         elif kind in PROFILE_CONDITIONS:
             condition = {kind: value[kind]}
         else:
@@ -310,7 +330,24 @@ class _Checker:
                 self.error(vline, f"{where} variant {variant}: weight is a whole number from 1 to 100")
                 continue
             branches.append((variant, weight, self.steps(spec.get("steps"), vline, f"{where} variant {variant}")))
-        return Step("split", None, line, name, branches=tuple(branches))
+        return Step("split", None, line, name, branches=tuple(branches), winner=self.winner(raw.get("winner")))
+
+    def winner(self, value) -> dict | None:
+        """``winner: {min_sends: 100, metric: clicks, p: 0.05}`` of a split (funnelpilot.steering.abtest)."""
+        if value is None:
+            return None
+        if value is True:
+            value = {}
+        if not isinstance(value, dict) or set(value) - {"min_sends", "metric", "p"}:
+            raise ValueError("winner: `{min_sends: 100, metric: clicks, p: 0.05}` (metric: clicks or conversions)")
+        out = {"min_sends": value.get("min_sends", 100), "metric": value.get("metric", "clicks"), "p": value.get("p", 0.05)}
+        if not isinstance(out["min_sends"], int) or isinstance(out["min_sends"], bool) or out["min_sends"] < 10:
+            raise ValueError("winner.min_sends: the sends each variant needs first, a whole number of 10 or more")
+        if out["metric"] not in ("clicks", "conversions"):
+            raise ValueError("winner.metric: clicks (human clicks per email delivered) or conversions")
+        if not isinstance(out["p"], float) or not 0 < out["p"] <= 0.1:
+            raise ValueError("winner.p: the significance level, above 0 and at most 0.1 (e.g. 0.05)")
+        return out
 
     def _tag(self, value, raw, line, where, name):
         if not isinstance(value, str) or not re.match(r"^[a-z0-9][a-z0-9_:-]{0,49}$", value):
@@ -398,7 +435,7 @@ class _Checker:
 
 
 _TOP = {"id", "name", "description", "trigger", "entry", "goals", "exits", "frequency_cap", "quiet_hours",
-        "timezone", "steps", "list", "status"}
+        "timezone", "steps", "list", "status", "utm"}
 STATUSES = ("live", "draining")
 
 
@@ -436,10 +473,11 @@ def parse(path: Path, templates: bool = True) -> tuple[Funnel | None, list[str]]
     status = doc.get("status", "live")
     if status not in STATUSES:
         c.error(doc.line, f"status {status!r}: live, or draining (no new entries; people inside finish)")
+    utm = _utm(c, doc.get("utm"), doc.line)
     funnel = Funnel(id=fid, path=path, name=str(doc.get("name") or fid), description=str(doc.get("description") or ""),
                     trigger=trigger, entry_rule=entry_rule, reenter_after=reenter, handoff=handoff, goals=goals,
                     exits=exits, frequency_cap=cap, quiet_hours=quiet, timezone=str(tz), steps=steps,
-                    list_name=list_name, status=str(status))
+                    list_name=list_name, status=str(status), utm=utm)
     _check_references(c, funnel)
     return (None if c.errors else funnel), c.errors
 
@@ -454,6 +492,19 @@ def _list_name(c: "_Checker", value, path: Path, line: int) -> str | None:
         c.error(line, f"list {value!r} is not declared in lists.yaml (lists: {', '.join(declared) or 'none'})")
         return None
     return value
+
+
+def _utm(c: "_Checker", value, line: int) -> dict | bool | None:
+    """``utm: false`` (no tags on this funnel's links) or ``utm: {utm_campaign: spring}`` (overrides)."""
+    if value is None or value is False:
+        return value
+    keys = {"utm_source", "utm_medium", "utm_campaign", "utm_content", "utm_term"}
+    if not isinstance(value, dict) or set(value) - keys or not all(
+            isinstance(v, str) and re.match(r"^[A-Za-z0-9._~-]{1,100}$", v) for v in value.values()):
+        c.error(getattr(value, "line", line), f"utm: false, or a mapping of {', '.join(sorted(keys))} to plain "
+                                              "words (letters, digits, . _ ~ -)")
+        return None
+    return dict(value)
 
 
 def _list(value) -> list:

@@ -4,7 +4,7 @@ Everything about a contact lives under one partition key (``pk = contact_id``), 
 export is one Query (paginated) and an erasure is that Query plus batched deletes. The
 profile goes first (funnelpilot.erasure: every writer is conditioned on it, so an event
 still in flight writes nothing afterwards), then everything else; the person's running
-funnel executions are stopped and their repurchase schedule deleted. A later signup with
+funnel executions are stopped and their repurchase and win-back schedules deleted. A later signup with
 fresh consent is a new person (a new incarnation). Anonymous aggregates (MetricsTable
 counters per funnel, step and day) hold no person and stay.
 """
@@ -12,7 +12,8 @@ from decimal import Decimal
 
 from boto3.dynamodb.types import TypeDeserializer
 
-from funnelpilot import aws, bus, clock, outbox, repurchase
+from funnelpilot import aws, bus, clock, outbox
+from funnelpilot.loyalty import repurchase
 from funnelpilot.config import config
 
 _DESERIALIZER = TypeDeserializer()

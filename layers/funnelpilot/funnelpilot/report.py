@@ -10,7 +10,9 @@ figures are the sums of the step items that name it. Rates, as a marketer reads 
 - conversion % = conversions attributed to the step (the step the contact was on when the
   goal was reached) / contacts who entered the step;
 - drop-off = share of the contacts who entered the previous step (or the funnel) who did
-  not enter this one.
+  not enter this one;
+- revenue = the amounts of the orders whose last human click in the attribution window came
+  from the step's email (funnelpilot.steering.attribution); the funnel's is its steps' sum.
 """
 import json
 from collections import defaultdict
@@ -21,6 +23,7 @@ from funnelpilot import aws, clock
 from funnelpilot.config import config
 from funnelpilot.errors import InvalidField
 from funnelpilot.metrics import FUNNEL_ROW, STEP_METRICS, STEP_ONLY
+from funnelpilot.steering import abtest, attribution
 
 DEFAULT_DAYS = 30
 
@@ -76,19 +79,23 @@ def day_range(start: str | None, end: str | None) -> tuple[str, str]:
     return start_day.isoformat(), end_day.isoformat()
 
 
-def query_rows(funnel: str, start: str, end: str, table: str | None = None) -> list[dict]:
-    """Every counter row of the funnel between two days (inclusive), as plain dicts."""
-    kwargs = {"TableName": table or config().metrics_table,
-              "KeyConditionExpression": "pk = :pk AND sk BETWEEN :lo AND :hi",
-              "ExpressionAttributeValues": {":pk": {"S": f"FUNNEL#{funnel}"}, ":lo": {"S": f"DAY#{start}#"},
-                                            ":hi": {"S": f"DAY#{end}#\uffff"}}}
+def query_rows(funnel: str, start: str, end: str, table: str | None = None, winners: bool = True) -> list[dict]:
+    """Every counter row of the funnel between two days (inclusive), as plain dicts; with
+    ``winners``, its A/B winners too (``WINNER#<split>`` items, funnelpilot.steering.abtest)."""
+    queries = [("sk BETWEEN :lo AND :hi", {":lo": {"S": f"DAY#{start}#"}, ":hi": {"S": f"DAY#{end}#\uffff"}})]
+    if winners:
+        queries.append(("begins_with(sk, :w)", {":w": {"S": abtest.WINNER}}))
     rows = []
-    while True:
-        page = aws.dynamodb().query(**kwargs)
-        rows += [{k: (v["S"] if "S" in v else int(v["N"])) for k, v in item.items()} for item in page["Items"]]
-        if "LastEvaluatedKey" not in page:
-            return rows
-        kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+    for condition, values in queries:
+        kwargs = {"TableName": table or config().metrics_table, "KeyConditionExpression": f"pk = :pk AND {condition}",
+                  "ExpressionAttributeValues": {":pk": {"S": f"FUNNEL#{funnel}"}, **values}}
+        while True:
+            page = aws.dynamodb().query(**kwargs)
+            rows += [{k: (v["S"] if "S" in v else int(v["N"])) for k, v in item.items()} for item in page["Items"]]
+            if "LastEvaluatedKey" not in page:
+                break
+            kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+    return rows
 
 
 def _pct(part: int, whole: int) -> float | None:
@@ -103,11 +110,16 @@ def _with_rates(counts: dict) -> dict:
     return counts
 
 
-def build(funnel: str, rows: list[dict], start: str, end: str, order: list[str] | None = None) -> dict:
-    """The report (the JSON of ``GET /funnels/{id}/report``) from counter rows."""
+def build(funnel: str, rows: list[dict], start: str, end: str, order: list[str] | None = None,
+          splits: list[dict] | None = None) -> dict:
+    """The report (the JSON of ``GET /funnels/{id}/report``) from counter rows; ``splits``: the
+    funnel's A/B splits (abtest.splits, read from the content when None)."""
     sums: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
     daily: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+    winners = {row["sk"].removeprefix(abtest.WINNER): row for row in rows if row["sk"].startswith(abtest.WINNER)}
     for row in rows:
+        if row["sk"].startswith(abtest.WINNER):
+            continue
         day, _, name = row["sk"].removeprefix("DAY#").partition("#")
         counts = {k: v for k, v in row.items() if isinstance(v, int) and k != "expires_at"}
         for key, value in counts.items():
@@ -135,6 +147,7 @@ def build(funnel: str, rows: list[dict], start: str, end: str, order: list[str] 
         out = {m: got.get(m, 0) for m in STEP_METRICS}
         out["blocked_by_reason"] = {k.removeprefix("blocked_"): v for k, v in sorted(got.items())
                                     if k.startswith("blocked_")}
+        out["revenue"], out["attributed_orders"] = attribution.revenue(got), got.get("attributed_orders", 0)
         return _with_rates(out)
 
     total = sums.get(FUNNEL_ROW, {})
@@ -142,6 +155,13 @@ def build(funnel: str, rows: list[dict], start: str, end: str, order: list[str] 
     funnel_row["refused_by_reason"] = {k.removeprefix("refused_"): v for k, v in sorted(total.items())
                                        if k.startswith("refused_")}  # hand-offs, and entries while draining
     funnel_row["conversion_rate"] = _pct(funnel_row["conversions"], funnel_row["entered"])
+    attributed: dict[str, int] = defaultdict(int)  # the funnel's revenue: its steps'
+    for name, got in sums.items():
+        if name.startswith("STEP#"):
+            for key, value in got.items():
+                if key.startswith("revenue_cents_") or key == "attributed_orders":
+                    attributed[key] += value
+    funnel_row["revenue"], funnel_row["attributed_orders"] = attribution.revenue(attributed), attributed["attributed_orders"]
     # A/B branch steps run side by side: no drop-off between them, the step after compares with the one before
     branches = {n.removeprefix("VARIANT#").rpartition("#")[0] for n in sums if n.startswith("VARIANT#")}
     steps, previous = [], funnel_row["entered"]
@@ -158,8 +178,17 @@ def build(funnel: str, rows: list[dict], start: str, end: str, order: list[str] 
         if n.startswith("VARIANT#"):
             step, _, variant = n.removeprefix("VARIANT#").rpartition("#")
             variants.append({"step": step, "variant": variant, **counts(n)})
+    step_sums = {n.removeprefix("STEP#"): got for n, got in sums.items() if n.startswith("STEP#")}
+    ab_tests = []
+    for split in splits if splits is not None else abtest.splits(funnel):
+        rule = split.get("winner") or {}
+        test = abtest.compare(split, step_sums, rule.get("metric", "clicks"))
+        won = winners.get(split["state"])
+        test["winner"] = {"variant": won["variant"], "declared_at": won["declared_at"], "p": float(won["p"])} if won else None
+        test["rule"] = rule or None
+        ab_tests.append(test)
     return {"funnel": funnel, "from": start, "to": end, **funnel_row, "steps": steps, "emails": emails,
-            "variants": variants, "daily": [{"day": d, **daily[d]} for d in sorted(daily)]}
+            "variants": variants, "ab_tests": ab_tests, "daily": [{"day": d, **daily[d]} for d in sorted(daily)]}
 
 
 def funnel_report(funnel: str, start: str | None = None, end: str | None = None) -> dict | None:
@@ -179,12 +208,13 @@ def table(report: dict) -> str:
     """Plain-text table of one funnel report, for the terminal and the README."""
     head = (f"funnel {report['funnel']}  {report['from']} .. {report['to']}  entered {report['entered']}, "
             f"converted {report['conversions']} ({_fmt_pct(report['conversion_rate'])}), "
-            f"completed {report['completed']}")
+            f"completed {report['completed']}, revenue {attribution.fmt(report['revenue'])}"
+            + (f" ({report['attributed_orders']} orders)" if report["attributed_orders"] else ""))
     cols = ("step", "entered", "sent", "blocked", "open %", "mach.op", "click %", "mach.cl", "conv %", "unsub",
-            "drop-off")
+            "drop-off", "revenue")
     lines = [[s["step"], s["entered"], s["sent"], s["blocked"], _fmt_pct(s["open_rate"]), s["machine_opens"],
               _fmt_pct(s["click_rate"]), s["machine_clicks"], _fmt_pct(s["conversion_rate"]), s["unsubscribes"],
-              _fmt_pct(s["drop_off"])] for s in report["steps"]]
+              _fmt_pct(s["drop_off"]), attribution.fmt(s["revenue"])] for s in report["steps"]]
     widths = [max(len(str(c)) for c in column) for column in zip(cols, *lines)]
     fmt = "  ".join(f"{{:<{w}}}" if i == 0 else f"{{:>{w}}}" for i, w in enumerate(widths))
     out = [head, "  " + fmt.format(*cols)] + ["  " + fmt.format(*map(str, line)) for line in lines]
@@ -201,8 +231,45 @@ def table(report: dict) -> str:
         out.append("  refused: " + ", ".join(f"{r} {n}" for r, n in report["refused_by_reason"].items()))
     for v in report["variants"]:
         out.append(f"  A/B {v['step']} [{v['variant']}]: sent {v['sent']}, open {_fmt_pct(v['open_rate'])}, "
-                   f"click {_fmt_pct(v['click_rate'])}, conv {_fmt_pct(v['conversion_rate'])}")
+                   f"click {_fmt_pct(v['click_rate'])}, conv {_fmt_pct(v['conversion_rate'])}, "
+                   f"revenue {attribution.fmt(v['revenue'])}")
+    for t in report.get("ab_tests", []):
+        out.append("  " + ab_line(t))
     return "\n".join(out)
+
+
+def ab_line(test: dict) -> str:
+    """'A/B split: b leads a on clicks (12.0% vs 4.0%, p = 0.031: significant at 5%); winner b since ...'."""
+    lead, other = test["arms"][test["leader"]], test["arms"][test["runner_up"]]
+    level = (test["rule"] or {}).get("p", 0.05)
+    verdict = ("not enough data" if test["p"] is None else
+               f"p = {test['p']:.3f}: {'significant' if test['p'] < level else 'not significant'} at {level:.0%}")
+    line = (f"{test['state']}: {test['leader']} leads {test['runner_up']} on {test['metric']} "
+            f"({_fmt_pct(lead['rate'])} of {lead['trials']} vs {_fmt_pct(other['rate'])} of {other['trials']}, {verdict})")
+    if test["winner"]:
+        w = test["winner"]
+        line += f"; winner {w['variant']} since {w['declared_at'][:16].replace('T', ' ')} (p = {w['p']:.3f}): new entrants get it"
+    elif test["rule"]:
+        line += f"; automatic winner after {test['rule']['min_sends']} sends per arm at p < {level:g}"
+    return line
+
+
+def revenue_summary(reports: list[dict], unattributed: list[dict], window_days: float) -> str:
+    """Revenue per funnel (the reports') and the orders no human click led to (the rows of the
+    ``_unattributed`` counters over the same days), for the terminal."""
+    totals: dict[str, int] = defaultdict(int)
+    for row in unattributed:
+        for key, value in row.items():
+            if isinstance(value, int) and (key.startswith("revenue_cents_") or key == "orders"):
+                totals[key] += value
+    by_funnel = [f"{r['funnel']} {attribution.fmt(r['revenue'])} ({r['attributed_orders']})"
+                 for r in sorted(reports, key=lambda r: -sum(r["revenue"].values())) if r["attributed_orders"]]
+    orders = sum(r["attributed_orders"] for r in reports)
+    return "\n".join([
+        f"revenue by funnel (last human click within {window_days:g} days before the order; orders in brackets): "
+        + (", ".join(by_funnel) or "none"),
+        f"  attributed {orders} orders; unattributed (no human click in the window) "
+        f"{attribution.fmt(attribution.revenue(totals))} ({totals['orders']} orders)"])
 
 
 def _esc(text: str) -> str:
@@ -217,7 +284,8 @@ CHART_WIDTH = _LABEL_W + _BAR_W + 200
 
 def _headline(rep: dict) -> str:
     return (f"{rep['from']} .. {rep['to']}: {rep['entered']} entered, {rep['conversions']} converted "
-            f"({_fmt_pct(rep['conversion_rate'])}), {rep['completed']} completed")
+            f"({_fmt_pct(rep['conversion_rate'])}), {rep['completed']} completed, "
+            f"revenue {attribution.fmt(rep['revenue'])}")
 
 
 def _funnel_svg(rep: dict) -> tuple[str, int] | None:
@@ -236,6 +304,8 @@ def _funnel_svg(rep: dict) -> tuple[str, int] | None:
             note += f" · {machine} machine hits not counted"
         if s["blocked"]:
             note += f" · blocked {s['blocked']}"
+        if s["revenue"]:
+            note += f" · revenue {attribution.fmt(s['revenue'])}"
         rows.append((s["step"], s, note))
     height = 16 + _ROW_H * len(rows)
     parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{CHART_WIDTH}" height="{height}" '

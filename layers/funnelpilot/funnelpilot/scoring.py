@@ -66,7 +66,7 @@ class Rule:
     once_per: tuple[str, ...] = ()  # detail fields: the rule scores once per day per their values
 
     def matches(self, detail_type: str, detail: dict) -> bool:
-        return detail_type == self.event and all(matches(detail.get(k), want) for k, want in self.when.items())
+        return detail_type == self.event and all(matches(detail_field(detail, k), want) for k, want in self.when.items())
 
     def points_for(self, detail: dict) -> float:
         pts = self.points
@@ -86,14 +86,32 @@ class Settings:
     rules: tuple[Rule, ...]
     inactive_after_days: int
     repurchase: dict
+    winback: dict
 
     def event_kinds(self) -> set[str]:
         return {r.event for r in self.rules}
 
 
+def detail_field(detail: dict, path: str):
+    """A detail field by name; a dotted path goes into nested fields and through lists
+    (``items.sku`` of an order: the list of its SKUs)."""
+    value = detail
+    for part in path.split("."):
+        if isinstance(value, list):
+            value = [v.get(part) for v in value if isinstance(v, dict)]
+        elif isinstance(value, dict):
+            value = value.get(part)
+        else:
+            return None
+    return value
+
+
 def matches(value, want) -> bool:
     """A rule/segment condition on one field: a scalar (equal), a list (any of), or
-    ``{exists: bool}`` / ``{prefix: str}`` / ``{gte|gt|lte|lt: number}``."""
+    ``{exists: bool}`` / ``{prefix: str}`` / ``{contains: str}`` / ``{gte|gt|lte|lt: number}``.
+    A list value (``items.sku``) matches when one of its elements does, as in EventBridge patterns."""
+    if isinstance(value, list) and not (isinstance(want, dict) and "exists" in want):
+        return any(matches(v, want) for v in value)
     if isinstance(want, list):
         return any(matches(value, w) for w in want)
     if isinstance(want, dict):
@@ -102,6 +120,8 @@ def matches(value, want) -> bool:
                 ok = (value is not None) == bool(arg)
             elif op == "prefix":
                 ok = isinstance(value, str) and value.startswith(arg)
+            elif op == "contains":
+                ok = isinstance(value, str) and arg in value
             elif op in ("gte", "gt", "lte", "lt"):
                 try:
                     v = float(value)
@@ -136,7 +156,7 @@ def settings() -> Settings:
             raise ValueError(f"scoring.yaml: rule {rule.id}: unknown track {rule.track!r}")
         rules.append(rule)
     return Settings(tracks, tuple(rules), int(doc.get("inactivity", {}).get("after_days", 30)),
-                    doc.get("repurchase") or {})
+                    doc.get("repurchase") or {}, doc.get("winback") or {})
 
 
 def decay(points: float, elapsed: float, half_life: float) -> float:

@@ -108,6 +108,15 @@ class Facts:
         return self._did[key]
 
 
+def with_threshold(arg, track: str):
+    """A score condition with ``threshold`` (``{gte: threshold}``) read as the track's threshold
+    in infra/scoring.yaml, so a funnel or segment follows it when it changes."""
+    if not isinstance(arg, dict):
+        return arg
+    return {op: scoring.settings().tracks[track].threshold if value == "threshold" else value
+            for op, value in arg.items()}
+
+
 def holds(kind: str, arg, facts: Facts, now: float) -> bool:
     """Whether one condition (``{kind: arg}`` of segments.yaml) holds for the contact now;
     funnels' ``if`` steps use it too (funnelpilot.sequence)."""
@@ -125,10 +134,9 @@ def holds(kind: str, arg, facts: Facts, now: float) -> bool:
     if kind == "property":
         props = c.properties.as_dict() if c.properties else {}
         return all(scoring.matches(props.get(k), want) for k, want in arg.items())
-    if kind == "score":
-        return scoring.matches(scoring.current_score(c, "capture", at=now), arg)
-    if kind == "loyalty":
-        return scoring.matches(scoring.current_score(c, "loyalty", at=now), arg)
+    if kind in ("score", "loyalty"):
+        track = "capture" if kind == "score" else "loyalty"
+        return scoring.matches(scoring.current_score(c, track, at=now), with_threshold(arg, track))
     if kind == "customer":
         return scoring.is_customer(c) == bool(arg)
     if kind == "last_activity_days":
@@ -158,7 +166,7 @@ def record_facts(detail_type: str, detail: dict) -> list[str]:
             did = cond.get("did")
             if not did or did["event"] != detail_type or fact_key(did) in seen:
                 continue
-            if not all(scoring.matches(detail.get(k), want) for k, want in (did.get("where") or {}).items()):
+            if not all(scoring.matches(scoring.detail_field(detail, k), want) for k, want in (did.get("where") or {}).items()):
                 continue
             key = fact_key(did)
             seen.add(key)

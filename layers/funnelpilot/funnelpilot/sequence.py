@@ -25,6 +25,7 @@ from funnelpilot.channels import sms
 from funnelpilot.config import config
 from funnelpilot.errors import FunnelLeft, QuietHours, RecipientRejected, TemplateError, TransientError, transient
 from funnelpilot.models import PROFILE, Contact, Message, is_conditional_failure
+from funnelpilot.steering import abtest, utm
 
 logger = logging.getLogger(__name__)
 LEAVES = ("unknown_contact", "erased", "unsubscribed", "suppressed", "sunset", "goal_reached",
@@ -189,14 +190,16 @@ def _render_failed(message: Message, exc: TemplateError) -> None:
 
 
 def compose(contact: Contact, template: str, message_id: str, *, version: str | None = None,
-            lead_magnet: str | None = None, list_name: str | None = None, tracked: bool = True) -> tuple[list, bytes]:
+            lead_magnet: str | None = None, list_name: str | None = None, tracked: bool = True,
+            utm_tags: dict | None = None) -> tuple[list, bytes]:
     """The email of a send as SES gets it: rendered for the contact (the template's content
-    ``version``, else the live files), its links tracked (not for a test send: ``tracked``), with its
-    headers; returns (links for the message item, raw MIME). ``TemplateError`` when it cannot render."""
+    ``version``, else the live files), its links tracked (not for a test send: ``tracked``; site
+    links with ``utm_tags``), with its headers; returns (links for the message item, raw MIME).
+    ``TemplateError`` when it cannot render."""
     context = template_context(contact, message_id, lead_magnet)
     rendered, links = emails.render(template, context, version), []
     if tracked:
-        rendered, links = emails.track(rendered, contact_id=contact.pk, message_id=message_id)
+        rendered, links = emails.track(rendered, contact_id=contact.pk, message_id=message_id, utm_tags=utm_tags)
     headers = {"List-Unsubscribe": f"<{context['unsubscribe_url']}>",
                "List-Unsubscribe-Post": "List-Unsubscribe=One-Click"}  # of this list, when it belongs to one
     if list_name:
@@ -257,7 +260,8 @@ def send(step: dict) -> dict:
     if reason is None:
         try:
             links, raw = compose(contact, template, message_id, version=step.get("version"),
-                                 lead_magnet=step.get("lead_magnet"), list_name=list_name)
+                                 lead_magnet=step.get("lead_magnet"), list_name=list_name,
+                                 utm_tags=utm.tags(spec, template))
         except TemplateError as exc:
             _render_failed(message, exc)
             raise
@@ -350,10 +354,12 @@ def pick_variant(variants: dict[str, float], contact_id: str, funnel: str, state
 
 
 def split(step: dict) -> dict:
-    """Pick the variant and record it once on the funnel entry (``variants``: state -> variant);
-    a repeat returns the recorded one, so a replay takes the same branch."""
+    """Pick the variant (the declared winner, if the split has one) and record it once on the funnel
+    entry (``variants``: state -> variant); a repeat returns the recorded one, so a replay takes the same branch."""
     cid, funnel, state = step["contact_id"], step["funnel"], step["state"]
-    pick = pick_variant(step["variants"], cid, funnel, state)
+    # a split with a declared winner (funnelpilot.steering.abtest) sends every new entrant there
+    pick = (step.get("winner") and abtest.current_winner(funnel, state)) or pick_variant(step["variants"], cid, funnel,
+                                                                                          state)
     key = {"pk": {"S": cid}, "sk": {"S": f"FUNNEL#{funnel}"}}
     names = {"#v": "variants", "#f": "funnel"}
     aws.dynamodb().update_item(TableName=config().table, Key=key, ExpressionAttributeNames=names,

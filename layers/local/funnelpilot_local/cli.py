@@ -300,7 +300,8 @@ def openapi_command(args) -> int:
 
 
 def report_command(args) -> int:
-    from funnelpilot import report
+    from funnelpilot import report, steering
+    from funnelpilot.steering import abtest, attribution
     from funnelpilot_local.runtime import ROOT
 
     report.day_range(args.start, args.end)  # a bad --from/--to is refused before anything is read
@@ -318,20 +319,24 @@ def report_command(args) -> int:
         table = cfn.describe_stack_resource(StackName=args.stack, LogicalResourceId="MetricsTable")[
             "StackResourceDetail"]["PhysicalResourceId"]
         start, end = report.day_range(args.start, args.end)
-        rows = {f: report.query_rows(f, start, end, table=table) for f in funnels}
+        rows = {f: report.query_rows(f, start, end, table=table) for f in [*funnels, attribution.UNATTRIBUTED]}
     else:
         if not args.snapshot.exists():
             print(f"no {args.snapshot}: run `make demo` first, or pass --stack for a deployed stack", file=sys.stderr)
             return 1
         saved = json.loads(args.snapshot.read_text())
         start, end = report.day_range(args.start or saved["start"], args.end or saved["end"])
-        rows = {f: [r for r in saved["rows"].get(f, []) if start <= r["sk"][4:14] <= end] for f in funnels}
-    reports = [report.build(f, rows[f], start, end, report.step_order(f, content)) for f in funnels]
+        rows = {f: [r for r in saved["rows"].get(f, []) if not r["sk"].startswith("DAY#") or start <= r["sk"][4:14] <= end]
+                for f in [*funnels, attribution.UNATTRIBUTED]}
+    reports = [report.build(f, rows[f], start, end, report.step_order(f, content), abtest.splits(f, content))
+               for f in funnels]
     if args.json:
         print(json.dumps(reports, indent=2))
     else:
         for rep in reports:
             print(report.table(rep) + "\n")
+        print(report.revenue_summary(reports, rows[attribution.UNATTRIBUTED], steering.settings(content)[
+            "attribution_window_days"]) + "\n")
     args.chart.parent.mkdir(parents=True, exist_ok=True)
     args.chart.write_text(report.chart_html(reports))
     args.chart.with_suffix(".svg").write_text(report.chart_svg(reports))

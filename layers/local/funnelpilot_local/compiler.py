@@ -238,7 +238,13 @@ class _Machine:
             return names["task"]
         elif k == "split":
             entries = [(v, w, self._target(self.seq(branch, nxt, v))) for v, w, branch in step.branches]
-            self._task(names["task"], "split", {"variants": {v: w for v, w, _ in entries}}, main)
+            # each arm's Send states: the counters its figures (and a winner) are judged on (steering.abtest)
+            arms = {v: [self.names[id(s)]["main"] for s in walk(branch) if s.kind == "send"]
+                    for v, _, branch in step.branches}
+            params = {"variants": {v: w for v, w, _ in entries}, "arms": arms}
+            if step.winner:
+                params["winner"] = step.winner
+            self._task(names["task"], "split", params, main)
             self.states[main] = {"Type": "Choice", "Choices": [
                 {"Variable": "$.last.variant", "StringEquals": v, "Next": target} for v, _, target in entries],
                 "Default": entries[0][2]}

@@ -21,7 +21,8 @@ from datetime import datetime, timezone
 from email import message_from_bytes, policy
 from pathlib import Path
 
-from funnelpilot import clock, report, tokens
+from funnelpilot import clock, report, steering, tokens
+from funnelpilot.steering import abtest, attribution
 from funnelpilot_local import compiler
 from funnelpilot_local import costs
 from funnelpilot_local.runtime import ROOT, Runtime
@@ -50,6 +51,13 @@ LINK = re.compile(r"http://127\.0\.0\.1:3000(/[oc]/[A-Za-z0-9_\-.]+)")
 CONFIRM = re.compile(r"http://127\.0\.0\.1:3000(/confirm/[A-Za-z0-9_\-.]+)")
 CONFIRMS = 0.9  # share of people who click the double opt-in link (the others never hear from us again)
 PHONES, SMS_CONSENTS = 0.3, 0.7  # share giving a mobile number at signup; of those, share ticking the SMS box
+# Buyers: what each price buys (segments.yaml's core-course-buyers); a share of the audience buys
+# again on a rhythm of its own (the second order comes by itself: the repurchase funnel then
+# reminds them when the third is due, and the win-back writes to those whose next one never comes).
+PRODUCTS = {29: "starter-kit", 49: "templates", 99: "core-course", 199: "coaching"}
+REPEAT_BUYERS = 0.35
+MAX_ORDERS = 4
+REMINDED_BUYS = 0.5  # a repeat buyer who clicks the reminder of an order that is due buys
 
 
 @dataclass
@@ -67,6 +75,7 @@ class Person:
     interest: int  # which topic link they pick
     phone: str | None = None  # given at signup (a fictional 555-01xx number), SMS consent ticked or not
     sms_consent: bool = False
+    rhythm: float | None = None  # a repeat buyer orders again every this many seconds (their own interval)
     emails: int = 0
     orders: int = 0
     unsubscribed: bool = False
@@ -88,7 +97,8 @@ def audience(seed: int, size: int, days: int) -> list[Person]:
             utm=r.choices([s for s, _ in SOURCES], weights=[w for _, w in SOURCES])[0],
             lead_magnet="starter-guide" if r.random() < 0.6 else None, signup_at=signup_at, profile=profile,
             apple_mail=r.random() < 0.35, scanner=r.random() < 0.08, bounces=r.random() < 0.02,
-            quiet_after=signup_at + r.uniform(7, 40) * DAY, interest=r.randrange(3)))
+            quiet_after=signup_at + r.uniform(7, 40) * DAY, interest=r.randrange(3),
+            rhythm=r.uniform(8, 16) * DAY if r.random() < REPEAT_BUYERS else None))
         sms = rng_for(seed, "phone", i)  # a generator of its own: the draws above stay what they were
         if sms.random() < PHONES:
             people[-1].phone, people[-1].sms_consent = f"+1415555{100 + i % 100:04d}", sms.random() < SMS_CONSENTS
@@ -140,16 +150,18 @@ class Simulation:
         return self.rt.http("GET", path, headers={"user-agent": user_agent}, source_ip=ip).status
 
     def order(self, p: Person) -> None:
-        if p.orders >= 2:
+        if p.orders >= MAX_ORDERS or p.orders >= 2 and not p.rhythm:
             return
         p.orders += 1
         r = rng_for(self.seed, p.email, "order", p.orders)
-        amount = r.choice([29, 49, 99, 199])
+        amount = r.choice(list(PRODUCTS))
         body = {"type": "order.placed", "event_id": f"order-{p.email.split('@')[0]}-{p.orders}", "email": p.email,
                 "order_id": f"{p.email.split('@')[0]}-{p.orders}", "amount": amount, "currency": "EUR",
-                "items": [{"sku": f"plan-{amount}", "quantity": 1, "price": amount}]}
+                "items": [{"sku": PRODUCTS[amount], "quantity": 1, "price": amount}]}
         status = self.rt.http("POST", "/events", json_body=body, headers={"x-api-key": self.events_key}).status
         self.tally["orders"] += status == 202
+        if p.rhythm and p.orders == 1:  # the repeat order comes by itself; later ones answer the reminder
+            self.at(_now() + p.rhythm * r.uniform(0.9, 1.1), "order", person=p)
 
     def ses(self, kind: str, p: Person, mail: dict) -> None:
         """What SES puts on the default bus through the configuration set's event destination."""
@@ -206,7 +218,9 @@ class Simulation:
             link = mail["links"][p.interest % len(mail["links"])]
             clicked = opened + r.uniform(0.5, 15) * 60
             self.at(clicked, "click", path=link, agent=browser)
-            if r.random() < p_buy:
+            if p.rhythm and "next order" in mail["subject"] and r.random() < REMINDED_BUYS:
+                self.at(clicked + r.uniform(0.2, 30) * HOUR, "order", person=p)  # the repurchase reminder worked
+            elif r.random() < p_buy:
                 self.at(clicked + r.uniform(0.2, 30) * HOUR, "order", person=p)
         elif r.random() < 0.004:
             self.at(opened + 120, "unsubscribe", person=p, mail=mail)
@@ -367,8 +381,9 @@ def simulate(seed: int = 7, contacts: int = 200, days: int = 60, state_dir: Path
         start, end = report.day_range(datetime.fromtimestamp(START, timezone.utc).date().isoformat(),
                                       datetime.fromtimestamp(_now() - 1, timezone.utc).date().isoformat())
         funnels = report.known_funnels(rt.root / "infra")
-        rows = {f: report.query_rows(f, start, end) for f in funnels}
-        reports = [report.build(f, rows[f], start, end, report.step_order(f, rt.root / "infra")) for f in funnels]
+        rows = {f: report.query_rows(f, start, end) for f in [*funnels, attribution.UNATTRIBUTED]}
+        reports = [report.build(f, rows[f], start, end, report.step_order(f, rt.root / "infra"),
+                                abtest.splits(f, rt.root / "infra")) for f in funnels]
         usage = meter.usage(contacts=contacts, days=days)
         return {"reports": reports, "rows": rows, "tally": sim.tally, "usage": usage, "outbox": rt.outbox,
                 "webhooks": [(a.url, a.status, a.outbox) for a in rt.api_destinations.attempts],
@@ -396,6 +411,9 @@ def run(seed: int = 7, contacts: int = 200, days: int = 60) -> int:
         if rep["entered"] or rep["steps"]:
             print(report.table(rep))
             print()
+    print(report.revenue_summary(result["reports"], result["rows"][attribution.UNATTRIBUTED],
+                                 steering.settings(ROOT / "infra")["attribution_window_days"]))
+    print()
     t = result["tally"]
     print(f"audience: {t['signups']} signups ({t['confirmations']} confirmed), {t['opens']} opens and {t['clicks']} clicks by people, "
           f"{t['mpp']} Apple MPP prefetches and {t['scanner']} scanner hits (not human), {t['orders']} orders, "
