@@ -111,6 +111,20 @@ def test_once_per_contact_and_people_no_marketing_may_reach_are_refused_by_name(
     assert funnel_counts(rt, "segmentation") == {"refused": 1, "refused_unsubscribed": 1}
 
 
+def test_a_handoff_into_a_draining_funnel_is_refused_and_recorded_like_any(rt, tap):
+    """A funnel being removed takes nobody in (README "Changing a live funnel"): its Handoff rule's payload
+    says ``draining``; the hand-off is refused by name, once, with its event, counters and timeline line."""
+    cid = signup(rt, "drain@example.com")
+    detail = json.loads(bus.event("funnel.handoff", cid, to="segmentation", **{"from": "welcome"})["Detail"])
+    payload = handoff_payload(rt, "segmentation", detail, draining=True)
+    assert rt.invoke("FunnelRouterFunction", payload) == {"execution": None, "refused": "draining"}
+    assert rt.invoke("FunnelRouterFunction", payload)["refused"] == "draining"  # a duplicate: recorded once
+    assert rt.settle()
+    assert [(r["reason"], r["from"]) for r in refusals(tap, cid)] == [("draining", "welcome")]
+    assert funnel_counts(rt, "segmentation") == {"refused": 1, "refused_draining": 1}
+    assert [i["reason"] for i in refused_items(rt, cid)] == ["draining"] and executions(rt, "segmentation") == []
+
+
 def test_an_entered_handoff_makes_the_calls_an_entry_always_made(rt, aws_calls):
     """The common path keeps its call count: a refusal's writes happen only on a refusal."""
     cid = signup(rt, "calls@example.com")

@@ -119,7 +119,9 @@ class ConsentRecord(Item):
 
     confirmation: ``unconfirmed`` (a signup awaiting the owner's click on the link),
     ``confirmed`` (the click: ``confirmed_at``, from ``ip``/``user_agent``), ``single_opt_in``,
-    ``already_active``, ``suppressed`` or ``erased`` (a signup that changed no status)."""
+    ``already_active``, ``resubscribed`` (a sunset person's signup on a single opt-in list),
+    ``suppressed`` or ``erased`` (a signup that changed no status); for every list (``*``):
+    ``withdrawn`` (unsubscribed), ``sunset`` and ``reactivated`` (funnelpilot.consent)."""
 
     Meta = _Meta
     list_name = UnicodeAttribute()
