@@ -149,7 +149,8 @@ BODIES = {
             "set": {"type": "object", "description": "properties (custom fields) to set"}}}}}},
     "POST /u/{token}": {"required": False, "content": {FORM: {"schema": {"type": "object", "properties": {
         "List-Unsubscribe": _string("RFC 8058 one-click: opts out of the email's list", enum=["One-Click"]),
-        "action": _string("the preference centre's button", enum=["save", "all"]),
+        "action": _string("the preference centre's button (resubscribe: a sunset person's 'Send me your emails "
+                          "again')", enum=["save", "all", "resubscribe"]),
         "list": {"type": "array", "items": _string(), "description": "save: the lists to keep (repeated)"}}}}}},
 }
 GIF = {"description": "a 1x1 transparent GIF (also for an unknown or tampered token)",
@@ -166,7 +167,8 @@ RESPONSES = {
     "GET /c/{token}": CLICK, "HEAD /c/{token}": CLICK,
     "GET /u/{token}": {"200": _html("the preference centre: a form with a checkbox per list joined"),
                        "404": _html("invalid token")},
-    "POST /u/{token}": {"200": _html("choices saved, or unsubscribed from everything"), "404": _html("invalid token")},
+    "POST /u/{token}": {"200": _html("choices saved, re-subscribed, or unsubscribed from everything"),
+                        "404": _html("invalid token")},
     "GET /segments/{name}/members": {"200": _json("a page of members: columns, rows, next (cursor)"),
                                      "400": _error("invalid cursor"), "404": _error("unknown segment")},
     "GET /lists/{name}/members": {"200": _json("a page of the list's members: columns, rows, next (cursor)"),
