@@ -14,9 +14,9 @@ documents it (user guide, "API destinations"):
 - strict IAM: the target's role must allow ``events:InvokeApiDestination`` on the destination,
   else the event goes to the dead-letter queue unsent.
 
-Locally, an endpoint on a loopback host (127.0.0.1, localhost) is called over plain HTTP (no
-TLS; tests run one), and an endpoint of a reserved example domain (example.com, .org, .net and
-their subdomains, ``*.example``, ``*.test``) is not called: the request is written to
+Locally, only an endpoint on a loopback host (127.0.0.1, localhost) is called, over plain HTTP (no
+TLS; tests run one). Any other (the demo's example.com CRM, your real one) is not: a laptop's
+tests and demos must not post to a real CRM with its real secret. The request is written to
 ``.local/outbox-webhooks/<n>.json`` (url, headers, body) and answered 200. Retries wait
 ``min(2 ** attempt, 300)`` seconds on the runtime's clock (EventBridge adds jitter). The
 invocation rate limit is not enforced.
@@ -34,8 +34,6 @@ HEADERS = {"User-Agent": "Amazon/EventBridge/ApiDestinations", "Content-Type": "
            "Range": "bytes=0-1048575", "Accept-Encoding": "gzip,deflate", "Connection": "close"}
 RETRIED = {401, 407, 409, 429}  # and every 5xx
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
-EXAMPLE_DOMAINS = ("example.com", "example.org", "example.net")
-EXAMPLE_TLDS = ("example", "test")
 
 
 @dataclass
@@ -100,14 +98,14 @@ class ApiDestinations:
         headers = {**HEADERS, **dest.auth}
         parts = urlsplit(dest.endpoint)
         host = (parts.hostname or "").lower()
-        if host.endswith(EXAMPLE_DOMAINS) or host.rsplit(".", 1)[-1] in EXAMPLE_TLDS:
+        if host not in LOOPBACK:
             self.outbox.mkdir(parents=True, exist_ok=True)
             path = self.outbox / f"{len(list(self.outbox.glob('*.json'))) + 1:04d}.json"
             path.write_text(json.dumps({"url": dest.endpoint, "method": dest.method, "headers": headers,
                                         "body": json.loads(body)}, indent=2) + "\n")
             self.attempts.append(Attempt(arn, dest.endpoint, headers, body, attempt, 200, outbox=path))
             return 200, None, None
-        url = urlunsplit(("http", *parts[1:])) if host in LOOPBACK else dest.endpoint
+        url = urlunsplit(("http", *parts[1:]))
         request = urllib.request.Request(url, data=body, method=dest.method, headers=headers)
         status, retry_after, error = None, None, None
         try:
