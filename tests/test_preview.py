@@ -114,7 +114,7 @@ def test_the_facts_warn_about_an_image_only_body_a_missing_text_part_and_links_t
 
 def test_send_test_on_a_stack_goes_through_ses_from_the_stacks_sender_untracked(workdir, monkeypatch, capsys):
     """--stack: the settings of the stack's sequence-step function, SES with the caller's credentials
-    and no configuration set; moto stands in for the account (but for the one CloudFormation call
+    and the X-Funnelpilot-Test header; moto stands in for the account (but for the one CloudFormation call
     naming the function: moto's CloudFormation needs openapi-spec-validator, which is not installed)."""
     import io
     import json
@@ -147,7 +147,39 @@ def test_send_test_on_a_stack_goes_through_ses_from_the_stacks_sender_untracked(
     assert "(from news@shop.example)" in capsys.readouterr().out
     msg = email.message_from_bytes(raw.encode() if isinstance(raw, str) else raw, policy=policy.default)
     assert msg["From"] == "news@shop.example" and msg["To"] == "me@example.org"
-    assert msg["Subject"] == "[TEST] Welcome, Ada!"
+    assert msg["Subject"] == "[TEST] Welcome, Ada!" and msg["X-Funnelpilot-Test"] == "true"
     html = body(msg, "html")
     assert 'href="https://shop.example/guide"' in html and "https://api.shop.example/c/" not in html
     assert "https://api.shop.example/o/" not in html and not (workdir / ".local" / "outbox").exists()
+
+
+def test_ses_events_of_a_test_send_count_nothing_and_suppress_nobody(rt, tap):
+    """The stack's SES identity has the stack's configuration set as its default, so SES publishes
+    the events of a test send too: a bounce of a test sent to a person on the list leaves them be."""
+    import json
+    import uuid
+
+    from funnelpilot import clock
+
+    cid = signup(rt, "ann@example.com")
+    recipient = "ann@example.com"
+    headers = [{"name": "To", "value": recipient}, {"name": "Subject", "value": "[TEST] Welcome, Ann!"},
+               {"name": "X-Funnelpilot-Message-Id", "value": "mpreview"}, {"name": "X-Funnelpilot-Test", "value": "true"}]
+    for detail_type, kind, body in (
+            ("Email Bounced", "Bounce", {"bounce": {"feedbackId": uuid.uuid4().hex, "bounceType": "Permanent",
+                                                    "bounceSubType": "General", "timestamp": clock.iso(),
+                                                    "bouncedRecipients": [{"emailAddress": recipient}]}}),
+            ("Email Delivered", "Delivery", {"delivery": {"timestamp": clock.iso(), "recipients": [recipient]}})):
+        detail = {"eventType": kind, "mail": {"timestamp": clock.iso(), "source": "hello@example.com",
+                                              "messageId": uuid.uuid4().hex, "destination": [recipient],
+                                              "headers": headers,
+                                              "tags": {"ses:configuration-set": ["EmailConfigurationSet"]}}, **body}
+        assert rt.client("events").put_events(Entries=[{"Source": "aws.ses", "DetailType": detail_type,
+                                                        "Detail": json.dumps(detail)}])["FailedEntryCount"] == 0
+        assert rt.settle()
+    profile = rt.client("dynamodb").get_item(TableName="ContactsTable",
+                                             Key={"pk": {"S": cid}, "sk": {"S": "PROFILE"}})["Item"]
+    assert profile["status"]["S"] == "active"
+    assert tap.events("email.bounced") == [] and tap.events("contact.suppressed") == []
+    rows = rt.client("dynamodb").scan(TableName="MetricsTable")["Items"]
+    assert not any("delivered" in row for row in rows)

@@ -65,6 +65,8 @@ def handle(event: dict) -> list[str]:
     detail = event["detail"]
     kind = detail.get("eventType") or detail.get("notificationType")
     mail = detail.get("mail", {})
+    if _header(mail, "X-Funnelpilot-Test"):  # `funnelpilot send-test`: the identity's default configuration set
+        return ["test send: not counted"]  # publishes its events too; a test counts nothing, suppresses nobody
     message_id = _header(mail, "X-Funnelpilot-Message-Id")
     event_id = f"ses-{_feedback_key(kind, detail) or event['id']}"
     done = []

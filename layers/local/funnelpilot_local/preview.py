@@ -7,8 +7,8 @@ caller's credentials). The message is built by the send path's own functions
 (``funnelpilot.sequence.compose``, ``consent.confirmation_email``, ``alerts.alert_email``); its
 links are signed with the local runtime's key, so they work on ``make serve``. A test send goes
 out untracked (links point straight at their targets, no open pixel, no message item: nothing is
-counted), with ``[TEST]`` before the subject: locally to ``.local/outbox/``, on a stack through
-SES with the caller's credentials and without the stack's configuration set (no SES events).
+counted), with ``[TEST]`` before the subject and ``X-Funnelpilot-Test`` (SES feedback ignores its
+events): locally to ``.local/outbox/``, on a stack through SES with the caller's credentials.
 """
 import email
 import json
@@ -257,7 +257,7 @@ def as_test(raw: bytes, to: str) -> bytes:
 def send_test(root: Path, template: str, to: str, *, contact_email: str | None = None, stack: str | None = None,
               region: str | None = None, state_dir: Path = Path(".local")) -> str:
     """Send ``template`` to ``to`` untracked: locally into the outbox, on ``stack`` through SES (the
-    stack's sender, your credentials, no configuration set). Where it went."""
+    stack's sender, your credentials). Where it went."""
     if not re.fullmatch(r"[^@\s<>]+@[^@\s<>]+\.[^@\s<>]+", to):
         raise UserError(f"--to {to!r}: not an email address")
     raw, _ = build(root, template, contact_email=contact_email, stack=stack, region=region, state_dir=state_dir,
