@@ -95,3 +95,13 @@ def test_slack_alert_names_the_person_and_links_their_profile(tmp_path, monkeypa
         text = json.loads(rt.api_destinations.attempts[1].outbox.read_text())["body"]["text"]
         assert "*Tom* (tom@example.com)" in text and f"<https://crm.example.com/people/{other}|profile>" in text
         assert not rt.denied and not rt.errors
+
+
+def test_the_slack_url_must_be_https():
+    """An API destination calls HTTPS endpoints only: CloudFormation would fail creating it; the
+    parameter refuses it first (as CloudFormation's AllowedPattern check does)."""
+    import pytest
+
+    with pytest.raises(ValueError, match="SalesWebhookUrl='http://hooks.slack.example.com/x': empty, or an https://"):
+        Template.load(ROOT, {"SalesWebhookUrl": "http://hooks.slack.example.com/x"})
+    assert Template.load(ROOT, {"SalesWebhookUrl": "https://hooks.slack.example.com/x"}).condition("HasSalesWebhook")
