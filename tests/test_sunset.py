@@ -140,8 +140,9 @@ def test_the_preference_centre_resubscribes_a_sunset_person_and_an_unsubscribe_s
     [back] = [e["detail"] for e in tap.events("contact.reactivated") if e["detail"]["contact_id"] == sun]
     assert back["source"] == "preference_centre"
     assert inactivity.last_activity(sun) == pytest.approx(clock.now(), abs=60)  # the inactivity clock restarts
-    # a sunset person may unsubscribe; then neither a signup nor a purchase brings them back
-    mid = message(rt, other, "reengage-2")["message_id"]
+    # a sunset person may unsubscribe (the one-click of their list's email); then neither a signup nor a
+    # purchase brings them back
+    mid = message(rt, other, "welcome-1")["message_id"]
     assert rt.http("POST", f"/u/{tokens.sign('u', other, mid)}", form={"List-Unsubscribe": "One-Click"}).status == 200
     assert rt.settle()
     assert profile(rt, other)["status"]["S"] == "unsubscribed"

@@ -29,7 +29,7 @@ _STATUS_EVENTS = ["contact.subscribed", "contact.confirmed", "contact.unsubscrib
 DEPENDS = {
     "tag": _PROFILE_EVENTS, "not_tag": _PROFILE_EVENTS, "property": _PROFILE_EVENTS,
     "list": ["contact.subscribed", "contact.unsubscribed", "contact.list_unsubscribed", "contact.list_subscribed",
-             *_PROFILE_EVENTS],
+             "contact.sunset", "contact.reactivated", *_PROFILE_EVENTS],
     "lead_magnet": ["contact.subscribed", *_PROFILE_EVENTS],
     "status": _STATUS_EVENTS,
     "score": ["score.changed"], "loyalty": ["score.changed"],

@@ -53,7 +53,7 @@ def choose(cid: str, *, keep: set[str] | None = None, drop: set[str] = frozenset
     unknown, erased, unsubscribed, suppressed)."""
     for _ in range(_ATTEMPTS):
         now = state(cid)
-        if now is None or now["status"] not in ("active", "pending"):
+        if now is None or now["status"] not in ("active", "pending", "sunset"):  # sunset: may still opt out
             return "inactive"
         joined = now["lists"]
         if keep is not None:  # the page shows the lists joined: others opted out of stay so
