@@ -2,6 +2,7 @@
 shipped emails contain, a form that works without JavaScript, the clock's speed, and the state
 kept across restarts (the request journal replayed on the stepped clock)."""
 import http.client
+import inspect
 import json
 import re
 import time
@@ -19,7 +20,7 @@ from funnelpilot.sequence import template_context
 from funnelpilot_local.moto_adapter import sent_emails
 from funnelpilot_local.runtime import ROOT
 from funnelpilot_local.template import ACCOUNT, REGION
-from funnelpilot_local.server import SITE, LocalServer
+from funnelpilot_local.server import SITE, LocalServer, serve
 from test_browser import free_port
 
 BROWSER_ACCEPT = "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8"  # a form's own POST
@@ -148,6 +149,8 @@ def until(check, timeout: float = 30.0):
 
 
 def test_real_time_by_default_and_the_speed_is_the_simulated_seconds_per_real_second(tmp_path):
+    assert inspect.signature(serve).parameters["speed"].default == 1.0  # make serve (SPEED ?= 1), funnelpilot serve
+    assert re.search(r"^SPEED\s+\?= 1$", (ROOT / "Makefile").read_text(), re.MULTILINE)
     for speed in (1.0, 3600.0):
         with LocalServer(free_port(), speed, state_dir=tmp_path / str(speed)) as srv:
             t0, real0 = clock.now(), time.monotonic()
@@ -190,3 +193,12 @@ def test_state_survives_a_restart_journeys_included(tmp_path):
         assert srv.replayed == 0
         cid = tokens.contact_id(to)
         assert request(srv, "GET", f"/contacts/{cid}", headers={"x-api-key": srv.rt.admin_key})[0] == 404
+
+
+@pytest.mark.parametrize("speed", ["fast", "0", "-5", "inf"])
+def test_a_bad_speed_is_one_line_and_exit_2(speed, capsys):
+    from funnelpilot_local import cli
+
+    assert cli.main(["serve", "--port", str(free_port()), "--speed", speed]) == 2
+    assert capsys.readouterr().err == (f"error: --speed {speed}: a positive number of simulated seconds per real second "
+                                       "(1 = real time, 86400 = a day a second)\n")
