@@ -202,3 +202,16 @@ def test_a_bad_speed_is_one_line_and_exit_2(speed, capsys):
     assert cli.main(["serve", "--port", str(free_port()), "--speed", speed]) == 2
     assert capsys.readouterr().err == (f"error: --speed {speed}: a positive number of simulated seconds per real second "
                                        "(1 = real time, 86400 = a day a second)\n")
+
+
+def test_a_form_over_the_signup_limit_gets_an_html_page_with_retry_after(server, monkeypatch):
+    from funnelpilot.config import config
+
+    monkeypatch.setenv("SIGNUP_LIMIT_PER_ADDRESS", "1")
+    config.cache_clear()
+    form = urlencode({"email": "twice@example.com", "consent": "true"}).encode()
+    headers = {"content-type": "application/x-www-form-urlencoded", "accept": BROWSER_ACCEPT}
+    assert request(server, "POST", "/signup", form, headers)[0] == 202
+    status, got, body = request(server, "POST", "/signup", form, headers)
+    assert status == 429 and got["content-type"] == "text/html; charset=utf-8" and int(got["retry-after"]) > 0
+    assert '<p data-field="email">' in body.decode() and "try again in a little while" in body.decode()
