@@ -94,6 +94,7 @@ def test_a_failed_delivery_is_counted_and_marked(rt):
     [row] = report["steps"]
     assert (row["sms_sent"], row["sms_delivered"], row["sms_failed"]) == (1, 0, 1)
     assert "SMS: sent 1, delivered 0, failed 1" in funnel_report.table(report)
+    assert "texted 1 (delivered 0, failed 1)" in funnel_report.chart_html([report])
 
 
 # ---------------------------------------------------------------- eligibility
@@ -222,6 +223,11 @@ def test_import_takes_phone_and_sms_consent_columns(rt, tmp_path):
     ann, bob = profile(rt, tokens.contact_id("a@example.com")), profile(rt, tokens.contact_id("b@example.com"))
     assert (ann["phone"], ann["sms_consent_at"]) == ("+14155550101", "2024-05-01")
     assert bob["phone"] == "+14155550102" and "sms_consent_at" not in bob
+    consent = rt.client("dynamodb").query(TableName="ContactsTable", KeyConditionExpression="pk = :c AND "
+                                          "begins_with(sk, :s)", ExpressionAttributeValues={
+                                              ":c": {"S": tokens.contact_id("a@example.com")}, ":s": {"S": "CONSENT#"}}
+                                          )["Items"]
+    assert [(c["given_at"]["S"], c["sms"]["S"]) for c in consent] == [("2024-05-01", "given")]
 
 
 # ---------------------------------------------------------------- strict IAM

@@ -302,6 +302,8 @@ def _funnel_svg(rep: dict) -> tuple[str, int] | None:
         machine = s["machine_opens"] + s["machine_clicks"]
         if machine:
             note += f" · {machine} machine hits not counted"
+        if s["sms_sent"]:
+            note += f" · texted {s['sms_sent']} (delivered {s['sms_delivered']}, failed {s['sms_failed']})"
         if s["blocked"]:
             note += f" · blocked {s['blocked']}"
         if s["revenue"]:

@@ -565,9 +565,9 @@ def _cause(cause: str | None) -> str | None:
         return cause
 
 
-ACTIONS = {"send": send, "sms": sms.send, "check": check, "split": split, "wait_for": wait_for, "until": until, "tag": tag,
-           "untag": untag, "set": set_properties, "score": score, "notify": notify, "webhook": webhook, "goto": goto,
-           "suppress": suppress, "sunset": sunset, "steps": steps, "complete": complete, "fail": fail}
+ACTIONS = {"send": send, "sms": sms.send, "check": check, "split": split, "wait_for": wait_for, "until": until,
+           "tag": tag, "untag": untag, "set": set_properties, "score": score, "notify": notify, "webhook": webhook,
+           "goto": goto, "suppress": suppress, "sunset": sunset, "steps": steps, "complete": complete, "fail": fail}
 
 
 def run(step: dict) -> dict:

@@ -50,7 +50,7 @@ SCANNER = "Mozilla/5.0 (compatible; Mimecast URL Protect)"
 LINK = re.compile(r"http://127\.0\.0\.1:3000(/[oc]/[A-Za-z0-9_\-.]+)")
 CONFIRM = re.compile(r"http://127\.0\.0\.1:3000(/confirm/[A-Za-z0-9_\-.]+)")
 CONFIRMS = 0.9  # share of people who click the double opt-in link (the others never hear from us again)
-PHONES, SMS_CONSENTS = 0.3, 0.7  # share giving a mobile number at signup; of those, share ticking the SMS box
+PHONES, SMS_CONSENTS = 0.5, 0.8  # share giving a mobile number at signup; of those, share ticking the SMS box
 # Buyers: what each price buys (segments.yaml's core-course-buyers); a share of the audience buys
 # again on a rhythm of its own (the second order comes by itself: the repurchase funnel then
 # reminds them when the third is due, and the win-back writes to those whose next one never comes).

@@ -336,7 +336,8 @@ def _plan(row: Row, cid: str, old: dict | None, batch: dict) -> list[dict] | str
     given = row.consent_date or batch["imported_at"]
     for name in new_lists:
         record = ConsentRecord(cid, f"CONSENT#{given}#{name}#imported", list_name=name, source=source, given_at=given,
-                               ip=None, user_agent=None, confirmation="imported")
+                               ip=None, user_agent=None, confirmation="imported",
+                               sms="given" if row.sms_consent else None)
         items.append({"Put": {"TableName": table, "Item": record.serialize()}})
     if batch.get("enter") and old is None and status == "active":
         items.append(outbox.put(bus.event("funnel.handoff", cid, event_id=tokens.digest_id("im", cid, batch["enter"]),
