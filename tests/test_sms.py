@@ -16,7 +16,7 @@ from funnelpilot.funnel_spec import parse
 from funnelpilot.models import PROFILE, Contact
 from funnelpilot_local import contacts_cli
 from funnelpilot_local.aws_rules import principal
-from funnelpilot_local.runtime import ROOT, Runtime
+from funnelpilot_local.runtime import LOCAL_SMS_ORIGINATION, ROOT, Runtime
 
 HOUR, DAY = 3600, 86400
 PHONE = "+14155550123"
@@ -65,7 +65,8 @@ def test_engagement_texts_a_hot_lead_who_gave_a_phone_and_sms_consent(rt, tap):
     assert rt.advance(11 * DAY)
     [text] = outbox(rt)
     assert text["DestinationPhoneNumber"] == PHONE and text["MessageType"] == "PROMOTIONAL"
-    assert text["MessageBody"].startswith("Hi Hal, questions before you decide?") and "Reply STOP" in text["MessageBody"]
+    assert text["MessageBody"].startswith("Hi Hal, questions before you decide?")
+    assert "Reply STOP" in text["MessageBody"]
     assert (text["encoding"], text["segments"]) == ("GSM-7", 1)
     assert text["ConfigurationSetName"] == "funnelpilot-sms" and text["Context"]["funnel"] == "engagement"
     sfn = rt.client("stepfunctions")
@@ -239,6 +240,26 @@ def test_a_function_without_the_sms_statement_is_denied(rt):
     assert [d.action for d in rt.denied] == ["sms-voice:SendTextMessage"]
     rt.denied.clear()
     assert rt.sms.sent == []
+
+
+# ---------------------------------------------------------------- cost
+def test_texts_are_billed_per_message_part_only_with_sms_on():
+    from test_costs import lifecycle_usage
+
+    from funnelpilot_local import costs
+    from funnelpilot_local.template import Template
+
+    measured = lifecycle_usage(60)
+    price = costs.load_prices()["aws"]
+    on = costs.estimate(measured, 1000, template=Template.load(ROOT, {"SmsOriginationIdentity": LOCAL_SMS_ORIGINATION}))
+    [texts] = [x for x in on["lines"] if x["item"].startswith("SMS to the US")]
+    assert texts["quantity"] > 0
+    assert texts["cost"] == pytest.approx(texts["quantity"] * price["sms_us_message_part"]["price"])
+    [number] = [x for x in on["lines"] if x["item"] == "SMS origination number"]
+    assert number["cost"] == price["sms_us_toll_free_number"]["price"]
+    off = costs.estimate(measured, 1000)  # the template's default: SMS off
+    [texts] = [x for x in off["lines"] if x["item"].startswith("SMS to the US")]
+    assert texts["cost"] == 0 and texts["note"].startswith("off (SmsOriginationIdentity empty")
 
 
 # ---------------------------------------------------------------- compile-time checks of a text

@@ -305,7 +305,7 @@ RESOURCE_BILLING = {
     "AWS::SES::ConfigurationSetEventDestination": "free",  # events to the default bus: AWS service events are free
     "AWS::SQS::Queue": "usage",  # requests (dead letters only)
     "AWS::SQS::QueuePolicy": "free",
-    "AWS::SNS::Topic": "free",  # alarm notifications (1,000 emails free); SMS delivery events: deliveries to Lambda free
+    "AWS::SNS::Topic": "free",  # alarm notifications (1,000 emails free); SMS delivery events (to Lambda: free)
     "AWS::SNS::TopicPolicy": "free",
     "AWS::SMSVOICE::ConfigurationSet": "free",  # its texts: usage (per message part); the number: template_lines
     "AWS::SNS::Subscription": "free",
@@ -472,6 +472,10 @@ def estimate(usage: dict, contacts: int, prices: dict | None = None, *, template
         quantity = monthly.get(key, 0.0)  # a usage measured before the line existed: none
         lines.append({"item": label, "quantity": quantity, "unit": pr["unit"],
                       "cost": quantity * pr["price"] / pr["per"], "note": "", "optional": None})
+    if not template.condition("HasSms"):  # texts measured locally (SMS on there) cost nothing with SMS off
+        texts = next(line for line in lines if line["item"].startswith("SMS"))
+        texts.update(note=f"off (SmsOriginationIdentity empty: {texts['quantity']:,.0f} parts, ${texts['cost']:.2f})",
+                     quantity=0.0, cost=0.0)
     lines += template_lines(template, monthly, prices)
     ses = p["ses_outbound_email"]
     ses_line = {"item": "SES emails", "quantity": monthly["ses_emails"], "unit": ses["unit"],
