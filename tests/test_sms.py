@@ -62,7 +62,7 @@ def test_engagement_texts_a_hot_lead_who_gave_a_phone_and_sms_consent(rt, tap):
     tap.events()
     bus.publish(bus.event("lead.qualified", cid))
     assert rt.settle()
-    assert rt.advance(11 * DAY)
+    assert rt.advance(16 * DAY)  # the longest path: a cold lead gets the proof, more education, then the offer
     [text] = outbox(rt)
     assert text["DestinationPhoneNumber"] == PHONE and text["MessageType"] == "PROMOTIONAL"
     assert text["MessageBody"].startswith("Hi Hal, questions before you decide?")
