@@ -9,7 +9,7 @@ SPEED  ?= 1
 SEED   ?= 7
 CONTACTS ?= 200
 
-.PHONY: demo serve test lint browser funnels openapi bench clean
+.PHONY: demo serve test lint browser spamassassin funnels openapi bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -47,8 +47,15 @@ funnels: $(STAMP)
 openapi: $(STAMP)
 	$(BIN)/funnelpilot openapi
 
-bench: $(STAMP)
+bench: $(STAMP) spamassassin
 	$(BIN)/python bench/run.py --check-determinism
+
+# bench/spam_scores.py scores every shipped email with SpamAssassin (Debian's package, run offline).
+# When it is missing and we are root with apt-get, install it; otherwise that section says why it is empty.
+spamassassin:
+	@command -v spamassassin >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null \
+	  && apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq spamassassin >/dev/null; } \
+	  || echo "note: spamassassin is missing (apt-get install spamassassin): bench/RESULTS.md has no spam scores"
 
 clean:
 	rm -rf .local .aws-sam .pytest_cache

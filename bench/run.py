@@ -36,6 +36,7 @@ meter.install()
 
 import coldstart  # noqa: E402
 import raw_handlers  # noqa: E402
+import spam_scores  # noqa: E402
 import traffic  # noqa: E402
 from funnelpilot_local.runtime import LambdaContext, Runtime  # noqa: E402
 
@@ -571,6 +572,8 @@ def main(argv=None) -> int:
             check = differences(counts, other())
     cpu = sum(os.times()[:4])  # user + system, this process and the fresh interpreters it ran
     report = render(counts, times, check, len(_flat(counts)))
+    log("spam scores: every shipped email through SpamAssassin (bench/spam_scores.py)")
+    report += "\n".join(spam_scores.render(spam_scores.measure())) + "\n"
     report += (f"\nThis run: {(time.monotonic() - started) / 60:.0f} minutes wall clock, {cpu / 60:.0f} CPU minutes "
                f"(load average {os.getloadavg()[0]:.1f} at the end).\n")
     (HERE / "RESULTS.md").write_text(report)

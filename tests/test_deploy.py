@@ -145,7 +145,7 @@ def test_email_identity_default_and_already_existing(tmp_path):
 def test_domain_identity_and_already_existing(tmp_path):
     with runtime(tmp_path, parameters={"SenderIdentity": "domain"}) as rt:
         assert identities(rt) == {"example.com"}
-        assert welcome_email(rt)["From"] == "hello@example.com"  # sent through the domain identity
+        assert welcome_email(rt)["From"] == "Ada at Example <hello@example.com>"  # sent through the domain identity
     with pytest.raises(StackError, match=r"SenderDomainIdentity .*example.com already exists"):
         runtime(tmp_path, parameters={"SenderIdentity": "domain"},
                 rules=Rules(ses_existing_identities=("example.com",))).start()
@@ -277,7 +277,7 @@ def test_a_parameter_cloudformation_would_refuse_is_refused(name, value):
 
 
 # ---------------------------------------------------------------- parameters a deploy must be given
-MUST_SUPPLY = {"SenderEmail", "SalesEmail", "SiteUrl", "CorsOrigins", "EventsApiKey"}
+MUST_SUPPLY = {"SenderEmail", "FromName", "PostalAddress", "SalesEmail", "SiteUrl", "CorsOrigins", "EventsApiKey"}
 
 
 def test_no_demo_defaults_a_deploy_would_silently_keep():
@@ -347,7 +347,7 @@ def test_runtime_sets_the_mail_from_domain_and_still_sends(tmp_path):
         attrs = rt.client("ses").get_identity_mail_from_domain_attributes(Identities=["example.com"])
         assert attrs["MailFromDomainAttributes"]["example.com"]["MailFromDomain"] == "mail.example.com"
         assert attrs["MailFromDomainAttributes"]["example.com"]["BehaviorOnMXFailure"] == "UseDefaultValue"
-        assert welcome_email(rt)["From"] == "hello@example.com"
+        assert welcome_email(rt)["From"] == "Ada at Example <hello@example.com>"
 
 
 # ---------------------------------------------------------------- the README's parameter table

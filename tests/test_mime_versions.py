@@ -14,6 +14,7 @@ import subprocess
 import sys
 import warnings
 from email import message_from_bytes, policy
+from email.utils import parseaddr, parsedate_to_datetime
 from pathlib import Path
 
 from funnelpilot import mime
@@ -30,22 +31,24 @@ NAMES = [
     "Ann\x1cBcc: m@x.test", "Ann\x1dBcc: n@x.test", "Ann\x1eBcc: o@x.test", "Ann\x00Bcc: p@x.test",
     "Ann\r\n\r\n<html>body</html>", "Ann:\r\n Bcc: q@x.test", "A" * 300 + " =?utf-8?q?=0ABcc:_r@x.test?=",
 ]
-HEADERS = ["from", "to", "subject", "message-id", "x-funnelpilot-message-id", "list-unsubscribe", "list-id",
-           "mime-version", "content-type"]
+HEADERS = ["from", "to", "subject", "date", "message-id", "x-funnelpilot-message-id", "list-unsubscribe", "list-id",
+           "reply-to", "mime-version", "content-type"]
 CHILD = """
 import base64, json, sys
 from email import message_from_bytes, policy
+from email.utils import parseaddr, parsedate_to_datetime
 sys.path.insert(0, sys.argv[1])
 from funnelpilot import mime
 out = []
 for name in json.loads(sys.stdin.read()):
     raw = mime.build(sender="news@example.com", to="ann@example.com", subject=f"Welcome, {name}!",
                      message_id="m1", headers={"List-Unsubscribe": "<https://x.test/u/t>",
-                                               "List-Id": f"{name} <news.example.com>"},
-                     text="hi", html="<p>hi</p>")
+                                               "List-Id": f"{name} <news.example.com>", "Reply-To": "hi@example.com"},
+                     text="hi", html="<p>hi</p>", from_name=name, date=1772445600)
     mail = message_from_bytes(raw, policy=policy.default)
     out.append({"raw": base64.b64encode(raw).decode(), "keys": [k.lower() for k in mail.keys()],
-                "subject": str(mail["Subject"]), "list_id": str(mail["List-Id"])})
+                "subject": str(mail["Subject"]), "list_id": str(mail["List-Id"]), "from": str(mail["From"]),
+                "date": str(mail["Date"])})
 print(json.dumps({"version": "%d.%d" % sys.version_info[:2], "messages": out}))
 """
 
@@ -71,6 +74,9 @@ def check(version: str, python: str) -> None:
         subject, list_id = mime.header_text(f"Welcome, {name}!"), mime.header_text(f"{name} <news.example.com>")
         assert sorted(got["keys"]) == sorted(HEADERS), (version, name, got["keys"])
         assert (got["subject"], got["list_id"]) == (subject, list_id), (version, name)
+        # the display name (FromName) goes through the same function: one From, the address intact
+        assert parseaddr(got["from"]) == (mime.header_text(name), "news@example.com"), (version, name, got["from"])
+        assert parsedate_to_datetime(got["date"]).timestamp() == 1772445600, (version, got["date"])
         raw = base64.b64decode(got["raw"])
         here = message_from_bytes(raw, policy=policy.default)
         assert sorted(k.lower() for k in here.keys()) == sorted(HEADERS), (version, name)

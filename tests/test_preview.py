@@ -46,7 +46,8 @@ def test_preview_writes_the_html_text_and_eml_and_prints_the_facts(workdir, caps
     with email_check.content(ROOT, key=LOCAL_SECRET.encode()):
         assert click and tokens.verify("c", click, 3)[2] == "0"  # a real tracked link, signed with the local key
     assert f"tracked   {site}/guide" in out and "untracked http://127.0.0.1:3000/u/" in out
-    assert "subject:   Welcome, Ada!" in out and "open pixel (1x1)" in out and "preheader: Welcome, Ada!" in out
+    assert "subject:   Welcome, Ada!" in out and "open pixel (1x1)" in out
+    assert "preheader: Your free guide is inside, and here is what the next few emails will bring." in out
     assert re.search(r"size:      \d+\.\d KB \(HTML \d+ bytes, visible text \d+ bytes: text/HTML ratio 0\.\d\d\)", out)
     assert re.search(r"words:     \d+ in the HTML part, \d+ in the text part", out)
 
@@ -106,7 +107,7 @@ def test_the_facts_warn_about_an_image_only_body_a_missing_text_part_and_links_t
     facts = preview.describe(raw, [], email_check.LinkRules(ROOT),
                              {"public_url": public, "site_url": site})
     warnings = "\n".join(facts["warnings"])
-    assert "image-only body: 12 bytes of text next to 2 image(s)" in warnings and "HTML_IMAGE_ONLY_04" in warnings
+    assert "image-only body: an HTML part of 2" in warnings and "with 2 image(s)" in warnings and "HTML_IMAGE_ONLY_04" in warnings
     assert "no text part" in warnings and "image without alt text: https://example.com/banner.png" in warnings
     assert "link to nowhere (#)" in warnings and "/nope is not a page of the site" in warnings
     assert [i["open_pixel"] for i in facts["images"]] == [False, True] and facts["words"] == 3
@@ -130,7 +131,8 @@ def test_send_test_on_a_stack_goes_through_ses_from_the_stacks_sender_untracked(
                         "AWS_SESSION_TOKEN": "testing"}.items():
         monkeypatch.setenv(name, value)
     env = {"PUBLIC_URL": "https://api.shop.example", "SITE_URL": "https://shop.example",
-           "SENDER_EMAIL": "news@shop.example", "SES_CONFIGURATION_SET": "shop-events"}
+           "SENDER_EMAIL": "news@shop.example", "FROM_NAME": "Shop", "POSTAL_ADDRESS": "Shop Ltd, 2 High Street, Leeds",
+           "SES_CONFIGURATION_SET": "shop-events"}
     with mock_aws():
         role = boto3.client("iam", region_name="eu-west-1").create_role(
             RoleName="step", AssumeRolePolicyDocument=json.dumps({"Version": "2012-10-17", "Statement": []}))["Role"]
@@ -146,7 +148,7 @@ def test_send_test_on_a_stack_goes_through_ses_from_the_stacks_sender_untracked(
         [(_, raw)] = sent_emails(ACCOUNT, "eu-west-1")
     assert "(from news@shop.example)" in capsys.readouterr().out
     msg = email.message_from_bytes(raw.encode() if isinstance(raw, str) else raw, policy=policy.default)
-    assert msg["From"] == "news@shop.example" and msg["To"] == "me@example.org"
+    assert msg["From"] == "Shop <news@shop.example>" and msg["To"] == "me@example.org"
     assert msg["Subject"] == "[TEST] Welcome, Ada!" and msg["X-Funnelpilot-Test"] == "true"
     html = body(msg, "html")
     assert 'href="https://shop.example/guide"' in html and "https://api.shop.example/c/" not in html

@@ -22,6 +22,8 @@ def test_signup_sends_one_welcome_email(rt, tap):
     assert mail["Subject"] == "Welcome, Ann!"
     assert mail["List-Unsubscribe"].startswith("<http://127.0.0.1:3000/u/")
     assert mail["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+    assert mail["List-Id"] == "test-single <test-single.example.com>"  # the list of the signup (no title: its name)
+    assert mail["From"] == "Ada at Example <hello@example.com>" and mail["Reply-To"] == "hello@example.com"  # FromName; ReplyTo empty
     html = mail.get_body(("html",)).get_content()
     text = mail.get_body(("plain",)).get_content()
     assert "Welcome, Ann!" in html and "Welcome, Ann!" in text

@@ -18,6 +18,9 @@ class Config:
     public_url: str
     site_url: str
     sender: str
+    from_name: str  # the From header's display name (FromName)
+    reply_to: str  # Reply-To of every email (ReplyTo; empty: the sender)
+    postal_address: str  # in every marketing footer (PostalAddress; CAN-SPAM)
     sales_email: str
     ses_configuration_set: str
     redirect_hosts: tuple[str, ...]
@@ -47,6 +50,9 @@ def config() -> Config:
         public_url=env("PUBLIC_URL", "http://127.0.0.1:3000").rstrip("/"),
         site_url=env("SITE_URL", "https://example.com").rstrip("/"),
         sender=env("SENDER_EMAIL", "hello@example.com"),
+        from_name=env("FROM_NAME", ""),
+        reply_to=env("REPLY_TO", "") or env("SENDER_EMAIL", "hello@example.com"),
+        postal_address=env("POSTAL_ADDRESS", "").strip(),
         sales_email=env("SALES_EMAIL", "sales@example.com"),
         ses_configuration_set=env("SES_CONFIGURATION_SET", ""),
         redirect_hosts=_csv("ALLOWED_REDIRECT_HOSTS"),

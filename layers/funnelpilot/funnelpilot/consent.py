@@ -198,8 +198,11 @@ CONFIRM_RESEND_SECONDS = 600  # a form resubmitted by a bot does not flood someo
 
 
 def confirmation_context(contact: Contact, list_name: str, lead_magnet: str | None) -> dict:
-    """What the confirmation email (``confirm``) may use."""
-    return {"first_name": contact.first_name or "there", "list": list_name,
+    """What the confirmation email (``confirm``) may use (with ``emails.sender_context()``)."""
+    from funnelpilot import preferences  # it imports this module
+
+    return {"first_name": contact.first_name or "there", "contact": {"first_name": contact.first_name or None},
+            "list": list_name, "list_title": preferences.title(list_name),
             "confirm_url": confirm_url(contact.pk, list_name, lead_magnet),
             "confirm_hours": list_settings(list_name)["confirm_hours"]}
 
@@ -209,7 +212,7 @@ def confirmation_email(contact: Contact, list_name: str, lead_magnet: str | None
     from funnelpilot import emails  # jinja2 only where an email is rendered
 
     rendered = emails.render("confirm", confirmation_context(contact, list_name, lead_magnet))
-    return emails.build_mime(to=contact.email, rendered=rendered, message_id=message_id, headers={})
+    return emails.build_mime(to=contact.email, rendered=rendered, message_id=message_id, headers={}, email="confirm")
 
 
 def send_confirmation(cid: str, list_name: str, lead_magnet: str | None, event_id: str) -> str | None:

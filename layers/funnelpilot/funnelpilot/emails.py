@@ -25,7 +25,7 @@ from jinja2 import TemplateError as JinjaError
 from jinja2.sandbox import SandboxedEnvironment
 from markupsafe import Markup
 
-from funnelpilot import aws, mime, tokens
+from funnelpilot import aws, clock, mime, tokens
 from funnelpilot.config import config
 from funnelpilot.errors import RecipientRejected, TemplateError
 from funnelpilot.steering import utm
@@ -91,6 +91,17 @@ def _unmark(text: str) -> str:
     return _MARKS.sub("", text)
 
 
+def sender_context() -> dict:
+    """What every template may use about the sender, from the stack's parameters: ``from_name``,
+    ``postal_address`` (required: every marketing footer shows it), ``site_url``, ``public_url``."""
+    cfg = config()
+    if not cfg.postal_address:
+        raise ValueError("POSTAL_ADDRESS is empty: every marketing email shows the sender's postal address "
+                         "(template.yaml parameter PostalAddress)")
+    return {"from_name": cfg.from_name, "postal_address": cfg.postal_address, "site_url": cfg.site_url,
+            "public_url": cfg.public_url}
+
+
 def templates(template: str, directory: str) -> tuple:
     """The (text, HTML) jinja2 templates of an email; ``TemplateError`` when one is missing or does not parse."""
     try:
@@ -102,13 +113,14 @@ def templates(template: str, directory: str) -> tuple:
 
 def render(template: str, context: dict, version: str | None = None, *, directory: str | None = None) -> Rendered:
     """Subject, HTML and text of ``template``: of its content ``version``, else the live files (or
-    those in ``directory``)."""
+    those in ``directory``), with ``context`` over ``sender_context()``."""
     directory = directory or template_dir(template, version)
     text_tpl, html_tpl = templates(template, directory)
     if "subject" not in text_tpl.blocks:
         raise TemplateError(template, f"{template}.txt.j2", 1,
                             "no subject: the text part needs {% block subject %}...{% endblock %}")
-    context = {k: _Ours(v) if k in OUR_URLS and isinstance(v, str) else v for k, v in context.items()}
+    context = {k: _Ours(v) if k in OUR_URLS and isinstance(v, str) else v
+               for k, v in {**sender_context(), **context}.items()}
     try:
         subject = mime.header_text(_unmark("".join(text_tpl.blocks["subject"](text_tpl.new_context(dict(context))))))
         html, text = html_tpl.render(context), text_tpl.render(context)
@@ -208,9 +220,24 @@ def track(rendered: Rendered, *, contact_id: str, message_id: str,
     return replace(rendered, html=body, text=text, marked=None), links
 
 
-def build_mime(*, to: str, rendered: Rendered, message_id: str, headers: dict[str, str]) -> bytes:
-    return mime.build(sender=config().sender, to=to, subject=rendered.subject, message_id=message_id,
-                      headers=headers, text=rendered.text, html=rendered.html)
+def _tag(value: str) -> str:
+    """An SES message tag value: ASCII letters, digits, ``_`` and ``-``, at most 256 characters."""
+    return re.sub(r"[^A-Za-z0-9_-]", "_", value)[:256] or "_"
+
+
+def build_mime(*, to: str, rendered: Rendered, message_id: str, headers: dict[str, str], email: str,
+               funnel: str | None = None) -> bytes:
+    """The raw message: From with the ``FromName`` display name, Reply-To (``ReplyTo``, else the
+    sender), ``headers``, and ``X-SES-MESSAGE-TAGS`` (SES reads and removes it): ``email`` (the
+    template), ``funnel``, and ``ses:feedback-id-a``/``-b`` (the funnel, or ``transactional``, and
+    the email), which SES writes as the first two identifiers of the Feedback-ID header it adds
+    for Gmail's feedback loop (one such header per message: we add none of our own)."""
+    tags = {"ses:feedback-id-a": funnel or "transactional", "ses:feedback-id-b": email, "email": email,
+            **({"funnel": funnel} if funnel else {})}
+    extra = {"Reply-To": config().reply_to, "X-SES-MESSAGE-TAGS": ", ".join(f"{k}={_tag(v)}" for k, v in tags.items())}
+    return mime.build(sender=config().sender, from_name=config().from_name, to=to, subject=rendered.subject,
+                      message_id=message_id, headers={**extra, **headers}, text=rendered.text, html=rendered.html,
+                      date=clock.now())
 
 
 def _ses():

@@ -8,7 +8,7 @@ folded, so ``=?utf-8?q?Ann=0D=0ABcc:_x@evil.test?=`` became a raw ``Bcc:`` line)
 import re
 from email import policy
 from email.message import EmailMessage
-from email.utils import formataddr, make_msgid
+from email.utils import formataddr, formatdate, make_msgid
 
 # every str.splitlines() break and every other C0/C1 control character
 _BREAKS = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]+")
@@ -25,13 +25,15 @@ def header_text(value: str) -> str:
 
 
 def build(*, sender: str, to: str, subject: str, message_id: str, headers: dict[str, str], text: str,
-          html: str) -> bytes:
-    """The message as bytes: From, To, Subject, Message-ID, X-Funnelpilot-Message-Id and
-    ``headers``, every value through ``header_text``; a text and an HTML part."""
+          html: str, from_name: str = "", date: float | None = None) -> bytes:
+    """The message as bytes: From (``"from_name" <sender>``), To, Subject, Date, Message-ID,
+    X-Funnelpilot-Message-Id and ``headers``, every value through ``header_text``; a text and an
+    HTML part. SES replaces Date and Message-ID with its own; they make the local .eml complete."""
     msg = EmailMessage(policy=POLICY)
-    msg["From"] = formataddr(("", sender)) if "<" not in sender else header_text(sender)
+    msg["From"] = formataddr((header_text(from_name), sender)) if "<" not in sender else header_text(sender)
     msg["To"] = header_text(to)
     msg["Subject"] = header_text(subject)
+    msg["Date"] = formatdate(date, usegmt=True)
     msg["Message-ID"] = make_msgid(idstring=header_text(message_id), domain=sender.rsplit("@", 1)[-1].strip(">"))
     msg["X-Funnelpilot-Message-Id"] = header_text(message_id)
     for name, value in headers.items():

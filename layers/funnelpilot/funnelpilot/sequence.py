@@ -80,20 +80,25 @@ def blocked_reason(contact: Contact | None, step: dict, entry_status: str | None
     return None
 
 
-def template_context(contact: Contact, message_id: str, lead_magnet: str | None = None) -> dict:
-    """What an email template may use. ``lead_magnet``: the one the journey's trigger asked
-    for (execution input), else the contact's only one."""
+def template_context(contact: Contact, message_id: str, lead_magnet: str | None = None,
+                     list_name: str | None = None) -> dict:
+    """What an email (or SMS) template may use, ``emails.sender_context()`` included. ``first_name`` is the
+    greeting's name ("there" without one: "Hi there,"); ``contact.first_name`` is None without one,
+    for a template that words it otherwise. ``lead_magnet``: the one the journey's trigger asked
+    for (execution input), else the contact's only one. ``list_title``: the list the email
+    belongs to, for the footer's reason (None: no list)."""
     unsubscribe = f"{config().public_url}/u/{tokens.sign('u', contact.pk, message_id)}"
     magnets = sorted(contact.lead_magnets or ())
     return {
+        **emails.sender_context(),  # also what an SMS (channels.sms) may use: site_url, from_name...
         "first_name": contact.first_name or "there",
+        "contact": {"first_name": contact.first_name or None},
         "lead_magnet": lead_magnet or (magnets[0] if len(magnets) == 1 else None),
         "contact_id": contact.pk,
         "properties": contact.properties.as_dict() if contact.properties else {},
         "fields": custom_fields.template_values(contact.properties.as_dict() if contact.properties else {}),
         "unsubscribe_url": unsubscribe,
-        "public_url": config().public_url,
-        "site_url": config().site_url,
+        "list_title": preferences.title(list_name) if list_name else None,
     }
 
 
@@ -190,21 +195,22 @@ def _render_failed(message: Message, exc: TemplateError) -> None:
 
 
 def compose(contact: Contact, template: str, message_id: str, *, version: str | None = None,
-            lead_magnet: str | None = None, list_name: str | None = None, tracked: bool = True,
-            utm_tags: dict | None = None) -> tuple[list, bytes]:
+            lead_magnet: str | None = None, list_name: str | None = None, funnel: str | None = None,
+            tracked: bool = True, utm_tags: dict | None = None) -> tuple[list, bytes]:
     """The email of a send as SES gets it: rendered for the contact (the template's content
     ``version``, else the live files), its links tracked (not for a test send: ``tracked``; site
-    links with ``utm_tags``), with its headers; returns (links for the message item, raw MIME).
-    ``TemplateError`` when it cannot render."""
-    context = template_context(contact, message_id, lead_magnet)
+    links with ``utm_tags``), with its headers (List-Id: the email's list, else its ``funnel``'s);
+    returns (links for the message item, raw MIME). ``TemplateError`` when it cannot render."""
+    context = template_context(contact, message_id, lead_magnet, list_name)
     rendered, links = emails.render(template, context, version), []
     if tracked:
         rendered, links = emails.track(rendered, contact_id=contact.pk, message_id=message_id, utm_tags=utm_tags)
     headers = {"List-Unsubscribe": f"<{context['unsubscribe_url']}>",
                "List-Unsubscribe-Post": "List-Unsubscribe=One-Click"}  # of this list, when it belongs to one
-    if list_name:
-        headers["List-Id"] = preferences.list_id(list_name)
-    return links, emails.build_mime(to=contact.email, rendered=rendered, message_id=message_id, headers=headers)
+    if list_name or funnel:
+        headers["List-Id"] = preferences.list_id(list_name) if list_name else preferences.funnel_list_id(funnel)
+    return links, emails.build_mime(to=contact.email, rendered=rendered, message_id=message_id, headers=headers,
+                                    email=template, funnel=funnel)
 
 
 def _mark_sent(message: Message, ses_id: str, id_attribute=Message.ses_message_id) -> None:
@@ -260,7 +266,7 @@ def send(step: dict) -> dict:
     if reason is None:
         try:
             links, raw = compose(contact, template, message_id, version=step.get("version"),
-                                 lead_magnet=step.get("lead_magnet"), list_name=list_name,
+                                 lead_magnet=step.get("lead_magnet"), list_name=list_name, funnel=step["funnel"],
                                  utm_tags=utm.tags(spec, template))
         except TemplateError as exc:
             _render_failed(message, exc)

@@ -15,6 +15,8 @@ from html.parser import HTMLParser
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from funnelpilot_local.template import LOCAL_VALUES
+
 # Templates sent outside funnels, with the context their sender gives them (``context``).
 OWN = ("confirm", "sales-alert")
 SAMPLE_ID, SAMPLE_MESSAGE = "c_sample", "m_sample"
@@ -32,7 +34,8 @@ def content(root: Path, env: dict | None = None, key: bytes = SAMPLE_KEY):
     in and out, so nothing read here outlives the block."""
     from funnelpilot import tokens
 
-    values = {"CONTENT_DIR": str(Path(root) / "infra"), **(env or {})}
+    values = {"CONTENT_DIR": str(Path(root) / "infra"), "FROM_NAME": LOCAL_VALUES["FromName"],
+              "POSTAL_ADDRESS": LOCAL_VALUES["PostalAddress"], **(env or {})}  # the sender's, as locally
     saved = {k: os.environ.get(k) for k in values}
     signing = tokens._key  # the one function that reads the signing key
     os.environ.update(values)
@@ -74,15 +77,18 @@ def sample_contacts() -> list:
 
 
 def context(template: str, contact, message_id: str = SAMPLE_MESSAGE, lead_magnet: str | None = None) -> dict:
-    """What ``template`` is rendered with for ``contact``: by its sender's own function."""
-    from funnelpilot import consent, sequence
+    """What ``template`` is rendered with for ``contact``: by its sender's own function, over what
+    ``emails.render`` adds (the sender's: site_url, public_url, from_name, postal_address)."""
+    from funnelpilot import consent, emails, sequence
     from funnelpilot.channels import alerts
 
     if template == "confirm":
-        return consent.confirmation_context(contact, consent.declared_lists()[0], lead_magnet)
-    if template == "sales-alert":
-        return alerts.alert_context(contact, "viewed /pricing", SAMPLE_ACTIVITY)
-    return sequence.template_context(contact, message_id, lead_magnet)
+        own = consent.confirmation_context(contact, consent.declared_lists()[0], lead_magnet)
+    elif template == "sales-alert":
+        own = alerts.alert_context(contact, "viewed /pricing", SAMPLE_ACTIVITY)
+    else:
+        own = sequence.template_context(contact, message_id, lead_magnet)
+    return {**emails.sender_context(), **own}
 
 
 def used_templates(funnels: dict) -> list[str]:

@@ -20,6 +20,8 @@ NO_VALUE = object()
 # instead (make serve prints it).
 LOCAL_VALUES = {
     "SenderEmail": "hello@example.com",
+    "FromName": "Ada at Example",
+    "PostalAddress": "Example Ltd, 1 Main Street, Springfield, OR 97477, USA",
     "SalesEmail": "sales@example.com",
     "SiteUrl": "https://example.com",
     "CorsOrigins": "http://127.0.0.1:3000,http://localhost:3000",

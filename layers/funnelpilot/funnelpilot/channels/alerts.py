@@ -122,7 +122,7 @@ def alert_context(contact: Contact, reason: str, activity: list[dict]) -> dict:
 def alert_email(context: dict, message_id: str) -> bytes:
     """The alert email to SALES_EMAIL as SES gets it (raw MIME), for an ``alert_context``."""
     return emails.build_mime(to=config().sales_email, rendered=emails.render("sales-alert", context),
-                             message_id=message_id, headers={})
+                             message_id=message_id, headers={}, email="sales-alert")
 
 
 def alert(detail_type: str, detail: dict) -> str:

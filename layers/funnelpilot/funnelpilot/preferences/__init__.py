@@ -30,6 +30,13 @@ def list_id(list_name: str) -> str:
     return f"{title(list_name)} <{list_name}.{domain}>"
 
 
+def funnel_list_id(funnel: str) -> str:
+    """``List-Id`` of an email of no list (a journey entered by a handoff, a score, an order): the
+    funnel is the stream it belongs to, ``<funnel> <funnel.funnels.sender-domain>``."""
+    domain = parseaddr(config().sender)[1].rsplit("@", 1)[-1] or "localhost"
+    return f"{funnel} <{funnel}.funnels.{domain}>"
+
+
 def title(list_name: str) -> str:
     return str(consent.list_settings(list_name).get("title") or list_name)
 
