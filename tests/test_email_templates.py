@@ -75,7 +75,7 @@ def test_a_missing_first_name_never_reads_as_a_name(rt):
     for name in FUNNEL_TEMPLATES:
         out = emails.render(name, context())
         for text in (out.subject, out.text, out.html):
-            assert not re.search(r"\w[,!] there\b|\bthere[!.?]", text), (name, text[:200])
+            assert not re.search(r"\b(?!Hi\b)\w+,? there[!?.,]", text), (name, text[:200])  # "Welcome, there!"
     assert emails.render("welcome-1", context()).subject == "Welcome!"
     assert emails.render("welcome-1", context("Ana")).subject == "Welcome, Ana!"
     assert emails.render("ascension-1", context()).subject == "Thank you! Here is where to start"
