@@ -75,7 +75,8 @@ def _main(argv: list[str] | None = None) -> int:
     serve.add_argument("--fresh", action="store_true", help="forget the state kept in .local/ and start over")
     funnels = sub.add_parser("funnels", help="check every email template in use, compile infra/funnels/*.yaml to state "
                              "machines and template.yaml, draw infra/diagrams")
-    funnels.add_argument("--check", action="store_true", help="change nothing; exit 1 if anything is out of date (2: a mistake in a funnel or template)")
+    funnels.add_argument("--check", action="store_true",
+                         help="change nothing; exit 1 if anything is out of date (2: a mistake in a funnel or template)")
     funnels.add_argument("--root", type=Path, help="project directory (default: this checkout)")
     funnels.add_argument("--plan", action="store_true",
                          help="say what changes for the people inside each funnel, per state; write nothing")
