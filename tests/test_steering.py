@@ -64,6 +64,8 @@ def test_an_order_after_a_human_click_credits_that_emails_funnel_step_and_templa
     text = report.table(rep)
     assert "revenue 49.90 EUR (1 orders)" in text.splitlines()[0]
     assert "Send welcome-1" in text and "49.90 EUR" in text.splitlines()[2]
+    page = report.chart_html([rep])
+    assert "<h2>Revenue by funnel</h2>" in page and "welcome: 49.90 EUR" in page  # the chart's bar
     assert not rt.errors
 
 
@@ -196,6 +198,7 @@ def test_the_automatic_winner_is_declared_on_a_significant_lead_and_new_entrants
     assert test["leader"] == "a" and test["p"] < 0.001 and test["arms"]["a"]["sent"] == 122
     line = report.ab_line(test)
     assert line.startswith("A/B split: a leads b on clicks") and "winner a since 2026-03-05" in line
+    assert line in report.table(rep) and line in report.chart_html([rep])
     assert not rt.errors
 
 

@@ -348,15 +348,33 @@ def chart_svg(reports: list[dict], title: str = "funnelpilot funnels") -> str:
             + "".join(parts) + "</svg>\n")
 
 
+def revenue_svg(reports: list[dict]) -> str:
+    """A section with one bar per funnel and currency: the revenue its emails brought."""
+    bars = [(rep["funnel"], currency, amount) for rep in reports for currency, amount in rep["revenue"].items()]
+    bars.sort(key=lambda b: (b[1], -b[2]))
+    top = {c: max(a for _, cc, a in bars if cc == c) for _, c, _ in bars}
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{CHART_WIDTH}" height="{8 + 24 * len(bars)}" '
+             'role="img" aria-label="revenue by funnel" font-family="system-ui,sans-serif">']
+    for i, (funnel, currency, amount) in enumerate(bars):
+        y, w = 4 + 24 * i, max(2, round(_BAR_W * amount / top[currency]))
+        parts.append(f'<text x="0" y="{y + 14}" font-size="13">{_esc(funnel)}</text>'
+                     f'<rect x="{_LABEL_W}" y="{y}" width="{w}" height="18" fill="#10b981"><title>{_esc(funnel)}: '
+                     f'{amount:,.2f} {currency}</title></rect><text x="{_LABEL_W + w + 6}" y="{y + 14}" font-size="12">'
+                     f'{amount:,.2f} {_esc(currency)}</text>')
+    return ("<section><h2>Revenue by funnel</h2><p>Orders credited to the funnel of the buyer's last human click "
+            "before the order (the attribution window of infra/steering.yaml).</p>" + "".join(parts) + "</svg></section>")
+
+
 def chart_html(reports: list[dict], title: str = "funnelpilot funnels") -> str:
     """A self-contained HTML page (inline SVG, no scripts): one funnel chart per report. Each
     step is one row of overlaid bars - entered, sent, opened and clicked by people, converted -
     so the narrowing reads at a glance; machine opens and clicks are named, never drawn."""
-    sections = []
+    sections = [revenue_svg(reports)] if any(rep["revenue"] for rep in reports) else []
     for rep in reports:
         head = f"<h2>{_esc(rep['funnel'])}</h2><p>{_esc(_headline(rep))}</p>"
         drawn = _funnel_svg(rep)
         body = drawn[0] if drawn else "<p><em>No contact entered this funnel in the period.</em></p>"
+        body += "".join(f"<p>{_esc(ab_line(t))}</p>" for t in rep.get("ab_tests", []))
         sections.append(f"<section>{head}{body}</section>")
     legend = " ".join(f'<span style="background:{c};padding:0 .7em;margin:0 .3em 0 .8em"></span>{_esc(label)}'
                       for _, c, label in _SERIES)
