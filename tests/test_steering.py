@@ -212,3 +212,11 @@ def test_no_winner_before_min_sends_even_when_significant(rt):
     assert split["winner"] == {"min_sends": 100, "metric": "clicks", "p": 0.05}
     assert abtest.judge("engagement", split) is None  # 60 sends per arm: too early, whatever p says
     assert abtest.current_winner("engagement", "A/B split") is None
+
+
+def test_a_step_on_another_branch_reached_by_more_people_shows_no_negative_drop_off():
+    rows = [{"sk": "DAY#2026-03-02#FUNNEL", "entered": 10},
+            {"sk": "DAY#2026-03-02#STEP#Send hot", "sent": 4, "entered": 4},
+            {"sk": "DAY#2026-03-02#STEP#Send cold", "sent": 6, "entered": 6}]
+    rep = report.build("f", rows, "2026-03-02", "2026-03-02", order=["Send hot", "Send cold"], splits=[])
+    assert [(s["step"], s["drop_off"]) for s in rep["steps"]] == [("Send hot", 60.0), ("Send cold", None)]

@@ -167,8 +167,10 @@ def build(funnel: str, rows: list[dict], start: str, end: str, order: list[str] 
     steps, previous = [], funnel_row["entered"]
     for name in names:
         step = {"step": name, **counts(f"STEP#{name}")}
+        # (a step reached by more people than the one before it is on another branch: no drop-off)
         step["drop_off"] = (_pct(previous - step["entered"], previous)
-                            if step["entered"] and previous and name not in branches else None)
+                            if step["entered"] and previous and name not in branches and step["entered"] <= previous
+                            else None)
         if step["entered"] and name not in branches:
             previous = step["entered"]
         steps.append(step)
