@@ -13,6 +13,7 @@ from moto import mock_aws
 
 from funnelpilot_local import cli, doctor
 from funnelpilot_local.runtime import ROOT
+from funnelpilot_local.template import LOCAL_VALUES
 
 REGION = "eu-west-1"
 STACK = "shop"
@@ -107,7 +108,8 @@ def test_a_ready_stack_is_all_ok(account):
 
 def test_a_new_account_gets_what_to_do_for_each_gap(account):
     account.stack(GOOD | {"SenderEmail": "hello@example.com", "SiteUrl": "https://example.com",
-                          "CorsOrigins": "http://localhost:3000", "SenderIdentity": "domain"})
+                          "CorsOrigins": "http://localhost:3000", "SenderIdentity": "domain",
+                          "PostalAddress": LOCAL_VALUES["PostalAddress"]})
     pending = {"IdentityType": "DOMAIN", "VerifiedForSendingStatus": False,
                "DkimAttributes": {"SigningEnabled": True, "Status": "PENDING"},
                "MailFromAttributes": {"MailFromDomain": "mail.example.com", "MailFromDomainStatus": "PENDING",
@@ -122,7 +124,8 @@ def test_a_new_account_gets_what_to_do_for_each_gap(account):
     checks = account.run()
     assert doctor.exit_code(checks) == 1
     report = doctor.report(checks)
-    assert [c.message.split("=")[0] for c in checks if c.name == "parameter"] == ["SenderEmail", "SiteUrl", "CorsOrigins"]
+    assert [c.message.split("=")[0] for c in checks if c.name == "parameter"] == ["SenderEmail", "SiteUrl", "CorsOrigins",
+                                                                                  "PostalAddress"]
     assert "FAIL  parameter          SenderEmail=hello@example.com is a placeholder: run `sam deploy --guided`" in report
     got = lines(checks)
     assert got["ses access"][0] == "warn" and "request production access" in got["ses access"][1]

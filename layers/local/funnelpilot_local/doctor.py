@@ -62,10 +62,12 @@ def stack_checks(stack: str, client) -> list[Check]:
 
 
 def parameter_checks(params: dict[str, str]) -> list[Check]:
+    from funnelpilot_local.template import LOCAL_VALUES
+
     checks = []
-    for name in _PLACEHOLDER_CHECKED:
+    for name in dict.fromkeys([*_PLACEHOLDER_CHECKED, *LOCAL_VALUES]):
         value = params.get(name, "")
-        if value and _PLACEHOLDER.search(value):
+        if value and (_PLACEHOLDER.search(value) or value == LOCAL_VALUES.get(name)):  # the local runtime's stand-in
             checks.append(Check(FAIL, "parameter", f"{name}={value} is a placeholder: run `sam deploy --guided` and "
                                                    "give your own"))
     if not params.get("AlarmEmail"):
