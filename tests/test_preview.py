@@ -104,8 +104,8 @@ def test_the_facts_warn_about_an_image_only_body_a_missing_text_part_and_links_t
             f'<img src="{public}/o/token" width="1" height="1" alt=""></body></html>')
     raw = mime.build(sender="hello@example.com", to="ada@example.com", subject="Sale", message_id="m1", headers={},
                      text="", html=html)
-    facts = preview.describe(raw, [], email_check.LinkRules(ROOT),
-                             {"public_url": public, "site_url": site})
+    with email_check.content(ROOT):  # the site's pages come from the checkout's infra/site.yaml
+        facts = preview.describe(raw, [], email_check.LinkRules(ROOT), {"public_url": public, "site_url": site})
     warnings = "\n".join(facts["warnings"])
     assert "image-only body: an HTML part of 2" in warnings and "with 2 image(s)" in warnings and "HTML_IMAGE_ONLY_04" in warnings
     assert "no text part" in warnings and "image without alt text: https://example.com/banner.png" in warnings
