@@ -64,13 +64,14 @@ def _mark(value):
     return Markup(f"{_DATA}{text}{_END}") if isinstance(value, Markup) else f"{_DATA}{text}{_END}"
 
 
-VERSIONS = "versions"  # <content>/emails/versions/<name>@<version>/: the compiler's copies
+VERSIONS = "versions"  # <content>/<emails|sms>/versions/<name>@<version>/: the compiler's copies
 
 
-def template_dir(template: str, version: str | None = None) -> str:
-    """Where a template's files are: the copy of its ``version`` (a funnel's send), or the live ones."""
-    emails = config().content_dir / "emails"
-    return str(emails / VERSIONS / f"{template}@{version}" if version else emails)
+def template_dir(template: str, version: str | None = None, folder: str = "emails") -> str:
+    """Where a template's files are (an email's, or a text's: ``folder`` sms): the copy of its
+    ``version`` (a funnel's send), or the live ones."""
+    live = config().content_dir / folder
+    return str(live / VERSIONS / f"{template}@{version}" if version else live)
 
 
 @cache

@@ -99,11 +99,11 @@ class Funnel:
     status: str = "live"  # or "draining": takes nobody in, people inside finish (README "Changing a live funnel")
     utm: dict | bool | None = None  # its links' UTM tags (funnelpilot.steering.utm): overrides, or False: none
 
-    def sends(self) -> dict[str, list[Step]]:
-        """template -> the send steps that send it (anywhere in the funnel)."""
+    def sends(self, kind: str = "send") -> dict[str, list[Step]]:
+        """template -> the steps of ``kind`` (send: emails, sms: texts) that send it (anywhere in the funnel)."""
         found: dict[str, list[Step]] = {}
         for step in walk(self.steps):
-            if step.kind == "send":
+            if step.kind == kind:
                 found.setdefault(step.arg, []).append(step)
         return found
 

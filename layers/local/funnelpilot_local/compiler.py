@@ -80,7 +80,7 @@ def question(condition: dict) -> str:
 class _Machine:
     def __init__(self, funnel: Funnel, versions: dict[str, str] | None = None):
         self.f = funnel
-        self.versions = versions or {}  # template -> content version (content_versions)
+        self.versions = versions or {}  # step kind (send, sms) -> template -> content version (funnel_versions)
         self.states: dict[str, dict] = {}
         self.taken = {COMPLETE, LEFT, RECORD_FAILURE, FAILED}
         self.names: dict[int, dict[str, str]] = {}  # id(step) -> role -> state name
@@ -190,8 +190,8 @@ class _Machine:
         main = names["main"]
         if k in ("send", "sms"):
             params = {"template": a, "lead_magnet.$": "$.lead_magnet"}  # the trigger's, for the template
-            if a in self.versions:
-                params["version"] = self.versions[a]
+            if a in self.versions.get(k, {}):
+                params["version"] = self.versions[k][a]
             if step.transactional:
                 params["transactional"] = True
             if variant:
@@ -399,26 +399,32 @@ def to_json(value, level: int = 0) -> str:
     return "{\n" + ",\n".join(items) + "\n" + pad + "}"
 
 
-def compile_funnel(funnel: Funnel, versions: dict[str, str] | None = None) -> dict:
-    """The state machine of ``funnel``; its sends name their content version (``versions``, by
-    default those of the templates beside the funnel's file now)."""
+def compile_funnel(funnel: Funnel, versions: dict[str, dict[str, str]] | None = None) -> dict:
+    """The state machine of ``funnel``; its sends (emails and texts) name their content version
+    (``versions``, by default those of the templates beside the funnel's file now)."""
     if versions is None and funnel.path is not None:
-        versions = {t: v for t, (v, _) in content_versions(funnel.path.parent.parent / "emails", funnel.sends()).items()}
+        versions = digests(funnel_versions(funnel.path.parent.parent, {funnel.id: funnel}), funnel)
     return _Machine(funnel, versions).definition()
 
 
 # ---------------------------------------------------------------- content versions
-def template_files(emails: Path, template: str) -> dict[str, str]:
-    """What a send of ``template`` renders: its html and text templates and every template they
-    extend, include or import, recursively (name relative to ``emails`` -> source)."""
-    env, files, todo = Environment(), {}, [f"{template}.html.j2", f"{template}.txt.j2"]
+# a sending step's kind -> the folder of its templates (under infra/) and the files one template is made of
+CHANNELS = {"send": ("emails", ("html", "txt")), "sms": ("sms", ("txt",))}
+
+
+def template_files(folder: Path, template: str) -> dict[str, str]:
+    """What a send of ``template`` renders: its templates (an email's html and text, a text's one;
+    ``folder``: infra/emails or infra/sms) and every template they extend, include or import,
+    recursively (name relative to ``folder`` -> source)."""
+    [(kind, exts)] = [(k, exts) for k, (name, exts) in CHANNELS.items() if name == folder.name]
+    env, files, todo = Environment(), {}, [f"{template}.{ext}.j2" for ext in exts]
     while todo:
         name = todo.pop()
         if name in files:
             continue
-        path = emails / name
+        path = folder / name
         if not path.is_file():
-            raise CompileError(f"{path}: not found (used by email {template!r})")
+            raise CompileError(f"{path}: not found (used by {'email' if kind == 'send' else 'text'} {template!r})")
         files[name] = path.read_text()
         try:
             references = list(meta.find_referenced_templates(env.parse(files[name])))
@@ -430,31 +436,43 @@ def template_files(emails: Path, template: str) -> dict[str, str]:
     return files
 
 
-def content_versions(emails: Path, templates) -> dict[str, tuple[str, dict[str, str]]]:
+def content_versions(folder: Path, templates) -> dict[str, tuple[str, dict[str, str]]]:
     """template -> (its content version, its files): the version is a digest of every file it
     renders, so an edit of the layout is a new version of each template extending it."""
     out = {}
     for template in sorted(templates):
-        files = template_files(emails, template)
+        files = template_files(folder, template)
         digest = hashlib.sha256(json.dumps(sorted(files.items())).encode()).hexdigest()[:12]
         out[template] = (digest, files)
     return out
 
 
-def version_files(emails: Path, versions: dict[str, tuple[str, dict[str, str]]]) -> dict[Path, str]:
+def funnel_versions(content: Path, funnels: dict[str, Funnel]) -> dict[str, dict[str, tuple[str, dict[str, str]]]]:
+    """step kind -> ``content_versions`` of the templates the funnels send by that kind of step."""
+    return {kind: content_versions(content / folder, {t for f in funnels.values() for t in f.sends(kind)})
+            for kind, (folder, _) in CHANNELS.items()}
+
+
+def digests(versions: dict[str, dict[str, tuple]], funnel: Funnel) -> dict[str, dict[str, str]]:
+    """step kind -> template -> content version, of ``funnel``'s sends (what ``_Machine`` names)."""
+    return {kind: {t: versions[kind][t][0] for t in funnel.sends(kind)} for kind in CHANNELS}
+
+
+def version_files(content: Path, versions: dict[str, dict[str, tuple[str, dict[str, str]]]]) -> dict[Path, str]:
     """The copies the content layer keeps of each version (funnelpilot.emails.template_dir)."""
-    return {emails / VERSIONS / f"{t}@{v}" / name: text for t, (v, files) in versions.items()
-            for name, text in files.items()}
+    return {content / CHANNELS[kind][0] / VERSIONS / f"{t}@{v}" / name: text for kind, of in versions.items()
+            for t, (v, files) in of.items() for name, text in files.items()}
 
 
 def referenced_versions(definition: dict) -> set[str]:
-    """``<template>@<version>`` of every send of a compiled (or deployed) definition."""
+    """``<folder>/<template>@<version>`` (``emails/welcome-2@...``, ``sms/...``) of every send of a
+    compiled (or deployed) definition."""
     found = set()
 
     def visit(value) -> None:
         if isinstance(value, dict):
-            if value.get("action") == "send" and value.get("version"):
-                found.add(f"{value['template']}@{value['version']}")
+            if value.get("action") in CHANNELS and value.get("version"):
+                found.add(f"{CHANNELS[value['action']][0]}/{value['template']}@{value['version']}")
             for v in value.values():
                 visit(v)
         elif isinstance(value, list):
@@ -788,11 +806,11 @@ def build(root: Path, force=(), running: dict[str, int] | None = None) -> dict[P
     funnels = load_all(root / "infra" / "funnels")
     subjects = check_templates(root, funnels)
     content, machines = root / "infra", root / "infra" / "statemachines"
-    versions = content_versions(content / "emails", {t for f in funnels.values() for t in f.sends()})
-    out = version_files(content / "emails", versions)
+    versions = funnel_versions(content, funnels)
+    out = version_files(content, versions)
     definitions = {}
     for fid, funnel in funnels.items():
-        definitions[fid] = compile_funnel(funnel, {t: versions[t][0] for t in funnel.sends()})
+        definitions[fid] = compile_funnel(funnel, digests(versions, funnel))
         out[machines / f"{fid}.asl.json"] = to_json(definitions[fid]) + "\n"
         out[compiled_copy(content, fid)] = KEPT.format(fid=fid) + funnel.path.read_text()
     out |= diagrams.files(root, funnels, definitions, subjects)
@@ -845,11 +863,10 @@ def drained(root: Path, live: dict[str, Funnel], force=(), running: dict[str, in
 def stale_versions(root: Path, expected: dict[Path, str], needed: set[str]) -> list[Path]:
     """Files of the content versions that no compiled definition names and that a deployed stack
     no longer sends (``needed``: its definitions', and those its running executions started on)."""
-    folder = root / "infra" / "emails" / VERSIONS
     named = {v for path, text in expected.items() if path.name.endswith(".asl.json")
              for v in referenced_versions(json.loads(text))}
-    return [p for d in sorted(folder.glob("*@*")) if d.name not in named | needed for p in sorted(d.rglob("*"))
-            if p.is_file()]
+    return [p for folder, _ in CHANNELS.values() for d in sorted((root / "infra" / folder / VERSIONS).glob("*@*"))
+            if f"{folder}/{d.name}" not in named | needed for p in sorted(d.rglob("*")) if p.is_file()]
 
 
 def draining(root: Path, force=(), running: dict[str, int] | None = None) -> dict[str, str]:

@@ -5,7 +5,7 @@ running executions it places in the state they are in (README "Changing a live f
 
 What Step Functions does decides every sentence: UpdateStateMachine leaves each running execution
 on the definition it started with, so people inside finish on the old one (and, through the
-content versions it names, with the old emails); only new entrants meet added or changed states.
+content versions it names, with the old emails and texts); only new entrants meet added or changed states.
 DeleteStateMachine stops the running executions at their next transition.
 """
 import json
@@ -67,7 +67,7 @@ def _current_state(sfn, execution_arn: str) -> str:
 
 
 def needed(deployed: dict[str, dict]) -> set[str]:
-    """``<template>@<version>`` a deployed stack may still send (machine_state)."""
+    """``<folder>/<template>@<version>`` a deployed stack may still send (machine_state)."""
     return {v for s in deployed.values() for v in s["versions"]}
 
 
@@ -147,7 +147,7 @@ def _changes(old: dict, new: dict, inside: Counter, counted: bool) -> list[str]:
     for a, b in pairs.items():
         kind = olds[a]["Type"]
         if _template(olds[a]):
-            said.append(f"email {_template(olds[a])} is replaced by {_template(news[b])} ('{a}' -> '{b}'): people "
+            said.append(f"{_noun(olds[a])} {_template(olds[a])} is replaced by {_template(news[b])} ('{a}' -> '{b}'): people "
                         f"inside who reach it still get {_template(olds[a])} as it was ({there(a)})")
         elif kind == "Wait":
             said.append(f"wait '{a}' becomes '{b}': people waiting there keep the old wait ({there(a)}); new entrants "
@@ -165,7 +165,7 @@ def _changes(old: dict, new: dict, inside: Counter, counted: bool) -> list[str]:
         a, b = olds[name], news[name]
         if _template(a) and (a["Parameters"].get("version"), _template(a)) != (b["Parameters"].get("version"),
                                                                                  _template(b)):
-            said.append(f"email {_template(a)} is edited (version {a['Parameters'].get('version')} -> "
+            said.append(f"{_noun(a)} {_template(a)} is edited (version {a['Parameters'].get('version')} -> "
                         f"{b['Parameters'].get('version')}): people inside get the old text at '{name}'; new "
                         "entrants the new one")
         elif a["Type"] == "Wait" and _wait(a) != _wait(b):
@@ -177,8 +177,13 @@ def _changes(old: dict, new: dict, inside: Counter, counted: bool) -> list[str]:
 
 
 def _template(state: dict) -> str | None:
+    """The template a send (an email's or a text's) sends."""
     params = state.get("Parameters") or {}
-    return params.get("template") if params.get("action") == "send" else None
+    return params.get("template") if params.get("action") in compiler.CHANNELS else None
+
+
+def _noun(state: dict) -> str:
+    return "text" if state["Parameters"]["action"] == "sms" else "email"
 
 
 def _wait(state: dict) -> str:

@@ -5,7 +5,9 @@ channel's own: the contact's phone number, SMS consent (given apart from the ema
 number's opt-out. Quiet hours and the frequency cap are the funnel's, shared with its emails (one
 ``marketing_log``: an SMS takes a slot as an email does). Texts are ``<content>/sms/<name>.txt.j2``
 (jinja2 sandbox, the email context: ``first_name``, ``site_url``, ``fields``...); the compiler
-checks each against ``MAX_SEGMENTS`` with the longest values a template may meet (``longest``).
+checks each against ``MAX_SEGMENTS`` with the longest values a template may meet (``longest``). A
+funnel's step renders the content version its state machine names (``version``: the compiler's copy
+in ``<content>/sms/versions/<name>@<version>/``, as an email's; README "Changing a live funnel").
 
 Opt-out: the service keeps the opt-out list of the origination number and adds a number that
 replies STOP (or another opt-out keyword) to it; a send to a number on that list is refused
@@ -21,7 +23,7 @@ from pathlib import Path
 from jinja2 import FileSystemLoader, StrictUndefined
 from jinja2.sandbox import SandboxedEnvironment
 
-from funnelpilot import aws, clock, funnel_spec, funnels, metrics, sendtime, tokens
+from funnelpilot import aws, clock, emails, funnel_spec, funnels, metrics, sendtime, tokens
 from funnelpilot.config import config
 from funnelpilot.errors import QuietHours, TransientError
 from funnelpilot.models import PROFILE, Message
@@ -62,14 +64,16 @@ def measure(text: str) -> dict:
 
 
 @cache
-def _env(content_dir: Path) -> SandboxedEnvironment:
-    return SandboxedEnvironment(loader=FileSystemLoader(str(content_dir / "sms")), undefined=StrictUndefined,
-                                trim_blocks=True, lstrip_blocks=True)
+def _env(directory: str) -> SandboxedEnvironment:
+    return SandboxedEnvironment(loader=FileSystemLoader(directory), undefined=StrictUndefined, trim_blocks=True,
+                                lstrip_blocks=True)
 
 
-def render(template: str, context: dict, content_dir: Path | None = None) -> str:
-    """The text of ``<content>/sms/<template>.txt.j2``, its lines' outer whitespace removed."""
-    text = _env(content_dir or config().content_dir).get_template(f"{template}.txt.j2").render(context)
+def render(template: str, context: dict, version: str | None = None, *, directory: str | None = None) -> str:
+    """The text of ``<content>/sms/<template>.txt.j2`` (of its content ``version``: the copy the
+    compiler keeps, as an email's; or of ``directory``), its lines' outer whitespace removed."""
+    directory = directory or emails.template_dir(template, version, "sms")
+    text = _env(directory).get_template(f"{template}.txt.j2").render(context)
     return "\n".join(line.strip() for line in text.strip().splitlines())
 
 
@@ -78,7 +82,7 @@ def longest(template: str, content_dir: Path) -> dict:
     the site's URL; what the compiler checks (a UCS-2 name would take more: the README says so)."""
     context = {"first_name": "N" * 30, "lead_magnet": "m" * 30, "contact_id": "c" * 26, "properties": {},
                "fields": {}, "unsubscribe_url": "", "public_url": config().public_url, "site_url": config().site_url}
-    return measure(render(template, context, content_dir))
+    return measure(render(template, context, directory=str(content_dir / "sms")))
 
 
 # ---------------------------------------------------------------- sending
@@ -144,7 +148,8 @@ def send(step: dict) -> dict:
                       step=step["state"], template=template, created_at=clock.iso(), variant=step.get("variant"),
                       status="blocked" if reason else "sending", reason=reason, list_name=list_name)
     if reason is None:
-        body = render(template, sequence.template_context(contact, message_id, step.get("lead_magnet")))
+        body = render(template, sequence.template_context(contact, message_id, step.get("lead_magnet")),
+                      step.get("version"))
         message.lease_until = clock.now() + sequence.LEASE_SECONDS * clock.speed()
     prior = sequence._claim(message)
     if prior is not None:
