@@ -11,8 +11,11 @@ from pathlib import Path
 import pytest
 from conftest import START, executions, funnel_counts
 from test_funnels import DAY, HOUR, journey, open_email, order, sent, signup
+from test_sms import outbox as sms_outbox
 
-from funnelpilot import funnel_spec
+from funnelpilot import clock, funnel_spec
+from funnelpilot.config import config
+from funnelpilot.models import PROFILE, Contact
 
 from funnelpilot_local import cli
 from funnelpilot_local.moto_adapter import sent_emails
@@ -205,3 +208,60 @@ def test_a_funnel_marked_draining_takes_nobody_in_and_no_funnel_may_hand_off_to_
 
 def json_input(rt, execution: dict) -> dict:
     return json.loads(rt.client("stepfunctions").describe_execution(executionArn=execution["executionArn"])["input"])
+
+
+def hot_lead(rt, cid: str, name: str, phone: str) -> str:
+    """A prospect with a phone and SMS consent who viewed the pricing page three times (3 x 20 points,
+    scoring.yaml): a hot lead, lead.qualified -> engagement."""
+    Contact(cid, PROFILE, email=f"{name.lower()}@example.com", first_name=name, status="active", phone=phone,
+            sms_consent_at=clock.iso()).save()
+    key = rt.template.parameters["EventsApiKey"]
+    for i in range(3):
+        resp = rt.http("POST", "/events", json_body={"type": "page.viewed", "event_id": f"{cid}-pricing-{i}",
+                                                      "contact_id": cid, "path": "/pricing"}, headers={"x-api-key": key})
+        assert resp.status == 202
+    assert rt.settle()
+    return cid
+
+
+def test_editing_and_renaming_a_text_leaves_people_inside_on_their_version(project, live, capsys, monkeypatch):
+    on_stack(monkeypatch, live)
+    texts, funnel = project / "infra" / "sms", project / "infra" / "funnels" / "engagement.yaml"
+    ann = hot_lead(live, "a" * 26, "Ann", "+14155550101")
+    assert live.advance(3 * DAY + HOUR)  # the offer at once (hot), then 4 days until the text
+    assert journey(live, "engagement", ann)[1][-1] == "Wait 4 days" and sms_outbox(live) == []
+    machine = json.loads((project / "infra" / "statemachines" / "engagement.asl.json").read_text())
+    version = machine["States"]["Send SMS engagement-call"]["Parameters"]["version"]
+    kept = texts / "versions" / f"engagement-call@{version}"
+    assert (kept / "engagement-call.txt.j2").read_text() == (texts / "engagement-call.txt.j2").read_text()
+    old = f"Hi Ann, questions before you decide? Book a 15-minute call: {config().site_url}/demo\nReply STOP to opt out"
+
+    path = texts / "engagement-call.txt.j2"  # the marketer rewrites the text...
+    path.write_text(path.read_text().replace("questions before you decide?", "REWRITTEN: still deciding?"))
+    assert make_funnels(project, "--plan", "--stack", "local") == 0
+    out = capsys.readouterr().out
+    assert (f"text engagement-call is edited (version {version} -> ") in out, out
+    assert "people inside get the old text at 'Send SMS engagement-call'; new entrants the new one" in out
+    path.rename(texts / "engagement-book.txt.j2")  # ...and renames it
+    funnel.write_text(funnel.read_text().replace("sms: engagement-call", "sms: engagement-book"))
+    assert make_funnels(project, "--plan", "--stack", "local") == 0
+    assert ("text engagement-call is replaced by engagement-book ('Send SMS engagement-call' -> 'Send SMS "
+            "engagement-book'): people inside who reach it still get engagement-call as it was (0 there now)"
+            ) in capsys.readouterr().out
+    assert make_funnels(project) == 0, capsys.readouterr()
+    live.redeploy()
+    assert make_funnels(project, "--stack", "local") == 0 and kept.is_dir()  # Ann's execution still sends it
+
+    bob = hot_lead(live, "b" * 26, "Bob", "+14155550102")  # a new entrant: the new definition, the new text
+    assert live.advance(8 * DAY)
+    texted = {t["DestinationPhoneNumber"]: t["MessageBody"] for t in sms_outbox(live)}
+    assert texted["+14155550101"] == old  # word for word, though its file is renamed and rewritten
+    assert texted["+14155550102"] == old.replace("Ann, questions before you decide?", "Bob, REWRITTEN: still deciding?")
+    assert journey(live, "engagement", ann)[0] == "SUCCEEDED" and "Send SMS engagement-call" in journey(
+        live, "engagement", ann)[1]
+    assert "Send SMS engagement-book" in journey(live, "engagement", bob)[1]
+    assert not [e for e in executions(live, "engagement") if e["status"] == "RUNNING"]
+    capsys.readouterr()
+    assert make_funnels(project, "--stack", "local") == 0  # no journey sends the old text now
+    assert f"removed: infra/sms/versions/{kept.name}\n" in capsys.readouterr().out
+    assert not kept.exists() and len(list((texts / "versions").glob("engagement-book@*"))) == 1
