@@ -95,6 +95,8 @@ def test_a_failed_delivery_is_counted_and_marked(rt):
     [row] = report["steps"]
     assert (row["sms_sent"], row["sms_delivered"], row["sms_failed"]) == (1, 0, 1)
     assert "SMS: sent 1, delivered 0, failed 1" in funnel_report.table(report)
+    [line] = [ln.split() for ln in funnel_report.table(report).splitlines() if "Send SMS engagement-call" in ln]
+    assert line[3:6] == ["1", "1", "0"]  # the step's row: entered 1, sent 1 (its text), blocked 0
     assert "texted 1 (delivered 0, failed 1)" in funnel_report.chart_html([report])
 
 

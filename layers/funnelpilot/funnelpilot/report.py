@@ -214,8 +214,9 @@ def table(report: dict) -> str:
             + (f" ({report['attributed_orders']} orders)" if report["attributed_orders"] else ""))
     cols = ("step", "entered", "sent", "blocked", "open %", "mach.op", "click %", "mach.cl", "conv %", "unsub",
             "drop-off", "revenue")
-    lines = [[s["step"], s["entered"], s["sent"], s["blocked"], _fmt_pct(s["open_rate"]), s["machine_opens"],
-              _fmt_pct(s["click_rate"]), s["machine_clicks"], _fmt_pct(s["conversion_rate"]), s["unsubscribes"],
+    # sent: a step's emails or texts (open, click and conversion rates are of emails only)
+    lines = [[s["step"], s["entered"], s["sent"] + s["sms_sent"], s["blocked"], _fmt_pct(s["open_rate"]),
+              s["machine_opens"], _fmt_pct(s["click_rate"]), s["machine_clicks"], _fmt_pct(s["conversion_rate"]), s["unsubscribes"],
               _fmt_pct(s["drop_off"]), attribution.fmt(s["revenue"])] for s in report["steps"]]
     widths = [max(len(str(c)) for c in column) for column in zip(cols, *lines)]
     fmt = "  ".join(f"{{:<{w}}}" if i == 0 else f"{{:>{w}}}" for i, w in enumerate(widths))
