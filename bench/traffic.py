@@ -27,7 +27,7 @@ def route_for(rt, method: str, path: str):
 
 
 def honeypot(url: str) -> bool:
-    """The hidden link only scanners follow (funnelpilot.emails): no reader clicks it."""
+    """The hidden link only scanners follow (funnelpilot.channels.emails): no reader clicks it."""
     from funnelpilot import tokens
 
     fields = tokens.verify("c", url[3:].partition("?")[0], 3) if url.startswith("/c/") else None

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from funnelpilot import emails
+from funnelpilot.channels import emails
 from funnelpilot.config import config
 from funnelpilot_local.runtime import ROOT
 from funnelpilot.models import PROFILE, Contact

@@ -3,7 +3,7 @@
 The header folder differs between versions: on 3.11 and 3.12 (the Lambda runtime) an RFC 2047
 encoded word in a value was decoded while folding, so a first name of
 ``=?utf-8?q?Ann=0D=0ABcc:_evil@x.test?=`` produced a raw ``Bcc:`` line; 3.13 did not. So
-funnelpilot.mime (standard library only) builds the message in a subprocess of each
+funnelpilot.channels.mime (standard library only) builds the message in a subprocess of each
 interpreter, which parses it back; this process parses the same bytes again.
 """
 import base64
@@ -17,7 +17,7 @@ from email import message_from_bytes, policy
 from email.utils import parseaddr, parsedate_to_datetime
 from pathlib import Path
 
-from funnelpilot import mime
+from funnelpilot.channels import mime
 
 LAYER = Path(__file__).resolve().parents[1] / "layers" / "funnelpilot"
 VERSIONS = ("3.11", "3.12", "3.13")  # pyproject: requires-python >= 3.11; Lambda runs 3.12
@@ -38,7 +38,7 @@ import base64, json, sys
 from email import message_from_bytes, policy
 from email.utils import parseaddr, parsedate_to_datetime
 sys.path.insert(0, sys.argv[1])
-from funnelpilot import mime
+from funnelpilot.channels import mime
 out = []
 for name in json.loads(sys.stdin.read()):
     raw = mime.build(sender="news@example.com", to="ann@example.com", subject=f"Welcome, {name}!",

@@ -8,7 +8,8 @@ from email import policy
 import pytest
 from test_funnels import signup
 
-from funnelpilot import mime, tokens
+from funnelpilot import tokens
+from funnelpilot.channels import mime
 from funnelpilot_local import cli, email_check, preview
 from funnelpilot_local.contacts_cli import TABLE_FILE, save_table
 from funnelpilot_local.runtime import LOCAL_SECRET, ROOT

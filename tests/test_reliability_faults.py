@@ -10,7 +10,7 @@ from botocore.exceptions import ClientError
 from conftest import executions, history
 from reliability import sent_count
 
-from funnelpilot import emails
+from funnelpilot.channels import emails
 
 
 @pytest.fixture

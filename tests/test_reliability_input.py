@@ -11,7 +11,8 @@ from email import message_from_bytes, policy
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from funnelpilot import emails, sequence
+from funnelpilot import sequence
+from funnelpilot.channels import emails
 from funnelpilot_local import openapi
 from funnelpilot_local.runtime import LOCAL_ADMIN_KEY, ROOT
 from funnelpilot.models import PROFILE, Contact

@@ -11,7 +11,8 @@ import pytest
 from botocore.exceptions import ClientError, EndpointConnectionError
 
 from conftest import funnel_counts
-from funnelpilot import clock, emails, funnel_spec, scoring, sequence, tokens
+from funnelpilot import clock, funnel_spec, scoring, sequence, tokens
+from funnelpilot.channels import emails
 from funnelpilot.errors import FunnelLeft, QuietHours, TransientError
 from funnelpilot_local.moto_adapter import sent_emails
 from funnelpilot_local.template import ACCOUNT, REGION

@@ -14,7 +14,8 @@ from urllib.parse import urlencode, urlsplit
 import pytest
 
 from conftest import SINGLE
-from funnelpilot import clock, emails, funnel_spec, tokens
+from funnelpilot import clock, funnel_spec, tokens
+from funnelpilot.channels import emails
 from funnelpilot.models import PROFILE, Contact
 from funnelpilot.sequence import template_context
 from funnelpilot_local.moto_adapter import sent_emails

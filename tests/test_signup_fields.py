@@ -9,7 +9,8 @@ from email import message_from_bytes, policy
 import pytest
 from conftest import executions
 
-from funnelpilot import contacts, emails, sendtime, sequence
+from funnelpilot import contacts, sendtime, sequence
+from funnelpilot.channels import emails
 from funnelpilot.config import config
 from funnelpilot.models import PROFILE, Contact
 from test_funnels import messages, publish

@@ -7,7 +7,8 @@ from email import message_from_bytes, policy
 import pytest
 from conftest import START, EventTap
 
-from funnelpilot import clock, emails, tokens, visitors
+from funnelpilot import clock, tokens, visitors
+from funnelpilot.channels import emails
 from funnelpilot_local.runtime import ROOT, Runtime, http_api_event
 from funnelpilot_local.server import site_parameters
 from funnelpilot.models import Message

@@ -12,7 +12,8 @@ import pytest
 from test_funnels import BROWSER, DAY, HOUR, MINUTE, SCANNER, click, message, sent, signup
 from test_scoring import new_contact
 
-from funnelpilot import bus, emails, report, sequence, tokens
+from funnelpilot import bus, report, sequence, tokens
+from funnelpilot.channels import emails
 from funnelpilot.config import config
 from funnelpilot.funnel_spec import parse
 from funnelpilot.steering import abtest, attribution, utm

@@ -11,7 +11,7 @@ from conftest import executions
 from test_funnels import DAY, HOUR, journey, message, messages, sent, signup
 from test_step_faults import aws_error, inject  # noqa: F401 - inject: the fixture
 
-from funnelpilot import emails
+from funnelpilot.channels import emails
 from funnelpilot.config import config
 from funnelpilot_local import cli
 from funnelpilot_local.moto_adapter import sent_emails

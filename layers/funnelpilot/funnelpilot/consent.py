@@ -209,7 +209,7 @@ def confirmation_context(contact: Contact, list_name: str, lead_magnet: str | No
 
 def confirmation_email(contact: Contact, list_name: str, lead_magnet: str | None, message_id: str) -> bytes:
     """The confirmation email as SES gets it (raw MIME)."""
-    from funnelpilot import emails  # jinja2 only where an email is rendered
+    from funnelpilot.channels import emails# jinja2 only where an email is rendered
 
     rendered = emails.render("confirm", confirmation_context(contact, list_name, lead_magnet))
     return emails.build_mime(to=contact.email, rendered=rendered, message_id=message_id, headers={}, email="confirm")
@@ -221,7 +221,7 @@ def send_confirmation(cid: str, list_name: str, lead_magnet: str | None, event_i
     was sent. A recipient SES rejects (the sandbox's unverified addresses) is logged and not
     retried; any other failure releases the 10-minute claim and is raised, so the asynchronous
     retry sends it."""
-    from funnelpilot import emails  # jinja2 only where an email is rendered
+    from funnelpilot.channels import emails# jinja2 only where an email is rendered
 
     now = clock.now()
     stamp = clock.iso(now)

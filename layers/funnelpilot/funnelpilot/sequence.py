@@ -18,10 +18,10 @@ from time import sleep
 from boto3.dynamodb.types import TypeSerializer
 from pynamodb.exceptions import DoesNotExist, PutError, UpdateError
 
-from funnelpilot import (aws, bus, clock, consent, emails, funnel_spec, funnels, metrics, preferences, scoring, segments,
+from funnelpilot import (aws, bus, clock, consent, funnel_spec, funnels, metrics, preferences, scoring, segments,
                          sendtime, tokens)
 from funnelpilot.audience import fields as custom_fields
-from funnelpilot.channels import sms
+from funnelpilot.channels import emails, sms
 from funnelpilot.config import config
 from funnelpilot.errors import FunnelLeft, QuietHours, RecipientRejected, TemplateError, TransientError, transient
 from funnelpilot.models import PROFILE, Contact, Message, is_conditional_failure

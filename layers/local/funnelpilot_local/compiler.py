@@ -19,7 +19,7 @@ from jinja2 import Environment, TemplateSyntaxError, meta
 
 from funnelpilot.channels import webhooks
 from funnelpilot.channels.webhooks import Subscription
-from funnelpilot.emails import VERSIONS
+from funnelpilot.channels.emails import VERSIONS
 from funnelpilot.funnel_spec import Funnel, Step, compiled_copy, load_all, parse, walk
 
 TASK = "${SequenceStepArn}"
@@ -459,7 +459,7 @@ def digests(versions: dict[str, dict[str, tuple]], funnel: Funnel) -> dict[str, 
 
 
 def version_files(content: Path, versions: dict[str, dict[str, tuple[str, dict[str, str]]]]) -> dict[Path, str]:
-    """The copies the content layer keeps of each version (funnelpilot.emails.template_dir)."""
+    """The copies the content layer keeps of each version (funnelpilot.channels.emails.template_dir)."""
     return {content / CHANNELS[kind][0] / VERSIONS / f"{t}@{v}" / name: text for kind, of in versions.items()
             for t, (v, files) in of.items() for name, text in files.items()}
 

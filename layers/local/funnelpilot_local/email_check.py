@@ -2,7 +2,7 @@
 link rules that ``funnelpilot preview`` uses too.
 
 Every template a funnel sends, the confirmation and the sales alert are rendered as the send path
-renders them (``funnelpilot.emails``: the same sandboxed environment, undefined variables are errors)
+renders them (``funnelpilot.channels.emails``: the same sandboxed environment, undefined variables are errors)
 for two sample contacts, one with every field and one with nothing but an address, and every problem
 is a ``infra/emails/NAME.html.j2:LINE: ...`` line: a syntax error, an undefined variable, no subject,
 an empty part, a link to nowhere (empty, ``#``, relative, a path of the API that is no public route,
@@ -24,7 +24,7 @@ SAMPLE_KEY = b"sample key: links in a check or a preview are for reading"
 SAMPLE_ACTIVITY = [{"at": "2026-03-02T10:00:00Z", "kind": "page.viewed", "summary": {"path": "/pricing"}},
                    {"at": "2026-03-01T09:30:00Z", "kind": "email.clicked", "summary": {"template": "welcome-1"}}]
 _TEXT_URL = re.compile(r"""https?://[^\s<>"'()\[\]]+""")
-_MARKS = re.compile("[\x02\x03]")  # funnelpilot.emails' data marks, in a traced render's raw output
+_MARKS = re.compile("[\x02\x03]")  # funnelpilot.channels.emails' data marks, in a traced render's raw output
 
 
 @contextmanager
@@ -54,7 +54,8 @@ def content(root: Path, env: dict | None = None, key: bytes = SAMPLE_KEY):
 
 
 def _clear_caches() -> None:
-    from funnelpilot import consent, emails, funnel_spec, visitors
+    from funnelpilot import consent, funnel_spec, visitors
+    from funnelpilot.channels import emails
     from funnelpilot.audience import fields
     from funnelpilot.channels import alerts
     from funnelpilot.config import config
@@ -79,7 +80,8 @@ def sample_contacts() -> list:
 def context(template: str, contact, message_id: str = SAMPLE_MESSAGE, lead_magnet: str | None = None) -> dict:
     """What ``template`` is rendered with for ``contact``: by its sender's own function, over what
     ``emails.render`` adds (the sender's: site_url, public_url, from_name, postal_address)."""
-    from funnelpilot import consent, emails, sequence
+    from funnelpilot import consent, sequence
+    from funnelpilot.channels import emails
     from funnelpilot.channels import alerts
 
     if template == "confirm":
@@ -123,7 +125,7 @@ def check(root: Path, funnels: dict) -> tuple[dict[str, str], list[str]]:
 def traced(directory: Path, template: str, ctx: dict):
     """``emails.render`` of ``template``, and for its html and text parts the spans of output each
     template line wrote: ``[(start offset, file, line)]``, to name the line a link was written on."""
-    from funnelpilot import emails
+    from funnelpilot.channels import emails
 
     rendered = emails.render(template, ctx, directory=str(directory))
     spans = {}

@@ -249,7 +249,7 @@ def write(out: Path, name: str, raw: bytes, facts: dict) -> list[Path]:
 
 def as_test(raw: bytes, to: str) -> bytes:
     """The message addressed to ``to``, its subject starting with ``[TEST]``."""
-    from funnelpilot import mime
+    from funnelpilot.channels import mime
 
     msg = email.message_from_bytes(raw, policy=mime.POLICY)
     msg.replace_header("To", mime.header_text(to))

@@ -470,7 +470,8 @@ class Runtime:
         EventBridge rules are put again (a new pattern or input applies from the next event; a rule
         gone is deleted). Tables, functions and routes stay as they are; the functions start cold (the
         content they cached, such as funnel files, is read again)."""
-        from funnelpilot import emails, funnel_spec
+        from funnelpilot import funnel_spec
+        from funnelpilot.channels import emails
         from funnelpilot_local.aws_rules.iam import Policies
         from funnelpilot_local.template import load_yaml
 

@@ -1,3 +1,3 @@
-"""Ways funnelpilot reaches people and systems besides the marketing email: sales alerts
-(email, Slack, SMS), outbound webhooks (EventBridge API destinations), SMS (``sms``: AWS End User
-Messaging SMS) and the phone numbers it needs (``phone``)."""
+"""Ways funnelpilot reaches people and systems: email (``emails``: templates, tracking, SES;
+``mime``: the raw message), sales alerts (email, Slack, SMS), outbound webhooks (EventBridge API
+destinations), SMS (``sms``: AWS End User Messaging SMS) and the phone numbers it needs (``phone``)."""

@@ -18,8 +18,8 @@ from functools import cache
 
 import yaml
 
-from funnelpilot import aws, bus, clock, emails, erasure, scoring, tokens
-from funnelpilot.channels import sms, webhooks
+from funnelpilot import aws, bus, clock, erasure, scoring, tokens
+from funnelpilot.channels import emails, sms, webhooks
 from funnelpilot.channels.phone import parse_phone
 from funnelpilot.config import config
 from funnelpilot.errors import RecipientRejected

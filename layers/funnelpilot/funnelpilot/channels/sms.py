@@ -23,7 +23,8 @@ from pathlib import Path
 from jinja2 import FileSystemLoader, StrictUndefined
 from jinja2.sandbox import SandboxedEnvironment
 
-from funnelpilot import aws, clock, emails, funnel_spec, funnels, metrics, sendtime, tokens
+from funnelpilot import aws, clock, funnel_spec, funnels, metrics, sendtime, tokens
+from funnelpilot.channels import emails
 from funnelpilot.config import config
 from funnelpilot.errors import QuietHours, TransientError
 from funnelpilot.models import PROFILE, Message

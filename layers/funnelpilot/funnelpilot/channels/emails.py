@@ -25,7 +25,8 @@ from jinja2 import TemplateError as JinjaError
 from jinja2.sandbox import SandboxedEnvironment
 from markupsafe import Markup
 
-from funnelpilot import aws, clock, mime, tokens
+from funnelpilot import aws, clock, tokens
+from funnelpilot.channels import mime
 from funnelpilot.config import config
 from funnelpilot.errors import RecipientRejected, TemplateError
 from funnelpilot.steering import utm
