@@ -1,6 +1,7 @@
 """``make serve``: the HTTP API on 127.0.0.1 (default port 3000) backed by the local runtime,
 with an example site: the landing page at ``/`` and a page for every link the shipped emails
-contain (``site/<path>.html``; ``site/<dir>/_any.html`` answers ``/<dir>/<any name>``).
+contain (``site/<path>.html``, a whole document or a body in ``site/_page.html``; ``site/<dir>/_any.html``
+answers ``/<dir>/<any name>``).
 
 Time: the runtime is stepped (the demo's deterministic clock) and a ticker thread moves it
 ``speed`` simulated seconds per real second (1 = real time, the ``make serve`` default), so a
@@ -58,6 +59,16 @@ def page(path: str) -> Path | None:
     return fallback if name and _SLUG.match(name) and fallback.is_file() else None
 
 
+def page_html(path: Path) -> bytes:
+    """A page file as served: a whole document as it is; else its body inside ``site/_page.html``
+    (the head, styles, tracker snippet and navigation the example pages share), titled by its ``<h1>``."""
+    text = path.read_text()
+    if text.lstrip().lower().startswith("<!doctype"):
+        return text.encode()
+    title = re.search(r"<h1>(.*?)</h1>", text).group(1)
+    return (SITE / "_page.html").read_text().replace("{title}", title).replace("{body}", text.strip()).encode()
+
+
 def make_handler(server: "LocalServer"):
     class Handler(BaseHTTPRequestHandler):
         server_version = "funnelpilot-local"
@@ -71,7 +82,7 @@ def make_handler(server: "LocalServer"):
                 site_page = page(self.path) if method in ("GET", "HEAD") else None
                 if site_page:
                     return self._send(200, {"content-type": "text/html; charset=utf-8"},
-                                      site_page.read_bytes() if method == "GET" else b"")
+                                      page_html(site_page) if method == "GET" else b"")
                 headers = {k: v for k, v in self.headers.items()}
                 resp = server.call(method, self.path, body, headers, self.client_address[0])
             except Exception:  # noqa: BLE001 - logged, answered like API Gateway
