@@ -221,7 +221,8 @@ def send_confirmation(cid: str, list_name: str, lead_magnet: str | None, event_i
     was sent. A recipient SES rejects (the sandbox's unverified addresses) is logged and not
     retried; any other failure releases the 10-minute claim and is raised, so the asynchronous
     retry sends it."""
-    from funnelpilot.channels import emails# jinja2 only where an email is rendered
+    from funnelpilot.channels import emails  # jinja2 only where an email is rendered
+    from funnelpilot.sending import pace
 
     now = clock.now()
     stamp = clock.iso(now)
@@ -241,7 +242,7 @@ def send_confirmation(cid: str, list_name: str, lead_magnet: str | None, event_i
     message_id = tokens.digest_id("c", event_id)
     raw = confirmation_email(contact, list_name, lead_magnet, message_id)
     try:
-        emails.send_raw(contact.email, raw)
+        emails.send_raw(contact.email, raw, priority=pace.TRANSACTIONAL)
     except RecipientRejected as exc:
         logger.warning("confirmation rejected by SES", extra={"contact_id": cid, "detail": exc.message})
         return None

@@ -25,6 +25,7 @@ from funnelpilot.channels import emails, sms
 from funnelpilot.config import config
 from funnelpilot.errors import FunnelLeft, QuietHours, RecipientRejected, TemplateError, TransientError, transient
 from funnelpilot.models import PROFILE, Contact, Message, is_conditional_failure
+from funnelpilot.sending import pace
 from funnelpilot.steering import abtest, utm
 
 logger = logging.getLogger(__name__)
@@ -287,7 +288,7 @@ def send(step: dict) -> dict:
         if not transactional and not _take_slot(cid, message_id, spec.frequency_cap, contact.marketing_log):
             message.update(actions=[*block, Message.reason.set("frequency_cap")])
             return _blocked(step, message_id, "frequency_cap")
-        ses_id = emails.send_raw(contact.email, raw)
+        ses_id = emails.send_raw(contact.email, raw, priority=pace.TRANSACTIONAL if transactional else pace.FUNNEL)
     except RecipientRejected as exc:
         message.update(actions=[*block, Message.reason.set("recipient_rejected"), Message.detail.set(exc.message)])
         return _blocked(step, message_id, "recipient_rejected", exc.message)

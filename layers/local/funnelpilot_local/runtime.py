@@ -214,9 +214,11 @@ class Runtime:
 
         from funnelpilot import tokens
         from funnelpilot.config import config
+        from funnelpilot.sending import pace
 
         config.cache_clear()  # settings are read from the environment the template just set
         tokens._key.cache_clear()  # the signing key of this stack (SIGNING_KEY_PARAMETER)
+        pace.clear_cache()  # its SES quota
         for provider in DEFAULT_PROVIDERS.values():  # a new stack: cold starts (each keeps its client)
             provider.clear_cache()
 

@@ -24,6 +24,7 @@ from funnelpilot.channels.phone import parse_phone
 from funnelpilot.config import config
 from funnelpilot.errors import RecipientRejected
 from funnelpilot.models import PROFILE, Contact
+from funnelpilot.sending import pace
 
 logger = logging.getLogger(__name__)
 
@@ -143,7 +144,7 @@ def alert(detail_type: str, detail: dict) -> str:
     message_id = tokens.digest_id("a", detail["event_id"])
     raw = alert_email(context, message_id)
     try:
-        emails.send_raw(config().sales_email, raw)
+        emails.send_raw(config().sales_email, raw, priority=pace.TRANSACTIONAL)
     except RecipientRejected:
         return "recipient_rejected"  # SALES_EMAIL unverified in the sandbox: the claim stays, no retry storm
     except Exception:

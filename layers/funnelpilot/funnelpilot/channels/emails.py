@@ -28,7 +28,7 @@ from markupsafe import Markup
 from funnelpilot import aws, clock, tokens
 from funnelpilot.channels import mime
 from funnelpilot.config import config
-from funnelpilot.errors import RecipientRejected, TemplateError
+from funnelpilot.errors import RecipientRejected, SendRateExceeded, TemplateError
 from funnelpilot.steering import utm
 
 _HREF = re.compile(r"""(<a\b[^>]*?\bhref\s*=\s*)(["'])(.*?)\2""", re.IGNORECASE | re.DOTALL)
@@ -246,12 +246,19 @@ def _ses():
     return aws.client("ses")
 
 
-def send_raw(to: str, raw: bytes) -> str:
-    """Send through SES; returns SES's MessageId. ``RecipientRejected`` when SES refuses this
-    message for good (``MessageRejected``, e.g. an unverified recipient in the sandbox); a
-    rejection naming our own sender is the stack's configuration, not the message's: raised as is."""
+def send_raw(to: str, raw: bytes, *, priority: str | None) -> str:
+    """Send through SES after the rate gate (funnelpilot.sending.pace) granted a slot to ``priority``
+    (None: the caller took its slots already, a broadcast worker's ``pace.acquire(BROADCAST, n)``);
+    returns SES's MessageId. ``SendRateExceeded`` when the gate refuses (a funnel's Task retries it);
+    ``RecipientRejected`` when SES refuses this message for good (``MessageRejected``, e.g. an
+    unverified recipient in the sandbox); a rejection naming our own sender is the stack's
+    configuration, not the message's: raised as is."""
     from botocore.exceptions import ClientError
 
+    from funnelpilot.sending import pace
+
+    if priority is not None and not pace.acquire(priority):
+        raise SendRateExceeded(f"rate gate: {pace.rate()} sends this second already ({priority})")
     kwargs = {"Source": config().sender, "Destinations": [to], "RawMessage": {"Data": raw}}
     if config().ses_configuration_set:
         kwargs["ConfigurationSetName"] = config().ses_configuration_set
