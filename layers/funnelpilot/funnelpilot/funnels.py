@@ -13,6 +13,7 @@ or concurrent trigger events start one execution. Its ``execution_arn`` is set b
 claim, which lets the steps of a stale execution recognise that the entry is no longer theirs.
 """
 import json
+from datetime import datetime
 from functools import cache
 from typing import NamedTuple
 
@@ -249,8 +250,11 @@ def _enter(funnel: str, state_machine_arn: str, entry_rule: str, event: dict, re
         _stop(old_arn, "FunnelReentered", "replaced by a new entry (entry rule: always)")
     payload = {"contact_id": cid, "funnel": funnel, "entry": entry_id, "trigger": event.get("detail-type"),
                "event_id": event_id, "lead_magnet": detail.get("lead_magnet")}
-    if start_wait:
-        payload["wait_seconds"] = sendtime.wait_seconds(start_wait, funnel_spec.load(funnel), profile.get("timezone"))
+    if start_wait:  # from the trigger's not_before if later (the inactivity job spreads its day's starts with it)
+        now = clock.now()
+        start = max(now, _not_before(detail))
+        payload["wait_seconds"] = clock.real_seconds(start - now) + sendtime.wait_seconds(
+            start_wait, funnel_spec.load(funnel), profile.get("timezone"), start)
     try:
         started = _start(state_machine_arn, name, payload)
     except Exception:
@@ -267,6 +271,14 @@ def _enter(funnel: str, state_machine_arn: str, entry_rule: str, event: dict, re
     if started:  # once per execution: a retry finds it exists (funnelpilot.metrics)
         metrics.entered(funnel)
     return Attempt(execution=name, incarnation=incarnation)
+
+
+def _not_before(detail: dict) -> float:
+    """A trigger event's ``not_before`` (ISO 8601) as epoch seconds; 0 when absent or unreadable."""
+    try:
+        return datetime.fromisoformat(detail["not_before"]).timestamp()
+    except (KeyError, TypeError, ValueError):
+        return 0.0
 
 
 def _start(state_machine_arn: str, name: str, payload: dict) -> bool:
