@@ -23,7 +23,7 @@ def test_daily_job_emits_contact_inactive_for_todays_bucket_only(rt, tap):
     # the job of the day after tomorrow reads tomorrow's bucket (a day is read once it is over)
     clock.advance_to(now + 2 * DAY)
     run_on = clock.iso(now + 2 * DAY)[:10]
-    result = rt.invoke("ReengageScanFunction", {"scheduled_time": f"{run_on}T06:00:00Z"})
+    result = rt.invoke("ReengageScanFunction", {"scheduled_time": f"{run_on}T10:00:00Z"})
     assert result["inactive"] == 1
     [ev] = tap.events("contact.inactive")
     assert ev["detail"]["contact_id"] == quiet and ev["detail"]["inactive_days"] == 30
@@ -31,7 +31,7 @@ def test_daily_job_emits_contact_inactive_for_todays_bucket_only(rt, tap):
     assert "dormant" in profile(quiet).segments  # contact.inactive re-evaluates last_activity_days
     assert "dormant" not in (profile(engaged).segments or set())
     # repeated run of the same day: same event id (consumers dedupe), cursor prevents a re-scan
-    assert rt.invoke("ReengageScanFunction", {"scheduled_time": f"{run_on}T06:00:00Z"})["inactive"] == 0
+    assert rt.invoke("ReengageScanFunction", {"scheduled_time": f"{run_on}T10:00:00Z"})["inactive"] == 0
 
 
 def test_the_schedule_fires_on_the_simulated_clock(rt, tap):
@@ -39,7 +39,7 @@ def test_the_schedule_fires_on_the_simulated_clock(rt, tap):
     cid = new_contact("sleepy")
     publish("page.viewed", cid, now - 29 * DAY, path="/")
     assert rt.settle()
-    assert rt.advance(3 * DAY)  # the daily 06:00 job runs on the simulated clock
+    assert rt.advance(3 * DAY)  # the daily 10:00 job runs on the simulated clock
     [ev] = tap.events("contact.inactive")
     assert ev["detail"]["contact_id"] == cid
     assert inactivity.last_activity(cid) == pytest.approx(now - 29 * DAY, abs=1)
