@@ -71,6 +71,9 @@
 18. ``StepFunctionResponse.describe_state_machine_for_execution``: the definition the execution
    runs (moto's start-time copy), not the machine's current one (`funnels --stack` prunes content
    versions by what running executions still send).
+19. SQS on the runtime clock (:func:`sqs_on_runtime_clock`, see the section at the end): message
+   timers (DelaySeconds), visibility timeouts and timestamps follow ``funnelpilot.clock``, and the
+   runtime's event source mappings look at a queue without receiving (:func:`sqs_queue_state`).
 """
 import copy
 import functools
@@ -140,6 +143,7 @@ def install(invoker: Invoker, deliverer: Deliverer) -> None:
     dynamo_type.LimitedSizeDict.__setitem__ = _limited_setitem
     for module in _TASK_CLIENT_MODULES:
         module.boto_client_for = _task_client
+    sqs_on_runtime_clock()
     global _unsigned
     _unsigned = True
     if not hasattr(RequestSigner, "_fp_sign"):
@@ -774,3 +778,104 @@ def _error_equals(self, env) -> None:
         env.stack.append(False)
         return
     _limit_original["error_equals"](self, env)
+
+
+
+# ---------------------------------------------------------------- 19. SQS on the runtime clock
+# moto's SQS reads the time through ``unix_time``/``unix_time_millis`` imported into its models
+# module: replacing those two names puts delays, visibility timeouts, SentTimestamp and the
+# receive timestamps on the runtime clock, so a stepped test that advances 1 s sees a message
+# delayed 1 s become visible. Three more differences from SQS are fixed on the way:
+# - moto makes a message visible again only strictly after its timeout (``>``): at the instant
+#   it ends, as SQS does, is what a stepped clock lands on;
+# - ChangeMessageVisibility measures the 12-hour limit from the message's *sending* (so a message
+#   older than 12 h, a broadcast re-queued all day, could not be hidden at all); SQS measures it
+#   from the receive that made it in flight;
+# - long polling (WaitTimeSeconds, the queue's ReceiveMessageWaitTimeSeconds) waits in real time,
+#   forever on a stepped clock (nothing can arrive while the caller waits): on a stepped or
+#   compressed clock a receive answers at once.
+# Retention (MessageRetentionPeriod) is not enforced: moto would stop a receive at the first
+# expired message, and a test's tap queue would lose what a journey of days published.
+from moto.sqs import models as sqs_models  # noqa: E402
+from moto.sqs.models import sqs_backends  # noqa: E402
+
+MAX_VISIBILITY = 43_200  # seconds a message can stay in flight from the receive that took it
+
+
+def _sqs_now() -> float:
+    return clock.now()
+
+
+def _sqs_now_ms() -> float:
+    return clock.now() * 1000.0
+
+
+def _sqs_visible(self) -> bool:
+    return _sqs_now_ms() >= self.visible_at
+
+
+def _sqs_mark_received(self, visibility_timeout=None) -> None:
+    _sqs_original["mark_received"](self, visibility_timeout)
+    self.fp_received_at = _sqs_now_ms()
+
+
+def _sqs_change_visibility(self, queue_name: str, receipt_handle: str, visibility_timeout: int) -> None:
+    """moto 5.2.5's change_message_visibility, the 12-hour limit counted from the last receive."""
+    queue = self.get_queue(queue_name)
+    for message in queue._messages:
+        if message.had_receipt_handle(receipt_handle):
+            received = getattr(message, "fp_received_at", message.sent_timestamp)
+            if _sqs_now_ms() + int(visibility_timeout) * 1000 - received > MAX_VISIBILITY * 1000:
+                raise sqs_models.InvalidParameterValue(
+                    f"Value {visibility_timeout} for parameter VisibilityTimeout is invalid. Reason: Total "
+                    f"VisibilityTimeout for the message is beyond the limit [{MAX_VISIBILITY} seconds]")
+            message.change_visibility(visibility_timeout)
+            if message.visible and message in queue.pending_messages:
+                queue.pending_messages.remove(message)
+            return
+    raise sqs_models.ReceiptHandleIsInvalid
+
+
+def _sqs_receive(self, queue_name, count, wait_seconds_timeout, visibility_timeout, message_attribute_names=None):
+    if _scheduler is not None or clock.speed() != 1.0:  # stepped (the clock stands still) or compressed
+        wait_seconds_timeout = 0
+    return _sqs_original["receive"](self, queue_name, count, wait_seconds_timeout, visibility_timeout,
+                                    message_attribute_names)
+
+
+_sqs_original: dict = {}
+
+
+def sqs_on_runtime_clock() -> None:
+    if _sqs_original:
+        return
+    _sqs_original.update(mark_received=sqs_models.Message.mark_received,
+                         receive=sqs_models.SQSBackend.receive_message)
+    sqs_models.unix_time = _sqs_now
+    sqs_models.unix_time_millis = _sqs_now_ms
+    sqs_models.Message.visible = property(_sqs_visible)
+    sqs_models.Message.mark_received = _sqs_mark_received
+    sqs_models.SQSBackend.change_message_visibility = _sqs_change_visibility
+    sqs_models.SQSBackend.receive_message = _sqs_receive
+    sqs_models.SQSBackend.is_message_valid_based_on_retention_period = lambda self, queue_name, message: True
+
+
+def sqs_queue_state(account: str, region: str, name: str) -> tuple[int, float | None]:
+    """(messages a ReceiveMessage could take now, the earliest runtime-clock time at which one that
+    is delayed or in flight becomes receivable, None if none), without receiving anything."""
+    now, ready, later = _sqs_now_ms(), 0, None
+    for message in sqs_backends[account][region].get_queue(name)._messages:
+        at = max(message.visible_at, message.delayed_until)
+        if at <= now:
+            ready += 1
+        elif later is None or at < later:
+            later = at
+    return ready, None if later is None else later / 1000.0
+
+
+def sqs_messages(account: str, region: str, name: str) -> list[dict]:
+    """Every message a queue holds (in flight and delayed ones too), oldest first, as
+    {"id", "body", "attributes", "receive_count", "sent"}: a look that changes nothing."""
+    return [{"id": m.id, "body": m.body, "attributes": dict(m.message_attributes),
+             "receive_count": m.approximate_receive_count, "sent": m.sent_timestamp / 1000.0}
+            for m in sqs_backends[account][region].get_queue(name)._messages]

@@ -1,5 +1,5 @@
 """Run template.yaml on moto: tables, bus, rules, secrets, SES and state machines are
-created from the template; HTTP routes, EventBridge targets, DynamoDB stream event
+created from the template; HTTP routes, EventBridge targets, DynamoDB stream and SQS event
 sources and Lambda invokes from Step Functions are dispatched to the real handlers in
 this process.
 
@@ -33,6 +33,7 @@ from urllib.parse import parse_qsl, urlencode
 from funnelpilot_local import aws_rules
 from funnelpilot_local.api_destinations import ApiDestinations
 from funnelpilot_local.aws_rules import Rules, apigateway, cloudformation, dynamodb, events, lambda_, principal, ses, sms
+from funnelpilot_local.aws_rules import sqs as sqs_rules
 from funnelpilot_local.template import ACCOUNT, REGION, Template
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -111,6 +112,42 @@ class StreamMapping:
         return not self.filters or any(f(record) for f in self.filters)
 
 
+@dataclass
+class QueueMapping:
+    """A function's ``SQS`` event in template.yaml: Lambda's poller on a queue (aws_rules.sqs has
+    its settings). ``held``: simulated times at which its finished invocations free their slot (at
+    least ``lambda_.HOLD`` after they began, as the account's concurrency counts them), so that no
+    more than ``max_concurrency`` batches run in any instant; ``peak`` is the most that did."""
+
+    name: str  # Function.EventId
+    function: str
+    queue_arn: str
+    queue_url: str
+    queue_name: str
+    batch_size: int
+    window: int  # MaximumBatchingWindowInSeconds
+    max_concurrency: int | None  # ScalingConfig.MaximumConcurrency; None: the account's concurrency only
+    report_failures: bool  # FunctionResponseTypes: [ReportBatchItemFailures]
+    enabled: bool
+    visibility: int  # the queue's VisibilityTimeout
+    filters: list  # predicates, one per FilterCriteria filter (ORed); none: every message
+    held: list = field(default_factory=list)  # heap
+    gathering_since: float | None = None  # a batching window opened (fewer than batch_size messages seen)
+    throttled: tuple | None = None  # (records, retry until): a batch the account's concurrency refused
+    invocations: int = 0
+    peak: int = 0
+
+    def matches(self, record: dict) -> bool:
+        """FilterCriteria match the record with its body parsed when it is JSON (Lambda's rule)."""
+        if not self.filters:
+            return True
+        try:
+            body = json.loads(record["body"])
+        except ValueError:
+            body = record["body"]
+        return any(f({**record, "body": body}) for f in self.filters)
+
+
 class LambdaContext:
     def __init__(self, name: str):
         self.function_name = name
@@ -160,6 +197,7 @@ class Runtime:
         self.routes: list[Route] = []
         self.schedules: list[dict] = []  # template Schedule/ScheduleV2 events, fired by fire_schedules()
         self.stream_mappings: list[StreamMapping] = []  # template DynamoDB events, polled by pump()
+        self.queue_mappings: list[QueueMapping] = []  # template SQS events, polled by pump()
         self._api_schedule_last: dict[str, float] = {}
         self.dead_letters: list[dict] = []
         self.delivered: list[tuple[str, dict]] = []  # (target ARN, input) of every async delivery made
@@ -255,7 +293,8 @@ class Runtime:
         if self.rules.iam:
             families.append(iam.IamRule(self))
         # after IAM: a request is authorised, then validated
-        return families + [dynamodb.DynamoDB(self.rules), ses.Ses(self.rules, self.template), self.sms]
+        families += [dynamodb.DynamoDB(self.rules), ses.Ses(self.rules, self.template), self.sms]
+        return families + ([sqs_rules.Sqs(self.rules)] if self.rules.sqs_limits else [])
 
     def role_of(self, logical_id: str) -> str:
         """The IAM role a function or state machine runs as (the one SAM generates for it)."""
@@ -293,11 +332,7 @@ class Runtime:
             t.physical[lid] = name
             t.attributes[(lid, "Arn")] = f"arn:aws:events:{REGION}:{ACCOUNT}:event-bus/{name}"
             t.attributes[(lid, "Name")] = name
-        for lid in t.of_type("AWS::SQS::Queue"):
-            url = self.client("sqs").create_queue(QueueName=lid)["QueueUrl"]
-            t.physical[lid] = url
-            t.attributes[(lid, "Arn")] = f"arn:aws:sqs:{REGION}:{ACCOUNT}:{lid}"
-            t.attributes[(lid, "QueueName")] = lid
+        self._create_queues()
         for lid in t.of_type("AWS::SNS::Topic"):
             name = t.resolve(t.properties(lid)).get("TopicName", lid)
             t.physical[lid] = self.client("sns").create_topic(Name=name)["TopicArn"]
@@ -372,6 +407,23 @@ class Runtime:
             for target in props["Targets"]:
                 if target["Arn"] in self.api_destinations.destinations:
                     self.api_destinations.target(target)
+
+    def _create_queues(self) -> None:
+        """The template's queues with their attributes (VisibilityTimeout, DelaySeconds, FIFO...); the
+        redrive policies once every queue exists (one names its dead-letter queue by ARN)."""
+        t, sqs = self.template, self.client("sqs")
+        queues = t.of_type("AWS::SQS::Queue")
+        for lid in queues:
+            props = {k: t.resolve(v) for k, v in t.properties(lid).items() if k != "RedrivePolicy"}
+            name = props.get("QueueName", f"{lid}.fifo" if props.get("FifoQueue") else lid)
+            attributes = {k: str(v).lower() if isinstance(v, bool) else str(v) for k, v in props.items()
+                          if k in QUEUE_ATTRIBUTES}
+            t.physical[lid] = sqs.create_queue(QueueName=name, Attributes=attributes)["QueueUrl"]
+            t.attributes[(lid, "Arn")] = f"arn:aws:sqs:{REGION}:{ACCOUNT}:{name}"
+            t.attributes[(lid, "QueueName")] = name
+        for lid in queues:
+            if redrive := t.resolve(t.properties(lid).get("RedrivePolicy")):
+                sqs.set_queue_attributes(QueueUrl=t.physical[lid], Attributes={"RedrivePolicy": json.dumps(redrive)})
 
     def _create_api_destinations(self) -> None:
         """Connections and API destinations: kept by the runtime, which calls the endpoints itself
@@ -547,6 +599,8 @@ class Runtime:
                 self.sns_subscribers.setdefault(props["Topic"], []).append(target_arn)
             elif kind == "DynamoDB":
                 self.stream_mappings.append(self._stream_mapping(f"{lid}.{event_id}", lid, props))
+            elif kind == "SQS":
+                self.queue_mappings.append(self._queue_mapping(f"{lid}.{event_id}", lid, props))
             elif kind in ("Schedule", "ScheduleV2"):
                 if props.get("Enabled") is False or props.get("State") == "DISABLED":
                     continue
@@ -572,6 +626,22 @@ class Runtime:
             [moto_adapter.event_filter(f["Pattern"]) for f in props.get("FilterCriteria", {}).get("Filters", [])],
             int(props["MaximumRetryAttempts"]), bool(props.get("BisectBatchOnFunctionError", False)),
             props.get("DestinationConfig", {}).get("OnFailure", {}).get("Destination"))
+
+    def _queue_mapping(self, name: str, lid: str, props: dict) -> QueueMapping:
+        """An SQS event source mapping, refused as Lambda refuses it (aws_rules.sqs.event_source_mapping)."""
+        from funnelpilot_local import moto_adapter
+
+        t = self.template
+        queue = next((q for q in t.of_type("AWS::SQS::Queue") if t.attributes[(q, "Arn")] == props["Queue"]), None)
+        if queue is None:
+            raise cloudformation.StackError(f"template.yaml: {name}: Queue {props['Queue']} is not a queue of this template")
+        settings = sqs_rules.event_source_mapping(
+            name, props, t.resolve(t.properties(queue)), t.resolve(t.properties(lid)).get("Timeout"), self.role_of(lid),
+            self.policies.allowed if self.rules.iam else None)
+        return QueueMapping(name, lid, props["Queue"], t.physical[queue], t.attributes[(queue, "QueueName")],
+                            settings["batch_size"], settings["window"], settings["max_concurrency"],
+                            settings["report_failures"], settings["enabled"], settings["visibility"],
+                            [moto_adapter.event_filter(f) for f in settings["filters"]])
 
     def _put_rule(self, name: str, bus: str, pattern: dict, targets: list[dict]) -> None:
         events = self.client("events")
@@ -706,7 +776,7 @@ class Runtime:
         returns how many deliveries and stream steps."""
         self.fire_schedules()
         done = 0
-        while self._deliver_one() or self._poll_streams():
+        while self._deliver_one() or self._poll_streams() or self._poll_queues():
             done += 1
         return done
 
@@ -867,6 +937,117 @@ class Runtime:
                 "approximateArrivalOfFirstRecord": clock.iso(first["ApproximateCreationDateTime"]),
                 "approximateArrivalOfLastRecord": clock.iso(last["ApproximateCreationDateTime"])}}, exc)
 
+    # ------------------------------------------------------------------ SQS event source mappings
+    def _poll_queues(self) -> bool:
+        """One poll of the first SQS event source mapping with work (False: none has any before the
+        clock moves): as Lambda's poller, with the function's role, it receives up to BatchSize
+        visible messages (once BatchSize are visible or the batching window has passed), deletes
+        those its FilterCriteria reject, invokes the function with the rest and deletes what it
+        processed: the whole batch, or all but the ``batchItemFailures`` (ReportBatchItemFailures).
+        A failed message stays in flight: it comes back after the queue's visibility timeout (or the
+        one the handler set), and the redrive policy moves it to its dead-letter queue after
+        maxReceiveCount receives. Checked against https://docs.aws.amazon.com/lambda/latest/dg/with-sqs.html
+        and https://docs.aws.amazon.com/lambda/latest/dg/services-sqs-errorhandling.html."""
+        return any(self._queue_step(m) for m in self.queue_mappings)
+
+    def _queue_step(self, m: QueueMapping) -> bool:
+        from funnelpilot import clock
+        from funnelpilot_local import moto_adapter
+
+        if not m.enabled:
+            return False
+        now = clock.now()
+        while m.held and m.held[0] <= now:
+            heapq.heappop(m.held)
+        if m.max_concurrency is not None and len(m.held) >= m.max_concurrency:
+            return False
+        if m.throttled is not None:  # Lambda retries a throttled batch until its visibility timeout ends
+            records, until = m.throttled
+            m.throttled = None
+            if now < until:
+                return self._queue_invoke(m, records)
+        ready, _ = moto_adapter.sqs_queue_state(ACCOUNT, REGION, m.queue_name)
+        if not ready:
+            m.gathering_since = None
+            return False
+        if m.window and ready < m.batch_size:
+            m.gathering_since = now if m.gathering_since is None else m.gathering_since
+            if now < m.gathering_since + m.window:
+                return False
+        m.gathering_since = None
+        sqs, received = self.client("sqs"), []
+        with principal.acting_as(self.role_of(m.function)):
+            while len(received) < m.batch_size:
+                page = sqs.receive_message(QueueUrl=m.queue_url, MaxNumberOfMessages=min(10, m.batch_size - len(received)),
+                                           WaitTimeSeconds=0, MessageSystemAttributeNames=["All"],
+                                           MessageAttributeNames=["All"]).get("Messages", [])
+                if not page:
+                    break
+                received += page
+        if not received:  # what was visible went to the dead-letter queue (redrive policy)
+            return False
+        batch, rejected = [], []
+        for message in received:
+            record = lambda_sqs_record(message, m.queue_arn)
+            (batch if m.matches(record) else rejected).append(record)
+        self._delete_messages(m, rejected)
+        if batch:
+            self._queue_invoke(m, batch)
+        return True
+
+    def _queue_invoke(self, m: QueueMapping, batch: list[dict]) -> bool:
+        """Invoke the function with one batch (False: the account's concurrency refused it)."""
+        from funnelpilot import clock
+
+        started = clock.now()
+        try:
+            result = self.invoke(m.function, {"Records": batch})
+        except Exception as exc:  # noqa: BLE001 - a function error: the whole batch comes back
+            if lambda_.is_throttle(exc):
+                m.throttled = (batch, started + m.visibility)
+                return False
+            failed = batch
+        else:
+            failed = batch_item_failures(batch, result) if m.report_failures else []
+        m.invocations += 1
+        m.peak = max(m.peak, len(m.held) + 1)  # the ones still holding a slot and this one
+        heapq.heappush(m.held, max(clock.now(), started + lambda_.HOLD))
+        failed_ids = {r["messageId"] for r in failed}
+        self._delete_messages(m, [r for r in batch if r["messageId"] not in failed_ids])
+        return True
+
+    def _delete_messages(self, m: QueueMapping, records: list[dict]) -> None:
+        sqs = self.client("sqs")
+        with principal.acting_as(self.role_of(m.function)):
+            for i in range(0, len(records), 10):
+                sqs.delete_message_batch(QueueUrl=m.queue_url, Entries=[
+                    {"Id": str(n), "ReceiptHandle": r["receiptHandle"]} for n, r in enumerate(records[i:i + 10])])
+
+    def _queue_due(self) -> float | None:
+        """The next simulated time at which an SQS event source mapping will have work: a delayed
+        or in-flight message becoming visible, a batching window closing, a slot freeing, the
+        retry of a throttled batch (None: none)."""
+        from funnelpilot import clock
+        from funnelpilot_local import moto_adapter
+
+        now, times = clock.now(), []
+        for m in self.queue_mappings:
+            if not m.enabled:
+                continue
+            ready, later = moto_adapter.sqs_queue_state(ACCOUNT, REGION, m.queue_name)
+            times.append(later)
+            if ready or m.throttled is not None:
+                times += [m.held[0] if m.held else None, now + lambda_.HOLD if m.throttled is not None else None,
+                          None if m.gathering_since is None else m.gathering_since + m.window]
+        return min((t for t in times if t is not None and t > now), default=None)
+
+    def queue_messages(self, queue: str) -> list[dict]:
+        """What a queue of the template (logical id) holds now, in flight and delayed messages too:
+        [{"id", "body", "attributes", "receive_count", "sent"}] (a dead-letter queue's, for instance)."""
+        from funnelpilot_local import moto_adapter
+
+        return moto_adapter.sqs_messages(ACCOUNT, REGION, self.template.attributes[(queue, "QueueName")])
+
     def running_executions(self) -> list[dict]:
         sfn = self.client("stepfunctions")
         return [ex for arn in self.state_machine_arns()
@@ -897,7 +1078,7 @@ class Runtime:
         while True:
             if not self.scheduler.wait_idle(max(0.0, deadline - time.monotonic())):
                 return False
-            if not (self._deliver_one() or self._poll_streams()):
+            if not (self._deliver_one() or self._poll_streams() or self._poll_queues()):
                 self.flush_outbox()
                 return True
 
@@ -914,7 +1095,9 @@ class Runtime:
                 return False
             hour = min(target, (clock.now() // 3600 + 1) * 3600)
             due = self.scheduler.next_due(hour)
-            queued = self._delayed[0][0] if self._delayed else None  # a throttled delivery's retry
+            # a throttled delivery's retry, an SQS event source mapping's next message
+            queued = min((q for q in (self._delayed[0][0] if self._delayed else None, self._queue_due())
+                          if q is not None), default=None)
             if queued is not None and queued <= hour and (due is None or queued < due.deadline):
                 clock.advance_to(queued)
                 continue
@@ -1033,6 +1216,50 @@ def http_api_event(method, path, query, headers, body, params, route, source_ip)
         "isBase64Encoded": encode,
         "stageVariables": None,
     }
+
+
+QUEUE_ATTRIBUTES = ("ContentBasedDeduplication", "DeduplicationScope", "DelaySeconds", "FifoQueue", "FifoThroughputLimit",
+                    "MaximumMessageSize", "MessageRetentionPeriod", "ReceiveMessageWaitTimeSeconds", "SqsManagedSseEnabled",
+                    "VisibilityTimeout")  # AWS::SQS::Queue properties that are queue attributes of the same name
+SQS_RECORD_ATTRIBUTES = ("ApproximateReceiveCount", "SentTimestamp", "SenderId", "ApproximateFirstReceiveTimestamp",
+                         "SequenceNumber", "MessageGroupId", "MessageDeduplicationId", "AWSTraceHeader")
+
+
+def lambda_sqs_record(message: dict, queue_arn: str) -> dict:
+    """A received SQS message (ReceiveMessage's shape) as Lambda hands it to a function."""
+    def attribute(value: dict) -> dict:
+        shaped = {"stringValue": value["StringValue"]} if "StringValue" in value else {
+            "binaryValue": base64.b64encode(value["BinaryValue"]).decode()}
+        return {**shaped, "stringListValues": [], "binaryListValues": [], "dataType": value["DataType"]}
+
+    record = {"messageId": message["MessageId"], "receiptHandle": message["ReceiptHandle"], "body": message["Body"],
+              "attributes": {k: v for k, v in message.get("Attributes", {}).items() if k in SQS_RECORD_ATTRIBUTES},
+              "messageAttributes": {k: attribute(v) for k, v in message.get("MessageAttributes", {}).items()}}
+    if "MD5OfMessageAttributes" in message:
+        record["md5OfMessageAttributes"] = message["MD5OfMessageAttributes"]
+    return {**record, "md5OfBody": message["MD5OfBody"], "eventSource": "aws:sqs", "eventSourceARN": queue_arn,
+            "awsRegion": REGION}
+
+
+def batch_item_failures(batch: list[dict], response) -> list[dict]:
+    """The records of ``batch`` a ReportBatchItemFailures response fails: none for a null or empty
+    response or list, those it names, or the whole batch when it is not one Lambda can read (not
+    JSON, not an object, an item without a non-empty ``itemIdentifier`` of this batch)."""
+    try:
+        json.dumps(response)
+    except (TypeError, ValueError):
+        return batch
+    if response is None:
+        return []
+    if not isinstance(response, dict):
+        return batch
+    items = response.get("batchItemFailures")
+    if not items:
+        return []
+    by_id = {r["messageId"]: r for r in batch}
+    if not isinstance(items, list) or not all(isinstance(i, dict) and i.get("itemIdentifier") in by_id for i in items):
+        return batch
+    return [by_id[i["itemIdentifier"]] for i in items]
 
 
 def lambda_stream_record(record: dict, stream_arn: str) -> dict:

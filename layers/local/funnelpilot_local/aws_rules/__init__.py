@@ -6,7 +6,7 @@ boto3 call of this process goes through :func:`gate` (``BaseClient._make_api_cal
 wrapped once, so clients made before or after the runtime started are covered, pynamodb's
 too). The gate hands the call to each enabled rule family, in this package one module per
 AWS service (``iam``, ``dynamodb``, ``stepfunctions``, ``ses``, ``lambda_``, ``events``,
-``apigateway``); a rule refuses a call by raising the ``ClientError`` botocore would raise.
+``apigateway``, ``sqs``); a rule refuses a call by raising the ``ClientError`` botocore would raise.
 
 Who is calling matters for IAM: calls made while a function handler, a state machine
 execution or a schedule runs carry that principal's role ARN (:mod:`.principal`); calls
@@ -53,6 +53,9 @@ class Rules:
     # EventBridge
     duplicate_rate: float = 0.0  # share of rule deliveries made twice (at-least-once), seeded
     put_events_failure_rate: float = 0.0  # share of PutEvents entries answered as failed, seeded
+    # SQS (aws_rules.sqs)
+    sqs_limits: bool = True  # message and batch sizes, batch entries, DelaySeconds, VisibilityTimeout
+    sqs_max_message_size: int = 262_144  # a queue's MaximumMessageSize unless the template sets one (1 MiB at most)
     # API Gateway HTTP API
     api_throttling: bool = True  # the template's route throttling (429)
     # The account before the stack is created (checked as the runtime builds it: aws_rules.cloudformation)

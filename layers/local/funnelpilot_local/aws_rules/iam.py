@@ -12,7 +12,8 @@ AWS would, by that principal's own role.
   recorded in ``Runtime.denied`` so a test fails even when the caller swallowed the error.
 
 Managed policies attached by SAM (basic execution, X-Ray) grant only logs and traces, which
-no code here calls; they are not modelled. Resource-based policies (Lambda permissions for
+no code here calls; they are not modelled, but for the one an SQS event attaches (the queue poller's
+rights, ``_MANAGED``). Resource-based policies (Lambda permissions for
 EventBridge rules, the dead-letter queue's policy) are not evaluated.
 """
 from __future__ import annotations
@@ -33,7 +34,15 @@ from funnelpilot_local.template import ACCOUNT, REGION, Template
 _PREFIX = {"stepfunctions": "states", "dynamodbstreams": "dynamodb", "sesv2": "ses", "pinpoint-sms-voice-v2": "sms-voice"}
 _SMS_IDENTITIES = {"phone-number": "phonenumber", "pool": "pool", "sender-id": "senderid"}  # ARN part -> resource type
 # operations whose IAM action has another name
-_ACTION = {("lambda", "Invoke"): "InvokeFunction", ("lambda", "InvokeAsync"): "InvokeAsync"}
+_ACTION = {("lambda", "Invoke"): "InvokeFunction", ("lambda", "InvokeAsync"): "InvokeAsync",
+           # SQS's batch operations are authorised by the single-message action
+           ("sqs", "SendMessageBatch"): "SendMessage", ("sqs", "DeleteMessageBatch"): "DeleteMessage",
+           ("sqs", "ChangeMessageVisibilityBatch"): "ChangeMessageVisibility"}
+# The AWS managed policies a SAM-generated role gets that grant more than logs and traces: their
+# statements (docs.aws.amazon.com/aws-managed-policy/latest/reference/<name>.html); the others are not modelled.
+_MANAGED = {"arn:aws:iam::aws:policy/service-role/AWSLambdaSQSQueueExecutionRole": [
+    {"Effect": "Allow", "Action": ["sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:GetQueueAttributes",
+                                   "logs:CreateLogGroup", "logs:CreateLogStream", "logs:PutLogEvents"], "Resource": "*"}]}
 _QUERY_PROTOCOL = {"ses", "sqs", "sns", "iam", "cloudformation", "sts"}
 _TRANSACT = {"Put": "PutItem", "Update": "UpdateItem", "Delete": "DeleteItem", "ConditionCheck": "ConditionCheckItem"}
 
@@ -270,7 +279,10 @@ class Policies:
             template.physical.setdefault(lid, lid)
         for lid in resolver.of_type("AWS::IAM::Role"):
             statements = []
-            for policy in resolver.resolve(resolver.properties(lid).get("Policies", [])):  # an !If'd one too
+            props = resolver.properties(lid)
+            managed = [{"PolicyDocument": {"Statement": _MANAGED[arn]}}
+                       for arn in resolver.resolve(props.get("ManagedPolicyArns", [])) if arn in _MANAGED]
+            for policy in resolver.resolve(props.get("Policies", [])) + managed:  # an !If'd one too
                 for s in policy["PolicyDocument"].get("Statement", []):
                     if "Condition" in s:
                         raise StrictModeGap(f"strict IAM: {lid} has a statement with a Condition: not modelled")
