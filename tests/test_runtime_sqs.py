@@ -104,14 +104,14 @@ Resources:
 {resources}"""
 
 
-def stack(tmp_path: Path, name: str = "stack", rules: Rules | None = None, **kwargs) -> Runtime:
+def stack(tmp_path: Path, name: str = "stack", rules: Rules | None = None, stepped: bool = True, **kwargs) -> Runtime:
     root = tmp_path / name
     for function, code in (("worker", WORKER), ("sender", SENDER)):
         (root / "functions" / function).mkdir(parents=True)
         (root / "functions" / function / "app.py").write_text(code)
     (root / "infra").mkdir()
     (root / "template.yaml").write_text(template(**kwargs))
-    return Runtime(root, stepped=True, start=START, state_dir=root / ".local", rules=rules)
+    return Runtime(root, stepped=stepped, start=START if stepped else None, state_dir=root / ".local", rules=rules)
 
 
 @pytest.fixture
@@ -275,6 +275,14 @@ def test_maximum_concurrency_caps_the_batches_running_at_once(rt):
     assert rt.queue_mappings[0].peak == 2 and rt.queue_mappings[0].invocations == 6
 
 
+def test_at_speed_settle_drains_the_queue_through_the_same_cap(tmp_path):
+    with stack(tmp_path, stepped=False) as rt:  # one simulated day per real second
+        send(rt, *({"n": n} for n in range(30)))
+        assert rt.settle()
+        assert sorted(b["n"] for c in calls(rt) for b in bodies(c)) == list(range(30))
+        assert rt.queue_mappings[0].peak <= 2 and rt.queue_messages("WorkQueue") == []
+
+
 def test_without_maximum_concurrency_the_account_concurrency_throttles_and_lambda_retries(tmp_path):
     with stack(tmp_path, rules=Rules(lambda_concurrency=2), event="{BatchSize: 1}") as rt:
         send(rt, *({"n": n} for n in range(5)))
@@ -408,3 +416,16 @@ def test_a_role_without_the_pollers_rights_fails_the_build(tmp_path):
     # SAM's generated role has them (AWSLambdaSQSQueueExecutionRole), and strict IAM off checks none
     with stack(tmp_path, "no-iam", rules=Rules(iam=False), worker="Role: !GetAtt WorkerRole.Arn", resources=role) as rt:
         assert rt.queue_mappings[0].function == "Worker"
+
+
+def test_the_12_hour_visibility_limit_counts_from_the_receive(rt):
+    sqs = rt.client("sqs")
+    url = sqs.create_queue(QueueName="plain")["QueueUrl"]  # no function drains it
+    sqs.send_message(QueueUrl=url, MessageBody="{}")
+    assert rt.advance(13 * 3600)
+    handle = sqs.receive_message(QueueUrl=url)["Messages"][0]["ReceiptHandle"]
+    sqs.change_message_visibility(QueueUrl=url, ReceiptHandle=handle, VisibilityTimeout=43_200)  # sent 13 h ago: fine
+    assert rt.advance(100)
+    with pytest.raises(ClientError, match="Total VisibilityTimeout for the message is beyond the limit"):
+        sqs.change_message_visibility(QueueUrl=url, ReceiptHandle=handle, VisibilityTimeout=43_200)
+    sqs.change_message_visibility(QueueUrl=url, ReceiptHandle=handle, VisibilityTimeout=43_100)

@@ -1041,6 +1041,15 @@ class Runtime:
                           None if m.gathering_since is None else m.gathering_since + m.window]
         return min((t for t in times if t is not None and t > now), default=None)
 
+    def _queues_waiting(self) -> bool:
+        """Whether a mapping holds visible messages only for a moment (its slots busy, a throttled batch,
+        a batching window open): at speed, settle() waits for them."""
+        from funnelpilot_local import moto_adapter
+
+        return any(m.enabled and (m.throttled is not None or m.gathering_since is not None or (
+            m.max_concurrency is not None and len(m.held) >= m.max_concurrency))
+            and moto_adapter.sqs_queue_state(ACCOUNT, REGION, m.queue_name)[0] for m in self.queue_mappings)
+
     def queue_messages(self, queue: str) -> list[dict]:
         """What a queue of the template (logical id) holds now, in flight and delayed messages too:
         [{"id", "body", "attributes", "receive_count", "sent"}] (a dead-letter queue's, for instance)."""
@@ -1067,7 +1076,7 @@ class Runtime:
             self.pump()
             self.flush_outbox()
             if self._in_flight == 0 and not self.running_executions():
-                if self.pump() == 0 and self._in_flight == 0:
+                if self.pump() == 0 and self._in_flight == 0 and not self._queues_waiting():
                     self.flush_outbox()
                     return True
             time.sleep(poll)
