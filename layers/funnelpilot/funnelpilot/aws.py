@@ -91,3 +91,24 @@ def retry_conflicts(call, *, attempts: int = 10, base_delay: float = 0.02, max_d
             if not is_conflict(exc) or attempt == attempts - 1:
                 raise
             time.sleep(random.uniform(0, min(max_delay, base_delay * 2 ** attempt)))
+
+
+def batch_write(requests: list[dict], table: str | None = None, attempts: int = 10) -> None:
+    """BatchWriteItem of ``requests`` (PutRequest / DeleteRequest) on the contacts table unless ``table``
+    says otherwise, 25 a call; what DynamoDB leaves unprocessed is written again after a full-jitter
+    backoff (``TransientError`` when some still is after ``attempts``)."""
+    import random
+    import time
+
+    from funnelpilot.errors import TransientError
+
+    table = table or config().table
+    for i in range(0, len(requests), 25):
+        pending = {table: requests[i:i + 25]}
+        for attempt in range(attempts):
+            pending = dynamodb().batch_write_item(RequestItems=pending).get("UnprocessedItems") or {}
+            if not pending:
+                break
+            time.sleep(random.uniform(0, min(1.0, 0.05 * 2 ** attempt)))
+        else:
+            raise TransientError("BatchWriteItem kept returning unprocessed items")

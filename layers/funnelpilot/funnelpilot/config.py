@@ -36,6 +36,8 @@ class Config:
     sales_webhook: bool = False  # SalesWebhookUrl set: sales alerts also go to it (channels.alerts)
     sms_origination: str = ""  # phone number or pool ARN SMS are sent from; empty: SMS off (channels.sms)
     sms_configuration_set: str = ""  # its delivery events go to the stack's SNS topic
+    send_queue_url: str = ""  # SendQueue: broadcast chunks for the send worker (funnelpilot.broadcasts)
+    broadcast_schedule_group: str = "default"  # Scheduler group of the broadcasts' one-time schedules
 
 
 @cache
@@ -71,4 +73,6 @@ def config() -> Config:
         sales_webhook=env("SALES_WEBHOOK", "") == "on",
         sms_origination=env("SMS_ORIGINATION_IDENTITY", ""),
         sms_configuration_set=env("SMS_CONFIGURATION_SET", ""),
+        send_queue_url=env("SEND_QUEUE_URL", ""),
+        broadcast_schedule_group=env("BROADCAST_SCHEDULE_GROUP", "default"),
     )

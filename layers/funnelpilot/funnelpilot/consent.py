@@ -28,7 +28,7 @@ logger = logging.getLogger(__name__)
 
 
 def message_fields(cid: str, message_id: str | None) -> dict:
-    """funnel/step/template of a message, for the events counters are built from."""
+    """funnel/step/template (variant, broadcast) of a message, for the events counters are built from."""
     if not message_id:
         return {}
     try:
@@ -36,7 +36,7 @@ def message_fields(cid: str, message_id: str | None) -> dict:
     except DoesNotExist:
         return {"message_id": message_id}
     fields = {"message_id": message_id, "funnel": m.funnel, "step": m.step, "template": m.template}
-    return fields | ({"variant": m.variant} if m.variant else {})
+    return fields | {k: v for k, v in (("variant", m.variant), ("broadcast", m.broadcast)) if v}
 
 
 def _set_status(cid: str, status: str, reason: str | None, allowed_from: tuple[str, ...], *also: dict) -> bool:

@@ -210,8 +210,9 @@ def _record(kind: str, cid: str, message_id: str, key: dict, link: str | None, l
     first_click = verdict.human and kind == "click" and _attr(old, "first_click_at") is None
     common = {"message_id": message_id, "funnel": _attr(old, "funnel"), "step": _attr(old, "step"),
               "template": _attr(old, "template"), "human": verdict.human}
-    if _attr(old, "variant"):  # A/B: counted per variant too
-        common["variant"] = _attr(old, "variant")
+    for name in ("variant", "broadcast"):  # A/B: counted per variant too; a broadcast's counts its own
+        if _attr(old, name):
+            common[name] = _attr(old, name)
     if verdict.reason:
         common["reason"] = verdict.reason
     entries = []

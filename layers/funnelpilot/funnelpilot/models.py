@@ -166,7 +166,9 @@ class Message(Item):
     step = UnicodeAttribute(null=True)
     template = UnicodeAttribute()
     status = UnicodeAttribute()  # sending | sent | blocked | failed (its template could not be rendered)
-    variant = UnicodeAttribute(null=True)  # A/B variant of the split branch that sent it
+    variant = UnicodeAttribute(null=True)  # A/B variant of the split branch (or the broadcast's subject) that sent it
+    broadcast = UnicodeAttribute(null=True)  # the broadcast it belongs to (funnelpilot.broadcasts; no funnel then)
+    chunk = UnicodeAttribute(null=True)  # the broadcast chunk that claimed it (a redelivery knows its own)
     list_name = UnicodeAttribute(null=True)  # the list it belongs to: its unsubscribe link opts out of that one
     reason = UnicodeAttribute(null=True)
     detail = UnicodeAttribute(null=True)  # SES's words for a recipient_rejected block

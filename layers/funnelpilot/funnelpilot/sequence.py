@@ -197,13 +197,15 @@ def _render_failed(message: Message, exc: TemplateError) -> None:
 
 def compose(contact: Contact, template: str, message_id: str, *, version: str | None = None,
             lead_magnet: str | None = None, list_name: str | None = None, funnel: str | None = None,
-            tracked: bool = True, utm_tags: dict | None = None) -> tuple[list, bytes]:
+            tracked: bool = True, utm_tags: dict | None = None, sources: tuple | None = None,
+            broadcast: str | None = None) -> tuple[list, bytes]:
     """The email of a send as SES gets it: rendered for the contact (the template's content
-    ``version``, else the live files), its links tracked (not for a test send: ``tracked``; site
-    links with ``utm_tags``), with its headers (List-Id: the email's list, else its ``funnel``'s);
+    ``version``, else the live files; ``sources``: a broadcast's, see ``emails.render``), its links
+    tracked (not for a test send: ``tracked``; site links with ``utm_tags``), with its headers
+    (List-Id: the email's list, else its ``funnel``'s; SES tags: ``funnel`` or ``broadcast``);
     returns (links for the message item, raw MIME). ``TemplateError`` when it cannot render."""
     context = template_context(contact, message_id, lead_magnet, list_name)
-    rendered, links = emails.render(template, context, version), []
+    rendered, links = emails.render(template, context, version, sources=sources), []
     if tracked:
         rendered, links = emails.track(rendered, contact_id=contact.pk, message_id=message_id, utm_tags=utm_tags)
     headers = {"List-Unsubscribe": f"<{context['unsubscribe_url']}>",
@@ -211,7 +213,7 @@ def compose(contact: Contact, template: str, message_id: str, *, version: str | 
     if list_name or funnel:
         headers["List-Id"] = preferences.list_id(list_name) if list_name else preferences.funnel_list_id(funnel)
     return links, emails.build_mime(to=contact.email, rendered=rendered, message_id=message_id, headers=headers,
-                                    email=template, funnel=funnel)
+                                    email=template, funnel=funnel, broadcast=broadcast)
 
 
 def _mark_sent(message: Message, ses_id: str, id_attribute=Message.ses_message_id) -> None:

@@ -247,17 +247,6 @@ def write(out: Path, name: str, raw: bytes, facts: dict) -> list[Path]:
     return paths
 
 
-def as_test(raw: bytes, to: str) -> bytes:
-    """The message addressed to ``to``, its subject starting with ``[TEST]``."""
-    from funnelpilot.channels import mime
-
-    msg = email.message_from_bytes(raw, policy=mime.POLICY)
-    msg.replace_header("To", mime.header_text(to))
-    msg.replace_header("Subject", mime.header_text(f"[TEST] {msg['Subject']}"))
-    msg["X-Funnelpilot-Test"] = "true"
-    return msg.as_bytes()
-
-
 def send_test(root: Path, template: str, to: str, *, contact_email: str | None = None, stack: str | None = None,
               region: str | None = None, state_dir: Path = Path(".local")) -> str:
     """Send ``template`` to ``to`` untracked: locally into the outbox, on ``stack`` through SES (the
@@ -266,7 +255,9 @@ def send_test(root: Path, template: str, to: str, *, contact_email: str | None =
         raise UserError(f"--to {to!r}: not an email address")
     raw, _ = build(root, template, contact_email=contact_email, stack=stack, region=region, state_dir=state_dir,
                    tracked=False)
-    raw = as_test(raw, to)
+    from funnelpilot.channels import mime
+
+    raw = mime.as_test(raw, to)
     if not stack:
         path = Path(state_dir) / "outbox" / f"test-{template}-{time.strftime('%Y%m%dT%H%M%S')}.eml"
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -746,7 +746,7 @@ class Runtime:
             created = sched["CreationDate"].timestamp() if "CreationDate" in sched else now
             last = self._api_schedule_last.get(key, float("-inf") if sched["ScheduleExpression"].startswith(
                 "at(") else created)
-            due = schedules.occurrences(sched["ScheduleExpression"], last, now)
+            due = schedules.occurrences(sched["ScheduleExpression"], last, now, sched.get("ScheduleExpressionTimezone"))
             for at in due:
                 target = sched["Target"]
                 text = schedules.scheduler_input(target.get("Input"), scheduled=at, schedule_arn=key,

@@ -8,6 +8,7 @@ occurrence with its own scheduled time, as Scheduler would have run them).
 import calendar
 import re
 from datetime import datetime, timedelta, timezone
+from zoneinfo import ZoneInfo
 
 _RATE = re.compile(r"^rate\((\d+)\s+(minute|minutes|hour|hours|day|days)\)$")
 _AT = re.compile(r"^at\((\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2})\)$")
@@ -43,14 +44,16 @@ def _num(text: str, names: dict | None) -> int:
     return names[text.upper()] if names and text.upper() in names else int(text)
 
 
-def next_time(expression: str, after: float) -> float | None:
-    """The first occurrence strictly after ``after`` (epoch seconds, UTC), or None."""
+def next_time(expression: str, after: float, zone: str | None = None) -> float | None:
+    """The first occurrence strictly after ``after`` (epoch seconds), or None. An ``at(...)`` is a
+    wall-clock time in ``zone`` (a schedule's ``ScheduleExpressionTimezone``; default UTC)."""
     expression = expression.strip()
     if m := _RATE.match(expression):
         unit = m.group(2).rstrip("s")
         return after + int(m.group(1)) * _UNIT[unit]
     if m := _AT.match(expression):
-        at = datetime.fromisoformat(m.group(1)).replace(tzinfo=timezone.utc).timestamp()
+        tz = ZoneInfo(zone) if zone and zone != "UTC" else timezone.utc
+        at = datetime.fromisoformat(m.group(1)).replace(tzinfo=tz).timestamp()
         return at if at > after else None
     if m := _CRON.match(expression):
         return _next_cron(m.group(1).split(), after)
@@ -81,13 +84,13 @@ def _next_cron(fields: list[str], after: float) -> float | None:
     return None
 
 
-def occurrences(expression: str, after: float, until: float) -> list[float]:
-    """Every occurrence in (after, until]."""
+def occurrences(expression: str, after: float, until: float, zone: str | None = None) -> list[float]:
+    """Every occurrence in (after, until] (``zone``: see ``next_time``)."""
     out = []
-    t = next_time(expression, after)
+    t = next_time(expression, after, zone)
     while t is not None and t <= until:
         out.append(t)
-        t = next_time(expression, t)
+        t = next_time(expression, t, zone)
     return out
 
 

@@ -17,10 +17,10 @@ import re
 import traceback
 from dataclasses import dataclass, field, replace
 from email.utils import parseaddr
-from functools import cache
+from functools import cache, lru_cache
 from pathlib import Path
 
-from jinja2 import FileSystemLoader, StrictUndefined, TemplateNotFound, TemplateSyntaxError, select_autoescape
+from jinja2 import ChoiceLoader, FileSystemLoader, FunctionLoader, StrictUndefined, TemplateNotFound, TemplateSyntaxError, select_autoescape
 from jinja2 import TemplateError as JinjaError
 from jinja2.sandbox import SandboxedEnvironment
 from markupsafe import Markup
@@ -104,20 +104,33 @@ def sender_context() -> dict:
             "public_url": cfg.public_url}
 
 
-def templates(template: str, directory: str) -> tuple:
-    """The (text, HTML) jinja2 templates of an email; ``TemplateError`` when one is missing or does not parse."""
+@lru_cache(maxsize=32)
+def _stored(directory: str, html: bool, sources: tuple[tuple[str, str], ...]) -> SandboxedEnvironment:
+    """``environment`` with templates kept as text (``sources``: file name -> source, a broadcast's
+    content stored in its item) over the files of ``directory``, which they extend."""
+    stored = dict(sources)
+    base = environment(directory, html)
+    return base.overlay(loader=ChoiceLoader([FunctionLoader(lambda n: (stored[n], n, lambda: True) if n in stored
+                                                            else None), base.loader]))
+
+
+def templates(template: str, directory: str, sources: tuple[tuple[str, str], ...] | None = None) -> tuple:
+    """The (text, HTML) jinja2 templates of an email (from ``sources`` when given: see ``_stored``);
+    ``TemplateError`` when one is missing or does not parse."""
     try:
-        return tuple(environment(directory, part == "html").get_template(f"{template}.{part}.j2")
-                     for part in ("txt", "html"))
+        return tuple((_stored(directory, part == "html", sources) if sources else environment(directory, part == "html")
+                      ).get_template(f"{template}.{part}.j2") for part in ("txt", "html"))
     except JinjaError as exc:
         raise template_error(exc, template, directory) from exc
 
 
-def render(template: str, context: dict, version: str | None = None, *, directory: str | None = None) -> Rendered:
+def render(template: str, context: dict, version: str | None = None, *, directory: str | None = None,
+           sources: tuple[tuple[str, str], ...] | None = None) -> Rendered:
     """Subject, HTML and text of ``template``: of its content ``version``, else the live files (or
-    those in ``directory``), with ``context`` over ``sender_context()``."""
+    those in ``directory``; ``sources``: its two files as text, see ``_stored``), with ``context``
+    over ``sender_context()``."""
     directory = directory or template_dir(template, version)
-    text_tpl, html_tpl = templates(template, directory)
+    text_tpl, html_tpl = templates(template, directory, sources)
     if "subject" not in text_tpl.blocks:
         raise TemplateError(template, f"{template}.txt.j2", 1,
                             "no subject: the text part needs {% block subject %}...{% endblock %}")
@@ -228,14 +241,15 @@ def _tag(value: str) -> str:
 
 
 def build_mime(*, to: str, rendered: Rendered, message_id: str, headers: dict[str, str], email: str,
-               funnel: str | None = None) -> bytes:
+               funnel: str | None = None, broadcast: str | None = None) -> bytes:
     """The raw message: From with the ``FromName`` display name, Reply-To (``ReplyTo``, else the
     sender), ``headers``, and ``X-SES-MESSAGE-TAGS`` (SES reads and removes it): ``email`` (the
-    template), ``funnel``, and ``ses:feedback-id-a``/``-b`` (the funnel, or ``transactional``, and
-    the email), which SES writes as the first two identifiers of the Feedback-ID header it adds
+    template), ``funnel`` (or ``broadcast``), and ``ses:feedback-id-a``/``-b`` (the funnel,
+    ``broadcast-<id>`` or ``transactional``, and the email), which SES writes as the first two identifiers of the Feedback-ID header it adds
     for Gmail's feedback loop (one such header per message: we add none of our own)."""
-    tags = {"ses:feedback-id-a": funnel or "transactional", "ses:feedback-id-b": email, "email": email,
-            **({"funnel": funnel} if funnel else {})}
+    tags = {"ses:feedback-id-a": funnel or (broadcast and f"broadcast-{broadcast}") or "transactional",
+            "ses:feedback-id-b": email, "email": email, **({"funnel": funnel} if funnel else {}),
+            **({"broadcast": broadcast} if broadcast else {})}
     extra = {"Reply-To": config().reply_to, "X-SES-MESSAGE-TAGS": ", ".join(f"{k}={_tag(v)}" for k, v in tags.items())}
     return mime.build(sender=config().sender, from_name=config().from_name, to=to, subject=rendered.subject,
                       message_id=message_id, headers={**extra, **headers}, text=rendered.text, html=rendered.html,

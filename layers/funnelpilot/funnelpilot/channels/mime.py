@@ -5,6 +5,7 @@ each Python the project supports, since the header parser and folder differ betw
 (on 3.11 and 3.12 an RFC 2047 encoded word in a value is decoded when the header is
 folded, so ``=?utf-8?q?Ann=0D=0ABcc:_x@evil.test?=`` became a raw ``Bcc:`` line).
 """
+import email
 import re
 from email import policy
 from email.message import EmailMessage
@@ -40,4 +41,14 @@ def build(*, sender: str, to: str, subject: str, message_id: str, headers: dict[
         msg[name] = header_text(value)
     msg.set_content(text)
     msg.add_alternative(html, subtype="html")
+    return msg.as_bytes()
+
+
+def as_test(raw: bytes, to: str, prefix: str = "[TEST]") -> bytes:
+    """A test send of a message: addressed to ``to``, ``prefix`` before its subject, and marked
+    ``X-Funnelpilot-Test`` (SES feedback ignores its events: nothing is counted, nobody suppressed)."""
+    msg = email.message_from_bytes(raw, policy=POLICY)
+    msg.replace_header("To", header_text(to))
+    msg.replace_header("Subject", header_text(f"{prefix} {msg['Subject']}"))
+    msg["X-Funnelpilot-Test"] = "true"
     return msg.as_bytes()

@@ -25,14 +25,14 @@ def _epoch(iso: str) -> float:
 
 
 def last_human_click(cid: str, at: float, window: float) -> dict | None:
-    """The message (funnel, step, template, variant) of the contact's latest human click in
+    """The message (funnel, step, template, variant; or broadcast) of the contact's latest human click in
     ``[at - window, at]``, with its time (``clicked_at``); None when there is none."""
     since = clock.iso(at - window)  # the hits' and last_hit_at's own format: ISO strings compare in time order
     query = {"TableName": config().table, "KeyConditionExpression": "pk = :c AND begins_with(sk, :m)",
-             "FilterExpression": "#l >= :since AND attribute_exists(#f)",
-             "ProjectionExpression": "#f, #s, #t, #v, #h",  # (names: some are DynamoDB reserved words)
+             "FilterExpression": "#l >= :since AND (attribute_exists(#f) OR attribute_exists(#b))",
+             "ProjectionExpression": "#f, #s, #t, #v, #h, #b",  # (names: some are DynamoDB reserved words)
              "ExpressionAttributeNames": {"#l": "last_hit_at", "#f": "funnel", "#s": "step", "#t": "template",
-                                          "#v": "variant", "#h": "hits"},
+                                          "#v": "variant", "#h": "hits", "#b": "broadcast"},
              "ExpressionAttributeValues": {":c": {"S": cid}, ":m": {"S": "MSG#"}, ":since": {"S": since}}}
     best = None
     while True:
@@ -44,7 +44,8 @@ def last_human_click(cid: str, at: float, window: float) -> dict | None:
                     continue
                 t = _epoch(h["at"]["S"])
                 if at - window <= t <= at and (best is None or t > best["clicked_at"]):
-                    best = {k: item[k]["S"] for k in ("funnel", "step", "template", "variant") if "S" in item.get(k, {})}
+                    best = {k: item[k]["S"] for k in ("funnel", "step", "template", "variant", "broadcast")
+                            if "S" in item.get(k, {})}
                     best["clicked_at"] = t
         if "LastEvaluatedKey" not in page:
             return best
@@ -63,6 +64,10 @@ def record(detail: dict) -> bool:
     once, day = f"revenue#{tokens.digest_id('rv', detail['event_id'])}", detail["occurred_at"][:10]
     if click is None:
         return metrics.count(UNATTRIBUTED, None, {**cents, "orders": 1}, once_key=once, day=day)
+    if click.get("broadcast"):  # a broadcast email's click: the broadcast's report
+        from funnelpilot.broadcasts import report
+
+        return report.count_once(click["broadcast"], click.get("variant"), {**cents, "attributed_orders": 1}, once)
     return metrics.count(click["funnel"], click["step"], {**cents, "attributed_orders": 1}, once_key=once, day=day,
                          template=click.get("template"), variant=click.get("variant"))
 

@@ -1,0 +1,245 @@
+"""The send worker (functions/broadcast_send, SQS trigger on SendQueue): one chunk of a broadcast's
+recipients per message.
+
+Per chunk: the broadcast's state (paused: the chunk is held for ``resume``; cancelled: dropped), one
+BatchGetItem of the profiles, then per recipient the checks of every marketing send
+(``sequence.blocked_reason``: unknown, erased, unsubscribed, suppressed - a hard bounce or a
+complaint -, opted out of the broadcast's list, unconfirmed, sunset) and the audience's exclusions
+again (membership may have changed since the launch). The eligible ones ask the rate gate for slots
+at once (``pace.acquire``, the broadcast's priority); each granted one is claimed (the message item,
+a conditional write: the duplicate guard), passes the frequency cap (``skip``: blocked for good,
+``defer``: back in the queue later, ``ignore``), is sent through SES and marked sent. Whatever
+the second's slots or SES's ``Throttling`` leave goes back to the queue as a new message, visible
+when the next second begins, and this one succeeds: nothing is lost, and a redelivery finds the
+claims (a message already sent is not sent again; its ``email.sent`` is published again, same id).
+
+Then ``email.sent`` (PutEvents, 10 a call: tracking, the timeline, attribution and webhooks see a
+broadcast email as any other) and the chunk's counts in ONE UpdateItem (funnelpilot.broadcasts.report);
+the last chunk marks the broadcast sent. A message item names its ``chunk``: a redelivered chunk
+recognises its own earlier claims and does not count them twice; a duplicate entry from another
+chunk (the contact is in two segments) is counted as handled and nothing else.
+"""
+import json
+import logging
+import math
+from collections import Counter
+
+from botocore.exceptions import ClientError
+
+from funnelpilot import bus, clock, funnel_spec, sequence, tokens
+from funnelpilot.broadcasts import content, launch, report, spec as specs, store
+from funnelpilot.channels import emails
+from funnelpilot.errors import RecipientRejected, SendRateExceeded, TemplateError, transient
+from funnelpilot.models import PROFILE, Contact, Message
+
+logger = logging.getLogger(__name__)
+DEFER_SECONDS = 900  # a deferred recipient comes back this much later (SQS DelaySeconds' maximum)
+DEFER_LIMIT = 72 * 3600  # deferred this long: skipped (frequency_cap)
+GONE = ("unknown_contact", "erased")  # blocked without a message item: nothing may be stored about them
+
+
+class _Chunk:
+    """One chunk's outcome: counters, events, and the entries that go back to the queue."""
+
+    def __init__(self, body: dict):
+        self.body, self.bid, self.variant = body, body["b"], body.get("v")
+        self.counts: Counter = Counter()
+        self.events: list[dict] = []
+        self.retry: list[str] = []  # back next second (rate)
+        self.deferred: dict[str, float] = {}  # cid -> first deferred at
+
+    def count(self, *names: str, n: int = 1) -> None:
+        for name in names:
+            self.counts[name] += n
+            if self.variant:
+                self.counts[f"{name}@{self.variant}"] += n
+
+    def flush(self) -> dict | None:
+        bus.publish(*self.events)
+        self.events = []
+        requeue = []
+        if self.retry:
+            requeue.append(({**self.body, "c": self.retry}, math.ceil(_pace().next_second())))
+        if self.deferred:
+            requeue.append(({**self.body, "c": list(self.deferred), "d": self.deferred}, DEFER_SECONDS))
+        launch.send_chunks(requeue)
+        self.retry, self.deferred = [], {}
+        counts, self.counts = dict(self.counts), Counter()
+        return report.add(self.bid, counts) if counts else None
+
+
+def _pace():
+    from funnelpilot.sending import pace
+
+    return pace
+
+
+def _slots(priority: str, want: int) -> int:
+    """Slots of this second for ``want`` sends: a broadcast takes them in one call, a broadcast
+    sent at funnel priority one at a time (the gate grants several only to a broadcast)."""
+    pace = _pace()
+    if want <= 0:
+        return 0
+    if priority == "broadcast":
+        return pace.acquire(pace.BROADCAST, want)
+    granted = 0
+    while granted < want and pace.acquire(pace.FUNNEL):
+        granted += 1
+    return granted
+
+
+def _message(chunk: _Chunk, spec: dict, cid: str, status: str, **fields) -> Message:
+    mid = launch.message_id(chunk.bid, cid)
+    return Message(cid, f"MSG#{mid}", message_id=mid, broadcast=chunk.bid, chunk=chunk.body["id"],
+                   template=content.name(chunk.bid, chunk.variant), variant=chunk.variant, status=status,
+                   list_name=spec["list"], created_at=clock.iso(), **fields)
+
+
+def _sent_event(chunk: _Chunk, cid: str) -> dict:
+    mid = launch.message_id(chunk.bid, cid)
+    return bus.event("email.sent", cid, event_id=tokens.digest_id("es", mid), message_id=mid, broadcast=chunk.bid,
+                     template=content.name(chunk.bid, chunk.variant),
+                     **({"variant": chunk.variant} if chunk.variant else {}))
+
+
+def _seen(chunk: _Chunk, cid: str, prior: Message) -> None:
+    """An entry whose message item exists: a duplicate (counted as handled), or this chunk's own claim
+    from an earlier delivery (counted then); a sent one's event is published again."""
+    if prior.chunk != chunk.body["id"]:
+        chunk.count("processed")
+    if prior.status == "sent":
+        chunk.events.append(_sent_event(chunk, cid))
+
+
+def _block(chunk: _Chunk, spec: dict, cid: str, reason: str, kind: str = "blocked") -> None:
+    """A recipient who gets no email, counted ``blocked_<reason>`` (or ``skipped_<reason>``) once: the
+    message item records it (none for an unknown or erased contact)."""
+    if reason not in GONE:
+        message = _message(chunk, spec, cid, "blocked", reason=reason)
+        prior = sequence._claim(message)
+        if prior is not None and prior.status != "sending":
+            return _seen(chunk, cid, prior)
+        if prior is not None:  # a claim of an attempt that died: now blocked
+            message.update(actions=[Message.status.set("blocked"), Message.reason.set(reason),
+                                    Message.links.remove(), Message.lease_until.remove()])
+    chunk.count("processed", "audience", kind, f"{kind}_{reason}")
+
+
+def _cap(spec: dict, contact: Contact, mid: str) -> bool:
+    """True: the frequency cap lets this email go (``ignore``: always)."""
+    if spec["frequency_cap"] == "ignore":
+        return True
+    return sequence._take_slot(contact.pk, mid, funnel_spec.DEFAULT_CAP, contact.marketing_log)
+
+
+def _send(chunk: _Chunk, spec: dict, contact: Contact) -> str:
+    """Claim, cap, SES, mark sent: ``sent``, ``seen`` (claimed before), ``blocked``, ``deferred`` or
+    ``throttled`` (SES refused for the rate: the recipient goes back to the queue)."""
+    cid, mid = contact.pk, launch.message_id(chunk.bid, contact.pk)
+    try:
+        links, raw = content.compose(chunk.bid, spec, contact, mid, chunk.variant)
+    except TemplateError as exc:  # the content was rendered at create: a layout changed since
+        logger.error("broadcast email cannot be rendered", extra={"broadcast": chunk.bid, "cause": str(exc)})
+        raise
+    message = _message(chunk, spec, cid, "sending", links=json.dumps(links),
+                       lease_until=clock.now() + sequence.LEASE_SECONDS * clock.speed())
+    prior = sequence._claim(message)
+    if prior is not None:
+        if prior.status == "sending" and prior.chunk == chunk.body["id"]:
+            chunk.retry.append(cid)  # this chunk's own live claim (a duplicate delivery in flight): later
+        else:
+            _seen(chunk, cid, prior)
+        return "seen"
+    if not _cap(spec, contact, mid):
+        first = float(chunk.body.get("d", {}).get(cid) or clock.now())
+        if spec["frequency_cap"] == "defer" and clock.now() - first < DEFER_LIMIT:
+            sequence._release(message)
+            if cid not in chunk.body.get("d", {}):
+                chunk.count("deferred")
+            chunk.deferred[cid] = first
+            return "deferred"
+        message.update(actions=[Message.status.set("blocked"), Message.reason.set("frequency_cap"),
+                                Message.links.remove(), Message.lease_until.remove()])
+        chunk.count("processed", "audience", "skipped", "skipped_frequency_cap")
+        return "blocked"
+    try:
+        ses_id = emails.send_raw(contact.email, raw, priority=None)
+    except RecipientRejected as exc:
+        message.update(actions=[Message.status.set("blocked"), Message.reason.set("recipient_rejected"),
+                                Message.detail.set(exc.message), Message.links.remove(), Message.lease_until.remove()])
+        chunk.count("processed", "audience", "blocked", "blocked_recipient_rejected")
+        return "blocked"
+    except ClientError as exc:
+        sequence._release(message)
+        if isinstance(transient(exc), SendRateExceeded):
+            return "throttled"
+        raise
+    except Exception:
+        sequence._release(message)
+        raise
+    sequence._mark_sent(message, ses_id)
+    chunk.count("processed", "audience", "sent")
+    chunk.events.append(_sent_event(chunk, cid))
+    return "sent"
+
+
+def _profiles(ids: list[str]) -> dict[str, Contact]:
+    return {c.pk: c for c in Contact.batch_get([(cid, PROFILE) for cid in ids], consistent_read=True)}
+
+
+def send_chunk(body: dict) -> dict:
+    """Send one chunk (a queue message's body); what happened, by outcome."""
+    chunk = _Chunk(body)
+    state = store.state(chunk.bid)
+    if state is None or state["status"] == store.CANCELLED:
+        chunk.count("processed", "skipped", "skipped_cancelled", n=len(body["c"]))
+        chunk.flush()
+        return {"cancelled": len(body["c"])}
+    if state["status"] == store.PAUSED and store.hold(chunk.bid, body["id"], body):
+        return {"held": len(body["c"])}
+    spec = store.spec(chunk.bid, state["digest"])
+    excluded = specs.excluded(spec)
+    contacts = _profiles(body["c"])
+    eligible: list[Contact] = []
+    outcomes: Counter = Counter()
+    try:
+        for cid in body["c"]:
+            contact = contacts.get(cid)
+            reason = sequence.blocked_reason(contact, {}, None, spec["list"])
+            if reason is None and excluded & set(contact.segments or ()):
+                reason = "excluded"
+            if reason:
+                _block(chunk, spec, cid, reason)
+                outcomes["blocked"] += 1
+            else:
+                eligible.append(contact)
+        granted = _slots(spec["priority"], len(eligible))
+        chunk.retry += [c.pk for c in eligible[granted:]]
+        for i, contact in enumerate(eligible[:granted]):
+            outcome = _send(chunk, spec, contact)
+            outcomes[outcome] += 1
+            if outcome == "throttled":
+                chunk.retry = [c.pk for c in eligible[i:granted]] + chunk.retry
+                break
+    finally:  # what was done is counted and announced, also when a send failed (the message is retried)
+        counts = chunk.flush()
+    if counts is not None:
+        report.finish(chunk.bid, counts)
+    return dict(outcomes)
+
+
+def handle(event: dict) -> dict:
+    """An SQS batch: each record a chunk (or a launcher's hand-off, ``{"due": detail}``); the failed
+    ones are reported (``ReportBatchItemFailures``) and come back after the visibility timeout."""
+    failures = []
+    for record in event.get("Records", []):
+        try:
+            body = json.loads(record["body"])
+            if "due" in body:
+                bus.publish(launch.again(body["due"]))
+            else:
+                logger.info("chunk", extra={"broadcast": body["b"], "wave": body.get("w"), **send_chunk(body)})
+        except Exception:
+            logger.exception("chunk failed", extra={"message_id": record.get("messageId")})
+            failures.append({"itemIdentifier": record["messageId"]})
+    return {"batchItemFailures": failures}
