@@ -93,7 +93,7 @@ def test_create_checks_every_field_and_renders_the_content(rt):
     for field, value in (("list", "nope"), ("frequency_cap", "sometimes"), ("priority", "urgent"),
                          ("audience", {"segments": ["no-such-segment"]}), ("audience", {}), ("name", "Bad Name")):
         with pytest.raises(InvalidField) as err:
-            broadcasts.create(spec(name="b4", **{field: value}))
+            broadcasts.create({**spec(name="b4"), field: value})
         assert err.value.field.split(".")[0] == field, (field, err.value.field)
     with pytest.raises(InvalidField) as err:
         broadcasts.create({k: v for k, v in spec(name="b5").items() if k != "preheader"})
