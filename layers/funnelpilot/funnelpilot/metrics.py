@@ -142,11 +142,11 @@ def refused(funnel: str, reason: str) -> None:
 
 def record(detail_type: str, detail: dict) -> bool:
     """Turn one bus event into counters (idempotent); returns False for a duplicate or no-op. An
-    event about a broadcast's message is the broadcast's (funnelpilot.broadcasts.report)."""
+    event about a broadcast's message is the broadcast's (funnelpilot.broadcasts.counters)."""
     if detail.get("broadcast"):
-        from funnelpilot.broadcasts import report
+        from funnelpilot.broadcasts import counters
 
-        return report.record(detail_type, detail)
+        return counters.record(detail_type, detail)
     day = (detail.get("occurred_at") or clock.iso())[:10]
     funnel = detail.get("funnel")
     if not funnel:

@@ -14,7 +14,7 @@ from datetime import datetime, timezone
 from zoneinfo import ZoneInfo
 
 from funnelpilot import bus, clock, contacts, tokens
-from funnelpilot.broadcasts import content, launch, report as reports, spec as specs, store
+from funnelpilot.broadcasts import content, counters, launch, spec as specs, store
 from funnelpilot.errors import InvalidField
 from funnelpilot.models import PROFILE, Contact
 
@@ -232,4 +232,4 @@ def report(bid: str) -> dict:
     opens_human, clicks_human, machine_opens, machine_clicks, unsubscribes, conversions, revenue,
     bounces, complaints; ``variants``: the same per A/B variant (and ``winner``)."""
     state = _require(bid)
-    return reports.report(bid, state, specs.variants(store.spec(bid, state["digest"])))
+    return counters.report(bid, state, specs.variants(store.spec(bid, state["digest"])))

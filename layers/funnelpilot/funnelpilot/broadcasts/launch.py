@@ -28,7 +28,7 @@ from datetime import datetime, timezone
 from zoneinfo import ZoneInfo
 
 from funnelpilot import aws, bus, clock, segments, tokens
-from funnelpilot.broadcasts import report, spec as specs, store
+from funnelpilot.broadcasts import counters, spec as specs, store
 from funnelpilot.config import config
 from funnelpilot.errors import TransientError
 from funnelpilot.models import PROFILE, Contact
@@ -185,7 +185,7 @@ def _main(bid: str, state: dict, spec: dict, cursor: dict, deadline: float) -> d
     pacer = Pacer(cursor.get("until", 0), _rate())
     position, after = cursor.get("s", 0), cursor.get("after")
     if not cursor:  # planned from the start: a later wave finishing first must not look like the end
-        report.add(bid, {}, waves=[MAIN])
+        counters.add(bid, {}, waves=[MAIN])
     while position < len(included):
         here = {"s": position, "after": after, "until": pacer.until}
         if time.monotonic() > deadline:
@@ -220,13 +220,13 @@ def _main(bid: str, state: dict, spec: dict, cursor: dict, deadline: float) -> d
         if zones:
             names = [_schedule(bid, wave, local, zone) for wave, (local, zone) in sorted(zones.items())]
             store.add_schedules(bid, names)
-            report.add(bid, {}, waves=list(zones))
+            counters.add(bid, {}, waves=list(zones))
         bodies = [(_chunk(bid, MAIN, variant, part), 0) for variant, group in sorted(now_groups.items(),
                                                                                      key=lambda g: g[0] or "")
                   for part in _split(group)]
         bodies = [(body, pacer.delay(len(body["c"]))) for body, _ in bodies]
         send_chunks(bodies)
-        report.add(bid, {"enqueued": sum(len(b["c"]) for b, _ in bodies)})
+        counters.add(bid, {"enqueued": sum(len(b["c"]) for b, _ in bodies)})
         if more is None:
             position, after = position + 1, None
         else:
@@ -236,11 +236,11 @@ def _main(bid: str, state: dict, spec: dict, cursor: dict, deadline: float) -> d
         at = max(pacer.until, clock.now()) + float(ab["wait_hours"]) * 3600
         store.add_schedules(bid, [_schedule(bid, AB, _utc(at), "UTC")])
         waves.append(AB)
-    return _finish_wave(bid, MAIN, report.add(bid, {}, waves=waves, done=[MAIN]))
+    return _finish_wave(bid, MAIN, counters.add(bid, {}, waves=waves, done=[MAIN]))
 
 
 def _finish_wave(bid: str, wave: str, counts: dict) -> dict:
-    report.finish(bid, counts)
+    counters.finish(bid, counts)
     return {"wave": wave, "done": True}
 
 
@@ -259,15 +259,15 @@ def _wave(bid: str, state: dict, spec: dict, wave: str, cursor: dict, deadline: 
         items, start = store.chunks(bid, f"WAVE#{wave}#", cursor=start, limit=max(1, min(100, room // CHUNK)))
         bodies = [({**body, "v": variant}, pacer.delay(len(body["c"]))) for _sk, body in items]
         send_chunks(bodies)
-        report.add(bid, {"enqueued": sum(len(b["c"]) for b, _ in bodies)})
+        counters.add(bid, {"enqueued": sum(len(b["c"]) for b, _ in bodies)})
         if start is None:
-            return _finish_wave(bid, wave, report.add(bid, {}, done=[wave]))
+            return _finish_wave(bid, wave, counters.add(bid, {}, done=[wave]))
 
 
 def pick_winner(bid: str, spec: dict) -> str:
     """The sample's better variant by the test's metric (human clicks or opens per email sent; a tie:
     the first), recorded on the broadcast (once: the first recorded winner stays)."""
-    counts = report.by_variant(report.counters(bid))
+    counts = counters.by_variant(counters.counters(bid))
     metric = "human_clicks" if spec["ab"]["metric"] == "clicks" else "human_opens"
 
     def rate(variant: str) -> float:

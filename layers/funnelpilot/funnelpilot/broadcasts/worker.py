@@ -14,7 +14,7 @@ when the next second begins, and this one succeeds: nothing is lost, and a redel
 claims (a message already sent is not sent again; its ``email.sent`` is published again, same id).
 
 Then ``email.sent`` (PutEvents, 10 a call: tracking, the timeline, attribution and webhooks see a
-broadcast email as any other) and the chunk's counts in ONE UpdateItem (funnelpilot.broadcasts.report);
+broadcast email as any other) and the chunk's counts in ONE UpdateItem (funnelpilot.broadcasts.counters);
 the last chunk marks the broadcast sent. A message item names its ``chunk``: a redelivered chunk
 recognises its own earlier claims and does not count them twice; a duplicate entry from another
 chunk (the contact is in two segments) is counted as handled and nothing else.
@@ -27,7 +27,7 @@ from collections import Counter
 from botocore.exceptions import ClientError
 
 from funnelpilot import bus, clock, funnel_spec, sequence, tokens
-from funnelpilot.broadcasts import content, launch, report, spec as specs, store
+from funnelpilot.broadcasts import content, counters, launch, spec as specs, store
 from funnelpilot.channels import emails
 from funnelpilot.errors import RecipientRejected, SendRateExceeded, TemplateError, transient
 from funnelpilot.models import PROFILE, Contact, Message
@@ -65,7 +65,7 @@ class _Chunk:
         launch.send_chunks(requeue)
         self.retry, self.deferred = [], {}
         counts, self.counts = dict(self.counts), Counter()
-        return report.add(self.bid, counts) if counts else None
+        return counters.add(self.bid, counts) if counts else None
 
 
 def _pace():
@@ -129,7 +129,7 @@ def _cap(spec: dict, contact: Contact, mid: str) -> bool:
     """True: the frequency cap lets this email go (``ignore``: always)."""
     if spec["frequency_cap"] == "ignore":
         return True
-    return sequence._take_slot(contact.pk, mid, funnel_spec.DEFAULT_CAP, contact.marketing_log)
+    return sequence._take_slot(contact.pk, mid, funnel_spec.Funnel.frequency_cap, contact.marketing_log)  # a funnel's default
 
 
 def _send(chunk: _Chunk, spec: dict, contact: Contact) -> str:
@@ -224,7 +224,7 @@ def send_chunk(body: dict) -> dict:
     finally:  # what was done is counted and announced, also when a send failed (the message is retried)
         counts = chunk.flush()
     if counts is not None:
-        report.finish(chunk.bid, counts)
+        counters.finish(chunk.bid, counts)
     return dict(outcomes)
 
 

@@ -65,9 +65,9 @@ def record(detail: dict) -> bool:
     if click is None:
         return metrics.count(UNATTRIBUTED, None, {**cents, "orders": 1}, once_key=once, day=day)
     if click.get("broadcast"):  # a broadcast email's click: the broadcast's report
-        from funnelpilot.broadcasts import report
+        from funnelpilot.broadcasts import counters
 
-        return report.count_once(click["broadcast"], click.get("variant"), {**cents, "attributed_orders": 1}, once)
+        return counters.count_once(click["broadcast"], click.get("variant"), {**cents, "attributed_orders": 1}, once)
     return metrics.count(click["funnel"], click["step"], {**cents, "attributed_orders": 1}, once_key=once, day=day,
                          template=click.get("template"), variant=click.get("variant"))
 
