@@ -429,3 +429,26 @@ def test_the_12_hour_visibility_limit_counts_from_the_receive(rt):
     with pytest.raises(ClientError, match="Total VisibilityTimeout for the message is beyond the limit"):
         sqs.change_message_visibility(QueueUrl=url, ReceiptHandle=handle, VisibilityTimeout=43_200)
     sqs.change_message_visibility(QueueUrl=url, ReceiptHandle=handle, VisibilityTimeout=43_100)
+
+
+def test_batch_deletes_and_queue_counts_answer_as_sqs(rt):
+    sqs = rt.client("sqs")
+    url = sqs.create_queue(QueueName="plain")["QueueUrl"]
+    sqs.send_message_batch(QueueUrl=url, Entries=[{"Id": str(n), "MessageBody": str(n)} for n in range(4)])
+    sqs.send_message(QueueUrl=url, MessageBody="later", DelaySeconds=60)
+    received = sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=3)["Messages"]
+
+    def counts() -> tuple[str, str, str]:
+        a = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["All"])["Attributes"]
+        return (a["ApproximateNumberOfMessages"], a["ApproximateNumberOfMessagesNotVisible"],
+                a["ApproximateNumberOfMessagesDelayed"])
+    assert counts() == ("1", "3", "1")  # visible, in flight, delayed
+    answer = sqs.delete_message_batch(QueueUrl=url, Entries=[
+        {"Id": "a", "ReceiptHandle": received[0]["ReceiptHandle"]}, {"Id": "b", "ReceiptHandle": "not-a-handle"}])
+    assert [e["Id"] for e in answer["Successful"]] == ["a"]
+    assert [(e["Id"], e["Code"]) for e in answer["Failed"]] == [("b", "ReceiptHandleIsInvalid")]
+    again = sqs.delete_message_batch(QueueUrl=url, Entries=[{"Id": "a", "ReceiptHandle": received[0]["ReceiptHandle"]},
+                                                            {"Id": "c", "ReceiptHandle": received[2]["ReceiptHandle"]}])
+    assert [e["Id"] for e in again["Successful"]] == ["a", "c"]  # deleting twice succeeds, as on SQS
+    assert counts() == ("1", "1", "1")
+    assert sorted(m["body"] for m in rt.queue_messages("plain")) == ["1", "3", "later"]

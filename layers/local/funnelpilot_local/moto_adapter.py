@@ -72,13 +72,15 @@
    runs (moto's start-time copy), not the machine's current one (`funnels --stack` prunes content
    versions by what running executions still send).
 19. SQS on the runtime clock (:func:`sqs_on_runtime_clock`, see the section at the end): message
-   timers (DelaySeconds), visibility timeouts and timestamps follow ``funnelpilot.clock``, and the
-   runtime's event source mappings look at a queue without receiving (:func:`sqs_queue_state`).
+   timers (DelaySeconds), visibility timeouts and timestamps follow ``funnelpilot.clock``, the
+   runtime's event source mappings look at a queue without receiving (:func:`sqs_queue_state`),
+   and sends and batch deletes no longer scan the whole queue per message.
 """
 import copy
 import functools
 import json
 import random
+import string
 import threading
 from typing import Callable
 
@@ -796,6 +798,14 @@ def _error_equals(self, env) -> None:
 #   compressed clock a receive answers at once.
 # Retention (MessageRetentionPeriod) is not enforced: moto would stop a receive at the first
 # expired message, and a test's tap queue would lose what a journey of days published.
+# Costs that grow with the queue, cut so that a 10,000-message send queue drains in seconds: a
+# SendMessage reads ``queue.attributes`` (for ContentBasedDeduplication), which counts the
+# visible, in-flight and delayed messages, three scans of the queue per message sent (skipped
+# inside a send: nothing there reads them) and converts every attribute name with a regex (cached);
+# DeleteMessage scans the queue twice per message (DeleteMessageBatch does one scan for its
+# entries); a receive recomputes the message groups in flight, a scan of every in-flight message,
+# for each message whose visibility timeout ended (a standard queue has none); a receipt handle
+# draws its 185 letters one call at a time.
 from moto.sqs import models as sqs_models  # noqa: E402
 from moto.sqs.models import sqs_backends  # noqa: E402
 
@@ -812,6 +822,12 @@ def _sqs_now_ms() -> float:
 
 def _sqs_visible(self) -> bool:
     return _sqs_now_ms() >= self.visible_at
+
+
+def _sqs_receivable(self) -> list:
+    """moto's ``Queue.messages`` (visible and not delayed), reading the clock once."""
+    now = _sqs_now_ms()
+    return [m for m in self._messages if m.visible_at <= now and m.delayed_until <= now]
 
 
 def _sqs_mark_received(self, visibility_timeout=None) -> None:
@@ -843,6 +859,60 @@ def _sqs_receive(self, queue_name, count, wait_seconds_timeout, visibility_timeo
                                     message_attribute_names)
 
 
+_sqs_local = threading.local()
+_SQS_COUNTS = ("approximate_number_of_messages", "approximate_number_of_messages_not_visible",
+               "approximate_number_of_messages_delayed")
+
+
+def _sqs_send(self, *args, **kwargs):
+    _sqs_local.sending = True
+    try:
+        return _sqs_original["send"](self, *args, **kwargs)
+    finally:
+        _sqs_local.sending = False
+
+
+def _sqs_count(name: str) -> property:
+    counted = getattr(sqs_models.Queue, name).fget
+
+    def count(self) -> int:
+        return 0 if getattr(_sqs_local, "sending", False) else counted(self)
+    return property(count)
+
+
+def _sqs_delete_batch(self, queue_name: str, receipts: list[dict]) -> tuple[list[str], list[dict]]:
+    """moto 5.2.5's delete_message_batch (same answers, a handle deleted before succeeds again) in one
+    scan, which ends when every handle is found (the oldest messages, at the front, are deleted first)."""
+    queue = self.get_queue(queue_name)
+    wanted, found, drop = {r["ReceiptHandle"] for r in receipts}, set(), []
+    missing = wanted - queue.deleted_messages
+    for i, message in enumerate(queue._messages):
+        if not missing:
+            break
+        if message.receipt_handle not in wanted and wanted.isdisjoint(message._old_receipt_handles):
+            continue
+        handles = message.all_receipt_handles
+        found.update(wanted.intersection(handles))
+        missing.difference_update(handles)
+        queue.pending_messages.discard(message)
+        queue.deleted_messages.update(handles)
+        drop.append(i)
+    for i in reversed(drop):
+        del queue._messages[i]
+    success, errors = [], []
+    for r in receipts:
+        if r["ReceiptHandle"] in found or r["ReceiptHandle"] in queue.deleted_messages:
+            success.append(r["Id"])
+        else:
+            errors.append({"Id": r["Id"], "SenderFault": True, "Code": "ReceiptHandleIsInvalid",
+                           "Message": f'The input receipt handle "{r["ReceiptHandle"]}" is not a valid receipt handle.'})
+    return success, errors
+
+
+def _receipt_handle() -> str:
+    return "".join(sqs_models.random.choices(string.ascii_lowercase, k=185))
+
+
 _sqs_original: dict = {}
 
 
@@ -850,27 +920,39 @@ def sqs_on_runtime_clock() -> None:
     if _sqs_original:
         return
     _sqs_original.update(mark_received=sqs_models.Message.mark_received,
-                         receive=sqs_models.SQSBackend.receive_message)
+                         receive=sqs_models.SQSBackend.receive_message, send=sqs_models.SQSBackend.send_message)
+    sqs_models.SQSBackend.send_message = _sqs_send
+    for name in _SQS_COUNTS:
+        setattr(sqs_models.Queue, name, _sqs_count(name))
+    sqs_models.SQSBackend.delete_message_batch = _sqs_delete_batch
+    sqs_models.camelcase_to_underscores = functools.lru_cache(maxsize=256)(sqs_models.camelcase_to_underscores)
+    groups = sqs_models.Queue.pending_message_groups.fget
+    sqs_models.Queue.pending_message_groups = property(lambda self: groups(self) if self.fifo_queue else set())
+    sqs_models.generate_receipt_handle = _receipt_handle
     sqs_models.unix_time = _sqs_now
     sqs_models.unix_time_millis = _sqs_now_ms
     sqs_models.Message.visible = property(_sqs_visible)
+    sqs_models.Queue.messages = property(_sqs_receivable)
     sqs_models.Message.mark_received = _sqs_mark_received
     sqs_models.SQSBackend.change_message_visibility = _sqs_change_visibility
     sqs_models.SQSBackend.receive_message = _sqs_receive
     sqs_models.SQSBackend.is_message_valid_based_on_retention_period = lambda self, queue_name, message: True
 
 
-def sqs_queue_state(account: str, region: str, name: str) -> tuple[int, float | None]:
+def sqs_queue_state(account: str, region: str, name: str, enough: int | None = None) -> tuple[int, float | None]:
     """(messages a ReceiveMessage could take now, the earliest runtime-clock time at which one that
-    is delayed or in flight becomes receivable, None if none), without receiving anything."""
+    is delayed or in flight becomes receivable, None if none), without receiving anything. With
+    ``enough``, the count stops there (and the time is not computed: None)."""
     now, ready, later = _sqs_now_ms(), 0, None
     for message in sqs_backends[account][region].get_queue(name)._messages:
-        at = max(message.visible_at, message.delayed_until)
+        at = message.visible_at if message.visible_at > message.delayed_until else message.delayed_until
         if at <= now:
             ready += 1
+            if ready == enough:
+                return ready, None
         elif later is None or at < later:
             later = at
-    return ready, None if later is None else later / 1000.0
+    return ready, None if later is None or enough is not None else later / 1000.0
 
 
 def sqs_messages(account: str, region: str, name: str) -> list[dict]:

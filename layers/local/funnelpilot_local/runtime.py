@@ -966,7 +966,7 @@ class Runtime:
             m.throttled = None
             if now < until:
                 return self._queue_invoke(m, records)
-        ready, _ = moto_adapter.sqs_queue_state(ACCOUNT, REGION, m.queue_name)
+        ready, _ = moto_adapter.sqs_queue_state(ACCOUNT, REGION, m.queue_name, enough=m.batch_size)
         if not ready:
             m.gathering_since = None
             return False
@@ -1048,14 +1048,14 @@ class Runtime:
 
         return any(m.enabled and (m.throttled is not None or m.gathering_since is not None or (
             m.max_concurrency is not None and len(m.held) >= m.max_concurrency))
-            and moto_adapter.sqs_queue_state(ACCOUNT, REGION, m.queue_name)[0] for m in self.queue_mappings)
+            and moto_adapter.sqs_queue_state(ACCOUNT, REGION, m.queue_name, enough=1)[0] for m in self.queue_mappings)
 
     def queue_messages(self, queue: str) -> list[dict]:
-        """What a queue of the template (logical id) holds now, in flight and delayed messages too:
-        [{"id", "body", "attributes", "receive_count", "sent"}] (a dead-letter queue's, for instance)."""
+        """What a queue (a template logical id, or a queue name) holds now, in flight and delayed messages
+        too: [{"id", "body", "attributes", "receive_count", "sent"}] (a dead-letter queue's, for instance)."""
         from funnelpilot_local import moto_adapter
 
-        return moto_adapter.sqs_messages(ACCOUNT, REGION, self.template.attributes[(queue, "QueueName")])
+        return moto_adapter.sqs_messages(ACCOUNT, REGION, self.template.attributes.get((queue, "QueueName"), queue))
 
     def running_executions(self) -> list[dict]:
         sfn = self.client("stepfunctions")
