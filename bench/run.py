@@ -34,6 +34,7 @@ import meter  # noqa: E402  (hooks must be in place before any botocore session 
 
 meter.install()
 
+import broadcast_scaling  # noqa: E402
 import coldstart  # noqa: E402
 import raw_handlers  # noqa: E402
 import spam_scores  # noqa: E402
@@ -343,6 +344,8 @@ def counting(work: Path, contacts: int, funnel_contacts: int, timed: bool, round
         log(f"funnels: the demo's seeded audience ({funnel_contacts} contacts) through 60 days of every funnel")
         counts["demo"] = demo_run(funnel_contacts)
         counts["scaling"] = scaling()
+        log("broadcast at scale: engagement measured, then the quota simulation (bench/broadcast_scaling.py)")
+        counts["broadcast_scaling"] = broadcast_scaling.run(broadcast_scaling.measure())
         bulk = bulk_runs()
         if timed:
             times["import"] = import_runs()
@@ -532,6 +535,7 @@ def render(c: dict, t: dict, check: list[str] | None, n_counts: int) -> str:
             f"{c['bulk'][0]['pages_per_execution'] * c['bulk'][0]['page_size']:,} members in one execution. "
             "CPU seconds are this machine's moto (one TransactWriteItems per member), not AWS's."]
     out += render_import(t.get("import", []))
+    out += broadcast_scaling.render(c["broadcast_scaling"])
     out += ["", "## Growth with the number of contacts (counts)", ""]
     if c["scaling"]:
         out += ["| job | contacts | figure | value | per contact |", "|---|---|---|---|---|"]

@@ -150,14 +150,14 @@ def test_a_route_past_its_burst_answers_429_and_recovers_as_the_bucket_refills(t
     with strict(tmp_path, "api") as rt:
         invoked = Counter()
         rt.invoke_hook = lambda function, run: (invoked.update([function]), run())[1]
-        pixel = [rt.http("GET", "/o/not-a-token") for _ in range(201)]  # DefaultRouteSettings: burst 200, 100/s
-        assert [r.status for r in pixel] == [200] * 200 + [429]
-        assert pixel[-1].body == TOO_MANY and invoked["TrackOpenFunction"] == 200  # the function never ran
+        page = [rt.http("GET", "/u/not-a-token") for _ in range(201)]  # DefaultRouteSettings: burst 200, 100/s
+        assert [r.status for r in page] == [404] * 200 + [429]
+        assert page[-1].body == TOO_MANY and invoked["UnsubscribeFunction"] == 200  # the function never ran
         assert rt.http("GET", "/c/not-a-token").status == 404  # each route has its own bucket
         assert rt.advance(0.5)  # 50 tokens back
-        assert [rt.http("GET", "/o/not-a-token").status for _ in range(51)] == [200] * 50 + [429]
+        assert [rt.http("GET", "/u/not-a-token").status for _ in range(51)] == [404] * 50 + [429]
         assert rt.advance(10)  # full again, never more than the burst
-        assert [rt.http("GET", "/o/not-a-token").status for _ in range(201)] == [200] * 200 + [429]
+        assert [rt.http("GET", "/u/not-a-token").status for _ in range(201)] == [404] * 200 + [429]
         body = json.dumps({"event": "page.viewed", "path": "/"})
         collect = [rt.http("POST", "/collect", body=body, headers={"content-type": "text/plain"},
                            source_ip=f"198.51.100.{i}").status for i in range(101)]  # RouteSettings: burst 100
