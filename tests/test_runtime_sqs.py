@@ -310,6 +310,13 @@ def test_a_filter_criteria_reject_is_deleted_without_invoking(tmp_path):
         assert rt.queue_messages("WorkQueue") == []
 
 
+def test_a_disabled_mapping_leaves_the_queue_alone(tmp_path):
+    with stack(tmp_path, event="{Enabled: false}") as rt:
+        send(rt, {"n": 0})
+        assert rt.advance(3600) and calls(rt) == []
+        assert [m["receive_count"] for m in rt.queue_messages("WorkQueue")] == [0]
+
+
 # ---------------------------------------------------------------- strict mode: SQS requests
 def error_of(excinfo) -> tuple[str, str, str]:
     err = excinfo.value.response["Error"]
