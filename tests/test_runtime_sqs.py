@@ -393,7 +393,10 @@ def test_a_function_timeout_above_the_queue_visibility_timeout_fails_the_build(t
     ("{BatchSize: 10001, MaximumBatchingWindowInSeconds: 1}", "BatchSize 10001 is out of range"),
     ("{MaximumBatchingWindowInSeconds: 301}", "MaximumBatchingWindowInSeconds 301"),
     ("{ScalingConfig: {MaximumConcurrency: 1}}", "MaximumConcurrency 1 is out of range: 2 to 1000"),
-    ("{FunctionResponseTypes: [ReportAll]}", "only ReportBatchItemFailures exists")])
+    ("{FunctionResponseTypes: [ReportAll]}", "only ReportBatchItemFailures exists"),
+    ("""{FilterCriteria: {Filters: [{Pattern: '{"attributes": {"SenderId": ["x"]}}'}]}}""", "on the body key only"),
+    ("{FilterCriteria: {Filters: [" + ", ".join(["{Pattern: '{\"body\": {\"n\": [1]}}'}"] * 6) + "]}}",
+     "6 FilterCriteria filters: at most 5")])
 def test_an_event_source_mapping_lambda_refuses_fails_the_build(tmp_path, event, why):
     with pytest.raises(StackError, match=why):
         stack(tmp_path, event=event).start()

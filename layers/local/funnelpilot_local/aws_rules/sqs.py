@@ -17,7 +17,9 @@ The stack (:func:`event_source_mapping`, checked as the runtime builds it, like 
 a function's SAM ``SQS`` event is an ``AWS::Lambda::EventSourceMapping``, which Lambda refuses when
 - ``BatchSize`` is outside 1-10,000 (FIFO: 10), or above 10 without ``MaximumBatchingWindowInSeconds``
   (0-300; none on FIFO), ``ScalingConfig.MaximumConcurrency`` outside 2-1,000, a
-  ``FunctionResponseTypes`` other than ``ReportBatchItemFailures``;
+  ``FunctionResponseTypes`` other than ``ReportBatchItemFailures``, more than 5 FilterCriteria
+  filters (the default quota), a filter on another key than ``body`` (the only one SQS filters on:
+  refused here rather than left never to match);
 - the queue's VisibilityTimeout (default 30 s) is less than the function's Timeout (default 3 s):
   "Queue visibility timeout: 30 seconds is less than Function timeout: 60 seconds" (AWS
   recommends six times the timeout, and requires at least the timeout);
@@ -31,9 +33,12 @@ https://docs.aws.amazon.com/AWSSimpleQueueService/latest/APIReference/API_Change
 https://aws.amazon.com/blogs/compute/more-room-to-build-serverless-services-now-support-payloads-up-to-1-mb,
 https://docs.aws.amazon.com/lambda/latest/dg/services-sqs-configure.html,
 https://docs.aws.amazon.com/lambda/latest/dg/services-sqs-parameters.html,
+https://docs.aws.amazon.com/lambda/latest/dg/with-sqs-filtering.html,
+https://docs.aws.amazon.com/lambda/latest/dg/invocation-eventfiltering.html,
 https://docs.aws.amazon.com/AWSCloudFormation/latest/TemplateReference/aws-properties-lambda-eventsourcemapping-scalingconfig.html
 and https://docs.aws.amazon.com/aws-managed-policy/latest/reference/AWSLambdaSQSQueueExecutionRole.html.
 """
+import json
 import re
 import threading
 from urllib.parse import urlsplit
@@ -43,7 +48,7 @@ from botocore.exceptions import ClientError
 from funnelpilot_local.aws_rules import Call, Rule, Rules, error
 from funnelpilot_local.aws_rules.cloudformation import StackError
 
-MAX_DELAY, MAX_VISIBILITY, MAX_BATCH_ENTRIES = 900, 43_200, 10
+MAX_DELAY, MAX_VISIBILITY, MAX_BATCH_ENTRIES, MAX_FILTERS = 900, 43_200, 10, 5
 CEILING = 1_048_576  # the largest MaximumMessageSize a queue can have (since 2025)
 DEFAULT_VISIBILITY, DEFAULT_FUNCTION_TIMEOUT = 30, 3
 POLLER_ACTIONS = ("sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:GetQueueAttributes")
@@ -184,6 +189,14 @@ def event_source_mapping(name: str, props: dict, queue: dict, function_timeout, 
     concurrency = props.get("ScalingConfig", {}).get("MaximumConcurrency")
     if concurrency is not None and not 2 <= int(concurrency) <= 1000:
         raise refuse(f"ScalingConfig.MaximumConcurrency {concurrency} is out of range: 2 to 1000")
+    patterns = [f["Pattern"] for f in props.get("FilterCriteria", {}).get("Filters", [])]
+    if len(patterns) > MAX_FILTERS:
+        raise refuse(f"{len(patterns)} FilterCriteria filters: at most {MAX_FILTERS} per event source mapping")
+    for pattern in patterns:
+        keys = set(json.loads(pattern)) if isinstance(pattern, str) else set(pattern)
+        if keys - {"body"}:
+            raise refuse(f"FilterCriteria pattern {pattern}: an SQS event source filters on the body key only "
+                         "(a pattern on another key would never match)")
     responses = props.get("FunctionResponseTypes", [])
     if set(responses) - {"ReportBatchItemFailures"}:
         raise refuse(f"FunctionResponseTypes {responses}: only ReportBatchItemFailures exists")
@@ -198,5 +211,5 @@ def event_source_mapping(name: str, props: dict, queue: dict, function_timeout, 
                              "on SQS")
     return {"batch_size": batch_size, "window": window, "max_concurrency": None if concurrency is None else int(concurrency),
             "report_failures": "ReportBatchItemFailures" in responses, "enabled": props.get("Enabled", True) is not False,
-            "filters": [f["Pattern"] for f in props.get("FilterCriteria", {}).get("Filters", [])],
+            "filters": patterns,
             "visibility": visibility}
