@@ -380,6 +380,19 @@ def test_a_queue_may_raise_its_message_size_to_1_mib(rt):
         sqs.create_queue(QueueName="larger", Attributes={"MaximumMessageSize": "1048577"})
 
 
+def test_a_fifo_queue_is_named_fifo_and_takes_no_per_message_delay(tmp_path):
+    with stack(tmp_path, resources="""  Ordered:
+    Type: AWS::SQS::Queue
+    Properties: {FifoQueue: true, ContentBasedDeduplication: true}
+""") as rt:
+        url = rt.template.physical["Ordered"]
+        assert url.endswith("/Ordered.fifo") and rt.template.attributes[("Ordered", "QueueName")] == "Ordered.fifo"
+        sqs = rt.client("sqs")
+        sqs.send_message(QueueUrl=url, MessageBody="{}", MessageGroupId="g")
+        with pytest.raises(ClientError, match="not valid for this queue type"):
+            sqs.send_message(QueueUrl=url, MessageBody="{}", MessageGroupId="g", DelaySeconds=5)
+
+
 # ---------------------------------------------------------------- strict mode: the stack and IAM
 def test_a_function_timeout_above_the_queue_visibility_timeout_fails_the_build(tmp_path):
     with pytest.raises(StackError, match="Queue visibility timeout: 60 seconds is less than Function timeout: 61 seconds"):

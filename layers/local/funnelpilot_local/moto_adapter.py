@@ -809,7 +809,7 @@ def _error_equals(self, env) -> None:
 from moto.sqs import models as sqs_models  # noqa: E402
 from moto.sqs.models import sqs_backends  # noqa: E402
 
-MAX_VISIBILITY = 43_200  # seconds a message can stay in flight from the receive that took it
+from funnelpilot_local.aws_rules.sqs import MAX_VISIBILITY  # noqa: E402 - in flight at most, from the receive
 
 
 def _sqs_now() -> float:
