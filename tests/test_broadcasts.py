@@ -153,3 +153,62 @@ def test_send_now_reaches_each_eligible_member_once_and_reports_who_was_blocked(
     assert msg["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click" and "newsletter." in msg["List-Id"]
     html = msg.get_body(("html",)).get_content()
     assert "/o/" in html and "/c/" in html and "Newsletter" in html  # tracked; the footer names the list
+
+
+# ---------------------------------------------------------------- engagement counts on the broadcast
+BROWSER = "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/126.0 Safari/537.36"
+APPLE_PROXY = "Mozilla/5.0"
+
+
+def link(msg, route: str) -> str:
+    """The path of the email's first /o/ or /c/ link (route "o" or "c")."""
+    import re
+
+    html = msg.get_body(("html",)).get_content()
+    return re.search(rf'http://127\.0\.0\.1:3000(/{route}/[A-Za-z0-9_.=-]+)', html).group(1)
+
+
+def ses_event(rt, detail_type: str, event_type: str, msg, body: dict) -> None:
+    """An SES event as a configuration set's EventBridge destination publishes it."""
+    recipient = str(msg["To"])
+    detail = {"eventType": event_type, "mail": {
+        "timestamp": clock.iso(), "source": "hello@example.com", "messageId": f"ses-{event_type}-{recipient}",
+        "destination": [recipient], "headers": [{"name": "X-Funnelpilot-Message-Id",
+                                                 "value": msg["X-Funnelpilot-Message-Id"]}]}, **body}
+    resp = rt.client("events").put_events(Entries=[{"Source": "aws.ses", "DetailType": detail_type,
+                                                    "Detail": json.dumps(detail)}])
+    assert resp["FailedEntryCount"] == 0
+
+
+def test_opens_clicks_unsubscribes_bounces_and_orders_count_on_the_broadcast(rt):
+    seed(people(5))
+    broadcasts.create(spec())
+    broadcasts.schedule("march-news", {"now": True})
+    run(rt, 30)
+    mail = {to: msgs[0] for to, msgs in broadcast_emails(rt, "march-news").items()}
+    assert len(mail) == 5
+    for msg in mail.values():
+        ses_event(rt, "Email Delivered", "Delivery", msg, {"delivery": {"timestamp": clock.iso(),
+                                                                         "recipients": [str(msg["To"])]}})
+    run(rt, 600)  # clicks right after the delivery look like scanners
+    p0, p1, p2, p3 = (mail[f"p{i}@example.com"] for i in range(4))
+    assert rt.http("GET", link(p0, "o"), headers={"user-agent": BROWSER}, source_ip="198.51.100.23").status == 200
+    assert rt.http("GET", link(p0, "c"), headers={"user-agent": BROWSER}, source_ip="198.51.100.23").status == 302
+    rt.http("GET", link(p1, "o"), headers={"user-agent": APPLE_PROXY}, source_ip="17.58.63.9")  # Apple's prefetch
+    unsubscribe = p2["List-Unsubscribe"].strip("<>").removeprefix("http://127.0.0.1:3000")
+    assert rt.http("POST", unsubscribe, form={"List-Unsubscribe": "One-Click"}).status == 200
+    ses_event(rt, "Email Bounced", "Bounce", p3, {"bounce": {
+        "bounceType": "Permanent", "bounceSubType": "General", "feedbackId": "fb-p3", "timestamp": clock.iso(),
+        "bouncedRecipients": [{"emailAddress": "p3@example.com"}]}})
+    run(rt, 60)
+    resp = rt.http("POST", "/events", json_body={
+        "type": "order.placed", "event_id": "order-p0-1", "email": "p0@example.com", "order_id": "o-1",
+        "amount": 49, "currency": "EUR", "items": [{"sku": "core-course", "quantity": 1, "price": 49}]},
+        headers={"x-api-key": "local-EventsApiKey"})
+    assert resp.status == 202, resp.body
+    run(rt)
+    report = broadcasts.report("march-news")
+    assert {k: report[k] for k in ("sent", "delivered", "opens_human", "clicks_human", "machine_opens",
+                                   "unsubscribes", "bounces", "conversions", "revenue")} == {
+        "sent": 5, "delivered": 5, "opens_human": 1, "clicks_human": 1, "machine_opens": 1, "unsubscribes": 1,
+        "bounces": 1, "conversions": 1, "revenue": {"EUR": 49.0}}
