@@ -161,11 +161,12 @@ APPLE_PROXY = "Mozilla/5.0"
 
 
 def link(msg, route: str) -> str:
-    """The path of the email's first /o/ or /c/ link (route "o" or "c")."""
+    """The path of the email's open pixel (route "o") or of its "Read ..." link ("c")."""
     import re
 
     html = msg.get_body(("html",)).get_content()
-    return re.search(rf'http://127\.0\.0\.1:3000(/{route}/[A-Za-z0-9_.=-]+)', html).group(1)
+    after = r'"[^>]*>Read' if route == "c" else ""
+    return re.search(rf'http://127\.0\.0\.1:3000(/{route}/[A-Za-z0-9_.=-]+){after}', html).group(1)
 
 
 def ses_event(rt, detail_type: str, event_type: str, msg, body: dict) -> None:
@@ -173,8 +174,8 @@ def ses_event(rt, detail_type: str, event_type: str, msg, body: dict) -> None:
     recipient = str(msg["To"])
     detail = {"eventType": event_type, "mail": {
         "timestamp": clock.iso(), "source": "hello@example.com", "messageId": f"ses-{event_type}-{recipient}",
-        "destination": [recipient], "headers": [{"name": "X-Funnelpilot-Message-Id",
-                                                 "value": msg["X-Funnelpilot-Message-Id"]}]}, **body}
+        "destination": [recipient], "tags": {"ses:configuration-set": ["EmailConfigurationSet"]},
+        "headers": [{"name": "X-Funnelpilot-Message-Id", "value": msg["X-Funnelpilot-Message-Id"]}]}, **body}
     resp = rt.client("events").put_events(Entries=[{"Source": "aws.ses", "DetailType": detail_type,
                                                     "Detail": json.dumps(detail)}])
     assert resp["FailedEntryCount"] == 0

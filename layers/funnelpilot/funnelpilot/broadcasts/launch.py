@@ -37,7 +37,7 @@ CHUNK = 50  # contact ids per queue message (one BatchGetItem of the profiles, o
 PAGE = 1000  # members read per Query
 WINDOW = 840  # seconds of sending the queue holds ahead (SQS DelaySeconds is at most 900)
 CONTINUE = 600  # a pass that filled the window goes on this much later
-SAFETY = 30.0  # seconds of an invocation kept for the page in hand and the hand-off
+SAFETY = 30.0  # seconds of an invocation kept for the page in hand and the hand-off (at most half of it)
 EARLIEST = "Pacific/Kiritimati"  # UTC+14: the first zone to reach a local time (a local send's main wave)
 CHUNK_TTL = 30 * 86400  # a wave's chunk items expire after this
 MAIN, AB = "main", "ab"
@@ -186,9 +186,10 @@ def _main(bid: str, state: dict, spec: dict, cursor: dict, deadline: float) -> d
     position, after = cursor.get("s", 0), cursor.get("after")
     if not cursor:  # planned from the start: a later wave finishing first must not look like the end
         counters.add(bid, {}, waves=[MAIN])
+    pages = 0
     while position < len(included):
         here = {"s": position, "after": after, "until": pacer.until}
-        if time.monotonic() > deadline:
+        if pages and time.monotonic() > deadline:
             return _hand_off(bid, MAIN, here, later=False)
         room = pacer.room()
         if room < CHUNK:
@@ -227,6 +228,7 @@ def _main(bid: str, state: dict, spec: dict, cursor: dict, deadline: float) -> d
         bodies = [(body, pacer.delay(len(body["c"]))) for body, _ in bodies]
         send_chunks(bodies)
         counters.add(bid, {"enqueued": sum(len(b["c"]) for b, _ in bodies)})
+        pages += 1
         if more is None:
             position, after = position + 1, None
         else:
@@ -249,9 +251,9 @@ def _wave(bid: str, state: dict, spec: dict, wave: str, cursor: dict, deadline: 
     variant = None
     if wave == AB:
         variant = state.get("winner") or pick_winner(bid, spec)
-    pacer, start = Pacer(cursor.get("until", 0), _rate()), cursor.get("after")
+    pacer, start, pages = Pacer(cursor.get("until", 0), _rate()), cursor.get("after"), 0
     while True:
-        if time.monotonic() > deadline:
+        if pages and time.monotonic() > deadline:
             return _hand_off(bid, wave, {"after": start, "until": pacer.until}, later=False)
         room = pacer.room()
         if room < CHUNK:
@@ -260,6 +262,7 @@ def _wave(bid: str, state: dict, spec: dict, wave: str, cursor: dict, deadline: 
         bodies = [({**body, "v": variant}, pacer.delay(len(body["c"]))) for _sk, body in items]
         send_chunks(bodies)
         counters.add(bid, {"enqueued": sum(len(b["c"]) for b, _ in bodies)})
+        pages += 1
         if start is None:
             return _finish_wave(bid, wave, counters.add(bid, {}, done=[wave]))
 
@@ -323,7 +326,8 @@ def _resume(bid: str) -> dict:
 def run(detail: dict, remaining_seconds) -> dict:
     """Handle one ``broadcast.due`` (``remaining_seconds()``: the invocation's time left)."""
     bid, wave = detail["broadcast_id"], detail.get("wave", MAIN)
-    deadline = time.monotonic() + max(1.0, remaining_seconds() - SAFETY)
+    left = remaining_seconds()
+    deadline = time.monotonic() + left - min(SAFETY, left / 2)
     state = store.state(bid)
     if state is None:
         return {"wave": wave, "skipped": "unknown broadcast"}

@@ -54,13 +54,15 @@ class _Chunk:
             if self.variant:
                 self.counts[f"{name}@{self.variant}"] += n
 
-    def flush(self) -> dict | None:
+    def flush(self, requeue_rest: bool = True) -> dict | None:
+        """Publish the events, send back what waits (not when the chunk failed: all of it comes
+        back), add the counts; the counters after it (None: nothing to add)."""
         bus.publish(*self.events)
         self.events = []
         requeue = []
-        if self.retry:
+        if self.retry and requeue_rest:
             requeue.append(({**self.body, "c": self.retry}, math.ceil(_pace().next_second())))
-        if self.deferred:
+        if self.deferred and requeue_rest:
             requeue.append(({**self.body, "c": list(self.deferred), "d": self.deferred}, DEFER_SECONDS))
         launch.send_chunks(requeue)
         self.retry, self.deferred = [], {}
@@ -202,6 +204,7 @@ def send_chunk(body: dict) -> dict:
     contacts = _profiles(body["c"])
     eligible: list[Contact] = []
     outcomes: Counter = Counter()
+    failed = True
     try:
         for cid in body["c"]:
             contact = contacts.get(cid)
@@ -221,8 +224,9 @@ def send_chunk(body: dict) -> dict:
             if outcome == "throttled":
                 chunk.retry = [c.pk for c in eligible[i:granted]] + chunk.retry
                 break
-    finally:  # what was done is counted and announced, also when a send failed (the message is retried)
-        counts = chunk.flush()
+        failed = False
+    finally:  # what was done is counted and announced, also when a send failed (the message comes back)
+        counts = chunk.flush(requeue_rest=not failed)
     if counts is not None:
         counters.finish(chunk.bid, counts)
     return dict(outcomes)
