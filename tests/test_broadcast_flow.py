@@ -142,7 +142,7 @@ def test_a_redelivered_chunk_sends_nothing_twice(rt):
     run(rt, 30)
     before = broadcasts.report("march-news")
     assert before["sent"] == 20 and received
-    for event in received:  # SQS delivers at least once: the same messages again
+    for event in list(received):  # SQS delivers at least once: the same messages again
         assert rt.invoke("BroadcastSendFunction", event) == {"batchItemFailures": []}
     run(rt, 30)
     assert sent_to(rt, "march-news") == {f"p{i}@example.com": 1 for i in range(20)}
