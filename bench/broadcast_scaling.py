@@ -2,17 +2,18 @@
 
 A deterministic simulation, one-second steps, no wall clock and no random numbers (two runs print the
 same table), of the pipeline funnelpilot/broadcasts and funnelpilot/sending/pace.py build: the launcher
-pages the audience into SQS chunks of at most 50 recipients (SendMessageBatch of 10); send workers (an
-SQS event source, at most the template's MaximumConcurrency at once) take rate slots of the current
-second from one pace item (one UpdateItem per take), claim, send, and put the rest of a chunk back with
-a 1 s delay when the second is full; funnel emails take their slots first. What follows delivery is
-modelled too: Apple Mail Privacy Protection prefetches, link scanners, people, on the HTTP routes'
-token buckets (template.yaml) and the account's Lambda concurrency.
+makes chunk k of at most 50 recipients visible k x 50 / rate seconds after the start (SQS DelaySeconds);
+send workers (the SQS event source, at most BroadcastConcurrency at once) take rate slots of the
+current second from one pace item (one UpdateItem per take), claim, send, and put the rest of a chunk
+back with a 1 s delay when the second is full; funnel emails take their slots first. What follows
+delivery is modelled too: Apple Mail Privacy Protection prefetches, link scanners and people on the
+HTTP routes' token buckets (template.yaml), and every invocation on the account's Lambda concurrency.
 
-It is driven by counts measured on the stepped strict runtime (``measure()``): AWS calls by
-service:operation per email and per chunk attempt of the send worker, write units, bus events and the
-Lambda invocations each email, open and click causes downstream. Times are modelled, not measured:
-``LATENCY`` (typical in-region latencies of each call) turns the counts into worker seconds.
+It is driven by counts measured on the stepped strict runtime (``measure()``: a real broadcast, then
+opens and clicks of its emails): AWS calls by service:operation, write and read units and bus events
+per email, per chunk attempt and per attempt that found the second full, the launcher's per chunk, and
+the invocations each email, open and click sets off. Times are modelled, not measured: ``LATENCY``
+(typical in-region latencies of each call) turns the counts into worker seconds.
 
 Quotas modelled (defaults, us-east-1; checked 2026-12-01):
 - SES production: MaxSendRate 14/s (a new production account) and 200/s (raised).
@@ -44,7 +45,6 @@ sys.path.insert(0, str(HERE))
 from funnelpilot_local.runtime import ROOT  # noqa: E402  (the checkout whose code and template.yaml are measured)
 
 CHUNK = 50  # recipients per SQS message (the launcher's chunks)
-DEFAULT_MAX_CONCURRENCY = 10  # the send worker's MaximumConcurrency while template.yaml has no send worker
 LATENCY = {"dynamodb": 0.006, "ses": 0.030, "sesv2": 0.030, "events": 0.015, "sqs": 0.010, "scheduler": 0.020,
            "stepfunctions": 0.020, "ssm": 0.010}  # seconds per call: typical in-region latencies (assumed)
 RENDER = 0.004  # seconds of CPU per email rendered (assumed)
@@ -76,58 +76,33 @@ ROUTE_OF = {"mpp_open": "GET /o/{token}", "human_open": "GET /o/{token}", "scann
 class Account:
     ses_rate: int
     lambda_concurrency: int
+    workers: int | None = None  # BroadcastConcurrency set for this account (None: the template's default)
 
-    @property
-    def label(self) -> str:
-        return f"SES {self.ses_rate}/s, Lambda {self.lambda_concurrency:,}"
+    def label(self, default: int) -> str:
+        return (f"SES {self.ses_rate}/s, Lambda {self.lambda_concurrency:,}, BroadcastConcurrency "
+                f"{self.workers or default}{'' if self.workers else ' (default)'}")
 
 
-ACCOUNTS = [Account(14, 10), Account(14, 1000), Account(200, 10), Account(200, 1000)]
+# A 200/s account raises BroadcastConcurrency (a worker sends about 14/s: 20 gives room), and a 14/s one may
+# lower it to 2 (fewer workers finding the second full).
+ACCOUNTS = [Account(14, 10), Account(14, 10, 2), Account(14, 1000), Account(200, 10, 20), Account(200, 1000, 20)]
 SIZES = (100_000, 1_000_000)
 
 
 @dataclass
 class Counts:
-    """Measured per-unit counts (``measure()``), or the design's estimate until the worker exists."""
+    """Per-unit counts measured on the stepped strict runtime (``measure()``). Each ``calls`` dict maps
+    service:Operation to calls, with ``~wru``, ``~rru`` (DynamoDB units, the usage meter's) and ``~events``
+    (bus events put) beside them."""
     source: str
-    send: dict  # service:Operation -> calls per email sent, in the send worker
-    attempt: dict  # calls per chunk attempt that sends (receive to delete, whatever its size)
-    refused: dict  # calls per chunk attempt that finds the second full (put back with a 1 s delay)
-    launch: dict  # calls per chunk, in the launcher
-    downstream: dict  # function -> async invocations per email sent (the bus consumers of email.sent)
-    downstream_calls: dict  # service:Operation -> calls per email sent, in those invocations
-    engagement: dict  # kind (mpp_open, scanner_click...) -> {"calls": {...}, "invocations": {...}}
+    send: dict  # per email sent, in the send worker
+    attempt: dict  # per chunk attempt that sends, whatever its size (receive to delete)
+    refused: dict  # per chunk attempt that finds the second full (put back with a 1 s delay)
+    launch: dict  # per chunk, in the launcher (``~invocations``: its invocations per chunk)
+    downstream: dict  # per email sent, on the bus: {"calls": {...}, "invocations": {function: n}}
+    engagement: dict  # per request of each kind (mpp_open, scanner_click...): {"calls", "invocations"}
     links: int  # tracked links of the measured email (the model's newsletter has LINKS)
-    wru: dict = field(default_factory=dict)  # write units per email / attempt / refused / downstream / kind
-    events: dict = field(default_factory=dict)  # bus events put per email ("send") and per request (kind)
-    redelivery_sends: float = 0.0  # SES sends per recipient when a sent chunk's message comes again (0: claims)
-
-
-def estimate() -> Counts:
-    """The design's counts (/tmp briefs: claim, SES, mark sent, one pace UpdateItem per take, PutEvents of
-    10, one counter UpdateItem per chunk), used until ``measure()`` can run a real broadcast."""
-    return Counts(
-        source="design estimate (no broadcast worker to measure yet)",
-        send={"dynamodb:PutItem": 1, "ses:SendRawEmail": 1, "dynamodb:UpdateItem": 1, "events:PutEvents": 0.1},
-        attempt={"dynamodb:GetItem": 1, "dynamodb:BatchGetItem": 1, "dynamodb:UpdateItem": 2, "sqs:SendMessage": 0.5,
-                 "sqs:ReceiveMessage": 1, "sqs:DeleteMessage": 1},
-        refused={"dynamodb:GetItem": 1, "dynamodb:UpdateItem": 1, "sqs:SendMessage": 1, "sqs:ReceiveMessage": 1,
-                 "sqs:DeleteMessage": 1},
-        launch={"dynamodb:Query": 0.05, "sqs:SendMessageBatch": 0.1},
-        downstream={"MetricsFunction": 1}, downstream_calls={"dynamodb:UpdateItem": 1},
-        engagement={"mpp_open": {"calls": {"dynamodb:UpdateItem": 1, "events:PutEvents": 1},
-                                 "invocations": {"TrackOpenFunction": 1, "MetricsFunction": 1}},
-                    "human_open": {"calls": {"dynamodb:UpdateItem": 3, "events:PutEvents": 1},
-                                   "invocations": {"TrackOpenFunction": 1, "MetricsFunction": 1, "ScoreFunction": 1,
-                                                   "SegmentFunction": 1, "FunnelRouterFunction": 1}},
-                    "scanner_click": {"calls": {"dynamodb:UpdateItem": 1, "events:PutEvents": 1},
-                                      "invocations": {"TrackClickFunction": 1, "MetricsFunction": 1}},
-                    "human_click": {"calls": {"dynamodb:UpdateItem": 3, "events:PutEvents": 1},
-                                    "invocations": {"TrackClickFunction": 1, "MetricsFunction": 1, "ScoreFunction": 1,
-                                                    "SegmentFunction": 1, "FunnelRouterFunction": 1}}},
-        links=6, wru={"send": 2, "attempt": 2, "refused": 1, "downstream": 1, "mpp_open": 1, "human_open": 3,
-                      "scanner_click": 1, "human_click": 3},
-        events={"send": 1, "mpp_open": 1, "human_open": 1, "scanner_click": 1, "human_click": 1})
+    redelivery_sends: float  # SES sends per recipient when a sent chunk's message comes again (0: the claims hold)
 
 
 BROWSER = "Mozilla/5.0 (Macintosh; Intel Mac OS X 14_5) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/17.5 Safari/605.1.15"
@@ -147,55 +122,34 @@ def _delta(m, before, n: int) -> dict:
     calls, units, invocations = (Counter(x) for x in _snapshot(m))
     calls.subtract(before[0]), units.subtract(before[1]), invocations.subtract(before[2])
     per = 1 / max(1, n)
-    return {"calls": {f"{s}:{o}": round(v * per, 3) for (s, o), v in sorted(calls.items()) if v},
-            "invocations": {f: round(v * per, 3) for f, v in sorted(invocations.items()) if v},
-            "wru": round(units["wru"] * per, 3), "events": round(units["events"] * per, 3)}
+    out = {f"{s}:{o}": round(v * per, 3) for (s, o), v in sorted(calls.items()) if v}
+    out |= {"~wru": round(units["wru"] * per, 3), "~rru": round(units["rru"] * per, 3),
+            "~events": round(units["events"] * per, 3)}
+    return {"calls": out, "invocations": {f: round(v * per, 3) for f, v in sorted(invocations.items()) if v}}
 
 
-def measure_engagement(per_kind: int = 8) -> dict:
+def _engage(rt, m, mails: list[list[str]], per_kind: int = 8) -> dict:
     """Per request of each kind (an MPP prefetch, a scanner's click at delivery, a person's open and
-    click an hour later) on the emails a real signup gets (welcome-1): the AWS calls, invocations, write
-    units and bus events it causes, its downstream consumers included (usage meter, stepped strict runtime)."""
-    import tempfile
-
+    click an hour later) on ``mails`` (each one's tracked paths): the AWS calls, invocations, write units
+    and bus events it causes, its consumers included."""
     import traffic
-    from funnelpilot_local.costs import Meter
-    from funnelpilot_local.demo import START
-    from funnelpilot_local.runtime import Runtime
 
-    kinds = list(AGENTS)
-    out, links = {}, 0
-    with tempfile.TemporaryDirectory() as tmp, Runtime(ROOT, stepped=True, start=START, state_dir=Path(tmp)) as rt:
-        rt.schedules.clear()
-        rng, seen = __import__("random").Random(3), [0]
-        for i in range(per_kind * len(kinds)):
-            traffic.signup(rt, i, rng)
+    kinds, out, elapsed = list(AGENTS), {}, 0
+    for kind in sorted(kinds, key=lambda k: AGENTS[k][2]):
+        agent, ip, after = AGENTS[kind]
+        if after > elapsed:
+            rt.advance(after - elapsed)
+            elapsed = after
+        before, requests = _snapshot(m), 0
+        for urls in mails[kinds.index(kind)::len(kinds)][:per_kind]:
+            targets = [u for u in urls if u.startswith("/o/")][:1] if kind.endswith("open") else [
+                u for u in urls if u.startswith("/c/") and not traffic.honeypot(u)][:1]
+            for url in targets:
+                rt.http("GET", url, headers={"user-agent": agent}, source_ip=ip)
+                requests += 1
         rt.settle()
-        for mail in traffic._new_mails(seen):  # the confirmation links (double opt-in lists)
-            for url in dict.fromkeys(u for u in traffic.email_urls(rt, mail) if u.startswith("/confirm/")):
-                rt.http("GET", url, headers={"user-agent": BROWSER}, source_ip="198.51.100.23")
-        rt.advance(10 * 3600)  # the demo's start is midnight UTC: welcome-1 goes when quiet hours end
-        mails = [list(dict.fromkeys(traffic.email_urls(rt, m))) for m in traffic._new_mails(seen)]
-        mails = [urls for urls in mails if any(u.startswith("/o/") for u in urls)]
-        links = round(sum(sum(1 for u in urls if u.startswith("/c/")) for urls in mails) / max(1, len(mails)))
-        with Meter(rt) as m:
-            elapsed = 0
-            for kind in sorted(kinds, key=lambda k: AGENTS[k][2]):
-                agent, ip, after = AGENTS[kind]
-                if after > elapsed:
-                    rt.advance(after - elapsed)
-                    elapsed = after
-                group = mails[kinds.index(kind)::len(kinds)][:per_kind]
-                before, requests = _snapshot(m), 0
-                for urls in group:
-                    targets = [u for u in urls if u.startswith("/o/")][:1] if kind.endswith("open") else [
-                        u for u in urls if u.startswith("/c/") and not traffic.honeypot(u)][:1]
-                    for url in targets:
-                        rt.http("GET", url, headers={"user-agent": agent}, source_ip=ip)
-                        requests += 1
-                rt.settle()
-                out[kind] = _delta(m, before, requests)
-    return {"engagement": out, "links": links}
+        out[kind] = _delta(m, before, requests)
+    return out
 
 
 HTML = """{% extends "layout.html.j2" %}
@@ -238,22 +192,24 @@ def _mean(rows: list[Counter]) -> dict:
     return {k: round(v / len(rows), 3) for k, v in sorted(total.items()) if v} if rows else {}
 
 
-def measure_broadcast(recipients: int = 1000, rate: int = 14) -> dict:
-    """A real broadcast of ``recipients`` on the stepped strict runtime at SES ``rate``/s (usage meter,
-    every invocation recorded apart): the send worker's calls per email and per chunk attempt (fitted:
-    calls = a x emails + b), per attempt that found the second full, the launcher's per chunk, what the
-    bus consumers do per email; then one chunk delivered again (SES sends it makes: the claims' test)."""
+def measure(recipients: int = 500, rate: int = 14) -> Counts:
+    """A real broadcast of ``recipients`` (imported as the importer writes them) on the stepped strict
+    runtime at SES ``rate``/s, every invocation's calls recorded apart (usage meter): the send worker's
+    per email and per chunk attempt (fitted: calls = a x emails + b over the attempts that sent), per
+    attempt that found the second full, the launcher's per chunk, the bus consumers' per email; one chunk
+    delivered again after it was sent (the SES sends it makes: the claims' test); then opens and clicks
+    of its emails (``_engage``)."""
     import tempfile
 
-    from funnelpilot import broadcasts, tokens
+    import traffic
+    from funnelpilot import broadcasts
     from funnelpilot.audience import importer
     from funnelpilot_local.aws_rules import Rules
     from funnelpilot_local.costs import Meter
     from funnelpilot_local.demo import START
     from funnelpilot_local.runtime import Runtime
 
-    settings = _template_settings()
-    worker, records, payloads = settings["worker"], [], {}
+    worker, records, first = _template_settings()["worker"], [], {}
     with tempfile.TemporaryDirectory() as tmp, Runtime(ROOT, stepped=True, start=START + 10 * 3600, state_dir=Path(tmp),
                                                        rules=Rules(ses_max_send_rate=rate)) as rt:
         rt.schedules.clear()
@@ -262,19 +218,20 @@ def measure_broadcast(recipients: int = 1000, rate: int = 14) -> dict:
         with Meter(rt) as m:
             inner, invoke = rt.invoke_hook, rt.invoke
 
-            def hook(function, call):
+            def hook(function, call):  # each invocation's own calls and units
                 before = (Counter(m.calls), Counter(m.units))
                 try:
                     return inner(function, call)
                 finally:
                     calls, units = Counter(m.calls), Counter(m.units)
                     calls.subtract(before[0]), units.subtract(before[1])
-                    records.append((function, Counter({f"{s}:{o}": v for (s, o), v in calls.items() if v}),
-                                    units["wru"], units["events"]))
+                    c = Counter({f"{s}:{o}": v for (s, o), v in calls.items() if v})
+                    c["~wru"], c["~rru"], c["~events"] = units["wru"], units["rru"], units["events"]
+                    records.append((function, c))
 
             def recorded(function, payload):
                 if function == worker:
-                    payloads.setdefault("first", payload)
+                    first.setdefault("payload", payload)
                 return invoke(function, payload)
 
             rt.invoke_hook, rt.invoke = hook, recorded
@@ -287,64 +244,42 @@ def measure_broadcast(recipients: int = 1000, rate: int = 14) -> dict:
                 if broadcasts.report("bench-news")["sent"] >= recipients:
                     break
             rt.settle()
-            report = broadcasts.report("bench-news")
-            before = m.units["emails"]
+            sent = broadcasts.report("bench-news")["sent"]
             rt.invoke = invoke
-            rt.invoke(worker, payloads["first"])  # the first chunk's message again, after it was sent
+            measured, before = list(records), m.units["emails"]
+            rt.invoke(worker, first["payload"])  # the first chunk's message again, after it was sent
             rt.settle()
-            body = json.loads(payloads["first"]["Records"][0]["body"])
-            redelivery = (m.units["emails"] - before) / max(1, len(body.get("c", [])))
-    sent = report["sent"]
-    for _, c, w, e in records:  # write units and bus events fitted like the calls
-        c["~wru"], c["~events"] = w, e
-    work = [c for f, c, _, _ in records if f == worker]
+            chunk = json.loads(first["payload"]["Records"][0]["body"])["c"]
+            redelivery = (m.units["emails"] - before) / len(chunk)
+            mails = [list(dict.fromkeys(traffic.email_urls(rt, mail))) for mail in traffic._new_mails([0])]
+            engagement = _engage(rt, m, [urls for urls in mails if any(u.startswith("/o/") for u in urls)])
+    work = [c for f, c in measured if f == worker]
     per_email, per_attempt = _fit([(c["ses:SendRawEmail"], c) for c in work if c["ses:SendRawEmail"]])
-    refused = _mean([c for c in work if not c["ses:SendRawEmail"]])
-    others = [(f, c) for f, c, _, _ in records if f not in (worker, "BroadcastFunction")]
-    downstream = Counter()
-    for _, c in others:
-        downstream.update(c)
-    launch = Counter()
-    for f, c, _, _ in records:
+    others = [(f, c) for f, c in measured if f not in (worker, "BroadcastFunction")]
+    launch = Counter({"~invocations": sum(1 for f, _ in measured if f == "BroadcastFunction")})
+    for f, c in measured:
         if f == "BroadcastFunction":
             launch.update(c)
     chunks = math.ceil(recipients / CHUNK)
-
-    def split(calls: dict) -> tuple[dict, float, float]:
-        calls = dict(calls)
-        return calls, calls.pop("~wru", 0.0), calls.pop("~events", 0.0)
-
-    send, wru_send, ev_send = split(per_email)
-    attempt, wru_attempt, _ = split(per_attempt)
-    refused, wru_refused, _ = split(refused)
-    down, wru_down, ev_down = split({k: round(v / sent, 3) for k, v in sorted(downstream.items()) if v})
-    launch_calls, _, _ = split({k: round(v / chunks, 3) for k, v in sorted(launch.items()) if v})
-    return {"recipients": recipients, "rate": rate, "report": {k: report.get(k) for k in ("audience", "sent", "blocked")},
-            "send": send, "attempt": attempt, "refused": refused, "launch": launch_calls,
-            "downstream": {f: round(n / sent, 3) for f, n in sorted(Counter(f for f, _ in others).items())},
-            "downstream_calls": down, "wru": {"send": wru_send, "attempt": wru_attempt, "refused": wru_refused,
-                                              "downstream": wru_down},
-            "events": {"send": round(ev_send + ev_down, 3)},
-            "attempts": sum(1 for c in work if c["ses:SendRawEmail"]),
-            "refused_attempts": sum(1 for c in work if not c["ses:SendRawEmail"]), "redelivery_sends": redelivery}
-
-
-def measure() -> Counts:
-    """The counts the simulation runs on: engagement measured (``measure_engagement``); the send
-    worker's from the design (``estimate``) until the broadcast worker can be measured."""
-    counts, measured = estimate(), measure_engagement()
-    counts.engagement = {k: {"calls": v["calls"], "invocations": v["invocations"]} for k, v in measured["engagement"].items()}
-    counts.wru.update({k: v["wru"] for k, v in measured["engagement"].items()})
-    counts.events.update({k: v["events"] for k, v in measured["engagement"].items()})
-    counts.links = measured["links"]
-    counts.source = ("engagement measured (usage meter, stepped strict runtime: welcome-1's pixel and links); the send "
-                     "worker's counts from the design (estimate: no broadcast worker to measure yet)")
-    return counts
+    downstream = Counter()
+    for _, c in others:
+        downstream.update(c)
+    links = round(sum(sum(1 for u in urls if u.startswith("/c/")) for urls in mails) / max(1, len(mails)))
+    return Counts(
+        source=(f"a real broadcast of {recipients:,} imported contacts at SES {rate}/s on the stepped strict runtime "
+                f"({sum(1 for c in work if c['ses:SendRawEmail'])} chunk attempts that sent, "
+                f"{sum(1 for c in work if not c['ses:SendRawEmail'])} that found the second full; {sent:,} sent), "
+                "then opens and clicks of its emails"),
+        send=per_email, attempt=per_attempt, refused=_mean([c for c in work if not c["ses:SendRawEmail"]]),
+        launch={k: round(v / chunks, 3) for k, v in sorted(launch.items()) if v},
+        downstream={"calls": {k: round(v / sent, 3) for k, v in sorted(downstream.items()) if v},
+                    "invocations": {f: round(n / sent, 3) for f, n in sorted(Counter(f for f, _ in others).items())}},
+        engagement=engagement, links=links, redelivery_sends=redelivery)
 
 
 def seconds(calls: dict) -> float:
-    """Modelled time of these calls (``LATENCY``)."""
-    return sum(n * LATENCY.get(op.split(":")[0], 0.01) for op, n in calls.items())
+    """Modelled time of these calls (``LATENCY``; the ``~`` counts take none)."""
+    return sum(n * LATENCY.get(op.split(":")[0], 0.01) for op, n in calls.items() if not op.startswith("~"))
 
 
 def _template_settings() -> dict:
@@ -359,18 +294,17 @@ def _template_settings() -> dict:
     for route in sorted(set(ROUTE_OF.values())):
         s = {**default, **props.get("RouteSettings", {}).get(route, {})}
         routes[route] = [float(s["ThrottlingRateLimit"]), float(s["ThrottlingBurstLimit"])]
-    out = {"routes": routes, "max_concurrency": None, "max_receive": None, "worker": None}
+    out = {"routes": routes, "max_concurrency": None, "max_receive": None, "worker": None, "visibility": None}
     for lid in t.of_type("AWS::Serverless::Function"):
         for event in (t.properties(lid).get("Events") or {}).values():
             if event.get("Type") != "SQS":
                 continue
             ev = event["Properties"]
             out["worker"] = lid
-            scaling = t.resolve(ev.get("ScalingConfig") or {})
-            out["max_concurrency"] = int(scaling.get("MaximumConcurrency", 1000))
-            queue = ev["Queue"]["Fn::GetAtt"][0]
-            redrive = t.resources[queue].get("Properties", {}).get("RedrivePolicy", {})
-            out["max_receive"] = int(t.resolve(redrive.get("maxReceiveCount", 0))) or None
+            out["max_concurrency"] = int(t.resolve((ev.get("ScalingConfig") or {}).get("MaximumConcurrency", 1000)))
+            queue = t.resources[ev["Queue"]["Fn::GetAtt"][0]].get("Properties", {})
+            out["max_receive"] = int(t.resolve(queue.get("RedrivePolicy", {}).get("maxReceiveCount", 0))) or None
+            out["visibility"] = int(t.resolve(queue.get("VisibilityTimeout", 30)))
     return out
 
 
@@ -419,13 +353,14 @@ def simulate(counts: Counts, account: Account, recipients: int, settings: dict, 
     n-th chunk attempt that sends is killed halfway (its message comes back after the visibility
     timeout; the claims of what it sent make those recipients skipped, or else they would be sent twice)."""
     rate, limit = account.ses_rate, account.lambda_concurrency
-    max_conc, max_receive = settings["max_concurrency"] or DEFAULT_MAX_CONCURRENCY, settings["max_receive"]
+    max_conc, max_receive = account.workers or settings["max_concurrency"], settings["max_receive"]
     per_email, per_attempt = seconds(counts.send) + RENDER, seconds(counts.attempt) + INVOCATION
     per_refused = seconds(counts.refused) + INVOCATION
     funnel = max(1, round(FUNNEL_SHARE * rate))  # funnel sends each second: they hold their slots first
     per_request = {k: INVOCATION + seconds(c["calls"]) / max(1, sum(c["invocations"].values()))
                    for k, c in counts.engagement.items()}  # seconds per invocation, the tracking ones alike
-    downstream_each = INVOCATION + seconds(counts.downstream_calls) / max(1e-9, sum(counts.downstream.values()))
+    per_email_downstream = sum(counts.downstream["invocations"].values())
+    downstream_each = INVOCATION + seconds(counts.downstream["calls"]) / max(1e-9, per_email_downstream)
     chunks = math.ceil(recipients / CHUNK)
     visible, delayed, redelivered = Queue(), defaultdict(Queue), defaultdict(list)
     launched = sent = attempts = refused = faults = absorbed = lost = 0
@@ -464,7 +399,7 @@ def simulate(counts: Counts, account: Account, recipients: int, settings: dict, 
             http_refused += (sync - limit) / sync * sum(arrivals.values())
         async_demand = backlog + sum(
             v * (sum(counts.engagement[k]["invocations"].values()) - 1) * downstream_each for k, v in arrivals.items())
-        async_demand += deliveries.get(t, 0.0) * sum(counts.downstream.values()) * downstream_each
+        async_demand += deliveries.get(t, 0.0) * per_email_downstream * downstream_each
         async_run = min(async_demand, max(0.0, limit - sync))
         backlog = async_demand - async_run  # Lambda keeps throttled async events and retries them (up to 6 h)
         backlog_peak = max(backlog_peak, backlog)
@@ -482,7 +417,7 @@ def simulate(counts: Counts, account: Account, recipients: int, settings: dict, 
                 pace_writes += 1 + (take < size)  # a take short of the chunk: refused, then the exact remainder
                 if fault_every and attempts % fault_every == 0:  # killed halfway: back after the visibility timeout
                     faults += 1
-                    redelivered[t + VISIBILITY].append((size, take // 2, receives + 1))
+                    redelivered[t + settings["visibility"]].append((size, take // 2, receives + 1))
                     sent_now += take // 2
                     continue
                 sent_now += take
@@ -503,12 +438,13 @@ def simulate(counts: Counts, account: Account, recipients: int, settings: dict, 
         peak["pace_writes"] = max(peak["pace_writes"], pace_writes)
         peak["start_executions"] = max(peak["start_executions"], sum(
             v * counts.engagement[k]["calls"].get("stepfunctions:StartExecution", 0) for k, v in arrivals.items()))
-        peak["put_events"] = max(peak["put_events"], sent_now * counts.send.get("events:PutEvents", 0) + sum(
-            v * counts.engagement[k]["calls"].get("events:PutEvents", 0) for k, v in arrivals.items()))
+        peak["put_events"] = max(peak["put_events"], sent_now * (counts.send.get("events:PutEvents", 0) + counts.downstream[
+            "calls"].get("events:PutEvents", 0)) + sum(v * counts.engagement[k]["calls"].get("events:PutEvents", 0)
+                                                       for k, v in arrivals.items()))
         if finish is None and sent + lost >= recipients and launched == chunks and not redelivered:
             finish = t + 1
         t += 1
-    return {"recipients": recipients, "account": account.label, "finish_s": finish, "floor_s": recipients / rate,
+    return {"recipients": recipients, "account": account.label(settings["max_concurrency"]), "finish_s": finish, "floor_s": recipients / rate,
             "ratio": round(finish / (recipients / rate), 3), "sent": sent, "lost": lost, "failed": lost,
             "duplicated": round(absorbed * counts.redelivery_sends), "attempts": attempts, "refused": refused,
             "faults": faults, "absorbed": absorbed, "max_concurrency": max_conc, "async_backlog_peak": round(backlog_peak, 1),
@@ -517,45 +453,39 @@ def simulate(counts: Counts, account: Account, recipients: int, settings: dict, 
                        for r, v in routes.items()}}
 
 
-VISIBILITY = 6 * 60  # seconds a killed attempt's message stays invisible (the queue's visibility timeout)
-
 
 def totals(counts: Counts, result: dict, prices: dict) -> dict:
     """AWS calls by service, Lambda invocations, write units and USD per 1,000 recipients of one run."""
     sent, chunks = result["sent"], math.ceil(result["recipients"] / CHUNK)
+    requests = {k: result["recipients"] * sum(share for share, _, _ in ENGAGEMENT[k]) * (LINKS if k == "scanner_click" else 1)
+                for k in ENGAGEMENT}
+    esm = {"sqs:ReceiveMessage": 1, "sqs:DeleteMessage": 1}  # the event source mapping's, per message handled
     work = [(counts.send, sent), (counts.attempt, result["attempts"]), (counts.refused, result["refused"]),
-            (counts.launch, chunks), (counts.downstream_calls, sent)]
-    requests = {k: result["recipients"] * sum(share for share, _, _ in ENGAGEMENT[k])
-                * (LINKS if k == "scanner_click" else 1) for k in ENGAGEMENT}
+            (esm, result["attempts"] + result["refused"]), (counts.launch, chunks), (counts.downstream["calls"], sent)]
     work += [(counts.engagement[k]["calls"], n) for k, n in requests.items()]
     calls = Counter()
     for per, n in work:
         for op, c in per.items():
             calls[op] += c * n
-    invocations = result["attempts"] + result["refused"] + sent * sum(counts.downstream.values()) + sum(
-        n * sum(counts.engagement[k]["invocations"].values()) for k, n in requests.items())
-    gb_seconds = 0.25 * (result["attempts"] * (seconds(counts.attempt) + INVOCATION) + sent * (
-        seconds(counts.send) + RENDER) + result["refused"] * (seconds(counts.refused) + INVOCATION) + sent * sum(
-        counts.downstream.values()) * INVOCATION + sent * seconds(counts.downstream_calls) + sum(
-        n * (seconds(counts.engagement[k]["calls"]) + INVOCATION * sum(counts.engagement[k]["invocations"].values()))
-        for k, n in requests.items()))
-    wru = (sent * counts.wru.get("send", 0) + result["attempts"] * counts.wru.get("attempt", 0) + result["refused"]
-           * counts.wru.get("refused", 0) + sent * counts.wru.get("downstream", 0)
-           + sum(n * counts.wru.get(k, 0) for k, n in requests.items()))
-    rru = sum(c * n * (0.5 if op.endswith(("GetItem", "Query")) else 0) for per, n in work for op, c in per.items()) + sum(
-        c * n * 0.5 * CHUNK for per, n in work for op, c in per.items() if op.endswith("BatchGetItem"))
+    invocations = (result["attempts"] + result["refused"] + calls.pop("~invocations", 0)
+                   + sent * sum(counts.downstream["invocations"].values())
+                   + sum(n * sum(counts.engagement[k]["invocations"].values()) for k, n in requests.items()))
+    busy = (result["attempts"] * (seconds(counts.attempt) + INVOCATION) + sent * (seconds(counts.send) + RENDER)
+            + result["refused"] * (seconds(counts.refused) + INVOCATION) + sent * (
+                seconds(counts.downstream["calls"]) + INVOCATION * sum(counts.downstream["invocations"].values()))
+            + sum(n * (seconds(counts.engagement[k]["calls"]) + INVOCATION * sum(counts.engagement[k]["invocations"].values()))
+                  for k, n in requests.items()))
+    wru, rru, events = calls.pop("~wru", 0), calls.pop("~rru", 0), calls.pop("~events", 0)
     aws = prices["aws"]
 
     def usd(key: str, n: float) -> float:
         return n * aws[key]["price"] / aws[key]["per"]
 
-    cost = {"Lambda": usd("lambda_request", invocations) + usd("lambda_gb_second_arm64", gb_seconds),
+    cost = {"Lambda": usd("lambda_request", invocations) + usd("lambda_gb_second_arm64", busy * 0.25),  # 256 MB
             "DynamoDB": usd("dynamodb_on_demand_write", wru) + usd("dynamodb_on_demand_read", rru),
-            "EventBridge": usd("eventbridge_custom_event", sent * counts.events.get("send", 0) + sum(
-                n * counts.events.get(k, 0) for k, n in requests.items())),
+            "EventBridge": usd("eventbridge_custom_event", events),
             "SQS": usd("sqs_request", sum(n for op, n in calls.items() if op.startswith("sqs:"))),
-            "HTTP API": usd("http_api_request", sum(requests.values())),
-            "SES": usd("ses_outbound_email", sent)}
+            "HTTP API": usd("http_api_request", sum(requests.values())), "SES": usd("ses_outbound_email", sent)}
     per = 1000 / result["recipients"]
     by_service = Counter()
     for op, n in calls.items():
@@ -595,13 +525,16 @@ def render(out: dict) -> list[str]:
     c, st = out["counts"], out["settings"]
     routes = sorted(st["routes"])
     lines = ["", "## Broadcast at scale: a simulation of AWS quotas (bench/broadcast_scaling.py; counts, no wall clock)", "",
-             f"Driven by {c['source']}. Per email sent: {_ops(c['send'])}; per chunk attempt: {_ops(c['attempt'])}; per "
-             f"attempt finding the second full (chunk put back for 1 s): {_ops(c['refused'])}; downstream per email: "
-             f"{_ops(c['downstream'])} invocation(s). Send worker MaximumConcurrency {st['max_concurrency'] or DEFAULT_MAX_CONCURRENCY}"
-             f"{'' if st['max_concurrency'] else ' (assumed: no send worker in template.yaml)'}, maxReceiveCount "
-             f"{st['max_receive'] or '–'}. Funnel emails take {FUNNEL_SHARE:.0%} of the rate meanwhile, ahead of the "
-             "broadcast. Route limits (rate / burst) from template.yaml: " + ", ".join(
-                 f"`{r}` {st['routes'][r][0]:g} / {st['routes'][r][1]:g}" for r in routes) + ".", "",
+             f"Driven by {c['source']}. Send worker ({st['worker']}), per email sent: {_ops(c['send'])}; per chunk "
+             f"attempt: {_ops(c['attempt'])}; per attempt finding the second full (the chunk put back for 1 s): "
+             f"{_ops(c['refused'])}; launcher per chunk: {_ops(c['launch'])}; on the bus per email: "
+             f"{_ops(c['downstream']['invocations'])} invocations, {_ops(c['downstream']['calls'])}. A chunk's message "
+             f"delivered again after it was sent made {c['redelivery_sends']:g} SES sends per recipient. Per open/click: "
+             + "; ".join(f"{k} {_ops(v['calls'])} ({_ops(v['invocations'])})" for k, v in c["engagement"].items())
+             + f". MaximumConcurrency: BroadcastConcurrency (default {st['max_concurrency']}), maxReceiveCount "
+             f"{st['max_receive']}, visibility timeout {st['visibility']} s. Funnel emails take {FUNNEL_SHARE:.0%} of "
+             "the rate meanwhile, ahead of the broadcast. Route limits (rate / burst) from template.yaml: "
+             + ", ".join(f"`{r}` {st['routes'][r][0]:g} / {st['routes'][r][1]:g}" for r in routes) + ".", "",
              "| account | recipients | finish ÷ floor (recipients ÷ SES rate) | failed / lost / duplicated | worker attempts "
              "(second full) | peak Lambda concurrency (workers) | pace item writes/s (peak) | "
              + " | ".join(f"`{r}` peak rps, 429s" for r in routes)
@@ -616,14 +549,22 @@ def render(out: dict) -> list[str]:
             + " | ".join(f"{r['routes'][x]['peak']:.0f}, {r['routes'][x]['429']:,}" for x in routes)
             + f" | {p['calls_total']:,} | {p['usd_aws']:.4f} ({p['usd']['SES']:.2f}) | "
               f"{f['ratio']:.3f}, {f['lost']} / {f['duplicated']} ({f['faults']} killed, {f['absorbed']} skipped by claims) |")
-    lines += ["", "How the model would show a loss or a duplicate: a message received maxReceiveCount times goes to the "
+    peak = max(out["rows"], key=lambda r: r["peak"]["put_events"])["peak"]
+    lines += ["", f"Other quotas at the peak of every scenario: PutEvents {peak['put_events']:.0f} entries/s (10,000 "
+              f"requests/s in us-east-1), StartExecution {peak['start_executions']:.1f}/s (bucket 1,300, 300/s), the "
+              "pace item's writes (column) and the broadcast's counter item (one UpdateItem per chunk attempt) under "
+              "1,000 write units/s. Tracking requests refused for lack of Lambda concurrency (HTTP 500): "
+              + ", ".join(str(r["http_refused"]) for r in out["rows"]) + ".", "",
+              "How the model would show a loss or a duplicate: a message received maxReceiveCount times goes to the "
               "dead-letter queue (lost: its unsent recipients); a killed attempt's sent recipients come again with their "
-              "message, and are sent twice unless their claims exist (duplicated = those recipients × the SES sends a "
-              "redelivered chunk made in the measurement). Failed = lost (a send SES refuses is retried by the chunk). "
+              "message and would be sent twice without their claims (duplicated = those recipients × the SES sends a "
+              "redelivered chunk made in the measurement). Failed = lost (a send SES refuses goes back with its chunk). "
               "Engagement assumed (shares of recipients, uniform in each window after delivery): "
               + "; ".join(f"{k} " + ", ".join(f"{a:.0%} in {lo}–{hi} s" for a, lo, hi in v) for k, v in ENGAGEMENT.items())
-              + f" (scanner clicks per link of a {LINKS}-link newsletter; the measured email had {c['links']}). Latencies assumed per call (s): "
-              + ", ".join(f"{k} {v}" for k, v in LATENCY.items()) + "."]
+              + f" (scanner clicks per link of a {LINKS}-link newsletter; the measured email had {c['links']}). "
+              "Latencies assumed per call (s): " + ", ".join(f"{k} {v}" for k, v in LATENCY.items())
+              + f"; {RENDER} s to render an email, {INVOCATION} s per invocation; the SQS event source's receive and "
+              "delete of each message are counted, its idle long polls are not."]
     return lines
 
 
