@@ -275,6 +275,21 @@ def test_maximum_concurrency_caps_the_batches_running_at_once(rt):
     assert rt.queue_mappings[0].peak == 2 and rt.queue_mappings[0].invocations == 6
 
 
+def test_without_maximum_concurrency_lambda_starts_at_five_batches_and_scales_up(tmp_path):
+    with stack(tmp_path, event="{BatchSize: 1}") as rt:
+        send(rt, *({"n": n} for n in range(60)))
+        assert rt.advance(2)
+        starts = [round(c["at"] - START, 3) for c in calls(rt)]
+        # 5 at once, then 300 more a minute (one more every 0.2 s); each batch holds its slot 0.1 s
+        assert [starts.count(t) for t in sorted(set(starts))] == [5, 5, 6, 6, 7, 7, 8, 8, 8]
+        assert rt.queue_mappings[0].peak == 8 and rt.queue_messages("WorkQueue") == []
+        before = len(calls(rt))
+        send(rt, *({"n": n} for n in range(60, 70)))  # the queue was idle: the ramp starts over (not 15 at once)
+        assert rt.advance(1)
+        again = [c["at"] for c in calls(rt)[before:]]
+        assert len(again) == 10 and again.count(again[0]) == 5
+
+
 def test_at_speed_settle_drains_the_queue_through_the_same_cap(tmp_path):
     with stack(tmp_path, stepped=False) as rt:  # one simulated day per real second
         send(rt, *({"n": n} for n in range(30)))

@@ -43,6 +43,7 @@ LOCAL_ADMIN_KEY = "local-admin-key"
 # SMS are on locally (template default: off): this phone number, answered by aws_rules.sms
 LOCAL_SMS_ORIGINATION = f"arn:aws:sms-voice:{REGION}:{ACCOUNT}:phone-number/phone-00000000000000000000000000000001"
 ASYNC_RETRY_WAIT = 60.0  # seconds: Lambda retries an async event 1 minute after a function error, then 2
+SQS_START_BATCHES, SQS_RAMP_PER_SECOND, SQS_MAX_BATCHES = 5, 300 / 60, 1000  # Lambda's SQS poller scaling
 _CLIENTS: dict[str, object] = {}  # Runtime.client
 
 
@@ -117,7 +118,7 @@ class QueueMapping:
     """A function's ``SQS`` event in template.yaml: Lambda's poller on a queue (aws_rules.sqs has
     its settings). ``held``: simulated times at which its finished invocations free their slot (at
     least ``lambda_.HOLD`` after they began, as the account's concurrency counts them), so that no
-    more than ``max_concurrency`` batches run in any instant; ``peak`` is the most that did."""
+    more than :meth:`cap` batches run in any instant; ``peak`` is the most that did."""
 
     name: str  # Function.EventId
     function: str
@@ -126,16 +127,23 @@ class QueueMapping:
     queue_name: str
     batch_size: int
     window: int  # MaximumBatchingWindowInSeconds
-    max_concurrency: int | None  # ScalingConfig.MaximumConcurrency; None: the account's concurrency only
+    max_concurrency: int | None  # ScalingConfig.MaximumConcurrency
     report_failures: bool  # FunctionResponseTypes: [ReportBatchItemFailures]
     enabled: bool
     visibility: int  # the queue's VisibilityTimeout
     filters: list  # predicates, one per FilterCriteria filter (ORed); none: every message
     held: list = field(default_factory=list)  # heap
     gathering_since: float | None = None  # a batching window opened (fewer than batch_size messages seen)
+    active_since: float | None = None  # the queue had messages from then on: Lambda's scaling ramp
     throttled: tuple | None = None  # (records, retry until): a batch the account's concurrency refused
     invocations: int = 0
     peak: int = 0
+
+    def cap(self, now: float) -> int:
+        """Batches that may run at once: Lambda starts a busy queue at 5 and adds up to 300 a minute, to
+        MaximumConcurrency or 1,000 (https://docs.aws.amazon.com/lambda/latest/dg/services-sqs-scaling.html)."""
+        busy = now - self.active_since + 1e-6 if self.active_since else 0  # 1e-6: epoch seconds are floats
+        return min(self.max_concurrency or SQS_MAX_BATCHES, int(SQS_START_BATCHES + SQS_RAMP_PER_SECOND * busy))
 
     def matches(self, record: dict) -> bool:
         """FilterCriteria match the record with its body parsed when it is JSON (Lambda's rule)."""
@@ -959,7 +967,7 @@ class Runtime:
         now = clock.now()
         while m.held and m.held[0] <= now:
             heapq.heappop(m.held)
-        if m.max_concurrency is not None and len(m.held) >= m.max_concurrency:
+        if len(m.held) >= m.cap(now):
             return False
         if m.throttled is not None:  # Lambda retries a throttled batch until its visibility timeout ends
             records, until = m.throttled
@@ -969,7 +977,10 @@ class Runtime:
         ready, _ = moto_adapter.sqs_queue_state(ACCOUNT, REGION, m.queue_name, enough=m.batch_size)
         if not ready:
             m.gathering_since = None
+            if not m.held:  # idle: the ramp starts over
+                m.active_since = None
             return False
+        m.active_since = now if m.active_since is None else m.active_since
         if m.window and ready < m.batch_size:
             m.gathering_since = now if m.gathering_since is None else m.gathering_since
             if now < m.gathering_since + m.window:
@@ -1044,11 +1055,13 @@ class Runtime:
     def _queues_waiting(self) -> bool:
         """Whether a mapping holds visible messages only for a moment (its slots busy, a throttled batch,
         a batching window open): at speed, settle() waits for them."""
+        from funnelpilot import clock
         from funnelpilot_local import moto_adapter
 
-        return any(m.enabled and (m.throttled is not None or m.gathering_since is not None or (
-            m.max_concurrency is not None and len(m.held) >= m.max_concurrency))
-            and moto_adapter.sqs_queue_state(ACCOUNT, REGION, m.queue_name, enough=1)[0] for m in self.queue_mappings)
+        now = clock.now()
+        return any(m.enabled and (m.throttled is not None or m.gathering_since is not None or len(m.held) >= m.cap(now))
+                   and moto_adapter.sqs_queue_state(ACCOUNT, REGION, m.queue_name, enough=1)[0]
+                   for m in self.queue_mappings)
 
     def queue_messages(self, queue: str) -> list[dict]:
         """What a queue (a template logical id, or a queue name) holds now, in flight and delayed messages
