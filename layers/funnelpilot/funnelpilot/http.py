@@ -83,15 +83,15 @@ def cors() -> CORSConfig | None:
     return CORSConfig(allow_origin=origins[0], extra_origins=list(origins[1:]), max_age=600)
 
 
-def fields(event) -> dict:
-    """The request's fields from a JSON or form-encoded body (HTTP API v2 event)."""
+def fields(event, limit: int = MAX_BODY) -> dict:
+    """The request's fields from a JSON or form-encoded body (HTTP API v2 event) of at most ``limit`` bytes."""
     body = event.body or ""
     try:
         data = base64.b64decode(body, validate=True) if event.is_base64_encoded else body.encode("utf-8", "surrogatepass")
     except binascii.Error:
         raise InvalidField("body", "body is not valid base64") from None
-    if len(data) > MAX_BODY:
-        raise InvalidField("body", f"body is larger than {MAX_BODY} bytes")
+    if len(data) > limit:
+        raise InvalidField("body", f"body is larger than {limit} bytes")
     try:
         raw = data.decode("utf-8")
     except UnicodeDecodeError:

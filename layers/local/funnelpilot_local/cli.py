@@ -1,5 +1,5 @@
 """``funnelpilot`` command line: demo, serve (local runtime), funnels (compiler), openapi, report, cost, bulk,
-contacts, preview and send-test (one email as it would be sent), doctor."""
+contacts, broadcast, preview and send-test (one email as it would be sent), doctor."""
 import argparse
 import errno
 import json
@@ -141,12 +141,17 @@ def _main(argv: list[str] | None = None) -> int:
     from funnelpilot_local import contacts_cli
 
     contacts_cli.register(contacts_sub)
+    from funnelpilot_local import broadcast_cli
+
+    broadcast_cli.register(sub)
     for name, command in sub.choices.items():
         if name in EXAMPLES:
             command.epilog, command.formatter_class = f"example:\n  {EXAMPLES[name]}", argparse.RawDescriptionHelpFormatter
     args = parser.parse_args(argv)
     if args.command == "contacts":
         return args.contacts_run(args)
+    if args.command == "broadcast":
+        return args.broadcast_run(args)
     if args.command == "bulk":
         return bulk_command(args)
     if args.command == "demo":

@@ -58,6 +58,10 @@ PRODUCTS = {29: "starter-kit", 49: "templates", 99: "core-course", 199: "coachin
 REPEAT_BUYERS = 0.35
 MAX_ORDERS = 4
 REMINDED_BUYS = 0.5  # a repeat buyer who clicks the reminder of an order that is due buys
+# The newsletter: created through the admin route on the eve of the middle day, sent at 09:00 in each
+# reader's zone that day (the demo's people give none: the fallback zone) with its A/B subject test.
+BROADCAST = ROOT / "infra" / "broadcasts" / "december-news.yaml"
+BROADCAST_WHEN = {"local": "09:00", "fallback_zone": "Europe/Berlin"}
 
 
 @dataclass
@@ -123,6 +127,7 @@ class Simulation:
         self.tally = {"signups": 0, "confirmations": 0, "emails": 0, "opens": 0, "mpp": 0, "clicks": 0,
                       "scanner": 0, "orders": 0, "unsubscribes": 0, "bounces": 0, "complaints": 0}
         self.events_key = rt.template.parameters.get("EventsApiKey", "")
+        self.broadcast: str | None = None  # its id, once created
         for i, p in enumerate(people):
             self.at(p.signup_at, "signup", person=p)
             r = rng_for(seed, p.email, "organic-order")
@@ -145,6 +150,27 @@ class Simulation:
         ip = f"10.{digest[0]}.{digest[1]}.{digest[2] or 1}"
         status = self.rt.http("POST", "/signup", form=form, source_ip=ip).status
         self.tally["signups"] += status in (200, 202, 303)
+
+    def send_broadcast(self, day: int) -> None:
+        """The example broadcast as `funnelpilot broadcast create` and `schedule --local` send it."""
+        from funnelpilot_local.broadcast_cli import Source
+
+        admin = {"x-api-key": self.rt.admin_key}
+        made = self.rt.http("POST", "/broadcasts", json_body=Source(BROADCAST).inlined(), headers=admin)
+        if made.status != 201:
+            self.rt.errors.append(f"broadcast create: {made.status} {made.body[:200]!r}")
+            return
+        self.broadcast = made.json()["id"]
+        date = datetime.fromtimestamp(START + day * DAY, timezone.utc).date().isoformat()
+        done = self.rt.http("POST", f"/broadcasts/{self.broadcast}/schedule", json_body={**BROADCAST_WHEN, "date": date},
+                            headers=admin)
+        if done.status != 200:
+            self.rt.errors.append(f"broadcast schedule: {done.status} {done.body[:200]!r}")
+
+    def broadcast_report(self) -> dict | None:
+        if self.broadcast is None:
+            return None
+        return self.rt.http("GET", f"/broadcasts/{self.broadcast}/report", headers={"x-api-key": self.rt.admin_key}).json()
 
     def hit(self, path: str, user_agent: str, ip: str) -> int:
         return self.rt.http("GET", path, headers={"user-agent": user_agent}, source_ip=ip).status
@@ -247,6 +273,8 @@ class Simulation:
             self.tally["unsubscribes"] += status == 200
         elif a.kind == "ses":
             self.ses(d["kind"], d["person"], d["mail"])
+        elif a.kind == "broadcast":
+            self.send_broadcast(d["day"])
         self.rt.settle()
 
     def new_emails(self) -> None:
@@ -284,6 +312,7 @@ class Simulation:
     def run(self, days: int, progress) -> None:
         end = START + days * DAY
         day = 0
+        self.at(START + (days // 2 - 0.5) * DAY, "broadcast", day=days // 2)
         while True:
             self.new_emails()
             next_at = self.queue[0].at if self.queue else end
@@ -386,6 +415,7 @@ def simulate(seed: int = 7, contacts: int = 200, days: int = 60, state_dir: Path
                                 abtest.splits(f, rt.root / "infra")) for f in funnels]
         usage = meter.usage(contacts=contacts, days=days)
         return {"reports": reports, "rows": rows, "tally": sim.tally, "usage": usage, "outbox": rt.outbox,
+                "broadcast": (sim.broadcast, sim.broadcast_report()),
                 "webhooks": [(a.url, a.status, a.outbox) for a in rt.api_destinations.attempts],
                 "errors": list(rt.errors), "state_dir": rt.state_dir,
                 "journeys": journeys(rt) if with_journeys else None}
@@ -414,6 +444,12 @@ def run(seed: int = 7, contacts: int = 200, days: int = 60) -> int:
     print(report.revenue_summary(result["reports"], result["rows"][attribution.UNATTRIBUTED],
                                  steering.settings(ROOT / "infra")["attribution_window_days"]))
     print()
+    bid, sent = result["broadcast"]
+    if sent is not None:
+        from funnelpilot_local.broadcast_cli import report_table
+
+        print(report_table(bid, sent))
+        print()
     t = result["tally"]
     print(f"audience: {t['signups']} signups ({t['confirmations']} confirmed), {t['opens']} opens and {t['clicks']} clicks by people, "
           f"{t['mpp']} Apple MPP prefetches and {t['scanner']} scanner hits (not human), {t['orders']} orders, "

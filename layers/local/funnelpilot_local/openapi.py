@@ -106,8 +106,39 @@ def _collect_schema() -> dict:
     return {"type": "object", "required": ["event", "path"], "additionalProperties": False, "properties": props}
 
 
+def _broadcast_schema() -> dict:
+    """A broadcast spec (``funnelpilot.broadcasts``; README "Broadcasts"): the CLI inlines the content files."""
+    names = {"type": "array", "items": _string()}
+    return {"type": "object", "required": ["name", "content", "list", "audience"], "properties": {
+        "name": _string("slug: the broadcast's id", pattern="^[a-z0-9][a-z0-9-]*$", maxLength=64),
+        "subject": _string("the subject (or ab.subjects)", maxLength=200),
+        "ab": {"type": "object", "required": ["subjects"], "properties": {
+            "subjects": {"type": "object", "additionalProperties": _string(maxLength=200),
+                         "description": "variant name -> subject, e.g. {a: ..., b: ...}"},
+            "sample_percent": {"type": "integer", "minimum": 1, "maximum": 50},
+            "wait_hours": {"type": "number", "minimum": 0},
+            "metric": _string(enum=["clicks", "opens"])}},
+        "preheader": _string("the line an inbox shows after the subject", maxLength=200),
+        "content": {"type": "object", "required": ["html", "text"], "properties": {
+            "html": _string("jinja2 extending layout.html.j2"), "text": _string("jinja2 extending layout.txt.j2")}},
+        "list": _string("the list it belongs to (infra/lists.yaml): footer reason, List-Id, one-click unsubscribe"),
+        "audience": {"type": "object", "properties": {k: names for k in (
+            "segments", "lists", "exclude_segments", "exclude_lists")}},
+        "frequency_cap": _string("a person who got a marketing email within the cap", enum=["skip", "defer", "ignore"]),
+        "priority": _string("against funnel emails in the send pipeline", enum=["broadcast", "funnel"])}}
+
+
+def _schedule_schema() -> dict:
+    return {"type": "object", "description": "exactly one of now, at, local (with date)", "properties": {
+        "now": {"type": "boolean", "enum": [True]},
+        "at": _string("an instant, ISO 8601 with its offset (in the future)", format="date-time"),
+        "local": _string("HH:MM in each recipient's time zone", pattern="^[0-2][0-9]:[0-5][0-9]$"),
+        "date": _string("the day of local", format="date"),
+        "fallback_zone": _string("IANA zone of people without one")}}
+
+
 def _schemas() -> dict:
-    """Component schemas: Error, Signup, Collect and the /events models."""
+    """Component schemas: Error, Signup, Collect, the /events models, Broadcast and Schedule."""
     events = TypeAdapter(ingest.PageViewed | ingest.OrderPlaced | ingest.Custom).json_schema(ref_template=REF)
     schemas = {name: _oas30(s) for name, s in events.pop("$defs").items()}
     schemas["Event"] = {"oneOf": _oas30(events["anyOf"]),  # disjoint: told apart by `type`
@@ -117,6 +148,8 @@ def _schemas() -> dict:
         "error": _string("what is wrong"), "field": _string("the field, header or body at fault", nullable=True)}}
     schemas["Signup"] = _signup_schema()
     schemas["Collect"] = _collect_schema()
+    schemas["Broadcast"] = _broadcast_schema()
+    schemas["Schedule"] = _schedule_schema()
     return schemas
 
 
@@ -147,6 +180,16 @@ BODIES = {
         "type": "object", "additionalProperties": False, "properties": {
             "tag": {"type": "array", "items": _string()}, "untag": {"type": "array", "items": _string()},
             "set": {"type": "object", "description": "properties (custom fields) to set"}}}}}},
+    "POST /broadcasts": {"required": True, "content": {"application/json": {"schema": {"$ref": REF.format(
+        model="Broadcast")}}}},
+    "PUT /broadcasts/{id}": {"required": True, "content": {"application/json": {"schema": {"$ref": REF.format(
+        model="Broadcast")}}}},
+    "POST /broadcasts/{id}/preview": {"required": False, "content": {"application/json": {"schema": {
+        "type": "object", "properties": {"email": _string("render for this person (default: the sample contact)")}}}}},
+    "POST /broadcasts/{id}/test": {"required": True, "content": {"application/json": {"schema": {
+        "type": "object", "required": ["to"], "properties": {"to": _string("the address the test goes to")}}}}},
+    "POST /broadcasts/{id}/schedule": {"required": True, "content": {"application/json": {"schema": {
+        "$ref": REF.format(model="Schedule")}}}},
     "POST /u/{token}": {"required": False, "content": {FORM: {"schema": {"type": "object", "properties": {
         "List-Unsubscribe": _string("RFC 8058 one-click: opts out of the email's list", enum=["One-Click"]),
         "action": _string("the preference centre's button (resubscribe: a sunset person's 'Send me your emails "
@@ -187,6 +230,27 @@ RESPONSES = {
     "PATCH /contacts/{id}": {"200": _json("the contact card after the change"), "400": _error("invalid tag or property"),
                              "404": _error("no such contact")},
     "GET /funnels/{id}/report": {"200": _json("per-step metrics"), "404": _error("no such funnel")},
+    "POST /broadcasts": {"201": _json("the draft"), "400": _error("invalid field (unknown list or segment, bad "
+                                                                  "subject, template error with its line)"),
+                         "409": _error("a broadcast of this name exists")},
+    "GET /broadcasts": {"200": _json("every broadcast: id, status, audience, counts")},
+    "GET /broadcasts/{id}": {"200": _json("the broadcast: spec, status, schedule"), "404": _error("no such broadcast")},
+    "PUT /broadcasts/{id}": {"200": _json("the broadcast after the change"), "400": _error("invalid field"),
+                             "404": _error("no such broadcast"), "409": _error("sending or done: no more edits")},
+    "POST /broadcasts/{id}/preview": {"200": _json("subject, preheader, html, text, audience size"),
+                                      "400": _error("invalid email"), "404": _error("no such broadcast")},
+    "POST /broadcasts/{id}/test": {"200": _json("sent: '[Test]' subject, untracked, not counted"),
+                                   "400": _error("invalid address"), "404": _error("no such broadcast")},
+    "POST /broadcasts/{id}/schedule": {"200": _json("scheduled or sending"), "400": _error(
+        "invalid schedule (past instant, bad zone, bad date or time)"), "404": _error("no such broadcast"),
+        "409": _error("not a draft or scheduled broadcast")},
+    **{f"POST /broadcasts/{{id}}/{action}": {"200": _json(f"{done}"), "404": _error("no such broadcast"),
+                                            "409": _error(f"the broadcast's status does not allow {action}")}
+       for action, done in (("pause", "paused"), ("resume", "sending again"), ("cancel", "cancelled"))},
+    "GET /broadcasts/{id}/report": {"200": _json("audience, sent, blocked by reason, deferred, skipped, delivered, "
+                                                 "human and machine opens and clicks, unsubscribes, conversions, "
+                                                 "revenue, bounces, complaints; per A/B variant"),
+                                    "404": _error("no such broadcast")},
     "GET /t.js": {"200": {"description": "the site tracker snippet",
                           "content": {"text/javascript": {"schema": {"type": "string"}}}},
                   "304": {"description": "not modified (If-None-Match)"}},
@@ -203,6 +267,12 @@ SUMMARIES = {
     "GET /contacts/{id}": "Contact profile (admin)", "GET /contacts/{id}/export": "Everything about a person (admin)",
     "DELETE /contacts/{id}": "GDPR erasure (admin)", "GET /funnels/{id}/report": "Per-step funnel report (admin)",
     "POST /contacts/lookup": "Find a person by email (admin)", "PATCH /contacts/{id}": "Tag, untag, set (admin)",
+    "POST /broadcasts": "Create a broadcast (admin)", "GET /broadcasts": "Every broadcast (admin)",
+    "GET /broadcasts/{id}": "A broadcast (admin)", "PUT /broadcasts/{id}": "Change a draft broadcast (admin)",
+    "POST /broadcasts/{id}/preview": "Preview a broadcast (admin)", "POST /broadcasts/{id}/test": "Test send (admin)",
+    "POST /broadcasts/{id}/schedule": "Send now or schedule (admin)", "POST /broadcasts/{id}/pause": "Pause (admin)",
+    "POST /broadcasts/{id}/resume": "Resume (admin)", "POST /broadcasts/{id}/cancel": "Cancel (admin)",
+    "GET /broadcasts/{id}/report": "Broadcast report (admin)",
     "GET /t.js": "Site tracker snippet", "POST /collect": "Page views and custom events from the snippet",
 }
 PREFLIGHT = {"204": {"description": "CORS preflight for an allowed origin"}}
