@@ -5,11 +5,14 @@ POST /broadcasts (create), GET /broadcasts, GET|PUT /broadcasts/{id}, POST /broa
 the work: bad input is its ``InvalidField`` (400 naming the field), an unknown id 404, a change the
 broadcast's status does not allow 409."""
 import json
+import os
 
 from aws_lambda_powertools import Logger
 from aws_lambda_powertools.event_handler import Response
 
 from funnelpilot import broadcasts, http
+from funnelpilot.config import config
+from funnelpilot.errors import RecipientRejected, SendRateExceeded
 
 logger = Logger()
 app = http.resolver()
@@ -33,6 +36,17 @@ def _unknown(exc: Unknown) -> Response:
 @app.exception_handler(broadcasts.NotAllowed)
 def _not_allowed(exc: broadcasts.NotAllowed) -> Response:
     return http.error(409, str(exc), "status")
+
+
+@app.exception_handler(RecipientRejected)
+def _rejected(exc: RecipientRejected) -> Response:
+    return http.error(400, f"SES refused the address: {exc.message} (in the SES sandbox, verify it first)", "to")
+
+
+@app.exception_handler(SendRateExceeded)
+def _busy(exc: SendRateExceeded) -> Response:
+    return Response(status_code=429, content_type="application/json", headers={"retry-after": "1"},
+                    body=json.dumps({"error": "the send rate is used up this second: try again", "retry_after": 1}))
 
 
 def _known(bid: str) -> None:
@@ -123,4 +137,7 @@ def handler(event: dict, context) -> dict:
     if not (event.get("requestContext", {}).get("authorizer") or {}).get("iam"):
         return {"statusCode": 403, "headers": {"content-type": "application/json"},
                 "body": json.dumps({"error": "IAM authorisation required"})}
+    if not os.environ.get("PUBLIC_URL") and event["requestContext"].get("domainName"):
+        os.environ["PUBLIC_URL"] = f"https://{event['requestContext']['domainName']}"  # template.yaml: no cycle
+        config.cache_clear()
     return app.resolve(event, context)

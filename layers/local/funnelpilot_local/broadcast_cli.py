@@ -30,7 +30,8 @@ EXAMPLES = """examples:
   funnelpilot broadcast report december-news
   funnelpilot broadcast list --stack my-funnelpilot --region eu-west-1"""
 CONTENT = {"html": ".html.j2", "text": ".txt.j2"}
-_LINE = re.compile(r"\bline (\d+)\b|^[^:\s]+:(\d+):")
+_LINE = re.compile(r"\bline (\d+)\b")
+_LINE_PREFIX = re.compile(r"^content\.(html|text)( line \d+)?: ")  # said by FILE:LINE instead
 
 
 def register(sub) -> None:
@@ -87,6 +88,9 @@ def run(args, api: AdminApi | None = None, out=None) -> int:
         return _COMMANDS[args.broadcast_command](args, api, out)
     except CliError as exc:
         raise UserError(str(exc)) from None
+    except FileError as exc:
+        print(exc, file=sys.stderr)
+        return 2
 
 
 def _answer(status: int, body, bid: str | None = None):
@@ -101,6 +105,10 @@ def _answer(status: int, body, bid: str | None = None):
 
 
 # ------------------------------------------------------------------ the broadcast file
+class FileError(UserError):
+    """A mistake in a broadcast file or its content: ``FILE:LINE: message`` on stderr as it is, exit 2."""
+
+
 class Source:
     """A broadcast file read with the line of every key, and its content files."""
 
@@ -109,18 +117,19 @@ class Source:
         try:
             text = path.read_text()
         except FileNotFoundError:
-            raise UserError(f"{path}: no such file") from None
+            raise FileError(f"{path}: no such file") from None
         except UnicodeDecodeError as exc:
-            raise UserError(f"{path}: not UTF-8 (byte {exc.start})") from None
+            raise FileError(f"{path}: not UTF-8 (byte {exc.start})") from None
         try:
             node = yaml.compose(text, Loader=yaml.SafeLoader)
             self.spec = yaml.safe_load(text)
         except yaml.YAMLError as exc:
             mark = getattr(exc, "problem_mark", None)
-            raise UserError(f"{path}:{mark.line + 1 if mark else 1}: {getattr(exc, 'problem', None) or exc}") from None
+            raise FileError(f"{path}:{mark.line + 1 if mark else 1}: {getattr(exc, 'problem', None) or exc}") from None
         if not isinstance(self.spec, dict):
-            raise UserError(f"{path}:1: a broadcast file is a mapping (name, subject, list, audience, content...)")
-        self.lines: dict[tuple, int] = {}
+            raise FileError(f"{path}:1: a broadcast file is a mapping (name, subject, list, audience, content...)")
+        self.lines: dict[tuple, int] = {}  # (key, key...) -> line, list items by index
+        self.items: dict[tuple, int] = {}  # (key..., value) -> line of that value in a list
         self._index(node, ())
         self.files: dict[str, Path] = {}
 
@@ -132,6 +141,8 @@ class Source:
         elif isinstance(node, yaml.SequenceNode):
             for i, value in enumerate(node.value):
                 self.lines[(*at, str(i))] = value.start_mark.line + 1
+                if isinstance(value, yaml.ScalarNode):
+                    self.items.setdefault((*at, value.value), value.start_mark.line + 1)
                 self._index(value, (*at, str(i)))
 
     def line(self, field: str) -> int:
@@ -146,20 +157,24 @@ class Source:
 
     def where(self, field: str, message: str) -> str:
         """``FILE:LINE: message`` for a field the route refused; a content error names its template file."""
-        kind = next((k for k in CONTENT if field in (f"content.{k}", f"content_{k}")), None)
-        if kind is None and field == "content":
-            kind = "text" if re.search(r"\btext\b|\.txt", message) else "html"
+        named = re.search(r"\bcontent\.(html|text)\b", f"{field} {message}") if field.startswith("content") else None
+        kind = named.group(1) if named else None
         if kind and kind in self.files:
             m = _LINE.search(message)
-            return f"{self.files[kind]}:{next(g for g in m.groups() if g) if m else 1}: {message}"
-        return f"{self.path}:{self.line(field)}: {field}: {message}" if field else f"{self.path}:1: {message}"
+            return f"{self.files[kind]}:{m.group(1) if m else 1}: {_LINE_PREFIX.sub('', message)}"
+        said = message if not field or message.startswith(field) else f"{field}: {message}"
+        path = re.match(r"^([\w.]+):", said)  # the route's message may name a deeper field (ab.subjects.b)
+        line = self.line(path.group(1) if path and path.group(1).startswith(field) else field)
+        for name in re.findall(r"'([^']+)'", message):  # a list's item by its value (unknown segment 'x')
+            line = self.items.get((*field.split("."), name), line)
+        return f"{self.path}:{line}: {said}"
 
     def inlined(self) -> dict:
         """The spec with each content file's text in place of its name."""
         spec = dict(self.spec)
         named = spec.get("content") if spec.get("content") is not None else {}
         if not isinstance(named, dict):
-            raise UserError(f"{self.path}:{self.line('content')}: content: name the files, "
+            raise FileError(f"{self.path}:{self.line('content')}: content: name the files, "
                             "content: {html: NAME.html.j2, text: NAME.txt.j2}")
         content = {}
         for kind, suffix in CONTENT.items():
@@ -167,11 +182,11 @@ class Source:
             file = self.path.parent / str(name)
             if not file.is_file():
                 at = self.line(f"content.{kind}") if kind in named else self.line("content") if named else 1
-                raise UserError(f"{self.path}:{at}: content.{kind}: no such file {file}")
+                raise FileError(f"{self.path}:{at}: content.{kind}: no such file {file}")
             self.files[kind] = file
             content[kind] = file.read_text()
         if unknown := sorted(set(named) - set(CONTENT)):
-            raise UserError(f"{self.path}:{self.line(f'content.{unknown[0]}')}: content.{unknown[0]}: "
+            raise FileError(f"{self.path}:{self.line(f'content.{unknown[0]}')}: content.{unknown[0]}: "
                             "unknown part (html and text only)")
         spec["content"] = content
         return spec
@@ -185,15 +200,15 @@ def _save(args, api, out) -> int:
     else:
         bid = str(spec.get("name") or "")
         if not bid:
-            raise UserError(f"{args.file}:1: name: required (the broadcast's id)")
+            raise FileError(f"{args.file}:1: name: required (the broadcast's id)")
         status, body = api.request("PUT", f"/broadcasts/{bid}", spec)
         if status == 404:
-            raise UserError(f"{args.file}:{source.line('name')}: name: no broadcast named {bid!r}: "
+            raise FileError(f"{args.file}:{source.line('name')}: name: no broadcast named {bid!r}: "
                             "`funnelpilot broadcast create` it first")
     if status == 400 and isinstance(body, dict):
-        raise UserError(source.where(str(body.get("field") or ""), body.get("error") or "refused"))
+        raise FileError(source.where(str(body.get("field") or ""), body.get("error") or "refused"))
     if status == 409 and args.broadcast_command == "create":
-        raise UserError(f"{args.file}:{source.line('name')}: name: {(body or {}).get('error')}: "
+        raise FileError(f"{args.file}:{source.line('name')}: name: {(body or {}).get('error')}: "
                         "`funnelpilot broadcast update` changes a draft")
     made = _answer(status, body)
     verb = "created" if args.broadcast_command == "create" else "updated"

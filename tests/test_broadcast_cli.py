@@ -1,0 +1,208 @@
+"""Broadcast surfaces (issue 14, item 1): the admin routes' validation and status codes, `funnelpilot
+broadcast` end to end against a runtime (and against `make serve` over HTTP), FILE:LINE errors for a
+broadcast file, and the shipped example."""
+import argparse
+import io
+import re
+import shutil
+import time
+from email import message_from_bytes, policy
+
+import pytest
+
+from conftest import SINGLE
+from test_browser import free_port
+from test_funnels import signup
+from test_lookup import RuntimeApi, landing_page_signup
+
+from funnelpilot_local import broadcast_cli, cli
+from funnelpilot_local.runtime import ROOT
+
+ADMIN = {"x-api-key": "local-admin-key"}
+EXAMPLE = ROOT / "infra" / "broadcasts" / "december-news.yaml"
+HTML = (ROOT / "infra" / "broadcasts" / "december-news.html.j2").read_text()
+TEXT = (ROOT / "infra" / "broadcasts" / "december-news.txt.j2").read_text()
+
+
+def spec(**changes) -> dict:
+    """A valid spec to the tests' single opt-in list, with ``changes``."""
+    return {"name": "spring", "subject": "Three habits of lists that grow", "preheader": "Three short reads.",
+            "content": {"html": HTML, "text": TEXT}, "list": SINGLE, "audience": {"lists": [SINGLE]},
+            "frequency_cap": "ignore", **changes}
+
+
+def post(rt, path: str, body: dict | None = None):
+    return rt.http("POST", path, json_body=body if body is not None else {}, headers=ADMIN)
+
+
+def run(rt, *argv) -> tuple[int, str, str]:
+    """`funnelpilot broadcast ARGV` against the test's runtime: (exit code, stdout, stderr), as cli.main
+    would print them."""
+    parser = argparse.ArgumentParser()
+    broadcast_cli.register(parser.add_subparsers(dest="command"))
+    out, err = io.StringIO(), io.StringIO()
+    import contextlib
+
+    with contextlib.redirect_stderr(err):
+        try:
+            code = broadcast_cli.run(parser.parse_args(["broadcast", *argv]), api=RuntimeApi(rt), out=out)
+        except cli.UserError as exc:
+            print(f"error: {exc}", file=err)
+            code = 2
+    return code, out.getvalue(), err.getvalue()
+
+
+def inbox(rt) -> list:
+    rt.flush_outbox()
+    return [message_from_bytes(p.read_bytes(), policy=policy.default) for p in sorted(rt.outbox.glob("*.eml"))]
+
+
+def test_routes_validate_the_spec_and_answer_404_and_409(rt):
+    assert rt.http("POST", "/broadcasts", json_body=spec()).status == 403  # not signed (locally: no admin key)
+    refusals = {
+        "audience.segments": spec(audience={"segments": ["no-such-segment"]}),
+        "list": spec(list="no-such-list"),
+        "subject": spec(subject=""),
+        "frequency_cap": spec(frequency_cap="sometimes"),
+        "content": spec(content={"html": HTML.replace("{% endblock %}", "", 1), "text": TEXT}),
+    }
+    for field, body in refusals.items():
+        resp = post(rt, "/broadcasts", body)
+        assert resp.status == 400 and resp.json()["field"] == field, (field, resp.body)
+    undefined = post(rt, "/broadcasts", spec(content={"html": HTML.replace("{{ first_name }}", "{{ frist_name }}"),
+                                                      "text": TEXT})).json()
+    assert undefined["field"] == "content" and re.search(r"content\.html line 4\b.*frist_name", undefined["error"])
+    assert rt.http("GET", "/broadcasts", headers=ADMIN).json() == {"broadcasts": []}  # nothing was stored
+
+    made = post(rt, "/broadcasts", spec())
+    assert made.status == 201 and made.json()["id"] == "spring" and made.json()["status"] == "draft"
+    assert post(rt, "/broadcasts", spec()).status in (400, 409)  # the name is taken
+    for method, path in (("GET", "/broadcasts/nope"), ("PUT", "/broadcasts/nope"), ("GET", "/broadcasts/nope/report"),
+                         ("POST", "/broadcasts/nope/schedule"), ("POST", "/broadcasts/nope/cancel")):
+        resp = rt.http(method, path, json_body=spec(name="nope") if method == "PUT" else {}, headers=ADMIN)
+        assert resp.status == 404 and resp.json()["field"] == "id", (method, path)
+
+    when = {"local": "09:00", "date": "2026-03-03", "fallback_zone": "Mars/Olympus_Mons"}
+    assert post(rt, "/broadcasts/spring/schedule", when).json()["field"] == "fallback_zone"
+    past = post(rt, "/broadcasts/spring/schedule", {"at": "2026-03-01T09:00:00Z"})
+    assert past.status == 400 and past.json()["field"] == "at"
+    assert post(rt, "/broadcasts/spring/pause").status == 409  # a draft is not sending
+
+    people = [signup(rt, f"reader{i}@example.com") for i in range(3)]
+    assert post(rt, "/broadcasts/spring/schedule", {"now": True}).status == 200
+    rt.advance(60)
+    assert rt.settle()
+    report = rt.http("GET", "/broadcasts/spring/report", headers=ADMIN).json()
+    assert report["audience"] == len(people) and report["sent"] == len(people)
+    got = [m for m in inbox(rt) if m["Subject"] == "Three habits of lists that grow"]
+    assert sorted(m["To"] for m in got) == [f"reader{i}@example.com" for i in range(3)]
+    assert rt.http("GET", "/broadcasts/spring", headers=ADMIN).json()["status"] == "sent"
+    cancel = post(rt, "/broadcasts/spring/cancel")
+    assert cancel.status == 409 and cancel.json()["field"] == "status"
+    assert rt.http("PUT", "/broadcasts/spring", json_body=spec(subject="Changed"), headers=ADMIN).status == 409
+
+
+def test_cli_create_preview_test_schedule_report_of_the_example(rt, tmp_path):
+    """The shipped example as a marketer sends it: to two confirmed newsletter readers, A/B subjects on the
+    sample, the winner to the rest after wait_hours."""
+    people = [landing_page_signup(rt, f"rosa{i}@example.com") for i in range(2)]
+    rt.advance(25 * 3600)  # their welcome email is a day old: the frequency cap lets the newsletter through
+    code, out, _ = run(rt, "create", str(EXAMPLE))
+    assert code == 0 and "created broadcast december-news (draft)" in out
+    code, out, _ = run(rt, "list")
+    assert re.search(r"december-news\s+draft\s+2\b", out), out
+
+    page = tmp_path / "news.html"
+    code, out, _ = run(rt, "preview", "december-news", "--email", "rosa0@example.com", "--out", str(page))
+    assert code == 0 and "audience:  2" in out and "preheader: What worked for small teams" in out
+    assert "Hi Rosa," in page.read_text() and "/blog/three-habits" in page.read_text()
+    assert "Hi Rosa," in page.with_suffix(".txt").read_text()
+
+    code, out, _ = run(rt, "test", "december-news", "--to", "me@example.com")
+    assert code == 0
+    [test] = [m for m in inbox(rt) if m["To"] == "me@example.com"]
+    assert test["Subject"].startswith("[Test] ")
+    assert "/o/" not in test.get_body(("html",)).get_content()  # untracked: no open pixel
+
+    code, out, _ = run(rt, "schedule", "december-news", "--now")
+    assert code == 0 and "december-news: sending" in out
+    rt.advance(5 * 3600)  # the A/B sample, then the winner after wait_hours (4)
+    assert rt.settle()
+    news = [m for m in inbox(rt) if m["To"] != "me@example.com" and "List-Id" in m and "broadcast" in
+            (m["X-SES-MESSAGE-TAGS"] or "")]
+    assert sorted(m["To"] for m in news) == ["rosa0@example.com", "rosa1@example.com"]
+    code, out, _ = run(rt, "report", "december-news")
+    assert code == 0
+    assert re.search(r"^\s+sent\s+2\b", out, re.M) and re.search(r"^\s+audience\s+2\b", out, re.M), out
+    assert "variant a" in out and "variant b" in out
+    assert len(people) == 2
+
+
+def test_file_line_errors_and_nothing_is_created(rt, tmp_path):
+    def broadcast_file(yaml_text: str, html: str = HTML) -> str:
+        (tmp_path / "news.html.j2").write_text(html)
+        (tmp_path / "news.txt.j2").write_text(TEXT)
+        path = tmp_path / "news.yaml"
+        path.write_text(yaml_text)
+        return str(path)
+
+    good = (f"name: news\nsubject: Three short reads\npreheader: Three short reads.\nlist: {SINGLE}\n"
+            f"audience:\n  lists: [{SINGLE}]\n  segments:\n    - hot-leads\n    - no-such-segment\n")
+    cases = [
+        (broadcast_file(good.replace("subject: Three", "subject: [Three")), r"news\.yaml:2: "),  # YAML syntax
+        (broadcast_file(good), r"news\.yaml:10: audience\.segments: unknown segment 'no-such-segment'"),
+        (broadcast_file(good.replace("    - no-such-segment\n", "") + "colour: teal\n"), r"news\.yaml:10: .*colour"),
+        (broadcast_file(good.replace("    - no-such-segment\n", ""), html=HTML.replace("{{ first_name }}", "{{ nme }}")),
+         r"news\.html\.j2:4: .*'nme' is undefined"),
+        (broadcast_file(good.replace("    - no-such-segment\n", "") + "content: {html: other.html.j2}\n"),
+         r"news\.yaml:10: content\.html: no such file"),
+    ]
+    for path, expected in cases:
+        code, out, err = run(rt, "create", path)
+        assert code == 2 and re.search(expected, err), (expected, err)
+    assert rt.http("GET", "/broadcasts", headers=ADMIN).json() == {"broadcasts": []}
+    code, _, err = run(rt, "report", "news")
+    assert code == 2 and "no broadcast named 'news'" in err
+    code, _, err = run(rt, "schedule", "news", "--local", "09:00")
+    assert code == 2 and "--local needs --date" in err
+
+
+def test_make_serve_runs_broadcasts_now_and_at_a_local_time(tmp_path):
+    """Against `funnelpilot serve` over HTTP, through cli.main as a user types it: one broadcast --now,
+    one at 09:00 tomorrow in the fallback zone; the served clock (30 simulated minutes a second) sends both."""
+    from datetime import datetime
+    from email.utils import parsedate_to_datetime
+    from zoneinfo import ZoneInfo
+
+    from funnelpilot import clock
+    from funnelpilot_local.server import LocalServer
+
+    folder = tmp_path / "broadcasts"
+    folder.mkdir()
+    for name in ("now", "later"):
+        for suffix in (".html.j2", ".txt.j2"):
+            shutil.copy(EXAMPLE.with_name(f"december-news{suffix}"), folder / f"{name}{suffix}")
+        (folder / f"{name}.yaml").write_text(f"name: {name}\nsubject: News {name}\npreheader: Three short reads.\n"
+                                             f"list: {SINGLE}\naudience: {{lists: [{SINGLE}]}}\nfrequency_cap: ignore\n")
+    with LocalServer(free_port(), speed=1800.0, state_dir=tmp_path / "local") as server:
+        server.start()
+        url = ["--url", server.base]
+        with server._lock:
+            assert server.rt.http("POST", "/signup", json_body={"email": "ann@example.com", "consent": True,
+                                                                "list": SINGLE}, source_ip="10.1.2.3").status == 202
+        for name in ("now", "later"):
+            assert cli.main(["broadcast", "create", str(folder / f"{name}.yaml"), *url]) == 0
+        assert cli.main(["broadcast", "schedule", "now", "--now", *url]) == 0
+        berlin = ZoneInfo("Europe/Berlin")
+        tomorrow = datetime.fromtimestamp(clock.now(), berlin).date().fromordinal(
+            datetime.fromtimestamp(clock.now(), berlin).date().toordinal() + 1)
+        assert cli.main(["broadcast", "schedule", "later", "--local", "09:00", "--date", tomorrow.isoformat(),
+                         "--fallback-zone", "Europe/Berlin", *url]) == 0
+        deadline, got = time.monotonic() + 120, {}
+        while len(got) < 2 and time.monotonic() < deadline:
+            time.sleep(0.5)
+            with server._lock:
+                got = {m["Subject"]: m for m in inbox(server.rt) if m["Subject"] in ("News now", "News later")}
+        assert set(got) == {"News now", "News later"}
+        sent_at = parsedate_to_datetime(got["News later"]["Date"]).astimezone(berlin)
+        assert (sent_at.date(), sent_at.hour) == (tomorrow, 9)
