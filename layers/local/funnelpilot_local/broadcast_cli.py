@@ -25,8 +25,8 @@ EXAMPLES = """examples:
   funnelpilot broadcast create infra/broadcasts/december-news.yaml     # the local runtime of `make serve`
   funnelpilot broadcast preview december-news --email ann@example.com --out news.html
   funnelpilot broadcast test december-news --to you@example.com
-  funnelpilot broadcast schedule december-news --local 09:00 --date 2026-12-08 --fallback-zone Europe/Berlin
-  funnelpilot broadcast schedule december-news --now
+  funnelpilot broadcast schedule december-news --at 2026-12-08T09:00:00+01:00    # or --now
+  funnelpilot broadcast schedule one-subject --local 09:00 --date 2026-12-08 --fallback-zone Europe/Berlin
   funnelpilot broadcast report december-news
   funnelpilot broadcast list --stack my-funnelpilot --region eu-west-1"""
 CONTENT = {"html": ".html.j2", "text": ".txt.j2"}
@@ -220,12 +220,10 @@ def _save(args, api, out) -> int:
 # ------------------------------------------------------------------ the other commands
 def _list(args, api, out) -> int:
     found = _answer(*api.request("GET", "/broadcasts"))["broadcasts"]
-    rows = [("id", "status", "audience", "sent", "subject")]
-    for b in found:
-        rows.append((b["id"], b.get("status", "?"), _n(b.get("audience")), _n((b.get("counts") or {}).get("sent")),
-                     _subject(b)))
-    print(_columns(rows, left=(0, 1, 4)) if found else "no broadcasts yet: funnelpilot broadcast create infra/broadcasts/NAME.yaml",
-          file=out)
+    rows = [("id", "status", "schedule", "created")]
+    rows += [(b["id"], b.get("status", "?"), _when(b) or "-", b.get("created_at", "-")) for b in found]
+    print(_columns(rows, left=(0, 1, 2, 3)) if found else
+          "no broadcasts yet: funnelpilot broadcast create infra/broadcasts/NAME.yaml", file=out)
     return 0
 
 
@@ -242,17 +240,22 @@ def _preview(args, api, out) -> int:
         args.out.write_text(seen["html"])
         args.out.with_suffix(".txt").write_text(seen["text"])
         print(f"wrote: {args.out}\nwrote: {args.out.with_suffix('.txt')}", file=out)
-    print(f"subject:   {seen['subject']}\npreheader: {seen.get('preheader') or '-'}\n"
-          f"audience:  {_audience(seen.get('audience'))}", file=out)
+    subjects = seen.get("subjects") or {"": seen["subject"]}
+    for variant, subject in subjects.items():
+        print(f"subject{f' {variant}' if variant else ''}:".ljust(11) + subject, file=out)
+    print(f"preheader: {seen.get('preheader') or '-'}\naudience:  {_n(seen.get('audience'))} (members of its lists "
+          "and segments; the checks at send time come after)", file=out)
     if not args.out:
         print(f"\n{seen['text']}", file=out)
     return 0
 
 
 def _test(args, api, out) -> int:
-    sent = _answer(*api.request("POST", f"/broadcasts/{args.id}/test", {"to": args.to}), args.id)
-    print(f"sent a test of {args.id} to {args.to}: {sent.get('subject')!r} (untracked, not counted)"
-          + (f", {sent['where']}" if sent.get("where") else ""), file=out)
+    done = _answer(*api.request("POST", f"/broadcasts/{args.id}/test", {"to": args.to}), args.id)
+    for sent in done.get("sent") or [done]:
+        print(f"sent to {done.get('to', args.to)}: {sent['subject']}" + (f" (variant {sent['variant']})"
+                                                                        if sent.get("variant") else ""), file=out)
+    print("untracked (links go straight to their pages, no open pixel) and not counted", file=out)
     return 0
 
 
@@ -268,8 +271,8 @@ def _schedule(args, api, out) -> int:
     if status == 400 and isinstance(body, dict) and body.get("field"):
         raise UserError(f"--{str(body['field']).replace('_', '-')}: {body.get('error')}")
     done = _answer(status, body, args.id)
-    print(f"{args.id}: {done.get('status')}" + (f", {_when(done)}" if _when(done) else "")
-          + f"; `funnelpilot broadcast report {args.id}` follows it", file=out)
+    print(f"{args.id}: {done.get('status')} {_when(done)}; `funnelpilot broadcast report {args.id}` follows it",
+          file=out)
     return 0
 
 
@@ -294,20 +297,16 @@ def _n(value) -> str:
     return "-" if value is None else f"{value:,}" if isinstance(value, int) else str(value)
 
 
-def _subject(b: dict) -> str:
-    spec = b.get("spec") or b
-    subjects = ((spec.get("ab") or {}).get("subjects") or {})
-    return " | ".join(f"{k}: {v}" for k, v in subjects.items()) if subjects else str(spec.get("subject") or "")
-
-
-def _audience(audience) -> str:
-    if isinstance(audience, dict):
-        return ", ".join(f"{k} {_n(v)}" for k, v in audience.items())
-    return _n(audience) + (" people" if isinstance(audience, int) else "")
-
-
-def _when(done: dict) -> str:
-    return str(done.get("schedule") or done.get("scheduled_for") or "")
+def _when(state: dict) -> str:
+    """A broadcast's schedule in words: now, at an instant, or a local time with its fallback zone."""
+    when = state.get("when") or {}
+    if when.get("now"):
+        return "now"
+    if when.get("at"):
+        return f"at {when['at']}"
+    if when.get("local"):
+        return f"{when['local']} in each person's zone on {when['date']} (else {when['fallback_zone']})"
+    return ""
 
 
 def _columns(rows: list[tuple], left: tuple = (0,)) -> str:

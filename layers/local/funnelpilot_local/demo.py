@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from email import message_from_bytes, policy
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 from funnelpilot import clock, report, steering, tokens
 from funnelpilot.steering import abtest, attribution
@@ -58,10 +59,10 @@ PRODUCTS = {29: "starter-kit", 49: "templates", 99: "core-course", 199: "coachin
 REPEAT_BUYERS = 0.35
 MAX_ORDERS = 4
 REMINDED_BUYS = 0.5  # a repeat buyer who clicks the reminder of an order that is due buys
-# The newsletter: created through the admin route on the eve of the middle day, sent at 09:00 in each
-# reader's zone that day (the demo's people give none: the fallback zone) with its A/B subject test.
+# The newsletter (with its A/B subject test): created through the admin route on the eve of the middle
+# day, scheduled for 09:00 Berlin time that day.
 BROADCAST = ROOT / "infra" / "broadcasts" / "december-news.yaml"
-BROADCAST_WHEN = {"local": "09:00", "fallback_zone": "Europe/Berlin"}
+BROADCAST_ZONE = "Europe/Berlin"
 
 
 @dataclass
@@ -152,7 +153,7 @@ class Simulation:
         self.tally["signups"] += status in (200, 202, 303)
 
     def send_broadcast(self, day: int) -> None:
-        """The example broadcast as `funnelpilot broadcast create` and `schedule --local` send it."""
+        """The example broadcast as `funnelpilot broadcast create` and `schedule --at` send it."""
         from funnelpilot_local.broadcast_cli import Source
 
         admin = {"x-api-key": self.rt.admin_key}
@@ -161,8 +162,8 @@ class Simulation:
             self.rt.errors.append(f"broadcast create: {made.status} {made.body[:200]!r}")
             return
         self.broadcast = made.json()["id"]
-        date = datetime.fromtimestamp(START + day * DAY, timezone.utc).date().isoformat()
-        done = self.rt.http("POST", f"/broadcasts/{self.broadcast}/schedule", json_body={**BROADCAST_WHEN, "date": date},
+        at = datetime.fromtimestamp(START + day * DAY, timezone.utc).replace(hour=9, tzinfo=ZoneInfo(BROADCAST_ZONE))
+        done = self.rt.http("POST", f"/broadcasts/{self.broadcast}/schedule", json_body={"at": at.isoformat()},
                             headers=admin)
         if done.status != 200:
             self.rt.errors.append(f"broadcast schedule: {done.status} {done.body[:200]!r}")

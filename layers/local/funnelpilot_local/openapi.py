@@ -107,34 +107,49 @@ def _collect_schema() -> dict:
 
 
 def _broadcast_schema() -> dict:
-    """A broadcast spec (``funnelpilot.broadcasts``; README "Broadcasts"): the CLI inlines the content files."""
+    """A broadcast spec, from the code that checks it (``funnelpilot.broadcasts.spec``); the CLI inlines
+    the content files (README "Broadcasts")."""
+    from funnelpilot.broadcasts import spec
+
     names = {"type": "array", "items": _string()}
-    return {"type": "object", "required": ["name", "content", "list", "audience"], "properties": {
-        "name": _string("slug: the broadcast's id", pattern="^[a-z0-9][a-z0-9-]*$", maxLength=64),
-        "subject": _string("the subject (or ab.subjects)", maxLength=200),
-        "ab": {"type": "object", "required": ["subjects"], "properties": {
-            "subjects": {"type": "object", "additionalProperties": _string(maxLength=200),
-                         "description": "variant name -> subject, e.g. {a: ..., b: ...}"},
-            "sample_percent": {"type": "integer", "minimum": 1, "maximum": 50},
-            "wait_hours": {"type": "number", "minimum": 0},
-            "metric": _string(enum=["clicks", "opens"])}},
-        "preheader": _string("the line an inbox shows after the subject", maxLength=200),
-        "content": {"type": "object", "required": ["html", "text"], "properties": {
-            "html": _string("jinja2 extending layout.html.j2"), "text": _string("jinja2 extending layout.txt.j2")}},
-        "list": _string("the list it belongs to (infra/lists.yaml): footer reason, List-Id, one-click unsubscribe"),
-        "audience": {"type": "object", "properties": {k: names for k in (
-            "segments", "lists", "exclude_segments", "exclude_lists")}},
-        "frequency_cap": _string("a person who got a marketing email within the cap", enum=["skip", "defer", "ignore"]),
-        "priority": _string("against funnel emails in the send pipeline", enum=["broadcast", "funnel"])}}
+    part = {"type": "string", "maxLength": spec.MAX_CONTENT}
+    props = {
+        "name": _string("the broadcast's id", pattern=spec.SLUG.pattern),
+        "subject": _string("the subject (jinja, like the content); or ab.subjects", maxLength=998),
+        "ab": {"type": "object", "required": ["subjects"], "additionalProperties": False, "properties": {
+            "subjects": {"type": "object", "minProperties": 2, "additionalProperties": _string(maxLength=998),
+                         "description": f"variant name ({spec.VARIANT.pattern}) -> subject"},
+            "sample_percent": {"type": "integer", "minimum": 2, "maximum": 50, "default": 20,
+                               "description": "share of the audience that gets the test, split evenly"},
+            "wait_hours": {"type": "number", "minimum": 1, "maximum": 72, "default": 4,
+                           "description": "then the winner goes to the rest"},
+            "metric": _string(enum=list(spec.METRICS), default="clicks")}},
+        "preheader": _string("the line an inbox shows after the subject", maxLength=300),
+        "content": {"type": "object", "required": ["html", "text"], "additionalProperties": False, "properties": {
+            "html": {**part, "description": "jinja extending layout.html.j2"},
+            "text": {**part, "description": "jinja extending layout.txt.j2"}}},
+        "list": _string("the declared list it belongs to (infra/lists.yaml): footer reason, List-Id, one-click "
+                        "unsubscribe"),
+        "audience": {"type": "object", "additionalProperties": False, "description": "at least one segment or list",
+                     "properties": {k: names for k in spec.AUDIENCE}},
+        "frequency_cap": _string("someone who got a marketing email within the cap", enum=list(spec.CAPS),
+                                 default="skip"),
+        "priority": _string("against funnel emails in the send pipeline", enum=list(spec.PRIORITIES),
+                            default="broadcast")}
+    assert set(props) == set(spec.FIELDS)
+    return {"type": "object", "required": ["name", "content", "list", "audience"], "additionalProperties": False,
+            "properties": props}
 
 
 def _schedule_schema() -> dict:
-    return {"type": "object", "description": "exactly one of now, at, local (with date)", "properties": {
-        "now": {"type": "boolean", "enum": [True]},
-        "at": _string("an instant, ISO 8601 with its offset (in the future)", format="date-time"),
-        "local": _string("HH:MM in each recipient's time zone", pattern="^[0-2][0-9]:[0-5][0-9]$"),
-        "date": _string("the day of local", format="date"),
-        "fallback_zone": _string("IANA zone of people without one")}}
+    return {"type": "object", "description": "exactly one of now, at, local (with date and fallback_zone)",
+            "properties": {
+                "now": {"type": "boolean", "enum": [True]},
+                "at": _string("an instant in the future, ISO 8601 (UTC without an offset)", format="date-time"),
+                "local": _string("HH:MM in each recipient's time zone (not with an A/B test)",
+                                 pattern="^([01][0-9]|2[0-3]):[0-5][0-9]$"),
+                "date": _string("the day of local", format="date"),
+                "fallback_zone": _string("IANA zone of people without one")}}
 
 
 def _schemas() -> dict:
@@ -233,7 +248,7 @@ RESPONSES = {
     "POST /broadcasts": {"201": _json("the draft"), "400": _error("invalid field (unknown list or segment, bad "
                                                                   "subject, template error with its line)"),
                          "409": _error("a broadcast of this name exists")},
-    "GET /broadcasts": {"200": _json("every broadcast: id, status, audience, counts")},
+    "GET /broadcasts": {"200": _json("every broadcast: id, status, schedule, created_at")},
     "GET /broadcasts/{id}": {"200": _json("the broadcast: spec, status, schedule"), "404": _error("no such broadcast")},
     "PUT /broadcasts/{id}": {"200": _json("the broadcast after the change"), "400": _error("invalid field"),
                              "404": _error("no such broadcast"), "409": _error("sending or done: no more edits")},
