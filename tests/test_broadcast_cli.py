@@ -149,6 +149,8 @@ def test_file_line_errors_and_nothing_is_created(rt, tmp_path):
         (known + "colour: teal\n", HTML, r"^\S+news\.yaml:9: colour: unknown field 'colour'"),
         (known, HTML.replace("{{ first_name }}", "{{ nme }}"), r"^\S+news\.html\.j2:4: 'nme' is undefined"),
         (known, HTML.replace("{% endblock %}", "", 1), r"^\S+news\.html\.j2:\d+: "),
+        (known, HTML.replace("/case-study", "/case-studies"),  # the template checks of `make funnels`
+         r"^\S+news\.html\.j2:13: link https://example.com/case-studies: /case-studies is not a page of the site"),
         (known + "content: {html: other.html.j2}\n", HTML, r"^\S+news\.yaml:9: content\.html: no such file"),
     ]
     for yaml_text, html, expected in cases:

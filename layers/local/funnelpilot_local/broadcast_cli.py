@@ -57,7 +57,8 @@ def register(sub) -> None:
                        ("update", "replace a draft's (or a scheduled broadcast's) spec and content from its file")):
         command(name, what, bid=False).add_argument("file", type=Path, help="infra/broadcasts/<name>.yaml")
     command("list", "every broadcast: status, audience, sent", bid=False)
-    command("show", "a broadcast's spec, status and schedule (JSON)")
+    command("show", "a broadcast's subject, audience, schedule and status").add_argument(
+        "--json", action="store_true", help="everything, content included, as JSON")
     preview = command("preview", "the email as a person gets it: subject, preheader, audience size, HTML and text")
     preview.add_argument("--email", metavar="ADDRESS", help="render it for this person of the audience "
                                                           "(default: the sample contact)")
@@ -192,9 +193,47 @@ class Source:
         return spec
 
 
+    def link_problems(self, spec: dict) -> list[str]:
+        """The checks `make funnels` makes of every funnel email (funnelpilot_local.email_check: a link to
+        nowhere, an empty part), on this content rendered for the two sample contacts as the send path
+        renders it: ``FILE:LINE: problem`` lines. Nothing when the spec or content does not render: the
+        route then says why."""
+        from funnelpilot import sequence
+        from funnelpilot.broadcasts import content, spec as specs
+        from funnelpilot.channels import emails
+        from funnelpilot.errors import InvalidField, TemplateError
+        from funnelpilot_local import email_check
+        from funnelpilot_local.runtime import ROOT
+
+        files = {f"{k}.j2": self.files[p] for k, p in (("html", "html"), ("txt", "text"))}
+        found: dict[str, None] = {}
+        with email_check.content(ROOT):
+            try:
+                spec = specs.validate(spec)
+            except InvalidField:
+                return []
+            rules = email_check.LinkRules(ROOT)
+            for variant in specs.variants(spec) or [None]:
+                name = content.name(spec["name"], variant)
+                for contact in email_check.sample_contacts():
+                    ctx = {**emails.sender_context(), **sequence.template_context(
+                        contact, email_check.SAMPLE_MESSAGE, None, spec["list"])}
+                    try:
+                        rendered, spans = email_check.traced(ROOT / "infra" / "emails", name, ctx,
+                                                             content.sources(spec["name"], spec, variant))
+                    except TemplateError:
+                        return []
+                    for file, line, problem in rules.problems(name, rendered, spans, ctx):
+                        shown = files.get(file.removeprefix(f"{name}."), f"infra/emails/{file}")
+                        found.setdefault(f"{shown}:{line}: {problem}", None)
+        return list(found)
+
+
 def _save(args, api, out) -> int:
     source = Source(args.file)
     spec = source.inlined()
+    if problems := source.link_problems(spec):
+        raise FileError("\n".join(problems))
     if args.broadcast_command == "create":
         status, body = api.request("POST", "/broadcasts", spec)
     else:
@@ -228,8 +267,29 @@ def _list(args, api, out) -> int:
 
 
 def _show(args, api, out) -> int:
-    print(json.dumps(_answer(*api.request("GET", f"/broadcasts/{args.id}"), args.id), indent=2), file=out)
+    found = _answer(*api.request("GET", f"/broadcasts/{args.id}"), args.id)
+    print(json.dumps(found, indent=2) if args.json else format_broadcast(found), file=out)
     return 0
+
+
+def format_broadcast(b: dict) -> str:
+    """A broadcast as a few lines: what it sends, to whom, when, and where it is."""
+    spec = b.get("spec") or {}
+    ab, audience = spec.get("ab"), spec.get("audience") or {}
+    subjects = [(f"subject {v}", s) for v, s in ab["subjects"].items()] if ab else [("subject", spec.get("subject"))]
+
+    def names(*keys) -> str:
+        return "; ".join(f"{k.replace('_', ' ')} {', '.join(audience[k])}" for k in keys if audience.get(k)) or "-"
+
+    rows = [*subjects, ("preheader", spec.get("preheader") or "-"), ("list", spec.get("list")),
+            ("audience", names("lists", "segments")), ("excluding", names("exclude_lists", "exclude_segments")),
+            ("sending", f"frequency cap {spec.get('frequency_cap')}, priority {spec.get('priority')}")]
+    if ab:
+        rows.append(("A/B", f"{ab['sample_percent']}% sample, then the best on {ab['metric']} after "
+                            f"{ab['wait_hours']:g} h" + (f": winner {b['winner']}" if b.get("winner") else "")))
+    rows += [("schedule", _when(b) or "-"), ("created", b.get("created_at")),
+             *((k.replace("_at", ""), b[k]) for k in ("started_at", "finished_at", "cancelled_at") if b.get(k))]
+    return "\n".join([f"{b['id']}  {b.get('status')}", *(f"  {label:<14}{value}" for label, value in rows)])
 
 
 def _preview(args, api, out) -> int:
@@ -344,7 +404,11 @@ def report_table(bid: str, rep: dict) -> str:
             row("blocked", lambda r: _n(sum((r.get("blocked") or {}).values())))]
     for reason in sorted({k for _, r in columns for k in (r.get("blocked") or {})}):
         rows.append(row(f"  {reason}", lambda r, k=reason: _n((r.get("blocked") or {}).get(k, 0))))
-    rows += [row(k, lambda r, k=k: _n(r.get(k, 0))) for k in ("deferred", "skipped", "delivered")]
+    rows.append(row("deferred", lambda r: _n(r.get("deferred", 0))))
+    rows.append(row("skipped", lambda r: _n(r.get("skipped", 0))))
+    for reason in sorted({k for _, r in columns for k in (r.get("skipped_reasons") or {})}):
+        rows.append(row(f"  {reason}", lambda r, k=reason: _n((r.get("skipped_reasons") or {}).get(k, 0))))
+    rows.append(row("delivered", lambda r: _n(r.get("delivered", 0))))
     rows += [row("human opens", rate("opens_human")), row("human clicks", rate("clicks_human")),
              row("machine opens", lambda r: _n(r.get("machine_opens", 0))),
              row("machine clicks", lambda r: _n(r.get("machine_clicks", 0)))]

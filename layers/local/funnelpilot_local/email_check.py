@@ -122,14 +122,15 @@ def check(root: Path, funnels: dict) -> tuple[dict[str, str], list[str]]:
     return subjects, list(problems)
 
 
-def traced(directory: Path, template: str, ctx: dict):
-    """``emails.render`` of ``template``, and for its html and text parts the spans of output each
-    template line wrote: ``[(start offset, file, line)]``, to name the line a link was written on."""
+def traced(directory: Path, template: str, ctx: dict, stored: tuple | None = None):
+    """``emails.render`` of ``template`` (``stored``: its two files as text over ``directory``, a
+    broadcast's content), and for its html and text parts the spans of output each template line
+    wrote: ``[(start offset, file, line)]``, to name the line a link was written on."""
     from funnelpilot.channels import emails
 
-    rendered = emails.render(template, ctx, directory=str(directory))
+    rendered = emails.render(template, ctx, directory=str(directory), sources=stored)
     spans = {}
-    for part, tpl in zip(("text", "html"), emails.templates(template, str(directory))):
+    for part, tpl in zip(("text", "html"), emails.templates(template, str(directory), stored)):
         env, out, at, sources = tpl.environment, [], 0, {}
         chunks = tpl.root_render_func(tpl.new_context(dict(ctx)))
         for chunk in chunks:
@@ -139,7 +140,8 @@ def traced(directory: Path, template: str, ctx: dict):
             frame = getattr(inner, "gi_frame", None)
             text = _MARKS.sub("", chunk)
             if frame is not None and frame.f_code.co_filename.endswith(".j2"):
-                name = Path(frame.f_code.co_filename).relative_to(directory).as_posix()
+                path = Path(frame.f_code.co_filename)  # a stored template's is its name
+                name = (path.relative_to(directory) if path.is_absolute() else path).as_posix()
                 line = env.get_template(name).get_corresponding_lineno(frame.f_lineno)
                 if name not in sources:
                     sources[name] = env.loader.get_source(env, name)[0]
