@@ -94,15 +94,23 @@ def run(args, api: AdminApi | None = None, out=None) -> int:
         return 2
 
 
-def _answer(status: int, body, bid: str | None = None):
-    """The route's body, or the error it answered as one line (a UserError: exit 2)."""
+def _answer(status: int, body, bid: str | None = None, options: bool = False):
+    """The route's body, or the error it answered as one line (a UserError: exit 2); ``options``: a
+    refused field is the command's option of that name (``--fallback-zone``)."""
     if status < 400:
         return body
     body = body if isinstance(body, dict) else {}
     detail = body.get("error") or body.get("message") or f"HTTP {status}"
     if status == 404 and bid is not None:
         detail = f"no broadcast named {bid!r} (funnelpilot broadcast list)"
-    raise UserError(detail + (f" ({body['field']})" if body.get("field") and status == 400 else ""))
+    field = body.get("field") if status == 400 else None
+    named = f"--{field.replace('_', '-')}" if field and options else field
+    raise UserError(f"{named}: {_unprefixed(field, detail)}" if field else detail)
+
+
+def _unprefixed(field: str, message: str) -> str:
+    """The route's message without the field it starts with (the CLI names the field its own way)."""
+    return message.removeprefix(f"{field}: ")
 
 
 # ------------------------------------------------------------------ the broadcast file
@@ -294,7 +302,7 @@ def format_broadcast(b: dict) -> str:
 
 def _preview(args, api, out) -> int:
     body = {"email": args.email} if args.email else {}
-    seen = _answer(*api.request("POST", f"/broadcasts/{args.id}/preview", body), args.id)
+    seen = _answer(*api.request("POST", f"/broadcasts/{args.id}/preview", body), args.id, options=True)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(seen["html"])
@@ -311,7 +319,7 @@ def _preview(args, api, out) -> int:
 
 
 def _test(args, api, out) -> int:
-    done = _answer(*api.request("POST", f"/broadcasts/{args.id}/test", {"to": args.to}), args.id)
+    done = _answer(*api.request("POST", f"/broadcasts/{args.id}/test", {"to": args.to}), args.id, options=True)
     for sent in done.get("sent") or [done]:
         print(f"sent to {done.get('to', args.to)}: {sent['subject']}" + (f" (variant {sent['variant']})"
                                                                         if sent.get("variant") else ""), file=out)
@@ -327,10 +335,7 @@ def _schedule(args, api, out) -> int:
     when = ({"now": True} if args.now else {"at": args.at} if args.at else
             {"local": args.local, "date": args.date, **({"fallback_zone": args.fallback_zone} if args.fallback_zone
                                                         else {})})
-    status, body = api.request("POST", f"/broadcasts/{args.id}/schedule", when)
-    if status == 400 and isinstance(body, dict) and body.get("field"):
-        raise UserError(f"--{str(body['field']).replace('_', '-')}: {body.get('error')}")
-    done = _answer(status, body, args.id)
+    done = _answer(*api.request("POST", f"/broadcasts/{args.id}/schedule", when), args.id, options=True)
     print(f"{args.id}: {done.get('status')} {_when(done)}; `funnelpilot broadcast report {args.id}` follows it",
           file=out)
     return 0
