@@ -19,6 +19,11 @@ def test_same_seed_same_report_and_the_audience_acts_through_real_routes(tmp_pat
     assert sum(s["human_opens"] for s in steps) <= tally["opens"]  # never as human ones
     assert {r["funnel"] for r in first["reports"] if r["entered"]} >= {"welcome", "delivery"}
     assert len(list(first["outbox"].glob("*.eml"))) == tally["emails"]
+    bid, newsletter = first["broadcast"]  # the example broadcast, sent on the middle day (README "Broadcasts")
+    assert bid == "december-news" and newsletter["status"] == "sent" and newsletter["sent"] > 0
+    assert newsletter["sent"] + newsletter["skipped"] + sum(newsletter["blocked"].values()) == newsletter["audience"]
+    assert set(newsletter["variants"]) == {"a", "b"} and newsletter["winner"] in ("a", "b")
+    assert first["broadcast"] == second["broadcast"]
 
 
 def test_report_cli_reads_the_demo_snapshot(tmp_path, capsys):
