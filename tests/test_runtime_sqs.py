@@ -451,7 +451,8 @@ def test_a_role_without_the_pollers_rights_fails_the_build(tmp_path):
 """
     with pytest.raises(StackError, match="does not have permissions to call DeleteMessage on SQS"):
         stack(tmp_path, worker="Role: !GetAtt WorkerRole.Arn", resources=role).start()
-    # SAM's generated role has them (AWSLambdaSQSQueueExecutionRole), and strict IAM off checks none
+    # strict IAM off checks none (every other stack here builds with the role SAM generates, which has them
+    # through AWSLambdaSQSQueueExecutionRole)
     with stack(tmp_path, "no-iam", rules=Rules(iam=False), worker="Role: !GetAtt WorkerRole.Arn", resources=role) as rt:
         assert rt.queue_mappings[0].function == "Worker"
 
