@@ -23,7 +23,7 @@ HANDOFF_MODES = ("enter", "respect_reentry")
 # The event catalogue (ARCHITECTURE.md §4) plus the events funnelpilot adds; ``custom.*`` are the site's own.
 EVENTS = frozenset("""contact.subscribed contact.confirmed contact.pending contact.unsubscribed contact.suppressed
 contact.erased contact.updated contact.tagged contact.untagged contact.inactive email.sent email.blocked
-email.delivered email.opened email.clicked email.bounced email.complained page.viewed order.placed score.changed
+email.delivered email.opened email.clicked email.bounced email.complained page.viewed order.placed
 lead.qualified customer.vip customer.repurchase_due customer.lapsed segment.entered segment.left
 funnel.converted funnel.handoff funnel.refused contact.sunset contact.reactivated sales.notify""".split())
 ACTIONS = ("send", "sms", "wait", "wait_for", "if", "split", "tag", "untag", "set", "score", "notify", "webhook", "goto",
@@ -461,6 +461,8 @@ def parse(path: Path, templates: bool = True) -> tuple[Funnel | None, list[str]]
     entry_rule, reenter, handoff = _entry(c, doc.get("entry", "once_per_trigger"), doc.line)
     goals = tuple(e for e in (c.event(g, doc.line, "goals") for g in _list(doc.get("goals"))) if e)
     exits = tuple(e for e in (c.event(g, doc.line, "exits") for g in _list(doc.get("exits"))) if e)
+    for event, where in [*([(trigger["event"], trigger["where"])] if trigger else []), *((e, None) for e in goals + exits)]:
+        _segment_event(c, event, where, path.parent.parent / "segments.yaml", doc.line)
     cap = _cap(c, doc.get("frequency_cap"), doc.line)
     quiet = _quiet(c, doc.get("quiet_hours"), doc.line)
     tz = doc.get("timezone", "UTC")
@@ -480,6 +482,24 @@ def parse(path: Path, templates: bool = True) -> tuple[Funnel | None, list[str]]
                     list_name=list_name, status=str(status), utm=utm)
     _check_references(c, funnel)
     return (None if c.errors else funnel), c.errors
+
+
+SEGMENT_EVENTS = ("segment.entered", "segment.left")
+
+
+def _segment_event(c: "_Checker", event: str, where: dict | None, segments_file: Path, line: int) -> None:
+    """segment.entered / segment.left exist only for the segments with ``events: true``: a trigger
+    names such segments (``where: {segment: ...}``); a goal or exit needs one to exist."""
+    if event not in SEGMENT_EVENTS:
+        return
+    from funnelpilot.segments import announced
+
+    named = announced(segments_file)
+    wanted = None if where is None else _list(where.get("segment"))
+    if (not named if wanted is None else not wanted or any(not isinstance(w, str) or w not in named for w in wanted)):
+        c.error(line, f"{event}: published only for the segments with `events: true` in segments.yaml "
+                      f"({', '.join(sorted(named)) or 'none has it'})" + ("" if wanted is None else
+                      "; name them in the trigger (where: {segment: [...]})"))
 
 
 def _list_name(c: "_Checker", value, path: Path, line: int) -> str | None:

@@ -209,9 +209,14 @@ def award(contact_id: str, points: float, *, once_key: str, track: str = "captur
           reason: str = "funnel") -> Outcome:
     """Points from outside the rules (a funnel's ``score`` step), added at most once per
     ``once_key`` (e.g. execution + state), decay-compatible like every other ADD."""
+    from funnelpilot import segments  # (segments imports this module)
+
     rule = Rule(id=reason, event="score.awarded", track=track, points=float(points))
     detail = {"event_id": once_key, "contact_id": contact_id}
-    return _apply("score.awarded", detail, [rule], clock.now(), f"AWARD#{once_key}", log_activity=False)
+    outcome = _apply("score.awarded", detail, [rule], clock.now(), f"AWARD#{once_key}", log_activity=False)
+    if any(outcome.points.values()):
+        segments.evaluate(segments.SCORED, detail)
+    return outcome
 
 
 def _apply(detail_type: str, detail: dict, matched: list, t: float, seen_sk: str, *, log_activity: bool) -> Outcome:
@@ -374,7 +379,8 @@ def _profile_update(contact: Contact, points: dict, t: float, detail_type: str, 
 
 
 def _thresholds(cid: str, event_id: str, t: float, points: dict) -> list[str]:
-    """Emit ``score.changed`` and, once per upward crossing, the track's threshold event.
+    """Emit, once per upward crossing, the track's threshold event. (A change of score is no bus
+    event: the segments that depend on it are evaluated by the scorer, ``segments.SCORED``.)
 
     Each track has an episode flag (``qualified_until`` / ``vip_until``): the time the
     score will decay below the threshold if nothing else happens. A crossing claims the
@@ -390,8 +396,6 @@ def _thresholds(cid: str, event_id: str, t: float, points: dict) -> list[str]:
         if not points[name]:
             continue
         now_score = current_score(contact, name, at=t)
-        entries.append(bus.event("score.changed", cid, event_id=tokens.digest_id("sc", event_id, name),
-                                 track=name, score=round(now_score, 2), points=points[name]))
         if track.threshold is None or not track.emits:
             continue
         eligible = track.audience == "all" or (track.audience == "customers") == is_customer(contact)

@@ -1,16 +1,21 @@
 """Segments: definitions in ``infra/segments.yaml`` (README, "Segments"), evaluated for one
 contact at a time when an event touches something a segment depends on - never a rebuild.
 
-Membership is stored twice, written in one transaction: an item ``pk = <contact_id>,
-sk = SEG#<segment>`` on the sparse GSI (``gsi1pk = SEG#<segment>``: "members of S" is a
-Query), and the ``segments`` string set on the profile (``if segment`` in a funnel is one
-GetItem). Entering is a conditional put, leaving a conditional delete, so concurrent or
-repeated evaluations emit ``segment.entered`` / ``segment.left`` once per change.
+Membership is stored twice: an item ``pk = <contact_id>, sk = SEG#<segment>`` on the sparse
+GSI (``gsi1pk = SEG#<segment>``: "members of S" is a Query), and the ``segments`` string set on
+the profile (``if segment`` in a funnel is one GetItem). Two single writes, not a transaction
+(2 WRU a change instead of 4): entering is a conditional put of the item, then the profile's
+``ADD`` (conditioned on a live profile: when the contact was erased meanwhile the item is
+deleted again, funnelpilot.erasure); leaving is a conditional delete, then the profile's
+``DELETE``. The item's condition is the counted-once guard, so concurrent or repeated
+evaluations change a membership once; the profile write is idempotent and also made when the
+item was already right (it repairs a profile left behind by a process that died between the two).
 """
 import hashlib
 import json
 from dataclasses import dataclass
 from functools import cache
+from pathlib import Path
 
 import yaml
 from botocore.exceptions import ClientError
@@ -25,6 +30,8 @@ ENGAGEMENT = sorted(inactivity.ENGAGEMENT)
 _PROFILE_EVENTS = ["contact.updated", "contact.tagged", "contact.untagged"]
 _STATUS_EVENTS = ["contact.subscribed", "contact.confirmed", "contact.unsubscribed", "contact.suppressed",
                   "contact.sunset", "contact.reactivated", "contact.erased"]
+# Not a bus event: a change of score, evaluated where it happens (funnelpilot.scoring).
+SCORED = "score.changed"
 # Which events can change each kind of condition (the segment's dependencies).
 DEPENDS = {
     "tag": _PROFILE_EVENTS, "not_tag": _PROFILE_EVENTS, "property": _PROFILE_EVENTS,
@@ -32,7 +39,7 @@ DEPENDS = {
              "contact.sunset", "contact.reactivated", *_PROFILE_EVENTS],
     "lead_magnet": ["contact.subscribed", *_PROFILE_EVENTS],
     "status": _STATUS_EVENTS,
-    "score": ["score.changed"], "loyalty": ["score.changed"],
+    "score": [SCORED], "loyalty": [SCORED],
     "customer": ["order.placed"],
     "last_activity_days": [*ENGAGEMENT, "contact.inactive"],
 }
@@ -44,6 +51,7 @@ class Segment:
     mode: str  # all | any
     conditions: tuple[dict, ...]
     description: str = ""
+    events: bool = False  # publish segment.entered / segment.left (segments.yaml ``events: true``)
 
     def depends_on(self) -> set[str]:
         kinds: set[str] = set()
@@ -74,7 +82,9 @@ def definitions() -> dict[str, Segment]:
                 raise ValueError(f"segments.yaml: {name}: unknown condition {kind!r}")
             if kind == "did" and "event" not in arg:
                 raise ValueError(f"segments.yaml: {name}: did needs an event")
-        out[name] = Segment(name, mode, conditions, spec.get("description", ""))
+        if not isinstance(spec.get("events", False), bool):
+            raise ValueError(f"segments.yaml: {name}: events is true or false")
+        out[name] = Segment(name, mode, conditions, spec.get("description", ""), spec.get("events", False))
     # every declared list is a segment too, so its members are a Query (funnelpilot.audience.export)
     for list_name in consent.declared_lists():
         out[list_segment(list_name)] = Segment(list_segment(list_name), "all", (
@@ -82,9 +92,19 @@ def definitions() -> dict[str, Segment]:
     return out
 
 
+def announced(path: Path) -> set[str]:
+    """The segments of a segments.yaml that publish segment.entered / segment.left (``events: true``):
+    a funnel or webhook using those events names one of them (funnelpilot.funnel_spec, channels.webhooks).
+    Events no consumer wants are not put on the bus: each costs a PutEvents entry and, where a rule
+    matches, an invocation."""
+    doc = (yaml.safe_load(path.read_text()) or {}) if path.exists() else {}
+    return {name for name, spec in (doc.get("segments") or {}).items() if (spec or {}).get("events") is True}
+
+
 def event_kinds() -> set[str]:
-    """Every event type some segment depends on (the segment function's rule must match them)."""
-    return set().union(*(s.depends_on() for s in definitions().values()))
+    """Every bus event type some segment depends on (the segment and score functions' rules must
+    match them between them: the score function evaluates the segments of the events it scores)."""
+    return set().union(*(s.depends_on() for s in definitions().values())) - {SCORED}
 
 
 class Facts:
@@ -183,11 +203,13 @@ def record_facts(detail_type: str, detail: dict) -> list[str]:
     return written
 
 
-def evaluate(detail_type: str, detail: dict) -> dict[str, list[str]]:
-    """Re-evaluate, for the event's contact, the segments that depend on this event type."""
+def evaluate(detail_type: str, detail: dict, also: tuple[str, ...] = ()) -> dict[str, list[str]]:
+    """Re-evaluate, for the event's contact, the segments that depend on this event type (or on
+    one of ``also``: ``SCORED`` when the event changed the contact's score)."""
     cid = detail["contact_id"]
     facts_written = record_facts(detail_type, detail)
-    affected = [s for s in definitions().values() if detail_type in s.depends_on()]
+    kinds = {detail_type, *also}
+    affected = [s for s in definitions().values() if kinds & s.depends_on()]
     changes: dict[str, list[str]] = {"entered": [], "left": []}
     if not affected:  # (a did fact always has its segment among the affected ones)
         return changes
@@ -206,29 +228,20 @@ def evaluate(detail_type: str, detail: dict) -> dict[str, list[str]]:
         member = is_member(seg, facts, now)
         if member and seg.name not in current and _enter(cid, seg.name):
             changes["entered"].append(seg.name)
-            entries.append(bus.event("segment.entered", cid, segment=seg.name, trigger=detail_type,
-                                     event_id=tokens.digest_id("se", detail["event_id"], seg.name)))
+            if seg.events:
+                entries.append(bus.event("segment.entered", cid, segment=seg.name, trigger=detail_type,
+                                         event_id=tokens.digest_id("se", detail["event_id"], seg.name)))
         elif not member and seg.name in current and _leave(cid, seg.name):
             changes["left"].append(seg.name)
-            entries.append(bus.event("segment.left", cid, segment=seg.name, trigger=detail_type,
-                                     event_id=tokens.digest_id("sl", detail["event_id"], seg.name)))
+            if seg.events:
+                entries.append(bus.event("segment.left", cid, segment=seg.name, trigger=detail_type,
+                                         event_id=tokens.digest_id("sl", detail["event_id"], seg.name)))
     bus.publish(*entries)
     return changes
 
 
 def membership_key(cid: str, segment: str) -> dict:
     return {"pk": {"S": cid}, "sk": {"S": f"SEG#{segment}"}}
-
-
-def _transact(items: list[dict]) -> bool:
-    try:
-        aws.transact_write(items)
-        return True
-    except ClientError as exc:
-        reasons = exc.response.get("CancellationReasons") or []
-        if any(r.get("Code") == "ConditionalCheckFailed" for r in reasons):
-            return False  # another evaluation made the same change first
-        raise
 
 
 def membership_item(cid: str, segment: str) -> dict:
@@ -241,24 +254,29 @@ def list_segment(list_name: str) -> str:
     return f"list:{list_name}"
 
 
+def _profile_set(cid: str, action: str, segment: str) -> bool:
+    """``ADD`` / ``DELETE`` the segment on the live profile; False when there is none (erased)."""
+    return aws.conditional("update_item", Key={"pk": {"S": cid}, "sk": {"S": PROFILE}},
+                           UpdateExpression=f"{action} #segs :s", ConditionExpression="attribute_exists(pk) AND #st <> :erased",
+                           ExpressionAttributeNames={"#segs": "segments", "#st": "status"},
+                           ExpressionAttributeValues={":s": {"SS": [segment]}, ":erased": {"S": "erased"}})
+
+
 def _enter(cid: str, segment: str) -> bool:
-    return _transact([
-        {"Put": {"TableName": config().table, "Item": membership_item(cid, segment),
-                 "ConditionExpression": "attribute_not_exists(pk)"}},
-        {"Update": {"TableName": config().table, "Key": {"pk": {"S": cid}, "sk": {"S": PROFILE}},
-                    "UpdateExpression": "ADD #segs :s", "ConditionExpression": "attribute_exists(pk)",
-                    "ExpressionAttributeNames": {"#segs": "segments"},
-                    "ExpressionAttributeValues": {":s": {"SS": [segment]}}}}])
+    """Make ``cid`` a member; True when this call made the change (emit ``segment.entered``)."""
+    new = aws.conditional("put_item", Item=membership_item(cid, segment), ConditionExpression="attribute_not_exists(pk)")
+    if not _profile_set(cid, "ADD", segment):  # erased since it was read: leave nothing behind
+        if new:
+            aws.write("delete_item", Key=membership_key(cid, segment))
+        return False
+    return new
 
 
 def _leave(cid: str, segment: str) -> bool:
-    return _transact([
-        {"Delete": {"TableName": config().table, "Key": membership_key(cid, segment),
-                    "ConditionExpression": "attribute_exists(pk)"}},
-        {"Update": {"TableName": config().table, "Key": {"pk": {"S": cid}, "sk": {"S": PROFILE}},
-                    "UpdateExpression": "DELETE #segs :s", "ConditionExpression": "attribute_exists(pk)",
-                    "ExpressionAttributeNames": {"#segs": "segments"},
-                    "ExpressionAttributeValues": {":s": {"SS": [segment]}}}}])
+    """End ``cid``'s membership; True when this call made the change (emit ``segment.left``)."""
+    gone = aws.conditional("delete_item", Key=membership_key(cid, segment), ConditionExpression="attribute_exists(pk)")
+    _profile_set(cid, "DELETE", segment)
+    return gone
 
 
 def members(segment: str, *, limit: int = 100, cursor: str | None = None) -> tuple[list[str], str | None]:

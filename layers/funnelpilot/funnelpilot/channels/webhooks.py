@@ -71,6 +71,7 @@ def load(path: Path) -> dict[str, Subscription]:
     if not path.exists():
         return {}
     from funnelpilot.funnel_spec import _Loader
+    from funnelpilot.segments import announced
 
     try:
         doc = yaml.load(path.read_text(), Loader=_Loader) or {}  # noqa: S506 - a SafeLoader subclass
@@ -114,6 +115,8 @@ def load(path: Path) -> dict[str, Subscription]:
                 close = difflib.get_close_matches(str(event), sorted(kinds), n=1)
                 error(f"unknown event {event!r}" + (f" (did you mean {close[0]!r}?)" if close else
                                                      " (see the event catalogue, or custom.<name>)"))
+            elif event in ("segment.entered", "segment.left") and not announced(path.parent / "segments.yaml"):
+                error(f"{event}: published only for the segments with `events: true` in segments.yaml (none has it)")
         fields = spec.get("fields") or []
         fields = [fields] if isinstance(fields, str) else fields
         allowed = (*PROFILE_FIELDS, *custom)
