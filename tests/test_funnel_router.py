@@ -222,3 +222,29 @@ def test_a_click_made_before_the_wait_began_resumes_it_at_once(rt, tap):
     assert resp.status == 302 and rt.settle()
     assert enter(rt, arn, trigger) == name
     assert sfn.describe_execution(executionArn=execution)["status"] == "SUCCEEDED"
+
+
+def test_an_erasure_between_the_profile_read_and_the_claim_leaves_no_entry_and_no_execution(rt, tap, machine,
+                                                                                           monkeypatch):
+    """The claim is one conditional write (no transaction with the profile): a person erased after
+    the router read their profile gets their claim deleted again when the router reads it back."""
+    from funnelpilot import erasure, gdpr
+    from funnelpilot_local.aws_rules import principal
+
+    cid = person("eve")
+    real, reads = erasure.live, []
+
+    def live_then_erased(*args, **kwargs):
+        found = real(*args, **kwargs)
+        if not reads:
+            with principal.acting_as(None):  # the erasure (its own function) runs while this entry goes on to the claim
+                gdpr.erase(cid)
+        reads.append(found)
+        return found
+
+    monkeypatch.setattr(erasure, "live", live_then_erased)
+    assert enter(rt, machine, event(cid)) is None
+    assert reads[0] is not None and reads[1] is None  # read as alive, then found gone after the claim
+    assert "Item" not in rt.client("dynamodb").get_item(TableName="ContactsTable",
+                                                        Key={"pk": {"S": cid}, "sk": {"S": "FUNNEL#demo"}})
+    assert runs(rt, machine, cid) == {} and entered(rt) == 0

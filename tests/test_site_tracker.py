@@ -7,11 +7,11 @@ from email import message_from_bytes, policy
 import pytest
 from conftest import START, EventTap
 
-from funnelpilot import clock, scoring, tokens, visitors
+from funnelpilot import clock, tokens, visitors
 from funnelpilot.channels import emails
 from funnelpilot_local.runtime import ROOT, Runtime, http_api_event
 from funnelpilot_local.server import site_parameters
-from funnelpilot.models import PROFILE, Contact, Message
+from funnelpilot.models import Message
 
 BROWSER = "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/126.0 Safari/537.36"
 SITE = "http://localhost:3000"  # the local site origin (SiteUrl, and an allowed origin)
@@ -154,7 +154,10 @@ def test_collect_with_token_emits_page_viewed_for_that_contact(rt, tap):
     assert fp not in json.dumps(viewed) and "198.51.100.7" not in json.dumps(viewed)
     assert page_counter(rt, "/pricing") == {"known": 1}
     assert rt.settle()  # scoring (infra/scoring.yaml): pricing page 20 + page view 1
-    assert scoring.current_score(Contact.get(cid, PROFILE), at=scoring.event_time(detail)) == pytest.approx(21)
+    activity = rt.client("dynamodb").query(TableName=rt.template.physical["ContactsTable"],
+                                           KeyConditionExpression="pk = :p AND begins_with(sk, :e)",
+                                           ExpressionAttributeValues={":p": {"S": cid}, ":e": {"S": "EVT#"}})["Items"]
+    assert [i["capture_points"]["N"] for i in activity if i["kind"]["S"] == "page.viewed"] == ["21"]
     # the sales alert (functions/notify, infra/alerts.yaml): one internal email naming the page
     [alerted] = tap.events("sales.alerted")
     assert alerted["detail"]["contact_id"] == cid and alerted["detail"]["path"] == "/pricing"

@@ -7,9 +7,10 @@ incarnation): deterministic, so a duplicate trigger event finds its execution
 console, in CloudWatch or in an ARN; a signup after an erasure is a new incarnation, so
 new names (and a new welcome). An operator finds a person's executions in their export
 (the ``FUNNEL#`` items' ``execution_arn``). The contact's ``FUNNEL#<id>`` item guards the
-entry rule: one transaction claims an entry, conditioned on the profile still being this
-incarnation (an event in flight when the person was erased creates nothing), so duplicate
-or concurrent trigger events start one execution. Its ``execution_arn`` is set by that
+entry rule: one conditional write claims an entry (1 WRU, not a transaction with the profile's
+check at 4), then the profile is read again (funnelpilot.erasure): when it is gone or another
+incarnation the claim is taken back, so an event in flight when the person was erased leaves
+nothing; duplicate or concurrent trigger events start one execution. Its ``execution_arn`` is set by that
 claim, which lets the steps of a stale execution recognise that the entry is no longer theirs.
 """
 import json
@@ -197,7 +198,7 @@ def _enter(funnel: str, state_machine_arn: str, entry_rule: str, event: dict, re
     name = execution_name(cid, funnel, entry_id, incarnation)
     arn = execution_arn(state_machine_arn, name)
     for _attempt in range(_CLAIM_ATTEMPTS):
-        # TransactWriteItems returns no old values: the entry this claim replaces is read first
+        # the entry this claim replaces is read first (``_release`` puts it back)
         old = aws.dynamodb().get_item(TableName=config().table, Key=_entry_key(cid, funnel), ConsistentRead=True
                                       ).get("Item") or {}
         now = clock.now()
@@ -219,20 +220,14 @@ def _enter(funnel: str, state_machine_arn: str, entry_rule: str, event: dict, re
         if old.get("execution_arn"):  # pin what we replace: "always" stops it, a failed start puts it back
             condition = f"({condition}) AND execution_arn = :old AND #s = :oldstatus"
             values[":old"], values[":oldstatus"] = old["execution_arn"], old.get("status", {"S": ""})
-        claim = {"Update": {"TableName": config().table, "Key": _entry_key(cid, funnel),
-                            "UpdateExpression": f"{sets} ADD entries :one",
-                            "ConditionExpression": condition, "ExpressionAttributeNames": {"#s": "status"},
-                            "ExpressionAttributeValues": values}}
+        claim = {"Key": _entry_key(cid, funnel), "UpdateExpression": f"{sets} ADD entries :one",
+                 "ConditionExpression": condition, "ExpressionAttributeNames": {"#s": "status"},
+                 "ExpressionAttributeValues": values}
         try:
-            aws.transact_write([erasure.alive(cid, incarnation), claim])
-            claimed = True
-            break
+            aws.write("update_item", **claim)
         except Exception as exc:
-            failed = aws.failed_conditions(exc)
-            if not failed:
+            if not aws.is_conditional_failure(exc):
                 raise
-            if 0 in failed:
-                return Attempt()  # erased meanwhile
             current = entry(cid, funnel) or {}
             if current.get("trigger_event_id") == event_id:
                 if current.get("status") != "starting":
@@ -243,6 +238,12 @@ def _enter(funnel: str, state_machine_arn: str, entry_rule: str, event: dict, re
             reason = _refusal(entry_rule, reenter_after, current, now)
             if reason:
                 return Attempt(refused=reason, incarnation=incarnation)
+        else:
+            if erasure.incarnation(cid) != incarnation:  # erased (and maybe back) since the read: delete the claim
+                _release(cid, funnel, arn, {})  # (what it replaced was the erased person's)
+                return Attempt()
+            claimed = True
+            break
     else:
         raise TransientError(f"entry into {funnel}: the entry kept changing under its claim")
     old_arn = old.get("execution_arn", {}).get("S")
