@@ -6,7 +6,8 @@
 - complaint: suppress at once;
 - delivery: recorded on the message (``delivered_at``, which the engagement rules use) and
   counted (``delivered``, funnelpilot.metrics) here: no event on the bus, which only the
-  counters read.
+  counters read, and no counted-once marker: the write that sets the message's first
+  ``delivered_at`` is the guard (a copy of the event finds it set and counts nothing).
 
 The contact is found from the recipient address (contact_id is a keyed hash of it), the
 message from our ``X-Funnelpilot-Message-Id`` header, which SES copies into ``mail.headers``.
@@ -49,15 +50,19 @@ def _iso(ses_time: str | None) -> str:
     return clock.iso(dt.timestamp())
 
 
-def _mark_message(cid: str, message_id: str | None, attribute, when: str) -> None:
+def _mark_message(cid: str, message_id: str | None, attribute, when: str, first: bool = False) -> bool:
+    """Set ``attribute`` on the message (``first``: only if unset); False when nothing was set."""
     if not message_id:
-        return
+        return False
+    condition = Message.pk.exists() & attribute.does_not_exist() if first else Message.pk.exists()
     try:
         aws.retry_conflicts(lambda: Message(cid, f"MSG#{message_id}").update(actions=[attribute.set(when)],
-                                                                             condition=Message.pk.exists()))
+                                                                             condition=condition))
     except UpdateError as exc:
         if not is_conditional_failure(exc):
             raise
+        return False
+    return True
 
 
 def handle(event: dict) -> list[str]:
@@ -103,11 +108,13 @@ def handle(event: dict) -> list[str]:
         for address in delivery.get("recipients", []):
             cid = tokens.contact_id(contacts.normalise_email(address))
             delivered_at = _iso(delivery.get("timestamp"))
-            _mark_message(cid, message_id, Message.delivered_at, delivered_at)
+            first = _mark_message(cid, message_id, Message.delivered_at, delivered_at, first=True)
             _reset_soft_bounces(cid, delivered_at)
-            metrics.record("email.delivered", {"event_id": f"{event_id}-{cid}", "contact_id": cid,
-                                               "occurred_at": clock.iso(), **consent.message_fields(cid, message_id)})
-            done.append(f"{cid}: delivered")
+            if first:
+                metrics.record("email.delivered", {"event_id": f"{event_id}-{cid}", "contact_id": cid,
+                                                   "occurred_at": clock.iso(), **consent.message_fields(cid, message_id)},
+                               guarded=True)
+            done.append(f"{cid}: delivered" if first else f"{cid}: delivery seen before")
     return done
 
 

@@ -18,12 +18,17 @@ the sequence step's completion and the router's exit when they moved the entry's
 ``entered`` and ``completed``): the producer's own conditional write is the counted-once guard,
 and a process dying between it and the ``ADD`` loses that one count.
 
-Idempotency of the events counted here: a marker item ``pk = SEEN#<key>`` (conditional put,
-with TTL) first, then the ``ADD``: a duplicate delivery finds the marker and counts nothing.
-When the ``ADD`` fails the marker is deleted again and the error reaches the Lambda, whose
-asynchronous retries count the event later. Two writes of 1 WRU instead of a transaction of 2 WRU per item: only a process
-dying between the two loses that one count.
+Sends and deliveries are counted the same way, by their producers with no bus event to the
+metrics function (``record(..., guarded=True)``): the sequence step once its write marked the
+message sent, ses_feedback when its write set the message's first ``delivered_at``.
+
+Idempotency of the events the metrics function counts: a marker item ``pk = SEEN#<key>``
+(conditional put, with TTL) first, then the ``ADD``: a duplicate delivery finds the marker and
+counts nothing. When the ``ADD`` fails the marker is deleted again and the error reaches the
+Lambda, whose asynchronous retries count the event later. Two writes of 1 WRU instead of a
+transaction of 2 WRU per item: only a process dying between the two loses that one count.
 """
+import os
 import re
 
 from funnelpilot import aws, clock, tokens
@@ -140,9 +145,11 @@ def refused(funnel: str, reason: str) -> None:
     count(funnel, None, {"refused": 1, f"refused_{reason}": 1})
 
 
-def record(detail_type: str, detail: dict) -> bool:
+def record(detail_type: str, detail: dict, *, guarded: bool = False) -> bool:
     """Turn one bus event into counters (idempotent); returns False for a duplicate or no-op. An
-    event about a broadcast's message is the broadcast's (funnelpilot.broadcasts.counters)."""
+    event about a broadcast's message is the broadcast's (funnelpilot.broadcasts.counters).
+    ``guarded``: the caller's own conditional write made this event happen once (a producer
+    counting its own event): no marker."""
     if detail.get("broadcast"):
         from funnelpilot.broadcasts import counters
 
@@ -160,5 +167,31 @@ def record(detail_type: str, detail: dict) -> bool:
     if found is None or not step:
         return counted
     amounts, once_key = found
-    return count(funnel, step, amounts, once_key=once_key, day=day, template=detail.get("template"),
-                 variant=detail.get("variant")) or counted
+    return count(funnel, step, amounts, once_key=None if guarded else once_key, day=day,
+                 template=detail.get("template"), variant=detail.get("variant")) or counted
+
+
+# ---------------------------------------------------------------- EMF (CustomMetrics=true)
+EMF_NAMES = {"email.sent": "EmailsSent", "email.blocked": "EmailsBlocked", "email.bounced": "EmailsBounced",
+             "email.complained": "EmailsComplained", "contact.unsubscribed": "Unsubscribes",
+             "funnel.converted": "Conversions", "funnel.failed": "FunnelExecutionsFailed"}
+
+
+def emit(detail_type: str, detail: dict) -> None:
+    """The operational EMF metric of a counted event (the CloudWatch dashboard), where it was counted.
+    Flushed at once rather than by ``@log_metrics``: that warns on every invocation without a metric,
+    and while disabled (local runtime) powertools keeps the values and prints them once 100 piled up.
+    Off (no powertools import) unless the template's CustomMetrics turned it on."""
+    name = EMF_NAMES.get(detail_type)
+    if detail_type in ("email.opened", "email.clicked"):
+        name = f"{'Human' if detail.get('human') is True else 'Machine'}{'Opens' if detail_type == 'email.opened' else 'Clicks'}"
+    if not name or os.environ.get("POWERTOOLS_METRICS_DISABLED", "").lower() == "true":
+        return
+    from aws_lambda_powertools import Metrics
+    from aws_lambda_powertools.metrics import MetricUnit
+    from aws_lambda_powertools.metrics.functions import is_metrics_disabled
+
+    if not is_metrics_disabled():
+        ops = Metrics()  # powertools' metrics share one set per process
+        ops.add_metric(name=name, unit=MetricUnit.Count, value=1)
+        ops.flush_metrics()

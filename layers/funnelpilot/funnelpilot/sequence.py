@@ -121,10 +121,14 @@ def _blocked(step: dict, message_id: str, reason: str, detail: str | None = None
     return {"message_id": message_id, "status": "blocked", "reason": reason, **extra}
 
 
-def _sent(step: dict, message_id: str, channel: str = "email") -> dict:
-    """Emit ``email.sent`` (``sms.sent``; same event id on a retry: consumers count it once)."""
-    bus.publish(bus.event(f"{channel}.sent", step["contact_id"], event_id=tokens.digest_id("es", message_id),
-                          **_email_fields(step, message_id)))
+def _sent(step: dict, message_id: str, channel: str = "email", counted: bool = True) -> dict:
+    """Count the send (funnelpilot.metrics: guarded by the write that marked the message sent; ``counted``
+    False for a retry that found it so) and emit ``email.sent`` (``sms.sent``; same event id on a retry)."""
+    entry = bus.event(f"{channel}.sent", step["contact_id"], event_id=tokens.digest_id("es", message_id),
+                      **_email_fields(step, message_id))
+    if counted and metrics.record(f"{channel}.sent", json.loads(entry["Detail"]), guarded=True):
+        metrics.emit(f"{channel}.sent", {})
+    bus.publish(entry)
     return {"message_id": message_id, "status": "sent"}
 
 
@@ -281,7 +285,7 @@ def send(step: dict) -> dict:
         if prior.status == "blocked":
             return _blocked(step, message_id, prior.reason, prior.detail) | {"duplicate": True}
         if prior.status == "sent":
-            return _sent(step, message_id) | {"duplicate": True}
+            return _sent(step, message_id, counted=False) | {"duplicate": True}
         raise TransientError("another attempt of this send holds its claim")
     if reason:
         return _blocked(step, message_id, reason)

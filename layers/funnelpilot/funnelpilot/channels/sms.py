@@ -157,7 +157,7 @@ def send(step: dict) -> dict:
         if prior.status == "blocked":
             return sequence._blocked(step, message_id, prior.reason, prior.detail, channel="sms") | {"duplicate": True}
         if prior.status == "sent":
-            return sequence._sent(step, message_id, channel="sms") | {"duplicate": True}
+            return sequence._sent(step, message_id, channel="sms", counted=False) | {"duplicate": True}
         raise TransientError("another attempt of this SMS holds its claim")
     if reason:
         return sequence._blocked(step, message_id, reason, channel="sms")
