@@ -57,7 +57,7 @@ def test_export_then_erase_leaves_no_trace(rt, tap):
     assert consent["ip"] == "198.51.100.77" and consent["user_agent"] == BROWSER and consent["given_at"]
     assert consent["source"] == "https://www.example.com/guide"  # the form's page, without its query
     [message] = data["items"]["msg"]
-    assert message["first_click_at"] and {h["kind"] for h in message["hits"]} == {"click", "open"}
+    assert message["last_hit_at"] and {h["kind"] for h in message["hits"]} == {"click", "open"}
 
     assert "erin.example@example.com" in everything(rt)
     resp = rt.http("DELETE", f"/contacts/{cid}", headers=ADMIN)

@@ -5,11 +5,13 @@ clients (no pynamodb): two AWS calls per hit, one conditional UpdateItem that ap
 hit and returns the message as it was, then one PutEvents (``_record``). The rules and
 their sources are documented in README.md ("Engagement: human or machine").
 
-Every recorded hit is appended to the message item (``hits``: time, kind, link index,
-human, reason; never an IP address or user agent) and emitted as ``email.opened`` /
-``email.clicked`` with ``human`` true or false. Consumers act only on ``human: true``.
-Hits are appended with ``list_append``, so concurrent hits on one message are all kept;
-a hit is changed afterwards only to label it machine (``_correct``).
+Every recorded hit is appended to the message item (``hits``: time, kind, link index, and
+``human``/``reason`` as the request's own rules label it; never an IP address or user agent)
+and emitted as ``email.opened`` / ``email.clicked`` with ``human`` true or false. Consumers act
+only on ``human: true``. Hits are appended with ``list_append``, so concurrent hits on one
+message are all kept, and never rewritten: the rules that need the message's history (a burst,
+too soon after delivery, around a honeypot hit) are applied when the hits are read
+(``message_verdicts``, for this request and for every reader), so no hit costs a second write.
 """
 import ipaddress
 import json
@@ -31,6 +33,7 @@ DELIVERY_WINDOW = 10  # seconds after the send in which no human opens or clicks
 BURST_WINDOW = 10  # seconds around a machine hit in which other hits of the message are machine
 MAX_STORED_HITS = 100  # hits kept on a message item; later ones are still emitted
 RECORDABLE = ("sent", "sending")  # a message's statuses that record hits (sending: SES may have accepted it)
+# Set only on a message whose hits list is full (MAX_STORED_HITS): its first human open/click past it
 _FIRSTS = {"open": ("first_open_at",), "click": ("first_open_at", "first_click_at")}  # a human click is also an open
 
 
@@ -47,7 +50,7 @@ class Result:
     honeypot: bool = False
 
 
-def _epoch(iso: str | None) -> float | None:
+def epoch(iso: str | None) -> float | None:
     return datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp() if iso else None
 
 
@@ -64,7 +67,7 @@ def history_verdict(*, now: float, sent_at: float | None, honeypot_at: float | N
     own rules (``request_verdict``) call human."""
     if honeypot_at is not None and abs(now - honeypot_at) <= BURST_WINDOW:
         return Verdict(False, "honeypot_burst")
-    if any(not h["human"] and abs(now - _epoch(h["at"])) <= BURST_WINDOW for h in hits):
+    if any(not h["human"] and abs(now - epoch(h["at"])) <= BURST_WINDOW for h in hits):
         return Verdict(False, "burst")
     if sent_at is None or now - sent_at < DELIVERY_WINDOW:
         return Verdict(False, "too_soon")
@@ -111,13 +114,35 @@ def _attr(item: dict, name: str):
     return None if value is None else next(iter(value.values()))
 
 
+def verdicts(hits: list[dict], *, sent_at: float | None) -> list[dict]:
+    """The stored ``hits`` (plain: at, kind, link, human, reason as labelled by their request), each
+    with the verdict of the message's history too, in the order they were made: machine within
+    ``BURST_WINDOW`` of a honeypot hit (either side: the whole burst was a machine) or after a
+    machine hit, or too soon after ``sent_at`` (the delivery, else the send)."""
+    honeypots = [epoch(h["at"]) for h in hits if h["reason"] == "honeypot"]
+    out: list[dict] = []
+    for h in hits:
+        verdict = Verdict(h["human"], h["reason"])
+        if verdict.human:
+            t = epoch(h["at"])
+            near = min(honeypots, key=lambda x: abs(x - t), default=None)
+            verdict = history_verdict(now=t, sent_at=sent_at, honeypot_at=near, hits=out)
+        out.append({**h, "human": verdict.human, "reason": verdict.reason})
+    return out
+
+
+def message_verdicts(item: dict) -> list[dict]:
+    """``verdicts`` of a message item (DynamoDB's typed form): what a reader of its hits relies on."""
+    return verdicts(_hits(item), sent_at=epoch(_attr(item, "delivered_at") or _attr(item, "sent_at")))
+
+
 def _verdict(label: Verdict, item: dict, now: float) -> Verdict:
     """The hit's verdict: its request's (``label``), completed by what the message item knows
     (delivery time, honeypot, earlier hits)."""
     if not label.human:
         return label
-    return history_verdict(now=now, sent_at=_epoch(_attr(item, "delivered_at") or _attr(item, "sent_at")),
-                           honeypot_at=_epoch(_attr(item, "honeypot_at")), hits=_hits(item))
+    return history_verdict(now=now, sent_at=epoch(_attr(item, "delivered_at") or _attr(item, "sent_at")),
+                           honeypot_at=epoch(_attr(item, "honeypot_at")), hits=message_verdicts(item))
 
 
 def _hits(item: dict) -> list[dict]:
@@ -177,37 +202,31 @@ def _record(kind: str, cid: str, message_id: str, key: dict, link: str | None, l
             now: float) -> tuple[tuple[str | None, bool], Verdict] | None:
     """Append the hit to the message and emit its events: one UpdateItem, then one PutEvents.
 
-    The write comes first, labelled by the request alone (``label``: ``request_verdict``), and
-    returns the message as it was before it (``ALL_OLD``), which completes the verdict
-    (``history_verdict``). It sets
-    ``first_open_at``/``first_click_at`` with ``if_not_exists``, so that old item also tells, atomically,
-    whether the hit is the message's first (``unique``): two concurrent first opens count once.
-    A second write happens only when the message disagrees with the label (a burst, a hit too soon
-    after delivery), after a honeypot hit (the burst before it is re-labelled), or for a link the
-    message does not have (a forged index: the hit is taken back, as if never made).
-    Returns the link (``_link``) and the verdict; None when nothing was recorded."""
+    The write stores the hit as the request labels it (``label``: ``request_verdict``) and returns
+    the message as it was before it (``ALL_OLD``): its earlier hits complete the verdict
+    (``history_verdict`` over ``message_verdicts``) and tell, atomically, whether the hit is the
+    message's first human open or click (``unique``: DynamoDB applies the writes on one item one
+    after the other, so of two concurrent first opens the second sees the first). A second write
+    happens only for a link the message does not have (a forged index: the hit is taken back, as if
+    never made). Returns the link (``_link``) and the verdict; None when nothing was recorded."""
     stamp = clock.iso(now)
     entry = {"at": stamp, "kind": kind, "link": link, "human": label.human, "reason": label.reason}
     old, stored = _append(key, kind, link, entry)
     if old is None:
         return None
-    index = len(old.get("hits", {}).get("L", []))  # where list_append put the hit: the list only grows at its end
-    marked = [a for a in _FIRSTS[kind] if label.human and _attr(old, a) is None]  # set by this hit
     target = _link(old, link)
     if target is None:
+        index = len(old.get("hits", {}).get("L", []))  # where list_append put the hit: the list only grows at its end
+        marked = [a for a in _FIRSTS[kind] if label.human and not stored and _attr(old, a) is None]  # set by this hit
         last = _attr(old, "last_hit_at")
         _correct(key, drop=(index, stamp) if stored else None, remove=marked + ([] if last else ["last_hit_at"]),
                  last_hit_at=last)
         return None
     verdict = _verdict(label, old, now)
-    if verdict != label:  # the message's history made a human-looking hit a machine
-        _correct(key, relabel=[(index, stamp, verdict.reason)] if stored else [], remove=marked)
-    elif link == HONEYPOT:  # the whole burst was a machine: re-label the human hits just before it
-        _correct(key, relabel=[(i, h["at"], "honeypot_burst") for i, h in enumerate(_hits(old))
-                               if h["human"] and abs(now - _epoch(h["at"])) <= BURST_WINDOW])
-
-    first_open = verdict.human and _attr(old, "first_open_at") is None
-    first_click = verdict.human and kind == "click" and _attr(old, "first_click_at") is None
+    earlier = message_verdicts(old)
+    first_open = verdict.human and not any(h["human"] for h in earlier) and (stored or _attr(old, "first_open_at") is None)
+    first_click = verdict.human and kind == "click" and not any(h["human"] and h["kind"] == "click" for h in earlier) \
+        and (stored or _attr(old, "first_click_at") is None)
     common = {"message_id": message_id, "funnel": _attr(old, "funnel"), "step": _attr(old, "step"),
               "template": _attr(old, "template"), "human": verdict.human}
     for name in ("variant", "broadcast"):  # A/B: counted per variant too; a broadcast's counts its own
@@ -229,17 +248,19 @@ def _append(key: dict, kind: str, link: str | None, entry: dict) -> tuple[dict |
     """The UpdateItem that records a hit on a sent message: (the message as it was, whether the hit
     went into its ``hits``); (None, False) when there is no sent message (nothing written). A message
     already holding ``MAX_STORED_HITS`` hits gets its timestamps but not the hit (a second UpdateItem,
-    for those rare messages: the first one's condition failed)."""
-    sets = ["last_hit_at = :now"] + [f"{a} = if_not_exists({a}, :now)" for a in _FIRSTS[kind] if entry["human"]]
+    for those rare messages: the first one's condition failed), and there ``first_open_at`` /
+    ``first_click_at`` keep its first human hits counted once."""
+    sets = ["last_hit_at = :now"]
     if link == HONEYPOT:
         sets.append("honeypot_at = :now")
     sent = "#s IN (:sent, :sending)"
     values = {":now": {"S": entry["at"]}, ":sent": {"S": RECORDABLE[0]}, ":sending": {"S": RECORDABLE[1]}}
+    firsts = [f"{a} = if_not_exists({a}, :now)" for a in _FIRSTS[kind] if entry["human"]]
     with_hit = {"UpdateExpression": "SET " + ", ".join(sets + ["hits = list_append(if_not_exists(hits, :empty), :hit)"]),
                 "ConditionExpression": f"{sent} AND (attribute_not_exists(hits) OR size(hits) < :max)",
                 "ExpressionAttributeValues": {**values, ":empty": {"L": []}, ":hit": {"L": [_typed(entry)]},
                                               ":max": {"N": str(MAX_STORED_HITS)}}}
-    without = {"UpdateExpression": "SET " + ", ".join(sets), "ConditionExpression": sent,
+    without = {"UpdateExpression": "SET " + ", ".join(sets + firsts), "ConditionExpression": sent,
                "ExpressionAttributeValues": values}
     for stored, request in ((True, with_hit), (False, without)):
         try:
@@ -254,21 +275,15 @@ def _append(key: dict, kind: str, link: str | None, entry: dict) -> tuple[dict |
     return None, False  # its status changed between the two writes
 
 
-def _correct(key: dict, *, relabel: list[tuple[int, str, str]] = (), remove: list[str] = (),
-             drop: tuple[int, str] | None = None, last_hit_at: str | None = None) -> None:
-    """The rare second write on a message (see ``_record``): label the hits of ``relabel`` (index, its
-    ``at``, reason) machine, remove the attributes ``remove``, take back the hit ``drop`` (index, ``at``),
-    set ``last_hit_at`` back. Each hit is changed only while it is still the one at its index; when it is
-    not, the correction is logged and given up."""
-    sets, removes, conditions = [], list(remove), []
-    values: dict = {":false": {"BOOL": False}} if relabel else {}
-    for i, at, reason in relabel:
-        sets += [f"hits[{i}].#human = :false", f"hits[{i}].#reason = :r{i}"]
-        values[f":r{i}"] = {"S": reason}
-    for i, at in [(i, at) for i, at, _ in relabel] + ([drop] if drop else []):
-        conditions.append(f"hits[{i}].#at = :at{i}")  # "at" is a reserved word
-        values[f":at{i}"] = {"S": at}
+def _correct(key: dict, *, remove: list[str] = (), drop: tuple[int, str] | None = None,
+             last_hit_at: str | None = None) -> None:
+    """The rare second write on a message (see ``_record``): take back the hit ``drop`` (index, its ``at``)
+    and the attributes ``remove`` it set, set ``last_hit_at`` back. The hit is removed only while it is
+    still the one at its index; when it is not, the correction is logged and given up."""
+    sets, removes, conditions, values = [], list(remove), [], {}
     if drop:
+        conditions.append(f"hits[{drop[0]}].#at = :at")  # "at" is a reserved word
+        values[":at"] = {"S": drop[1]}
         removes.append(f"hits[{drop[0]}]")
     if last_hit_at:
         sets.append("last_hit_at = :last")
@@ -279,7 +294,7 @@ def _correct(key: dict, *, relabel: list[tuple[int, str, str]] = (), remove: lis
                                             + ([f"REMOVE {', '.join(removes)}"] if removes else []))}
     if conditions:
         request["ConditionExpression"] = " AND ".join(conditions)
-        request["ExpressionAttributeNames"] = {"#at": "at"} | ({"#human": "human", "#reason": "reason"} if relabel else {})
+        request["ExpressionAttributeNames"] = {"#at": "at"}
     if values:
         request["ExpressionAttributeValues"] = values
     if not aws.conditional("update_item", Key=key, **request):

@@ -18,8 +18,8 @@ from time import sleep
 from boto3.dynamodb.types import TypeSerializer
 from pynamodb.exceptions import DoesNotExist, PutError, UpdateError
 
-from funnelpilot import (aws, bus, clock, consent, funnel_spec, funnels, metrics, preferences, scoring, segments,
-                         sendtime, tokens)
+from funnelpilot import (aws, bus, clock, consent, engagement, funnel_spec, funnels, metrics, preferences, scoring,
+                         segments, sendtime, tokens)
 from funnelpilot.audience import fields as custom_fields
 from funnelpilot.channels import emails, sms
 from funnelpilot.config import config
@@ -320,10 +320,9 @@ def _messages(cid: str, execution: str, states: list[str]) -> list[dict]:
 def _human_click(item: dict, link: str | None) -> bool:
     """A human click on the message (on any link, or on one whose URL contains ``link``)."""
     urls = [e if isinstance(e, str) else e["url"] for e in json.loads(item.get("links", {}).get("S") or "[]")]
-    for hit in item.get("hits", {}).get("L", []):
-        h = hit["M"]
-        index = h.get("link", {}).get("S") or ""
-        if h["kind"]["S"] != "click" or not h["human"]["BOOL"] or not index.isdigit() or int(index) >= len(urls):
+    for h in engagement.message_verdicts(item):
+        index = h["link"] or ""
+        if h["kind"] != "click" or not h["human"] or not index.isdigit() or int(index) >= len(urls):
             continue
         if not link or link in urls[int(index)]:
             return True
@@ -337,7 +336,8 @@ def holds(condition: dict, step: dict) -> bool:
     if kind == "clicked":
         return any(_human_click(m, arg.get("link")) for m in _messages(cid, step["execution"], arg["states"]))
     if kind == "opened":
-        return any("first_open_at" in m for m in _messages(cid, step["execution"], arg["states"]))
+        return any("first_open_at" in m or any(h["human"] for h in engagement.message_verdicts(m))  # a click opens too
+                   for m in _messages(cid, step["execution"], arg["states"]))
     contact = _contact(cid)
     if contact is None or contact.status == "erased":
         return False

@@ -7,7 +7,7 @@ The address travels in the request body only (never in a path, a query string or
 import json
 import uuid
 
-from funnelpilot import aws, bulk, bus, funnels, gdpr, scoring, tokens
+from funnelpilot import aws, bulk, bus, engagement, funnels, gdpr, scoring, tokens
 from funnelpilot.audience import fields
 from funnelpilot.contacts import normalise_email
 from funnelpilot.errors import InvalidField
@@ -93,7 +93,9 @@ def _timeline(messages: list[dict], refusals: list[dict]) -> list[dict]:
             if m.get(f"{field}_at"):
                 events.append({"at": m[f"{field}_at"], "event": field, **about})
         links = [e if isinstance(e, str) else e["url"] for e in json.loads(m.get("links") or "[]")]
-        for hit in m.get("hits") or []:
+        sent_at = m.get("delivered_at") or m.get("sent_at")
+        for hit in engagement.verdicts([{"link": None, "reason": None, **h} for h in m.get("hits") or []],
+                                       sent_at=engagement.epoch(sent_at)):
             entry = {"at": hit.get("at"), "event": _HIT_KINDS.get(hit.get("kind"), hit.get("kind")),
                      "human": bool(hit.get("human")), **about}
             if not hit.get("human"):

@@ -13,7 +13,7 @@ share of the revenue the emails brought. Nothing is written on the path of an em
 import re
 from datetime import datetime
 
-from funnelpilot import aws, clock, metrics, steering, tokens
+from funnelpilot import aws, clock, engagement, metrics, steering, tokens
 from funnelpilot.config import config
 
 UNATTRIBUTED = "_unattributed"  # the metrics "funnel" of orders no human click led to
@@ -30,19 +30,19 @@ def last_human_click(cid: str, at: float, window: float) -> dict | None:
     since = clock.iso(at - window)  # the hits' and last_hit_at's own format: ISO strings compare in time order
     query = {"TableName": config().table, "KeyConditionExpression": "pk = :c AND begins_with(sk, :m)",
              "FilterExpression": "#l >= :since AND (attribute_exists(#f) OR attribute_exists(#b))",
-             "ProjectionExpression": "#f, #s, #t, #v, #h, #b",  # (names: some are DynamoDB reserved words)
+             "ProjectionExpression": "#f, #s, #t, #v, #h, #b, #d, #sa",  # (names: some are DynamoDB reserved words)
              "ExpressionAttributeNames": {"#l": "last_hit_at", "#f": "funnel", "#s": "step", "#t": "template",
-                                          "#v": "variant", "#h": "hits", "#b": "broadcast"},
+                                          "#v": "variant", "#h": "hits", "#b": "broadcast", "#d": "delivered_at",
+                                          "#sa": "sent_at"},
              "ExpressionAttributeValues": {":c": {"S": cid}, ":m": {"S": "MSG#"}, ":since": {"S": since}}}
     best = None
     while True:
         page = aws.dynamodb().query(**query)
         for item in page["Items"]:
-            for hit in item.get("hits", {}).get("L", []):
-                h = hit["M"]
-                if h["kind"]["S"] != "click" or not h["human"]["BOOL"]:
+            for h in engagement.message_verdicts(item):  # the message's history decides, as for the click's event
+                if h["kind"] != "click" or not h["human"]:
                     continue
-                t = _epoch(h["at"]["S"])
+                t = _epoch(h["at"])
                 if at - window <= t <= at and (best is None or t > best["clicked_at"]):
                     best = {k: item[k]["S"] for k in ("funnel", "step", "template", "variant", "broadcast")
                             if "S" in item.get(k, {})}
