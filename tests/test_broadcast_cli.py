@@ -2,13 +2,13 @@
 broadcast` end to end against a runtime (and against `make serve` over HTTP), FILE:LINE errors for a
 broadcast file, and the shipped example."""
 import argparse
+import contextlib
 import io
+import json
 import re
 import shutil
 import time
 from email import message_from_bytes, policy
-
-import pytest
 
 from conftest import SINGLE
 from test_browser import free_port
@@ -42,8 +42,6 @@ def run(rt, *argv) -> tuple[int, str, str]:
     parser = argparse.ArgumentParser()
     broadcast_cli.register(parser.add_subparsers(dest="command"))
     out, err = io.StringIO(), io.StringIO()
-    import contextlib
-
     with contextlib.redirect_stderr(err):
         try:
             code = broadcast_cli.run(parser.parse_args(["broadcast", *argv]), api=RuntimeApi(rt), out=out)
@@ -204,3 +202,26 @@ def test_make_serve_runs_broadcasts_now_and_at_a_local_time(tmp_path):
         assert set(got) == {"News now", "News later"}
         sent_at = parsedate_to_datetime(got["News later"]["Date"]).astimezone(berlin)
         assert (sent_at.date(), sent_at.hour) == (tomorrow, 9)
+
+
+def test_without_public_url_a_preview_links_to_the_api_the_request_came_to(rt, monkeypatch):
+    """On AWS with PublicUrl empty the function cannot name its own API (template.yaml: a cycle): the
+    unsubscribe link of a preview is on the domain API Gateway says the request came to."""
+    from funnelpilot.config import config
+    from funnelpilot_local.runtime import http_api_event
+
+    assert post(rt, "/broadcasts", spec()).status == 201
+    route = next(r for r in rt.routes if (r.method, r.path) == ("POST", "/broadcasts/{id}/preview"))
+    event = http_api_event("POST", "/broadcasts/spring/preview", "", {"content-type": "application/json"}, "{}",
+                           {"id": "spring"}, route, "203.0.113.9")
+    event["requestContext"]["domainName"] = "abc123.execute-api.eu-west-1.amazonaws.com"
+    event["requestContext"]["authorizer"] = {"iam": {"userArn": "arn:aws:iam::123456789012:user/marketer"}}
+    monkeypatch.setenv("PUBLIC_URL", "")
+    config.cache_clear()
+    try:
+        result = rt.invoke("BroadcastsAdminFunction", event)
+    finally:
+        monkeypatch.undo()
+        config.cache_clear()
+    assert result["statusCode"] == 200
+    assert "https://abc123.execute-api.eu-west-1.amazonaws.com/u/" in json.loads(result["body"])["text"]

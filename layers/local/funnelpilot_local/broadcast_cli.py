@@ -72,7 +72,7 @@ def register(sub) -> None:
     when.add_argument("--local", metavar="HH:MM", help="this time of day in each recipient's zone (needs --date)")
     schedule.add_argument("--date", metavar="YYYY-MM-DD", help="the day of --local")
     schedule.add_argument("--fallback-zone", metavar="ZONE",
-                          help="IANA zone of people without one (default: the domain's, UTC)")
+                          help="IANA zone of people without one (default UTC)")
     for name, what in (("pause", "stop sending (what is sent stays sent)"), ("resume", "go on sending what is left"),
                        ("cancel", "stop for good: nobody else gets it")):
         command(name, what)
@@ -333,8 +333,7 @@ def _schedule(args, api, out) -> int:
     if (args.date or args.fallback_zone) and not args.local:
         raise UserError("--date and --fallback-zone go with --local HH:MM")
     when = ({"now": True} if args.now else {"at": args.at} if args.at else
-            {"local": args.local, "date": args.date, **({"fallback_zone": args.fallback_zone} if args.fallback_zone
-                                                        else {})})
+            {"local": args.local, "date": args.date, "fallback_zone": args.fallback_zone or "UTC"})
     done = _answer(*api.request("POST", f"/broadcasts/{args.id}/schedule", when), args.id, options=True)
     print(f"{args.id}: {done.get('status')} {_when(done)}; `funnelpilot broadcast report {args.id}` follows it",
           file=out)
