@@ -1,6 +1,6 @@
 """SpamAssassin scores of every shipped email, offline: its section of bench/RESULTS.md.
 
-Each email is sent through the real path on a stepped local runtime (funnelpilot_local.shipped_emails),
+Each email (the shipped broadcasts' too) is sent through the real path on a stepped local runtime (funnelpilot_local.shipped_emails),
 taken from the outbox as SES got it, less the ``X-SES-*`` headers SES reads and removes before
 sending, and scored by ``spamassassin -L -t`` (Debian's package with its default rules; ``-L``: local
 tests only, no network lookups, so no DNS blocklist, SPF or DKIM result; no Bayes database). Goal:
@@ -50,7 +50,7 @@ def measure() -> dict:
     from funnelpilot_local.runtime import Runtime
 
     with tempfile.TemporaryDirectory() as tmp, Runtime(stepped=True, start=START, state_dir=Path(tmp)) as rt:
-        mails = shipped_emails.send_all(rt)
+        mails = {**shipped_emails.send_all(rt), **shipped_emails.send_broadcasts(rt)}
     rows, version = [], "?"
     for name, raw in sorted(mails.items()):
         total, hits, version = score(delivered(raw))

@@ -106,6 +106,8 @@ def test_cli_create_preview_test_schedule_report_of_the_example(rt, tmp_path):
     sample, the winner to the rest after wait_hours."""
     importer.apply([{"email": f"rosa{i}@example.com", "first_name": "Rosa"} for i in range(2)],  # `contacts import`
                    {"file": "seed.csv", "imported_at": "2026-03-01", "list": "newsletter", "mapping": {}})
+    source = broadcast_cli.Source(EXAMPLE)
+    assert source.link_problems(source.inlined()) == []  # the template checks of `make funnels` pass
     code, out, _ = run(rt, "create", str(EXAMPLE))
     assert code == 0 and "created broadcast december-news (draft)" in out
     code, out, _ = run(rt, "list")

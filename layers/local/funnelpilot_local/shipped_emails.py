@@ -68,3 +68,28 @@ def send_all(rt, first_name: str | None = "Ann") -> dict[str, bytes]:
         ids[template] = result["message_id"]
     sent = _sent(rt)
     return {"confirm": confirmation, **{t: sent[m] for t, m in ids.items()}}
+
+
+def send_broadcasts(rt, readers: int = 40) -> dict[str, bytes]:
+    """email name (``broadcast-<id>-<variant>``) -> the raw message of every shipped broadcast
+    (infra/broadcasts/*.yaml), each variant as a reader got it: created and sent now through the admin
+    routes as `funnelpilot broadcast` sends it, to ``readers`` people imported to its list (an A/B
+    test's winner after its wait)."""
+    from funnelpilot.audience import importer
+    from funnelpilot_local.broadcast_cli import Source
+
+    admin, out = {"x-api-key": rt.admin_key}, {}
+    for path in sorted((rt.root / "infra" / "broadcasts").glob("*.yaml")):
+        spec = Source(path).inlined()
+        rows = [{"email": f"reader{i}.{spec['name']}@example.com", "first_name": "Ann"} for i in range(readers)]
+        importer.apply(rows, {"file": "readers.csv", "imported_at": "2026-03-01", "list": spec["list"], "mapping": {}})
+        assert rt.http("POST", "/broadcasts", json_body=spec, headers=admin).status == 201, path
+        assert rt.http("POST", f"/broadcasts/{spec['name']}/schedule", json_body={"now": True}, headers=admin).status == 200
+        rt.advance(((spec.get("ab") or {}).get("wait_hours", 0) + 1) * 3600)
+        assert rt.settle()
+        for raw in _sent(rt).values():
+            tags = message_from_bytes(raw).get("X-SES-MESSAGE-TAGS") or ""
+            email = next((t.split("=", 1)[1] for t in tags.split(", ") if t.startswith("email=")), "")
+            if f"broadcast={spec['name']}" in tags:
+                out.setdefault(email, raw)
+    return out
