@@ -32,6 +32,7 @@ Quotas modelled (defaults, us-east-1; checked 2026-12-01):
     .venv/bin/python bench/broadcast_scaling.py [--json]
 """
 import argparse
+import contextlib
 import json
 import math
 import sys
@@ -192,6 +193,22 @@ def _mean(rows: list[Counter]) -> dict:
     return {k: round(v / len(rows), 3) for k, v in sorted(total.items()) if v} if rows else {}
 
 
+@contextlib.contextmanager
+def _full_timeouts(rt):
+    """Each invocation's context has its function's whole Timeout left (the local one says 30 s): the
+    launcher's time budget is wall-clock, and at 30 s a loaded machine would make it hand off, so its
+    counts would depend on the load."""
+    from funnelpilot_local.runtime import LambdaContext
+
+    timeouts = {lid: int(rt.template.resolve(rt.template.properties(lid)).get("Timeout", 3)) for lid in rt.functions}
+    original = LambdaContext.get_remaining_time_in_millis
+    LambdaContext.get_remaining_time_in_millis = lambda context: timeouts.get(context.function_name, 3) * 1000
+    try:
+        yield
+    finally:
+        LambdaContext.get_remaining_time_in_millis = original
+
+
 def measure(recipients: int = 500, rate: int = 14) -> Counts:
     """A real broadcast of ``recipients`` (imported as the importer writes them) on the stepped strict
     runtime at SES ``rate``/s, every invocation's calls recorded apart (usage meter): the send worker's
@@ -211,7 +228,7 @@ def measure(recipients: int = 500, rate: int = 14) -> Counts:
 
     worker, records, first = _template_settings()["worker"], [], {}
     with tempfile.TemporaryDirectory() as tmp, Runtime(ROOT, stepped=True, start=START + 10 * 3600, state_dir=Path(tmp),
-                                                       rules=Rules(ses_max_send_rate=rate)) as rt:
+                                                       rules=Rules(ses_max_send_rate=rate)) as rt, _full_timeouts(rt):
         rt.schedules.clear()
         rows = [{"email": f"reader{i}@example.com", "first_name": f"Reader{i}"} for i in range(recipients)]
         importer.apply(rows, {"file": "bench.csv", "imported_at": "2026-03-01", "list": "newsletter", "mapping": {}})
