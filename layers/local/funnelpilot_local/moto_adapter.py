@@ -75,7 +75,11 @@
    timers (DelaySeconds), visibility timeouts and timestamps follow ``funnelpilot.clock``, the
    runtime's event source mappings look at a queue without receiving (:func:`sqs_queue_state`),
    and sends and batch deletes no longer scan the whole queue per message.
+20. Snapshots of moto's backends (:func:`snapshot_backends`, :func:`restore_backends`): the runtime
+   builds a stack once per process and restores a deep copy at each later start of the same stack
+   (~10 ms instead of ~0.35 s of API calls, most of a test's set-up).
 """
+import contextlib
 import copy
 import functools
 import json
@@ -87,6 +91,7 @@ from typing import Callable
 from botocore.exceptions import ClientError
 from botocore.signers import RequestSigner
 from moto.awslambda_simple.models import LambdaSimpleBackend
+from moto.core.base_backend import BackendDict
 from moto.core.exceptions import JsonRESTError
 from moto.core import responses as moto_responses
 from moto.core.responses import ActionResult
@@ -98,6 +103,7 @@ from moto.events import models as events_models
 from moto.events.utils import EventTemplateParser
 from moto.stepfunctions.responses import StepFunctionResponse
 from moto.ses.models import ses_backends
+from moto.ssm.models import ParameterDict
 from moto.stepfunctions.parser.asl.component.common.error_name.custom_error_name import CustomErrorName
 from moto.stepfunctions.parser.asl.component.state.exec.state_task.state_task_lambda import StateTaskLambda
 from moto.stepfunctions.parser.asl.parse.asl_parser import AmazonStateLanguageParser
@@ -358,6 +364,47 @@ class _CachedParser:
 
 def _entrypoint(self):
     return copy.deepcopy(_parsed(self._evaluation_details.state_machine_details.definition))
+
+
+# ---------------------------------------------------------------- backend snapshots
+def snapshot_backends() -> dict:
+    """A deep copy of every moto backend in use ((service, account, region) -> backend), taken
+    after a stack is built and before anything runs on it."""
+    live = {(bd.service_name, bd, account, region): backend for bd in BackendDict._instances
+            for account, by_region in bd.items() for region, backend in by_region.items()}
+    with _copyable():
+        return copy.deepcopy(live, {id(bd): bd for bd in BackendDict._instances})
+
+
+def restore_backends(snapshot: dict) -> None:
+    """Make moto's (freshly reset) backends copies of a snapshot: each backend object is the one
+    moto creates for its account and region (references between backends point to them), its
+    state a deep copy, so the snapshot serves any number of restores."""
+    live = {key: key[1][key[2]][key[3]] for key in snapshot}  # created empty on first access
+    memo = {id(bd): bd for bd in BackendDict._instances} | {id(snapshot[key]): backend for key, backend in live.items()}
+    with _copyable():
+        for key, backend in live.items():
+            backend.__dict__ = copy.deepcopy(snapshot[key].__dict__, memo)
+
+
+def _copy_parameters(params: ParameterDict, memo: dict) -> ParameterDict:
+    new = memo[id(params)] = ParameterDict(params.account_id, params.region_name)  # no argument-less __init__
+    new.__dict__.update(copy.deepcopy(params.__dict__, memo))
+    new.update({name: copy.deepcopy(versions, memo) for name, versions in params.items()})
+    return new
+
+
+@contextlib.contextmanager
+def _copyable():
+    """While a snapshot is copied: an SQS queue's Condition becomes a new one (deepcopy refuses
+    locks; nothing waits on a snapshot), SSM's ParameterDict is rebuilt with its arguments."""
+    dispatch = copy._deepcopy_dispatch
+    dispatch[threading.Condition] = lambda condition, memo: threading.Condition()
+    dispatch[ParameterDict] = _copy_parameters
+    try:
+        yield
+    finally:
+        del dispatch[threading.Condition], dispatch[ParameterDict]
 
 
 class _Throttled(JsonRESTError):

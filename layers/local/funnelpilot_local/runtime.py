@@ -13,6 +13,8 @@ this process.
 How it maps to AWS: see README.md ("Local runtime").
 """
 import base64
+import copy
+import hashlib
 import heapq
 import importlib.util
 import io
@@ -23,7 +25,7 @@ import threading
 import time
 import uuid
 import zipfile
-from collections import deque
+from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from email import message_from_bytes
@@ -45,6 +47,14 @@ LOCAL_SMS_ORIGINATION = f"arn:aws:sms-voice:{REGION}:{ACCOUNT}:phone-number/phon
 ASYNC_RETRY_WAIT = 60.0  # seconds: Lambda retries an async event 1 minute after a function error, then 2
 SQS_START_BATCHES, SQS_RAMP_PER_SECOND, SQS_MAX_BATCHES = 5, 300 / 60, 1000  # Lambda's SQS poller scaling
 _CLIENTS: dict[str, object] = {}  # Runtime.client
+# Stacks built in this process (Runtime._build): key -> (moto backends, what the build set on the runtime)
+_STACKS: OrderedDict[str, tuple[dict, dict]] = OrderedDict()
+_STACKS_KEPT = 4  # the tests' default stack and a few variants
+_OWN = (object(), object(), object())  # Runtime._own
+# The runtime's attributes the build sets (besides the template's physical names and attributes, and
+# the API destinations); tests/test_stack_reuse.py fails when the build sets one missing here.
+_BUILT = ("role_arn", "ses_identities", "policies", "functions", "_env", "sns_subscribers", "routes", "schedules",
+          "stream_mappings", "_retries", "_dead_letter_queues")
 
 
 @dataclass
@@ -252,7 +262,7 @@ class Runtime:
         clock.configure(speed=self.speed, start=self.start_time, stepped=self.stepped)
         self.outbox.mkdir(parents=True, exist_ok=True)
         try:
-            self._create_resources()
+            self._build()
         except Exception:  # a stack that cannot be built (aws_rules.cloudformation): leave nothing running
             self.stop()
             raise
@@ -320,6 +330,48 @@ class Runtime:
         return _CLIENTS[service]
 
     # ------------------------------------------------------------------ resources
+    def _build(self) -> None:
+        """Create the stack's resources, or restore them: the first build of a stack in this process is
+        snapshotted (moto's backends and what the build set on the runtime) and every later start of the
+        same stack (template, state machine definitions, parameters, rules, speed) restores a deep copy,
+        about 10 ms instead of 0.35 s of API calls: a fresh stack, exactly as built, for each test."""
+        from funnelpilot_local import moto_adapter
+
+        key = self._stack_key()
+        if key not in _STACKS:
+            self._create_resources()
+            own = {id(obj): marker for obj, marker in zip(self._own(), _OWN)}
+            _STACKS[key] = (moto_adapter.snapshot_backends(), copy.deepcopy(self._built(), own))
+            while len(_STACKS) > _STACKS_KEPT:
+                _STACKS.popitem(last=False)
+            return
+        _STACKS.move_to_end(key)
+        backends, built = _STACKS[key]
+        moto_adapter.restore_backends(backends)
+        built = copy.deepcopy(built, {id(marker): obj for obj, marker in zip(self._own(), _OWN)})
+        self.template.physical, self.template.attributes = built.pop("physical"), built.pop("attributes")
+        self.api_destinations.destinations = built.pop("api_destinations")
+        for name, value in built.items():
+            setattr(self, name, value)
+        os.environ.update({key: value for key, (value, _) in self._env.items()})
+
+    def _stack_key(self) -> str:
+        """What a build depends on: the template, the definitions it points to, parameters, rules."""
+        t = self.template
+        uris = sorted({t.properties(lid)["DefinitionUri"] for lid in t.of_type("AWS::Serverless::StateMachine")})
+        definitions = {uri: hashlib.sha256((self.root / uri).read_bytes()).hexdigest() for uri in uris}
+        return hashlib.sha256(json.dumps([str(self.root), t.doc, t.parameters, t.stack_name, self.speed, self.log_level,
+                                          repr(self.rules), definitions], sort_keys=True, default=str).encode()).hexdigest()
+
+    def _built(self) -> dict:
+        return {"physical": self.template.physical, "attributes": self.template.attributes,
+                "api_destinations": self.api_destinations.destinations, **{name: getattr(self, name) for name in _BUILT}}
+
+    def _own(self) -> tuple:
+        """What the build products may refer to but belongs to this runtime: a snapshot holds a marker
+        (_OWN) in its place, and a restore puts the restoring runtime's there."""
+        return self, self.template, self.rules
+
     def _create_resources(self) -> None:
         t = self.template
         iam = self.client("iam")

@@ -290,6 +290,16 @@ class Policies:
                                                 _listed(s.get("Resource")), _listed(s.get("NotResource"))))
             self.roles[template.attributes[(lid, "Arn")]] = statements
 
+    def __deepcopy__(self, memo: dict) -> "Policies":
+        """The policies of another runtime of the same stack (Runtime._build): the translated template is
+        read-only and shared, the roles (grant adds to them) and the resolver's names are copied."""
+        new = copy.copy(self)
+        new.roles = {role: list(statements) for role, statements in self.roles.items()}
+        r = self.resolver
+        new.resolver = Template(r.root, self.doc, parameters=copy.deepcopy(r.parameters, memo),
+                                physical=copy.deepcopy(r.physical, memo), attributes=copy.deepcopy(r.attributes, memo))
+        return new
+
     def role_of(self, logical_id: str) -> str | None:
         """The role a function or state machine of the template runs as."""
         props = self.doc["Resources"].get(logical_id, {}).get("Properties", {})
