@@ -54,7 +54,7 @@ _OWN = (object(), object(), object())  # Runtime._own
 # The runtime's attributes the build sets (besides the template's physical names and attributes, and
 # the API destinations); tests/test_stack_reuse.py fails when the build sets one missing here.
 _BUILT = ("role_arn", "ses_identities", "policies", "functions", "_env", "sns_subscribers", "routes", "schedules",
-          "stream_mappings", "_retries", "_dead_letter_queues")
+          "stream_mappings", "queue_mappings", "_retries", "_dead_letter_queues")
 
 
 @dataclass
