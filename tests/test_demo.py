@@ -6,8 +6,8 @@ from funnelpilot_local import demo
 
 
 def test_same_seed_same_report_and_the_audience_acts_through_real_routes(tmp_path):
-    first = demo.simulate(seed=3, contacts=14, days=12, state_dir=tmp_path / "a")
-    second = demo.simulate(seed=3, contacts=14, days=12, state_dir=tmp_path / "b")
+    first = demo.simulate(seed=3, contacts=14, days=12, state_dir=tmp_path / "a", broadcast=True)
+    second = demo.simulate(seed=3, contacts=14, days=12, state_dir=tmp_path / "b", broadcast=True)
     assert first["errors"] == [] and second["errors"] == []
     assert first["reports"] == second["reports"]
     assert first["tally"] == second["tally"]
