@@ -6,8 +6,9 @@ import json
 import pytest
 from conftest import SINGLE, entered_states, executions, funnel_counts, ip_for
 
-from funnelpilot import bus, clock, tokens
+from funnelpilot import bus, clock, report, tokens
 from funnelpilot.models import PROFILE, Contact
+from funnelpilot.sending import sendtime
 from funnelpilot_local.moto_adapter import sent_emails
 from funnelpilot_local.template import ACCOUNT, REGION
 
@@ -162,16 +163,26 @@ def test_duplicate_subscribed_delivery_starts_one_execution_and_sends_one_email(
 
 
 # ---------------------------------------------------------------- frequency cap
-def test_a_second_marketing_email_within_24_hours_is_blocked_and_recorded(rt, tap):
+def test_a_second_marketing_email_within_24_hours_waits_for_the_next_free_slot(rt, tap):
     cid = signup(rt, "fay@example.com")
+    welcome_at = clock.now()
     assert rt.advance(HOUR)
     publish(rt, "contact.inactive", cid, days=30)  # re-engagement wants to write an hour after welcome-1
     capped = message(rt, cid, "reengage-1")
-    assert capped["status"] == "blocked" and capped["reason"] == "frequency_cap"
-    assert any(e["detail"]["reason"] == "frequency_cap" and e["detail"]["funnel"] == "reengagement"
-               for e in tap.events("email.blocked"))
+    assert capped["status"] == "deferred" and float(capped["deferred_at"]) == welcome_at + HOUR
+    assert tap.events("email.blocked") == []
+    assert journey(rt, "reengagement", cid)[1][-2:] == ["Frequency cap: time until reengage-1 may go",
+                                                        "Wait for a free slot (reengage-1)"]
+    assert rt.advance(23 * HOUR)  # welcome-1's 24 hours are over: the slot is free
+    m = message(rt, cid, "reengage-1")
+    assert m["status"] == "sent" and m["sent_at"] == clock.iso(welcome_at + DAY)
     status, states = journey(rt, "reengagement", cid)
     assert status == "RUNNING" and states[-1].startswith("Wait for a click on reengage-1")
+    assert states.count("Send reengage-1") == 2  # the deferral's 3 transitions: time until, the Wait, the send again
+    rows = report.build("reengagement", report.query_rows("reengagement", "2026-03-01", "2026-03-31"),
+                        "2026-03-01", "2026-03-31")
+    [step] = [s for s in rows["steps"] if s["step"] == "Send reengage-1"]
+    assert step["sent"] == 1 and step["deferred_by_reason"] == {"frequency_cap": 1} and step["blocked"] == 0
 
 
 # ---------------------------------------------------------------- delivery
@@ -374,9 +385,9 @@ def test_a_send_in_quiet_hours_waits_for_the_morning_in_the_contacts_time_zone(r
     assert rt.advance(3 * DAY + 11 * HOUR)  # Thursday 21:00 UTC = 22:00 in Paris; welcome-2 went Wednesday
     publish(rt, "contact.inactive", cid, days=30)
     assert "reengage-1" not in [m["template"] for m in messages(rt, cid)]  # nothing claimed at night
-    assert rt.advance(10 * HOUR)
-    m = message(rt, cid, "reengage-1")
-    assert m["status"] == "sent" and m["sent_at"] == "2026-03-06T07:00:00Z"  # 08:00 in Paris
+    assert rt.advance(11 * HOUR)
+    m = message(rt, cid, "reengage-1")  # 08:00 in Paris, and this contact's own seconds of the hour after it
+    assert m["status"] == "sent" and m["sent_at"] == clock.iso(1772780400 + sendtime.spread(cid, 60))
     # the router computed the first Wait (10 hours): no failed send, no detour
     assert journey(rt, "reengagement", cid)[1][:3] == ["Wait until reengage-1 may go", "Send reengage-1",
                                                         "Wait for a click on reengage-1, up to 5 days"]
@@ -390,11 +401,12 @@ def test_a_wait_that_would_end_in_quiet_hours_is_longer_instead_of_a_detour(rt, 
     publish(rt, "funnel.handoff", cid, to="segmentation", **{"from": "welcome"})
     [ex] = executions(rt, "segmentation")
     wait = json.loads(rt.client("stepfunctions").describe_execution(executionArn=ex["executionArn"])["input"])
-    assert wait["wait_seconds"] == 35 * HOUR  # a day later is 21:00 again: until 08:00 the morning after
+    # a day later is 21:00 again: until 08:00 the morning after, and this contact's seconds of the spread
+    assert wait["wait_seconds"] == 35 * HOUR + sendtime.spread(cid, 60)
     assert rt.advance(DAY + 10 * HOUR)
     assert messages(rt, cid) == []
-    assert rt.advance(HOUR)
-    assert message(rt, cid, "segmentation-1")["sent_at"] == "2026-03-04T13:00:00Z"  # 08:00 in New York
+    assert rt.advance(2 * HOUR)
+    assert message(rt, cid, "segmentation-1")["sent_at"] == clock.iso(1772629200 + sendtime.spread(cid, 60))
     assert journey(rt, "segmentation", cid)[1] == ["Wait 1 day", "Send segmentation-1",
                                                    "Wait for a click on segmentation-1, up to 4 days"]
     assert [e for e in tap.events("email.blocked") if e["detail"]["contact_id"] == cid] == []

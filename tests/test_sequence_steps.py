@@ -13,7 +13,7 @@ from botocore.exceptions import ClientError, EndpointConnectionError
 from conftest import funnel_counts
 from funnelpilot import clock, funnel_spec, scoring, sequence, tokens
 from funnelpilot.channels import emails
-from funnelpilot.errors import FunnelLeft, QuietHours, TransientError
+from funnelpilot.errors import FrequencyCapped, FunnelLeft, QuietHours, TransientError
 from funnelpilot_local.moto_adapter import sent_emails
 from funnelpilot_local.template import ACCOUNT, REGION
 from funnelpilot.models import PROFILE, Contact
@@ -70,8 +70,21 @@ def distinct(tap, detail_type, cid) -> list[dict]:
 
 
 def settings(monkeypatch, **overrides):
-    base = {"frequency_cap": (1, 24.0), "quiet_hours": None, "timezone": "UTC", "list_name": None, "utm": None}
+    base = {"frequency_cap": (1, 24.0), "defer_up_to": 72.0, "quiet_hours": None, "quiet_spread": 0, "timezone": "UTC",
+            "list_name": None, "utm": None}
     monkeypatch.setattr(funnel_spec, "load", lambda funnel_id: SimpleNamespace(**{"id": funnel_id, **base, **overrides}))
+
+
+def funnel_step_counts(rt, funnel: str, state: str) -> dict[str, int]:
+    """A step's counters in MetricsTable, summed over its days."""
+    found = rt.client("dynamodb").query(TableName="MetricsTable", KeyConditionExpression="pk = :p",
+                                        ExpressionAttributeValues={":p": {"S": f"FUNNEL#{funnel}"}})["Items"]
+    totals: dict[str, int] = {}
+    for row in (i for i in found if i["sk"]["S"].endswith(f"#STEP#{state}")):
+        for name, value in row.items():
+            if "N" in value:
+                totals[name] = totals.get(name, 0) + int(value["N"])
+    return totals
 
 
 # ---------------------------------------------------------------- send
@@ -148,26 +161,51 @@ def test_a_recipient_ses_rejects_is_a_block_and_a_rejected_sender_a_failure(rt, 
     assert sent_emails(ACCOUNT, REGION) == []
 
 
-def test_frequency_cap_blocks_a_second_marketing_send_within_24_hours_not_a_transactional_one(rt, tap):
+def test_frequency_cap_defers_a_second_marketing_send_within_24_hours_not_a_transactional_one(rt, tap):
     cid = person(rt)
     assert send(rt, cid, ex=execution(), funnel="welcome")["status"] == "sent"
     assert rt.advance(23 * HOUR)
-    capped = send(rt, cid, ex=execution(), funnel="reengagement", state="Send reengage-1")
-    assert capped["status"] == "blocked" and capped["reason"] == "frequency_cap"
-    message = item(rt, cid, f"MSG#{capped['message_id']}")
-    assert message["status"] == "blocked" and message["reason"] == "frequency_cap"
-    [blocked] = distinct(tap, "email.blocked", cid)
-    assert blocked["reason"] == "frequency_cap" and blocked["funnel"] == "reengagement"
-    assert blocked["message_id"] == capped["message_id"] and blocked["step"] == "Send reengage-1"
+    ex, state = execution(), "Send reengage-1"
+    with pytest.raises(FrequencyCapped, match="next free slot in 3600 s"):
+        send(rt, cid, ex=ex, funnel="reengagement", state=state)
+    message = item(rt, cid, f"MSG#{tokens.digest_id('m', ex, state)}")
+    assert message["status"] == "deferred" and float(message["deferred_at"]) == clock.now()
+    assert "lease_until" not in message and json.loads(message["links"])  # its links kept, no claim held
+    assert tap.events("email.blocked") == []
+    # the state machine's wait until the slot frees (the compiler's "Frequency cap: time until ..." Task)
+    assert step(rt, "until", cid, ex=ex, funnel="reengagement", wait={"capped": True}) == {"wait_seconds": HOUR}
     assert send(rt, cid, ex=execution(), state="Send receipt", transactional=True)["status"] == "sent"
-    assert rt.advance(HOUR + 1)
-    assert send(rt, cid, ex=execution(), state="Send later")["status"] == "sent"
+    assert rt.advance(HOUR)
+    deferred_at = message["deferred_at"]
+    assert send(rt, cid, ex=ex, funnel="reengagement", state=state)["status"] == "sent"
+    message = item(rt, cid, f"MSG#{tokens.digest_id('m', ex, state)}")
+    assert message["status"] == "sent" and message["deferred_at"] == deferred_at  # the first deferral, kept
     assert len(sent_emails(ACCOUNT, REGION)) == 3
     assert len(item(rt, cid, PROFILE)["marketing_log"]) == 2  # the welcome one (kept, outside the window) and the last
+    assert funnel_step_counts(rt, "reengagement", state)["deferred_frequency_cap"] == 1
+
+
+def test_a_capped_send_past_the_funnels_limit_is_skipped_with_its_reason(rt, tap, monkeypatch):
+    settings(monkeypatch, frequency_cap=(1, 24.0), defer_up_to=30.0)
+    cid = person(rt)
+    assert send(rt, cid, ex=execution())["status"] == "sent"
+    ex = execution()
+    with pytest.raises(FrequencyCapped):  # free in 24 h: within the 30 hours it may wait
+        send(rt, cid, ex=ex, state="Send later")
+    assert rt.advance(7 * HOUR)
+    # someone else's email took the freed slot meanwhile (a second funnel): the next frees 31 h after the deferral
+    rt.client("dynamodb").update_item(TableName="ContactsTable", Key={"pk": {"S": cid}, "sk": {"S": PROFILE}},
+                                      UpdateExpression="SET marketing_log = :l",
+                                      ExpressionAttributeValues={":l": {"L": [{"S": f"{int(clock.now())}#other"}]}})
+    skipped = send(rt, cid, ex=ex, state="Send later")
+    assert skipped["status"] == "blocked" and skipped["reason"] == "frequency_cap"
+    [blocked] = distinct(tap, "email.blocked", cid)
+    assert blocked["reason"] == "frequency_cap" and blocked["message_id"] == skipped["message_id"]
+    assert item(rt, cid, f"MSG#{skipped['message_id']}")["status"] == "blocked"
 
 
 def test_a_funnels_own_cap_is_used(rt, monkeypatch):
-    settings(monkeypatch, frequency_cap=(2, 1.0))
+    settings(monkeypatch, frequency_cap=(2, 1.0), defer_up_to=0.0)  # 0: skipped at once
     cid = person(rt)
     assert [send(rt, cid, ex=execution())["status"] for _ in range(3)] == ["sent", "sent", "blocked"]
     assert rt.advance(HOUR)
@@ -182,15 +220,17 @@ def test_concurrent_sends_of_two_funnels_within_the_cap_send_exactly_one(rt, tap
 
         def go(funnel):
             barrier.wait()
-            results[funnel] = send(rt, cid, ex=execution(), funnel=funnel, state=f"Send {funnel}")
+            try:
+                results[funnel] = send(rt, cid, ex=execution(), funnel=funnel, state=f"Send {funnel}")
+            except FrequencyCapped:
+                results[funnel] = {"status": "deferred"}
 
         threads = [threading.Thread(target=go, args=(f,)) for f in ("engagement", "ascension")]
         for t in threads:
             t.start()
         for t in threads:
             t.join()
-        assert sorted(r["status"] for r in results.values()) == ["blocked", "sent"], results
-        assert [r["reason"] for r in results.values() if r["status"] == "blocked"] == ["frequency_cap"]
+        assert sorted(r["status"] for r in results.values()) == ["deferred", "sent"], results
         assert len(item(rt, cid, PROFILE)["marketing_log"]) == 1
     assert len(sent_emails(ACCOUNT, REGION)) == 4
 

@@ -9,7 +9,8 @@ from email import message_from_bytes, policy
 import pytest
 from conftest import executions
 
-from funnelpilot import contacts, sendtime, sequence
+from funnelpilot import contacts, sequence
+from funnelpilot.sending import sendtime
 from funnelpilot.channels import emails
 from funnelpilot.config import config
 from funnelpilot.models import PROFILE, Contact
@@ -96,7 +97,7 @@ def test_a_stored_directory_zone_falls_back_and_the_journey_sends(rt, caplog):
     cid = "c_stored_zone"
     Contact(cid, PROFILE, email="zone@example.com", first_name="Zed", status="active", timezone="Europe",
             lists={"newsletter"}).save()
-    with caplog.at_level(logging.WARNING, logger="funnelpilot.sendtime"):
+    with caplog.at_level(logging.WARNING, logger="funnelpilot.sending.sendtime"):
         publish(rt, "contact.subscribed", cid, list="newsletter")
     [ex] = executions(rt)
     assert ex["status"] == "RUNNING" and [m["status"] for m in messages(rt, cid)] == ["sent"]

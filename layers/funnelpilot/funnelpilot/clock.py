@@ -14,6 +14,7 @@ _speed = 1.0
 _real0 = time.time()
 _virtual0 = _real0
 _stepped = False
+_sleeper = None  # stepped mode: the local runtime's wait on the virtual clock (funnelpilot_local.moto_adapter)
 
 
 def configure(speed: float = 1.0, start: float | None = None, stepped: bool = False) -> None:
@@ -30,6 +31,15 @@ def advance_to(ts: float) -> None:
     if not _stepped:
         raise RuntimeError("advance_to needs clock.configure(stepped=True)")
     _virtual0 = max(_virtual0, ts)
+
+
+def sleep(seconds: float) -> bool:
+    """Let ``seconds`` of this clock pass in the calling thread; False when it cannot (stepped mode:
+    only the threads of the runtime's state machines wait on the virtual clock, its own never)."""
+    if _stepped:
+        return bool(_sleeper and _sleeper(seconds))
+    time.sleep(max(0.0, seconds) / _speed)
+    return True
 
 
 def speed() -> float:

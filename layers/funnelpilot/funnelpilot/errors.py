@@ -56,6 +56,12 @@ class QuietHours(RuntimeError):
     machine catches it, waits (``until`` with ``wait: {"quiet": true}``) and re-enters the send."""
 
 
+class FrequencyCapped(RuntimeError):
+    """A marketing email met the contact's frequency cap and waits for their next free slot (the
+    message says in how many seconds): the state machine catches it, waits (``until`` with
+    ``wait: {"capped": true}``) and re-enters the send (funnelpilot.sending.cap)."""
+
+
 # Error codes AWS answers when a request may succeed later (botocore's standard retry mode lists
 # the throttling ones; these arrive once botocore's own retries are spent).
 THROTTLING = {"Throttling", "ThrottlingException", "ThrottledException", "RequestThrottledException",

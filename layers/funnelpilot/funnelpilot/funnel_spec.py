@@ -92,7 +92,9 @@ class Funnel:
     goals: tuple[str, ...] = ()
     exits: tuple[str, ...] = ()
     frequency_cap: tuple[int, float] = (1, 24.0)  # marketing emails per contact, per hours (every funnel)
+    defer_up_to: float = 72.0  # hours a capped email waits for the contact's next free slot, then it is skipped
     quiet_hours: tuple[str, str] | None = None
+    quiet_spread: int = 60  # minutes over which the sends at the end of quiet hours spread (per contact)
     timezone: str = "UTC"
     steps: tuple[Step, ...] = field(default=())
     list_name: str | None = None  # the list its emails belong to (lists.yaml); None: the list its trigger named
@@ -463,8 +465,8 @@ def parse(path: Path, templates: bool = True) -> tuple[Funnel | None, list[str]]
     exits = tuple(e for e in (c.event(g, doc.line, "exits") for g in _list(doc.get("exits"))) if e)
     for event, where in [*([(trigger["event"], trigger["where"])] if trigger else []), *((e, None) for e in goals + exits)]:
         _segment_event(c, event, where, path.parent.parent / "segments.yaml", doc.line)
-    cap = _cap(c, doc.get("frequency_cap"), doc.line)
-    quiet = _quiet(c, doc.get("quiet_hours"), doc.line)
+    cap, defer_up_to = _cap(c, doc.get("frequency_cap"), doc.line)
+    quiet, spread = _quiet(c, doc.get("quiet_hours"), doc.line)
     tz = doc.get("timezone", "UTC")
     try:
         ZoneInfo(str(tz))
@@ -478,7 +480,8 @@ def parse(path: Path, templates: bool = True) -> tuple[Funnel | None, list[str]]
     utm = _utm(c, doc.get("utm"), doc.line)
     funnel = Funnel(id=fid, path=path, name=str(doc.get("name") or fid), description=str(doc.get("description") or ""),
                     trigger=trigger, entry_rule=entry_rule, reenter_after=reenter, handoff=handoff, goals=goals,
-                    exits=exits, frequency_cap=cap, quiet_hours=quiet, timezone=str(tz), steps=steps,
+                    exits=exits, frequency_cap=cap, defer_up_to=defer_up_to, quiet_hours=quiet,
+                    quiet_spread=spread, timezone=str(tz), steps=steps,
                     list_name=list_name, status=str(status), utm=utm)
     _check_references(c, funnel)
     return (None if c.errors else funnel), c.errors
@@ -587,29 +590,43 @@ def _entry(c: _Checker, node, line: int) -> tuple[str, float, str]:
     return rule, reenter, handoff
 
 
-def _cap(c: _Checker, node, line: int) -> tuple[int, float]:
+def _cap(c: _Checker, node, line: int) -> tuple[tuple[int, float], float]:
+    """((emails, hours), defer_up_to_hours) of ``frequency_cap``."""
+    default = (1, 24.0), 72.0
     if node is None:
-        return 1, 24.0
-    if not isinstance(node, dict) or set(node) - {"emails", "hours"}:
-        c.error(line, "frequency_cap: `{emails: 1, hours: 24}` (marketing emails per contact, per window)")
-        return 1, 24.0
-    emails, hours = node.get("emails", 1), node.get("hours", 24)
+        return default
+    if not isinstance(node, dict) or set(node) - {"emails", "hours", "defer_up_to_hours"}:
+        c.error(line, "frequency_cap: `{emails: 1, hours: 24, defer_up_to_hours: 72}` (marketing emails per contact, "
+                      "per window; how long a capped email waits for a free slot before it is skipped)")
+        return default
+    emails, hours, defer = node.get("emails", 1), node.get("hours", 24), node.get("defer_up_to_hours", 72)
     if not isinstance(emails, int) or isinstance(emails, bool) or emails < 1 or \
             not isinstance(hours, (int, float)) or isinstance(hours, bool) or not 0 < hours <= 24 * 30:
         c.error(getattr(node, "line", line), "frequency_cap: emails >= 1 and 0 < hours <= 720")
-        return 1, 24.0
-    return emails, float(hours)
+        return default
+    if not isinstance(defer, (int, float)) or isinstance(defer, bool) or not 0 <= defer <= 24 * 30:
+        c.error(getattr(node, "line", line), "frequency_cap: 0 <= defer_up_to_hours <= 720 (0: a capped email is "
+                                             "skipped at once)")
+        return default
+    return (emails, float(hours)), float(defer)
 
 
-def _quiet(c: _Checker, node, line: int) -> tuple[str, str] | None:
+def _quiet(c: _Checker, node, line: int) -> tuple[tuple[str, str] | None, int]:
+    """((start, end) or None, spread_minutes) of ``quiet_hours``."""
     if node is None:
-        return None
-    ok = isinstance(node, dict) and set(node) == {"start", "end"} and all(
+        return None, 60
+    spread = node.get("spread_minutes", 60) if isinstance(node, dict) else None
+    ok = isinstance(node, dict) and {"start", "end"} <= set(node) <= {"start", "end", "spread_minutes"} and all(
         isinstance(node[k], str) and _TIME.match(node[k]) for k in ("start", "end")) and node["start"] != node["end"]
     if not ok:
-        c.error(getattr(node, "line", line), 'quiet_hours: `{start: "21:00", end: "08:00"}` (local time, HH:MM)')
-        return None
-    return node["start"], node["end"]
+        c.error(getattr(node, "line", line), 'quiet_hours: `{start: "21:00", end: "08:00"}` (local time, HH:MM; '
+                                             'optional spread_minutes: 60)')
+        return None, 60
+    if not isinstance(spread, int) or isinstance(spread, bool) or not 0 <= spread <= 240:
+        c.error(getattr(node, "line", line), "quiet_hours: 0 <= spread_minutes <= 240 (the sends at the end of quiet "
+                                             "hours start over that many minutes, each contact at its own minute)")
+        return None, 60
+    return (node["start"], node["end"]), spread
 
 
 def _check_references(c: _Checker, funnel: Funnel) -> None:

@@ -18,9 +18,10 @@ from datetime import datetime
 from functools import cache
 from typing import NamedTuple
 
-from funnelpilot import aws, bus, clock, erasure, funnel_spec, metrics, outbox, scoring, sendtime, tokens
+from funnelpilot import aws, bus, clock, erasure, funnel_spec, metrics, outbox, scoring, tokens
 from funnelpilot.config import config
 from funnelpilot.errors import TransientError
+from funnelpilot.sending import sendtime
 
 ENTRY_RULES = ("once_per_contact", "once_per_trigger", "always")
 LIVE = ("starting", "running")
@@ -255,7 +256,7 @@ def _enter(funnel: str, state_machine_arn: str, entry_rule: str, event: dict, re
         now = clock.now()
         start = max(now, _not_before(detail))
         payload["wait_seconds"] = clock.real_seconds(start - now) + sendtime.wait_seconds(
-            start_wait, funnel_spec.load(funnel), profile.get("timezone"), start)
+            start_wait, funnel_spec.load(funnel), profile.get("timezone"), cid, start)
     try:
         started = _start(state_machine_arn, name, payload)
     except Exception:

@@ -165,7 +165,8 @@ class Message(Item):
     funnel = UnicodeAttribute(null=True)
     step = UnicodeAttribute(null=True)
     template = UnicodeAttribute()
-    status = UnicodeAttribute()  # sending | sent | blocked | failed (its template could not be rendered)
+    status = UnicodeAttribute()  # sending | sent | blocked | failed (its template could not be rendered) | deferred
+    deferred_at = NumberAttribute(null=True)  # deferred (frequency cap): when the first deferral began
     variant = UnicodeAttribute(null=True)  # A/B variant of the split branch (or the broadcast's subject) that sent it
     broadcast = UnicodeAttribute(null=True)  # the broadcast it belongs to (funnelpilot.broadcasts; no funnel then)
     chunk = UnicodeAttribute(null=True)  # the broadcast chunk that claimed it (a redelivery knows its own)

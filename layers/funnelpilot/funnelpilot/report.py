@@ -147,6 +147,11 @@ def build(funnel: str, rows: list[dict], start: str, end: str, order: list[str] 
         out = {m: got.get(m, 0) for m in STEP_METRICS}
         out["blocked_by_reason"] = {k.removeprefix("blocked_"): v for k, v in sorted(got.items())
                                     if k.startswith("blocked_")}
+        # deferred (the frequency cap): counted once per email; one sent later is in `sent`, one past
+        # the funnel's limit in blocked_by_reason (skipped)
+        out["deferred"] = got.get("deferred", 0)
+        out["deferred_by_reason"] = {k.removeprefix("deferred_"): v for k, v in sorted(got.items())
+                                     if k.startswith("deferred_")}
         out["revenue"], out["attributed_orders"] = attribution.revenue(got), got.get("attributed_orders", 0)
         return _with_rates(out)
 
@@ -227,6 +232,13 @@ def table(report: dict) -> str:
             blocked[reason] = blocked.get(reason, 0) + n
     if blocked:
         out.append("  blocked: " + ", ".join(f"{r} {n}" for r, n in sorted(blocked.items())))
+    deferred = {}
+    for s in report["steps"]:
+        for reason, n in s["deferred_by_reason"].items():
+            deferred[reason] = deferred.get(reason, 0) + n
+    if deferred:
+        out.append("  deferred (sent later, or skipped past the funnel's limit: blocked above): "
+                   + ", ".join(f"{r} {n}" for r, n in sorted(deferred.items())))
     texts = {k: sum(s[f"sms_{k}"] for s in report["steps"]) for k in ("sent", "delivered", "failed")}
     if any(texts.values()):
         out.append("  SMS: " + ", ".join(f"{k} {n}" for k, n in texts.items()))
@@ -309,6 +321,8 @@ def _funnel_svg(rep: dict) -> tuple[str, int] | None:
             note += f" · texted {s['sms_sent']} (delivered {s['sms_delivered']}, failed {s['sms_failed']})"
         if s["blocked"]:
             note += f" · blocked {s['blocked']}"
+        if s["deferred"]:
+            note += f" · deferred {s['deferred']}"
         if s["revenue"]:
             note += f" · revenue {attribution.fmt(s['revenue'])}"
         rows.append((s["step"], s, note))

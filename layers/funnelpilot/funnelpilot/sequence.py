@@ -19,19 +19,19 @@ from boto3.dynamodb.types import TypeSerializer
 from pynamodb.exceptions import DoesNotExist, PutError, UpdateError
 
 from funnelpilot import (aws, bus, clock, consent, engagement, funnel_spec, funnels, metrics, preferences, scoring,
-                         segments, sendtime, tokens)
+                         segments, tokens)
 from funnelpilot.audience import fields as custom_fields
 from funnelpilot.channels import emails, sms
 from funnelpilot.config import config
-from funnelpilot.errors import FunnelLeft, QuietHours, RecipientRejected, TemplateError, TransientError, transient
+from funnelpilot.errors import (FrequencyCapped, FunnelLeft, QuietHours, RecipientRejected, TemplateError, TransientError,
+                                transient)
 from funnelpilot.models import PROFILE, Contact, Message, is_conditional_failure
-from funnelpilot.sending import pace
+from funnelpilot.sending import cap, pace, sendtime
 from funnelpilot.steering import abtest, utm
 
 logger = logging.getLogger(__name__)
 LEAVES = ("unknown_contact", "erased", "unsubscribed", "suppressed", "sunset", "goal_reached",
           "list_unsubscribed")  # blocked: journey over
-LOG_KEEP = 720 * 3600  # marketing_log entries kept: the longest frequency-cap window a funnel may set
 WAIT_GRACE = 86_400  # a wait item outlives its timeout by a day, then DynamoDB's TTL removes it
 LEASE_SECONDS = 60  # real seconds a send attempt holds its claim (the function's timeout is 30 s)
 
@@ -132,34 +132,6 @@ def _sent(step: dict, message_id: str, channel: str = "email", counted: bool = T
     return {"message_id": message_id, "status": "sent"}
 
 
-def _take_slot(cid: str, message_id: str, cap: tuple[int, float], log: list[str] | None) -> bool:
-    """Frequency cap: add this message to the contact's ``marketing_log`` unless the window
-    is full. Optimistic: the write is conditioned on the log being what was read (first the
-    ``log`` of the contact the send already read, then a fresh read), so two funnels sending
-    at once cannot both take the last slot. True: may send."""
-    emails_allowed, hours = cap
-    for _attempt in range(10):
-        if any(e.endswith(f"#{message_id}") for e in log or ()):
-            return True  # a retry of a send that took its slot
-        now = clock.now()
-        in_window = [e for e in log or () if float(e.split("#", 1)[0]) > now - float(hours) * 3600]
-        if len(in_window) >= int(emails_allowed):
-            return False
-        kept = [e for e in log or () if float(e.split("#", 1)[0]) > now - max(LOG_KEEP, float(hours) * 3600)]
-        values = {":new": {"L": [{"S": e} for e in kept + [f"{int(now)}#{message_id}"]]}}
-        if log is None:
-            condition = "attribute_exists(pk) AND attribute_not_exists(marketing_log)"
-        else:
-            condition = "attribute_exists(pk) AND marketing_log = :old"
-            values[":old"] = {"L": [{"S": e} for e in log]}
-        if _update(_profile_key(cid), "SET marketing_log = :new", condition, values):
-            return True
-        item = aws.dynamodb().get_item(TableName=config().table, Key=_profile_key(cid), ConsistentRead=True,
-                                       ProjectionExpression="marketing_log").get("Item", {})
-        log = [v["S"] for v in item["marketing_log"]["L"]] if "marketing_log" in item else None
-    raise TransientError("frequency cap: the contact's log kept changing; retry")
-
-
 def _free():
     """A claim no live attempt holds: released, or its lease ran out."""
     return (Message.status == "sending") & (Message.lease_until.does_not_exist() | (Message.lease_until < clock.now()))
@@ -168,14 +140,40 @@ def _free():
 def _claim(message: Message) -> Message | None:
     """Write the message item unless another attempt of this step holds it: it is new, a failed
     attempt released it (or its lease ran out), or it could not be rendered (``failed``: a retry
-    after the fix sends). None when claimed, else the item."""
+    after the fix sends); a ``deferred`` one (frequency cap) is claimed with its ``deferred_at``
+    kept. None when claimed, else the item."""
     try:
         message.save(condition=Message.pk.does_not_exist() | _free() | (Message.status == "failed"))
         return None
     except PutError as exc:
         if not is_conditional_failure(exc):
             raise
+    prior = Message.get(message.pk, message.sk, consistent_read=True)
+    if prior.status != "deferred":
+        return prior
+    message.deferred_at = prior.deferred_at
+    try:
+        message.save(condition=Message.status == "deferred")
+        return None
+    except PutError as exc:
+        if not is_conditional_failure(exc):
+            raise
     return Message.get(message.pk, message.sk, consistent_read=True)
+
+
+def _defer(step: dict, message: Message, free_at: float) -> None:
+    """A capped email waits for the contact's next free slot (``free_at``), up to the funnel's
+    ``defer_up_to_hours`` since its first deferral (``deferred_at``, kept across retries): its
+    claim becomes ``deferred`` and ``FrequencyCapped`` takes the state machine's wait; the first
+    deferral is counted (``deferred_frequency_cap``). Past the limit, nothing is written: the send blocks it."""
+    now = clock.now()
+    first = message.deferred_at is None
+    message.update(actions=[Message.status.set("deferred"), Message.deferred_at.set(message.deferred_at or now),
+                            Message.lease_until.remove()], condition=Message.status == "sending")
+    if first:  # the claim's status change is the counted-once guard (funnelpilot.metrics.count)
+        metrics.count(step["funnel"], step["state"], {"deferred": 1, "deferred_frequency_cap": 1},
+                      template=step["template"], variant=step.get("variant"))
+    raise FrequencyCapped(f"frequency cap: the contact's next free slot in {int(free_at - now)} s")
 
 
 def _release(message: Message) -> None:
@@ -240,7 +238,8 @@ def _mark_sent(message: Message, ses_id: str, id_attribute=Message.ses_message_i
 def send(step: dict) -> dict:
     """Send one email, after the checks in this order: unknown/erased, unsubscribed/suppressed,
     goal reached (FunnelLeft), unconfirmed, quiet hours (QuietHours, before any write),
-    the message claim, the frequency cap. Then SES; a rejected recipient is a block
+    the message claim, the frequency cap (a capped email is deferred: ``_defer``; past the funnel's
+    limit it is blocked), the rate gate (``SendRateExceeded``: retried). Then SES; a rejected recipient is a block
     (``recipient_rejected``, the journey goes on), anything else SES answers is raised. A template
     that cannot be rendered raises ``TemplateError`` (the journey ends in "Record failure").
 
@@ -270,6 +269,13 @@ def send(step: dict) -> dict:
     message = Message(cid, f"MSG#{message_id}", message_id=message_id, funnel=step.get("funnel"),
                       step=step["state"], template=template, created_at=clock.iso(), variant=step.get("variant"),
                       status="blocked" if reason else "sending", reason=reason, list_name=list_name)
+    priority = pace.TRANSACTIONAL if transactional else pace.FUNNEL
+    # the rate gate before the render and the claim, so that a send refused in a full second costs
+    # a few reads and no write of its own; a capped one (as the log read says) takes its slot after the cap
+    gated = reason is None and (transactional or cap.free_at(contact.marketing_log, spec.frequency_cap, message_id,
+                                                             clock.now()) is None)
+    if gated:
+        pace.take(priority)
     if reason is None:
         try:
             links, raw = compose(contact, template, message_id, version=step.get("version"),
@@ -291,13 +297,18 @@ def send(step: dict) -> dict:
         return _blocked(step, message_id, reason)
     block = [Message.status.set("blocked"), Message.links.remove(), Message.lease_until.remove()]
     try:
-        if not transactional and not _take_slot(cid, message_id, spec.frequency_cap, contact.marketing_log):
+        free_at = None if transactional else cap.take(cid, message_id, spec.frequency_cap, contact.marketing_log)
+        if free_at is not None and free_at - (message.deferred_at or clock.now()) <= spec.defer_up_to * 3600:
+            _defer(step, message, free_at)
+        if free_at is not None:
             message.update(actions=[*block, Message.reason.set("frequency_cap")])
             return _blocked(step, message_id, "frequency_cap")
-        ses_id = emails.send_raw(contact.email, raw, priority=pace.TRANSACTIONAL if transactional else pace.FUNNEL)
+        ses_id = emails.send_raw(contact.email, raw, priority=None if gated else priority)
     except RecipientRejected as exc:
         message.update(actions=[*block, Message.reason.set("recipient_rejected"), Message.detail.set(exc.message)])
         return _blocked(step, message_id, "recipient_rejected", exc.message)
+    except FrequencyCapped:
+        raise
     except Exception:
         _release(message)
         raise
@@ -422,11 +433,19 @@ def until(step: dict) -> dict:
 
 def wait_seconds(step: dict) -> int:
     """Seconds of the Wait after this Task (``step["wait"]``, sendtime.wait_seconds); time zone:
-    the contact's, else the funnel's, else UTC."""
+    the contact's, else the funnel's, else UTC. ``wait: {"capped": true}`` (a capped email's
+    wait, ``_defer``): until the contact's next free slot (funnelpilot.sending.cap), out of quiet hours."""
+    wait, spec = step["wait"], funnel_spec.load(step["funnel"])
+    capped = bool(wait.get("capped"))
+    names = {"#z": "timezone", **({"#l": "marketing_log"} if capped else {})}
     item = aws.dynamodb().get_item(TableName=config().table, Key=_profile_key(step["contact_id"]),
-                                   ProjectionExpression="#z", ExpressionAttributeNames={"#z": "timezone"}
-                                   ).get("Item") or {}
-    return sendtime.wait_seconds(step["wait"], funnel_spec.load(step["funnel"]), item.get("timezone", {}).get("S"))
+                                   ProjectionExpression=", ".join(names), ExpressionAttributeNames=names,
+                                   ConsistentRead=capped).get("Item") or {}
+    if capped:
+        log = [v["S"] for v in item.get("marketing_log", {}).get("L", [])]
+        now = clock.now()
+        wait = {"seconds": max(0.0, (cap.next_free(log, spec.frequency_cap, now) or now) - now), "quiet": True}
+    return sendtime.wait_seconds(wait, spec, item.get("timezone", {}).get("S"), step["contact_id"])
 
 
 # ---------------------------------------------------------------- contact changes

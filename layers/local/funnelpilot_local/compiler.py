@@ -115,6 +115,8 @@ class _Machine:
                 roles |= {"hold": f"Quiet hours: time until {a} may go", "quiet": f"Wait out quiet hours ({a})"}
                 if step is self.f.steps[0]:
                     roles["start"] = f"Wait until {a} may go"
+            if k == "send" and not step.transactional:  # a capped email waits for the contact's next free slot
+                roles |= {"capped": f"Frequency cap: time until {a} may go", "slot": f"Wait for a free slot ({a})"}
             return roles
         if k == "wait":
             if isinstance(a, dict):
@@ -201,6 +203,10 @@ class _Machine:
                 catches = ({"ErrorEquals": ["QuietHours"], "ResultPath": "$.last", "Next": names["hold"]},)
                 self._task(names["hold"], "until", {"wait": {"quiet": True}}, names["quiet"])
                 self.states[names["quiet"]] = {"Type": "Wait", "SecondsPath": COMPUTED, "Next": main}
+            if "capped" in names:  # the frequency cap defers the email (off the common path: 3 transitions)
+                catches += ({"ErrorEquals": ["FrequencyCapped"], "ResultPath": "$.last", "Next": names["capped"]},)
+                self._task(names["capped"], "until", {"wait": {"capped": True}}, names["slot"])
+                self.states[names["slot"]] = {"Type": "Wait", "SecondsPath": COMPUTED, "Next": main}
             self._task(main, k, params, nxt, can_complete=True, catches=catches)
             if "start" in names:
                 self.waits[names["start"]] = {"quiet": True}
@@ -490,9 +496,10 @@ DETOUR = 3  # a send meeting quiet hours: "Quiet hours: time until ...", its Wai
 def paths(definition: dict) -> list[dict]:
     """Every way through a machine that does not fail or leave (the states entered, in order,
     taking both ends of each Choice and wait_for): ``transitions`` (what Step Functions bills: one
-    per state entered), ``emails`` (Send states) and ``deferred``, the transitions when every
+    per state entered), ``emails`` (Send states), ``deferred``, the transitions when every
     marketing send on it meets quiet hours (a send after a computed Wait: none more; any other:
-    the detour's 3)."""
+    the detour's 3), and ``capped``, when the frequency cap defers every marketing email on it once
+    (its detour's 3 each: time until a free slot, the Wait, the send again)."""
     states, out = definition["States"], []
 
     def walk(name: str, trail: tuple[str, ...]) -> None:
@@ -510,7 +517,7 @@ def paths(definition: dict) -> list[dict]:
 
 
 def _path_cost(states: dict, trail: tuple[str, ...]) -> dict:
-    emails = exposed = 0
+    emails = exposed = capped = 0
     covered = False  # the last waiting state was a computed Wait
     for name in trail:
         state = states[name]
@@ -521,22 +528,26 @@ def _path_cost(states: dict, trail: tuple[str, ...]) -> dict:
             emails += params["action"] == "send"  # an SMS is no email, but meets quiet hours as one
             if any(c["ErrorEquals"] == ["QuietHours"] for c in state["Catch"]) and not covered:
                 exposed += 1
+            capped += any(c["ErrorEquals"] == ["FrequencyCapped"] for c in state["Catch"])
     return {"states": list(trail), "end": trail[-1], "transitions": len(trail), "emails": emails,
-            "deferred": len(trail) + DETOUR * exposed}
+            "deferred": len(trail) + DETOUR * exposed, "capped": len(trail) + DETOUR * capped}
 
 
 def path_table(definitions: dict[str, dict]) -> str:
     """The compiler's report (``make funnels``): per funnel, its paths grouped by what they cost."""
-    lines = ["transitions per path (one per state entered; 'deferred': every marketing send meets quiet hours):",
-             f"  {'funnel':<14}{'paths':>6}{'emails':>8}{'transitions':>13}{'per email':>11}{'deferred':>10}  ends at"]
+    lines = ["transitions per path (one per state entered; 'deferred': every marketing send meets quiet hours; "
+             "'capped': the frequency cap defers each marketing email once):",
+             f"  {'funnel':<14}{'paths':>6}{'emails':>8}{'transitions':>13}{'per email':>11}{'deferred':>10}"
+             f"{'capped':>8}  ends at"]
     for fid, definition in sorted(definitions.items()):
         groups: dict[tuple, list[dict]] = {}
         for path in paths(definition):
-            groups.setdefault((path["emails"], path["transitions"], path["deferred"]), []).append(path)
-        for (emails, transitions, deferred), group in sorted(groups.items()):
+            groups.setdefault((path["emails"], path["transitions"], path["deferred"], path["capped"]), []).append(path)
+        for (emails, transitions, deferred, capped), group in sorted(groups.items()):
             per = f"{transitions / emails:.2f}" if emails else "-"
             ends = ", ".join(dict.fromkeys(p["end"] for p in group))
-            lines.append(f"  {fid:<14}{len(group):>6}{emails:>8}{transitions:>13}{per:>11}{deferred:>10}  {ends[:60]}")
+            lines.append(f"  {fid:<14}{len(group):>6}{emails:>8}{transitions:>13}{per:>11}{deferred:>10}{capped:>8}"
+                         f"  {ends[:60]}")
     return "\n".join(lines)
 
 

@@ -558,6 +558,14 @@ class Scheduler:
         if seconds > 0:
             self.park(self.waiter(seconds))
 
+    def sleep_here(self, seconds: float) -> bool:
+        """``clock.sleep`` in stepped time: a state machine's thread (a Task's handler) parks on the
+        virtual clock; any other thread (the runtime's, a test's) cannot, or nothing would move it."""
+        if not getattr(_interpreter, "thread", False):
+            return False
+        self.sleep(seconds)
+        return True
+
     def next_due(self, until: float) -> Waiter | None:
         with self.cond:
             due = [w for w in self.parked if w.deadline is not None and w.deadline <= until]
@@ -570,6 +578,7 @@ class Scheduler:
 
 _scheduler: Scheduler | None = None
 _original = {}
+_interpreter = threading.local()  # .thread: True in the threads the Scheduler counts (Scheduler.sleep_here)
 
 
 def use_virtual_time(scheduler: Scheduler | None) -> None:
@@ -578,6 +587,7 @@ def use_virtual_time(scheduler: Scheduler | None) -> None:
     at each switch, so a run with retries is as repeatable as one without."""
     global _scheduler
     _scheduler = scheduler
+    clock._sleeper = scheduler.sleep_here if scheduler is not None else None
     jitter_strategy_decl.random = random.Random(0) if scheduler is not None else random
     if _original:
         return
@@ -616,6 +626,7 @@ def _worker_start(self) -> None:
     scheduler.started()
 
     def run():
+        _interpreter.thread = True
         try:
             self._execution_logic()
         finally:
@@ -663,6 +674,7 @@ def _evaluate_with_timeout(self, env) -> None:
     parent = scheduler.waiter(timeout_seconds)
 
     def exec_and_notify():
+        _interpreter.thread = True
         try:
             self._eval_execution(frame)
             outputs.extend(frame.stack)

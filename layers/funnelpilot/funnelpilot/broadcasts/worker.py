@@ -31,6 +31,7 @@ from funnelpilot.broadcasts import content, counters, launch, spec as specs, sto
 from funnelpilot.channels import emails
 from funnelpilot.errors import RecipientRejected, SendRateExceeded, TemplateError, transient
 from funnelpilot.models import PROFILE, Contact, Message
+from funnelpilot.sending import cap
 
 logger = logging.getLogger(__name__)
 DEFER_SECONDS = 900  # a deferred recipient comes back this much later (SQS DelaySeconds' maximum)
@@ -131,7 +132,7 @@ def _cap(spec: dict, contact: Contact, mid: str) -> bool:
     """True: the frequency cap lets this email go (``ignore``: always)."""
     if spec["frequency_cap"] == "ignore":
         return True
-    return sequence._take_slot(contact.pk, mid, funnel_spec.Funnel.frequency_cap, contact.marketing_log)  # a funnel's default
+    return cap.take(contact.pk, mid, funnel_spec.Funnel.frequency_cap, contact.marketing_log) is None  # a funnel's default
 
 
 def _send(chunk: _Chunk, spec: dict, contact: Contact) -> str:

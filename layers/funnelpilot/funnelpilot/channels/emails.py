@@ -28,7 +28,7 @@ from markupsafe import Markup
 from funnelpilot import aws, clock, tokens
 from funnelpilot.channels import mime
 from funnelpilot.config import config
-from funnelpilot.errors import RecipientRejected, SendRateExceeded, TemplateError
+from funnelpilot.errors import RecipientRejected, TemplateError
 from funnelpilot.steering import utm
 
 _HREF = re.compile(r"""(<a\b[^>]*?\bhref\s*=\s*)(["'])(.*?)\2""", re.IGNORECASE | re.DOTALL)
@@ -271,8 +271,8 @@ def send_raw(to: str, raw: bytes, *, priority: str | None) -> str:
 
     from funnelpilot.sending import pace
 
-    if priority is not None and not pace.acquire(priority):
-        raise SendRateExceeded(f"rate gate: {pace.rate()} sends this second already ({priority})")
+    if priority is not None:
+        pace.take(priority)
     kwargs = {"Source": config().sender, "Destinations": [to], "RawMessage": {"Data": raw}}
     if config().ses_configuration_set:
         kwargs["ConfigurationSetName"] = config().ses_configuration_set

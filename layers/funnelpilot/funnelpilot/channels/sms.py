@@ -23,11 +23,12 @@ from pathlib import Path
 from jinja2 import FileSystemLoader, StrictUndefined
 from jinja2.sandbox import SandboxedEnvironment
 
-from funnelpilot import aws, clock, funnel_spec, funnels, metrics, sendtime, tokens
+from funnelpilot import aws, clock, funnel_spec, funnels, metrics, tokens
 from funnelpilot.channels import emails
 from funnelpilot.config import config
 from funnelpilot.errors import QuietHours, TransientError
 from funnelpilot.models import PROFILE, Message
+from funnelpilot.sending import cap, sendtime
 
 SERVICE = "pinpoint-sms-voice-v2"
 OPTED_OUT = "DESTINATION_PHONE_NUMBER_OPTED_OUT"
@@ -163,7 +164,7 @@ def send(step: dict) -> dict:
         return sequence._blocked(step, message_id, reason, channel="sms")
     block = [Message.status.set("blocked"), Message.lease_until.remove()]
     try:
-        if not sequence._take_slot(cid, message_id, spec.frequency_cap, contact.marketing_log):
+        if cap.take(cid, message_id, spec.frequency_cap, contact.marketing_log) is not None:
             message.update(actions=[*block, Message.reason.set("frequency_cap")])
             return sequence._blocked(step, message_id, "frequency_cap", channel="sms")
         context = {"message_id": message_id, "contact_id": cid, "funnel": step.get("funnel"), "step": step["state"],

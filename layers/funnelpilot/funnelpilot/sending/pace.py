@@ -8,9 +8,11 @@ while ``used <= rate - k``): DynamoDB conditions cannot add, so every condition 
 Priorities (README "Sending"), work-conserving: a broadcast takes every slot nobody else took, so
 alone it sends at the full rate; it only ever sees ``used``.
 - ``FUNNEL``: a free slot of this second, else one of its ``held`` slots; refused, it holds a slot
-  of the next second (``ADD used :1, held :1``, never more than the rate) and the caller raises
-  ``SendRateExceeded``: the Task's jittered Retry comes back, and a funnel send of that second finds
-  the held slot the broadcast workers left.
+  of the next second (``ADD used :1, held :1``, never more than the rate), sleeps until that second
+  begins (at most a second of Lambda time) and takes a held slot there, which the broadcast workers
+  left. When even the holds are full, the caller raises ``SendRateExceeded`` and the Task's jittered
+  Retry comes back later. (Waiting for the Retry instead would lose the hold: its jittered delay
+  rarely ends in the next second, and a broadcast takes every free slot at each second's start.)
 - ``TRANSACTIONAL`` (a confirmation, a sales alert, a step marked transactional): as a funnel send,
   but refused in this second it takes a slot of the next one at once and goes now (a confirmation
   or an alert is sent by an asynchronous Lambda whose retries come minutes later: it must not
@@ -24,6 +26,7 @@ import time
 
 from funnelpilot import aws, clock
 from funnelpilot.config import config
+from funnelpilot.errors import SendRateExceeded
 
 TRANSACTIONAL, FUNNEL, BROADCAST = "transactional", "funnel", "broadcast"
 PRIORITIES = (TRANSACTIONAL, FUNNEL, BROADCAST)
@@ -101,14 +104,25 @@ def acquire(priority: str, want: int = 1) -> int:
         return 0
     if want > 1 and priority != BROADCAST:
         raise ValueError("only a broadcast takes several slots at once")
-    limit, second = rate(), int(clock.now())
-    taken, old = _free(second, min(want, limit), limit)
-    if taken or priority == BROADCAST:
-        return taken
-    if int(old.get("held", {}).get("N", "0")) > 0 and _update(
-            second, "ADD held :minus", "held > :zero", {":minus": {"N": "-1"}, ":zero": {"N": "0"}}) is None:
-        return 1  # a slot held for the funnel sends this second (its `used` counted it already)
-    if priority == TRANSACTIONAL:
-        return _free(second + 1, 1, limit)[0]  # the next second's slot, taken now
-    _free(second + 1, 1, limit, held=1)  # held for a funnel send of the next second (none when it is full)
+    limit = rate()
+    for attempt in range(2):
+        second = int(clock.now())
+        taken, old = _free(second, min(want, limit), limit)
+        if taken or priority == BROADCAST:
+            return taken
+        if int(old.get("held", {}).get("N", "0")) > 0 and _update(
+                second, "ADD held :minus", "held > :zero", {":minus": {"N": "-1"}, ":zero": {"N": "0"}}) is None:
+            return 1  # a slot held for the funnel sends of this second (its `used` counted it already)
+        if priority == TRANSACTIONAL:
+            return _free(second + 1, 1, limit)[0]  # the next second's slot, taken now
+        # hold a slot of the next second (none when it is full of holds) and wait for it there
+        if attempt or not _free(second + 1, 1, limit, held=1)[0] or not clock.sleep(next_second()):
+            return 0
     return 0
+
+
+def take(priority: str) -> None:
+    """One slot for one email now, else ``SendRateExceeded`` (a funnel's Task retries it; an
+    asynchronous Lambda's retry comes later): what every sender calls before SES."""
+    if not acquire(priority):
+        raise SendRateExceeded(f"rate gate: the {rate()} sends of this second are taken ({priority})")

@@ -3,8 +3,10 @@
 The compiler turns a ``wait`` that leads to a marketing send (in a funnel with quiet hours),
 and every ``wait: {until: HH:MM}``, into a Wait on ``SecondsPath``: the state before it (a
 Task, or the router for a funnel's first state) computes the seconds with ``wait_seconds``,
-so a send the Wait would bring into quiet hours is deferred by a longer Wait, not by a detour.
+so a send the Wait would bring into quiet hours is deferred by a longer Wait, not by a detour;
+the Waits that end with quiet hours end at each contact's own minute of ``spread_minutes``.
 """
+import hashlib
 import logging
 from datetime import datetime, time, timedelta
 from zoneinfo import ZoneInfo
@@ -54,13 +56,24 @@ def quiet_until(quiet: tuple[str, str] | None, tz: ZoneInfo, now: float) -> floa
     return next_local(quiet[1], tz, now) if inside else None
 
 
-def wait_seconds(wait: dict, spec, contact_zone: str | None, now: float | None = None) -> int:
+def spread(key: str, minutes: int) -> int:
+    """A contact's own seconds (0 up to ``minutes``) after the end of quiet hours: deterministic per
+    ``key`` (the contact id), so the sends a zone's night held do not all start at the same second."""
+    if minutes <= 0:
+        return 0
+    return int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big") % (minutes * 60)
+
+
+def wait_seconds(wait: dict, spec, contact_zone: str | None, key: str, now: float | None = None) -> int:
     """Real seconds for a computed Wait (``wait``: the compiler's ``{"seconds": n}`` or
     ``{"until": "HH:MM"}``, with ``"quiet": true`` when a marketing send follows it): its end,
-    moved to the end of the funnel's quiet hours (``spec``: funnel_spec.load) if it falls in them."""
+    moved past the end of the funnel's quiet hours (``spec``: funnel_spec.load) if it falls in
+    them, by the contact's ``spread`` (``key``: the contact id) within the funnel's ``spread_minutes``."""
     now = clock.now() if now is None else now
     tz = zone(contact_zone, spec.timezone)
     end = next_local(wait["until"], tz, now) if "until" in wait else now + float(wait.get("seconds") or 0)
     if wait.get("quiet"):
-        end = quiet_until(spec.quiet_hours, tz, end) or end
+        quiet_end = quiet_until(spec.quiet_hours, tz, end)
+        if quiet_end is not None:
+            end = quiet_end + spread(key, spec.quiet_spread)
     return clock.real_seconds(end - now)
