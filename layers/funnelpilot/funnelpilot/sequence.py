@@ -427,7 +427,7 @@ def wait_for(step: dict) -> dict:
 
 def until(step: dict) -> dict:
     """A Task whose only job is the next Wait's duration (``wait``, see ``wait_seconds``): a
-    ``wait: {until: ...}`` with no Task before it, and the quiet-hours detour of a send."""
+    ``wait: {until: ...}`` with no Task before it, and the quiet-hours and frequency-cap detours of a send."""
     return {}
 
 
