@@ -545,7 +545,8 @@ def render(out: dict) -> list[str]:
              f"Driven by {c['source']}. Send worker ({st['worker']}), per email sent: {_ops(c['send'])}; per chunk "
              f"attempt: {_ops(c['attempt'])}; per attempt finding the second full (the chunk put back for 1 s): "
              f"{_ops(c['refused'])}; launcher per chunk: {_ops(c['launch'])}; on the bus per email: "
-             f"{_ops(c['downstream']['invocations'])} invocations, {_ops(c['downstream']['calls'])}. A chunk's message "
+             + (f"{_ops(c['downstream']['invocations'])} invocations, {_ops(c['downstream']['calls'])}"
+                if c["downstream"]["invocations"] else "no invocation") + ". A chunk's message "
              f"delivered again after it was sent made {c['redelivery_sends']:g} SES sends per recipient. Per open/click: "
              + "; ".join(f"{k} {_ops(v['calls'])} ({_ops(v['invocations'])})" for k, v in c["engagement"].items())
              + f". MaximumConcurrency: BroadcastConcurrency (default {st['max_concurrency']}), maxReceiveCount "
