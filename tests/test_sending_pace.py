@@ -17,16 +17,18 @@ def counter(rt, second: int) -> dict:
     return {k: int(v["N"]) for k, v in item.items() if "N" in v}
 
 
-def test_rate_is_the_ses_quota_read_once_or_the_stacks_parameter(tmp_path, monkeypatch):
-    with Runtime(ROOT, stepped=True, start=START, state_dir=tmp_path / "a", rules=Rules(ses_max_send_rate=9)):
-        calls, gate = [], botocore.client.BaseClient._make_api_call  # patched once the runtime's gate is in
-        monkeypatch.setattr(botocore.client.BaseClient, "_make_api_call",
-                            lambda client, operation, params: calls.append(operation) or gate(client, operation, params))
-        assert pace.rate() == 9 and pace.rate() == 9
-        assert calls == ["GetSendQuota"]  # once: cached per container (5 minutes)
+def test_rate_is_the_ses_quota_read_once_per_container(rt, monkeypatch):
+    calls, gate = [], botocore.client.BaseClient._make_api_call  # patched once the runtime's gate is in
+    monkeypatch.setattr(botocore.client.BaseClient, "_make_api_call",
+                        lambda client, operation, params: calls.append(operation) or gate(client, operation, params))
+    assert pace.rate() == 14 and pace.rate() == 14  # Rules.ses_max_send_rate: the account's MaxSendRate
+    assert calls == ["GetSendQuota"]  # once: cached per container (5 minutes)
+
+
+def test_the_stacks_parameter_wins_over_the_quota(tmp_path):
     with Runtime(ROOT, stepped=True, start=START, state_dir=tmp_path / "b", rules=Rules(ses_max_send_rate=9),
-                 parameters={"SendRatePerSecond": "3"}) as rt:
-        assert pace.rate() == 3  # SendRatePerSecond wins over the quota: a shared account's share
+                 parameters={"SendRatePerSecond": "3"}):
+        assert pace.rate() == 3  # SendRatePerSecond: a shared account's share
 
 
 def test_a_second_grants_the_rate_and_no_more_then_the_next_one_starts_empty(rt):
