@@ -78,7 +78,7 @@ def _update(second: int, expression: str, condition: str, values: dict) -> dict 
     return None
 
 
-def _free(second: int, want: int, limit: int, held: int = 0) -> tuple[int, dict]:
+def _free(second: int, want: int, limit: int, held: bool = False) -> tuple[int, dict]:
     """Take ``want`` free slots of ``second`` (``held``: also hold as many), or fewer: what is left
     when the item says so. (taken, the item as it was when the last try was refused)."""
     old: dict = {}
@@ -116,7 +116,7 @@ def acquire(priority: str, want: int = 1) -> int:
         if priority == TRANSACTIONAL:
             return _free(second + 1, 1, limit)[0]  # the next second's slot, taken now
         # hold a slot of the next second (none when it is full of holds) and wait for it there
-        if attempt or not _free(second + 1, 1, limit, held=1)[0] or not clock.sleep(next_second()):
+        if attempt or not _free(second + 1, 1, limit, held=True)[0] or not clock.sleep(next_second()):
             return 0
     return 0
 
