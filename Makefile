@@ -26,8 +26,12 @@ serve: $(STAMP)
 # One pytest worker per core (pytest-xdist); each test gets the next idle worker (worksteal:
 # the few long tests do not hold up a worker's queue). JOBS=0 runs in this process.
 JOBS ?= auto
-test: $(STAMP) lint browser
-	$(BIN)/python -m pytest -n $(JOBS) --dist worksteal
+# make lint runs beside the tests (its output follows theirs): both must pass.
+test: $(STAMP) browser
+	@mkdir -p .local; $(MAKE) --no-print-directory lint > .local/lint.out 2>&1 & lint=$$!; \
+	$(BIN)/python -m pytest -n $(JOBS) --dist worksteal; tests=$$?; \
+	wait $$lint; linted=$$?; cat .local/lint.out; \
+	[ $$linted = 0 ] || echo "make test: make lint failed"; [ $$tests = 0 ] && [ $$linted = 0 ]
 
 # tests/test_browser.py drives Debian's Chromium. When it is missing and we are root with
 # apt-get (CI, a fresh machine), install it; otherwise that one test is skipped with the reason.
@@ -37,9 +41,10 @@ browser:
 	  || echo "note: /usr/bin/chromium is missing (apt-get install chromium): the browser test is skipped"
 
 # cfn-lint with its informational rules too (I*: e.g. explicit DeletionPolicy on stateful resources).
+# `sam validate --lint` would run the same linter again with fewer rules (samcli/commands/validate:
+# cfnlint.api.lint with the default rules and the region), about as long again for nothing.
 lint: $(STAMP)
 	$(BIN)/cfn-lint --include-checks I -- template.yaml
-	SAM_CLI_TELEMETRY=0 $(BIN)/sam validate --lint --template template.yaml --region us-east-1
 
 funnels: $(STAMP)
 	$(BIN)/funnelpilot funnels
