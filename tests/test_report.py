@@ -185,9 +185,10 @@ def test_every_delivery_made_twice_gives_the_report_the_message_items_give(tmp_p
         metrics_arn = rt.template.attributes[("MetricsFunction", "Arn")]
         copies = Counter(p["detail"]["event_id"] for arn, p in rt.delivered if arn == metrics_arn)
         # each event metrics counts (opens, clicks, the unsubscribe, the conversion; entries are counted by the
-        # router, sends by the sequence step, deliveries by ses_feedback, each guarded by its own write) reached
+        # router, sends by the sequence step, deliveries by ses_feedback, machine hits by the tracking handlers,
+        # each guarded by its own write) reached
         # it twice or more
-        assert len(copies) >= 8 and min(copies.values()) >= 2
+        assert len(copies) >= 6 and min(copies.values()) >= 2
         assert not {p["detail-type"] for arn, p in rt.delivered if arn == metrics_arn} & {"email.sent", "Email Delivered"}
         feedback_arn = rt.template.attributes[("SesFeedbackFunction", "Arn")]
         assert Counter(p["detail-type"] for arn, p in rt.delivered if arn == feedback_arn)["Email Delivered"] >= 4

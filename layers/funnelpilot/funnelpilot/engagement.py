@@ -2,13 +2,16 @@
 
 This module serves the two hottest routes (``/o`` and ``/c``) with the low-level boto3
 clients (no pynamodb): two AWS calls per hit, one conditional UpdateItem that appends the
-hit and returns the message as it was, then one PutEvents (``_record``). The rules and
-their sources are documented in README.md ("Engagement: human or machine").
+hit and returns the message as it was, then one PutEvents for a person's hit, or the
+counters' ADD for a machine's (``_record``). The rules and their sources are documented in
+README.md ("Engagement: human or machine").
 
 Every recorded hit is appended to the message item (``hits``: time, kind, link index, and
-``human``/``reason`` as the request's own rules label it; never an IP address or user agent)
-and emitted as ``email.opened`` / ``email.clicked`` with ``human`` true or false. Consumers act
-only on ``human: true``. Hits are appended with ``list_append``, so concurrent hits on one
+``human``/``reason`` as the request's own rules label it; never an IP address or user agent).
+A person's is emitted as ``email.opened`` / ``email.clicked`` (``human: true``), for funnels,
+scoring, segments, alerts and the counters; a machine's is counted here (``machine_opens``,
+``machine_clicks``: funnelpilot.metrics, guarded by the append) and put on no bus, where no
+consumer acts on it. Hits are appended with ``list_append``, so concurrent hits on one
 message are all kept, and never rewritten: the rules that need the message's history (a burst,
 too soon after delivery, around a honeypot hit) are applied when the hits are read
 (``message_verdicts``, for this request and for every reader), so no hit costs a second write.
@@ -19,7 +22,7 @@ import logging
 from dataclasses import dataclass
 from datetime import datetime
 
-from funnelpilot import aws, bus, clock, tokens, visitors
+from funnelpilot import aws, bus, clock, metrics, tokens, visitors
 from funnelpilot.agents import AUTOMATED
 from funnelpilot.config import config
 from funnelpilot.tokens import HONEYPOT
@@ -240,7 +243,12 @@ def _record(kind: str, cid: str, message_id: str, key: dict, link: str | None, l
                                  **common, **({"via": "click"} if kind == "click" else {})))
     if kind == "click":
         entries.append(bus.event("email.clicked", cid, link=link, url=target[0], unique=first_click, **common))
-    bus.publish(*entries)
+    if verdict.human:
+        bus.publish(*entries)
+    else:  # a machine's hit opens nothing (a click implies no open): one event's counters, here
+        [entry] = entries
+        if metrics.record(entry["DetailType"], json.loads(entry["Detail"]), guarded=True):
+            metrics.emit(entry["DetailType"], {"human": False})
     return target, verdict
 
 

@@ -153,7 +153,7 @@ def record(detail_type: str, detail: dict, *, guarded: bool = False) -> bool:
     if detail.get("broadcast"):
         from funnelpilot.broadcasts import counters
 
-        return counters.record(detail_type, detail)
+        return counters.record(detail_type, detail, guarded=guarded)
     day = (detail.get("occurred_at") or clock.iso())[:10]
     funnel = detail.get("funnel")
     if not funnel:

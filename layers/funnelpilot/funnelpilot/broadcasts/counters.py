@@ -96,15 +96,19 @@ def count_once(bid: str, variant: str | None, amounts: dict[str, int], once_key:
     return True
 
 
-def record(detail_type: str, detail: dict) -> bool:
+def record(detail_type: str, detail: dict, guarded: bool = False) -> bool:
     """Count one engagement event of a broadcast's message (``detail["broadcast"]``); sends and
-    blocks are the worker's own counts. False for a duplicate or an event that counts nothing here."""
+    blocks are the worker's own counts. False for a duplicate or an event that counts nothing here.
+    ``guarded`` (funnelpilot.metrics.record): the caller's own write made it happen once, no marker."""
     from funnelpilot import metrics
 
     found = metrics.counters_for(detail_type, detail) if detail_type in ENGAGEMENT else None
     if found is None:
         return False
     amounts, once_key = found
+    if guarded:
+        add(detail["broadcast"], _with_variant(amounts, detail.get("variant")))
+        return True
     return count_once(detail["broadcast"], detail.get("variant"), amounts, once_key)
 
 
