@@ -180,10 +180,23 @@ def _send(chunk: _Chunk, spec: dict, contact: Contact) -> str:
     except Exception:
         sequence._release(message)
         raise
-    sequence._mark_sent(message, ses_id)
+    _mark_sent(chunk, message, ses_id)
     chunk.count("processed", "audience", "sent")
     chunk.events.append(_sent_event(chunk, cid))
     return "sent"
+
+
+def _mark_sent(chunk: _Chunk, message: Message, ses_id: str) -> None:
+    """SES took it: the claim becomes ``sent``, by a PutItem of the item as claimed while nothing else
+    wrote it since (a hit, SES feedback: then ``sequence._mark_sent``'s UpdateItem, retried)."""
+    message.status, message.ses_message_id, message.sent_at, message.lease_until = "sent", ses_id, clock.iso(), None
+    untouched = ((Message.status == "sending") & (Message.chunk == chunk.body["id"]) & Message.last_hit_at.does_not_exist()
+                 & Message.delivered_at.does_not_exist() & Message.bounced_at.does_not_exist()
+                 & Message.complained_at.does_not_exist())
+    try:
+        message.save(condition=untouched)
+    except Exception:  # noqa: BLE001 - changed meanwhile, or a failed write: the update takes over (raises if it fails)
+        sequence._mark_sent(message, ses_id)
 
 
 def _profiles(ids: list[str]) -> dict[str, Contact]:
@@ -202,28 +215,24 @@ def send_chunk(body: dict) -> dict:
         return {"held": len(body["c"])}
     spec = store.spec(chunk.bid, state["digest"])
     excluded = specs.excluded(spec)
-    contacts = _profiles(body["c"])
-    eligible: list[Contact] = []
+    # the second's slots first: only the entries they cover are read now (a blocked one wastes its slot)
+    granted = _slots(spec["priority"], len(body["c"]))
+    now, chunk.retry = body["c"][:granted], body["c"][granted:]
+    contacts = _profiles(now) if now else {}
     outcomes: Counter = Counter()
     failed = True
     try:
-        for cid in body["c"]:
+        for i, cid in enumerate(now):
             contact = contacts.get(cid)
             reason = sequence.blocked_reason(contact, {}, None, spec["list"])
             if reason is None and excluded & set(contact.segments or ()):
                 reason = "excluded"
+            outcome = "blocked" if reason else _send(chunk, spec, contact)
             if reason:
                 _block(chunk, spec, cid, reason)
-                outcomes["blocked"] += 1
-            else:
-                eligible.append(contact)
-        granted = _slots(spec["priority"], len(eligible))
-        chunk.retry += [c.pk for c in eligible[granted:]]
-        for i, contact in enumerate(eligible[:granted]):
-            outcome = _send(chunk, spec, contact)
             outcomes[outcome] += 1
             if outcome == "throttled":
-                chunk.retry = [c.pk for c in eligible[i:granted]] + chunk.retry
+                chunk.retry = now[i:] + chunk.retry
                 break
         failed = False
     finally:  # what was done is counted and announced, also when a send failed (the message comes back)
