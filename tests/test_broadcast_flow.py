@@ -183,3 +183,24 @@ def test_ses_throttling_sends_the_rest_later_and_nothing_twice(tmp_path):
         assert sent_to(rt, "march-news") == {f"p{i}@example.com": 1 for i in range(60)}
         assert broadcasts.report("march-news")["status"] == "sent"
         assert not rt.denied
+
+
+def test_frequency_cap_skips_defers_or_is_ignored_per_broadcast(rt):
+    seed(people(3))
+    for name, cap in (("first", "skip"), ("second", "defer"), ("third", "skip"), ("fourth", "ignore")):
+        broadcasts.create(spec(name=name, frequency_cap=cap))
+    broadcasts.schedule("first", {"now": True})
+    run(rt, 60)
+    assert total(rt, "first") == 3  # a marketing email each: the next one may come 24 hours later
+    for name in ("second", "third", "fourth"):
+        broadcasts.schedule(name, {"now": True})
+    run(rt, HOUR)
+    assert (total(rt, "second"), total(rt, "third"), total(rt, "fourth")) == (0, 0, 3)
+    second = broadcasts.report("second")
+    assert (second["status"], second["deferred"], second["sent"]) == ("sending", 3, 0)
+    third = broadcasts.report("third")
+    assert (third["status"], third["skipped"], third["skipped_reasons"]) == ("sent", 3, {"frequency_cap": 3})
+    run(rt, 24 * HOUR)  # the first email's slot frees: the deferred ones go
+    assert sent_to(rt, "second") == {f"p{i}@example.com": 1 for i in range(3)}
+    second = broadcasts.report("second")
+    assert (second["status"], second["deferred"], second["sent"], second["skipped"]) == ("sent", 3, 3, 0)

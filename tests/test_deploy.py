@@ -162,7 +162,7 @@ def test_existing_identity_creates_none_and_sends(tmp_path):
         assert not list(rt.outbox.glob("*.eml"))
 
 
-SENDERS = ("SequenceStepFunction", "ConfirmMailerFunction", "NotifyFunction", "BroadcastSendFunction")
+SENDERS = ("SequenceStepFunction", "ConfirmMailerFunction", "NotifyFunction", "BroadcastSendFunction", "BroadcastsAdminFunction")
 
 
 @pytest.mark.parametrize("sender", ["hello@example.com", "news@mail.shop.example"])

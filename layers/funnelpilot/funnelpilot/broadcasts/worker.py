@@ -8,7 +8,8 @@ complaint -, opted out of the broadcast's list, unconfirmed, sunset) and the aud
 again (membership may have changed since the launch). The eligible ones ask the rate gate for slots
 at once (``pace.acquire``, the broadcast's priority); each granted one is claimed (the message item,
 a conditional write: the duplicate guard), passes the frequency cap (``skip``: blocked for good,
-``defer``: back in the queue later, ``ignore``), is sent through SES and marked sent. Whatever
+``defer``: back in the queue when their next slot frees, up to a funnel's ``defer_up_to_hours``,
+then skipped; ``ignore``), is sent through SES and marked sent. Whatever
 the second's slots or SES's ``Throttling`` leave goes back to the queue as a new message, visible
 when the next second begins, and this one succeeds: nothing is lost, and a redelivery finds the
 claims (a message already sent is not sent again; its ``email.sent`` is published again, same id).
@@ -34,8 +35,7 @@ from funnelpilot.models import PROFILE, Contact, Message
 from funnelpilot.sending import cap
 
 logger = logging.getLogger(__name__)
-DEFER_SECONDS = 900  # a deferred recipient comes back this much later (SQS DelaySeconds' maximum)
-DEFER_LIMIT = 72 * 3600  # deferred this long: skipped (frequency_cap)
+DEFER_SECONDS = 900  # a deferred recipient comes back at most this much later (SQS DelaySeconds' maximum)
 GONE = ("unknown_contact", "erased")  # blocked without a message item: nothing may be stored about them
 
 
@@ -49,6 +49,7 @@ class _Chunk:
         self.retry: list[str] = []  # back next second (rate)
         self.deferred: dict[str, float] = {}  # cid -> first deferred at
         self.sent: list[Message] = []  # claims SES took, to be marked sent
+        self.defer_until: float | None = None  # the earliest next free slot of the deferred ones
 
     def count(self, *names: str, n: int = 1) -> None:
         for name in names:
@@ -71,8 +72,9 @@ class _Chunk:
         requeue = []
         if self.retry and requeue_rest:
             requeue.append(({**self.body, "c": self.retry}, math.ceil(_pace().next_second())))
-        if self.deferred and requeue_rest:
-            requeue.append(({**self.body, "c": list(self.deferred), "d": self.deferred}, DEFER_SECONDS))
+        if self.deferred and requeue_rest:  # back when the first of them may get it (at most 15 minutes on)
+            delay = min(DEFER_SECONDS, max(1, math.ceil(self.defer_until - clock.now())))
+            requeue.append(({**self.body, "c": list(self.deferred), "d": self.deferred}, delay))
         launch.send_chunks(requeue)
         self.retry, self.deferred = [], {}
         counts, self.counts = dict(self.counts), Counter()
@@ -136,11 +138,12 @@ def _block(chunk: _Chunk, spec: dict, cid: str, reason: str, kind: str = "blocke
     chunk.count("processed", "audience", kind, f"{kind}_{reason}")
 
 
-def _cap(spec: dict, contact: Contact, mid: str) -> bool:
-    """True: the frequency cap lets this email go (``ignore``: always)."""
+def _cap(spec: dict, contact: Contact, mid: str) -> float | None:
+    """None: the frequency cap (a funnel's default, across funnels and broadcasts) lets this email go
+    now (``ignore``: always); else when the contact's next slot frees (funnelpilot.sending.cap)."""
     if spec["frequency_cap"] == "ignore":
-        return True
-    return cap.take(contact.pk, mid, funnel_spec.Funnel.frequency_cap, contact.marketing_log) is None  # a funnel's default
+        return None
+    return cap.take(contact.pk, mid, funnel_spec.Funnel.frequency_cap, contact.marketing_log)
 
 
 def _send(chunk: _Chunk, spec: dict, contact: Contact) -> str:
@@ -161,13 +164,15 @@ def _send(chunk: _Chunk, spec: dict, contact: Contact) -> str:
         else:
             _seen(chunk, cid, prior)
         return "seen"
-    if not _cap(spec, contact, mid):
+    free_at = _cap(spec, contact, mid)
+    if free_at is not None:
         first = float(chunk.body.get("d", {}).get(cid) or clock.now())
-        if spec["frequency_cap"] == "defer" and clock.now() - first < DEFER_LIMIT:
+        if spec["frequency_cap"] == "defer" and free_at - first <= funnel_spec.Funnel.defer_up_to * 3600:
             sequence._release(message)
             if cid not in chunk.body.get("d", {}):
                 chunk.count("deferred")
             chunk.deferred[cid] = first
+            chunk.defer_until = min(chunk.defer_until or free_at, free_at)
             return "deferred"
         message.update(actions=[Message.status.set("blocked"), Message.reason.set("frequency_cap"),
                                 Message.links.remove(), Message.lease_until.remove()])
