@@ -139,7 +139,8 @@ def _verify(kind: str, token: str, arity: int) -> list[str] | None:
 
 
 def _hit(kind: str, event: dict) -> str | None:
-    """Verify, append the hit (the message as it was comes back), publish: the URL a click goes to."""
+    """Verify, append the hit (the message as it was comes back), publish a person's or count a
+    machine's: the URL a click goes to."""
     fields = _verify("o" if kind == "open" else "c", event["pathParameters"]["token"], 2 if kind == "open" else 3)
     if fields is None:
         return None
@@ -153,8 +154,7 @@ def _hit(kind: str, event: dict) -> str | None:
     try:
         item = ddb.update_item(
             TableName=os.environ["TABLE_NAME"], Key=key, ReturnValues="ALL_OLD",
-            UpdateExpression="SET hits = list_append(if_not_exists(hits, :empty), :h), last_hit_at = :n, "
-                             "first_open_at = if_not_exists(first_open_at, :n)",
+            UpdateExpression="SET hits = list_append(if_not_exists(hits, :empty), :h), last_hit_at = :n",
             ConditionExpression="#s = :sent", ExpressionAttributeNames={"#s": "status"},
             ExpressionAttributeValues={":h": {"L": [hit]}, ":empty": {"L": []}, ":n": {"S": now},
                                        ":sent": {"S": "sent"}})["Attributes"]
@@ -162,8 +162,13 @@ def _hit(kind: str, event: dict) -> str | None:
         return None
     url = json.loads(item.get("links", {}).get("S", "[]"))[int(fields[2])] if kind == "click" else None
     url = url["url"] if isinstance(url, dict) else url
+    if not human:
+        row = {"pk": {"S": f"FUNNEL#{item['funnel']['S']}"}, "sk": {"S": f"DAY#{now[:10]}#STEP#{item['step']['S']}"}}
+        ddb.update_item(TableName=os.environ["METRICS_TABLE_NAME"], Key=row, UpdateExpression="ADD #m :one",
+                        ExpressionAttributeNames={"#m": f"machine_{kind}s"}, ExpressionAttributeValues={":one": {"N": "1"}})
+        return url
     detail = {"event_id": uuid.uuid4().hex, "contact_id": fields[0], "occurred_at": now, "message_id": fields[1],
-              "human": human, "unique": "first_open_at" not in item}
+              "human": human, "unique": not any(h["M"]["human"]["BOOL"] for h in item.get("hits", {}).get("L", []))}
     kinds = ["email.opened"] + (["email.clicked"] if kind == "click" else [])
     _client("events").put_events(Entries=[{"Source": "funnelpilot", "DetailType": k, "Detail": json.dumps(detail),
                                            "EventBusName": os.environ["BUS_NAME"]} for k in kinds])
