@@ -3,7 +3,7 @@
 Every change of a contact's status is one conditional update, in one transaction with the
 event it emits (written to the outbox, funnelpilot.outbox), so a repeat (a second one-click
 POST, a duplicate bounce) changes nothing and emits nothing, and no change goes without its
-event. A status other than ``active`` blocks every marketing send (``sequence.blocked_reason``).
+event. A status other than ``active`` blocks every marketing send (``sending.checks.blocked_reason``).
 
 ``sunset`` is not a suppression: it is what the re-engagement funnel does to someone who stopped
 responding, and it stops marketing only (a transactional email still goes). Fresh consent brings

@@ -27,6 +27,7 @@ from funnelpilot.errors import (FrequencyCapped, FunnelLeft, QuietHours, Recipie
                                 transient)
 from funnelpilot.models import PROFILE, Contact, Message, is_conditional_failure
 from funnelpilot.sending import cap, pace, sendtime
+from funnelpilot.sending.checks import blocked_reason
 from funnelpilot.steering import abtest, utm
 
 logger = logging.getLogger(__name__)
@@ -62,25 +63,6 @@ def _update(key: dict, expression: str, condition: str, values: dict, names: dic
 
 
 # ---------------------------------------------------------------- send
-def blocked_reason(contact: Contact | None, step: dict, entry_status: str | None = None,
-                   list_name: str | None = None) -> str | None:
-    """Why this send must not happen (checks 1-4 of a send), or None. ``list_name``: the list the
-    email belongs to, which the contact may have opted out of (funnelpilot.preferences)."""
-    if contact is None:
-        return "unknown_contact"
-    if contact.status in ("unsubscribed", "suppressed", "erased"):
-        return contact.status
-    if list_name and list_name in (contact.unsubscribed_lists or ()):
-        return "list_unsubscribed"
-    if entry_status in ("converted", "exited"):
-        return "goal_reached"  # the goal came while this step was in flight
-    if contact.status == "pending" and not step.get("transactional"):
-        return "unconfirmed"
-    if contact.status == "sunset" and not step.get("transactional"):
-        return "sunset"  # marketing stops; a transactional email (a lead magnet) still goes
-    return None
-
-
 def template_context(contact: Contact, message_id: str, lead_magnet: str | None = None,
                      list_name: str | None = None) -> dict:
     """What an email (or SMS) template may use, ``emails.sender_context()`` included. ``first_name`` is the

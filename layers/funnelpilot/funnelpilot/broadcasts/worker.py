@@ -3,7 +3,7 @@ recipients per message.
 
 Per chunk: the broadcast's state (paused: the chunk is held for ``resume``; cancelled: dropped), one
 BatchGetItem of the profiles, then per recipient the checks of every marketing send
-(``sequence.blocked_reason``: unknown, erased, unsubscribed, suppressed - a hard bounce or a
+(``sending.checks.blocked_reason``: unknown, erased, unsubscribed, suppressed - a hard bounce or a
 complaint -, opted out of the broadcast's list, unconfirmed, sunset) and the audience's exclusions
 again (membership may have changed since the launch). The eligible ones ask the rate gate for slots
 at once (``pace.acquire``, the broadcast's priority); each granted one is claimed (the message item,
@@ -32,7 +32,7 @@ from funnelpilot.broadcasts import content, counters, launch, spec as specs, sto
 from funnelpilot.channels import emails
 from funnelpilot.errors import RecipientRejected, SendRateExceeded, TemplateError, transient
 from funnelpilot.models import PROFILE, Contact, Message
-from funnelpilot.sending import cap
+from funnelpilot.sending import cap, checks
 
 logger = logging.getLogger(__name__)
 DEFER_SECONDS = 900  # a deferred recipient comes back at most this much later (SQS DelaySeconds' maximum)
@@ -225,7 +225,7 @@ def send_chunk(body: dict) -> dict:
     try:
         for i, cid in enumerate(now):
             contact = contacts.get(cid)
-            reason = sequence.blocked_reason(contact, {}, None, spec["list"])
+            reason = checks.blocked_reason(contact, {}, None, spec["list"])
             if reason is None and excluded & set(contact.segments or ()):
                 reason = "excluded"
             outcome = "blocked" if reason else _send(chunk, spec, contact)

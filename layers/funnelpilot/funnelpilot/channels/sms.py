@@ -28,7 +28,7 @@ from funnelpilot.channels import emails
 from funnelpilot.config import config
 from funnelpilot.errors import QuietHours, TransientError
 from funnelpilot.models import PROFILE, Message
-from funnelpilot.sending import cap, sendtime
+from funnelpilot.sending import cap, checks, sendtime
 
 SERVICE = "pinpoint-sms-voice-v2"
 OPTED_OUT = "DESTINATION_PHONE_NUMBER_OPTED_OUT"
@@ -138,7 +138,7 @@ def send(step: dict) -> dict:
     mine = current and current.get("execution_arn") in (None, step["execution"])
     spec = funnel_spec.load(step["funnel"])
     list_name = spec.list_name or (current.get("list_name") if mine else None)
-    reason = sequence.blocked_reason(contact, step, current.get("status") if mine else None, list_name)
+    reason = checks.blocked_reason(contact, step, current.get("status") if mine else None, list_name)
     if reason in ("unknown_contact", "erased"):
         return sequence._blocked(step, message_id, reason, channel="sms")
     reason = reason or ineligible(contact)
