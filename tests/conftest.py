@@ -67,6 +67,17 @@ def test_lists(monkeypatch) -> dict:
     return extra
 
 
+# Files holding a test of tens of seconds (pytest --durations): they run first, so that neither
+# xdist worker is left alone with one at the end (worksteal spreads the rest behind them).
+LONG_FIRST = ("test_demo.py", "test_import.py", "test_browser_redirects.py", "test_loyalty.py", "test_ses_rules.py",
+              "test_strict_lambda_events.py", "test_strict_dynamodb.py", "test_email_design.py", "test_live_edits.py",
+              "test_reliability_delivery.py", "test_funnel_compiler.py", "test_broadcast_flow.py", "test_broadcasts.py")
+
+
+def pytest_collection_modifyitems(items) -> None:
+    items.sort(key=lambda item: item.path.name not in LONG_FIRST)  # stable: collection order otherwise
+
+
 START = 1_772_445_600.0  # Monday 2026-03-02, 10:00 UTC: inside working hours (funnels' quiet hours)
 
 
