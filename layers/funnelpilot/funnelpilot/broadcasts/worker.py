@@ -1,20 +1,20 @@
 """The send worker (functions/broadcast_send, SQS trigger on SendQueue): one chunk of a broadcast's
 recipients per message.
 
-Per chunk: the broadcast's state (paused: the chunk is held for ``resume``; cancelled: dropped), one
-BatchGetItem of the profiles, then per recipient the checks of every marketing send
-(``sending.checks.blocked_reason``: unknown, erased, unsubscribed, suppressed - a hard bounce or a
-complaint -, opted out of the broadcast's list, unconfirmed, sunset) and the audience's exclusions
-again (membership may have changed since the launch). The eligible ones ask the rate gate for slots
-at once (``pace.acquire``, the broadcast's priority); each granted one is claimed (the message item,
-a conditional write: the duplicate guard), passes the frequency cap (``skip``: blocked for good,
-``defer``: back in the queue when their next slot frees, up to a funnel's ``defer_up_to_hours``,
-then skipped; ``ignore``), is sent through SES and marked sent. Whatever
-the second's slots or SES's ``Throttling`` leave goes back to the queue as a new message, visible
-when the next second begins, and this one succeeds: nothing is lost, and a redelivery finds the
-claims (a message already sent is not sent again; its ``email.sent`` is published again, same id).
+Per chunk: the broadcast's state (paused: the chunk is held for ``resume``; cancelled: dropped), the
+second's slots for its entries at once (``pace.acquire``, the broadcast's priority; none: the chunk goes
+back for the next second, unread), one BatchGetItem of the profiles the slots cover, then per recipient
+the checks of every marketing send (``sending.checks.blocked_reason``: unknown, erased, unsubscribed,
+suppressed - a hard bounce or a complaint -, opted out of the broadcast's list, unconfirmed, sunset) and
+the audience's exclusions again (membership may have changed since the launch). Each eligible one is
+claimed (the message item, a conditional write: the duplicate guard), passes the frequency cap
+(``skip``: blocked for good, ``defer``: back in the queue when their next slot frees, up to a funnel's
+``defer_up_to_hours``, then skipped; ``ignore``) and is sent through SES. Whatever the second's slots
+or SES's ``Throttling`` leave goes back to the queue as a new message, visible when the next second
+begins, and this one succeeds: nothing is lost, and a redelivery finds the claims (a message already
+sent is not sent again; its ``email.sent`` is published again, same id).
 
-Then ``email.sent`` (PutEvents, 10 a call: tracking, the timeline, attribution and webhooks see a
+Then the sent marks (``_Chunk.flush``), ``email.sent`` (PutEvents, 10 a call: tracking, the timeline, attribution and webhooks see a
 broadcast email as any other) and the chunk's counts in ONE UpdateItem (funnelpilot.broadcasts.counters);
 the last chunk marks the broadcast sent. A message item names its ``chunk``: a redelivered chunk
 recognises its own earlier claims and does not count them twice; a duplicate entry from another
