@@ -69,7 +69,7 @@ def test_lists(monkeypatch) -> dict:
 
 # Files holding a test of tens of seconds (pytest --durations): they run first, so that neither
 # xdist worker is left alone with one at the end (worksteal spreads the rest behind them).
-LONG_FIRST = ("test_demo.py", "test_import.py", "test_browser_redirects.py", "test_loyalty.py", "test_ses_rules.py",
+LONG_FIRST = ("test_broadcast_scale.py", "test_demo.py", "test_import.py", "test_browser_redirects.py", "test_loyalty.py", "test_ses_rules.py",
               "test_strict_lambda_events.py", "test_strict_dynamodb.py", "test_email_design.py", "test_live_edits.py",
               "test_reliability_delivery.py", "test_funnel_compiler.py", "test_broadcast_flow.py", "test_broadcasts.py")
 
