@@ -168,7 +168,9 @@ def test_fuzz_signup_fields(rt, fields):
 def test_oversized_and_invalid_bodies_on_every_body_route(rt):
     with_body = [op for op in OPERATIONS if op.has_body]
     assert {op.path for op in with_body} == {"/signup", "/events", "/collect", "/u/{token}", "/contacts/lookup",
-                                             "/contacts/{id}"}
+                                             "/contacts/{id}", "/broadcasts", "/broadcasts/{id}",
+                                             "/broadcasts/{id}/preview", "/broadcasts/{id}/test",
+                                             "/broadcasts/{id}/schedule"}
     for op in with_body:
         path = fill(op, {})
         auth = {"x-api-key": LOCAL_ADMIN_KEY} if op.auth == "AWS_IAM" else {}  # the function itself reads the body
