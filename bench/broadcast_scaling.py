@@ -43,6 +43,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
+from funnelpilot.broadcasts.worker import SEND_THREADS, backoff  # noqa: E402  (the worker modelled)
 from funnelpilot_local.runtime import ROOT  # noqa: E402  (the checkout whose code and template.yaml are measured)
 
 CHUNK = 50  # recipients per SQS message (the launcher's chunks)
@@ -84,9 +85,10 @@ class Account:
                 f"{self.workers or default}{'' if self.workers else ' (default)'}")
 
 
-# A 200/s account raises BroadcastConcurrency (a worker sends about 14/s: 20 gives room), and a 14/s one may
-# lower it to 2 (fewer workers finding the second full).
-ACCOUNTS = [Account(14, 10), Account(14, 10, 2), Account(14, 1000), Account(200, 10, 20), Account(200, 1000, 20)]
+# A worker sends SEND_THREADS recipients at once (about 8 x 19 emails/s), so the default BroadcastConcurrency
+# keeps up with 200/s even on a new account of 10 concurrent Lambdas; at 14/s 3 workers send as fast with
+# fewer chunks received and put back.
+ACCOUNTS = [Account(14, 10), Account(14, 10, 3), Account(14, 1000), Account(200, 10), Account(200, 1000)]
 SIZES = (100_000, 1_000_000)
 
 
@@ -98,7 +100,7 @@ class Counts:
     source: str
     send: dict  # per email sent, in the send worker
     attempt: dict  # per chunk attempt that sends, whatever its size (receive to delete)
-    refused: dict  # per chunk attempt that finds the second full (put back with a 1 s delay)
+    refused: dict  # per chunk attempt that finds the second full (put back, backing off)
     launch: dict  # per chunk, in the launcher (``~invocations``: its invocations per chunk)
     downstream: dict  # per email sent, on the bus: {"calls": {...}, "invocations": {function: n}}
     engagement: dict  # per request of each kind (mpp_open, scanner_click...): {"calls", "invocations"}
@@ -336,7 +338,8 @@ def _arrivals(kind_shares, cumulative, t: int) -> float:
 
 
 class Queue:
-    """SQS messages of chunks, as counts: ``full`` untouched chunks, ``parts`` (size, receives) for the rest."""
+    """SQS messages of chunks, as counts: ``full`` untouched chunks, ``parts`` (size, receives, refusals in a
+    row) for the rest."""
 
     def __init__(self):
         self.full, self.parts = 0, []
@@ -348,16 +351,7 @@ class Queue:
         if self.parts:
             return self.parts.pop()
         self.full -= 1
-        return CHUNK, 0
-
-    def move(self, n: int, to: "Queue") -> None:
-        """``n`` messages received and put back (delayed): they go to ``to``, as they are."""
-        k = min(n, len(self.parts))
-        if k:
-            to.parts += self.parts[-k:]
-            del self.parts[-k:]
-        self.full -= n - k
-        to.full += n - k
+        return CHUNK, 0, 0
 
     def add(self, other: "Queue") -> None:
         self.full += other.full
@@ -395,14 +389,14 @@ def simulate(counts: Counts, account: Account, recipients: int, settings: dict, 
         visible.full += n
         if n and launched == chunks and recipients % CHUNK:
             visible.full -= 1
-            visible.parts.append((recipients % CHUNK, 0))
+            visible.parts.append((recipients % CHUNK, 0, 0))
         visible.add(delayed.pop(t, Queue()))
         for size, done, receives in redelivered.pop(t, []):
             if max_receive and receives >= max_receive:
                 lost += size - done  # to the dead-letter queue: never sent
             else:
                 absorbed += done  # their claims exist: skipped, no second email
-                visible.parts.append((size - done, receives))
+                visible.parts.append((size - done, receives, 0))
         # what the emails delivered so far set off in this second: requests, their invocations
         arrivals = {k: _arrivals(ENGAGEMENT[k], cumulative, t) * (LINKS if k == "scanner_click" else 1)
                     for k in ENGAGEMENT}
@@ -425,10 +419,10 @@ def simulate(counts: Counts, account: Account, recipients: int, settings: dict, 
         free, pace_writes, sent_now, budget = rate - funnel, funnel, 0, [1.0] * workers
         for w in range(workers):
             while free > 0 and len(visible) and budget[w] >= per_attempt + per_email:
-                size, receives = visible.pop()
+                size, receives, _refusals = visible.pop()
                 budget[w] -= per_attempt
-                take = min(size, free, int(budget[w] / per_email))
-                budget[w] -= take * per_email
+                take = min(size, free, int(budget[w] * SEND_THREADS / per_email))  # sent SEND_THREADS at once
+                budget[w] -= take * per_email / SEND_THREADS
                 free -= take
                 attempts += 1
                 pace_writes += 1 + (take < size)  # a take short of the chunk: refused, then the exact remainder
@@ -439,12 +433,14 @@ def simulate(counts: Counts, account: Account, recipients: int, settings: dict, 
                     continue
                 sent_now += take
                 if take < size:
-                    delayed[t + 1].parts.append((size - take, 0))  # the rest: a new message, DelaySeconds 1
+                    delayed[t + 1].parts.append((size - take, 0, 0))  # the rest: a new message, DelaySeconds 1
             if free <= 0 or not len(visible):
                 break
-        # the rest of the workers' second: chunks received, the second found full, put back for 1 s
+        # the rest of the workers' second: chunks received, the second found full, put back (backing off)
         churn = min(len(visible), int(sum(budget) / per_refused)) if free <= 0 else 0
-        visible.move(churn, delayed[t + 1])
+        for _ in range(churn):  # each backs off: 1, 2, 4 ... BACKOFF_MAX s after its n-th refusal in a row
+            size, receives, refusals = visible.pop()
+            delayed[t + backoff(refusals + 1)].parts.append((size, receives, refusals + 1))
         refused += churn
         pace_writes += churn
         sent += sent_now
@@ -543,7 +539,7 @@ def render(out: dict) -> list[str]:
     routes = sorted(st["routes"])
     lines = ["", "## Broadcast at scale: a simulation of AWS quotas (bench/broadcast_scaling.py; counts, no wall clock)", "",
              f"Driven by {c['source']}. Send worker ({st['worker']}), per email sent: {_ops(c['send'])}; per chunk "
-             f"attempt: {_ops(c['attempt'])}; per attempt finding the second full (the chunk put back for 1 s): "
+             f"attempt: {_ops(c['attempt'])}; per attempt finding the second full (the chunk put back, backing off): "
              f"{_ops(c['refused'])}; launcher per chunk: {_ops(c['launch'])}; on the bus per email: "
              + (f"{_ops(c['downstream']['invocations'])} invocations, {_ops(c['downstream']['calls'])}"
                 if c["downstream"]["invocations"] else "no invocation") + ". A chunk's message "

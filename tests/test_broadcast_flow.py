@@ -204,3 +204,26 @@ def test_frequency_cap_skips_defers_or_is_ignored_per_broadcast(rt):
     assert sent_to(rt, "second") == {f"p{i}@example.com": 1 for i in range(3)}
     second = broadcasts.report("second")
     assert (second["status"], second["deferred"], second["sent"], second["skipped"]) == ("sent", 3, 3, 0)
+
+
+def test_a_chunk_that_finds_the_second_full_backs_off(rt, monkeypatch):
+    """Idle workers do not keep receiving the backlog: a chunk refused n times in a row comes back after
+    1, 2, 4, 8, 8 ... seconds (worker.backoff); once it gets slots it is sent and nothing comes back."""
+    from funnelpilot.broadcasts import launch, worker
+    from funnelpilot.sending import pace
+
+    ids = list(seed(people(3)).values())
+    broadcasts.create(spec())
+    requeued = []
+    monkeypatch.setattr(launch, "send_chunks", requeued.extend)
+    body, seen = {"b": "march-news", "id": "chunk-0", "c": ids}, []
+    for _ in range(5):
+        pace.acquire(pace.BROADCAST, pace.rate())  # the other workers took this second's slots
+        assert worker.send_chunk(body) == {}
+        [(body, delay)] = requeued
+        requeued.clear()
+        seen.append((body["r"], delay))
+    assert seen == [(1, 1), (2, 2), (3, 4), (4, 8), (5, 8)] and total(rt, "march-news") == 0
+    rt.advance(1)
+    assert worker.send_chunk(body) == {"sent": 3} and requeued == []
+    assert sent_to(rt, "march-news") == {f"p{i}@example.com": 1 for i in range(3)}

@@ -63,6 +63,7 @@ class Meter:
         self.emf_names: set[str] = set()
         self.emf_bytes = 0
         self._local = threading.local()
+        self._lock = threading.Lock()  # calls come from several threads (a send worker's pool)
         self._restore: list = []
 
     def __enter__(self):
@@ -73,12 +74,28 @@ class Meter:
 
         def counted(client, operation, params):
             if getattr(meter._local, "depth", 0):
-                meter.count(client.meta.service_model.service_name, operation, params)
-                if operation in ("SendRawEmail", "SendEmail"):
-                    meter.sends += [(clock.now(), to.lower()) for to in params.get("Destinations", [])]
+                with meter._lock:
+                    meter.count(client.meta.service_model.service_name, operation, params)
+                    if operation in ("SendRawEmail", "SendEmail"):
+                        meter.sends += [(clock.now(), to.lower()) for to in params.get("Destinations", [])]
             return original(client, operation, params)
 
+        start = threading.Thread.start
+
+        def start_inside(thread):  # a thread an invocation starts (a send worker's pool) counts as the invocation
+            depth = getattr(meter._local, "depth", 0)
+            if depth:
+                run = thread.run
+
+                def run_inside():
+                    meter._local.depth = depth
+                    run()
+
+                thread.run = run_inside
+            start(thread)
+
         self._patch(botocore.client.BaseClient, "_make_api_call", counted)
+        self._patch(threading.Thread, "start", start_inside)
         self.rt.invoke_hook = self._invoked
         original_http = self.rt.http
 

@@ -7,11 +7,13 @@ back for the next second, unread), one BatchGetItem of the profiles the slots co
 the checks of every marketing send (``sending.checks.blocked_reason``: unknown, erased, unsubscribed,
 suppressed - a hard bounce or a complaint -, opted out of the broadcast's list, unconfirmed, sunset) and
 the audience's exclusions again (membership may have changed since the launch). Each eligible one is
-claimed (the message item, a conditional write: the duplicate guard), passes the frequency cap
+claimed (the message item, a conditional write: the duplicate guard; ``SEND_THREADS`` recipients at
+once, so one worker keeps up with a high SES rate on an account of few concurrent Lambdas), passes the frequency cap
 (``skip``: blocked for good, ``defer``: back in the queue when their next slot frees, up to a funnel's
 ``defer_up_to_hours``, then skipped; ``ignore``) and is sent through SES. Whatever the second's slots
 or SES's ``Throttling`` leave goes back to the queue as a new message, visible when the next second
-begins, and this one succeeds: nothing is lost, and a redelivery finds the claims (a message already
+begins (a chunk that found the second full and got nothing backs off: 1, 2, 4, 8 s, so idle workers do
+not keep receiving the backlog while funnel emails take slots), and this one succeeds: nothing is lost, and a redelivery finds the claims (a message already
 sent is not sent again; its ``email.sent`` is published again, same id).
 
 Then the sent marks (``_Chunk.flush``), ``email.sent`` (PutEvents, 10 a call: tracking, the timeline, attribution and webhooks see a
@@ -23,7 +25,9 @@ chunk (the contact is in two segments) is counted as handled and nothing else.
 import json
 import logging
 import math
+import threading
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 
 from botocore.exceptions import ClientError
 
@@ -37,6 +41,13 @@ from funnelpilot.sending import cap, checks
 logger = logging.getLogger(__name__)
 DEFER_SECONDS = 900  # a deferred recipient comes back at most this much later (SQS DelaySeconds' maximum)
 GONE = ("unknown_contact", "erased")  # blocked without a message item: nothing may be stored about them
+SEND_THREADS = 8  # recipients of a chunk sent at once (SES and DynamoDB calls wait on the network)
+BACKOFF_MAX = 8  # seconds: a chunk refused n times in a row comes back after min(2**(n-1), this)
+
+
+def backoff(refusals: int) -> int:
+    """Seconds before a chunk that found the second full ``refusals`` times in a row is received again."""
+    return min(BACKOFF_MAX, 2 ** max(0, refusals - 1))
 
 
 class _Chunk:
@@ -50,12 +61,20 @@ class _Chunk:
         self.deferred: dict[str, float] = {}  # cid -> first deferred at
         self.sent: list[Message] = []  # claims SES took, to be marked sent
         self.defer_until: float | None = None  # the earliest next free slot of the deferred ones
+        self.refused = False  # the second was full: no slot for any entry
+        self.lock = threading.Lock()  # the recipients of a chunk are sent by several threads
 
     def count(self, *names: str, n: int = 1) -> None:
-        for name in names:
-            self.counts[name] += n
-            if self.variant:
-                self.counts[f"{name}@{self.variant}"] += n
+        with self.lock:
+            for name in names:
+                self.counts[name] += n
+                if self.variant:
+                    self.counts[f"{name}@{self.variant}"] += n
+
+    def defer(self, cid: str, first: float, free_at: float) -> None:
+        with self.lock:
+            self.deferred[cid] = first
+            self.defer_until = min(self.defer_until or free_at, free_at)
 
     def flush(self, requeue_rest: bool = True) -> dict | None:
         """Mark the sent claims sent, publish the events, send back what waits (not when the chunk
@@ -71,7 +90,10 @@ class _Chunk:
         self.events = []
         requeue = []
         if self.retry and requeue_rest:
-            requeue.append(({**self.body, "c": self.retry}, math.ceil(_pace().next_second())))
+            refusals = self.body.get("r", 0) + 1 if self.refused else 0
+            delay = backoff(refusals) if self.refused else math.ceil(_pace().next_second())
+            body = {k: v for k, v in self.body.items() if k != "r"} | ({"r": refusals} if refusals else {})
+            requeue.append(({**body, "c": self.retry}, delay))
         if self.deferred and requeue_rest:  # back when the first of them may get it (at most 15 minutes on)
             delay = min(DEFER_SECONDS, max(1, math.ceil(self.defer_until - clock.now())))
             requeue.append(({**self.body, "c": list(self.deferred), "d": self.deferred}, delay))
@@ -171,8 +193,7 @@ def _send(chunk: _Chunk, spec: dict, contact: Contact) -> str:
             sequence._release(message)
             if cid not in chunk.body.get("d", {}):
                 chunk.count("deferred")
-            chunk.deferred[cid] = first
-            chunk.defer_until = min(chunk.defer_until or free_at, free_at)
+            chunk.defer(cid, first, free_at)
             return "deferred"
         message.update(actions=[Message.status.set("blocked"), Message.reason.set("frequency_cap"),
                                 Message.links.remove(), Message.lease_until.remove()])
@@ -218,23 +239,27 @@ def send_chunk(body: dict) -> dict:
     excluded = specs.excluded(spec)
     # the second's slots first: only the entries they cover are read now (a blocked one wastes its slot)
     granted = _slots(spec["priority"], len(body["c"]))
-    now, chunk.retry = body["c"][:granted], body["c"][granted:]
+    now, chunk.retry, chunk.refused = body["c"][:granted], body["c"][granted:], granted == 0
     contacts = _profiles(now) if now else {}
     outcomes: Counter = Counter()
     failed = True
     try:
-        for i, cid in enumerate(now):
+        eligible = []
+        for cid in now:
             contact = contacts.get(cid)
             reason = checks.blocked_reason(contact, {}, None, spec["list"])
             if reason is None and excluded & set(contact.segments or ()):
                 reason = "excluded"
-            outcome = "blocked" if reason else _send(chunk, spec, contact)
             if reason:
                 _block(chunk, spec, cid, reason)
-            outcomes[outcome] += 1
-            if outcome == "throttled":
-                chunk.retry = now[i:] + chunk.retry
-                break
+                outcomes["blocked"] += 1
+            else:
+                eligible.append(contact)
+        if eligible:  # the second's slots are taken: these go out together (SES counts them in this second)
+            with ThreadPoolExecutor(max_workers=min(SEND_THREADS, len(eligible))) as pool:
+                sent = list(pool.map(lambda contact: _send(chunk, spec, contact), eligible))
+            outcomes.update(sent)
+            chunk.retry = [c.pk for c, outcome in zip(eligible, sent) if outcome == "throttled"] + chunk.retry
         failed = False
     finally:  # what was done is counted and announced, also when a send failed (the message comes back)
         counts = chunk.flush(requeue_rest=not failed)
