@@ -20,12 +20,17 @@ def total(rt, bid: str) -> int:
     return sum(sent_to(rt, bid).values())
 
 
-def test_pause_stops_sending_and_resume_finishes_once_each(rt):
-    seed(people(120))
+def started(rt, n: int = 120) -> int:
+    """``n`` subscribers, the broadcast sent now; what its first instant sent."""
+    seed(people(n))
     broadcasts.create(spec())
     broadcasts.schedule("march-news", {"now": True})
     assert rt.settle()
-    first = total(rt, "march-news")
+    return total(rt, "march-news")
+
+
+def test_pause_stops_sending_and_resume_finishes_once_each(rt):
+    first = started(rt)
     assert 0 < first <= 14  # the first second's slots
     assert broadcasts.pause("march-news")["status"] == "paused"
     with pytest.raises(broadcasts.NotAllowed):
@@ -41,11 +46,7 @@ def test_pause_stops_sending_and_resume_finishes_once_each(rt):
 
 
 def test_cancel_stops_for_good(rt):
-    seed(people(120))
-    broadcasts.create(spec())
-    broadcasts.schedule("march-news", {"now": True})
-    assert rt.settle()
-    first = total(rt, "march-news")
+    first = started(rt)
     assert broadcasts.cancel("march-news")["status"] == "cancelled"
     with pytest.raises(broadcasts.NotAllowed):
         broadcasts.resume("march-news")

@@ -52,6 +52,13 @@ class AdminApi:
             raise CliError(f"stack {stack} has no ApiUrl output")
         return cls(url, region=region)
 
+    @classmethod
+    def for_args(cls, args) -> "AdminApi":
+        """The stack's (``--stack``, SigV4) or the local server's (``--url``, the local admin key)."""
+        from funnelpilot_local.runtime import LOCAL_ADMIN_KEY
+
+        return cls.for_stack(args.stack, args.region) if args.stack else cls(args.url, api_key=LOCAL_ADMIN_KEY)
+
     def request(self, method: str, path: str, body: dict | None = None) -> tuple[int, dict | list | None]:
         data = json.dumps(body).encode() if body is not None else None
         headers = {"content-type": "application/json"} if data is not None else {}
@@ -121,8 +128,7 @@ def register(sub) -> None:
 def run(args, api: AdminApi | None = None, out=None) -> int:
     out = out or sys.stdout
     try:
-        api = api or (AdminApi.for_stack(args.stack, args.region) if args.stack
-                      else AdminApi(args.url, api_key="local-admin-key"))
+        api = api or AdminApi.for_args(args)
         return _COMMANDS[args.contacts_command](args, api, out)
     except CliError as exc:
         print(f"error: {exc}", file=sys.stderr)

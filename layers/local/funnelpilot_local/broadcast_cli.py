@@ -84,8 +84,7 @@ def register(sub) -> None:
 def run(args, api: AdminApi | None = None, out=None) -> int:
     out = out or sys.stdout
     try:
-        api = api or (AdminApi.for_stack(args.stack, args.region) if args.stack
-                      else AdminApi(args.url, api_key="local-admin-key"))
+        api = api or AdminApi.for_args(args)
         return _COMMANDS[args.broadcast_command](args, api, out)
     except CliError as exc:
         raise UserError(str(exc)) from None
