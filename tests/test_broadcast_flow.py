@@ -10,6 +10,7 @@ from test_broadcasts import BROWSER, broadcast_emails, people, run, seed, sent_t
 
 from funnelpilot import broadcasts, clock
 from funnelpilot.channels import emails
+from funnelpilot_local import broadcast_cli
 from funnelpilot_local.aws_rules import Rules
 from funnelpilot_local.runtime import ROOT, Runtime
 
@@ -103,6 +104,42 @@ def test_ab_sample_then_the_winner_to_everyone_else(rt):
     assert report["variants"]["b"]["clicks_human"] == 6 and report["variants"]["a"]["clicks_human"] == 0
     assert report["variants"]["a"]["sent"] == len(by_subject["Plain subject"])
     assert report["variants"]["b"]["sent"] == 200 - len(by_subject["Plain subject"])
+    decision = report["decision"]  # what the winner was judged on: the sample, at the time
+    assert (decision["metric"], decision["by"]) == ("clicks", "clicks")
+    assert {v: (c["sent"], c["clicks"]) for v, c in decision["sample"].items()} == {
+        "a": (len(by_subject["Plain subject"]), 0), "b": (len(by_subject["Better subject"]), 6)}
+
+
+def opened(rt, messages: list) -> None:
+    for msg in messages:
+        html = msg.get_body(("html",)).get_content()
+        path = re.search(r'http://127\.0\.0\.1:3000(/o/[A-Za-z0-9_.=-]+)"', html).group(1)
+        assert rt.http("GET", path, headers={"user-agent": BROWSER}, source_ip="198.51.100.23").status == 200
+
+
+@pytest.mark.parametrize("opens", [{"b": 3}, {}], ids=["opens-decide", "tie"])
+def test_an_ab_tie_on_clicks_is_judged_on_opens_then_goes_to_the_first(rt, opens):
+    """Nobody clicked in the sample: the winner is the variant more people opened, and the report says so;
+    nobody opened either: the first variant, recorded as a tie."""
+    subjects = {"a": "Plain subject", "b": "Better subject"}
+    seed(people(100))
+    broadcasts.create({k: v for k, v in spec().items() if k != "subject"}
+                      | {"ab": {"subjects": subjects, "sample_percent": 40, "wait_hours": 1, "metric": "clicks"}})
+    broadcasts.schedule("march-news", {"now": True})
+    run(rt, 600)
+    for variant, n in opens.items():
+        opened(rt, [m for [m] in broadcast_emails(rt, "march-news").values() if m["Subject"] == subjects[variant]][:n])
+    run(rt, 2 * HOUR)
+    report = broadcasts.report("march-news")
+    assert report["status"] == "sent" and report["sent"] == 100
+    decision, table = report["decision"], broadcast_cli.report_table("march-news", report)
+    if opens:
+        assert (report["winner"], decision["by"]) == ("b", "opens")
+        assert decision["sample"]["b"]["opens"] == 3 and decision["sample"]["a"]["opens"] == 0
+        assert "A/B winner: b, on human opens (clicks were tied), in the sample at " in table, table
+    else:
+        assert (report["winner"], decision["by"]) == ("a", "tie")
+        assert "A/B winner: a, a tie on clicks and opens: the first variant, in the sample at " in table, table
 
 
 def test_local_time_waves_in_each_zone_and_the_fallback(rt):

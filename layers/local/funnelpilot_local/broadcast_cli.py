@@ -372,6 +372,16 @@ def _when(state: dict) -> str:
     return ""
 
 
+def _decision(d: dict) -> str:
+    """How the A/B winner was chosen, on the sample's figures at that moment."""
+    on = d["metric"] if d["by"] == "tie" else d["by"]
+    why = ("a tie on clicks and opens: the first variant" if d["by"] == "tie" else
+           f"on human {on}" + (f" ({d['metric']} were tied)" if on != d["metric"] else ""))
+    figures = "; ".join(f"{v} {c[on]} of {c['sent']} ({c[on] / c['sent']:.1%})" if c["sent"] else f"{v}: none sent"
+                        for v, c in d["sample"].items())
+    return f"{why}, in the sample at {d['at'][:16].replace('T', ' ')} UTC ({on}: {figures})"
+
+
 def _columns(rows: list[tuple], left: tuple = (0,)) -> str:
     """Aligned columns: those of ``left`` to the left, numbers to the right."""
     widths = [max(len(str(r[i])) for r in rows) for i in range(len(rows[0]))]
@@ -421,7 +431,7 @@ def report_table(bid: str, rep: dict) -> str:
     head = f"broadcast {bid}: {rep.get('status', '?')}" + (f", subject {rep['subject']!r}" if rep.get("subject") else "")
     lines = [head, *("  " + line for line in _columns(rows).splitlines())]
     if rep.get("winner"):
-        lines.append(f"  A/B winner: {rep['winner']}" + (f" ({rep['metric']})" if rep.get("metric") else ""))
+        lines.append(f"  A/B winner: {rep['winner']}" + (f", {_decision(rep['decision'])}" if rep.get("decision") else ""))
     lines.append("  rates are of delivered emails (of sent ones while no delivery is recorded); machine hits "
                  "(Apple Mail prefetches, link scanners) are never counted as people")
     return "\n".join(lines)

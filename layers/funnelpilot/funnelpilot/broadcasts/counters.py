@@ -139,6 +139,6 @@ def report(bid: str, state: dict, variants: list[str]) -> dict:
     out = {"id": bid, "status": state["status"], **_figures(total), "enqueued": total.get("enqueued", 0),
            "processed": total.get("processed", 0)}
     if variants:
-        out["winner"] = state.get("winner")
+        out["winner"], out["decision"] = state.get("winner"), state.get("decision")
         out["variants"] = {v: _figures(counts.get(v, {})) for v in variants}
     return out

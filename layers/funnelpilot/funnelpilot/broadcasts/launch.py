@@ -268,18 +268,24 @@ def _wave(bid: str, state: dict, spec: dict, wave: str, cursor: dict, deadline: 
 
 
 def pick_winner(bid: str, spec: dict) -> str:
-    """The sample's better variant by the test's metric (human clicks or opens per email sent; a tie:
-    the first), recorded on the broadcast (once: the first recorded winner stays)."""
+    """The sample's better variant by the test's metric (human clicks or opens per email sent),
+    recorded on the broadcast once (the first recorded winner stays) with the figures it was judged on.
+    A tie on the metric (often: nobody clicked yet) is judged on the other one; a tie on both goes to
+    the first variant, and the record says so."""
     counts = counters.by_variant(counters.counters(bid))
-    metric = "human_clicks" if spec["ab"]["metric"] == "clicks" else "human_opens"
-
-    def rate(variant: str) -> float:
-        c = counts.get(variant, {})
-        return c.get(metric, 0) / c["sent"] if c.get("sent") else 0.0
-
+    metric = spec["ab"]["metric"]
+    other = "opens" if metric == "clicks" else "clicks"
     names = sorted(spec["ab"]["subjects"])
-    best = max(names, key=lambda v: (rate(v), -names.index(v)))
-    return store.set_winner(bid, best)
+
+    def rate(variant: str, on: str) -> float:
+        c = counts.get(variant, {})
+        return c.get(f"human_{on}", 0) / c["sent"] if c.get("sent") else 0.0
+
+    best, runner_up = sorted(names, key=lambda v: (-rate(v, metric), -rate(v, other), names.index(v)))[:2]
+    by = next((on for on in (metric, other) if rate(best, on) != rate(runner_up, on)), "tie")
+    sample = {v: {"sent": counts.get(v, {}).get("sent", 0), "opens": counts.get(v, {}).get("human_opens", 0),
+                  "clicks": counts.get(v, {}).get("human_clicks", 0)} for v in names}
+    return store.set_winner(bid, best, {"metric": metric, "by": by, "at": clock.iso(), "sample": sample})
 
 
 def _rate() -> int:

@@ -2,7 +2,7 @@
 
 - ``pk = BROADCAST#<id>, sk = BROADCAST``: the state - ``status`` (draft -> scheduled -> sending -> sent;
   paused, cancelled), ``digest`` of the spec, ``when`` (the schedule), ``schedules`` (names of pending
-  Scheduler schedules), ``winner`` (an A/B test's). Listed through gsi1 (``gsi1pk = BROADCASTS``, no Scan).
+  Scheduler schedules), ``winner`` (an A/B test's) and the ``decision`` it came from. Listed through gsi1 (``gsi1pk = BROADCASTS``, no Scan).
   Small, so the send worker reads it (consistently) for every chunk at 1 read unit.
 - ``sk = SPEC#<digest>``: the spec itself, content included (immutable: an edit writes a new one), read
   once per container and digest by the worker.
@@ -36,7 +36,7 @@ def _state(item: dict) -> dict:
         if name in ("pk", "sk", "gsi1pk", "gsi1sk"):
             continue
         if "S" in value:
-            out[name] = json.loads(value["S"]) if name in ("when",) else value["S"]
+            out[name] = json.loads(value["S"]) if name in ("when", "decision") else value["S"]
         elif "N" in value:
             out[name] = int(value["N"])
         elif "SS" in value:
@@ -116,10 +116,14 @@ def add_schedules(bid: str, names: list[str]) -> None:
                   ExpressionAttributeValues={":n": {"SS": sorted(set(names))}})
 
 
-def set_winner(bid: str, variant: str) -> str:
-    """Record the A/B winner unless one is recorded; the recorded one."""
-    return aws.write("update_item", Key=key(bid), UpdateExpression="SET winner = if_not_exists(winner, :w)",
-                     ExpressionAttributeValues={":w": {"S": variant}}, ReturnValues="ALL_NEW")["Attributes"]["winner"]["S"]
+def set_winner(bid: str, variant: str, decision: dict) -> str:
+    """Record the A/B winner and the ``decision`` it came from (``metric``: the test's; ``by``: the one that decided
+    it, or ``tie``; ``at``; ``sample``: per variant sent, human opens and clicks) unless a winner is recorded;
+    the recorded winner."""
+    return aws.write("update_item", Key=key(bid),
+                     UpdateExpression="SET winner = if_not_exists(winner, :w), decision = if_not_exists(decision, :d)",
+                     ExpressionAttributeValues={":w": {"S": variant}, ":d": {"S": json.dumps(decision, sort_keys=True)}},
+                     ReturnValues="ALL_NEW")["Attributes"]["winner"]["S"]
 
 
 # ---------------------------------------------------------------- chunks kept for later
