@@ -41,7 +41,22 @@ def lifecycle_usage(days: int, contacts: int = 400) -> dict:
     return {"version": costs.USAGE_VERSION, "contacts": contacts, "days": days, "emails": emails,
             "totals": {k: v * sent for k, v in per_email.items()},
             "stored_bytes": {"ContactsTable": 12_000 * contacts, "MetricsTable": 2_000 * contacts},
-            "emf_metrics": ["EmailsSent", "HumanOpens", "MachineOpens"], "invocations": {}}
+            "emf_metrics": ["EmailsSent", "HumanOpens", "MachineOpens"], "invocations": {}, "functions": {},
+            "broadcast_emails": 0}
+
+
+def with_broadcast(usage: dict, emails: int) -> dict:
+    """The usage plus one broadcast of ``emails`` emails: its own functions' work (2 WRU, 0.1 Lambda
+    requests, 1 SES email per email) and what followed it (feedback: 1 request, 2 WRU per email)."""
+    machinery = {"dynamodb_wru": 2 * emails, "lambda_requests": 0.1 * emails, "ses_emails": emails}
+    feedback = {"dynamodb_wru": 2.0 * (usage["emails"]["to_contacts"] + emails),
+                "lambda_requests": usage["emails"]["to_contacts"] + emails}
+    totals = dict(usage["totals"])
+    for part in (machinery, feedback):
+        for k, v in part.items():
+            totals[k] += v
+    return {**usage, "totals": totals, "broadcast_emails": emails,
+            "functions": {"BroadcastSendFunction": machinery, "SesFeedbackFunction": feedback}}
 
 
 def line(est: dict, prefix: str) -> dict:
@@ -106,13 +121,34 @@ def test_steady_state_per_contact_does_not_depend_on_the_window():
     assert abs(naive[0] - naive[1]) / naive[1] > 0.2
 
 
+def test_broadcasts_are_costed_apart_from_the_funnels():
+    """A measured broadcast's own work is not a funnel email's; each broadcast a month adds its emails (to the
+    share of the list the measured one reached) at its own work plus what follows any email."""
+    plain = lifecycle_usage(60)
+    measured = with_broadcast(plain, emails=300)  # 300 of the 400 contacts: a reach of 75%
+    base, none, four = costs.estimate(plain, 10_000), costs.estimate(measured, 10_000), costs.estimate(measured, 10_000, broadcasts=4)
+    assert none["emails"] == base["emails"] and none["broadcast_emails"] == 0
+    sent = plain["emails"]["to_contacts"]
+    feedback_per_email = 2.0 * (sent + 300) / (sent + 300)
+    assert line(none, "DynamoDB writes")["quantity"] == pytest.approx(line(base, "DynamoDB writes")["quantity"]
+                                                                      + feedback_per_email * none["emails"])
+    assert four["broadcast_emails"] == pytest.approx(4 * 0.75 * 10_000)
+    assert four["emails"] == pytest.approx(none["emails"] + 30_000)
+    assert line(four, "DynamoDB writes")["quantity"] == pytest.approx(line(none, "DynamoDB writes")["quantity"]
+                                                                      + 30_000 * (2 + feedback_per_email))
+    assert four["ses"]["quantity"] == pytest.approx(none["ses"]["quantity"] + 30_000)
+    assert "4 broadcasts a month, each to 75% of the list as measured: 30,000 emails" in costs.format_estimate(four)
+    with pytest.raises(ValueError, match="sent no broadcast"):
+        costs.estimate(plain, 10_000, broadcasts=1)
+
+
 def test_a_window_too_short_for_a_steady_state_is_refused():
     with pytest.raises(ValueError, match="observes no contact for more than a month"):
         costs.estimate(lifecycle_usage(20), 1000)
 
 
 def test_a_real_run_is_metered_per_email(tmp_path, capsys):
-    usage = demo.simulate(seed=7, contacts=3, days=35, state_dir=tmp_path / "run")["usage"]  # one observed 34 days
+    usage = demo.simulate(seed=7, contacts=3, days=35, state_dir=tmp_path / "run", broadcast=True)["usage"]  # one observed 34 days
     assert capsys.readouterr().out == ""  # the functions' INFO logs were counted, not printed
     e, totals = usage["emails"], usage["totals"]
     assert 0 < e["to_contacts"] <= totals["ses_emails"]
@@ -124,6 +160,13 @@ def test_a_real_run_is_metered_per_email(tmp_path, capsys):
     assert usage["stored_bytes"]["ContactsTable"] > 0 and usage["stored_bytes"]["MetricsTable"] > 0
     est = costs.estimate(usage, 1000)
     assert est["ses"]["quantity"] >= est["emails"]  # SES also sends confirmations and alerts
+    # the broadcast's emails are counted apart from the funnels' (which set the steady state), its work too
+    b = usage["functions"]["BroadcastSendFunction"]
+    assert usage["broadcast_emails"] >= 1 and b["ses_emails"] == usage["broadcast_emails"]
+    assert e["to_contacts"] == sum(len(ages) for _, ages in e["contacts"])
+    assert totals["ses_emails"] >= e["to_contacts"] + usage["broadcast_emails"]
+    assert costs.estimate(usage, 1000, broadcasts=2)["broadcast_emails"] == pytest.approx(
+        2 * usage["broadcast_emails"] / 3 * 1000)
 
 
 # ---------------------------------------------------------------- CLI

@@ -115,6 +115,8 @@ def _main(argv: list[str] | None = None) -> int:
     cost.add_argument("--contacts", help="list size (default: 1,000, 10,000, 100,000 and 1,000,000)")
     cost.add_argument("--new-per-month", default="0.1",
                       help="share of the list in its first month at steady state (default 0.1)")
+    cost.add_argument("--broadcasts", default="0",
+                      help="broadcasts (newsletters) a month, each to the share of the list the demo's reached (default 0)")
     cost.add_argument("--usage", type=Path, default=LOCAL / "usage.json",
                       help="operations measured by a demo run (default .local/usage.json; measured now if absent)")
     preview = sub.add_parser("preview", help="an email as it would be sent (.html, .txt, .eml) and what spam filters see")
@@ -370,15 +372,24 @@ def cost_command(args) -> int:
         print(f"funnelpilot cost: --new-per-month must be a share between 0 and 1 (got {args.new_per_month!r})",
               file=sys.stderr)
         return 2
+    try:
+        broadcasts = float(args.broadcasts)
+    except ValueError:
+        broadcasts = -1.0
+    if not 0 <= broadcasts <= 100:
+        print(f"funnelpilot cost: --broadcasts must be a number of broadcasts a month, 0 to 100 (got {args.broadcasts!r})",
+              file=sys.stderr)
+        return 2
     usage = json.loads(args.usage.read_text()) if args.usage.exists() else None
     if not usage or usage.get("version") != costs.USAGE_VERSION:
         from funnelpilot_local import demo
 
-        print("measuring: a 100-contact, 60-day simulation (run `make demo` to measure a larger one)...",
+        print("measuring: a 100-contact, 60-day simulation with one broadcast (run `make demo` to measure a larger one)...",
               file=sys.stderr)
-        usage = demo.simulate(seed=7, contacts=100, days=60, state_dir=LOCAL / "cost-run")["usage"]
+        usage = demo.simulate(seed=7, contacts=100, days=60, state_dir=LOCAL / "cost-run", broadcast=True)["usage"]
     for size in [int(text)] if args.contacts is not None else COST_SIZES:
-        print(costs.format_estimate(costs.estimate(usage, contacts=size, new_per_month=new_per_month)) + "\n")
+        print(costs.format_estimate(costs.estimate(usage, contacts=size, new_per_month=new_per_month,
+                                                   broadcasts=broadcasts)) + "\n")
     return 0
 
 

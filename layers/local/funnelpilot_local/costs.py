@@ -14,7 +14,10 @@ everything a run measures is divided by the emails it sent to contacts (per-emai
 the work behind an email, its opens, clicks, feedback and events), and a steady-state model
 says how many emails a contact gets a month: a share ``new_per_month`` of the list is in its
 first month (the run's first-month emails per contact, from contacts observed 30 days or
-more), the rest gets the rate the run measured in days 30-45 of contacts' lives. The fixed
+more), the rest gets the rate the run measured in days 30-45 of contacts' lives. Broadcasts are apart:
+the steady state counts funnel emails only, and ``broadcasts`` a month each reach the share of
+the list the measured broadcast reached, costed per email at the broadcast functions' work plus
+what follows any email (``ENGAGEMENT_FUNCTIONS``). The fixed
 lines come from the template itself (``template_lines``: alarms, dashboard, keys, secrets,
 schedules, log retention, table storage and backups, X-Ray and custom metrics when their
 parameters turn them on), every resource type of template.yaml is either billed there or
@@ -44,7 +47,17 @@ PRICES = ROOT / "infra" / "prices.yaml"
 DAY, MONTH_DAYS = 86_400, 30
 # Lambda writes START, END and REPORT lines for every invocation (text format), about this many bytes.
 PLATFORM_LOG_BYTES = 330
-USAGE_VERSION = 3  # 3: sms_message_parts, api_destination_invocations
+USAGE_VERSION = 4  # 3: sms_message_parts, api_destination_invocations; 4: per function, broadcasts apart
+# What exists to send broadcasts (their work is a broadcast email's), and what follows any email
+# (delivery feedback, opens, clicks, unsubscribes, the scoring and segments they cause): ``estimate``
+# costs a broadcast email at the first's measured work per broadcast email plus the second's per email.
+BROADCAST_FUNCTIONS = frozenset({"BroadcastFunction", "BroadcastSendFunction", "BroadcastsAdminFunction"})
+ENGAGEMENT_FUNCTIONS = frozenset({"SesFeedbackFunction", "TrackOpenFunction", "TrackClickFunction",
+                                  "UnsubscribeFunction", "ScoreFunction", "SegmentFunction", "MetricsFunction"})
+# usage totals -> Meter.units keys (the per-function part of a usage)
+_UNIT_KEYS = {"dynamodb_wru": "wru", "dynamodb_rru": "rru", "eventbridge_events": "events", "ses_emails": "emails",
+              "ssm_reads": "ssm_reads", "secrets_calls": "secrets_calls", "scheduler_invocations": "schedules",
+              "sqs_requests": "sqs_requests", "sms_message_parts": "sms_parts"}
 
 
 class Meter:
@@ -58,7 +71,9 @@ class Meter:
         self.ms: dict[str, float] = defaultdict(float)
         self.http_requests = 0
         self.signups: dict[str, float] = {}  # address -> first signup (simulated clock)
-        self.sends: list[tuple[float, str]] = []  # (simulated time, recipient) of every email sent
+        self.sends: list[tuple[float, str]] = []  # (simulated time, recipient) of every funnel email sent
+        self.broadcast_sends: list[tuple[float, str]] = []  # those the broadcast functions sent
+        self.function_units: defaultdict = defaultdict(Counter)  # function -> the units of its calls
         self.log_bytes = 0
         self.emf_names: set[str] = set()
         self.emf_bytes = 0
@@ -75,20 +90,22 @@ class Meter:
         def counted(client, operation, params):
             if getattr(meter._local, "depth", 0):
                 with meter._lock:
-                    meter.count(client.meta.service_model.service_name, operation, params)
+                    function = getattr(meter._local, "function", None)
+                    meter.count(client.meta.service_model.service_name, operation, params, function)
                     if operation in ("SendRawEmail", "SendEmail"):
-                        meter.sends += [(clock.now(), to.lower()) for to in params.get("Destinations", [])]
+                        sends = [(clock.now(), to.lower()) for to in params.get("Destinations", [])]
+                        (meter.broadcast_sends if function in BROADCAST_FUNCTIONS else meter.sends).extend(sends)
             return original(client, operation, params)
 
         start = threading.Thread.start
 
         def start_inside(thread):  # a thread an invocation starts (a send worker's pool) counts as the invocation
-            depth = getattr(meter._local, "depth", 0)
+            depth, function = getattr(meter._local, "depth", 0), getattr(meter._local, "function", None)
             if depth:
                 run = thread.run
 
                 def run_inside():
-                    meter._local.depth = depth
+                    meter._local.depth, meter._local.function = depth, function
                     run()
 
                 thread.run = run_inside
@@ -172,6 +189,7 @@ class Meter:
 
     def _invoked(self, function: str, call):
         self._local.depth = getattr(self._local, "depth", 0) + 1
+        caller, self._local.function = getattr(self._local, "function", None), function
         started = time.perf_counter()
         try:
             return call()
@@ -179,40 +197,47 @@ class Meter:
             self.ms[function] += max(1.0, -(-(time.perf_counter() - started) * 1000 // 1))  # billed per ms
             self.invocations[function] += 1
             self._local.depth -= 1
+            self._local.function = caller
 
-    def count(self, service: str, operation: str, params: dict) -> None:
+    def count(self, service: str, operation: str, params: dict, function: str | None = None) -> None:
         self.calls[(service, operation)] += 1
+        self._tally(self.units, service, operation, params)
+        if function:
+            self._tally(self.function_units[function], service, operation, params)
+
+    @staticmethod
+    def _tally(units: Counter, service: str, operation: str, params: dict) -> None:
         if service == "dynamodb":
             if operation in ("PutItem", "UpdateItem", "DeleteItem"):
-                self.units["wru"] += 1
+                units["wru"] += 1
             elif operation == "BatchWriteItem":
-                self.units["wru"] += sum(len(v) for v in params.get("RequestItems", {}).values())
+                units["wru"] += sum(len(v) for v in params.get("RequestItems", {}).values())
             elif operation == "TransactWriteItems":
-                self.units["wru"] += 2 * len(params.get("TransactItems", []))
+                units["wru"] += 2 * len(params.get("TransactItems", []))
             elif operation == "TransactGetItems":
-                self.units["rru"] += 2 * len(params.get("TransactItems", []))
+                units["rru"] += 2 * len(params.get("TransactItems", []))
             elif operation in ("GetItem", "Query"):
-                self.units["rru"] += 1 if params.get("ConsistentRead") else 0.5
+                units["rru"] += 1 if params.get("ConsistentRead") else 0.5
             elif operation == "BatchGetItem":
-                self.units["rru"] += 0.5 * sum(len(v.get("Keys", [])) for v in params.get("RequestItems", {}).values())
+                units["rru"] += 0.5 * sum(len(v.get("Keys", [])) for v in params.get("RequestItems", {}).values())
         elif service == "events" and operation == "PutEvents":
-            self.units["events"] += len(params.get("Entries", []))
+            units["events"] += len(params.get("Entries", []))
         elif service == "ses" and operation in ("SendRawEmail", "SendEmail"):
-            self.units["emails"] += max(1, len(params.get("Destinations", [])))
+            units["emails"] += max(1, len(params.get("Destinations", [])))
         elif service == "sesv2" and operation == "SendEmail":
-            self.units["emails"] += 1
+            units["emails"] += 1
         elif service == "ssm" and operation in ("GetParameter", "GetParameters"):
-            self.units["ssm_reads"] += 1
+            units["ssm_reads"] += 1
         elif service == "secretsmanager":
-            self.units["secrets_calls"] += 1
+            units["secrets_calls"] += 1
         elif service == "scheduler" and operation == "CreateSchedule":
-            self.units["schedules"] += 1  # a one-time schedule: one invocation
+            units["schedules"] += 1  # a one-time schedule: one invocation
         elif service == "sqs" and operation.startswith("SendMessage"):
-            self.units["sqs_requests"] += 1
+            units["sqs_requests"] += 1
         elif service == "pinpoint-sms-voice-v2" and operation == "SendTextMessage":
             from funnelpilot.channels.sms import measure
 
-            self.units["sms_parts"] += measure(params.get("MessageBody", ""))["segments"]  # billed per part
+            units["sms_parts"] += measure(params.get("MessageBody", ""))["segments"]  # billed per part
 
     def transitions(self) -> int:
         sfn = self.rt.client("stepfunctions")
@@ -259,9 +284,21 @@ class Meter:
                   "sms_message_parts": self.units["sms_parts"],
                   "log_bytes": self.log_bytes + PLATFORM_LOG_BYTES * requests, "emf_bytes": self.emf_bytes,
                   "api_destination_invocations": len(self.rt.api_destinations.attempts)}
+        functions = {f: {"lambda_requests": n, "lambda_gb_seconds": round(self.ms[f] / 1000 * memory[f] / 1024, 3),
+                         "log_bytes": PLATFORM_LOG_BYTES * n, "http_requests": n if self._http(f) else 0,
+                         **{key: self.function_units[f][unit] for key, unit in _UNIT_KEYS.items()}}
+                     for f, n in sorted(self.invocations.items())}
+        end = clock.now()
         return {"version": USAGE_VERSION, "contacts": contacts, "days": days, "totals": totals,
-                "emails": self.email_ages(clock.now()), "stored_bytes": self.stored_bytes(),
+                "emails": self.email_ages(end), "functions": functions,
+                "broadcast_emails": sum(1 for _, to in self.broadcast_sends if to in self.signups),
+                "stored_bytes": self.stored_bytes(),
                 "emf_metrics": sorted(self.emf_names), "invocations": dict(sorted(self.invocations.items()))}
+
+    def _http(self, function: str) -> bool:
+        """Whether the function's invocations are HTTP API requests (each of its events is one)."""
+        events = (self.rt.template.properties(function).get("Events") or {}).values()
+        return bool(events) and all(e.get("Type") == "HttpApi" for e in events)
 
     def email_ages(self, end: float) -> dict:
         """Per contact: how many days the run saw them (signup to the end), and the age in days
@@ -459,11 +496,20 @@ USAGE_LINES = [  # (usage key, price key, label)
 ]
 
 
+def _per_email(usage: dict, functions: frozenset, emails: int) -> dict:
+    """The work of ``functions`` in a usage, per one of ``emails``."""
+    total: Counter = Counter()
+    for name in functions & set(usage["functions"]):
+        total.update(usage["functions"][name])
+    return {k: v / emails for k, v in total.items()} if emails else {}
+
+
 def estimate(usage: dict, contacts: int, prices: dict | None = None, *, template=None,
-             new_per_month: float = 0.1) -> dict:
+             new_per_month: float = 0.1, broadcasts: float = 0) -> dict:
     """The monthly bill for ``contacts`` contacts at steady state from a measured usage (see
     ``Meter.usage``) and the template's billed resources (``template``: a funnelpilot_local.template
-    Template; default template.yaml with its default parameters)."""
+    Template; default template.yaml with its default parameters). ``broadcasts``: a month's
+    broadcasts, each reaching the share of the list the measured one reached."""
     if usage.get("version") != USAGE_VERSION:
         raise ValueError("usage measured by an older funnelpilot: run `funnelpilot demo` again")
     if contacts < 1:
@@ -478,8 +524,18 @@ def estimate(usage: dict, contacts: int, prices: dict | None = None, *, template
                          " (add them to funnelpilot_local.costs.RESOURCE_BILLING)")
     per_contact, first, later = emails_per_contact_month(usage, new_per_month)
     emails = per_contact * contacts
-    totals, sent = usage["totals"], usage["emails"]["to_contacts"]
-    monthly = {k: v / sent * emails for k, v in totals.items()}  # per-email counts scaled to the month
+    totals, sent, sent_b = usage["totals"], usage["emails"]["to_contacts"], usage["broadcast_emails"]
+    machinery = _per_email(usage, BROADCAST_FUNCTIONS, sent_b)  # the broadcast's own work, per its email
+    engagement = _per_email(usage, ENGAGEMENT_FUNCTIONS, sent + sent_b)  # what follows any email, per email
+    per_broadcast_email = Counter(machinery) + Counter(engagement)
+    # per-email counts of the funnel emails (the measured broadcast's share taken out), scaled to the month
+    monthly = {k: (v - per_broadcast_email.get(k, 0) * sent_b) / sent * emails for k, v in totals.items()}
+    reach = sent_b / usage["contacts"]
+    if broadcasts and not sent_b:
+        raise ValueError("the measured run sent no broadcast: run `funnelpilot demo` (it sends one) to measure one")
+    broadcast_emails = broadcasts * reach * contacts
+    for k, v in per_broadcast_email.items():
+        monthly[k] = monthly.get(k, 0.0) + v * broadcast_emails
     monthly["emf_metric_names"] = len(usage["emf_metrics"])
     monthly["stored_bytes"] = {k: v / usage["contacts"] * contacts for k, v in usage["stored_bytes"].items()}
     p = prices["aws"]
@@ -498,11 +554,13 @@ def estimate(usage: dict, contacts: int, prices: dict | None = None, *, template
     ses_line = {"item": "SES emails", "quantity": monthly["ses_emails"], "unit": ses["unit"],
                 "cost": monthly["ses_emails"] * ses["price"] / ses["per"]}
     aws = sum(line["cost"] for line in lines)
-    return {"contacts": contacts, "emails": emails, "emails_per_contact": per_contact, "first_month": first,
+    return {"contacts": contacts, "emails": emails + broadcast_emails, "funnel_emails": emails,
+            "broadcasts": broadcasts, "broadcast_emails": broadcast_emails, "reach": reach,
+            "emails_per_contact": per_contact, "first_month": first,
             "after_first_month": later, "new_per_month": new_per_month, "lines": lines, "aws": aws,
             "ses": ses_line, "total": aws + ses_line["cost"], "measured_contacts": usage["contacts"],
             "measured_days": usage["days"], "as_of": prices.get("as_of"), "region": prices.get("region"),
-            "peers": [peer_price(peer, contacts, emails) for peer in prices.get("peers", [])]}
+            "peers": [peer_price(peer, contacts, emails + broadcast_emails) for peer in prices.get("peers", [])]}
 
 
 def peer_price(peer: dict, contacts: int, emails: float) -> dict:
@@ -518,10 +576,12 @@ def _money(amount: float, currency: str = "USD") -> str:
 
 
 def format_estimate(est: dict) -> str:
+    news = (f"; {est['broadcasts']:g} broadcasts a month, each to {est['reach']:.0%} of the list as measured: "
+            f"{est['broadcast_emails']:,.0f} emails" if est["broadcasts"] else "; no broadcasts (--broadcasts N a month)")
     out = [f"monthly cost for {est['contacts']:,} contacts at steady state: {est['emails']:,.0f} emails a month "
-           f"({est['emails_per_contact']:.2f} per contact: {est['new_per_month']:.0%} of the list in its first month "
-           f"at {est['first_month']:.2f} emails, the rest at the {est['after_first_month']:.2f} a month of days 30-45; measured on "
-           f"{est['measured_contacts']} simulated contacts over {est['measured_days']} days; list prices "
+           f"(funnels: {est['emails_per_contact']:.2f} per contact, {est['new_per_month']:.0%} of the list in its first month "
+           f"at {est['first_month']:.2f} emails, the rest at the {est['after_first_month']:.2f} a month of days 30-45{news}; "
+           f"measured on {est['measured_contacts']} simulated contacts over {est['measured_days']} days; list prices "
            f"{est['region']}, {est['as_of']})"]
     for line in est["lines"]:
         note = f"  {line['note']}" if line["note"] else ""
