@@ -82,7 +82,7 @@ def test_signup_writes_its_event_in_its_transaction_and_makes_no_put_events(rt, 
     assert rt.settle()
     [event] = tap.events("contact.subscribed")
     assert event["detail"] == json.loads(entry["Detail"]) and event["detail"]["utm_source"] == "ads"
-    assert items(rt, cid, "OUTBOX#") == []  # deleted once relayed
+    assert items(rt, cid, "OUTBOX#") == [item]  # relayed and left to its TTL (DynamoDB's TTL deletes are free)
     assert welcomes(rt, cid) == 1
 
 
@@ -101,7 +101,7 @@ def test_event_delivery_failing_after_the_commit_is_retried_and_welcomes_once(rt
     assert json.loads(attempts[0][0]["Detail"])["contact_id"] == cid
     assert [len(b["Records"]) for b in relayed] == [1, 1]  # failed, then retried by the mapping
     assert welcomes(rt, cid) == 1 and len(tap.events("contact.subscribed")) == 1
-    assert items(rt, cid, "OUTBOX#") == [] and rt.dead_letters == [] and rt.errors == []
+    assert len(items(rt, cid, "OUTBOX#")) == 1 and rt.dead_letters == [] and rt.errors == []
     # the re-signup a visitor makes after an error page changes nothing either
     assert rt.http("POST", "/signup", json_body={"email": "bo@example.com", "consent": True, "list": SINGLE}).status == 202
     assert rt.settle() and welcomes(rt, cid) == 1
@@ -131,7 +131,7 @@ def test_only_outbox_inserts_invoke_the_relay(rt, relayed):
     assert {r["eventSource"] for r in records} == {"aws:dynamodb"}
     assert {r["eventSourceARN"] for r in records} == {rt.template.attributes[("ContactsTable", "StreamArn")]}
     assert isinstance(records[0]["dynamodb"]["ApproximateCreationDateTime"], int)
-    assert len(sent(rt, cid)) >= 2 and items(rt, cid, "OUTBOX#") == []
+    assert len(sent(rt, cid)) >= 2 and len(items(rt, cid, "OUTBOX#")) == len(records)
 
 
 def test_a_poison_record_is_bisected_out_of_its_batch_and_dead_lettered(rt, relayed, failing_put_events):
@@ -154,7 +154,6 @@ def test_a_poison_record_is_bisected_out_of_its_batch_and_dead_lettered(rt, rela
     [kept] = items(rt, bad, "OUTBOX#")
     assert info["startSequenceNumber"] == info["endSequenceNumber"]
     assert json.loads(kept["entry"]["S"])["DetailType"] == "contact.subscribed"
-    assert items(rt, ok, "OUTBOX#") == []
 
 
 def test_after_an_erase_no_item_holds_the_contact_id(rt, tap):
@@ -172,24 +171,25 @@ def test_a_status_change_and_its_event_commit_together_or_not_at_all(rt, tap):
     cid = signup(rt, "gus@example.com")
     from funnelpilot import consent
 
+    signed_up = items(rt, cid, "OUTBOX#")  # the signup's event, relayed and left to its TTL
     assert consent.unsubscribe(cid, None, "test") is True
     assert consent.unsubscribe(cid, None, "test") is False  # a repeat writes nothing, no second event
     assert consent.unsubscribe("nobody", None, "test") is False
-    assert len(items(rt, cid, "OUTBOX#")) == 1 and items(rt, "nobody") == []
+    assert len(items(rt, cid, "OUTBOX#")) == len(signed_up) + 1 and items(rt, "nobody") == []
     assert rt.settle()
     assert [e["detail"]["contact_id"] for e in tap.events("contact.unsubscribed")] == [cid]
-    assert items(rt, cid, "OUTBOX#") == []
 
 
 def test_a_cancelled_transaction_leaves_no_event(rt, tap, relayed):
     cid = signup(rt, "hal@example.com")
     relayed.clear()
+    before = items(rt, cid, "OUTBOX#")  # the signup's
     event = bus.event("contact.suppressed", cid, reason="test")
     with pytest.raises(ClientError, match="TransactionCanceled"):  # the second write fails after the first applied
         aws.transact_write([outbox.put(event), {"Update": {
             "TableName": "ContactsTable", "Key": {"pk": {"S": cid}, "sk": {"S": "PROFILE"}},
             "UpdateExpression": "ADD email :one", "ExpressionAttributeValues": {":one": {"N": "1"}}}}])
-    assert items(rt, cid, "OUTBOX#") == []
+    assert items(rt, cid, "OUTBOX#") == before
     assert rt.settle()
     assert relayed == [] and tap.events("contact.suppressed") == []
 
@@ -232,4 +232,5 @@ def test_re_signup_status_rules(rt, tap, first_list, first_status, then_list, st
         detail = after[event][-1]["detail"]
         assert detail["list"] == then_list
         assert detail.get("resubscribe", detail.get("resubscribed")) is (first_status == "unsubscribed")
-    assert items(rt, cid, "OUTBOX#") == []
+    published = {e["detail"]["event_id"] for e in tap.events()}  # every outbox item's event was relayed
+    assert {i["sk"]["S"].removeprefix("OUTBOX#") for i in items(rt, cid, "OUTBOX#")} <= published

@@ -77,8 +77,8 @@ def erase(cid: str) -> int | None:
     it keeps the incarnation, so a retry after a failure half-way still finds the schedule),
     then every other item is deleted, the running executions stopped and the repurchase
     schedule deleted; then the marker, in one transaction with the ``contact.erased`` outbox
-    item (the relay publishes it, then deletes it), and a last Query deletes what a writer
-    conditioned only on the profile's existence wrote meanwhile. The number of items
+    item (the relay publishes it, then deletes it: ``relay_deletes``), and a last Query deletes
+    what a writer conditioned only on the profile's existence wrote meanwhile. The number of items
     deleted, or None if there was nothing to erase."""
     table, profile_key = config().table, {"pk": {"S": cid}, "sk": {"S": "PROFILE"}}
     old = aws.dynamodb().get_item(TableName=table, Key=profile_key, ConsistentRead=True).get("Item")
@@ -93,16 +93,17 @@ def erase(cid: str) -> int | None:
     if old is not None:
         repurchase.unschedule(cid, old.get("incarnation", {}).get("S", ""))
         count += 1
-    event = outbox.put(bus.event("contact.erased", cid, items=count))
+    event = outbox.put(bus.event("contact.erased", cid, items=count), relay_deletes=True)
     aws.transact_write([{"Delete": {"TableName": table, "Key": profile_key}}, event] if old is not None else [event])
     _delete_items(cid)
     return count
 
 
 def _delete_items(cid: str) -> int:
-    """Delete the contact's items but the profile and outbox items (the relay deletes those once
-    published), stopping the executions of live funnel entries first."""
-    items = [i for i in raw_items(cid) if i["sk"]["S"] != "PROFILE" and not i["sk"]["S"].startswith(outbox.PREFIX)]
+    """Delete the contact's items but the profile and a ``contact.erased`` outbox item (the relay
+    deletes that one once published: ``relay_deletes``), stopping the executions of live funnel
+    entries first. Earlier events' outbox items go too: the stream holds what the relay publishes."""
+    items = [i for i in raw_items(cid) if i["sk"]["S"] != "PROFILE" and "relay_deletes" not in i]
     for item in items:
         if item["sk"]["S"].startswith("FUNNEL#") and item.get("status", {}).get("S") in ("starting", "running"):
             _stop(item["execution_arn"]["S"])

@@ -6,8 +6,13 @@ contact, ``sk`` = ``OUTBOX#<event_id>``, the PutEvents entry as JSON, a TTL). A 
 its event are then written together or not at all: never a signup whose
 ``contact.subscribed`` was lost because PutEvents failed after the commit. The inserts of
 these items reach functions/outbox_relay (DynamoDB stream, filtered in template.yaml),
-which publishes them and deletes the items (``relay``). Delivery is at least once: a
-retried batch publishes again, and every consumer is idempotent on ``event_id``.
+which publishes them (``relay``). Delivery is at least once: a retried batch publishes
+again, and every consumer is idempotent on ``event_id``.
+
+A relayed item is left to its TTL: DynamoDB's TTL deletes cost no write (a DeleteItem per
+event would), and their stream records are REMOVEs, which the relay's filter (INSERTs) never
+sees. Only the item of an erasure (``put(..., relay_deletes=True)``) is deleted once published:
+after an erasure no item may hold the contact id (funnelpilot.gdpr).
 """
 import json
 
@@ -15,25 +20,29 @@ from funnelpilot import aws, bus, clock
 from funnelpilot.config import config
 
 PREFIX = "OUTBOX#"
-# A backstop only: the relay deletes an item as soon as it is published. An item whose batch
-# failed for good (its stream position went to the dead-letter queue) waits this long, as
-# long as the queue keeps the message, for an operator to replay it.
+# Every item stays this long (TTL): an item whose batch failed for good (its stream position
+# went to the dead-letter queue) waits, as long as the queue keeps the message, for an
+# operator to replay it.
 TTL_SECONDS = 14 * 86400
 
 
-def put(entry: dict) -> dict:
-    """The transaction item that writes ``entry`` (a ``bus.event``) to the outbox."""
+def put(entry: dict, relay_deletes: bool = False) -> dict:
+    """The transaction item that writes ``entry`` (a ``bus.event``) to the outbox; ``relay_deletes``:
+    the relay deletes it once published (an erasure's), instead of its TTL."""
     detail = json.loads(entry["Detail"])
-    return {"Put": {"TableName": config().table, "Item": {
-        "pk": {"S": detail["contact_id"]}, "sk": {"S": PREFIX + detail["event_id"]},
-        "entry": {"S": json.dumps(entry)}, "expires_at": {"N": str(int(clock.now()) + TTL_SECONDS)}}}}
+    item = {"pk": {"S": detail["contact_id"]}, "sk": {"S": PREFIX + detail["event_id"]},
+            "entry": {"S": json.dumps(entry)}, "expires_at": {"N": str(int(clock.now()) + TTL_SECONDS)}}
+    if relay_deletes:
+        item["relay_deletes"] = {"BOOL": True}
+    return {"Put": {"TableName": config().table, "Item": item}}
 
 
 def relay(records: list[dict]) -> int:
-    """Publish the events of a batch of stream records (outbox inserts), then delete their
-    items; the number of events. When PutEvents fails nothing is deleted and the error
-    propagates, so that the event source mapping retries the batch."""
+    """Publish the events of a batch of stream records (outbox inserts), then delete the items
+    marked ``relay_deletes``; the number of events. When PutEvents fails nothing is deleted and
+    the error propagates, so that the event source mapping retries the batch."""
     bus.publish(*[json.loads(r["dynamodb"]["NewImage"]["entry"]["S"]) for r in records])
     for record in records:
-        aws.dynamodb().delete_item(TableName=config().table, Key=record["dynamodb"]["Keys"])
+        if record["dynamodb"]["NewImage"].get("relay_deletes", {}).get("BOOL"):
+            aws.dynamodb().delete_item(TableName=config().table, Key=record["dynamodb"]["Keys"])
     return len(records)
