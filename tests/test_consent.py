@@ -224,3 +224,19 @@ def test_events_of_another_configuration_set_are_ignored(rt, tap):
             "ses:configuration-set": ["some-other-app"]}}})}])
     assert rt.settle()
     assert status(rt, cid) == "active" and tap.events("email.bounced") == []
+
+
+def test_a_delivery_is_one_write_on_its_message_and_one_count_and_reads_no_message(rt, aws_calls):
+    cid, mail = signup_and_mail(rt)
+    delivered = {"delivery": {"timestamp": clock.iso(), "recipients": ["ann@example.com"], "smtpResponse": "250 ok"}}
+    aws_calls.clear()
+    ses_event(rt, "Email Delivered", "Delivery", mail, delivered)
+    # the message's first delivered_at (its fields come back with the write), the profile's soft-bounce
+    # count (none: no write), the step's delivered counter
+    assert [c for c in aws_calls if c.startswith("dynamodb:")] == ["dynamodb:UpdateItem", "dynamodb:GetItem",
+                                                                  "dynamodb:UpdateItem"]
+    report = rt.http("GET", "/funnels/welcome/report", headers={"x-api-key": LOCAL_ADMIN_KEY}).json()
+    assert [s["delivered"] for s in report["steps"]] == [1] and "delivered_at" in message_item(rt, cid, mail)
+    ses_event(rt, "Email Delivered", "Delivery", mail, delivered)  # a copy (a new event id): counted once
+    report = rt.http("GET", "/funnels/welcome/report", headers={"x-api-key": LOCAL_ADMIN_KEY}).json()
+    assert [s["delivered"] for s in report["steps"]] == [1]

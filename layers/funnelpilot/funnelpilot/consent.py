@@ -27,14 +27,16 @@ RESUBSCRIBABLE = ("unsubscribed", "sunset")  # statuses a signup's confirmed lin
 logger = logging.getLogger(__name__)
 
 
-def message_fields(cid: str, message_id: str | None) -> dict:
-    """funnel/step/template (variant, broadcast) of a message, for the events counters are built from."""
+def message_fields(cid: str, message_id: str | None, m: Message | None = None) -> dict:
+    """funnel/step/template (variant, broadcast) of a message, for the events counters are built from
+    (``m``: the item as a write returned it, else one GetItem)."""
     if not message_id:
         return {}
-    try:
-        m = Message.get(cid, f"MSG#{message_id}")
-    except DoesNotExist:
-        return {"message_id": message_id}
+    if m is None:
+        try:
+            m = Message.get(cid, f"MSG#{message_id}")
+        except DoesNotExist:
+            return {"message_id": message_id}
     fields = {"message_id": message_id, "funnel": m.funnel, "step": m.step, "template": m.template}
     return fields | {k: v for k, v in (("variant", m.variant), ("broadcast", m.broadcast)) if v}
 

@@ -50,19 +50,20 @@ def _iso(ses_time: str | None) -> str:
     return clock.iso(dt.timestamp())
 
 
-def _mark_message(cid: str, message_id: str | None, attribute, when: str, first: bool = False) -> bool:
-    """Set ``attribute`` on the message (``first``: only if unset); False when nothing was set."""
+def _mark_message(cid: str, message_id: str | None, attribute, when: str, first: bool = False) -> Message | None:
+    """Set ``attribute`` on the message (``first``: only if unset): the item as the write left it
+    (its fields name the funnel, step and template: no read for them), None when nothing was set."""
     if not message_id:
-        return False
+        return None
     condition = Message.pk.exists() & attribute.does_not_exist() if first else Message.pk.exists()
+    message = Message(cid, f"MSG#{message_id}")
     try:
-        aws.retry_conflicts(lambda: Message(cid, f"MSG#{message_id}").update(actions=[attribute.set(when)],
-                                                                             condition=condition))
+        aws.retry_conflicts(lambda: message.update(actions=[attribute.set(when)], condition=condition))
     except UpdateError as exc:
         if not is_conditional_failure(exc):
             raise
-        return False
-    return True
+        return None
+    return message
 
 
 def handle(event: dict) -> list[str]:
@@ -80,8 +81,8 @@ def handle(event: dict) -> list[str]:
         hard = bounce.get("bounceType") == "Permanent"
         for r in bounce.get("bouncedRecipients", []):
             cid = tokens.contact_id(contacts.normalise_email(r["emailAddress"]))
-            fields = consent.message_fields(cid, message_id)
-            _mark_message(cid, message_id, Message.bounced_at, _iso(bounce.get("timestamp")))
+            marked = _mark_message(cid, message_id, Message.bounced_at, _iso(bounce.get("timestamp")))
+            fields = consent.message_fields(cid, message_id, marked)
             bus.publish(bus.event("email.bounced", cid, event_id=f"{event_id}-{cid}", hard=hard,
                                   bounce_type=bounce.get("bounceType"), bounce_subtype=bounce.get("bounceSubType"),
                                   **fields))
@@ -97,8 +98,8 @@ def handle(event: dict) -> list[str]:
         complaint = detail["complaint"]
         for r in complaint.get("complainedRecipients", []):
             cid = tokens.contact_id(contacts.normalise_email(r["emailAddress"]))
-            fields = consent.message_fields(cid, message_id)
-            _mark_message(cid, message_id, Message.complained_at, _iso(complaint.get("timestamp")))
+            marked = _mark_message(cid, message_id, Message.complained_at, _iso(complaint.get("timestamp")))
+            fields = consent.message_fields(cid, message_id, marked)
             bus.publish(bus.event("email.complained", cid, event_id=f"{event_id}-{cid}",
                                   feedback_type=complaint.get("complaintFeedbackType"), **fields))
             consent.suppress(cid, "complaint", event_id=f"{event_id}-{cid}", **fields)
@@ -108,13 +109,13 @@ def handle(event: dict) -> list[str]:
         for address in delivery.get("recipients", []):
             cid = tokens.contact_id(contacts.normalise_email(address))
             delivered_at = _iso(delivery.get("timestamp"))
-            first = _mark_message(cid, message_id, Message.delivered_at, delivered_at, first=True)
+            marked = _mark_message(cid, message_id, Message.delivered_at, delivered_at, first=True)
             _reset_soft_bounces(cid, delivered_at)
-            if first:
+            if marked is not None:
                 metrics.record("email.delivered", {"event_id": f"{event_id}-{cid}", "contact_id": cid,
-                                                   "occurred_at": clock.iso(), **consent.message_fields(cid, message_id)},
-                               guarded=True)
-            done.append(f"{cid}: delivered" if first else f"{cid}: delivery seen before")
+                                                   "occurred_at": clock.iso(),
+                                                   **consent.message_fields(cid, message_id, marked)}, guarded=True)
+            done.append(f"{cid}: delivered" if marked is not None else f"{cid}: delivery seen before")
     return done
 
 
