@@ -43,7 +43,7 @@ def collect(rt, body: dict, ip="198.51.100.7", at_ms=NOW_MS) -> int:
 def activity(rt, cid, kind) -> list[dict]:
     items = rt.client("dynamodb").query(TableName="ContactsTable", KeyConditionExpression="pk = :c AND "
                                         "begins_with(sk, :e)", ExpressionAttributeValues={
-                                            ":c": {"S": cid}, ":e": {"S": "EVT#"}})["Items"]
+                                            ":c": {"S": cid}, ":e": {"S": "SCORED#"}})["Items"]
     return [i for i in items if i["kind"]["S"] == kind]
 
 

@@ -218,3 +218,58 @@ def test_loyalty_crossing_emits_customer_vip_once(rt, tap):
     [vip] = tap.events("customer.vip")
     assert vip["detail"]["contact_id"] == cid and vip["detail"]["track"] == "loyalty"
     assert tap.events("lead.qualified") == []  # a customer, not a prospect
+
+
+def _writes(monkeypatch) -> list[tuple[str, list[str]]]:
+    """(operation, the sort keys it writes) of every DynamoDB write made from now on."""
+    writes, original = [], botocore.client.BaseClient._make_api_call
+
+    def record(client, operation, params):
+        if operation == "TransactWriteItems":
+            writes.append((operation, [next(iter(i.values())).get("Key", next(iter(i.values())).get("Item"))["sk"]["S"]
+                                       for i in params["TransactItems"]]))
+        elif operation in ("PutItem", "UpdateItem", "DeleteItem"):
+            writes.append((operation, [params.get("Key", params.get("Item"))["sk"]["S"]]))
+        return original(client, operation, params)
+
+    monkeypatch.setattr(botocore.client.BaseClient, "_make_api_call", record)
+    return writes
+
+
+def test_one_transaction_per_scored_event_and_a_lone_marker_for_one_that_changes_nothing(rt, monkeypatch):
+    cid = new_contact()
+    t0 = clock.now()
+    day = clock.iso(t0)[:10]
+    writes = _writes(monkeypatch)
+    click = eb("email.clicked", cid, t0, human=True, message_id="m1", link="0")
+    assert rt.invoke("ScoreFunction", click)["points"]["capture"] == 5
+    # the marker (also the activity log entry), the day's counters (the cap and the once_per), the profile
+    assert ("TransactWriteItems", [f"SCORED#{click['detail']['event_id']}", f"CAP#{day}", PROFILE]) in writes
+    [cap] = [v for k, v in rt.client("dynamodb").get_item(TableName="ContactsTable", Key={
+        "pk": {"S": cid}, "sk": {"S": f"CAP#{day}"}})["Item"].items() if k.startswith("email-click")
+             and v == {"N": "1"} and "#" in k]
+    writes.clear()
+    again = eb("email.clicked", cid, t0 + 5, human=True, message_id="m1", link="0")  # the same link: once_per
+    assert rt.invoke("ScoreFunction", again)["points"]["capture"] == 0
+    assert writes[-1] == ("PutItem", [f"SCORED#{again['detail']['event_id']}"])  # logged, nothing else written
+    assert not any(PROFILE in keys for op, keys in writes if op == "TransactWriteItems" and len(keys) == 2)
+    writes.clear()
+    other = eb("contact.reactivated", cid, t0 + 6)  # no rule: the marker alone
+    assert rt.invoke("ScoreFunction", other)["status"] == "no_rule"
+    assert [w for w in writes if w[1] != ["ACTIVITY"]] == [("PutItem", [f"SCORED#{other['detail']['event_id']}"])]
+    assert rt.invoke("ScoreFunction", other)["status"] == "duplicate"
+    log = rt.client("dynamodb").get_item(TableName="ContactsTable", Key={
+        "pk": {"S": cid}, "sk": {"S": f"SCORED#{other['detail']['event_id']}"}})["Item"]
+    assert log["kind"] == {"S": "contact.reactivated"} and "capture_points" not in log
+    assert scoring.current_score(profile(cid), at=t0) == pytest.approx(5)
+
+
+def test_an_event_that_changes_nothing_for_a_contact_erased_meanwhile_leaves_nothing(rt, monkeypatch):
+    cid = new_contact()
+    ev = eb("contact.reactivated", cid, clock.now())
+    erase = rt.client("dynamodb").delete_item  # erased between scoring's read and its put (the profile goes first)
+    monkeypatch.setattr(scoring.erasure, "incarnation", lambda c: erase(
+        TableName="ContactsTable", Key={"pk": {"S": c}, "sk": {"S": PROFILE}}) and None)
+    assert rt.invoke("ScoreFunction", ev)["status"] == "unknown_contact"
+    assert rt.client("dynamodb").query(TableName="ContactsTable", KeyConditionExpression="pk = :c",
+                                       ExpressionAttributeValues={":c": {"S": cid}})["Items"] == []

@@ -156,7 +156,7 @@ def test_collect_with_token_emits_page_viewed_for_that_contact(rt, tap):
     assert rt.settle()  # scoring (infra/scoring.yaml): pricing page 20 + page view 1
     activity = rt.client("dynamodb").query(TableName=rt.template.physical["ContactsTable"],
                                            KeyConditionExpression="pk = :p AND begins_with(sk, :e)",
-                                           ExpressionAttributeValues={":p": {"S": cid}, ":e": {"S": "EVT#"}})["Items"]
+                                           ExpressionAttributeValues={":p": {"S": cid}, ":e": {"S": "SCORED#"}})["Items"]
     assert [i["capture_points"]["N"] for i in activity if i["kind"]["S"] == "page.viewed"] == ["21"]
     # the sales alert (functions/notify, infra/alerts.yaml): one internal email naming the page
     [alerted] = tap.events("sales.alerted")

@@ -263,7 +263,7 @@ def test_50_concurrent_orders_on_one_profile_are_each_scored_once(tmp_path):
         assert float(after["loyalty"]["N"]) == 50 * (30 + 40 / 10)
         activity = rt.client("dynamodb").query(
             TableName=TABLE, KeyConditionExpression="pk = :c AND begins_with(sk, :e)",
-            ExpressionAttributeValues={":c": {"S": cid}, ":e": {"S": "EVT#"}})["Items"]
+            ExpressionAttributeValues={":c": {"S": cid}, ":e": {"S": "SCORED#"}})["Items"]
         assert sum(i["kind"]["S"] == "order.placed" for i in activity) == 50
         crossed = [json.loads(m["Body"])["detail-type"] for m in rt.client("sqs").receive_message(
             QueueUrl=tap, MaxNumberOfMessages=10).get("Messages", [])]

@@ -12,12 +12,17 @@ scored event and when it is rebased (once every ``REBASE_HALF_LIVES`` half-lives
 conditional write) so the stored numbers stay small; every ADD is conditioned on the
 ``score_at`` it was computed for, and retried if a rebase won the race.
 
-One scored event = one TransactWriteItems: the idempotency marker (conditional put on
-``SCORED#<event_id>``), the contact's activity log entry ``EVT#<occurred_at>#<event_id>``
-(read by sales alerts), the per-rule daily cap counters (conditional ADD) and the profile ADD.
-Concurrent events on one contact overlap on the profile (``TransactionConflict``):
-``aws.transact_write`` retries them, then the Lambda's asynchronous retries (nothing is
-written by a cancelled transaction, and the marker makes a retried event count once).
+One scored event = one TransactWriteItems (2 WRU an item): the marker ``SCORED#<event_id>``
+(conditional put: idempotency, keyed on the event id alone since a retry may carry another
+time), which is also the contact's activity log entry (kind, time, summary, points: read by
+sales alerts); the day's cap counters when a matching rule has a cap, all in one item
+``CAP#<day>`` (conditional ADD); and the profile ADD. An event that changes no score nor
+profile field (no rule matched, or their caps are full) writes its marker alone, one
+conditional put (1 WRU), and undoes it when the contact turns out to be erased
+(funnelpilot.erasure). Concurrent events on one contact overlap on the profile
+(``TransactionConflict``): ``aws.transact_write`` retries them, then the Lambda's asynchronous
+retries (nothing is written by a cancelled transaction, and the marker makes a retried event
+count once).
 """
 import json
 import math
@@ -28,7 +33,7 @@ from functools import cache
 import yaml
 from botocore.exceptions import ClientError
 
-from funnelpilot import aws, bus, clock, tokens
+from funnelpilot import aws, bus, clock, erasure, tokens
 from funnelpilot.config import config
 from funnelpilot.models import PROFILE, Contact
 
@@ -231,13 +236,12 @@ def _apply(detail_type: str, detail: dict, matched: list, t: float, seen_sk: str
         points = {tr: 0.0 for tr in TRACKS}
         for r in rules:
             points[r.track] += r.points_for(detail)
-        items = [_seen(cid, seen_sk)]
-        if log_activity:
-            items.append(_activity(cid, detail_type, detail, t, points))
-        first_cap = len(items)
-        limited = [(r, item) for r in rules for item in _limits(cid, r, day, detail)]
-        items += [item for _, item in limited]
-        items.append(_profile_update(contact, points, t, detail_type, detail))
+        marker = _marker(cid, seen_sk, detail_type, detail, t, points if log_activity else None)
+        profile = _profile_update(contact, points, t, detail_type, detail)
+        if profile is None:  # nothing to add or set: the marker (the activity log entry) alone
+            return _unchanged(cid, marker, points) if log_activity else Outcome("no_rule", points)
+        counters = _counters(rules, detail)
+        items = [marker, *([_caps(cid, day, counters)] if counters else []), profile]
         try:
             aws.transact_write(items)  # retried while it only conflicts with a concurrent event's
         except ClientError as exc:
@@ -246,9 +250,10 @@ def _apply(detail_type: str, detail: dict, matched: list, t: float, seen_sk: str
                 raise
             if 0 in failed:
                 return Outcome("duplicate")
-            newly = {limited[i - first_cap][0].id for i in failed if 0 <= i - first_cap < len(limited)}
-            if newly:
-                capped |= newly
+            if counters and 1 in failed:  # the day's counters as they were: the rules whose cap is full
+                old = exc.response["CancellationReasons"][1].get("Item") or {}
+                capped |= {rule for name, (rule, limit) in counters.items()
+                           if float(old.get(name, {}).get("N", 0)) >= limit}
             continue  # cap reached for some rule, or score_at moved (first score / rebase): retry
         break
     else:
@@ -257,6 +262,17 @@ def _apply(detail_type: str, detail: dict, matched: list, t: float, seen_sk: str
     if any(points.values()):
         outcome.crossed = _thresholds(cid, event_id, t, points)
     return outcome
+
+
+def _unchanged(cid: str, marker: dict, points: dict) -> Outcome:
+    """An event that changes nothing on the profile: its marker alone (the activity log keeps it), then
+    the profile read again (funnelpilot.erasure: erased meanwhile, the marker is deleted again)."""
+    if not aws.conditional("put_item", **marker["Put"]):
+        return Outcome("duplicate")
+    if erasure.incarnation(cid) is None:
+        aws.write("delete_item", Key={k: marker["Put"]["Item"][k] for k in ("pk", "sk")})
+        return Outcome("unknown_contact")
+    return Outcome("no_rule", points)
 
 
 def _get(cid: str) -> Contact | None:
@@ -272,45 +288,49 @@ def _key(cid: str, sk: str) -> dict:
     return {"pk": {"S": cid}, "sk": {"S": sk}}
 
 
-def _seen(cid: str, sk: str) -> dict:
-    """The idempotency marker: keyed on the event id alone (a retry may carry another time)."""
+def _marker(cid: str, sk: str, detail_type: str, detail: dict, t: float, points: dict | None) -> dict:
+    """The idempotency marker (new only); with ``points`` also the activity log entry: kind, time,
+    the event's non-PII summary and the points each track got (sales alerts list the newest)."""
     item = {**_key(cid, sk), "expires_at": _n(int(clock.now()) + ACTIVITY_TTL)}
+    if points is not None:
+        summary = {k: detail[k] for k in _SUMMARY_FIELDS if detail.get(k) is not None}
+        item |= {"kind": {"S": detail_type}, "at": _n(t), "summary": {"S": json.dumps(summary, sort_keys=True)}}
+        item |= {f"{track}_points": _n(pts) for track, pts in points.items() if pts}
     return {"Put": {"TableName": config().table, "Item": item, "ConditionExpression": "attribute_not_exists(pk)"}}
 
 
-def _activity(cid, detail_type, detail, t, points) -> dict:
-    """The contact's activity log entry (sales alerts list the newest): time-ordered sort key."""
-    summary = {k: detail[k] for k in _SUMMARY_FIELDS if detail.get(k) is not None}
-    item = {**_key(cid, f"EVT#{clock.iso(t)}#{detail['event_id']}"), "kind": {"S": detail_type},
-            "at": _n(t), "summary": {"S": json.dumps(summary, sort_keys=True)},
-            "expires_at": _n(int(clock.now()) + ACTIVITY_TTL)}
-    for track, pts in points.items():
-        if pts:
-            item[f"{track}_points"] = _n(pts)
-    return {"Put": {"TableName": config().table, "Item": item}}
-
-
-def _limits(cid: str, rule: Rule, day: str, detail: dict) -> list[dict]:
-    """The rule's counters in the transaction: its daily cap, and once per day per the values
-    of its ``once_per`` fields (a double click on one link of one email scores once)."""
-    out = [_cap(cid, f"CAP#{day}#{rule.id}", rule.cap_per_day)] if rule.cap_per_day else []
-    if rule.once_per:
-        key = tokens.digest_id("", *(str(detail.get(f)) for f in rule.once_per))
-        out.append(_cap(cid, f"CAP#{day}#{rule.id}#{key}", 1))
+def _counters(rules: list[Rule], detail: dict) -> dict[str, tuple[str, int]]:
+    """The day's counters the rules count on (attribute -> (rule id, limit)): each rule's daily cap,
+    and once per day per the values of its ``once_per`` fields (a double click on one link of one
+    email scores once)."""
+    out = {}
+    for rule in rules:
+        if rule.cap_per_day:
+            out[rule.id] = (rule.id, rule.cap_per_day)
+        if rule.once_per:
+            out[f"{rule.id}#" + tokens.digest_id("", *(str(detail.get(f)) for f in rule.once_per))] = (rule.id, 1)
     return out
 
 
-def _cap(cid: str, sk: str, limit: int) -> dict:
+def _caps(cid: str, day: str, counters: dict[str, tuple[str, int]]) -> dict:
+    """The conditional ADD of the counters on the contact's ``CAP#<day>`` item: every one below its limit."""
+    names = {f"#c{i}": name for i, name in enumerate(counters)}
+    values = {":one": _n(1), ":exp": _n(int(clock.now()) + 3 * DAY)}
+    values |= {f":l{i}": _n(limit) for i, (_, limit) in enumerate(counters.values())}
     return {"Update": {
-        "TableName": config().table, "Key": _key(cid, sk),
-        "UpdateExpression": "ADD hits :one SET expires_at = :exp",
-        "ConditionExpression": "attribute_not_exists(hits) OR hits < :cap",
-        "ExpressionAttributeValues": {":one": _n(1), ":cap": _n(limit),
-                                      ":exp": _n(int(clock.now()) + 3 * DAY)}}}
+        "TableName": config().table, "Key": _key(cid, f"CAP#{day}"),
+        "UpdateExpression": "ADD " + ", ".join(f"#c{i} :one" for i in range(len(counters))) + " SET expires_at = :exp",
+        "ConditionExpression": " AND ".join(f"(attribute_not_exists(#c{i}) OR #c{i} < :l{i})" for i in range(len(counters))),
+        "ExpressionAttributeNames": names, "ExpressionAttributeValues": values,
+        "ReturnValuesOnConditionCheckFailure": "ALL_OLD"}}
 
 
-def _profile_update(contact: Contact, points: dict, t: float, detail_type: str, detail: dict) -> dict:
-    """The profile ADD, conditioned on the reference epoch it was computed for."""
+def _profile_update(contact: Contact, points: dict, t: float, detail_type: str, detail: dict) -> dict | None:
+    """The profile ADD, conditioned on the reference epoch it was computed for; None when the event
+    changes nothing on the profile (no points; not an order nor an address's first proof)."""
+    proves = detail_type == "email.clicked" and detail.get("human") is True and contact.email_proven_at is None
+    if not any(points.values()) and detail_type != "order.placed" and not proves:
+        return None
     tracks = settings().tracks
     names = {"#at": "score_at"}
     values: dict = {}
@@ -349,7 +369,7 @@ def _profile_update(contact: Contact, points: dict, t: float, detail_type: str, 
             names[f"#{attr}"] = attr
             adds.append(f"#{attr} :p_{attr}")
             values[f":p_{attr}"] = _n(pts * 2.0 ** ((t - ref) / tracks[track].half_life))
-    if detail_type == "email.clicked" and detail.get("human") is True:
+    if proves:
         sets.append("email_proven_at = if_not_exists(email_proven_at, :proven)")  # visitors: the address is theirs
         values[":proven"] = _n(t)
     if detail_type == "order.placed":
@@ -371,7 +391,7 @@ def _profile_update(contact: Contact, points: dict, t: float, detail_type: str, 
         expr.append("SET " + ", ".join(sets))
     if adds:
         expr.append("ADD " + ", ".join(adds))
-    if not expr:  # nothing to change: still pin the reference so the transaction is valid
+    if not expr:  # only a rebase's zero points: still pin the reference so the update is valid
         expr.append("SET #at = :ref")
     return {"Update": {"TableName": config().table, "Key": _key(contact.pk, PROFILE),
                        "UpdateExpression": " ".join(expr), "ConditionExpression": cond,

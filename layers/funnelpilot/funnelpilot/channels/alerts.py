@@ -1,6 +1,6 @@
 """Instant sales alerts (rules: ``infra/alerts.yaml``): an internal email to SALES_EMAIL
-naming the contact, why, and their recent activity (the ``EVT#`` items the scoring
-transaction writes), at most one per contact per ``rate_limit_hours``; and a text to each of the
+naming the contact, why, and their recent activity (the ``SCORED#`` markers scoring
+writes, ``recent_activity``), at most one per contact per ``rate_limit_hours``; and a text to each of the
 business's own numbers in its ``sms`` (funnelpilot.channels.sms).
 
 The rate limit is a conditional write on the contact's ``ALERT`` item claimed *before*
@@ -76,11 +76,25 @@ def reason_for(detail_type: str, detail: dict) -> str | None:
 
 
 def recent_activity(cid: str, limit: int) -> list[dict]:
-    page = aws.dynamodb().query(TableName=config().table, KeyConditionExpression="pk = :c AND begins_with(sk, :p)",
-                                ExpressionAttributeValues={":c": {"S": cid}, ":p": {"S": "EVT#"}},
-                                ScanIndexForward=False, Limit=limit)
+    """The newest ``limit`` entries of the contact's activity log: the scoring markers (``SCORED#<event_id>``,
+    keyed on the event, so all of them are read, at most 90 days' worth: an alert is rare), and the
+    time-ordered ``EVT#`` entries written before the markers carried the log (their TTL ends them)."""
+    query = {"TableName": config().table, "KeyConditionExpression": "pk = :c AND begins_with(sk, :p)",
+             "ExpressionAttributeValues": {":c": {"S": cid}, ":p": {"S": "SCORED#"}},
+             "ProjectionExpression": "kind, #at, summary", "ExpressionAttributeNames": {"#at": "at"}}
+    items = []
+    while True:
+        page = aws.dynamodb().query(**query)
+        items += page["Items"]
+        if "LastEvaluatedKey" not in page:
+            break
+        query["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+    items += aws.dynamodb().query(TableName=config().table, KeyConditionExpression="pk = :c AND begins_with(sk, :p)",
+                                  ExpressionAttributeValues={":c": {"S": cid}, ":p": {"S": "EVT#"}},
+                                  ScanIndexForward=False, Limit=limit)["Items"]
+    newest = sorted((i for i in items if "kind" in i), key=lambda i: float(i["at"]["N"]), reverse=True)[:limit]
     return [{"at": clock.iso(float(i["at"]["N"])), "kind": i["kind"]["S"],
-             "summary": json.loads(i.get("summary", {}).get("S", "{}"))} for i in page["Items"]]
+             "summary": json.loads(i.get("summary", {}).get("S", "{}"))} for i in newest]
 
 
 def _claim(cid: str, reason: str) -> bool:
