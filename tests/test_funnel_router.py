@@ -248,3 +248,20 @@ def test_an_erasure_between_the_profile_read_and_the_claim_leaves_no_entry_and_n
     assert "Item" not in rt.client("dynamodb").get_item(TableName="ContactsTable",
                                                         Key={"pk": {"S": cid}, "sk": {"S": "FUNNEL#demo"}})
     assert runs(rt, machine, cid) == {} and entered(rt) == 0
+
+
+def test_a_process_dying_between_the_claim_and_the_start_is_entered_by_the_retry_once(rt, tap, machine, monkeypatch):
+    """The claim marks the entry running at once (no second write once started): the trigger's retry finds
+    its claim, learns from Step Functions that the execution was never started, and starts it."""
+    cid = person()
+    first = event(cid)
+    monkeypatch.setattr(funnels, "_release", lambda *a: None)  # the process dies: nothing undoes the claim
+    monkeypatch.setattr(funnels, "_start", lambda *a: (_ for _ in ()).throw(RuntimeError("killed")))
+    with pytest.raises(RuntimeError):
+        enter(rt, machine, first, "once_per_contact")
+    assert entry(rt, cid)["status"] == "running" and runs(rt, machine, cid) == {}
+    monkeypatch.undo()
+    assert enter(rt, machine, first, "once_per_contact") == name_of(cid, "1")  # Lambda's retry of the event
+    assert enter(rt, machine, first, "once_per_contact") is None  # a duplicate: the execution exists
+    assert runs(rt, machine, cid) == {name_of(cid, "1"): "RUNNING"} and entered(rt) == 1
+    assert entry(rt, cid)["entries"] == "1"

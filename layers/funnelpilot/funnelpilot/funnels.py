@@ -8,10 +8,12 @@ console, in CloudWatch or in an ARN; a signup after an erasure is a new incarnat
 new names (and a new welcome). An operator finds a person's executions in their export
 (the ``FUNNEL#`` items' ``execution_arn``). The contact's ``FUNNEL#<id>`` item guards the
 entry rule: one conditional write claims an entry (1 WRU, not a transaction with the profile's
-check at 4), then the profile is read again (funnelpilot.erasure): when it is gone or another
+check at 4) as ``running``, then the profile is read again (funnelpilot.erasure): when it is gone or another
 incarnation the claim is taken back, so an event in flight when the person was erased leaves
 nothing; duplicate or concurrent trigger events start one execution. Its ``execution_arn`` is set by that
-claim, which lets the steps of a stale execution recognise that the entry is no longer theirs.
+claim, which lets the steps of a stale execution recognise that the entry is no longer theirs. No second
+write marks the start: a retry of the trigger finds the claim and asks Step Functions whether its execution
+exists (``_unstarted``), and starts it when a process died between the claim and StartExecution.
 """
 import json
 from datetime import datetime
@@ -24,7 +26,8 @@ from funnelpilot.errors import TransientError
 from funnelpilot.sending import sendtime
 
 ENTRY_RULES = ("once_per_contact", "once_per_trigger", "always")
-LIVE = ("starting", "running")
+LIVE = ("starting", "running")  # (``starting``: a claim made before claims were ``running`` at once)
+NAME_RESERVED = 90 * 86_400  # an execution's name stays taken this long after it closed (Step Functions)
 # send_task_success errors meaning the wait already ended (timeout, goal, stop): nothing to do.
 _ENDED_TASK = ("TaskTimedOut", "InvalidToken", "TaskDoesNotExist")
 
@@ -209,9 +212,9 @@ def _enter(funnel: str, state_machine_arn: str, entry_rule: str, event: dict, re
         condition = _claim_condition(entry_rule, reenter_after)
         if ":cut" in condition:
             values[":cut"] = {"N": str(int(now - reenter_after))}
-        if ":running" not in condition:
-            del values[":running"]
-        sets = ("SET #s = :starting, entered_at = :iso, entered_ts = :now, trigger_event_id = :eid, "
+        if ":starting" not in condition:
+            del values[":starting"]
+        sets = ("SET #s = :running, entered_at = :iso, entered_ts = :now, trigger_event_id = :eid, "
                 "execution_arn = :arn, funnel = :f")
         if isinstance(detail.get("list"), str):  # the journey's emails belong to the list its trigger named
             sets += ", list_name = :list"
@@ -231,9 +234,9 @@ def _enter(funnel: str, state_machine_arn: str, entry_rule: str, event: dict, re
                 raise
             current = entry(cid, funnel) or {}
             if current.get("trigger_event_id") == event_id:
-                if current.get("status") != "starting":
+                if not _unstarted(current, now):
                     return Attempt(incarnation=incarnation)  # a duplicate of an entry already made
-                arn = current["execution_arn"]  # a retry of a half-done entry: start it (again)
+                arn = current["execution_arn"]  # a retry of a half-done entry: start it
                 old, claimed = {}, False
                 break
             reason = _refusal(entry_rule, reenter_after, current, now)
@@ -265,14 +268,31 @@ def _enter(funnel: str, state_machine_arn: str, entry_rule: str, event: dict, re
         raise
     if not started and _sfn().describe_execution(executionArn=arn)["status"] != "RUNNING":
         # A late duplicate of a trigger whose journey already ran (same name): nothing to start.
-        set_status(cid, funnel, arn, "completed", only_from=("starting",))
+        set_status(cid, funnel, arn, "completed")
         return Attempt(incarnation=incarnation)
-    if not set_status(cid, funnel, arn, "running", only_from=("starting",)) and entry(cid, funnel) is None:
+    if entry(cid, funnel) is None:  # (the erasure deletes the entry, stopping only the executions that existed)
         _stop(arn, "ContactErased", "the contact was erased while the journey started")
         return Attempt()
     if started:  # once per execution: a retry finds it exists (funnelpilot.metrics)
         metrics.entered(funnel)
     return Attempt(execution=name, incarnation=incarnation)
+
+
+def _unstarted(current: dict, now: float) -> bool:
+    """Whether a live claim's execution was never started (the process died between the claim and
+    StartExecution): an old ``starting`` claim, or a claim whose execution Step Functions does not know
+    while its name cannot have been freed yet (``NAME_RESERVED`` after it closed, so after it began)."""
+    if current.get("status") not in LIVE:
+        return False
+    if current["status"] == "starting":
+        return True
+    if now - float(current.get("entered_ts") or 0) >= NAME_RESERVED:
+        return False
+    try:
+        _sfn().describe_execution(executionArn=current["execution_arn"])
+    except _sfn().exceptions.ExecutionDoesNotExist:
+        return True
+    return False
 
 
 def _not_before(detail: dict) -> float:
@@ -294,9 +314,9 @@ def _start(state_machine_arn: str, name: str, payload: dict) -> bool:
 
 def _release(cid: str, funnel: str, arn: str, old: dict) -> None:
     """Put the entry item back as it was before this claim (none: delete it), if still ours."""
-    guard = {"ConditionExpression": "execution_arn = :arn AND #s = :starting",
+    guard = {"ConditionExpression": "execution_arn = :arn AND #s = :running",
              "ExpressionAttributeNames": {"#s": "status"},
-             "ExpressionAttributeValues": {":arn": {"S": arn}, ":starting": {"S": "starting"}}}
+             "ExpressionAttributeValues": {":arn": {"S": arn}, ":running": {"S": "running"}}}
     if old:
         aws.conditional("put_item", Item=old, **guard)
     else:
