@@ -105,7 +105,7 @@ def test_erasure_is_complete_and_final_and_a_re_signup_is_a_new_person(rt, tap):
     assert running and not [ex for ex in executions_of(rt, cid) if cid in ex["name"]]
     export = rt.http("GET", f"/contacts/{cid}/export", headers=ADMIN).json()
     assert {ex["executionArn"] for ex in running} <= {e["execution_arn"] for e in export["executions"]}
-    for kind in ("profile", "funnel", "did", "seg", "activity", "alert", "evt", "scored", "msg"):
+    for kind in ("profile", "funnel", "did", "seg", "activity", "alert", "scored", "msg"):
         assert export["items"].get(kind), kind
     triggered = [e for e in tap.events() if e["detail"]["contact_id"] == cid]
     assert {"email.clicked", "page.viewed", "order.placed", "funnel.handoff"} <= {e["detail-type"] for e in triggered}
