@@ -234,3 +234,22 @@ def test_re_signup_status_rules(rt, tap, first_list, first_status, then_list, st
         assert detail.get("resubscribe", detail.get("resubscribed")) is (first_status == "unsubscribed")
     published = {e["detail"]["event_id"] for e in tap.events()}  # every outbox item's event was relayed
     assert {i["sk"]["S"].removeprefix("OUTBOX#") for i in items(rt, cid, "OUTBOX#")} <= published
+
+
+def test_a_confirmation_writes_its_two_events_as_one_outbox_item_published_in_order(rt, tap, relayed, aws_calls):
+    from test_double_opt_in import confirm_path, mails, signup as pending_signup
+
+    cid = pending_signup(rt)
+    [mail] = mails(rt)
+    relayed.clear()
+    aws_calls.clear()
+    assert rt.http("GET", confirm_path(mail)).status == 200
+    assert aws_calls.count("dynamodb:TransactWriteItems") == 1
+    assert rt.settle()
+    [record] = [r for r in relayed[0]["Records"]]  # one insert: one item, relayed first
+    assert [e["DetailType"] for e in outbox.entries(record["dynamodb"]["NewImage"])] == [
+        "contact.confirmed", "contact.subscribed"]
+    [confirmed], [subscribed] = tap.events("contact.confirmed"), tap.events("contact.subscribed")
+    assert confirmed["detail"]["contact_id"] == subscribed["detail"]["contact_id"] == cid
+    [item] = items(rt, cid, outbox.PREFIX + confirmed["detail"]["event_id"])  # left to its TTL
+    assert "entries" in item and "expires_at" in item

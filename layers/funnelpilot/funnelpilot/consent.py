@@ -185,8 +185,8 @@ def confirm(token: str, *, ip: str | None = None, user_agent: str | None = None)
     try:
         aws.transact_write([
             activate, {"Put": {"TableName": config().table, "Item": record.serialize()}},
-            outbox.put(bus.event("contact.confirmed", cid, list=list_name)),
-            outbox.put(bus.event("contact.subscribed", cid, list=list_name, resubscribed=resubscribe, confirmed=True,
+            outbox.put(bus.event("contact.confirmed", cid, list=list_name),  # one outbox item, the two in order
+                       bus.event("contact.subscribed", cid, list=list_name, resubscribed=resubscribe, confirmed=True,
                                  **({"lead_magnet": lead_magnet} if lead_magnet else {}), **utm))])
     except Exception as exc:
         if aws.failed_conditions(exc) != [0]:
