@@ -127,14 +127,15 @@ def test_a_handoff_into_a_draining_funnel_is_refused_and_recorded_like_any(rt, t
 
 def test_an_entered_handoff_makes_the_calls_an_entry_always_made(rt, aws_calls):
     """The common path keeps its call count: a refusal's writes happen only on a refusal. (The claim is one
-    conditional UpdateItem, read back through the profile: 1 WRU and a read instead of a 4-WRU transaction.)"""
+    conditional UpdateItem, read back through the profile: 1 WRU and a read instead of a 4-WRU transaction; it
+    marks the entry running, so after StartExecution the entry is only read, to find an erasure meanwhile.)"""
     cid = signup(rt, "calls@example.com")
     detail = json.loads(bus.event("funnel.handoff", cid, to="segmentation", **{"from": "welcome"})["Detail"])
     payload = handoff_payload(rt, "segmentation", detail)
     aws_calls.clear()
     assert rt.invoke("FunnelRouterFunction", payload)["refused"] is None
     assert aws_calls == ["dynamodb:GetItem", "dynamodb:GetItem", "dynamodb:UpdateItem", "dynamodb:GetItem",
-                         "stepfunctions:StartExecution", "dynamodb:UpdateItem", "dynamodb:UpdateItem"]
+                         "stepfunctions:StartExecution", "dynamodb:GetItem", "dynamodb:UpdateItem"]
     aws_calls.clear()  # a duplicate delivery of it: no second journey, and no refusal either
     assert rt.invoke("FunnelRouterFunction", payload) == {"execution": None, "refused": None}
     assert "dynamodb:UpdateItem" in aws_calls and "stepfunctions:StartExecution" not in aws_calls
