@@ -77,11 +77,11 @@ def test_one_person_lives_the_whole_cycle_and_comes_back_to_a_new_topic(rt, tap)
     assert rt.advance(DAY + HOUR)
     rows = journeys(rt, cid)
     assert [(f, s, last) for f, s, last, _ in rows] == [
-        ("welcome", "SUCCEEDED", "Go to segmentation"),
-        ("segmentation", "SUCCEEDED", "Go to engagement"),
+        ("welcome", "SUCCEEDED", "Opened welcome-2?"),  # no: it hands off
+        ("segmentation", "SUCCEEDED", "Customer is True?"),  # no: to engagement
         ("engagement", "SUCCEEDED", "Tag nurtured"),
         ("reengagement", "SUCCEEDED", "Go to segmentation"),
-        ("segmentation", "SUCCEEDED", "Go to engagement"),
+        ("segmentation", "SUCCEEDED", "Customer is True?"),  # no: to engagement
         ("engagement", "RUNNING", "Wait 2 days"),  # engagement-1 sent
     ]
     assert [given["trigger"] for *_, given in rows] == ["contact.subscribed", "funnel.handoff", "funnel.handoff",
@@ -105,10 +105,10 @@ def test_a_quiet_newcomer_who_clicks_reengagement_lands_in_segmentation_within_3
     assert rt.advance(DAY + HOUR)
     rows = journeys(rt, cid)
     assert [(f, s, last) for f, s, last, _ in rows] == [
-        ("welcome", "SUCCEEDED", "Go to segmentation"),
+        ("welcome", "SUCCEEDED", "Opened welcome-2?"),  # no: it hands off
         ("segmentation", "SUCCEEDED", "Exit (no topic chosen)"),
         ("reengagement", "SUCCEEDED", "Go to segmentation"),
-        ("segmentation", "SUCCEEDED", "Go to engagement"),
+        ("segmentation", "SUCCEEDED", "Customer is True?"),  # no: to engagement
         ("engagement", "RUNNING", "Wait 2 days"),  # engagement-1 sent
     ]
     assert profile(rt, cid)["properties"]["M"]["interest"]["S"] == "email"

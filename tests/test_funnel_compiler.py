@@ -114,22 +114,25 @@ def test_states_are_readable_and_every_task_retries_and_catches():
                 assert state["Catch"][-1]["ErrorEquals"] == ["States.ALL"], (fid, name)
                 assert "States.Timeout" not in retried and "States.ALL" not in retried
     welcome = machines()["welcome"]["States"]
-    assert list(welcome)[:5] == ["Send welcome-1", "Wait 2 days", "Send welcome-2", "Wait 3 days",
-                                 "Check: Opened welcome-2"]
-    assert welcome["Opened welcome-2?"]["Type"] == "Choice"
+    assert list(welcome)[:5] == ["Send welcome-1", "Wait 2 days", "Send welcome-2", "Wait 3 days", "Opened welcome-2?"]
+    assert welcome["Opened welcome-2?"]["Parameters"]["action"] == "if"
+    assert not any(s["Type"] == "Choice" for fid, m in machines().items() if fid != "engagement" for s in m["States"].values())
 
 
 def test_one_state_per_step_and_the_last_task_closes_the_journey():
-    """send/wait/wait_for: one state each; if and split: two; a run of tag/set/score/notify/suppress
-    (ended by a goto or exit): one."""
+    """send/wait/wait_for/if: one state each; split: two; a run of tag/set/score/notify/suppress
+    (ended by a goto or exit): one, none where an if's answer runs it (folded)."""
     funnels = load_all(ROOT / "infra" / "funnels")
     from funnelpilot.funnel_spec import walk
 
     for fid, funnel in funnels.items():
         states = machines()[fid]["States"]
         steps = list(walk(funnel.steps))
-        budget = sum(2 if s.kind in ("if", "split") else 1 for s in steps)
+        budget = sum(2 if s.kind == "split" else 1 for s in steps)
         budget -= sum(len(run) - 1 for seq in _sequences(funnel.steps) for run in compiler._runs(seq))
+        budget -= len({fold["label"] for s in states.values() if s.get("Parameters", {}).get("action") == "if"
+                       for fold in (s["Parameters"].get("yes"), s["Parameters"].get("no"))
+                       if fold and fold["steps"] and fold["label"] not in states})
         # the quiet-hours detour of a marketing send (2 states, off the common path); a funnel
         # starting with one waits first (a Wait the router computes)
         marketing = [s for s in steps if s.kind in ("send", "sms") and funnel.quiet_hours and not s.transactional]
@@ -226,4 +229,9 @@ def test_make_funnels_prints_transitions_per_path(capsys):
     # silence: start Wait, reengage-1, wait_for, reengage-2, wait_for, Sunset;
     # reengage-2 comes after a wait_for: deferred, it takes the 3-state detour
     assert ("reengagement", "2", "2", "6", "3.00", "9") in rows
-    assert any(line.split()[:6] == ["welcome", "1", "2", "7", "3.50", "7"] for line in out.splitlines())
+    # not opened: welcome-1, Wait, welcome-2, Wait, "Opened welcome-2?" (which hands off and closes the journey)
+    assert any(line.split()[:6] == ["welcome", "1", "2", "5", "2.50", "5"] for line in out.splitlines())
+    assert any(line.split()[:6] == ["welcome", "1", "3", "8", "2.67", "8"] for line in out.splitlines())
+    # a topic clicked: the three topic questions run their tag and set, the last one hands off
+    assert any(line.split()[:5] == ["segmentation", "2", "1", "7", "7.00"] and "Go to ascension, Go to engagement" in line
+               for line in out.splitlines())

@@ -13,7 +13,7 @@ from botocore.exceptions import ClientError, EndpointConnectionError
 from conftest import funnel_counts
 from funnelpilot import clock, funnel_spec, scoring, sequence, tokens
 from funnelpilot.channels import emails
-from funnelpilot.errors import FrequencyCapped, FunnelLeft, QuietHours, TransientError
+from funnelpilot.errors import FrequencyCapped, FunnelLeft, QuietHours, TransientError, Yes
 from funnelpilot_local.moto_adapter import sent_emails
 from funnelpilot_local.template import ACCOUNT, REGION
 from funnelpilot.models import PROFILE, Contact
@@ -318,12 +318,12 @@ def click_link(rt, mid: str, part: str) -> None:
     raise AssertionError(f"no link containing {part!r}")
 
 
-def test_check_clicked_and_opened_read_the_human_hits_of_the_states_messages(rt):
+def test_if_clicked_and_opened_read_the_human_hits_of_the_states_messages(rt):
     cid, ex = person(rt), execution()
     mid = send(rt, cid, ex=ex)["message_id"]
 
     def check(condition):
-        return step(rt, "check", cid, ex=ex, state="Check", condition=condition)["result"]
+        return step(rt, "if", cid, ex=ex, state="Question?", condition=condition) == {"status": "yes"}
 
     clicked = {"clicked": {"email": "welcome-1", "link": None, "states": ["Send welcome-1"]}}
     guide = {"clicked": {"email": "welcome-1", "link": "/guide", "states": ["Send welcome-1"]}}
@@ -337,14 +337,47 @@ def test_check_clicked_and_opened_read_the_human_hits_of_the_states_messages(rt)
     assert not check(pricing)
     other_states = {"clicked": {"email": "welcome-1", "link": None, "states": ["Send welcome-2"]}}
     assert not check(other_states)
+    # the Choice of an execution started before ``if`` became one Task reads the old action's result
+    assert step(rt, "check", cid, ex=ex, state="Check", condition=guide) == {"result": True}
 
 
-def test_check_tag_score_segment_property_and_not_tag(rt):
+def test_an_if_runs_the_steps_folded_into_its_answer_and_a_retry_keeps_the_answer_that_closed_the_journey(rt, tap):
+    cid, ex = person(rt), execution()
+    entry(rt, cid, ex)
+    mid = send(rt, cid, ex=ex)["message_id"]
+    opened = {"opened": {"email": "welcome-1", "states": ["Send welcome-1"]}}
+    # welcome's "Opened welcome-2?": no hands off and closes the journey in the Task, yes goes on by a Catch
+    question = {"state": "Opened welcome-1?", "condition": opened, "raise": "yes",
+                "no": {"label": "Go to segmentation", "steps": [{"action": "goto", "to": "segmentation"}],
+                       "close": {"outcome": "completed"}}}
+    assert step(rt, "if", cid, ex=ex, **question) == {"status": "no"}
+    [handoff] = distinct(tap, "funnel.handoff", cid)
+    assert handoff["to"] == "segmentation" and handoff["from"] == "demo"
+    closed = item(rt, cid, "FUNNEL#demo")
+    assert closed["status"] == "completed" and closed["answer"] == "no" and closed["completed_at"]
+    assert rt.advance(600)
+    click_link(rt, mid, "/guide")  # opened now: a retry of that Task (its first attempt died after closing) ...
+    assert rt.settle()
+    assert step(rt, "if", cid, ex=ex, **question) == {"status": "no"}  # ... answers as the first one did
+    assert [h["event_id"] for h in distinct(tap, "funnel.handoff", cid)] == [handoff["event_id"]]
+    entry(rt, cid, ex)  # not closed yet: the answer is read again, and yes is raised for the Catch
+    with pytest.raises(Yes):
+        step(rt, "if", cid, ex=ex, **question)
+    assert item(rt, cid, "FUNNEL#demo")["status"] == "running" and len(distinct(tap, "funnel.handoff", cid)) == 1
+    # a click stays made: its yes runs the instant steps its branch starts with, then goes on by the Next
+    clicked = {"clicked": {"email": "welcome-1", "link": "/guide", "states": ["Send welcome-1"]}}
+    tagged = {"label": "Tag guide", "steps": [{"action": "tag", "tag": "guide"}]}
+    assert step(rt, "if", cid, ex=ex, state="Clicked /guide?", condition=clicked, yes=tagged) == {"status": "yes"}
+    assert item(rt, cid, PROFILE)["tags"] == ["guide"]
+    assert [e["tag"] for e in distinct(tap, "contact.tagged", cid)] == ["guide"]
+
+
+def test_if_tag_score_segment_property_and_not_tag(rt):
     cid, ex = person(rt, tags={"vip"}, properties={"plan": "pro"}, segments={"engaged"}), execution()
     scoring.award(cid, 12, once_key="test-points")
 
     def check(condition):
-        return step(rt, "check", cid, ex=ex, state="Check", condition=condition)["result"]
+        return step(rt, "if", cid, ex=ex, state="Question?", condition=condition) == {"status": "yes"}
 
     assert check({"tag": "vip"}) and not check({"tag": "other"}) and check({"not_tag": "other"})
     assert check({"score": {"gte": 10}}) and not check({"score": {"gte": 20}})

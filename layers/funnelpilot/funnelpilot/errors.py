@@ -62,6 +62,19 @@ class FrequencyCapped(RuntimeError):
     ``wait: {"capped": true}``) and re-enters the send (funnelpilot.sending.cap)."""
 
 
+class Answer(Exception):
+    """An ``if`` step's answer that its Task state takes by a Catch (the class name is the error
+    name the state machine matches: ``Yes`` or ``No``), the other answer going on by its Next."""
+
+
+class Yes(Answer):
+    pass
+
+
+class No(Answer):
+    pass
+
+
 # Error codes AWS answers when a request may succeed later (botocore's standard retry mode lists
 # the throttling ones; these arrive once botocore's own retries are spent).
 THROTTLING = {"Throttling", "ThrottlingException", "ThrottledException", "RequestThrottledException",

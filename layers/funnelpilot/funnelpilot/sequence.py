@@ -23,8 +23,8 @@ from funnelpilot import (aws, bus, clock, consent, engagement, funnel_spec, funn
 from funnelpilot.audience import fields as custom_fields
 from funnelpilot.channels import emails, sms
 from funnelpilot.config import config
-from funnelpilot.errors import (FrequencyCapped, FunnelLeft, QuietHours, RecipientRejected, TemplateError, TransientError,
-                                transient)
+from funnelpilot.errors import (FrequencyCapped, FunnelLeft, No, QuietHours, RecipientRejected, TemplateError,
+                                TransientError, Yes, transient)
 from funnelpilot.models import PROFILE, Contact, Message, is_conditional_failure
 from funnelpilot.sending import cap, pace, sendtime
 from funnelpilot.sending.checks import blocked_reason
@@ -340,7 +340,43 @@ def holds(condition: dict, step: dict) -> bool:
 
 
 def check(step: dict) -> dict:
+    """The answer for a Choice after it: how executions started before ``if`` became one Task (if_) go on."""
     return {"result": holds(step["condition"], step)}
+
+
+def if_(step: dict) -> dict:
+    """An ``if`` step's Task (compiler._Machine._if): its answer, then the instant steps folded into
+    that answer (``yes``/``no``: ``steps``, and ``close`` when they end the journey: the entry is
+    closed first, recording the answer, so that a retry after a failure takes the same one), then
+    ``Yes``/``No`` raised when the state machine takes that answer by a Catch (``raise``)."""
+    answer = "yes" if holds(step["condition"], step) else "no"
+    other = step.get("no" if answer == "yes" else "yes") or {}
+    if "close" in other:  # an earlier attempt may have closed the journey on the other answer
+        current = funnels.entry(step["contact_id"], step["funnel"]) or {}
+        if current.get("execution_arn") == step["execution"] and current.get("answer") in ("yes", "no"):
+            answer = current["answer"]
+    fold = step.get(answer) or {}
+    if "close" in fold and not _close(step, answer, fold["close"]):
+        raise FunnelLeft("goal_reached")  # the goal came while the step was in flight (funnels.goal)
+    base = {k: v for k, v in step.items() if k not in ("yes", "no", "raise", "condition", "wait")}
+    for part, params in enumerate(fold.get("steps", [])):
+        ACTIONS[params["action"]]({**base, **params, "part": part})
+    if step.get("raise") == answer:
+        raise (Yes if answer == "yes" else No)(step["state"])
+    return {"status": answer}
+
+
+def _close(step: dict, answer: str, close: dict) -> bool:
+    """End the journey with ``close`` (its ``outcome``, and ``reason``), recording ``answer``, counted once
+    (by the status change); True also when an earlier attempt made the change."""
+    outcome = close["outcome"]
+    fields = {"reason": close["reason"]} if close.get("reason") else {}
+    if funnels.set_status(step["contact_id"], step["funnel"], step["execution"], outcome, completed_at=clock.iso(),
+                          answer=answer, **fields):
+        metrics.completed(step["funnel"])
+        return True
+    current = funnels.entry(step["contact_id"], step["funnel"]) or {}
+    return current.get("execution_arn") == step["execution"] and current.get("status") == outcome
 
 
 # ---------------------------------------------------------------- split
@@ -579,7 +615,7 @@ def _cause(cause: str | None) -> str | None:
         return cause
 
 
-ACTIONS = {"send": send, "sms": sms.send, "check": check, "split": split, "wait_for": wait_for, "until": until,
+ACTIONS = {"send": send, "sms": sms.send, "check": check, "if": if_, "split": split, "wait_for": wait_for, "until": until,
            "tag": tag, "untag": untag, "set": set_properties, "score": score, "notify": notify, "webhook": webhook,
            "goto": goto, "suppress": suppress, "sunset": sunset, "steps": steps, "complete": complete, "fail": fail}
 

@@ -38,6 +38,7 @@ RETRY = [{"ErrorEquals": ["DailyQuotaExceeded"], "IntervalSeconds": 300, **_BACK
                           "Lambda.ClientExecutionTimeoutException", "Lambda.Unknown"],
           "IntervalSeconds": 1, **_BACKOFF}]
 COMPLETE, LEFT, RECORD_FAILURE, FAILED = "Complete", "Left the funnel", "Record failure", "Failed"
+ANSWERS = (["Yes"], ["No"])  # the errors an ``if`` Task raises for the answer its Catch takes (sequence.if_)
 _LEFT = {"ErrorEquals": ["FunnelLeft"], "ResultPath": "$.last", "Next": LEFT}
 _FAIL = {"ErrorEquals": ["States.ALL"], "ResultPath": "$.error", "Next": RECORD_FAILURE}
 # Steps done at once, by one Task each, or together when consecutive (_Machine._merged); goto
@@ -89,6 +90,7 @@ class _Machine:
         self.waits: dict[str, dict] = {}  # Wait state -> its wait ({"seconds"} or {"until"}), for _compute_waits
         self.until_tasks: dict[str, str] = {}  # Wait state of a `wait: {until}` -> the Task before it
         self.start_wait: dict | None = None  # the router computes the first Wait (funnels.enter)
+        self.optional: set[str] = set()  # states after an ``if`` whose answers may both fold them (_if)
 
     # ---------------------------------------------------------------- names
     def _unique(self, name: str) -> str:
@@ -132,8 +134,7 @@ class _Machine:
                 what = arg
             return {"main": f"Wait for {what}, up to {_human(step.timeout)}"}
         if k == "if":
-            q = question(a)
-            return {"task": f"Check: {q[:-1]}", "main": q}
+            return {"main": question(a)}
         if k == "split":
             return {"task": "A/B split", "main": "Which variant?"}
         simple = {"tag": f"Tag {a}", "untag": f"Untag {a}", "notify": f"Notify sales: {a}", "goto": f"Go to {a}",
@@ -173,8 +174,13 @@ class _Machine:
         return COMPLETE
 
     def seq(self, steps, nxt: str | None, variant: str | None = None) -> str | None:
-        for run in reversed(_runs(steps)):
-            nxt = self.step(run[0], nxt, variant) if len(run) == 1 else self._merged(run, nxt)
+        runs, end = _runs(steps), nxt
+        for i in reversed(range(len(runs))):
+            run = runs[i]
+            if run[0].kind == "if":  # it may fold the steps after it (_if): those of this sequence, then ``end``
+                nxt = self._if(run[0], nxt, variant, [s for r in runs[i + 1:] for s in r], end)
+            else:
+                nxt = self.step(run[0], nxt, variant) if len(run) == 1 else self._merged(run, nxt)
         return nxt
 
     def _merged(self, run: list[Step], nxt: str | None) -> str:
@@ -235,13 +241,6 @@ class _Machine:
                 "Catch": [{"ErrorEquals": ["States.Timeout"], "ResultPath": "$.last", "Next": self._target(otherwise)},
                           _LEFT, _FAIL],
                 "Next": self._target(then)}
-        elif k == "if":
-            then = self._target(self.seq(step.then, nxt, variant))
-            otherwise = self._target(self.seq(step.otherwise, nxt, variant))
-            self._task(names["task"], "check", {"condition": self._condition(a)}, main)
-            self.states[main] = {"Type": "Choice", "Choices": [
-                {"Variable": "$.last.result", "BooleanEquals": True, "Next": then}], "Default": otherwise}
-            return names["task"]
         elif k == "split":
             entries = [(v, w, self._target(self.seq(branch, nxt, v))) for v, w, branch in step.branches]
             # each arm's Send states: the counters its figures (and a winner) are judged on (steering.abtest)
@@ -258,6 +257,43 @@ class _Machine:
         else:
             action, params = _action(step)
             self._task(main, action, params, None if k in _FINAL else nxt, can_complete=k != "exit", end=k == "exit")
+        return main
+
+    def _if(self, step: Step, nxt: str | None, variant: str | None, tail: list[Step], end: str | None) -> str:
+        """An ``if`` is one Task named by its question: one answer goes on by its Next (or ends the
+        path), the other by a Catch of ``Yes``/``No`` (sequence.if_), so no Choice is spent. An
+        answer whose way starts with instant steps (its branch, then ``tail``: the steps after the
+        ``if``, then ``end``) runs them in that Task (folded: a state and an invocation fewer):
+        when they end the journey (a goto or exit, or the end of the path: the Task closes the entry
+        first, with its answer, so that a retry repeats it), and for a yes that cannot change on a
+        retry (a click or an open stays made), the instant steps its branch starts with."""
+        main, params, ways = self.names[id(step)]["main"], {"condition": self._condition(step.arg)}, {}
+        lasting = next(iter(step.arg)) in ("clicked", "opened")
+        for answer, branch in (("yes", step.then), ("no", step.otherwise)):
+            path = [*branch, *tail]
+            runs = _runs(path)
+            head = runs[0] if runs and runs[0][0].kind in _INSTANT | _FINAL else []
+            ends = (bool(head) and head[-1].kind in _FINAL) or (len(head) == len(path) and end is None)
+            if not ends:
+                head = head[:len(branch)] if lasting and answer == "yes" else []
+            if head or ends:
+                parts = [{"action": action, **p} for action, p in map(_action, head)]
+                fold = {"label": " + ".join(self.names[id(s)]["main"] for s in head) or COMPLETE, "steps": parts}
+                if ends:
+                    close = parts.pop() if head and head[-1].kind == "exit" else {"outcome": "completed"}
+                    fold["close"] = {k: v for k, v in close.items() if k != "action"}
+                params[answer] = fold
+                if len(head) > len(branch):
+                    self.optional.add(nxt)
+            ways[answer] = None if ends else self._target(self.seq(branch[len(head):], nxt, variant))
+        if ways["yes"] == ways["no"]:
+            self._task(main, "if", params, ways["yes"], end=ways["yes"] is None)
+            return main
+        caught = "yes" if ways["no"] is None else "no"  # an answer that ends the path ends by the Task's End
+        params["raise"] = caught
+        catch = {"ErrorEquals": [caught.capitalize()], "ResultPath": "$.last", "Next": ways[caught]}
+        other = ways["no" if caught == "yes" else "yes"]
+        self._task(main, "if", params, other, end=other is None, catches=(catch,))
         return main
 
     def _condition(self, condition: dict) -> dict:
@@ -339,7 +375,7 @@ class _Machine:
         self.states[LEFT] = {"Type": "Succeed", "Comment": "Unsubscribed, suppressed or goal reached: no more steps."}
         comment = (f"{self.f.id}: {self.f.name}. {self.f.description} ({MARKER}{self.f.id}.yaml by "
                    "`make funnels`; edit that file, not this one)").replace("  ", " ")
-        return {"Comment": comment, "StartAt": start, "States": _in_flow_order(start, self.states)}
+        return {"Comment": comment, "StartAt": start, "States": _in_flow_order(start, self.states, self.optional)}
 
 
 def _action(step: Step) -> tuple[str, dict]:
@@ -366,18 +402,20 @@ def _runs(steps) -> list[list[Step]]:
 
 
 def _targets(state: dict, catches: bool = True) -> list[str]:
+    """Where a state goes next: its Next, a Choice's branches, an ``if`` Task's caught answer and,
+    with ``catches``, every other Catch (the detours, leaving, failing)."""
     out = [state["Next"]] if "Next" in state else []
     out += [c["Next"] for c in state.get("Choices", [])]
     if "Default" in state:
         out.append(state["Default"])
-    if catches:
-        out += [c["Next"] for c in state.get("Catch", [])]
+    out += [c["Next"] for c in state.get("Catch", []) if catches or c["ErrorEquals"] in ANSWERS]
     return out
 
 
-def _in_flow_order(start: str, states: dict) -> dict:
+def _in_flow_order(start: str, states: dict, optional=frozenset()) -> dict:
     """States in the order a contact meets them (depth first), so the file reads top-down;
-    raises on a dangling Next or an unreachable state (moto checks neither)."""
+    raises on a dangling Next or an unreachable state (moto checks neither), leaving out an
+    ``optional`` one (the steps after an ``if`` that every answer folded: _Machine._if)."""
     order, stack = [], [start]
     while stack:
         name = stack.pop()
@@ -387,7 +425,7 @@ def _in_flow_order(start: str, states: dict) -> dict:
             raise CompileError(f"state {name!r} is referenced but not defined")
         order.append(name)
         stack.extend(reversed(_targets(states[name])))
-    unreachable = set(states) - set(order)
+    unreachable = set(states) - set(order) - set(optional)
     if unreachable:
         raise CompileError(f"unreachable states: {sorted(unreachable)}")
     return {name: states[name] for name in order}
@@ -507,8 +545,11 @@ def paths(definition: dict) -> list[dict]:
         state = states[name]
         nexts = _targets(state, catches=False)
         nexts += [c["Next"] for c in state.get("Catch", []) if c["ErrorEquals"] == ["States.Timeout"]]
-        if not nexts:
-            out.append(_path_cost(states, trail))
+        params = state.get("Parameters") or {}
+        # an ``if`` Task's answers that end the journey in it: a path each, ending at their folded steps
+        closing = [params[a]["label"] for a in ("yes", "no") if params.get("action") == "if" and "close" in params.get(a, {})]
+        for label in closing or ([name] if not nexts or state.get("End") else []):
+            out.append(_path_cost(states, trail) | {"end": label})
         for target in dict.fromkeys(nexts):
             walk(target, trail)
 

@@ -5,7 +5,8 @@ A diagram is drawn from the compiled state machine (the one walk below over its 
 shows what runs: sends (with the subject a sample contact gets), waits, branches with their
 conditions, waits for a click or an event with their timeout, tags and scores, hand-offs to other
 funnels, and the end. The Tasks that only feed a Choice or a Wait (a check, the A/B pick, the time
-until a Wait ends) are folded into it; the failure and quiet-hours detours are left out.
+until a Wait ends) are folded into it, and the steps an ``if`` Task runs for one answer are drawn
+as a node after it; the failure and quiet-hours detours are left out.
 """
 from pathlib import Path
 
@@ -23,9 +24,28 @@ def _text(value: str) -> str:
     return str(value).replace("&", "#amp;").replace('"', "#quot;").replace("<", "#lt;").replace(">", "#gt;")
 
 
+def _answers(name: str, state: dict, folds: dict[str, dict]) -> list[tuple[str, str]]:
+    """(next, "yes"/"no") of an ``if`` Task (compiler._Machine._if): the caught answer by its Catch,
+    the other by the Next (or the end); an answer's folded steps are a node of their own (in ``folds``)."""
+    params, out = state["Parameters"], []
+    for answer in ("yes", "no"):
+        caught = [c["Next"] for c in state["Catch"] if c["ErrorEquals"] == [answer.capitalize()]]
+        way = caught[0] if caught else state.get("Next", COMPLETE)
+        fold = params.get(answer)
+        if fold and fold["steps"] or fold and fold["close"]["outcome"] != "completed":
+            key = f"{name}\x1f{answer}"
+            after = [] if fold.get("close", {}).get("outcome") == "exited" else [(way, "")]
+            folds[key] = {"Type": "Fold", "label": fold["label"], "steps": fold["steps"], "after": after}
+            way = key
+        out.append((way, answer))
+    return out
+
+
 def _targets(state: dict) -> list[tuple[str, str]]:
     """(next state, edge label) of a state on a contact's way: its Next, a Choice's branches, a
     wait_for's timeout; never a Catch into the failure or quiet-hours detours."""
+    if state["Type"] == "Fold":
+        return state["after"]
     if state["Type"] == "Choice":
         out = []
         for choice in state["Choices"]:
@@ -50,6 +70,7 @@ def mermaid(funnel, definition: dict, subjects: dict[str, str]) -> str:
     weights = {s["Next"]: s["Parameters"]["variants"] for s in states.values()
                if (s.get("Parameters") or {}).get("action") == "split"}
     ids: dict[str, str] = {}
+    folds: dict[str, dict] = {}  # an if's answer -> its folded steps, drawn as a node (_answers)
     lines = ["flowchart TD"]
 
     def folded(name: str) -> bool:
@@ -63,7 +84,7 @@ def mermaid(funnel, definition: dict, subjects: dict[str, str]) -> str:
     def node(name: str) -> str:
         if name not in ids:
             ids[name] = "done" if name == COMPLETE else f"s{sum(v != 'done' for v in ids.values())}"
-            lines.append(f"  {ids[name]}{_shape(name, states.get(name, {}), subjects)}")
+            lines.append(f"  {ids[name]}{_shape(name, states.get(name) or folds.get(name, {}), subjects)}")
         return ids[name]
 
     trigger = funnel.trigger["event"] if funnel.trigger else None
@@ -76,10 +97,11 @@ def mermaid(funnel, definition: dict, subjects: dict[str, str]) -> str:
         if name in seen:
             continue
         seen.add(name)
-        state = states.get(name)
+        state = states.get(name) or folds.get(name)
         if state is None:  # the shared end of the Tasks that close the journey themselves
             continue
-        targets = _targets(state)
+        params = state.get("Parameters") or {}
+        targets = _answers(name, state, folds) if params.get("action") == "if" else _targets(state)
         if not targets and (state.get("Parameters") or {}).get("complete"):
             targets = [(COMPLETE, "")]
         for target, label in targets:
@@ -101,7 +123,11 @@ def _shape(name: str, state: dict, subjects: dict[str, str]) -> str:
     action = params.get("action")
     if name == COMPLETE:
         return '(["Complete"])'
-    if state["Type"] == "Choice":
+    if state.get("Type") == "Fold":  # an if's folded steps: drawn as the Task they were
+        name, params = state["label"], {"steps": state["steps"]}
+        state = {"Type": "Task"} if state["after"] else {"Type": "Task", "Parameters": {"action": "complete"}}
+        action = state.get("Parameters", {}).get("action")
+    if state["Type"] == "Choice" or action == "if":
         return f'{{"{_text(name)}"}}'
     if state["Type"] == "Wait":
         return f'{{{{"{_text(name)}"}}}}'
