@@ -54,6 +54,8 @@ def test_waits_for_a_click_split_and_exit_are_drawn_with_their_conditions():
     _, segmentation = chart(ROOT / "infra" / "diagrams" / "segmentation.md")
     assert ("Wait for a click on segmentation-1, up to 4 days", "timeout", "Exit (no topic chosen)") in segmentation
     assert {("Customer is True?", "yes", "Go to ascension"), ("Customer is True?", "no", "Go to engagement")} <= segmentation
+    assert "Hands contacts off to: [ascension](ascension.md), [engagement](engagement.md)." in (
+        ROOT / "infra/diagrams/segmentation.md").read_text()  # from the steps the question runs
 
 
 def test_every_funnel_has_a_diagram_linked_from_the_index_and_the_readme():

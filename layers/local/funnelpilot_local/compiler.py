@@ -2,7 +2,8 @@
 plus the funnels' block of template.yaml (one state machine per funnel, the router's rules).
 
 Every step is one state where it can be: ``send``, ``tag``, ``set``, ``score``, ``notify``,
-``goto``, ``exit`` and ``wait_for`` are one Task (or Wait) each; ``if`` and ``split`` a Task and a
+``goto``, ``exit``, ``wait_for`` and ``if`` are one Task (or Wait) each (an ``if`` answers by its
+Next and a Catch, and may run the instant steps after it: _Machine._if); ``split`` a Task and a
 free Choice; the last Task of a path also closes the journey (``complete: true``), so no extra
 state is spent on it. Every Task retries transient errors with backoff and catches the rest
 into a recorded failure; ``FunnelLeft`` (unsubscribed, suppressed, goal reached) ends the
