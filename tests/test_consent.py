@@ -163,6 +163,7 @@ def test_soft_bounces_suppress_after_the_limit_and_delivery_resets(rt, tap):
     assert tap.events("email.delivered") == []  # counted by the SES feedback function itself, not on the bus
     report = rt.http("GET", "/funnels/welcome/report", headers={"x-api-key": LOCAL_ADMIN_KEY}).json()
     assert [s["delivered"] for s in report["steps"]] == [1]
+    assert rt.advance(60)  # later bounces (one stamped in the delivery's second is not after it)
     for _ in range(2):
         ses_event(rt, "Email Bounced", "Bounce", mail, bounce("Transient"))
     assert status(rt, cid) == "active"
@@ -240,3 +241,28 @@ def test_a_delivery_is_one_write_on_its_message_and_one_count_and_reads_no_messa
     ses_event(rt, "Email Delivered", "Delivery", mail, delivered)  # a copy (a new event id): counted once
     report = rt.http("GET", "/funnels/welcome/report", headers={"x-api-key": LOCAL_ADMIN_KEY}).json()
     assert [s["delivered"] for s in report["steps"]] == [1]
+
+
+def test_a_soft_bounce_is_one_write_counted_once_per_ses_id_and_not_when_older_than_the_last_reset(rt, aws_calls):
+    cid, mail = signup_and_mail(rt)
+    first, profile = bounce("Transient"), {"pk": {"S": cid}, "sk": {"S": "PROFILE"}}
+    aws_calls.clear()
+    ses_event(rt, "Email Bounced", "Bounce", mail, first)
+    assert "dynamodb:TransactWriteItems" not in aws_calls  # one conditional UpdateItem, no marker item
+    ses_event(rt, "Email Bounced", "Bounce", mail, first)  # a copy re-published with a new EventBridge id
+    item = rt.client("dynamodb").get_item(TableName="ContactsTable", Key=profile, ConsistentRead=True)["Item"]
+    assert item["soft_bounces"] == {"N": "1"} and not [i for i in rt.client("dynamodb").query(
+        TableName="ContactsTable", KeyConditionExpression="pk = :c AND begins_with(sk, :s)",
+        ExpressionAttributeValues={":c": {"S": cid}, ":s": {"S": "SEEN#"}})["Items"]]
+    late = bounce("Transient")  # SES's report of a bounce that came before the next delivery, arriving after it
+    assert rt.advance(60)
+    ses_event(rt, "Email Delivered", "Delivery", mail, {"delivery": {
+        "timestamp": clock.iso(), "recipients": ["ann@example.com"], "smtpResponse": "250 ok"}})
+    ses_event(rt, "Email Bounced", "Bounce", mail, first)  # the copy again, after the reset
+    ses_event(rt, "Email Bounced", "Bounce", mail, late)
+    item = rt.client("dynamodb").get_item(TableName="ContactsTable", Key=profile, ConsistentRead=True)["Item"]
+    assert "soft_bounces" not in item and item["status"]["S"] == "active"  # neither is in the new row
+    assert rt.advance(60)
+    ses_event(rt, "Email Bounced", "Bounce", mail, bounce("Transient"))
+    item = rt.client("dynamodb").get_item(TableName="ContactsTable", Key=profile, ConsistentRead=True)["Item"]
+    assert item["soft_bounces"] == {"N": "1"}

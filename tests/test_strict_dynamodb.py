@@ -282,7 +282,7 @@ def test_a_soft_bounce_meeting_a_transaction_on_the_profile_is_still_counted(rt)
         other.start()
         held.wait()
         threading.Thread(target=lambda: held.refused.wait(20) and held.release()).start()
-        ses_event(rt, "Email Bounced", "Bounce", mail, bounce("Transient"))  # its transaction conflicts, then retries
+        ses_event(rt, "Email Bounced", "Bounce", mail, bounce("Transient"))  # its write conflicts, then retries
         assert held.refused.is_set()
     other.join()
     profile = stored(rt, cid, "PROFILE")

@@ -14,10 +14,11 @@ message from our ``X-Funnelpilot-Message-Id`` header, which SES copies into ``ma
 Idempotent on SES's own ids, not on the EventBridge event id (a re-published copy of an SES
 event gets a new one): a bounce or complaint on its ``feedbackId``, a delivery on the SES
 message id. Emitted events reuse that key, status changes are conditional, and a soft
-bounce is applied together with a marker item in one transaction (retried while it conflicts
-with another write on the profile: a conflict must not lose it). A delivery's reset of the
-count is conditioned on the last soft bounce being older than the delivery, so a copy of an
-old delivery resets nothing and needs no marker; without soft bounces it writes nothing.
+bounce is one conditional UpdateItem on the profile that records its key too (no marker item,
+no transaction). A delivery's reset of the count is conditioned on the last soft bounce being
+older than the delivery, so a copy of an old delivery resets nothing and needs no marker; a reset
+stamps the delivery's time, and a bounce older than it is not counted in the new row; without
+soft bounces a delivery writes nothing.
 """
 import os
 from datetime import datetime, timezone
@@ -27,10 +28,7 @@ from pynamodb.exceptions import UpdateError
 
 from funnelpilot import aws, bus, clock, consent, contacts, metrics, tokens
 from funnelpilot.config import config
-from funnelpilot.models import PROFILE, Contact, Message, is_conditional_failure
-
-MARKER_TTL = 14 * 86400
-
+from funnelpilot.models import PROFILE, Message, is_conditional_failure
 
 def soft_bounce_limit() -> int:
     return int(os.environ.get("SOFT_BOUNCE_LIMIT", "3"))
@@ -130,26 +128,25 @@ def _feedback_key(kind: str | None, detail: dict) -> str | None:
 
 
 def _count_soft_bounce(cid: str, event_id: str, bounced_at: str) -> int:
-    """Add one soft bounce (once per SES event: the marker and the ADD in one transaction,
-    retried on conflicts) and stamp ``soft_bounce_at``; the contact's count since its last delivery."""
-    table, key = config().table, {"pk": {"S": cid}, "sk": {"S": PROFILE}}
-    try:
-        aws.transact_write([
-            {"Put": {"TableName": table, "ConditionExpression": "attribute_not_exists(pk)",
-                     "Item": {"pk": {"S": cid}, "sk": {"S": f"SEEN#{event_id}"},
-                              "expires_at": {"N": str(int(clock.now()) + MARKER_TTL)}}}},
-            {"Update": {"TableName": table, "Key": key, "UpdateExpression": "ADD soft_bounces :one SET soft_bounce_at = :at",
-                        "ConditionExpression": "attribute_exists(pk)",
-                        "ExpressionAttributeValues": {":one": {"N": "1"}, ":at": {"S": bounced_at}}}},
-        ])
+    """Add one soft bounce and stamp ``soft_bounce_at``, in one conditional UpdateItem on the
+    profile: once per SES event (its key joins ``soft_bounce_ids``, the keys counted since the last
+    reset) and only when it came after the delivery that last reset the count
+    (``soft_bounce_reset_at``: an older bounce is not in the row). The contact's count since its
+    last delivery, from the write's answer (a duplicate's: the profile as it was)."""
+    try:  # retried while it meets a transaction on the profile: a conflict must not lose the bounce
+        item = aws.retry_conflicts(lambda: aws.dynamodb().update_item(
+            TableName=config().table, Key={"pk": {"S": cid}, "sk": {"S": PROFILE}},
+            UpdateExpression="ADD soft_bounces :one, soft_bounce_ids :ids SET soft_bounce_at = :at",
+            ConditionExpression="attribute_exists(pk) AND NOT contains(soft_bounce_ids, :id) AND "
+                                "(attribute_not_exists(soft_bounce_reset_at) OR soft_bounce_reset_at < :at)",
+            ExpressionAttributeValues={":one": {"N": "1"}, ":ids": {"SS": [event_id]}, ":id": {"S": event_id},
+                                       ":at": {"S": bounced_at}},
+            ReturnValues="UPDATED_NEW", ReturnValuesOnConditionCheckFailure="ALL_OLD"))["Attributes"]
     except ClientError as exc:
-        if not aws.failed_conditions(exc):
+        if not aws.is_conditional_failure(exc):
             raise
-        # a duplicate delivery, or an address we do not know: nothing more to count
-    try:
-        return int(Contact.get(cid, PROFILE).soft_bounces or 0)
-    except Contact.DoesNotExist:
-        return 0
+        item = exc.response.get("Item") or {}  # a duplicate, an older bounce, or an address we do not know
+    return int(item.get("soft_bounces", {}).get("N", "0"))
 
 
 def _reset_soft_bounces(cid: str, delivered_at: str) -> None:
@@ -160,6 +157,7 @@ def _reset_soft_bounces(cid: str, delivered_at: str) -> None:
     item = aws.dynamodb().get_item(TableName=table, Key=key, ProjectionExpression="soft_bounces").get("Item")
     if not item:
         return  # no count (or an address we do not know): nothing to reset
-    aws.conditional("update_item", TableName=table, Key=key, UpdateExpression="REMOVE soft_bounces, soft_bounce_at",
+    aws.conditional("update_item", TableName=table, Key=key,
+                    UpdateExpression="REMOVE soft_bounces, soft_bounce_at, soft_bounce_ids SET soft_bounce_reset_at = :at",
                     ConditionExpression="attribute_not_exists(soft_bounce_at) OR soft_bounce_at <= :at",
                     ExpressionAttributeValues={":at": {"S": delivered_at}})
