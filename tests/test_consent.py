@@ -266,3 +266,23 @@ def test_a_soft_bounce_is_one_write_counted_once_per_ses_id_and_not_when_older_t
     ses_event(rt, "Email Bounced", "Bounce", mail, bounce("Transient"))
     item = rt.client("dynamodb").get_item(TableName="ContactsTable", Key=profile, ConsistentRead=True)["Item"]
     assert item["soft_bounces"] == {"N": "1"}
+
+
+def test_bounces_and_complaints_are_counted_by_ses_feedback_once_per_message(rt, tap):
+    cid, mail = signup_and_mail(rt)
+    invoked, invoke = [], rt.invoke
+    rt.invoke = lambda function, payload: invoked.append(function) or invoke(function, payload)
+    soft = bounce("Transient")
+    for event in (soft, soft, bounce("Transient")):  # a bounce, its copy, a second bounce of the same message
+        ses_event(rt, "Email Bounced", "Bounce", mail, event)
+    complaint = {"complaint": {"feedbackId": uuid.uuid4().hex, "complaintFeedbackType": "abuse",
+                               "complainedRecipients": [{"emailAddress": "ann@example.com"}], "timestamp": clock.iso()}}
+    for _ in range(2):  # the complaint and its copy
+        ses_event(rt, "Email Complaint Received", "Complaint", mail, complaint)
+    report = rt.http("GET", "/funnels/welcome/report", headers={"x-api-key": LOCAL_ADMIN_KEY}).json()
+    assert [(s["bounced"], s["complained"]) for s in report["steps"]] == [(1, 1)]
+    assert "MetricsFunction" not in invoked and invoked.count("SesFeedbackFunction") == 5
+    markers = rt.client("dynamodb").scan(TableName="MetricsTable", FilterExpression="begins_with(pk, :s)",
+                                         ExpressionAttributeValues={":s": {"S": "SEEN#"}})["Items"]
+    assert markers == []  # the message's first bounced_at / complained_at is the guard
+    assert {e["detail"]["funnel"] for e in tap.events("email.bounced") + tap.events("email.complained")} == {"welcome"}

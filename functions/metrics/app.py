@@ -1,7 +1,7 @@
 """Bus events → funnel/step/email counters (MetricsTable) and CloudWatch EMF metrics; an order's
 amount → the revenue of the email its last human click came from (funnelpilot.steering.attribution).
-(Sends and deliveries are counted by their producers, the sequence step and functions/ses_feedback:
-funnelpilot.metrics.)
+(Sends, deliveries, bounces and complaints are counted by their producers, the sequence step and
+functions/ses_feedback: funnelpilot.metrics.)
 
 Counters are idempotent (funnelpilot.metrics.record: a counted-once marker, then one ADD), so
 EventBridge's at-least-once delivery never counts twice. Step Functions status changes

@@ -8,6 +8,9 @@
   counted (``delivered``, funnelpilot.metrics) here: no event on the bus, which only the
   counters read, and no counted-once marker: the write that sets the message's first
   ``delivered_at`` is the guard (a copy of the event finds it set and counts nothing).
+A bounce and a complaint are counted here the same way (``bounced``, ``complained``: the
+write that sets the message's first ``bounced_at``, ``complained_at``), and published
+(``email.bounced``, ``email.complained``: funnel triggers and waits may use them).
 
 The contact is found from the recipient address (contact_id is a keyed hash of it), the
 message from our ``X-Funnelpilot-Message-Id`` header, which SES copies into ``mail.headers``.
@@ -79,11 +82,13 @@ def handle(event: dict) -> list[str]:
         hard = bounce.get("bounceType") == "Permanent"
         for r in bounce.get("bouncedRecipients", []):
             cid = tokens.contact_id(contacts.normalise_email(r["emailAddress"]))
-            marked = _mark_message(cid, message_id, Message.bounced_at, _iso(bounce.get("timestamp")))
+            marked = _mark_message(cid, message_id, Message.bounced_at, _iso(bounce.get("timestamp")), first=True)
             fields = consent.message_fields(cid, message_id, marked)
-            bus.publish(bus.event("email.bounced", cid, event_id=f"{event_id}-{cid}", hard=hard,
-                                  bounce_type=bounce.get("bounceType"), bounce_subtype=bounce.get("bounceSubType"),
-                                  **fields))
+            entry = bus.event("email.bounced", cid, event_id=f"{event_id}-{cid}", hard=hard,
+                              bounce_type=bounce.get("bounceType"), bounce_subtype=bounce.get("bounceSubType"), **fields)
+            if marked is not None:  # the message's first bounce: counted once, here
+                metrics.counted(entry)
+            bus.publish(entry)
             if hard:
                 consent.suppress(cid, "hard_bounce", event_id=f"{event_id}-{cid}", **fields)
                 done.append(f"{cid}: hard bounce")
@@ -96,10 +101,14 @@ def handle(event: dict) -> list[str]:
         complaint = detail["complaint"]
         for r in complaint.get("complainedRecipients", []):
             cid = tokens.contact_id(contacts.normalise_email(r["emailAddress"]))
-            marked = _mark_message(cid, message_id, Message.complained_at, _iso(complaint.get("timestamp")))
+            marked = _mark_message(cid, message_id, Message.complained_at, _iso(complaint.get("timestamp")),
+                                   first=True)
             fields = consent.message_fields(cid, message_id, marked)
-            bus.publish(bus.event("email.complained", cid, event_id=f"{event_id}-{cid}",
-                                  feedback_type=complaint.get("complaintFeedbackType"), **fields))
+            entry = bus.event("email.complained", cid, event_id=f"{event_id}-{cid}",
+                              feedback_type=complaint.get("complaintFeedbackType"), **fields)
+            if marked is not None:  # the message's first complaint: counted once, here
+                metrics.counted(entry)
+            bus.publish(entry)
             consent.suppress(cid, "complaint", event_id=f"{event_id}-{cid}", **fields)
             done.append(f"{cid}: complaint")
     elif kind == "Delivery":

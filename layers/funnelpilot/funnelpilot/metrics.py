@@ -18,9 +18,10 @@ the sequence step's completion and the router's exit when they moved the entry's
 ``entered`` and ``completed``): the producer's own conditional write is the counted-once guard,
 and a process dying between it and the ``ADD`` loses that one count.
 
-Sends and deliveries are counted the same way, by their producers with no bus event to the
-metrics function (``record(..., guarded=True)``): the sequence step once its write marked the
-message sent, ses_feedback when its write set the message's first ``delivered_at``.
+Sends, deliveries, bounces and complaints are counted the same way, by their producers with no
+bus event to the metrics function (``record(..., guarded=True)``, ``counted``): the sequence step
+once its write marked the message sent, ses_feedback when its write set the message's first
+``delivered_at``, ``bounced_at`` or ``complained_at``.
 
 Idempotency of the events the metrics function counts: a marker item ``pk = SEEN#<key>``
 (conditional put, with TTL) first, then the ``ADD``: a duplicate delivery finds the marker and
@@ -28,6 +29,7 @@ counts nothing. When the ``ADD`` fails the marker is deleted again and the error
 Lambda, whose asynchronous retries count the event later. Two writes of 1 WRU instead of a
 transaction of 2 WRU per item: only a process dying between the two loses that one count.
 """
+import json
 import os
 import re
 
@@ -169,6 +171,13 @@ def record(detail_type: str, detail: dict, *, guarded: bool = False) -> bool:
     amounts, once_key = found
     return count(funnel, step, amounts, once_key=None if guarded else once_key, day=day,
                  template=detail.get("template"), variant=detail.get("variant")) or counted
+
+
+def counted(entry: dict) -> None:
+    """A producer counts its own event (``entry``: a ``bus.event``; ``record(..., guarded=True)``: the
+    caller's conditional write made it happen once) and emits its EMF metric."""
+    if record(entry["DetailType"], json.loads(entry["Detail"]), guarded=True):
+        emit(entry["DetailType"], {})
 
 
 # ---------------------------------------------------------------- EMF (CustomMetrics=true)

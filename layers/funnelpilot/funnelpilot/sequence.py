@@ -108,8 +108,8 @@ def _sent(step: dict, message_id: str, channel: str = "email", counted: bool = T
     False for a retry that found it so) and emit ``email.sent`` (``sms.sent``; same event id on a retry)."""
     entry = bus.event(f"{channel}.sent", step["contact_id"], event_id=tokens.digest_id("es", message_id),
                       **_email_fields(step, message_id))
-    if counted and metrics.record(f"{channel}.sent", json.loads(entry["Detail"]), guarded=True):
-        metrics.emit(f"{channel}.sent", {})
+    if counted:
+        metrics.counted(entry)
     bus.publish(entry)
     return {"message_id": message_id, "status": "sent"}
 
