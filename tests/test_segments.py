@@ -58,7 +58,7 @@ def test_did_condition_and_duplicates(rt, tap):
 def test_members_are_paged_from_the_index(rt):
     for i in range(5):
         cid = new_contact(f"m{i}")
-        segments._enter(cid, "customers")
+        segments._enter(cid, ["customers"])
     page1, cursor = segments.members("customers", limit=3)
     page2, end = segments.members("customers", limit=3, cursor=cursor)
     assert len(page1) == 3 and len(page2) == 2 and end is None
@@ -124,8 +124,8 @@ def test_one_event_scores_and_enters_score_segments_in_one_invocation_with_singl
 def test_a_contact_erased_between_the_read_and_the_write_keeps_no_membership(rt):
     cid = new_contact("gone-soon")
     Contact.get(cid, PROFILE).update(actions=[Contact.status.set("erased")])
-    assert segments._enter(cid, "customers") is False
-    assert segments.members("customers") == ([], None)
+    assert segments._enter(cid, ["customers", "engaged"]) == []
+    assert segments.members("customers") == segments.members("engaged") == ([], None)
     assert not (profile(cid).segments or set())
 
 
@@ -135,10 +135,12 @@ def test_a_profile_left_behind_by_a_half_done_change_is_repaired_without_a_secon
     cid = new_contact("half-done")
     rt.client("dynamodb").put_item(TableName=rt.template.physical["ContactsTable"],
                                    Item=segments.membership_item(cid, "customers"))
-    assert segments._enter(cid, "customers") is False
-    assert "customers" in profile(cid).segments
-    assert segments._leave(cid, "customers") is True and segments._leave(cid, "customers") is False
+    assert segments._enter(cid, ["customers", "engaged"]) == ["engaged"]  # one ADD for both
+    assert profile(cid).segments == {"customers", "engaged"}
+    assert segments._leave(cid, ["customers", "engaged"]) == ["customers", "engaged"]
+    assert segments._leave(cid, ["customers"]) == []
     assert not (profile(cid).segments or set()) and segments.members("customers") == ([], None)
+    assert segments.members("engaged") == ([], None)
 
 
 def test_segment_events_are_only_used_for_segments_that_publish_them(tmp_path):
@@ -166,3 +168,20 @@ def test_segment_events_are_only_used_for_segments_that_publish_them(tmp_path):
     (tmp_path / "segments.yaml").write_text("segments:\n  quiet: {all: [{customer: false}]}\n")
     with pytest.raises(webhooks.WebhookError, match="segment.left: published only for the segments with `events: true`"):
         webhooks.load(hooks)
+
+
+def test_the_segments_one_event_enters_are_added_to_the_profile_in_one_write(rt, monkeypatch):
+    cid = rt.http("POST", "/signup", json_body={"email": "two@example.com", "consent": True, "list": "test-single",
+                                                "lead_magnet": "seo-ebook"}).json()["contact_id"]
+    profile_writes, original = [], botocore.client.BaseClient._make_api_call
+
+    def record(client, operation, params):
+        if operation == "UpdateItem" and params["Key"]["sk"]["S"] == PROFILE and "#segs" in params["UpdateExpression"]:
+            profile_writes.append(set(params["ExpressionAttributeValues"][":s"]["SS"]))
+        return original(client, operation, params)
+
+    monkeypatch.setattr(botocore.client.BaseClient, "_make_api_call", record)
+    assert rt.settle()
+    entered = {"seo-ebook-readers", "engaged", "list:test-single"}
+    assert entered <= profile(cid).segments and profile_writes == [profile(cid).segments]
+    assert {m for s in entered for m in segments.members(s)[0]} == {cid}

@@ -3,13 +3,15 @@ contact at a time when an event touches something a segment depends on - never a
 
 Membership is stored twice: an item ``pk = <contact_id>, sk = SEG#<segment>`` on the sparse
 GSI (``gsi1pk = SEG#<segment>``: "members of S" is a Query), and the ``segments`` string set on
-the profile (``if segment`` in a funnel is one GetItem). Two single writes, not a transaction
-(2 WRU a change instead of 4): entering is a conditional put of the item, then the profile's
-``ADD`` (conditioned on a live profile: when the contact was erased meanwhile the item is
-deleted again, funnelpilot.erasure); leaving is a conditional delete, then the profile's
-``DELETE``. The item's condition is the counted-once guard, so concurrent or repeated
-evaluations change a membership once; the profile write is idempotent and also made when the
-item was already right (it repairs a profile left behind by a process that died between the two).
+the profile (``if segment`` in a funnel is one GetItem). Single writes, not a transaction (2 WRU
+an item): entering is a conditional put of each item, then one ``ADD`` of all the segments an
+evaluation enters to the profile's set (conditioned on a live profile: when the contact was erased
+meanwhile the items are deleted again, funnelpilot.erasure); leaving is a conditional delete of
+each item, then one ``DELETE`` of them all from the set (an ``ADD`` and a ``DELETE`` of one set
+cannot share an UpdateItem: two writes when an evaluation does both). The item's condition is the
+counted-once guard, so concurrent or repeated evaluations change a membership once; the profile
+write is idempotent and also made when the item was already right (it repairs a profile left
+behind by a process that died between the two).
 """
 import hashlib
 import json
@@ -223,20 +225,13 @@ def evaluate(detail_type: str, detail: dict, also: tuple[str, ...] = ()) -> dict
         return changes
     facts, now = Facts(contact), clock.now()
     current = set(contact.segments or set())
-    entries = []
-    for seg in affected:
-        member = is_member(seg, facts, now)
-        if member and seg.name not in current and _enter(cid, seg.name):
-            changes["entered"].append(seg.name)
-            if seg.events:
-                entries.append(bus.event("segment.entered", cid, segment=seg.name, trigger=detail_type,
-                                         event_id=tokens.digest_id("se", detail["event_id"], seg.name)))
-        elif not member and seg.name in current and _leave(cid, seg.name):
-            changes["left"].append(seg.name)
-            if seg.events:
-                entries.append(bus.event("segment.left", cid, segment=seg.name, trigger=detail_type,
-                                         event_id=tokens.digest_id("sl", detail["event_id"], seg.name)))
-    bus.publish(*entries)
+    members = {seg.name: is_member(seg, facts, now) for seg in affected}
+    changes["entered"] = _enter(cid, [n for n, member in members.items() if member and n not in current])
+    changes["left"] = _leave(cid, [n for n, member in members.items() if not member and n in current])
+    segs = definitions()
+    bus.publish(*[bus.event(f"segment.{kind}", cid, segment=name, trigger=detail_type,
+                            event_id=tokens.digest_id("se" if kind == "entered" else "sl", detail["event_id"], name))
+                  for kind in ("entered", "left") for name in changes[kind] if segs[name].events])
     return changes
 
 
@@ -254,28 +249,31 @@ def list_segment(list_name: str) -> str:
     return f"list:{list_name}"
 
 
-def _profile_set(cid: str, action: str, segment: str) -> bool:
-    """``ADD`` / ``DELETE`` the segment on the live profile; False when there is none (erased)."""
+def _profile_set(cid: str, action: str, names: list[str]) -> bool:
+    """``ADD`` / ``DELETE`` the segments on the live profile; False when there is none (erased)."""
     return aws.conditional("update_item", Key={"pk": {"S": cid}, "sk": {"S": PROFILE}},
                            UpdateExpression=f"{action} #segs :s", ConditionExpression="attribute_exists(pk) AND #st <> :erased",
                            ExpressionAttributeNames={"#segs": "segments", "#st": "status"},
-                           ExpressionAttributeValues={":s": {"SS": [segment]}, ":erased": {"S": "erased"}})
+                           ExpressionAttributeValues={":s": {"SS": names}, ":erased": {"S": "erased"}})
 
 
-def _enter(cid: str, segment: str) -> bool:
-    """Make ``cid`` a member; True when this call made the change (emit ``segment.entered``)."""
-    new = aws.conditional("put_item", Item=membership_item(cid, segment), ConditionExpression="attribute_not_exists(pk)")
-    if not _profile_set(cid, "ADD", segment):  # erased since it was read: leave nothing behind
-        if new:
-            aws.write("delete_item", Key=membership_key(cid, segment))
-        return False
+def _enter(cid: str, names: list[str]) -> list[str]:
+    """Make ``cid`` a member of each segment; those this call made the change for (``segment.entered``)."""
+    new = [n for n in names if aws.conditional("put_item", Item=membership_item(cid, n),
+                                               ConditionExpression="attribute_not_exists(pk)")]
+    if names and not _profile_set(cid, "ADD", names):  # erased since it was read: leave nothing behind
+        for name in new:
+            aws.write("delete_item", Key=membership_key(cid, name))
+        return []
     return new
 
 
-def _leave(cid: str, segment: str) -> bool:
-    """End ``cid``'s membership; True when this call made the change (emit ``segment.left``)."""
-    gone = aws.conditional("delete_item", Key=membership_key(cid, segment), ConditionExpression="attribute_exists(pk)")
-    _profile_set(cid, "DELETE", segment)
+def _leave(cid: str, names: list[str]) -> list[str]:
+    """End ``cid``'s membership of each segment; those this call made the change for (``segment.left``)."""
+    gone = [n for n in names if aws.conditional("delete_item", Key=membership_key(cid, n),
+                                                ConditionExpression="attribute_exists(pk)")]
+    if names:
+        _profile_set(cid, "DELETE", names)
     return gone
 
 
