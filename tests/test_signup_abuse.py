@@ -8,7 +8,7 @@ from email import message_from_bytes, policy
 from conftest import SINGLE, executions, ip_for
 from test_reliability_concurrency import environment
 
-from funnelpilot import ratelimit, tokens
+from funnelpilot import contacts, ratelimit, tokens
 from funnelpilot_local.aws_rules import dynamodb
 from funnelpilot_local.moto_adapter import sent_emails
 from funnelpilot_local.runtime import LambdaContext, http_api_event
@@ -84,7 +84,11 @@ def test_per_address_limit(rt):
 
 
 def windows(rt, field: str) -> dict[str, int]:
-    """The signup rate windows of ``field`` (``ip``, ``email``): pseudonym -> count."""
+    """The signup rate windows of ``field``: ``ip``, keyed pseudonym -> count (MetricsTable); ``email``,
+    contact id -> count (the profile's ``signups_<window>``)."""
+    if field == "email":
+        profiles = rt.client("dynamodb").scan(TableName="ContactsTable")["Items"]
+        return {p["pk"]["S"]: int(v["N"]) for p in profiles for k, v in p.items() if k.startswith("signups_")}
     items = rt.client("dynamodb").scan(TableName="MetricsTable")["Items"]
     return {i["pk"]["S"].split("#")[2]: int(i["hits"]["N"]) for i in items if i["pk"]["S"].startswith(f"RATE#signup-{field}#")}
 
@@ -94,7 +98,7 @@ def test_a_refused_signup_counts_in_no_window_and_a_full_ip_is_named_first(rt):
         assert post(rt, "full@example.org", f"198.51.100.{i}", list=SINGLE).status == 202
     refused = post(rt, "full@example.org", "192.0.2.99", list=SINGLE)
     assert refused.status == 429 and refused.json()["field"] == "email"
-    assert windows(rt, "email") == {tokens.keyed_id("email", "full@example.org"): 5}
+    assert windows(rt, "email") == {tokens.contact_id("full@example.org"): 5}
     assert tokens.keyed_id("ip", "192.0.2.99") not in windows(rt, "ip")  # one transaction: nothing counted
     for i in range(20):
         assert post(rt, f"p{i}@example.org", "192.0.2.99", list=SINGLE).status == 202  # its 20 are intact
@@ -216,3 +220,21 @@ def test_a_suppressed_address_is_never_reactivated(rt, tap):
     assert rt.settle()
     assert profile(rt, cid)["status"]["S"] == "suppressed" and len(mails(rt, email)) == before
     assert len(tap.events("contact.subscribed")) == 1 and tap.events("contact.pending") == []
+
+
+def test_the_address_window_is_counted_on_the_profile_and_a_past_window_is_removed(rt, monkeypatch):
+    """No item of its own: the per-address counter is an ADD in the profile's update (2 WRU less a signup)."""
+    cid = tokens.contact_id("again@example.org")
+
+    def stored_profile(rt, cid):
+        return rt.client("dynamodb").get_item(TableName="ContactsTable", Key={"pk": {"S": cid}, "sk": {"S": "PROFILE"}})["Item"]
+
+    for i in range(3):
+        assert post(rt, "again@example.org", f"198.51.100.{i + 1}", list=SINGLE).status == 202
+    [window] = [k for k in stored_profile(rt, cid) if k.startswith("signups_")]
+    assert stored_profile(rt, cid)[window] == {"N": "3"}
+    later = int(window.split("_")[1]) + 1  # the next day's window
+    monkeypatch.setattr(contacts, "_window", lambda at, old, real=contacts._window: real(later * DAY, old))
+    assert post(rt, "again@example.org", "198.51.100.9", list=SINGLE).status == 202
+    counters = {k: v for k, v in stored_profile(rt, cid).items() if k.startswith("signups_")}
+    assert counters == {f"signups_{later}": {"N": "1"}}  # the past window went with the re-signup

@@ -142,13 +142,21 @@ def consent_source(page: str | None) -> str:
     return f"{parts.scheme}://{parts.netloc.rsplit('@', 1)[-1]}{parts.path}"[:300]
 
 
-def _limits(signup: Signup, ip: str, at: float) -> list[tuple[str, int, int, dict]]:
-    """(field, limit, window, its counter's transaction ``Update``) per signup limit: per source IP,
-    then per address (``config().signup_limits``), each counted in its fixed window (``ratelimit``)."""
-    values = {"ip": ip, "email": signup.email}
-    return [(name, limit, window, {"Update": ratelimit.counter(f"signup-{name}", tokens.keyed_id(name, values[name]),
+def _limits(ip: str, at: float) -> list[tuple[str, int, int, dict]]:
+    """(field, limit, window, its counter's transaction ``Update``) of the per-source-IP limit
+    (``config().signup_limits``), counted in its fixed window (``ratelimit``). The per-address one is
+    counted on the profile itself (``_window``)."""
+    return [(name, limit, window, {"Update": ratelimit.counter(f"signup-{name}", tokens.keyed_id(name, ip),
                                                                limit, window, at)})
-            for name, limit, window in config().signup_limits]
+            for name, limit, window in config().signup_limits if name == "ip"]
+
+
+def _window(at: float, old: dict) -> tuple[str, int, int, list[str]]:
+    """The per-address limit's counter on the profile: (its attribute ``signups_<window index>``, limit,
+    window, the attributes of past windows on the profile as read, which the update removes)."""
+    [(limit, window)] = [(limit, window) for name, limit, window in config().signup_limits if name == "email"]
+    attribute = f"signups_{int(at // window)}"
+    return attribute, limit, window, [a for a in old if a.startswith("signups_") and a != attribute]
 
 
 _SUBSCRIBE_ATTEMPTS = 4  # a status changing under each attempt (concurrent signups, unsubscribes)
@@ -188,17 +196,18 @@ def subscribe(signup: Signup, *, ip: str, user_agent: str | None, at: float, pag
     double_opt_in = bool(list_settings(signup.list_name)["double_opt_in"])
     cid = tokens.contact_id(signup.email)
     now = clock.iso()
-    limits = _limits(signup, ip, at)
+    limits = _limits(ip, at)
     profile = len(limits)  # the profile's index in the transaction
     seen = None  # the profile's status as last read; None: no profile (or one without a status)
-    has_properties = False  # whether that profile has a properties map (custom fields go in it)
+    old = {}  # that profile, as DynamoDB returned it (``ALL_OLD``)
     for _ in range(_SUBSCRIBE_ATTEMPTS):
+        window = _window(at, old)
         status, kind, confirmation = _next_status(seen, double_opt_in)
         consent = _consent_record(cid, f"CONSENT#{now}#{signup.list_name}", list_name=signup.list_name,
                                   source=consent_source(page), ip=ip, user_agent=user_agent, given_at=now,
                                   confirmation=confirmation, wording_version=signup.consent_version,
                                   sms="given" if signup.sms_consent else None)
-        items = [*(update for *_, update in limits), _profile_update(signup, cid, now, seen, status, has_properties),
+        items = [*(update for *_, update in limits), _profile_update(signup, cid, now, seen, status, "properties" in old, window),
                  {"Put": {"TableName": config().table, "Item": consent}}]
         if kind == "pending":
             items.append(outbox.put(bus.event("contact.pending", cid, list=signup.list_name,
@@ -213,16 +222,19 @@ def subscribe(signup: Signup, *, ip: str, user_agent: str | None, at: float, pag
             return cid
         except Exception as exc:
             failed = aws.failed_conditions(exc)
-            full = [limits[i] for i in failed if i < profile]
+            if profile in failed:
+                old = exc.response["CancellationReasons"][profile].get("Item", {})
+            attribute, limit, seconds, _ = window
+            full = [limits[i][:3] for i in failed if i < profile]
+            full += [("email", limit, seconds)] if profile in failed and int(old.get(attribute, {}).get("N", 0)) >= limit else []
             if full:
-                name, limit, window, _ = full[0]
+                name, limit, seconds = full[0]
                 per = "source IP" if name == "ip" else "address"
-                raise RateLimited(name, f"more than {limit} signups in {window} s from this {per}",
-                                  ratelimit.retry_after(window, at)) from None
+                raise RateLimited(name, f"more than {limit} signups in {seconds} s from this {per}",
+                                  ratelimit.retry_after(seconds, at)) from None
             if profile not in failed:
                 raise
-            old = exc.response["CancellationReasons"][profile].get("Item", {})
-            seen, has_properties = old.get("status", {}).get("S"), "properties" in old
+            seen = old.get("status", {}).get("S")
     raise RuntimeError(f"contact {cid}: its status kept changing during the signup")
 
 
@@ -246,9 +258,11 @@ def _next_status(seen: str | None, double_opt_in: bool) -> tuple[str | None, str
     return seen, None, seen  # suppressed, erased: never reactivated by a signup
 
 
-def _profile_update(signup: Signup, cid: str, now: str, seen: str | None, status: str, has_properties: bool) -> dict:
+def _profile_update(signup: Signup, cid: str, now: str, seen: str | None, status: str, has_properties: bool,
+                    window: tuple[str, int, int, list[str]]) -> dict:
     """The profile's Update, valid only while its status is still ``seen`` (and its properties map
-    exists, or not, as read)."""
+    exists, or not, as read) and the address's ``window`` (``_window``) is not full: it counts the
+    signup there (an ``ADD``, no item of its own) and removes the past windows' counters."""
     sets = ["email = :email", "created_at = if_not_exists(created_at, :now)", "updated_at = :now",
             "incarnation = if_not_exists(incarnation, :inc)"]  # new on every new profile (funnelpilot.erasure)
     adds = ["lists :list"]
@@ -285,6 +299,11 @@ def _profile_update(signup: Signup, cid: str, now: str, seen: str | None, status
         sets.append("utm = if_not_exists(utm, :utm)")
         values[":utm"] = {"M": {k: {"S": v} for k, v in signup.utm.items()}}
     condition = "attribute_not_exists(#s)" if seen is None else "#s = :seen"
+    attribute, limit, _, past = window
+    adds.append("#w :one")
+    names["#w"] = attribute
+    values |= {":one": {"N": "1"}, ":limit": {"N": str(limit)}}
+    condition += " AND (attribute_not_exists(#w) OR #w < :limit)"
     if signup.properties:
         names["#p"] = "properties"
         if has_properties:  # set the fields the form sent, keep the others
@@ -299,6 +318,9 @@ def _profile_update(signup: Signup, cid: str, now: str, seen: str | None, status
             condition += " AND attribute_not_exists(#p)"
     if seen == "sunset" and status == "active":
         removes += ["status_reason", "resubscribe_requested_at"]
+    for i, name in enumerate(past):
+        names[f"#old{i}"] = name
+        removes.append(f"#old{i}")
     expression = f"SET {', '.join(sets)} ADD {', '.join(adds)}" + (f" REMOVE {', '.join(removes)}" if removes else "")
     return {"Update": {"TableName": config().table, "Key": {"pk": {"S": cid}, "sk": {"S": PROFILE}},
                        "UpdateExpression": expression, "ExpressionAttributeNames": names,
