@@ -58,7 +58,7 @@ def test_did_condition_and_duplicates(rt, tap):
 def test_members_are_paged_from_the_index(rt):
     for i in range(5):
         cid = new_contact(f"m{i}")
-        segments._enter(cid, ["customers"])
+        segments._change(cid, ["customers"], [], set())
     page1, cursor = segments.members("customers", limit=3)
     page2, end = segments.members("customers", limit=3, cursor=cursor)
     assert len(page1) == 3 and len(page2) == 2 and end is None
@@ -124,7 +124,7 @@ def test_one_event_scores_and_enters_score_segments_in_one_invocation_with_singl
 def test_a_contact_erased_between_the_read_and_the_write_keeps_no_membership(rt):
     cid = new_contact("gone-soon")
     Contact.get(cid, PROFILE).update(actions=[Contact.status.set("erased")])
-    assert segments._enter(cid, ["customers", "engaged"]) == []
+    assert segments._change(cid, ["customers", "engaged"], [], set()) == ([], [])
     assert segments.members("customers") == segments.members("engaged") == ([], None)
     assert not (profile(cid).segments or set())
 
@@ -135,10 +135,10 @@ def test_a_profile_left_behind_by_a_half_done_change_is_repaired_without_a_secon
     cid = new_contact("half-done")
     rt.client("dynamodb").put_item(TableName=rt.template.physical["ContactsTable"],
                                    Item=segments.membership_item(cid, "customers"))
-    assert segments._enter(cid, ["customers", "engaged"]) == ["engaged"]  # one ADD for both
+    assert segments._change(cid, ["customers", "engaged"], [], set()) == (["engaged"], [])  # one ADD for both
     assert profile(cid).segments == {"customers", "engaged"}
-    assert segments._leave(cid, ["customers", "engaged"]) == ["customers", "engaged"]
-    assert segments._leave(cid, ["customers"]) == []
+    assert segments._change(cid, [], ["customers", "engaged"], set()) == ([], ["customers", "engaged"])
+    assert segments._change(cid, [], ["customers"], set()) == ([], [])
     assert not (profile(cid).segments or set()) and segments.members("customers") == ([], None)
     assert segments.members("engaged") == ([], None)
 
@@ -185,3 +185,18 @@ def test_the_segments_one_event_enters_are_added_to_the_profile_in_one_write(rt,
     entered = {"seo-ebook-readers", "engaged", "list:test-single"}
     assert entered <= profile(cid).segments and profile_writes == [profile(cid).segments]
     assert {m for s in entered for m in segments.members(s)[0]} == {cid}
+
+
+def test_entering_and_leaving_in_one_evaluation_is_one_profile_write_that_keeps_a_concurrent_change(rt):
+    """An ADD and a DELETE of one set cannot share an UpdateItem: the set is written whole, conditioned
+    on the set as read; another evaluation's change meanwhile fails it, and it is made again on the set
+    DynamoDB returns (nothing of the other change lost)."""
+    cid = new_contact("both")
+    assert segments._change(cid, ["dormant", "customers"], [], set()) == (["dormant", "customers"], [])
+    stale = {"dormant"}  # read before another evaluation added "customers"
+    assert segments._change(cid, ["engaged"], ["dormant"], stale) == (["engaged"], ["dormant"])
+    assert profile(cid).segments == {"customers", "engaged"}
+    assert segments.members("dormant") == ([], None) and segments.members("engaged") == ([cid], None)
+    assert segments._change(cid, ["dormant"], ["engaged", "customers"], {"customers", "engaged"}) == (
+        ["dormant"], ["engaged", "customers"])
+    assert profile(cid).segments == {"dormant"}

@@ -4,14 +4,12 @@ contact at a time when an event touches something a segment depends on - never a
 Membership is stored twice: an item ``pk = <contact_id>, sk = SEG#<segment>`` on the sparse
 GSI (``gsi1pk = SEG#<segment>``: "members of S" is a Query), and the ``segments`` string set on
 the profile (``if segment`` in a funnel is one GetItem). Single writes, not a transaction (2 WRU
-an item): entering is a conditional put of each item, then one ``ADD`` of all the segments an
-evaluation enters to the profile's set (conditioned on a live profile: when the contact was erased
-meanwhile the items are deleted again, funnelpilot.erasure); leaving is a conditional delete of
-each item, then one ``DELETE`` of them all from the set (an ``ADD`` and a ``DELETE`` of one set
-cannot share an UpdateItem: two writes when an evaluation does both). The item's condition is the
-counted-once guard, so concurrent or repeated evaluations change a membership once; the profile
-write is idempotent and also made when the item was already right (it repairs a profile left
-behind by a process that died between the two).
+an item): a conditional put of each item entered and a conditional delete of each item left, then
+one UpdateItem of the profile's set for all of them (``_profile_set``; conditioned on a live
+profile: when the contact was erased meanwhile the items entered are deleted again,
+funnelpilot.erasure). The items' conditions are the counted-once guard, so concurrent or repeated
+evaluations change a membership once; the profile write is also made when the item was already
+right (it repairs a profile left behind by a process that died between the two).
 """
 import hashlib
 import json
@@ -24,6 +22,7 @@ from botocore.exceptions import ClientError
 
 from funnelpilot import aws, bus, clock, consent, inactivity, scoring, tokens
 from funnelpilot.config import config
+from funnelpilot.errors import TransientError
 from funnelpilot.models import PROFILE, Contact
 
 DAY = 86_400
@@ -34,6 +33,7 @@ _STATUS_EVENTS = ["contact.subscribed", "contact.confirmed", "contact.unsubscrib
                   "contact.sunset", "contact.reactivated", "contact.erased"]
 # Not a bus event: a change of score, evaluated where it happens (funnelpilot.scoring).
 SCORED = "score.changed"
+_SET_ATTEMPTS = 5  # the profile's segments set changing under each (concurrent evaluations of one contact)
 # Which events can change each kind of condition (the segment's dependencies).
 DEPENDS = {
     "tag": _PROFILE_EVENTS, "not_tag": _PROFILE_EVENTS, "property": _PROFILE_EVENTS,
@@ -226,8 +226,8 @@ def evaluate(detail_type: str, detail: dict, also: tuple[str, ...] = ()) -> dict
     facts, now = Facts(contact), clock.now()
     current = set(contact.segments or set())
     members = {seg.name: is_member(seg, facts, now) for seg in affected}
-    changes["entered"] = _enter(cid, [n for n, member in members.items() if member and n not in current])
-    changes["left"] = _leave(cid, [n for n, member in members.items() if not member and n in current])
+    changes["entered"], changes["left"] = _change(cid, [n for n, member in members.items() if member and n not in current],
+                                                  [n for n, member in members.items() if not member and n in current], current)
     segs = definitions()
     bus.publish(*[bus.event(f"segment.{kind}", cid, segment=name, trigger=detail_type,
                             event_id=tokens.digest_id("se" if kind == "entered" else "sl", detail["event_id"], name))
@@ -249,32 +249,51 @@ def list_segment(list_name: str) -> str:
     return f"list:{list_name}"
 
 
-def _profile_set(cid: str, action: str, names: list[str]) -> bool:
-    """``ADD`` / ``DELETE`` the segments on the live profile; False when there is none (erased)."""
-    return aws.conditional("update_item", Key={"pk": {"S": cid}, "sk": {"S": PROFILE}},
-                           UpdateExpression=f"{action} #segs :s", ConditionExpression="attribute_exists(pk) AND #st <> :erased",
-                           ExpressionAttributeNames={"#segs": "segments", "#st": "status"},
-                           ExpressionAttributeValues={":s": {"SS": names}, ":erased": {"S": "erased"}})
+def _profile_set(cid: str, entering: list[str], leaving: list[str], current: set[str]) -> bool:
+    """Add ``entering`` to and remove ``leaving`` from the live profile's set in one UpdateItem; False
+    when there is no live profile (erased). Only one of them: an ``ADD`` or a ``DELETE`` (idempotent,
+    no condition on the set). Both (an ``ADD`` and a ``DELETE`` of one set cannot share an update): the
+    set as a whole, conditioned on ``current``, the set as read; made again on the one DynamoDB returns
+    when another evaluation changed it meanwhile."""
+    key, names = {"pk": {"S": cid}, "sk": {"S": PROFILE}}, {"#segs": "segments", "#st": "status"}
+    live = "attribute_exists(pk) AND #st <> :erased"
+    values = {":erased": {"S": "erased"}}
+    if not (entering and leaving):
+        return aws.conditional("update_item", Key=key, UpdateExpression=f"{'ADD' if entering else 'DELETE'} #segs :s",
+                               ConditionExpression=live, ExpressionAttributeNames=names,
+                               ExpressionAttributeValues=values | {":s": {"SS": entering or leaving}})
+    for _attempt in range(_SET_ATTEMPTS):
+        new = (current | set(entering)) - set(leaving)  # (never empty: it holds ``entering``)
+        was = {":was": {"SS": sorted(current)}} if current else {}
+        try:
+            aws.write("update_item", Key=key, UpdateExpression="SET #segs = :new",
+                      ConditionExpression=f"{live} AND " + ("#segs = :was" if current else "attribute_not_exists(#segs)"),
+                      ExpressionAttributeNames=names, ReturnValuesOnConditionCheckFailure="ALL_OLD",
+                      ExpressionAttributeValues=values | was | {":new": {"SS": sorted(new)}})
+            return True
+        except ClientError as exc:
+            if not aws.is_conditional_failure(exc):
+                raise
+            item = exc.response.get("Item")
+            if not item or item.get("status", {}).get("S") == "erased":
+                return False
+            current = set(item.get("segments", {}).get("SS", []))
+    raise TransientError(f"segments of {cid}: the profile's set kept changing")
 
 
-def _enter(cid: str, names: list[str]) -> list[str]:
-    """Make ``cid`` a member of each segment; those this call made the change for (``segment.entered``)."""
-    new = [n for n in names if aws.conditional("put_item", Item=membership_item(cid, n),
-                                               ConditionExpression="attribute_not_exists(pk)")]
-    if names and not _profile_set(cid, "ADD", names):  # erased since it was read: leave nothing behind
-        for name in new:
+def _change(cid: str, entering: list[str], leaving: list[str], current: set[str]) -> tuple[list[str], list[str]]:
+    """Make ``cid`` a member of the ``entering`` segments and end its membership of the ``leaving`` ones
+    (``current``: the profile's set as read); (entered, left): the changes this call made, the items'
+    conditions deciding (``segment.entered`` / ``segment.left``)."""
+    entered = [n for n in entering if aws.conditional("put_item", Item=membership_item(cid, n),
+                                                      ConditionExpression="attribute_not_exists(pk)")]
+    left = [n for n in leaving if aws.conditional("delete_item", Key=membership_key(cid, n),
+                                                  ConditionExpression="attribute_exists(pk)")]
+    if (entering or leaving) and not _profile_set(cid, entering, leaving, current):
+        for name in entered:  # erased since it was read: leave nothing behind
             aws.write("delete_item", Key=membership_key(cid, name))
-        return []
-    return new
-
-
-def _leave(cid: str, names: list[str]) -> list[str]:
-    """End ``cid``'s membership of each segment; those this call made the change for (``segment.left``)."""
-    gone = [n for n in names if aws.conditional("delete_item", Key=membership_key(cid, n),
-                                                ConditionExpression="attribute_exists(pk)")]
-    if names:
-        _profile_set(cid, "DELETE", names)
-    return gone
+        return [], left
+    return entered, left
 
 
 def members(segment: str, *, limit: int = 100, cursor: str | None = None) -> tuple[list[str], str | None]:
