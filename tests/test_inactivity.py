@@ -43,3 +43,22 @@ def test_the_schedule_fires_on_the_simulated_clock(rt, tap):
     [ev] = tap.events("contact.inactive")
     assert ev["detail"]["contact_id"] == cid
     assert inactivity.last_activity(cid) == pytest.approx(now - 29 * DAY, abs=1)
+
+
+def test_a_day_with_nobody_turning_inactive_writes_no_cursor(rt, tap):
+    rt.schedules.clear()  # invoked by hand below
+    now = clock.now()
+    cid = new_contact("later")
+    publish("page.viewed", cid, now - 28 * DAY, path="/")  # inactive in two days
+    assert rt.settle()
+    ddb = rt.client("dynamodb")
+    for offset in (0, 1):  # two empty buckets: nothing written, the cursor stays as it was (none)
+        run_on = clock.iso(now + offset * DAY)[:10]
+        assert rt.invoke("ReengageScanFunction", {"scheduled_time": f"{run_on}T10:00:00Z"})["inactive"] == 0
+        assert "Item" not in ddb.get_item(TableName="ContactsTable", Key=inactivity.JOB_KEY)
+    run_on = clock.iso(now + 3 * DAY)[:10]  # the job of the day after: reads the bucket of the day before
+    assert rt.invoke("ReengageScanFunction", {"scheduled_time": f"{run_on}T10:00:00Z"})["inactive"] == 1
+    cursor = ddb.get_item(TableName="ContactsTable", Key=inactivity.JOB_KEY)["Item"]
+    assert cursor["day"]["S"] == clock.iso(now + 2 * DAY)[:10]
+    [ev] = tap.events("contact.inactive")
+    assert ev["detail"]["contact_id"] == cid

@@ -73,8 +73,9 @@ def scan(today: str, run_at: float | None = None, time_left=None) -> dict:
     start, clock.now() if None). After each page the job item keeps the cursor (the day in
     progress and the page's LastEvaluatedKey): a run that stops (``time_left()``, seconds, under
     PAGE_RESERVE_SECONDS) puts ``inactivity.scan_continued`` on the bus for the next invocation,
-    and a run killed mid-page re-publishes at most that page. Safe to repeat: event ids and
-    ``not_before`` are per contact+day."""
+    and a run killed mid-page re-publishes at most that page. A day that emitted nothing moves no
+    cursor: later runs read its empty bucket again (at most MAX_CATCH_UP_DAYS of them). Safe to
+    repeat: event ids and ``not_before`` are per contact+day."""
     run_at = clock.now() if run_at is None else run_at
     ddb = aws.dynamodb()
     cursor = ddb.get_item(TableName=config().table, Key=JOB_KEY, ConsistentRead=True).get("Item") or {}
@@ -89,6 +90,7 @@ def scan(today: str, run_at: float | None = None, time_left=None) -> dict:
     while day <= end:
         name = day.date().isoformat()
         key = json.loads(cursor["open_key"]["S"]) if cursor.get("open_day", {}).get("S") == name else None
+        before, first_page, resumed = emitted, pages, key is not None
         while True:
             if pages and time_left is not None and time_left() < PAGE_RESERVE_SECONDS:
                 bus.publish({"Source": bus.SOURCE, "DetailType": "inactivity.scan_continued", "EventBusName": config().bus,
@@ -112,7 +114,8 @@ def scan(today: str, run_at: float | None = None, time_left=None) -> dict:
                 break
             ddb.put_item(TableName=config().table, Item={**JOB_KEY, **({"day": cursor["day"]} if "day" in cursor else {}),
                                                            "open_day": {"S": name}, "open_key": {"S": json.dumps(key)}})
-        cursor = {"day": {"S": name}}
-        ddb.put_item(TableName=config().table, Item={**JOB_KEY, **cursor})
+        if emitted > before or resumed or pages - first_page > 1:  # an empty day is not recorded (a write):
+            cursor = {"day": {"S": name}}  # the next run reads its empty bucket again instead (a Query)
+            ddb.put_item(TableName=config().table, Item={**JOB_KEY, **cursor})
         day += timedelta(days=1)
     return {"from": start.date().isoformat(), "to": today, "inactive": emitted, "pages": pages}
