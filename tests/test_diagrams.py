@@ -42,9 +42,11 @@ def test_the_welcome_diagram_has_its_sends_waits_branch_and_hand_off():
 
 def test_waits_for_a_click_split_and_exit_are_drawn_with_their_conditions():
     _, delivery = chart(ROOT / "infra" / "diagrams" / "delivery.md")
-    wait = "Wait for a click on delivery-1 (/download/), up to 2 days"
-    assert {("Send delivery-1", "", wait), (wait, "clicked", "Tag downloaded"),
-            (wait, "timeout", "Send delivery-2")} <= delivery
+    # a send and the wait_for after it are one Task: the send's node says what it waits for
+    assert {("Entered on contact.subscribed (lead_magnet) or a hand-off", "", "Send delivery-1"),
+            ("Send delivery-1", "clicked", "Tag downloaded"), ("Send delivery-1", "timeout", "Send delivery-2")} <= delivery
+    assert "Then: Wait for a click on delivery-1 (/download/), up to 2 days." in (
+        ROOT / "infra/diagrams/delivery.md").read_text()
     nodes, engagement = chart(ROOT / "infra" / "diagrams" / "engagement.md")
     assert {("Which variant?", "a: 50%", "Send engagement-2a"), ("Which variant?", "b: 50%", "Send engagement-2b"),
             ("Clicked /pricing in engagement-1?", "yes", "Score +10 + Notify sales: clicked the pricing link in "
@@ -52,7 +54,7 @@ def test_waits_for_a_click_split_and_exit_are_drawn_with_their_conditions():
     assert "Exit: contact.unsubscribed<br/>leaves at once" in nodes.values()
     assert not any("Record failure" in label or "Quiet hours" in label for label in nodes.values())
     _, segmentation = chart(ROOT / "infra" / "diagrams" / "segmentation.md")
-    assert ("Wait for a click on segmentation-1, up to 4 days", "timeout", "Exit (no topic chosen)") in segmentation
+    assert ("Send segmentation-1", "timeout", "Exit (no topic chosen)") in segmentation
     assert {("Customer is True?", "yes", "Go to ascension"), ("Customer is True?", "no", "Go to engagement")} <= segmentation
     assert "Hands contacts off to: [ascension](ascension.md), [engagement](engagement.md)." in (
         ROOT / "infra/diagrams/segmentation.md").read_text()  # from the steps the question runs

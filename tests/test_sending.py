@@ -62,7 +62,7 @@ def test_a_burst_far_above_the_rate_all_goes_out_once(tmp_path):
         assert sorted(sent) == sorted(crowd.values()) and set(sent.values()) == {1}  # every one, once
         journeys = states_of(rt, "reengagement")
         assert len(journeys) == 20 and not any("Record failure" in states for states in journeys)
-        assert all(states[-1].startswith("Wait for a click on reengage-1") for states in journeys)
+        assert all(states[-1] == "Send reengage-1" for states in journeys)  # sent, waiting there for a click
         assert rt.errors == [] and rt.dead_letters == [] and not rt.denied
 
 

@@ -72,8 +72,9 @@ def recent_states(arn: str) -> list[str]:
 def send_states(state_machine_arn: str) -> frozenset[str]:
     """The Send states of a funnel (read once per Lambda container from its definition)."""
     definition = json.loads(_sfn().describe_state_machine(stateMachineArn=state_machine_arn)["definition"])
-    return frozenset(name for name, state in definition["States"].items()
-                     if (state.get("Parameters") or {}).get("action") == "send")
+    params = {name: state.get("Parameters") or {} for name, state in definition["States"].items()}
+    return frozenset(name for name, p in params.items() if p.get("Payload", p).get("action") == "send")  # a send
+    # with its wait_for is a waitForTaskToken Task: its parameters are the Payload
 
 
 def converting_step(arn: str) -> tuple[str | None, str | None]:

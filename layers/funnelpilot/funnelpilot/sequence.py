@@ -6,7 +6,8 @@ ids and event ids are derived from them, writes are conditional, so a retried or
 Task never sends twice, adds points twice or emits a second distinct event.
 ``"complete": true`` on any Task marks the last state of a path: after the action the
 contact's funnel entry is completed (``complete``); ``"wait": {...}`` on a Task (the compiler's,
-when a computed Wait follows it) adds ``wait_seconds`` to its result (``wait_seconds``).
+when a computed Wait follows it) adds ``wait_seconds`` to its result (``wait_seconds``);
+``"wait_for": {...}`` on a send stores its task token after the send (``wait_for``).
 """
 import hashlib
 import json
@@ -644,6 +645,8 @@ def _run(step: dict) -> dict:
     except FunnelLeft:
         _end(step, "left")
         raise
+    if step.get("wait_for"):  # a send and the wait_for after it, one Task (compiler._Machine._fuse)
+        result = {**result, **wait_for({**step, **step["wait_for"]})}
     if step.get("wait"):
         result = {**result, "wait_seconds": wait_seconds(step)}
     if step.get("complete") and step["action"] != "complete":

@@ -175,14 +175,35 @@ class _Machine:
         return COMPLETE
 
     def seq(self, steps, nxt: str | None, variant: str | None = None) -> str | None:
-        runs, end = _runs(steps), nxt
+        runs, end, fused = _runs(steps), nxt, None
         for i in reversed(range(len(runs))):
             run = runs[i]
-            if run[0].kind == "if":  # it may fold the steps after it (_if): those of this sequence, then ``end``
+            if fused:  # the send a wait_for follows: one Task for both (_fuse)
+                nxt, fused = self._fuse(run[0], fused, variant), None
+            elif run[0].kind == "if":  # it may fold the steps after it (_if): those of this sequence, then ``end``
                 nxt = self._if(run[0], nxt, variant, [s for r in runs[i + 1:] for s in r], end)
             else:
                 nxt = self.step(run[0], nxt, variant) if len(run) == 1 else self._merged(run, nxt)
+                if run[0].kind == "wait_for" and i and runs[i - 1][0].kind in ("send", "sms"):
+                    fused = nxt
         return nxt
+
+    def _fuse(self, send: Step, wait: str, variant: str | None) -> str:
+        """A send and the ``wait_for`` after it as one Task (named by the send; the wait is its
+        Comment): the send's invocation also stores the task token (sequence.run), the Task's
+        timeout is the wait's, its Catches are the send's detours and the wait's timeout. One
+        state and one invocation fewer than a Send, then a Wait for."""
+        entry = self.step(send, wait, variant)
+        main, waiting = self.names[id(send)]["main"], self.states.pop(wait)
+        state, payload = self.states[main], waiting["Parameters"]["Payload"]
+        params = {**state["Parameters"], "token.$": "$$.Task.Token",
+                  "wait_for": {"condition": payload["condition"], "timeout_seconds": payload["timeout_seconds"]}}
+        detours = [c for c in state["Catch"] if c not in (_LEFT, _FAIL)]
+        self.states[main] = {"Type": "Task", "Comment": f"Then: {wait}.", "Resource": WAIT_FOR_TOKEN,
+                             "Parameters": {"FunctionName": TASK, "Payload": params},
+                             "TimeoutSeconds": waiting["TimeoutSeconds"], "ResultPath": "$.last", "Retry": RETRY,
+                             "Catch": [*detours, *waiting["Catch"]], "Next": waiting["Next"]}
+        return entry
 
     def _merged(self, run: list[Step], nxt: str | None) -> str:
         """Consecutive instant steps (and a goto or exit ending them) as one Task: one transition
@@ -310,13 +331,14 @@ class _Machine:
         while stack:
             name = stack.pop()
             state = self.states[name]
-            if name in seen or state["Type"] == "Wait" or state.get("Resource") == WAIT_FOR_TOKEN:
+            if name in seen or state["Type"] == "Wait":
                 continue
             seen.add(name)
-            params = state.get("Parameters") or {}
+            params = payload(state)
             if params.get("action") in ("send", "sms") and not params.get("transactional"):
                 return True
-            stack += _targets(state, catches=False)
+            if state.get("Resource") != WAIT_FOR_TOKEN:  # a wait_for (or a send's) waits: the search ends
+                stack += _targets(state, catches=False)
         return False
 
     def _compute_waits(self, start: str) -> str:
@@ -400,6 +422,12 @@ def _runs(steps) -> list[list[Step]]:
         else:
             runs.append([step])
     return runs
+
+
+def payload(state: dict) -> dict:
+    """What a Task passes to functions/sequence_step (a ``waitForTaskToken`` Task nests it in ``Payload``)."""
+    params = state.get("Parameters") or {}
+    return params.get("Payload", params)
 
 
 def _targets(state: dict, catches: bool = True) -> list[str]:
@@ -563,14 +591,14 @@ def _path_cost(states: dict, trail: tuple[str, ...]) -> dict:
     covered = False  # the last waiting state was a computed Wait
     for name in trail:
         state = states[name]
-        if state["Type"] == "Wait" or state.get("Resource") == WAIT_FOR_TOKEN:
-            covered = state.get("SecondsPath") in (COMPUTED, START_COMPUTED)
-        params = state.get("Parameters") or {}
+        params = payload(state)
         if params.get("action") in ("send", "sms"):
             emails += params["action"] == "send"  # an SMS is no email, but meets quiet hours as one
             if any(c["ErrorEquals"] == ["QuietHours"] for c in state["Catch"]) and not covered:
                 exposed += 1
             capped += any(c["ErrorEquals"] == ["FrequencyCapped"] for c in state["Catch"])
+        if state["Type"] == "Wait" or state.get("Resource") == WAIT_FOR_TOKEN:  # a send's fused wait_for: after it
+            covered = state.get("SecondsPath") in (COMPUTED, START_COMPUTED)
     return {"states": list(trail), "end": trail[-1], "transitions": len(trail), "emails": emails,
             "deferred": len(trail) + DETOUR * exposed, "capped": len(trail) + DETOUR * capped}
 

@@ -178,12 +178,12 @@ def _changes(old: dict, new: dict, inside: Counter, counted: bool) -> list[str]:
 
 def _template(state: dict) -> str | None:
     """The template a send (an email's or a text's) sends."""
-    params = state.get("Parameters") or {}
+    params = compiler.payload(state)
     return params.get("template") if params.get("action") in compiler.CHANNELS else None
 
 
 def _noun(state: dict) -> str:
-    return "text" if state["Parameters"]["action"] == "sms" else "email"
+    return "text" if compiler.payload(state)["action"] == "sms" else "email"
 
 
 def _wait(state: dict) -> str:

@@ -23,8 +23,9 @@ def send_tasks(root: Path) -> dict[str, tuple[str, dict]]:
         if isinstance(node, dict):
             for name, state in (node.get("States") or {}).items():
                 params = state.get("Parameters") if isinstance(state, dict) else None
+                params = params.get("Payload", params) if isinstance(params, dict) else None  # a send with its wait_for
                 if isinstance(params, dict) and params.get("action") == "send":
-                    found.setdefault(params["template"], (name, params))
+                    found.setdefault(params["template"], (name, {k: v for k, v in params.items() if k != "wait_for"}))
             for value in node.values():
                 visit(value)
         elif isinstance(node, list):
