@@ -160,7 +160,8 @@ def test_a_removed_funnel_drains_then_goes_once_nobody_is_inside(project, live, 
 
     assert live.advance(7 * DAY)  # Ann finishes on the old definition: welcome-2, then the hand-off
     status, states = journey(live, "welcome", ann)
-    assert status == "SUCCEEDED" and states[-1] == "Go to segmentation" and "welcome-2" in sent(live, ann)
+    # (not opened: "Opened welcome-2?" hands her off itself)
+    assert status == "SUCCEEDED" and states[-1] == "Opened welcome-2?" and "welcome-2" in sent(live, ann)
     assert journey(live, "segmentation", ann)[1][:2] == ["Wait 1 day", "Send segmentation-1"]
     assert make_funnels(project, "--stack", "local") == 0  # nobody inside now: removed
     assert "removed: infra/statemachines/welcome.asl.json" in capsys.readouterr().out

@@ -372,6 +372,22 @@ def test_an_if_runs_the_steps_folded_into_its_answer_and_a_retry_keeps_the_answe
     assert [e["tag"] for e in distinct(tap, "contact.tagged", cid)] == ["guide"]
 
 
+def test_a_send_with_its_wait_for_stores_the_token_after_sending_and_a_retry_stores_its_own(rt):
+    """compiler._Machine._fuse: one waitForTaskToken Task sends, then waits for the click."""
+    cid, ex = person(rt), execution()
+    clicked = {"clicked": {"email": "welcome-1", "link": None, "states": ["Send welcome-1"]}}
+    wait = {"condition": clicked, "timeout_seconds": 2 * DAY}
+    assert send(rt, cid, ex=ex, token="token-1", wait_for=wait)["status"] == "sent"
+    [waiting] = items(rt, cid, "WAIT#demo#")
+    assert waiting["token"] == "token-1" and waiting["detail_type"] == "email.clicked"
+    assert float(waiting["expires_at"]) == clock.now() + 2 * DAY + sequence.WAIT_GRACE
+    # a retry (its first attempt's answer was lost) sends nothing more and waits with its own token
+    mid = tokens.digest_id("m", ex, "Send welcome-1")
+    assert send(rt, cid, ex=ex, token="token-2", wait_for=wait) == {"message_id": mid, "status": "sent", "duplicate": True}
+    assert [w["token"] for w in items(rt, cid, "WAIT#demo#")] == ["token-2"]
+    assert len(sent_emails(ACCOUNT, REGION)) == 1
+
+
 def test_if_tag_score_segment_property_and_not_tag(rt):
     cid, ex = person(rt, tags={"vip"}, properties={"plan": "pro"}, segments={"engaged"}), execution()
     scoring.award(cid, 12, once_key="test-points")

@@ -646,7 +646,7 @@ def _run(step: dict) -> dict:
         _end(step, "left")
         raise
     if step.get("wait_for"):  # a send and the wait_for after it, one Task (compiler._Machine._fuse)
-        result = {**result, **wait_for({**step, **step["wait_for"]})}
+        wait_for({**step, **step["wait_for"]})
     if step.get("wait"):
         result = {**result, "wait_seconds": wait_seconds(step)}
     if step.get("complete") and step["action"] != "complete":
