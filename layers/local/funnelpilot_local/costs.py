@@ -240,14 +240,12 @@ class Meter:
             units["sms_parts"] += measure(params.get("MessageBody", ""))["segments"]  # billed per part
 
     def transitions(self) -> int:
-        sfn = self.rt.client("stepfunctions")
-        total = 0
-        for arn in self.rt.state_machine_arns():
-            for page in sfn.get_paginator("list_executions").paginate(stateMachineArn=arn):
-                for ex in page["executions"]:
-                    events = sfn.get_execution_history(executionArn=ex["executionArn"])["events"]
-                    total += sum(1 for e in events if e["type"].endswith("StateEntered"))
-        return total
+        from funnelpilot_local import moto_adapter
+        from funnelpilot_local.template import ACCOUNT, REGION
+
+        return sum(1 for arn in self.rt.state_machine_arns()
+                   for types in moto_adapter.execution_event_types(ACCOUNT, REGION, arn)
+                   for t in types if t.endswith("StateEntered"))
 
     def stored_bytes(self) -> dict[str, int]:
         """Billable bytes per table as DynamoDB measures storage: each item's size plus 100 bytes,

@@ -342,16 +342,16 @@ def _now() -> float:
 def journeys(rt: Runtime) -> list[dict]:
     """Per funnel: executions, state transitions and Lambda tasks per contact (from the
     execution histories: what Step Functions bills)."""
-    sfn, rows = rt.client("stepfunctions"), []
+    from funnelpilot_local import moto_adapter
+    from funnelpilot_local.template import ACCOUNT, REGION
+
+    rows = []
     for funnel in report.known_funnels(rt.root / "infra"):
         arn = rt.template.physical[compiler.logical_id(funnel)]
         transitions, tasks = [], []
-        for page in sfn.get_paginator("list_executions").paginate(stateMachineArn=arn):
-            for ex in page["executions"]:
-                events = [e for p in sfn.get_paginator("get_execution_history").paginate(
-                    executionArn=ex["executionArn"]) for e in p["events"]]
-                transitions.append(sum(1 for e in events if e["type"].endswith("StateEntered")))
-                tasks.append(sum(1 for e in events if e["type"] in ("LambdaFunctionScheduled", "TaskScheduled")))
+        for types in moto_adapter.execution_event_types(ACCOUNT, REGION, arn):
+            transitions.append(sum(1 for t in types if t.endswith("StateEntered")))
+            tasks.append(sum(1 for t in types if t in ("LambdaFunctionScheduled", "TaskScheduled")))
         rows.append({"funnel": funnel, "executions": len(transitions),
                      "transitions": sum(transitions) / len(transitions) if transitions else None,
                      "max": max(transitions, default=None),

@@ -26,8 +26,9 @@
    (and dropping the stream records the failed writes and their undoing appended: a
    cancelled transaction shows nothing in a DynamoDB stream).
 6. ``ExecutionWorker._get_evaluation_entrypoint``: moto parses the ASL definition (ANTLR,
-   ~45 ms for a funnel) at every execution start; we parse each definition once and hand
-   every execution a deep copy of the parsed program (~2 ms). CreateStateMachine's
+   ~45 ms for a funnel) at every execution start; we parse each definition once, pickle the
+   parsed program, and hand every execution its own copy unpickled (1-5 ms; a deep copy took
+   3-300 ms: the engagement funnel's 313 ms were 8% of the demo). CreateStateMachine's
    validation (``models.AmazonStateLanguageParser``) reads the same cache: a new stack no
    longer re-parses every funnel (~0.28 s a machine, most of a test's set-up).
 7. Stepped (virtual) time for the Step Functions interpreter, and a seeded Retry jitter (see
@@ -66,8 +67,18 @@
    ends it): botocore signs no request (SigV4 is a tenth of a call's CPU; moto reads the
    region from the endpoint's host name and, with no Authorization header, answers as its
    default account, as it does for any access key it has not issued; a presigned URL is
-   still signed), and moto lists a response class's methods once (``inspect.getmembers``
-   at every request, ~5% of a call).
+   still signed), moto lists a response class's methods once (``inspect.getmembers``
+   at every request, ~5% of a call), and botocore's User-Agent header reuses the sanitised
+   text of each of its parts (a pure function of the part; 3% of the demo's CPU was spent
+   re-sanitising the same dozen strings character by character at every request).
+21. DynamoDB update expressions (``UpdateExpressionParser.make``, ``Validator``): moto parses
+   an UpdateItem's expression twice per request (the handler, then the backend; strict mode's
+   size check a third time) and deep-copies the tree before validating it. Each expression is
+   parsed once, pickled, and every parse hands out a fresh unpickled tree; the validator's copy
+   is an unpickling too (a tree of plain nodes: the same copy, 4x cheaper). 8% of the demo.
+22. ``execution_event_types``: the cost meter and the demo's journey table read every execution
+   history of a run straight from moto's interpreter (GetExecutionHistory's serialisation, event
+   by event, was 7% of the demo's CPU).
 18. ``StepFunctionResponse.describe_state_machine_for_execution``: the definition the execution
    runs (moto's start-time copy), not the machine's current one (`funnels --stack` prunes content
    versions by what running executions still send).
@@ -83,11 +94,13 @@ import contextlib
 import copy
 import functools
 import json
+import pickle
 import random
 import string
 import threading
 from typing import Callable
 
+from botocore import useragent
 from botocore.exceptions import ClientError
 from botocore.signers import RequestSigner
 from moto.awslambda_simple.models import LambdaSimpleBackend
@@ -98,6 +111,8 @@ from moto.core.responses import ActionResult
 from moto.dynamodb import exceptions as ddb_errors
 from moto.dynamodb.comparisons import get_filter_expression
 from moto.dynamodb.models import DynamoDBBackend, dynamo_type
+from moto.dynamodb.parsing import ast_nodes as ddb_ast, validators as ddb_validators
+from moto.dynamodb.parsing.expressions import UpdateExpressionParser
 from moto.dynamodb.responses import DynamoHandler
 from moto.events import models as events_models
 from moto.events.utils import EventTemplateParser
@@ -159,6 +174,10 @@ def install(invoker: Invoker, deliverer: Deliverer) -> None:
         RequestSigner.sign = _sign
         moto_responses.method_names_from_class = functools.lru_cache(maxsize=None)(
             moto_responses.method_names_from_class)
+        useragent.sanitize_user_agent_string_component = functools.lru_cache(maxsize=1024)(
+            useragent.sanitize_user_agent_string_component)
+        UpdateExpressionParser.make = classmethod(_update_expression)
+        ddb_validators.deepcopy = _validator_copy
 
 
 def uninstall() -> None:
@@ -348,9 +367,35 @@ def dynamodb_updated_item(account: str, region: str, table_name: str, key: dict,
         return item.to_json()["Attributes"]
 
 
+_parse_update_expression = UpdateExpressionParser.make  # moto's (a bound classmethod)
+
+
+@functools.lru_cache(maxsize=512)
+def _update_expression_blob(expression: str) -> bytes:
+    return pickle.dumps(_parse_update_expression(expression), protocol=pickle.HIGHEST_PROTOCOL)
+
+
+def _update_expression(cls, expression: str):
+    """moto's parse of an update expression, a fresh tree each time (an invalid one raises as before:
+    lru_cache keeps no failure)."""
+    return pickle.loads(_update_expression_blob(expression))
+
+
+def _validator_copy(value, memo=None):
+    """``copy.deepcopy`` for moto's expression validators: a tree of plain nodes is copied by pickling."""
+    if isinstance(value, ddb_ast.Node):
+        return pickle.loads(pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL))
+    return copy.deepcopy(value, memo)
+
+
 @functools.lru_cache(maxsize=64)
 def _parsed(definition: str):
     return AmazonStateLanguageParser.parse(definition)[0]
+
+
+@functools.lru_cache(maxsize=64)
+def _pickled_program(definition: str) -> bytes:
+    return pickle.dumps(_parsed(definition), protocol=pickle.HIGHEST_PROTOCOL)
 
 
 class _CachedParser:
@@ -363,7 +408,7 @@ class _CachedParser:
 
 
 def _entrypoint(self):
-    return copy.deepcopy(_parsed(self._evaluation_details.state_machine_details.definition))
+    return pickle.loads(_pickled_program(self._evaluation_details.state_machine_details.definition))
 
 
 # ---------------------------------------------------------------- backend snapshots
@@ -473,6 +518,15 @@ def stream_records(account: str, region: str, iterator: str, limit: int) -> tupl
         return [], iterator
     page = backend.get_records(iterator, limit)
     return page["Records"], page["NextShardIterator"]
+
+
+def execution_event_types(account: str, region: str, machine_arn: str) -> list[list[str]]:
+    """For each execution of a state machine (newest first, as ListExecutions gives them), the types of
+    its history events in order, as GetExecutionHistory would list them."""
+    from moto.stepfunctions.responses import get_backend
+
+    return [[getattr(e["type"], "value", e["type"]) for e in ex.to_history_output()["events"]]
+            for ex in get_backend(account, region).list_executions(machine_arn)]
 
 
 def any_schedules(account: str, region: str) -> bool:
