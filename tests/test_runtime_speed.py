@@ -47,3 +47,45 @@ def test_idle_pollers_make_no_aws_call(rt, monkeypatch):
     for _ in range(50):  # nothing queued, no stream record, no schedule: nothing to ask
         assert rt.pump() == 0 and rt.settle()
     assert calls == Counter()
+
+
+def test_the_meter_reads_the_histories_get_execution_history_gives(rt):
+    from funnelpilot_local import moto_adapter
+    from funnelpilot_local.template import ACCOUNT, REGION
+
+    signup(rt)
+    assert rt.advance(5 * DAY)
+    sfn, seen = rt.client("stepfunctions"), 0
+    for arn in rt.state_machine_arns():
+        direct = moto_adapter.execution_event_types(ACCOUNT, REGION, arn)
+        listed = sfn.list_executions(stateMachineArn=arn)["executions"]
+        assert direct == [[e["type"] for e in history(rt, ex["executionArn"])] for ex in listed]
+        seen += sum(len(types) for types in direct)
+    assert seen > 20  # a welcome journey of several emails
+
+
+def test_an_update_expression_used_again_starts_from_a_fresh_tree(rt):
+    """moto parses each update expression once (moto_adapter 21): every request still validates and
+    applies its own copy, with its own names, values and item, and a bad expression fails every time."""
+    import pytest
+    from botocore.exceptions import ClientError
+
+    ddb = rt.client("dynamodb")
+    ddb.create_table(TableName="exprs", BillingMode="PAY_PER_REQUEST", KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}],
+                     AttributeDefinitions=[{"AttributeName": "pk", "AttributeType": "S"}])
+    expression = "SET #n = if_not_exists(#n, :zero) + :one, tags = list_append(if_not_exists(tags, :empty), :tag) ADD seen :s"
+    for pk, name, tag, times in (("a", "count", "x", 3), ("b", "other", "y", 2)):
+        for i in range(times):
+            ddb.update_item(TableName="exprs", Key={"pk": {"S": pk}}, UpdateExpression=expression,
+                            ExpressionAttributeNames={"#n": name},
+                            ExpressionAttributeValues={":zero": {"N": "0"}, ":one": {"N": "1"}, ":empty": {"L": []},
+                                                       ":tag": {"L": [{"S": f"{tag}{i}"}]}, ":s": {"SS": [f"s{i}"]}})
+    a = ddb.get_item(TableName="exprs", Key={"pk": {"S": "a"}})["Item"]
+    b = ddb.get_item(TableName="exprs", Key={"pk": {"S": "b"}})["Item"]
+    assert a["count"] == {"N": "3"} and "other" not in a and a["tags"] == {"L": [{"S": "x0"}, {"S": "x1"}, {"S": "x2"}]}
+    assert b["other"] == {"N": "2"} and "count" not in b and sorted(b["seen"]["SS"]) == ["s0", "s1"]
+    for _ in range(2):
+        with pytest.raises(ClientError) as bad:
+            ddb.update_item(TableName="exprs", Key={"pk": {"S": "a"}}, UpdateExpression="SET = :v",
+                            ExpressionAttributeValues={":v": {"N": "1"}})
+        assert bad.value.response["Error"]["Code"] == "ValidationException"

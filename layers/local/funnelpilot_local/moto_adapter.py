@@ -525,8 +525,9 @@ def execution_event_types(account: str, region: str, machine_arn: str) -> list[l
     its history events in order, as GetExecutionHistory would list them."""
     from moto.stepfunctions.responses import get_backend
 
+    executions = get_backend(account, region).describe_state_machine(machine_arn).executions
     return [[getattr(e["type"], "value", e["type"]) for e in ex.to_history_output()["events"]]
-            for ex in get_backend(account, region).list_executions(machine_arn)]
+            for ex in sorted(executions, key=lambda x: x.start_date, reverse=True)]
 
 
 def any_schedules(account: str, region: str) -> bool:
