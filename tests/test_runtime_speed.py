@@ -89,3 +89,33 @@ def test_an_update_expression_used_again_starts_from_a_fresh_tree(rt):
             ddb.update_item(TableName="exprs", Key={"pk": {"S": "a"}}, UpdateExpression="SET = :v",
                             ExpressionAttributeValues={":v": {"N": "1"}})
         assert bad.value.response["Error"]["Code"] == "ValidationException"
+
+
+def test_dynamodb_answers_are_written_as_moto_s_own_walk_writes_them(rt, monkeypatch):
+    """moto_adapter 23: attribute values are serialised directly; every type, nested, must read back
+    exactly as moto's shape walk gives it (a query page and an update's ALL_NEW too)."""
+    from moto.core.serialize import BaseJSONSerializer
+
+    from funnelpilot_local import moto_adapter
+
+    ddb = rt.client("dynamodb")
+    ddb.create_table(TableName="shapes", BillingMode="PAY_PER_REQUEST", KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}],
+                     AttributeDefinitions=[{"AttributeName": "pk", "AttributeType": "S"}])
+    item = {"pk": {"S": "k"}, "s": {"S": "é ü"}, "empty": {"S": ""}, "n": {"N": "-12.50"}, "b": {"B": b"\x00\xffbin"},
+            "ss": {"SS": ["a", "b"]}, "ns": {"NS": ["1", "2.5"]}, "bs": {"BS": [b"x", b"\x01"]}, "null": {"NULL": True},
+            "t": {"BOOL": True}, "f": {"BOOL": False}, "l": {"L": [{"S": "x"}, {"N": "1"}, {"L": []}, {"M": {}},
+                                                                 {"B": b"y"}, {"NULL": True}]},
+            "m": {"M": {"deep": {"M": {"list": {"L": [{"M": {"z": {"SS": ["q"]}}}]}, "b": {"BS": [b"z"]}}}, "e": {"S": ""}}}}
+    ddb.put_item(TableName="shapes", Item=item)
+
+    def answers():
+        return (ddb.get_item(TableName="shapes", Key={"pk": {"S": "k"}})["Item"],
+                ddb.query(TableName="shapes", KeyConditionExpression="pk = :k",
+                          ExpressionAttributeValues={":k": {"S": "k"}})["Items"],
+                ddb.update_item(TableName="shapes", Key={"pk": {"S": "k"}}, UpdateExpression="SET n = :n",
+                                ExpressionAttributeValues={":n": item["n"]}, ReturnValues="ALL_NEW")["Attributes"])
+
+    direct = answers()
+    monkeypatch.setattr(BaseJSONSerializer, "_serialize_type_structure", moto_adapter._json_structure_walk)
+    walked = answers()
+    assert direct == walked == (item, [item], item)
