@@ -84,6 +84,37 @@ def test_a_401_kb_item_is_refused_as_dynamodb_refuses_it_and_nothing_is_written(
     assert stored(rt, "other") is None and stored(rt, "grow")["note"] == {"S": "small"}
 
 
+def test_an_update_that_copies_the_item_into_itself_is_sized_after_copying(rt):
+    """Paths on the right of an update take the item's values (aws_rules.dynamodb._update_bound bounds them
+    before deciding whether the exact size must be computed): a copy of a 150 KB attribute is 300 KB more."""
+    ddb = rt.client("dynamodb")
+    ddb.put_item(TableName=TABLE, Item=sized("copy", 150 * 1024))
+    for expression in ("SET dup = #b, dup2 = #b", "SET dup = if_not_exists(#m, #b), again = #b",
+                       "SET dup = list_append(#l, #l), #l = #l"):
+        names = {"#l": "list"} if "#l" in expression else {"#b": "blob", **({"#m": "gone"} if "#m" in expression else {})}
+        if "#l" in expression:
+            ddb.update_item(TableName=TABLE, Key=key("copy"), UpdateExpression="SET #l = :l REMOVE #b",
+                            ExpressionAttributeNames={"#l": "list", "#b": "blob"},
+                            ExpressionAttributeValues={":l": {"L": [{"S": "y" * (140 * 1024)}]}})
+        err = error_of(lambda: ddb.update_item(TableName=TABLE, Key=key("copy"), UpdateExpression=expression,
+                                               ExpressionAttributeNames=names))
+        assert err["Error"]["Message"] == "Item size to update has exceeded the maximum allowed size", expression
+        assert "dup" not in stored(rt, "copy")
+    ddb.update_item(TableName=TABLE, Key=key("copy"), UpdateExpression="SET dup = #l", ExpressionAttributeNames={"#l": "list"})
+    assert stored(rt, "copy")["dup"] == stored(rt, "copy")["list"]  # 280 KB: allowed
+
+
+def test_a_transaction_of_updates_is_held_to_4_mb_by_their_exact_sizes(rt):
+    """14 updates of 100 KB items: bounded above 4 MB together (each bound is about 3x the item), 1.4 MB exactly."""
+    ddb = rt.client("dynamodb")
+    for i in range(14):
+        ddb.put_item(TableName=TABLE, Item=sized(f"u{i}", 100 * 1024))
+    ddb.transact_write_items(TransactItems=[{"Update": {
+        "TableName": TABLE, "Key": key(f"u{i}"), "UpdateExpression": "SET note = :n",
+        "ExpressionAttributeValues": {":n": {"S": "z" * (80 * 1024)}}}} for i in range(14)])
+    assert all(stored(rt, f"u{i}")["note"]["S"] == "z" * (80 * 1024) for i in range(14))
+
+
 def test_transactions_hold_at_most_100_actions_and_4_mb(rt):
     ddb = rt.client("dynamodb")
     puts = [{"Put": {"TableName": TABLE, "Item": key(f"p{i}", "ACTION")}} for i in range(101)]

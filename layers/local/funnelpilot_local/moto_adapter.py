@@ -346,6 +346,15 @@ def dynamodb_key_names(account: str, region: str, table_name: str) -> tuple[str,
     return (table.hash_key_attr,) + ((table.range_key_attr,) if table.range_key_attr else ())
 
 
+def dynamodb_item(account: str, region: str, table_name: str, key: dict) -> dict | None:
+    """The item at ``key`` as GetItem would answer it (None: no item; an invalid key or table raises)."""
+    from moto.dynamodb.models import dynamodb_backends
+
+    with _DYNAMODB_LOCK:
+        current = dynamodb_backends[account][region].get_item(table_name, key)
+        return current.to_json()["Attributes"] if current is not None else None
+
+
 def dynamodb_updated_item(account: str, region: str, table_name: str, key: dict, update_expression: str,
                           names: dict | None, values: dict | None) -> dict | None:
     """The attributes ``update_expression`` would leave on the item at ``key``, computed on a

@@ -32,6 +32,7 @@ import base64
 import contextlib
 import hashlib
 import json
+import re
 import threading
 from collections import Counter
 from decimal import Decimal
@@ -90,6 +91,42 @@ def _value_size(value: dict) -> int:
     if kind == "M":
         return 3 + sum(1 + _utf8(k) + _value_size(e) for k, e in v.items())
     raise ValueError(f"unknown DynamoDB type {kind!r}")
+
+
+_WORD = re.compile(r"[#:]?[A-Za-z0-9_]+")
+
+
+def _updated_size(region: str, params: dict) -> int:
+    """The size of the item an update leaves (computed on a copy by moto's own expression code)."""
+    result = moto_adapter.dynamodb_updated_item(
+        ACCOUNT, region, params["TableName"], params["Key"], params["UpdateExpression"],
+        params.get("ExpressionAttributeNames"), params.get("ExpressionAttributeValues"))
+    return item_size(result or params["Key"])
+
+
+def _update_bound(region: str, params: dict) -> int | None:
+    """An upper bound of :func:`_updated_size` without applying the update (which costs as much as the
+    request): every operand of an update expression is resolved against the item as it is before the
+    update, so the item grows at most by each value placeholder's size, each attribute path's (a part of
+    the item: at most its size; every word of the expression is counted as one), the names, and 32 bytes
+    per character of the expression (a number's digits, list and map overheads, new map keys). None when
+    a placeholder has no value (the exact computation reports it)."""
+    expression, names, values = (params["UpdateExpression"], params.get("ExpressionAttributeNames") or {},
+                                 params.get("ExpressionAttributeValues") or {})
+    try:
+        current = moto_adapter.dynamodb_item(ACCOUNT, region, params["TableName"], params["Key"])
+    except Exception:  # noqa: BLE001 - no such table or an invalid key: the exact computation reports it
+        return None
+    before = item_size(current or params["Key"])
+    bound = before + 32 * len(expression)
+    for word in _WORD.findall(expression):
+        if word[0] == ":":
+            if word not in values:
+                return None
+            bound += _value_size(values[word])
+        else:
+            bound += before + (_utf8(names.get(word, "")) if word[0] == "#" else 0)
+    return bound
 
 
 # ---------------------------------------------------------------- the rule family
@@ -172,17 +209,18 @@ class DynamoDB(Rule):
                         f"satisfy constraint: Member must have length less than or equal to {MAX_ACTIONS}")
         if op == "TransactGetItems":
             return
-        region, total, too_large = call.client.meta.region_name, 0, []
+        region, total, too_large, bounded = call.client.meta.region_name, 0, [], []
         for i, (kind, _, params) in enumerate(actions):
             if kind in ("PutItem", "Put"):
                 size = item_size(params["Item"])
                 if size > MAX_ITEM:
                     raise error(op, "ValidationException", PUT_TOO_LARGE)
             elif kind in ("UpdateItem", "Update") and params.get("UpdateExpression"):
-                result = moto_adapter.dynamodb_updated_item(
-                    ACCOUNT, region, params["TableName"], params["Key"], params["UpdateExpression"],
-                    params.get("ExpressionAttributeNames"), params.get("ExpressionAttributeValues"))
-                size = item_size(result or params["Key"])
+                size = _update_bound(region, params)
+                if size is None or size > MAX_ITEM:
+                    size = _updated_size(region, params)
+                else:
+                    bounded.append((i, size))
                 if size > MAX_ITEM:
                     if op == "UpdateItem":
                         raise error(op, "ValidationException", UPDATE_TOO_LARGE)
@@ -190,6 +228,8 @@ class DynamoDB(Rule):
             else:
                 size = item_size(params["Key"])
             total += size
+        if op == "TransactWriteItems" and total > MAX_TRANSACTION and bounded:  # the exact sizes decide
+            total -= sum(bound - _updated_size(region, actions[i][2]) for i, bound in bounded)
         if op == "TransactWriteItems" and total > MAX_TRANSACTION:
             raise error(op, "ValidationException", "Transaction request cannot be larger than 4 MB")
         if too_large:
