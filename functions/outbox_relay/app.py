@@ -1,4 +1,4 @@
-"""DynamoDB stream (inserts of OUTBOX# items only, template FilterCriteria) -> the bus."""
+"""DynamoDB stream (inserts of OUTBOX# items and of items carrying events only, template FilterCriteria) -> the bus."""
 from aws_lambda_powertools import Logger
 
 from funnelpilot import outbox

@@ -153,8 +153,8 @@ def confirm(token: str, *, ip: str | None = None, user_agent: str | None = None)
     opt-in list, ``sunset``) back to ``active`` once a signup asked for it (``resubscribe_requested_at``): it was sent to the
     address, so the click is its owner's. The first confirmation activates the contact, stores a
     ``CONSENT#…#confirmed`` record (when, from which IP and browser) and emits
-    ``contact.confirmed`` and then ``contact.subscribed`` (which starts the funnels), all in one
-    transaction; a repeat click emits nothing."""
+    ``contact.confirmed`` and then ``contact.subscribed`` (which starts the funnels), carried by that
+    record (funnelpilot.outbox.carry), all in one transaction; a repeat click emits nothing."""
     fields = tokens.verify("confirm", token, 4)
     if fields is None:
         return None
@@ -184,10 +184,10 @@ def confirm(token: str, *, ip: str | None = None, user_agent: str | None = None)
                            ip=ip, user_agent=user_agent, given_at=now, confirmation="confirmed", confirmed_at=now)
     try:
         aws.transact_write([
-            activate, {"Put": {"TableName": config().table, "Item": record.serialize()}},
-            outbox.put(bus.event("contact.confirmed", cid, list=list_name),  # one outbox item, the two in order
-                       bus.event("contact.subscribed", cid, list=list_name, resubscribed=resubscribe, confirmed=True,
-                                 **({"lead_magnet": lead_magnet} if lead_magnet else {}), **utm))])
+            activate,  # the consent record carries the two events, in order (funnelpilot.outbox.carry)
+            outbox.carry(record.serialize(), bus.event("contact.confirmed", cid, list=list_name),
+                         bus.event("contact.subscribed", cid, list=list_name, resubscribed=resubscribe, confirmed=True,
+                                   **({"lead_magnet": lead_magnet} if lead_magnet else {}), **utm))])
     except Exception as exc:
         if aws.failed_conditions(exc) != [0]:
             raise

@@ -2,9 +2,10 @@
 change it announces, and is published from the table's stream.
 
 ``put(entry)`` is the TransactWriteItems ``Put`` of an outbox item (``pk`` = the event's
-contact, ``sk`` = ``OUTBOX#<event_id>``, the PutEvents entry as JSON, a TTL); ``put(*entries)``
-writes the events of one change (a confirmation's two) as one item (``entries``: a JSON list,
-published in order): one item of the transaction (2 WRU) for them all. A change and
+contact, ``sk`` = ``OUTBOX#<event_id>``, the PutEvents entry as JSON, a TTL). A change that
+writes a new item anyway can carry its events on it instead (``carry``: ``entries``, a JSON
+list published in order, on a Put of an item that must not exist yet, so its stream record is an
+INSERT): no outbox item, 2 WRU less (a confirmation's two events ride on its consent record). A change and
 its event are then written together or not at all: never a signup whose
 ``contact.subscribed`` was lost because PutEvents failed after the commit. The inserts of
 these items reach functions/outbox_relay (DynamoDB stream, filtered in template.yaml),
@@ -28,28 +29,34 @@ PREFIX = "OUTBOX#"
 TTL_SECONDS = 14 * 86400
 
 
-def put(*entries: dict, relay_deletes: bool = False) -> dict:
-    """The transaction item that writes ``entries`` (``bus.event``s about one contact) to the outbox, keyed
-    on the first one's event id; ``relay_deletes``: the relay deletes it once published (an erasure's),
-    instead of its TTL."""
-    detail = json.loads(entries[0]["Detail"])
-    if any(json.loads(e["Detail"])["contact_id"] != detail["contact_id"] for e in entries):
-        raise ValueError("an outbox item holds the events of one contact")
-    body = {"entry": {"S": json.dumps(entries[0])}} if len(entries) == 1 else {"entries": {"S": json.dumps(entries)}}
-    item = {"pk": {"S": detail["contact_id"]}, "sk": {"S": PREFIX + detail["event_id"]}, **body,
-            "expires_at": {"N": str(int(clock.now()) + TTL_SECONDS)}}
+def put(entry: dict, relay_deletes: bool = False) -> dict:
+    """The transaction item that writes ``entry`` (a ``bus.event``) to the outbox; ``relay_deletes``:
+    the relay deletes it once published (an erasure's), instead of its TTL."""
+    detail = json.loads(entry["Detail"])
+    item = {"pk": {"S": detail["contact_id"]}, "sk": {"S": PREFIX + detail["event_id"]},
+            "entry": {"S": json.dumps(entry)}, "expires_at": {"N": str(int(clock.now()) + TTL_SECONDS)}}
     if relay_deletes:
         item["relay_deletes"] = {"BOOL": True}
     return {"Put": {"TableName": config().table, "Item": item}}
 
 
+def carry(item: dict, *events: dict) -> dict:
+    """The transaction ``Put`` of a new ``item`` (its sort key not ``OUTBOX#``) carrying ``events`` (``bus.event``s
+    about its contact) for the relay, new only: an overwrite would be a MODIFY, which the relay never sees."""
+    if any(json.loads(e["Detail"])["contact_id"] != item["pk"]["S"] for e in events):
+        raise ValueError("an item carries the events of its own contact")
+    return {"Put": {"TableName": config().table, "Item": {**item, "entries": {"S": json.dumps(list(events))}},
+                    "ConditionExpression": "attribute_not_exists(pk)"}}
+
+
 def entries(image: dict) -> list[dict]:
-    """The PutEvents entries of an outbox item (a stream record's ``NewImage``)."""
+    """The PutEvents entries of an outbox item or of an item carrying events (a stream record's ``NewImage``)."""
     return [json.loads(image["entry"]["S"])] if "entry" in image else json.loads(image["entries"]["S"])
 
 
 def relay(records: list[dict]) -> int:
-    """Publish the events of a batch of stream records (outbox inserts), then delete the items
+    """Publish the events of a batch of stream records (inserts of outbox items and of items carrying
+    events), then delete the items
     marked ``relay_deletes``; the number of events. When PutEvents fails nothing is deleted and
     the error propagates, so that the event source mapping retries the batch."""
     published = [e for r in records for e in entries(r["dynamodb"]["NewImage"])]
