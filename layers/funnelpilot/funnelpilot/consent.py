@@ -1,7 +1,8 @@
 """Consent: unsubscribing, suppressing, sunsetting, and double opt-in per list.
 
 Every change of a contact's status is one conditional update, in one transaction with the
-event it emits (written to the outbox, funnelpilot.outbox), so a repeat (a second one-click
+event it emits (written to the outbox, funnelpilot.outbox, or carried by the change's consent
+record: ``outbox.carry``), so a repeat (a second one-click
 POST, a duplicate bounce) changes nothing and emits nothing, and no change goes without its
 event. A status other than ``active`` blocks every marketing send (``sending.checks.blocked_reason``).
 
@@ -68,20 +69,21 @@ def _set_status(cid: str, status: str, reason: str | None, allowed_from: tuple[s
     return True
 
 
-def _record(cid: str, kind: str, source: str) -> dict:
-    """The transaction ``Put`` of a ``CONSENT#<time>#*#<kind>`` line (every list) of the consent history."""
+def _record(cid: str, kind: str, source: str, event: dict) -> dict:
+    """The transaction ``Put`` of a ``CONSENT#<time>#*#<kind>`` line (every list) of the consent history,
+    carrying the change's ``event`` (funnelpilot.outbox.carry: no outbox item)."""
     now = clock.iso()
     record = ConsentRecord(cid, f"CONSENT#{now}#*#{kind}", list_name="*", source=source, given_at=now,
                            confirmation=kind, ip=None, user_agent=None)
-    return {"Put": {"TableName": config().table, "Item": record.serialize()}}
+    return outbox.carry(record.serialize(), event)
 
 
 def unsubscribe(cid: str, message_id: str | None, source: str) -> bool:
     """Stop all marketing email to the contact; records the withdrawal of consent and
     emits ``contact.unsubscribed`` (once). True when this call changed the status."""
     event = bus.event("contact.unsubscribed", cid, source=source, **message_fields(cid, message_id))
-    return _set_status(cid, "unsubscribed", source, ("active", "pending", "sunset"), _record(cid, "withdrawn", source),
-                       outbox.put(event))
+    return _set_status(cid, "unsubscribed", source, ("active", "pending", "sunset"),
+                       _record(cid, "withdrawn", source, event))
 
 
 def suppress(cid: str, reason: str, *, event_id: str | None = None, **fields) -> bool:
@@ -102,8 +104,8 @@ def sunset(cid: str, reason: str, *, since: float, event_id: str, funnel: str) -
                                 "ConditionExpression": "attribute_not_exists(last_at) OR last_at <= :since",
                                 "ExpressionAttributeValues": {":since": {"N": str(since)}}}}
     event = bus.event("contact.sunset", cid, event_id=event_id, reason=reason, funnel=funnel)
-    return _set_status(cid, "sunset", reason, ("active",), quiet, _record(cid, "sunset", f"funnel {funnel}: {reason}"),
-                       outbox.put(event))
+    return _set_status(cid, "sunset", reason, ("active",), quiet,
+                       _record(cid, "sunset", f"funnel {funnel}: {reason}", event))
 
 
 def reactivate(cid: str, source: str, *, event_id: str | None = None) -> bool:
@@ -111,7 +113,7 @@ def reactivate(cid: str, source: str, *, event_id: str | None = None) -> bool:
     preference centre's re-subscribe): back to ``active``, a ``#reactivated`` line in the consent
     history and ``contact.reactivated`` (``source``), once. Any other status is left as it is."""
     event = bus.event("contact.reactivated", cid, event_id=event_id, source=source)
-    return _set_status(cid, "active", None, ("sunset",), _record(cid, "reactivated", source), outbox.put(event))
+    return _set_status(cid, "active", None, ("sunset",), _record(cid, "reactivated", source, event))
 
 
 # ------------------------------------------------------------------ double opt-in
