@@ -113,7 +113,8 @@ def test_sandbox_journey_to_an_unverified_address_records_recipient_rejected_and
     assert rt.advance(5 * DAY + HOUR)
     status, states = journey(rt, "welcome", cid)
     assert status == "SUCCEEDED" and "Record failure" not in states
-    assert {"Send welcome-2", "Go to segmentation"} <= set(states)
+    assert {"Send welcome-2", "Opened welcome-2?"} <= set(states)  # "no" hands off within the question's Task
+    assert [e["detail"]["to"] for e in tap.events("funnel.handoff")] == ["segmentation"]
     assert [(m["template"], m["reason"]) for m in messages(rt, cid)] == [("welcome-1", "recipient_rejected"),
                                                                          ("welcome-2", "recipient_rejected")]
     assert lambda_errors(rt) == []  # refused once each, never retried
