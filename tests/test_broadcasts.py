@@ -3,8 +3,10 @@
 source), SES and the report. Contacts are seeded by the importer's own batch write (no funnel starts);
 people then act through the real paths (unsubscribe, opt-out, signup, site events, pixel, click)."""
 import email
+import functools
 import json
 from email import policy
+from email.message import EmailMessage
 
 import pytest
 from conftest import SINGLE, ip_for
@@ -49,11 +51,18 @@ def people(n: int, prefix: str = "p", **fields) -> list[dict]:
     return [{"email": f"{prefix}{i}@example.com", "first_name": f"P{i}", **fields} for i in range(n)]
 
 
+@functools.lru_cache(maxsize=4096)
+def parsed(raw: str | bytes) -> EmailMessage:
+    """An email SES accepted, parsed once: a test counts who got what again and again as the broadcast
+    goes on, and parsing every email each time was a tenth of a broadcast test. Read it, never change it."""
+    return email.message_from_bytes(raw.encode() if isinstance(raw, str) else raw, policy=policy.default)
+
+
 def deliveries(rt) -> dict[str, list]:
     """recipient -> the emails SES accepted for them (parsed)."""
     out: dict[str, list] = {}
     for _sid, raw in sent_emails(ACCOUNT, REGION):
-        msg = email.message_from_bytes(raw.encode() if isinstance(raw, str) else raw, policy=policy.default)
+        msg = parsed(raw)
         out.setdefault(str(msg["To"]).lower(), []).append(msg)
     return out
 
