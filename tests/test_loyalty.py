@@ -173,7 +173,7 @@ def test_a_cold_lead_gets_proof_and_education_before_the_offer(rt):
     publish(rt, "funnel.handoff", cid, to="engagement", **{"from": "test"})
     assert rt.advance(9 * DAY + HOUR)
     [(status, states)] = journeys(rt, "engagement", cid)
-    assert any(s.endswith("threshold?") for s in states)  # the Choice (moto's history escapes its "≥")
+    assert any(s.endswith("threshold?") for s in states)  # the question (moto's history escapes its "≥")
     assert not any(s.startswith("Notify sales: hot lead") for s in states)
     got = [t for t in sent(rt, cid) if t.startswith("engagement")]
     assert got[0] == "engagement-1" and got[1] in ("engagement-2a", "engagement-2b")
