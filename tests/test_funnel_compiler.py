@@ -199,6 +199,27 @@ def test_a_wait_before_a_marketing_send_is_computed_by_the_task_before_it(projec
                                                                                    "t.yaml")[0]})
 
 
+def test_an_if_folds_only_the_steps_a_retry_cannot_answer_differently(project):
+    machine = _compiled(project, "steps:\n  - send: welcome-1\n  - wait: 1 day\n"
+                                 "  - if: {score: {gte: 10}}\n    then: [{tag: hot}]\n"
+                                 "  - if: {clicked: {email: welcome-1}}\n    then: [{tag: clicker}]\n"
+                                 "  - send: welcome-2\n  - if: {tag: vip}\n    then: [{goto: segmentation}]\n")
+    states = machine["States"]
+    score, click, vip = states["Score ≥ 10?"], states["Clicked welcome-1?"], states["Tagged vip?"]
+    # a score may differ on a retry: nothing folded, its yes goes on to the tag's own Task, its no by a Catch
+    assert "yes" not in score["Parameters"] and score["Parameters"]["raise"] == "no"
+    assert score["Catch"][0] == {"ErrorEquals": ["No"], "ResultPath": "$.last", "Next": "Clicked welcome-1?"}
+    assert score["Next"] == "Tag hot" and states["Tag hot"]["Next"] == "Clicked welcome-1?"
+    # a click stays made: its yes tags in the same Task, both answers go on to the next state
+    assert click["Parameters"]["yes"] == {"label": "Tag clicker", "steps": [{"action": "tag", "tag": "clicker"}]}
+    assert "raise" not in click["Parameters"] and click["Next"] == "Send welcome-2" and "Tag clicker" not in states
+    # ending the journey either way: the hand-off (and the close) in the Task, which ends there
+    assert vip["Parameters"]["yes"]["close"] == {"outcome": "completed"} and vip["Parameters"]["no"]["steps"] == []
+    assert vip["End"] is True and "Go to segmentation" not in states and "Complete" not in states
+    # paths: the score's two answers, each ending at the vip question's two (the click's answers are one way)
+    assert [p["end"] for p in compiler.paths(machine)] == ["Go to segmentation", "Complete"] * 2
+
+
 def test_a_wait_after_a_wait_for_stays_plain_and_its_send_keeps_the_detour(project):
     machine = _compiled(project, QUIET + "steps:\n  - wait: 1 day\n  - send: welcome-1\n"
                                          "  - wait_for: {clicked: {email: welcome-1}}\n    timeout: 2 days\n"
