@@ -162,9 +162,9 @@ def handoff(*, funnel: str, state_machine_arn: str, entry_rule: str, event: dict
 
 def refuse(event: dict, funnel: str, reason: str, incarnation: str) -> bool:
     """Record a refused hand-off, once per hand-off event: a ``REFUSED#`` item in the contact's
-    partition (their timeline, funnelpilot.audience.lookup) and ``funnel.refused`` (funnel, reason,
-    from) in its outbox, in one transaction conditioned on the profile (funnelpilot.erasure) and on
-    the item being new, then the funnel's ``refused`` counters (one ADD, funnelpilot.metrics). False
+    partition (their timeline, funnelpilot.audience.lookup) carrying ``funnel.refused`` (funnel, reason,
+    from) for the outbox relay (``outbox.carry``), in one transaction conditioned on the profile
+    (funnelpilot.erasure) and on the item being new, then the funnel's ``refused`` counters (one ADD, funnelpilot.metrics). False
     when it was recorded already (a duplicate delivery) or the person is erased."""
     detail = event["detail"]
     cid, source = detail["contact_id"], detail.get("from")
@@ -174,9 +174,7 @@ def refuse(event: dict, funnel: str, reason: str, incarnation: str) -> bool:
             "at": {"S": clock.iso()}, **{k: {"S": v} for k, v in origin.items()}}
     refused = bus.event("funnel.refused", cid, event_id=refusal_id, funnel=funnel, reason=reason, **origin)
     try:
-        aws.transact_write([erasure.alive(cid, incarnation),
-                            {"Put": {"TableName": config().table, "Item": item,
-                                     "ConditionExpression": "attribute_not_exists(pk)"}}, outbox.put(refused)])
+        aws.transact_write([erasure.alive(cid, incarnation), outbox.carry(item, refused)])  # new only: the guard
     except Exception as exc:
         if not aws.failed_conditions(exc):
             raise
