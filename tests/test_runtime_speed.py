@@ -2,6 +2,7 @@
 process, not per runtime nor per Step Functions Task, and the pollers ask moto nothing while
 there is nothing to read."""
 from collections import Counter
+from datetime import datetime, timezone
 
 import botocore.client
 import botocore.session
@@ -9,6 +10,7 @@ from conftest import START, executions, history
 from test_funnels import sent, signup
 
 from funnelpilot_local.runtime import ROOT, Runtime
+from funnelpilot_local.template import ACCOUNT
 
 DAY = 86_400
 
@@ -51,7 +53,7 @@ def test_idle_pollers_make_no_aws_call(rt, monkeypatch):
 
 def test_the_meter_reads_the_histories_get_execution_history_gives(rt):
     from funnelpilot_local import moto_adapter
-    from funnelpilot_local.template import ACCOUNT, REGION
+    from funnelpilot_local.template import REGION
 
     signup(rt)
     assert rt.advance(5 * DAY)
@@ -119,3 +121,31 @@ def test_dynamodb_answers_are_written_as_moto_s_own_walk_writes_them(rt, monkeyp
     monkeypatch.setattr(BaseJSONSerializer, "_serialize_type_structure", moto_adapter._json_structure_walk)
     walked = answers()
     assert direct == walked == (item, [item], item)
+
+
+def test_schedules_are_asked_for_again_only_when_they_change(rt, monkeypatch):
+    """moto_adapter 16: each simulated hour the runtime looks at moto's schedules; GetSchedule only for a
+    schedule it has not seen in this version (new, updated), and an update's new time is the one that fires."""
+    from funnelpilot import clock
+
+    sched, queue_arn = rt.client("scheduler"), rt.template.attributes[("DeadLetterQueue", "Arn")]
+
+    def at(seconds: float) -> str:
+        return f"at({datetime.fromtimestamp(clock.now() + seconds, timezone.utc):%Y-%m-%dT%H:%M:%S})"
+
+    request = {"Name": "probe", "State": "ENABLED", "FlexibleTimeWindow": {"Mode": "OFF"}, "ActionAfterCompletion": "DELETE",
+               "Target": {"Arn": queue_arn, "RoleArn": f"arn:aws:iam::{ACCOUNT}:role/probe", "Input": '{"probe": 1}'}}
+    sched.create_schedule(ScheduleExpression=at(30 * 3600), **request)
+    calls, original = Counter(), botocore.client.BaseClient._make_api_call
+
+    def record(client, operation, params):
+        calls[operation] += 1
+        return original(client, operation, params)
+
+    monkeypatch.setattr(botocore.client.BaseClient, "_make_api_call", record)
+    assert rt.advance(5 * 3600)
+    assert calls["GetSchedule"] == 1 and calls["ListSchedules"] == 0
+    sched.update_schedule(ScheduleExpression=at(2 * 3600), **request)
+    assert rt.advance(5 * 3600)
+    assert calls["GetSchedule"] == 2 and calls["DeleteSchedule"] == 1
+    assert [m["body"] for m in rt.queue_messages("DeadLetterQueue")] == ['{"probe": 1}']

@@ -217,6 +217,7 @@ class Runtime:
         self.stream_mappings: list[StreamMapping] = []  # template DynamoDB events, polled by pump()
         self.queue_mappings: list[QueueMapping] = []  # template SQS events, polled by pump()
         self._api_schedule_last: dict[str, float] = {}
+        self._schedule_answers: dict[tuple, dict] = {}  # moto_adapter.schedule_versions version -> GetSchedule
         self.dead_letters: list[dict] = []
         self.delivered: list[tuple[str, dict]] = []  # (target ARN, input) of every async delivery made
         self._retries: dict[str, int] = {}  # target ARN -> async retries before dead-lettering
@@ -790,18 +791,14 @@ class Runtime:
         if not moto_adapter.any_schedules(ACCOUNT, REGION):
             return 0
         scheduler, fired = self.client("scheduler"), 0
-        summaries, token = [], None
-        while True:
-            page = scheduler.list_schedules(**({"NextToken": token} if token else {}))
-            summaries += page.get("Schedules", [])
-            token = page.get("NextToken")
-            if not token:
-                break
-        for summary in summaries:
-            if summary.get("State") != "ENABLED":
+        listed = moto_adapter.schedule_versions(ACCOUNT, REGION)
+        self._schedule_answers = {v: self._schedule_answers[v] for _, _, _, v in listed if v in self._schedule_answers}
+        for name, group, state, version in listed:
+            if state != "ENABLED":
                 continue
-            group = summary.get("GroupName", "default")
-            sched = scheduler.get_schedule(Name=summary["Name"], GroupName=group)
+            sched = self._schedule_answers.get(version)
+            if sched is None:  # new or changed since the last look
+                sched = self._schedule_answers[version] = scheduler.get_schedule(Name=name, GroupName=group)
             key = sched["Arn"]
             created = sched["CreationDate"].timestamp() if "CreationDate" in sched else now
             last = self._api_schedule_last.get(key, float("-inf") if sched["ScheduleExpression"].startswith(
@@ -826,7 +823,7 @@ class Runtime:
             if due:
                 self._api_schedule_last[key] = due[-1]
                 if sched["ScheduleExpression"].startswith("at(") and sched.get("ActionAfterCompletion") == "DELETE":
-                    scheduler.delete_schedule(Name=summary["Name"], GroupName=group)
+                    scheduler.delete_schedule(Name=name, GroupName=group)
                     self._api_schedule_last.pop(key, None)
         return fired
 
