@@ -28,7 +28,7 @@
 6. ``ExecutionWorker._get_evaluation_entrypoint``: moto parses the ASL definition (ANTLR,
    ~45 ms for a funnel) at every execution start; we parse each definition once, pickle the
    parsed program, and hand every execution its own copy unpickled (1-5 ms; a deep copy took
-   3-300 ms: the engagement funnel's 313 ms were 8% of the demo). CreateStateMachine's
+   3-300 ms: the engagement funnel's 313 ms; 3% of the demo). CreateStateMachine's
    validation (``models.AmazonStateLanguageParser``) reads the same cache: a new stack no
    longer re-parses every funnel (~0.28 s a machine, most of a test's set-up).
 7. Stepped (virtual) time for the Step Functions interpreter, and a seeded Retry jitter (see
@@ -81,12 +81,13 @@
 23. ``BaseJSONSerializer._serialize_type_structure``: moto serialises a DynamoDB response by walking
    the botocore output shape, and for every attribute value of every item tries each of the ten
    members of ``AttributeValue`` under four aliases and their snake_case forms (the largest single
-   cost of a GetItem, Query or UpdateItem answer; 10% of the demo's CPU). An ``AttributeValue`` in
+   cost of a GetItem, Query or UpdateItem answer: most of the 15% of the demo's CPU moto
+   spent serialising answers). An ``AttributeValue`` in
    the form moto's DynamoDB hands the serialiser (one member, plain str / bytes / bool / list / dict
    values) is written directly, as that walk writes it; any other value takes moto's walk.
 22. ``execution_event_types``: the cost meter and the demo's journey table read every execution
    history of a run straight from moto's interpreter (GetExecutionHistory's serialisation, event
-   by event, was 7% of the demo's CPU).
+   by event, was 5% of the demo's CPU).
 18. ``StepFunctionResponse.describe_state_machine_for_execution``: the definition the execution
    runs (moto's start-time copy), not the machine's current one (`funnels --stack` prunes content
    versions by what running executions still send).
