@@ -149,3 +149,23 @@ def test_schedules_are_asked_for_again_only_when_they_change(rt, monkeypatch):
     assert rt.advance(5 * 3600)
     assert calls["GetSchedule"] == 2 and calls["DeleteSchedule"] == 1
     assert [m["body"] for m in rt.queue_messages("DeadLetterQueue")] == ['{"probe": 1}']
+
+
+def test_a_table_s_items_come_in_moto_s_own_order(rt):
+    """moto_adapter 24: Table.all_items sorts by keys converted once per item; the order is moto's."""
+    from moto.dynamodb.models import dynamodb_backends
+
+    from funnelpilot_local import moto_adapter
+    from funnelpilot_local.template import REGION
+
+    ddb = rt.client("dynamodb")
+    for name, range_type in (("sorted_hr", "N"), ("sorted_h", None)):
+        keys = [{"AttributeName": "pk", "KeyType": "HASH"}] + ([{"AttributeName": "sk", "KeyType": "RANGE"}] if range_type else [])
+        ddb.create_table(TableName=name, BillingMode="PAY_PER_REQUEST", KeySchema=keys, AttributeDefinitions=[
+            {"AttributeName": "pk", "AttributeType": "S"}, *([{"AttributeName": "sk", "AttributeType": "N"}] if range_type else [])])
+        for i in range(60):
+            ddb.put_item(TableName=name, Item={"pk": {"S": f"p{i % 7}-{'é' if i % 3 else 'z'}"},
+                                               **({"sk": {"N": str((i * 37) % 23 - 11) + (".5" if i % 4 else "")}} if range_type else {})})
+        table = dynamodb_backends[ACCOUNT][REGION].get_table(name)
+        assert [id(i) for i in moto_adapter._all_items(table)] == [id(i) for i in moto_adapter._moto_all_items(table)]
+        assert len(table.all_items()) == (60 if range_type else 14)
