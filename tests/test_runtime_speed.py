@@ -73,7 +73,8 @@ def test_an_update_expression_used_again_starts_from_a_fresh_tree(rt):
     from botocore.exceptions import ClientError
 
     ddb = rt.client("dynamodb")
-    ddb.create_table(TableName="exprs", BillingMode="PAY_PER_REQUEST", KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}],
+    ddb.create_table(TableName="exprs", BillingMode="PAY_PER_REQUEST",
+                     KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}],
                      AttributeDefinitions=[{"AttributeName": "pk", "AttributeType": "S"}])
     expression = "SET #n = if_not_exists(#n, :zero) + :one, tags = list_append(if_not_exists(tags, :empty), :tag) ADD seen :s"
     for pk, name, tag, times in (("a", "count", "x", 3), ("b", "other", "y", 2)):
@@ -101,7 +102,8 @@ def test_dynamodb_answers_are_written_as_moto_s_own_walk_writes_them(rt, monkeyp
     from funnelpilot_local import moto_adapter
 
     ddb = rt.client("dynamodb")
-    ddb.create_table(TableName="shapes", BillingMode="PAY_PER_REQUEST", KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}],
+    ddb.create_table(TableName="shapes", BillingMode="PAY_PER_REQUEST",
+                     KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}],
                      AttributeDefinitions=[{"AttributeName": "pk", "AttributeType": "S"}])
     item = {"pk": {"S": "k"}, "s": {"S": "é ü"}, "empty": {"S": ""}, "n": {"N": "-12.50"}, "b": {"B": b"\x00\xffbin"},
             "ss": {"SS": ["a", "b"]}, "ns": {"NS": ["1", "2.5"]}, "bs": {"BS": [b"x", b"\x01"]}, "null": {"NULL": True},
@@ -160,12 +162,14 @@ def test_a_table_s_items_come_in_moto_s_own_order(rt):
 
     ddb = rt.client("dynamodb")
     for name, range_type in (("sorted_hr", "N"), ("sorted_h", None)):
-        keys = [{"AttributeName": "pk", "KeyType": "HASH"}] + ([{"AttributeName": "sk", "KeyType": "RANGE"}] if range_type else [])
-        ddb.create_table(TableName=name, BillingMode="PAY_PER_REQUEST", KeySchema=keys, AttributeDefinitions=[
-            {"AttributeName": "pk", "AttributeType": "S"}, *([{"AttributeName": "sk", "AttributeType": "N"}] if range_type else [])])
+        ranged = [{"AttributeName": "sk", "KeyType": "RANGE"}] if range_type else []
+        ddb.create_table(TableName=name, BillingMode="PAY_PER_REQUEST",
+                         KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}, *ranged],
+                         AttributeDefinitions=[{"AttributeName": "pk", "AttributeType": "S"},
+                                               *([{"AttributeName": "sk", "AttributeType": "N"}] if range_type else [])])
         for i in range(60):
-            ddb.put_item(TableName=name, Item={"pk": {"S": f"p{i % 7}-{'é' if i % 3 else 'z'}"},
-                                               **({"sk": {"N": str((i * 37) % 23 - 11) + (".5" if i % 4 else "")}} if range_type else {})})
+            sk = {"sk": {"N": str((i * 37) % 23 - 11) + (".5" if i % 4 else "")}} if range_type else {}
+            ddb.put_item(TableName=name, Item={"pk": {"S": f"p{i % 7}-{'é' if i % 3 else 'z'}"}, **sk})
         table = dynamodb_backends[ACCOUNT][REGION].get_table(name)
         assert [id(i) for i in moto_adapter._all_items(table)] == [id(i) for i in moto_adapter._moto_all_items(table)]
         assert len(table.all_items()) == (60 if range_type else 14)
