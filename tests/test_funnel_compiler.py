@@ -64,12 +64,13 @@ def test_top_level_mistakes_are_all_reported_at_once(tmp_path):
     path = tmp_path / "funnels" / "x.yaml"
     path.parent.mkdir()
     path.write_text("id: y\ntrigger: order.placd\nentry: once_per_ever\nquiet_hours: {start: 21h}\n"
-                    "timezone: Mars/Olympus\nsteps: []\n")
+                    "timezone: Mars/Olympus\ngoals: [email.delivered]\nsteps: []\n")
     funnel, errors = parse(path)
     text = "\n".join(errors)
     assert funnel is None
     for problem in ("must match the file name", "unknown event 'order.placd' (did you mean 'order.placed'?)",
-                    "entry rule 'once_per_ever'", "quiet_hours", "Mars/Olympus", "non-empty list of steps"):
+                    "entry rule 'once_per_ever'", "quiet_hours", "Mars/Olympus", "non-empty list of steps",
+                    "'email.delivered': deliveries are counted in the reports, not published as events"):
         assert problem in text, text
 
 

@@ -270,7 +270,7 @@ def test_the_file_is_checked_at_compile_time_with_file_and_line(tmp_path):
     path.write_text("""subscriptions:
   crm:
     url: http://crm.example.com/hook
-    events: [order.placd]
+    events: [order.placd, email.delivered]
     fields: [email, phone]
   ok:
     url: https://ok.example.com/hook
@@ -282,6 +282,7 @@ def test_the_file_is_checked_at_compile_time_with_file_and_line(tmp_path):
     lines = str(err.value).splitlines()
     assert f"{path}:3: subscription crm: url 'http://crm.example.com/hook': an https:// URL" in lines[0]
     assert any("unknown event 'order.placd' (did you mean 'order.placed'?)" in line for line in lines)
+    assert any("'email.delivered': deliveries are counted in the reports, not published" in line for line in lines)
     assert any("unknown field 'phone'" in line for line in lines)
     assert any(line.startswith(f"{path}:7: subscription ok: auth:") for line in lines)
     assert any("rate_per_second" in line for line in lines)

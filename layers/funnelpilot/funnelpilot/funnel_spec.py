@@ -23,9 +23,23 @@ HANDOFF_MODES = ("enter", "respect_reentry")
 # The event catalogue (ARCHITECTURE.md §4) plus the events funnelpilot adds; ``custom.*`` are the site's own.
 EVENTS = frozenset("""contact.subscribed contact.confirmed contact.pending contact.unsubscribed contact.suppressed
 contact.erased contact.updated contact.tagged contact.untagged contact.inactive email.sent email.blocked
-email.delivered email.opened email.clicked email.bounced email.complained page.viewed order.placed
+email.opened email.clicked email.bounced email.complained page.viewed order.placed
 lead.qualified customer.vip customer.repurchase_due customer.lapsed segment.entered segment.left
 funnel.converted funnel.handoff funnel.refused contact.sunset contact.reactivated sales.notify""".split())
+# Counted where they happen, never put on the bus (an event per email would cost more than it tells).
+NOT_PUBLISHED = {"email.delivered": "deliveries are counted in the reports, not published as events "
+                                    "(use email.opened, email.clicked or email.bounced)"}
+
+
+def unknown_event(value, known: frozenset = EVENTS) -> str | None:
+    """Why ``value`` is not an event one can wait for or subscribe to (None: it is one)."""
+    if isinstance(value, str) and (value in known or value.startswith("custom.")):
+        return None
+    if value in NOT_PUBLISHED:
+        return f"{value!r}: {NOT_PUBLISHED[value]}"
+    close = difflib.get_close_matches(str(value), sorted(known), n=1)
+    return f"unknown event {value!r}" + (f" (did you mean {close[0]!r}?)" if close else
+                                          " (see the event catalogue, or custom.<name>)")
 ACTIONS = ("send", "sms", "wait", "wait_for", "if", "split", "tag", "untag", "set", "score", "notify", "webhook", "goto",
            "exit", "suppress", "sunset")
 _EXTRA_KEYS = {"send": {"transactional"}, "sms": {"segments"}, "if": {"then", "else"}, "wait_for": {"timeout", "then", "else"},
@@ -145,10 +159,9 @@ class _Checker:
                 self.error(line, f"{what}: unknown key {key!r}{hint}")
 
     def event(self, value, line: int, what: str) -> str | None:
-        if not isinstance(value, str) or not (value in EVENTS or value.startswith("custom.")):
-            close = difflib.get_close_matches(str(value), sorted(EVENTS), n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else " (see the event catalogue, or custom.<name>)"
-            self.error(line, f"{what}: unknown event {value!r}{hint}")
+        problem = unknown_event(value)
+        if problem:
+            self.error(line, f"{what}: {problem}")
             return None
         return value
 

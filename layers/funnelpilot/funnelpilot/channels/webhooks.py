@@ -70,7 +70,7 @@ def load(path: Path) -> dict[str, Subscription]:
     """webhooks.yaml's subscriptions by name ({} for a missing or empty file), every problem at once."""
     if not path.exists():
         return {}
-    from funnelpilot.funnel_spec import _Loader
+    from funnelpilot.funnel_spec import _Loader, unknown_event
     from funnelpilot.segments import announced
 
     try:
@@ -111,10 +111,8 @@ def load(path: Path) -> dict[str, Subscription]:
         events = [events] if isinstance(events, str) else events
         kinds = _event_kinds()
         for event in events:
-            if not isinstance(event, str) or not (event in kinds or event.startswith("custom.")):
-                close = difflib.get_close_matches(str(event), sorted(kinds), n=1)
-                error(f"unknown event {event!r}" + (f" (did you mean {close[0]!r}?)" if close else
-                                                     " (see the event catalogue, or custom.<name>)"))
+            if problem := unknown_event(event, kinds):
+                error(problem)
             elif event in ("segment.entered", "segment.left") and not announced(path.parent / "segments.yaml"):
                 error(f"{event}: published only for the segments with `events: true` in segments.yaml (none has it)")
         fields = spec.get("fields") or []
