@@ -207,3 +207,10 @@ def test_cost_cli_refuses_a_bad_contact_count_in_one_line(usage_file, capsys, va
 def test_cost_cli_refuses_a_bad_share(usage_file, capsys):
     assert cli.main(["cost", "--usage", str(usage_file), "--new-per-month", "2"]) == 2
     assert capsys.readouterr().err.count("\n") == 1
+
+
+@pytest.mark.parametrize("value", ["-1", "many", "nan", "500"])
+def test_cost_cli_refuses_a_bad_broadcast_count(usage_file, capsys, value):
+    assert cli.main(["cost", "--usage", str(usage_file), "--broadcasts", value]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err.count("\n") == 1 and "--broadcasts must be" in captured.err

@@ -356,6 +356,15 @@ def report_command(args) -> int:
 COST_SIZES = (1_000, 10_000, 100_000, 1_000_000)
 
 
+def _number(text: str, low: float, high: float) -> float | None:
+    """``text`` as a number from ``low`` to ``high``, else None."""
+    try:
+        value = float(text)
+    except ValueError:
+        return None
+    return value if low <= value <= high else None
+
+
 def cost_command(args) -> int:
     from funnelpilot_local import costs
 
@@ -364,19 +373,13 @@ def cost_command(args) -> int:
         print(f"funnelpilot cost: --contacts must be a whole number of contacts, at least 1 (got {args.contacts!r})",
               file=sys.stderr)
         return 2
-    try:
-        new_per_month = float(args.new_per_month)
-    except ValueError:
-        new_per_month = -1.0
-    if not 0 <= new_per_month <= 1:
+    new_per_month = _number(args.new_per_month, 0, 1)
+    if new_per_month is None:
         print(f"funnelpilot cost: --new-per-month must be a share between 0 and 1 (got {args.new_per_month!r})",
               file=sys.stderr)
         return 2
-    try:
-        broadcasts = float(args.broadcasts)
-    except ValueError:
-        broadcasts = -1.0
-    if not 0 <= broadcasts <= 100:
+    broadcasts = _number(args.broadcasts, 0, 100)
+    if broadcasts is None:
         print(f"funnelpilot cost: --broadcasts must be a number of broadcasts a month, 0 to 100 (got {args.broadcasts!r})",
               file=sys.stderr)
         return 2
