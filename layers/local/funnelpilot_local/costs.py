@@ -271,18 +271,14 @@ class Meter:
 
         memory = {name: self.rt.template.resolve(self.rt.template.properties(name)).get("MemorySize", 256)
                   for name in self.invocations}
-        gb_s = sum(self.ms[f] / 1000 * memory[f] / 1024 for f in self.invocations)
+        gb_s = {f: self.ms[f] / 1000 * memory[f] / 1024 for f in self.invocations}
         requests = sum(self.invocations.values())
-        totals = {"lambda_requests": requests, "lambda_gb_seconds": round(gb_s, 3),
-                  "stepfunctions_transitions": self.transitions(), "dynamodb_wru": self.units["wru"],
-                  "dynamodb_rru": self.units["rru"], "eventbridge_events": self.units["events"],
-                  "ses_emails": self.units["emails"], "http_requests": self.http_requests,
-                  "ssm_reads": self.units["ssm_reads"], "secrets_calls": self.units["secrets_calls"],
-                  "scheduler_invocations": self.units["schedules"], "sqs_requests": self.units["sqs_requests"],
-                  "sms_message_parts": self.units["sms_parts"],
+        totals = {"lambda_requests": requests, "lambda_gb_seconds": round(sum(gb_s.values()), 3),
+                  "stepfunctions_transitions": self.transitions(), "http_requests": self.http_requests,
+                  **{key: self.units[unit] for key, unit in _UNIT_KEYS.items()},
                   "log_bytes": self.log_bytes + PLATFORM_LOG_BYTES * requests, "emf_bytes": self.emf_bytes,
                   "api_destination_invocations": len(self.rt.api_destinations.attempts)}
-        functions = {f: {"lambda_requests": n, "lambda_gb_seconds": round(self.ms[f] / 1000 * memory[f] / 1024, 3),
+        functions = {f: {"lambda_requests": n, "lambda_gb_seconds": round(gb_s[f], 3),
                          "log_bytes": PLATFORM_LOG_BYTES * n, "http_requests": n if self._http(f) else 0,
                          **{key: self.function_units[f][unit] for key, unit in _UNIT_KEYS.items()}}
                      for f, n in sorted(self.invocations.items())}
