@@ -56,9 +56,8 @@ def entries(image: dict) -> list[dict]:
 
 def relay(records: list[dict]) -> int:
     """Publish the events of a batch of stream records (inserts of outbox items and of items carrying
-    events), then delete the items
-    marked ``relay_deletes``; the number of events. When PutEvents fails nothing is deleted and
-    the error propagates, so that the event source mapping retries the batch."""
+    events), then delete the items marked ``relay_deletes``; the number of events. When PutEvents
+    fails nothing is deleted and the error propagates, so that the event source mapping retries the batch."""
     published = [e for r in records for e in entries(r["dynamodb"]["NewImage"])]
     bus.publish(*published)
     for record in records:
