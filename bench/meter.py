@@ -9,11 +9,15 @@ handler in the calling thread, Step Functions tasks in the interpreter's thread)
   (service, operation, API params, parsed response, HTTP status) for that label.
 * replaying: ``with meter.replay(calls)`` answers the same operations, in order, from a
   recording without any I/O (botocore still validates and serialises each request),
-  which is how handlers are timed with their AWS I/O stubbed.
+  which is how handlers are timed with their AWS I/O stubbed; ``made=[]`` collects the
+  requests answered, which ``drift`` compares, by ``shape``, with the recording.
 * capacity: DynamoDB capacity units are estimated from item sizes with DynamoDB's
   on-demand rules (moto reports fixed constants and nothing for updates/transactions).
 """
+import itertools
+import json
 import math
+import re
 import threading
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -52,6 +56,16 @@ def install() -> None:
     _installed = True
 
 
+def uninstall() -> None:
+    """Take the hooks out again (sessions created from now on do not report; existing ones still do)."""
+    global _installed
+    for hook in (("before-parameter-build", _before_parameter_build), ("before-call", _before_call),
+                 ("after-call", _after_call)):
+        if hook in handlers.BUILTIN_HANDLERS:
+            handlers.BUILTIN_HANDLERS.remove(hook)
+    _installed = False
+
+
 @contextmanager
 def label(name: str):
     """Attribute the calls this thread makes to ``name``; yields the list they go to."""
@@ -80,11 +94,13 @@ def suspended():
 
 
 @contextmanager
-def replay(calls: list[Call], by_operation: bool = False):
+def replay(calls: list[Call], by_operation: bool = False, made: list[Call] | None = None):
     """Answer this thread's calls from ``calls``, in order and cycling (raises if the
     handler's sequence differs), or ``by_operation``: each operation from the recorded calls
     of that operation in turn (the last one repeating), so a cold handler may make calls the
-    recording did not (e.g. fetch its secret) as long as one of that operation was recorded."""
+    recording did not (e.g. fetch its secret) as long as one of that operation was recorded.
+    ``made``: a list that receives each request answered (its params, the recorded answer)."""
+    _local.made = made
     if by_operation:
         queues: dict[str, list[Call]] = {}
         for call in calls:
@@ -124,6 +140,8 @@ def _before_call(model, params, **_):
         pos[0] += 1
     if got != call.name:
         raise AssertionError(f"replay expected {call.name}, handler called {got}")
+    if getattr(_local, "made", None) is not None:
+        _local.made.append(Call(call.service, call.operation, getattr(_local, "pending", {}), call.parsed, call.status))
     return AWSResponse("https://replay.invalid/", call.status, {}, None), call.parsed
 
 
@@ -138,6 +156,83 @@ def _after_call(http_response, parsed, model, **_):
             call.capacity = dynamodb_capacity(call)
     with _lock:
         RECORDS.setdefault(name, []).append(call)
+
+
+# ---------------------------------------------------------------- what a call does
+_WORDS = re.compile(r"#?[A-Za-z_][A-Za-z0-9_]*")
+_FUNCTIONS = {"if_not_exists", "list_append", "attribute_exists", "attribute_not_exists", "size", "begins_with",
+              "contains", "attribute_type"}
+
+
+def _split(text: str) -> list[str]:
+    """``text`` split at its commas outside parentheses."""
+    parts, depth, start = [], 0, 0
+    for i, ch in enumerate(text):
+        depth += (ch == "(") - (ch == ")")
+        if ch == "," and depth == 0:
+            parts.append(text[start:i])
+            start = i + 1
+    return parts + [text[start:]]
+
+
+def _updated(expression: str, names: dict) -> dict[str, list[str]]:
+    """Clause (SET, ADD, REMOVE, DELETE) -> the attributes it writes, sorted, ``#names`` resolved."""
+    out = {}
+    for clause, body in re.findall(r"\b(SET|ADD|REMOVE|DELETE)\b(.*?)(?=\b(?:SET|ADD|REMOVE|DELETE)\b|$)", expression,
+                                   flags=re.S):
+        targets = [_WORDS.search(part.partition("=")[0]).group() for part in _split(body)]
+        out[clause] = sorted(names.get(t, t) for t in targets)
+    return out
+
+
+def _key(key: dict) -> dict:
+    """A key's attributes and values, each ``#`` segment holding a digit (an id, a time, a window) as ``0``:
+    the comparison keeps the item's kind (``MSG``, ``OUTBOX``, ``DAY``, ``signup-ip``), not which one."""
+    return {k: "#".join("0" if any(c.isdigit() for c in seg) else seg for seg in str(next(iter(v.values()))).split("#"))
+            for k, v in sorted(key.items())}
+
+
+def _write(kind: str, spec: dict) -> tuple:
+    names = spec.get("ExpressionAttributeNames") or {}
+    if kind == "Put":
+        what = {"key": _key({k: spec["Item"][k] for k in ("pk", "sk") if k in spec["Item"]}),
+                "attributes": sorted(spec["Item"])}
+    else:
+        what = {"key": _key(spec["Key"])}
+        if "UpdateExpression" in spec:
+            what["updates"] = _updated(spec["UpdateExpression"], names)
+    for option in ("ReturnValues", "ReturnValuesOnConditionCheckFailure"):
+        if option in spec:
+            what[option] = spec[option]
+    return (kind, spec["TableName"], what, "ConditionExpression" in spec)
+
+
+def shape(call: Call) -> tuple:
+    """What a call does, without the values that change from run to run: the operation; for DynamoDB each
+    item's table, key (digits zeroed), the attributes written and by which clause, whether it is
+    conditional and what it returns; for PutEvents each entry's source, bus, type and detail fields;
+    for any other call its parameters' names."""
+    p, op = call.params, call.operation
+    if call.service == "dynamodb" and op in ("PutItem", "UpdateItem", "DeleteItem"):
+        return (call.name, _write(op[:-4], p))
+    if call.service == "dynamodb" and op == "TransactWriteItems":
+        return (call.name, tuple(_write(*next(iter(entry.items()))) for entry in p["TransactItems"]))
+    if call.service == "dynamodb" and op == "GetItem":
+        return (call.name, p["TableName"], _key(p["Key"]), bool(p.get("ConsistentRead")))
+    if call.name == "events:PutEvents":
+        return (call.name, tuple((e["Source"], e.get("EventBusName"), e["DetailType"], sorted(json.loads(e["Detail"])))
+                                 for e in p["Entries"]))
+    return (call.name, tuple(sorted(p)))
+
+
+def drift(recorded: list[Call], made: list[Call]) -> str | None:
+    """Where ``made`` (a baseline's requests, answered by ``replay``) does not do what ``recorded`` did
+    (``shape``); None when every call matches."""
+    for i, (a, b) in enumerate(itertools.zip_longest(recorded, made)):
+        if a is None or b is None or shape(a) != shape(b):
+            return (f"call {i + 1}: the handler made {shape(a) if a else 'no call'}, "
+                    f"the baseline {shape(b) if b else 'no call'}")
+    return None
 
 
 # ---------------------------------------------------------------- DynamoDB capacity

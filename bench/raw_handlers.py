@@ -6,6 +6,7 @@ no pynamodb, no jinja2. A route without a hand-written handler here is compared 
 ``replay_only`` (decode the body, make the recorded calls, answer), a lower floor.
 """
 import base64
+import calendar
 import hashlib
 import hmac
 import json
@@ -13,13 +14,20 @@ import os
 import re
 import time
 import uuid
-from urllib.parse import parse_qsl
+from urllib.parse import parse_qsl, urlsplit
 
 import boto3
+
+from funnelpilot.agents import AUTOMATED  # the one list of machine user agents: a regex, nothing else imported
 
 _EMAIL = re.compile(r"^[a-z0-9.!#$%&'*+/=?^_`{|}~-]+@[a-z0-9-]+(\.[a-z0-9-]+)+$")
 _clients: dict = {}
 _key: bytes = b""
+clock = time.time  # the bench sets the runtime's clock (funnelpilot.clock.now): the instant the real handler saw
+
+
+def _iso(ts: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
 
 
 def _client(service: str):
@@ -55,19 +63,9 @@ def _keyed(purpose: str, value: str, size: int) -> str:
     return base64.b32encode(digest[:size]).decode().rstrip("=").lower()
 
 
-def _counter(scope: str, key: str, limit: int, window: int, at: float) -> dict:
-    index = int(at // window)
-    return {"Update": {"TableName": os.environ["METRICS_TABLE_NAME"],
-                       "Key": {"pk": {"S": f"RATE#{scope}#{key}#{index}"}, "sk": {"S": "RATE"}},
-                       "UpdateExpression": "ADD hits :one SET expires_at = :x",
-                       "ConditionExpression": "attribute_not_exists(hits) OR hits < :l",
-                       "ExpressionAttributeValues": {":one": {"N": "1"}, ":l": {"N": str(limit)},
-                                                     ":x": {"N": str((index + 2) * window)}}}}
-
-
 def signup(event: dict, context=None) -> dict:
-    """A new person on a double opt-in list: one transaction (the IP's and the address's rate
-    windows, profile, consent record, outbox item of contact.pending)."""
+    """A new person on a double opt-in list: one transaction (the IP's rate window; the profile, which
+    counts the address's window; the consent record; the outbox item of contact.pending)."""
     fields = _fields(event)
     email = str(fields.get("email", "")).strip().lower()
     if not _EMAIL.match(email):
@@ -77,36 +75,54 @@ def signup(event: dict, context=None) -> dict:
     list_name = str(fields.get("list") or "newsletter").lower()
     http = event["requestContext"]["http"]
     at = event["requestContext"]["timeEpoch"] / 1000
-    limits = [_counter(f"signup-{name}", _keyed(name, value, 10), limit, window, at)
-              for name, value, limit, window in (("ip", http["sourceIp"], 20, 3600), ("email", email, 5, 86400))]
+    ip_window, address_window = int(at // 3600), int(at // 86400)
     cid = _keyed("contact", email, 16)
-    now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    ts = clock()
+    now = _iso(ts)
     table = os.environ["TABLE_NAME"]
     event_id = uuid.uuid4().hex
-    entry = {"Source": "funnelpilot", "DetailType": "contact.pending", "EventBusName": os.environ["BUS_NAME"],
-             "Detail": json.dumps({"event_id": event_id, "contact_id": cid, "occurred_at": now, "list": list_name})}
+    detail = {"event_id": event_id, "contact_id": cid, "occurred_at": now, "list": list_name, "lead_magnet": None,
+              "resubscribe": False}
+    entry = {"Source": "funnelpilot", "DetailType": "contact.pending", "Detail": json.dumps(detail),
+             "EventBusName": os.environ["BUS_NAME"]}
+    sets = "SET email = :email, created_at = if_not_exists(created_at, :now), updated_at = :now, " \
+           "incarnation = if_not_exists(incarnation, :inc), #s = :status"
+    values = {":email": {"S": email}, ":now": {"S": now}, ":list": {"SS": [list_name]}, ":one": {"N": "1"},
+              ":inc": {"S": uuid.uuid4().hex[:12]}, ":status": {"S": "pending"}, ":limit": {"N": "5"}}
+    if fields.get("first_name"):
+        sets += ", first_name = :first_name"
+        values[":first_name"] = {"S": str(fields["first_name"])}
+    utm = {k: {"S": str(v)} for k, v in fields.items() if k.startswith("utm_") and v}
+    if utm:
+        sets += ", utm = if_not_exists(utm, :utm)"
+        values[":utm"] = {"M": utm}
     ddb = _client("dynamodb")
     try:
-        ddb.transact_write_items(TransactItems=limits + [
+        ddb.transact_write_items(TransactItems=[
+            {"Update": {"TableName": os.environ["METRICS_TABLE_NAME"],
+                        "Key": {"pk": {"S": f"RATE#signup-ip#{_keyed('ip', http['sourceIp'], 10)}#{ip_window}"},
+                                "sk": {"S": "RATE"}},
+                        "UpdateExpression": "ADD hits :one SET expires_at = :expires",
+                        "ConditionExpression": "attribute_not_exists(hits) OR hits < :limit",
+                        "ExpressionAttributeValues": {":one": {"N": "1"}, ":limit": {"N": "20"},
+                                                      ":expires": {"N": str((ip_window + 2) * 3600)}}}},
             {"Update": {"TableName": table, "Key": {"pk": {"S": cid}, "sk": {"S": "PROFILE"}},
-                        "UpdateExpression": "SET email = :e, created_at = if_not_exists(created_at, :n), updated_at = :n, "
-                                            "incarnation = if_not_exists(incarnation, :i), #s = :p ADD lists :l",
-                        "ConditionExpression": "attribute_not_exists(#s)", "ExpressionAttributeNames": {"#s": "status"},
-                        "ReturnValuesOnConditionCheckFailure": "ALL_OLD",
-                        "ExpressionAttributeValues": {":e": {"S": email}, ":n": {"S": now}, ":p": {"S": "pending"},
-                                                      ":i": {"S": uuid.uuid4().hex[:12]}, ":l": {"SS": [list_name]}}}},
+                        "UpdateExpression": sets + " ADD lists :list, #w :one",
+                        "ConditionExpression": "attribute_not_exists(#s) AND (attribute_not_exists(#w) OR #w < :limit)",
+                        "ExpressionAttributeNames": {"#s": "status", "#w": f"signups_{address_window}"},
+                        "ExpressionAttributeValues": values, "ReturnValuesOnConditionCheckFailure": "ALL_OLD"}},
             {"Put": {"TableName": table, "Item": {
                 "pk": {"S": cid}, "sk": {"S": f"CONSENT#{now}#{list_name}"}, "list_name": {"S": list_name},
                 "source": {"S": "signup"}, "given_at": {"S": now}, "confirmation": {"S": "unconfirmed"},
                 "ip": {"S": http["sourceIp"]}, "user_agent": {"S": http["userAgent"]}}}},
             {"Put": {"TableName": table, "Item": {"pk": {"S": cid}, "sk": {"S": f"OUTBOX#{event_id}"},
                                                   "entry": {"S": json.dumps(entry)},
-                                                  "expires_at": {"N": str(int(time.time()) + 86400)}}}}])
+                                                  "expires_at": {"N": str(int(ts) + 14 * 86400)}}}}])
     except ddb.exceptions.TransactionCanceledException as exc:
         if any(r.get("Code") == "ConditionalCheckFailed" for r in exc.response["CancellationReasons"][:2]):
             return _response(429, {"error": "too many signups"})
         raise
-    return _response(202, {"contact_id": cid})
+    return _response(202, {"contact_id": cid, "fp": _sign("fp", cid, str(int(ts // 86400) + 365), "s")})
 
 
 def preflight(event: dict, context=None) -> dict:
@@ -126,6 +142,12 @@ def _unb64(text: str) -> bytes:
     return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
 
+def _sign(kind: str, *fields: str) -> str:
+    payload = "|".join((kind, *fields)).encode()
+    mac = hmac.new(_key, payload, hashlib.sha256).digest()[:16]
+    return f"{base64.urlsafe_b64encode(payload).rstrip(b'=').decode()}.{base64.urlsafe_b64encode(mac).rstrip(b'=').decode()}"
+
+
 def _verify(kind: str, token: str, arity: int) -> list[str] | None:
     try:
         body, mac = token.split(".", 1)
@@ -138,41 +160,92 @@ def _verify(kind: str, token: str, arity: int) -> list[str] | None:
     return parts[1:] if parts[0] == kind and len(parts) == arity + 1 else None
 
 
+def _epoch(iso: str) -> float:
+    return calendar.timegm(time.strptime(iso, "%Y-%m-%dT%H:%M:%SZ"))
+
+
+def _human(at: float, sent_at: float | None, honeypots: list[float], earlier: list[tuple[float, bool]]) -> bool:
+    """The rules of a hit's history: machine near a honeypot hit or after a machine hit (a burst of 10 s),
+    or within 10 s of the delivery."""
+    return not (any(abs(at - h) <= 10 for h in honeypots) or any(not human and abs(at - t) <= 10 for t, human in earlier)
+                or sent_at is None or at - sent_at < 10)
+
+
 def _hit(kind: str, event: dict) -> str | None:
-    """Verify, append the hit (the message as it was comes back), publish a person's or count a
-    machine's: the URL a click goes to."""
+    """Verify, append the hit (the message as it was comes back), judge it with the message's earlier
+    hits, publish a person's or count a machine's: the URL a click goes to."""
     fields = _verify("o" if kind == "open" else "c", event["pathParameters"]["token"], 2 if kind == "open" else 3)
-    if fields is None:
+    if fields is None or (kind == "click" and not fields[2].isdigit()):
         return None
     request = event["requestContext"]["http"]
     key = {"pk": {"S": fields[0]}, "sk": {"S": f"MSG#{fields[1]}"}}
-    agent = request.get("userAgent", "")
-    human = request["method"] != "HEAD" and bool(agent) and "bot" not in agent.lower()
-    now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    hit = {"M": {"at": {"S": now}, "kind": {"S": kind}, "human": {"BOOL": human}}}
+    agent = request.get("userAgent", "").strip()
+    label = request["method"] != "HEAD" and bool(agent) and not AUTOMATED.search(agent) and \
+        not (kind == "open" and (agent.lower() == "mozilla/5.0" or request.get("sourceIp", "").startswith("17.")))
+    reason = None if label else "head_request" if request["method"] == "HEAD" else "scanner"  # stored, not published
+    ts = clock()
+    now = _iso(ts)
+    hit = {"M": {"at": {"S": now}, "kind": {"S": kind}, "link": {"S": fields[2]} if kind == "click" else {"NULL": True},
+                 "human": {"BOOL": label}, "reason": {"S": reason} if reason else {"NULL": True}}}
     ddb = _client("dynamodb")
     try:
         item = ddb.update_item(
-            TableName=os.environ["TABLE_NAME"], Key=key, ReturnValues="ALL_OLD",
-            UpdateExpression="SET hits = list_append(if_not_exists(hits, :empty), :h), last_hit_at = :n",
-            ConditionExpression="#s = :sent", ExpressionAttributeNames={"#s": "status"},
-            ExpressionAttributeValues={":h": {"L": [hit]}, ":empty": {"L": []}, ":n": {"S": now},
-                                       ":sent": {"S": "sent"}})["Attributes"]
+            TableName=os.environ["TABLE_NAME"], Key=key, ExpressionAttributeNames={"#s": "status"}, ReturnValues="ALL_OLD",
+            ReturnValuesOnConditionCheckFailure="ALL_OLD",
+            UpdateExpression="SET last_hit_at = :now, hits = list_append(if_not_exists(hits, :empty), :hit)",
+            ConditionExpression="#s IN (:sent, :sending) AND (attribute_not_exists(hits) OR size(hits) < :max)",
+            ExpressionAttributeValues={":now": {"S": now}, ":sent": {"S": "sent"}, ":sending": {"S": "sending"},
+                                       ":empty": {"L": []}, ":hit": {"L": [hit]}, ":max": {"N": "100"}})["Attributes"]
     except ddb.exceptions.ConditionalCheckFailedException:
         return None
-    url = json.loads(item.get("links", {}).get("S", "[]"))[int(fields[2])] if kind == "click" else None
-    url = url["url"] if isinstance(url, dict) else url
+    url, hand_off = None, False
+    if kind == "click":
+        links = json.loads(item.get("links", {}).get("S", "[]"))
+        if int(fields[2]) >= len(links):
+            return None
+        url = links[int(fields[2])]
+        url, hand_off = (url["url"], False) if isinstance(url, dict) else (url, True)
+    sent = item.get("delivered_at", item.get("sent_at", {})).get("S")
+    sent_at = _epoch(sent) if sent else None
+    stored = [h["M"] for h in item.get("hits", {}).get("L", [])]
+    honeypots = [_epoch(h["at"]["S"]) for h in stored if h.get("reason", {}).get("S") == "honeypot"]
+    earlier: list[tuple[float, bool]] = []
+    for h in stored:
+        t = _epoch(h["at"]["S"])
+        earlier.append((t, h["human"]["BOOL"] and _human(t, sent_at, honeypots, earlier)))
+    honeypot_at = [_epoch(item["honeypot_at"]["S"])] if "honeypot_at" in item else []
+    human = label and _human(ts, sent_at, honeypot_at, earlier)
+    funnel, step, template = (item.get(a, {}).get("S") for a in ("funnel", "step", "template"))
     if not human:
-        row = {"pk": {"S": f"FUNNEL#{item['funnel']['S']}"}, "sk": {"S": f"DAY#{now[:10]}#STEP#{item['step']['S']}"}}
-        ddb.update_item(TableName=os.environ["METRICS_TABLE_NAME"], Key=row, UpdateExpression="ADD #m :one",
-                        ExpressionAttributeNames={"#m": f"machine_{kind}s"}, ExpressionAttributeValues={":one": {"N": "1"}})
+        if funnel and step:
+            ddb.update_item(TableName=os.environ["METRICS_TABLE_NAME"], UpdateExpression="ADD #m0 :v0 SET #template = :template",
+                            Key={"pk": {"S": f"FUNNEL#{funnel}"}, "sk": {"S": f"DAY#{now[:10]}#STEP#{step}"}},
+                            ExpressionAttributeNames={"#m0": f"machine_{kind}s", "#template": "template"},
+                            ExpressionAttributeValues={":v0": {"N": "1"}, ":template": {"S": template}})
         return url
-    detail = {"event_id": uuid.uuid4().hex, "contact_id": fields[0], "occurred_at": now, "message_id": fields[1],
-              "human": human, "unique": not any(h["M"]["human"]["BOOL"] for h in item.get("hits", {}).get("L", []))}
-    kinds = ["email.opened"] + (["email.clicked"] if kind == "click" else [])
-    _client("events").put_events(Entries=[{"Source": "funnelpilot", "DetailType": k, "Detail": json.dumps(detail),
-                                           "EventBusName": os.environ["BUS_NAME"]} for k in kinds])
-    return url
+    common = {"message_id": fields[1], "funnel": funnel, "step": step, "template": template, "human": True}
+    first_open = not any(h for _, h in earlier)
+    entries = []
+    if kind == "open" or first_open:
+        entries.append(("email.opened", {"unique": first_open, **({"via": "click"} if kind == "click" else {})}))
+    if kind == "click":
+        first_click = not any(h and s["kind"]["S"] == "click" for (_, h), s in zip(earlier, stored))
+        entries.append(("email.clicked", {"link": fields[2], "url": url, "unique": first_click}))
+    _client("events").put_events(Entries=[
+        {"Source": "funnelpilot", "DetailType": kind_, "EventBusName": os.environ["BUS_NAME"],
+         "Detail": json.dumps({"event_id": uuid.uuid4().hex, "contact_id": fields[0], "occurred_at": now, **extra, **common})}
+        for kind_, extra in entries])
+    return _hand_off(url, fields[0], ts) if hand_off else url
+
+
+def _hand_off(url: str, cid: str, ts: float) -> str:
+    """A person's click to one of the sites lands with their ``fp`` token."""
+    parts = urlsplit(url)
+    if f"{parts.scheme}://{parts.netloc}" not in os.environ.get("CORS_ORIGINS", "").split(","):
+        return url
+    kept = [p for p in parts.query.split("&") if p and p.split("=", 1)[0] != "fp"]
+    token = _sign("fp", cid, str(int(ts // 86400) + 365), "e")
+    return parts._replace(query="&".join([*kept, f"fp={token}"])).geturl()
 
 
 def track_open(event: dict, context=None) -> dict:

@@ -41,6 +41,7 @@ import spam_scores  # noqa: E402
 import traffic  # noqa: E402
 from funnelpilot_local.runtime import LambdaContext, Runtime  # noqa: E402
 
+from funnelpilot import clock  # noqa: E402
 from funnelpilot_local.demo import START  # noqa: E402
 
 HOT = ("SignupFunction", "TrackOpenFunction", "TrackClickFunction")  # logical ids in template.yaml
@@ -70,6 +71,7 @@ class Invocation:
     trigger: str
     payload: dict
     calls: list
+    at: float  # the runtime's clock when it was made
 
 
 def trigger_of(payload: dict) -> str:
@@ -93,11 +95,12 @@ class MeteredRuntime(Runtime):
         self._ids = itertools.count()
 
     def invoke(self, function: str, payload: dict):
+        at = clock.now()
         with meter.label(f"{function}#{next(self._ids)}") as calls:
             try:
                 return super().invoke(function, payload)
             finally:
-                self.invocations.append(Invocation(function, trigger_of(payload), payload, calls))
+                self.invocations.append(Invocation(function, trigger_of(payload), payload, calls, at))
 
 
 # ---------------------------------------------------------------- warm requests
@@ -111,7 +114,7 @@ def _per_call(handler, event, ctx, calls, n: int) -> float:
 
 def warm_ratio(handler, raw, inv: Invocation, rounds: int = 15, n: int = 20) -> float:
     """Median time of the handler ÷ median time of ``raw``, interleaved, AWS answered from the
-    recording (AssertionError when ``raw`` does not make the calls the handler made)."""
+    recording (AssertionError when either does not make the calls the handler made)."""
     ctx = LambdaContext(inv.function)
     for fn in (handler, raw):
         _per_call(fn, inv.payload, ctx, inv.calls, 3)
@@ -123,10 +126,30 @@ def warm_ratio(handler, raw, inv: Invocation, rounds: int = 15, n: int = 20) -> 
     return statistics.median(real) / statistics.median(base)
 
 
+class BaselineDrift(RuntimeError):
+    """bench/raw_handlers.py no longer does what the handler does on the same request."""
+
+
+def drift(fn, inv: Invocation) -> str | None:
+    """How ``fn`` on the invocation's request, AWS answered from its recording, does not make the calls
+    recorded (``meter.drift``: the same operations on the same items, attributes and events); None if it does."""
+    made = []
+    try:
+        with meter.replay(inv.calls, made=made):
+            fn(inv.payload, LambdaContext(inv.function))
+    except AssertionError as exc:
+        return str(exc)
+    return meter.drift(inv.calls, made)
+
+
 def warm_routes(rt: MeteredRuntime, samples: dict) -> dict:
     """Route -> warm ratio to its raw boto3 handler; None (with the reason) where the baseline
-    would be a near-zero time (the request made no AWS call) or the raw handler is out of date."""
+    would be a near-zero time (the request made no AWS call). Both run on the runtime's clock as it is
+    now; a handler that no longer makes its recorded calls there, or a hand-written baseline that does not
+    make them (``BaselineDrift``: tests/test_bench_baselines.py checks them on every benchmarked path),
+    stops the bench rather than compare different work."""
     raw_handlers.init()
+    raw_handlers.clock = clock.now
     out = {}
     for key, inv in samples.items():
         raw = raw_handlers.raw_for(key)
@@ -134,13 +157,13 @@ def warm_routes(rt: MeteredRuntime, samples: dict) -> dict:
         if not inv.calls:
             out[key] = {"ratio": None, "baseline": kind, "note": "no AWS call: the baseline is a near-zero time"}
             continue
-        try:
-            size = {} if key in HOT_ROUTES else {"rounds": 5, "n": 10}  # the goals are on the hot routes
-            ratio = warm_ratio(rt.functions[inv.function].handler, raw or raw_handlers.replay_only(inv.calls), inv,
-                               **size)
-        except AssertionError as exc:
-            out[key] = {"ratio": None, "baseline": kind, "note": f"bench/raw_handlers.py is out of date ({exc})"}
-            continue
+        handler = rt.functions[inv.function].handler
+        if why := drift(handler, inv):
+            raise RuntimeError(f"{key}: the handler replayed does not make its recorded calls: {why}")
+        if raw and (why := drift(raw, inv)):
+            raise BaselineDrift(f"{key}: bench/raw_handlers.py does not make the handler's calls: {why}")
+        size = {} if key in HOT_ROUTES else {"rounds": 5, "n": 10}  # the goals are on the hot routes
+        ratio = warm_ratio(handler, raw or raw_handlers.replay_only(inv.calls), inv, **size)
         out[key] = {"ratio": ratio, "baseline": kind, "note": ""}
     return out
 
@@ -151,6 +174,8 @@ def exercise(rt: MeteredRuntime, contacts: int) -> dict:
     contact = next(iter(ids.values()))
     samples = {}
     for route in sorted(rt.routes, key=lambda r: r.method == "DELETE"):  # erasure last
+        if not rt.advance(60):  # a route's samples are no burst of the previous route's hits on a message
+            raise RuntimeError(f"bench scenario: {route.method} {route.path} did not settle")
         for n in range(2):  # the second is a warm request
             request = traffic.sample_request(rt, route, contact, n)
             if request is None:
