@@ -83,3 +83,16 @@ def test_unknown_contact_is_accepted_but_not_published(rt, tap):
     resp = post(rt, {"type": "page.viewed", "event_id": "evt-unknown-1", "email": "nobody@example.com", "path": "/"})
     assert resp.status == 202 and resp.json()["status"] == "unknown_contact"
     assert tap.events("page.viewed") == []
+
+
+def test_key_is_read_again_after_five_minutes_of_the_clock(rt, cid, aws_calls):
+    """The key's cache expires on funnelpilot.clock (the stepped one here), not on wall time: how
+    many reads a run makes does not depend on how fast it ran."""
+    reads = []
+    for i, wait in enumerate((0, 299, 1, 0)):
+        rt.advance(wait)
+        aws_calls.clear()
+        body = {"type": "page.viewed", "event_id": f"evt-key-{i:04}", "contact_id": cid, "path": "/pricing"}
+        assert post(rt, body).status == 202
+        reads.append(aws_calls.count("ssm:GetParameter"))
+    assert reads == [1, 0, 1, 0]

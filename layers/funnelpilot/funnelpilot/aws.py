@@ -6,6 +6,7 @@ making its own). Call ``client.cache_clear()`` after changing the region or endp
 """
 from functools import cache
 
+from funnelpilot import clock
 from funnelpilot.config import config
 
 
@@ -19,6 +20,26 @@ def client(service: str):
 def dynamodb():
     """The shared low-level DynamoDB client."""
     return client("dynamodb")
+
+
+_parameters: dict[tuple[str, bool], tuple[str, float]] = {}  # (name, decrypt) -> (value, when to read it again)
+
+
+def parameter(name: str, *, decrypt: bool = False, max_age: float = 300) -> str:
+    """An SSM parameter's value, read again once ``max_age`` seconds of funnelpilot.clock have passed (wall
+    time on AWS). Not powertools' cache: it expires on wall time, so under the local runtime's stepped clock
+    how many reads a run makes would depend on how fast the machine ran it."""
+    now = clock.now()
+    cached = _parameters.get((name, decrypt))
+    if cached is None or now >= cached[1]:
+        value = client("ssm").get_parameter(Name=name, WithDecryption=decrypt)["Parameter"]["Value"]
+        cached = _parameters[(name, decrypt)] = (value, now + max_age)
+    return cached[0]
+
+
+def clear_parameters() -> None:
+    """Forget the parameters read (``parameter``): the next read is a cold start's."""
+    _parameters.clear()
 
 
 def conditional(operation: str, **request) -> bool:

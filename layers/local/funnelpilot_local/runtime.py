@@ -269,12 +269,13 @@ class Runtime:
             raise
         from aws_lambda_powertools.utilities.parameters.base import DEFAULT_PROVIDERS
 
-        from funnelpilot import tokens
+        from funnelpilot import aws, tokens
         from funnelpilot.config import config
         from funnelpilot.sending import pace
 
         config.cache_clear()  # settings are read from the environment the template just set
         tokens._key.cache_clear()  # the signing key of this stack (SIGNING_KEY_PARAMETER)
+        aws.clear_parameters()  # and its events key
         pace.clear_cache()  # its SES quota
         for provider in DEFAULT_PROVIDERS.values():  # a new stack: cold starts (each keeps its client)
             provider.clear_cache()
