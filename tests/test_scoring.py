@@ -243,11 +243,11 @@ def test_one_transaction_per_scored_event_and_a_lone_marker_for_one_that_changes
     writes = _writes(monkeypatch)
     click = eb("email.clicked", cid, t0, human=True, message_id="m1", link="0")
     assert rt.invoke("ScoreFunction", click)["points"]["capture"] == 5
-    # the marker (also the activity log entry), the day's counters (the cap and the once_per), the profile
-    assert ("TransactWriteItems", [f"SCORED#{click['detail']['event_id']}", f"CAP#{day}", PROFILE]) in writes
-    [cap] = [v for k, v in rt.client("dynamodb").get_item(TableName="ContactsTable", Key={
-        "pk": {"S": cid}, "sk": {"S": f"CAP#{day}"}})["Item"].items() if k.startswith("email-click")
-             and v == {"N": "1"} and "#" in k]
+    # the marker (also the activity log entry) and the profile, which holds the day's counters (the cap and the once_per)
+    assert ("TransactWriteItems", [f"SCORED#{click['detail']['event_id']}", PROFILE]) in writes
+    stored = rt.client("dynamodb").get_item(TableName="ContactsTable", Key={"pk": {"S": cid}, "sk": {"S": PROFILE}})["Item"]
+    assert {k.count("#"): v for k, v in stored.items() if k.startswith(f"cap#{day}#email-click")} == {
+        2: {"N": "1"}, 3: {"N": "1"}}
     writes.clear()
     again = eb("email.clicked", cid, t0 + 5, human=True, message_id="m1", link="0")  # the same link: once_per
     assert rt.invoke("ScoreFunction", again)["points"]["capture"] == 0
@@ -262,6 +262,29 @@ def test_one_transaction_per_scored_event_and_a_lone_marker_for_one_that_changes
         "pk": {"S": cid}, "sk": {"S": f"SCORED#{other['detail']['event_id']}"}})["Item"]
     assert log["kind"] == {"S": "contact.reactivated"} and "capture_points" not in log
     assert scoring.current_score(profile(cid), at=t0) == pytest.approx(5)
+
+
+def test_a_capped_out_event_makes_no_transaction_and_the_profile_keeps_three_days_of_counters(rt, monkeypatch):
+    cid = new_contact()
+    t0 = clock.now()
+    cap = next(r.cap_per_day for r in scoring.settings().rules if r.id == "email-click")
+    for i in range(cap):
+        assert rt.invoke("ScoreFunction", eb("email.clicked", cid, t0 + i, human=True, message_id=f"m{i}"))["points"]["capture"] == 5
+    writes = _writes(monkeypatch)
+    over = eb("email.clicked", cid, t0 + cap, human=True, message_id="over")
+    assert rt.invoke("ScoreFunction", over)["points"]["capture"] == 0
+    # the consistent read of the profile showed the cap full: the marker alone, no transaction to fail
+    assert [w for w in writes if w[1] != ["ACTIVITY"]] == [("PutItem", [f"SCORED#{over['detail']['event_id']}"])]
+
+    def days() -> set[str]:
+        stored = rt.client("dynamodb").get_item(TableName="ContactsTable", Key={"pk": {"S": cid}, "sk": {"S": PROFILE}})["Item"]
+        return {k.split("#")[1] for k in stored if k.startswith("cap#")}
+
+    day = [clock.iso(t0 + n * DAY)[:10] for n in range(4)]
+    assert rt.invoke("ScoreFunction", eb("email.clicked", cid, t0 + 2 * DAY, human=True, message_id="d2"))["points"]["capture"] == 5
+    assert days() == {day[0], day[2]}  # a late event of day 0 still finds its counters
+    assert rt.invoke("ScoreFunction", eb("email.clicked", cid, t0 + 3 * DAY, human=True, message_id="d3"))["points"]["capture"] == 5
+    assert days() == {day[2], day[3]}  # removed by the write of a day CAP_DAYS later
 
 
 def test_an_event_that_changes_nothing_for_a_contact_erased_meanwhile_leaves_nothing(rt, monkeypatch):

@@ -12,13 +12,16 @@ scored event and when it is rebased (once every ``REBASE_HALF_LIVES`` half-lives
 conditional write) so the stored numbers stay small; every ADD is conditioned on the
 ``score_at`` it was computed for, and retried if a rebase won the race.
 
-One scored event = one TransactWriteItems (2 WRU an item): the marker ``SCORED#<event_id>``
-(conditional put: idempotency, keyed on the event id alone since a retry may carry another
-time), which is also the contact's activity log entry (kind, time, summary, points: read by
-sales alerts); the day's cap counters when a matching rule has a cap, all in one item
-``CAP#<day>`` (conditional ADD); and the profile ADD. An event that changes no score nor
-profile field (no rule matched, or their caps are full) writes its marker alone, one
-conditional put (1 WRU), and undoes it when the contact turns out to be erased
+One scored event = one TransactWriteItems of two items (2 WRU an item): the marker
+``SCORED#<event_id>`` (conditional put: idempotency, keyed on the event id alone since a retry may
+carry another time), which is also the contact's activity log entry (kind, time, summary, points:
+read by sales alerts), and the profile ADD. The day's cap counters of the matching rules are
+attributes of the profile (``cap#<day>#<counter>``, ``_counters``), counted by that ADD under a
+condition that each is below its limit: no item of their own (2 WRU less a capped event), and the
+consistent read of the profile already tells which rules are capped out, so a capped event makes
+no failing write; the days older than ``CAP_DAYS`` are removed by the next profile write. An
+event that changes no score nor profile field (no rule matched, or their caps are full) writes its
+marker alone, one conditional put (1 WRU), and undoes it when the contact turns out to be erased
 (funnelpilot.erasure). Concurrent events on one contact overlap on the profile
 (``TransactionConflict``): ``aws.transact_write`` retries them, then the Lambda's asynchronous
 retries (nothing is written by a cancelled transaction, and the marker makes a retried event
@@ -40,6 +43,7 @@ from funnelpilot.models import PROFILE, Contact
 DAY = 86_400
 REBASE_HALF_LIVES = 24
 ACTIVITY_TTL = 90 * DAY
+CAP_DAYS = 3  # a late event finds its day's counters this long (the profile keeps them)
 TRACKS = ("capture", "loyalty")
 _ATTR = {"capture": "score", "loyalty": "loyalty"}
 _FLAG = {"capture": "qualified_until", "loyalty": "vip_until"}
@@ -227,34 +231,31 @@ def award(contact_id: str, points: float, *, once_key: str, track: str = "captur
 def _apply(detail_type: str, detail: dict, matched: list, t: float, seen_sk: str, *, log_activity: bool) -> Outcome:
     cid, event_id = detail["contact_id"], detail["event_id"]
     day = clock.iso(t)[:10]
-    capped: set[str] = set()
     for _attempt in range(8):
-        contact = _get(cid)
-        if contact is None:
+        raw = _read(cid)
+        if raw is None:
             return Outcome("unknown_contact")
+        contact = Contact.from_raw_data(raw)
+        counters = _counters(matched, detail, day)
+        capped = {rule for attribute, (rule, limit) in counters.items() if float(raw.get(attribute, {}).get("N", 0)) >= limit}
         rules = [r for r in matched if r.id not in capped]
+        counters = {a: c for a, c in counters.items() if c[0] not in capped}
         points = {tr: 0.0 for tr in TRACKS}
         for r in rules:
             points[r.track] += r.points_for(detail)
         marker = _marker(cid, seen_sk, detail_type, detail, t, points if log_activity else None)
-        profile = _profile_update(contact, points, t, detail_type, detail)
+        profile = _profile_update(contact, points, t, detail_type, detail, counters, _past_caps(raw, t))
         if profile is None:  # nothing to add or set: the marker (the activity log entry) alone
             return _unchanged(cid, marker, points) if log_activity else Outcome("no_rule", points)
-        counters = _counters(rules, detail)
-        items = [marker, *([_caps(cid, day, counters)] if counters else []), profile]
         try:
-            aws.transact_write(items)  # retried while it only conflicts with a concurrent event's
+            aws.transact_write([marker, profile])  # retried while it only conflicts with a concurrent event's
         except ClientError as exc:
             failed = aws.failed_conditions(exc)
             if exc.response["Error"]["Code"] != "TransactionCanceledException" or not failed:
                 raise
             if 0 in failed:
                 return Outcome("duplicate")
-            if counters and 1 in failed:  # the day's counters as they were: the rules whose cap is full
-                old = exc.response["CancellationReasons"][1].get("Item") or {}
-                capped |= {rule for name, (rule, limit) in counters.items()
-                           if float(old.get(name, {}).get("N", 0)) >= limit}
-            continue  # cap reached for some rule, or score_at moved (first score / rebase): retry
+            continue  # a cap filled, or score_at moved (first score / rebase) meanwhile: read again
         break
     else:
         raise RuntimeError(f"scoring {event_id}: too many conflicting retries")
@@ -275,13 +276,16 @@ def _unchanged(cid: str, marker: dict, points: dict) -> Outcome:
     return Outcome("no_rule", points)
 
 
+def _read(cid: str) -> dict | None:
+    """The live profile as DynamoDB returns it (its cap counters are no model attributes), or None
+    (never subscribed, or erased: nothing is scored)."""
+    item = aws.dynamodb().get_item(TableName=config().table, Key=_key(cid, PROFILE), ConsistentRead=True).get("Item")
+    return None if item is None or item.get("status", {}).get("S") == "erased" else item
+
+
 def _get(cid: str) -> Contact | None:
-    """The live profile, or None (never subscribed, or erased: nothing is scored)."""
-    try:
-        contact = Contact.get(cid, PROFILE, consistent_read=True)
-    except Contact.DoesNotExist:
-        return None
-    return None if contact.status == "erased" else contact
+    raw = _read(cid)
+    return None if raw is None else Contact.from_raw_data(raw)
 
 
 def _key(cid: str, sk: str) -> dict:
@@ -299,35 +303,30 @@ def _marker(cid: str, sk: str, detail_type: str, detail: dict, t: float, points:
     return {"Put": {"TableName": config().table, "Item": item, "ConditionExpression": "attribute_not_exists(pk)"}}
 
 
-def _counters(rules: list[Rule], detail: dict) -> dict[str, tuple[str, int]]:
-    """The day's counters the rules count on (attribute -> (rule id, limit)): each rule's daily cap,
-    and once per day per the values of its ``once_per`` fields (a double click on one link of one
-    email scores once)."""
+def _counters(rules: list[Rule], detail: dict, day: str) -> dict[str, tuple[str, int]]:
+    """The day's counters the rules count on (profile attribute ``cap#<day>#<counter>`` -> (rule id,
+    limit)): each rule's daily cap, and once per day per the values of its ``once_per`` fields (a double
+    click on one link of one email scores once)."""
     out = {}
     for rule in rules:
         if rule.cap_per_day:
-            out[rule.id] = (rule.id, rule.cap_per_day)
+            out[f"cap#{day}#{rule.id}"] = (rule.id, rule.cap_per_day)
         if rule.once_per:
-            out[f"{rule.id}#" + tokens.digest_id("", *(str(detail.get(f)) for f in rule.once_per))] = (rule.id, 1)
+            out[f"cap#{day}#{rule.id}#" + tokens.digest_id("", *(str(detail.get(f)) for f in rule.once_per))] = (rule.id, 1)
     return out
 
 
-def _caps(cid: str, day: str, counters: dict[str, tuple[str, int]]) -> dict:
-    """The conditional ADD of the counters on the contact's ``CAP#<day>`` item: every one below its limit."""
-    names = {f"#c{i}": name for i, name in enumerate(counters)}
-    values = {":one": _n(1), ":exp": _n(int(clock.now()) + 3 * DAY)}
-    values |= {f":l{i}": _n(limit) for i, (_, limit) in enumerate(counters.values())}
-    return {"Update": {
-        "TableName": config().table, "Key": _key(cid, f"CAP#{day}"),
-        "UpdateExpression": "ADD " + ", ".join(f"#c{i} :one" for i in range(len(counters))) + " SET expires_at = :exp",
-        "ConditionExpression": " AND ".join(f"(attribute_not_exists(#c{i}) OR #c{i} < :l{i})" for i in range(len(counters))),
-        "ExpressionAttributeNames": names, "ExpressionAttributeValues": values,
-        "ReturnValuesOnConditionCheckFailure": "ALL_OLD"}}
+def _past_caps(raw: dict, t: float) -> list[str]:
+    """The profile's cap counters (as read) of the days before the last ``CAP_DAYS`` before ``t``."""
+    first = clock.iso(t - (CAP_DAYS - 1) * DAY)[:10]
+    return [a for a in raw if a.startswith("cap#") and a[4:14] < first]
 
 
-def _profile_update(contact: Contact, points: dict, t: float, detail_type: str, detail: dict) -> dict | None:
-    """The profile ADD, conditioned on the reference epoch it was computed for; None when the event
-    changes nothing on the profile (no points; not an order nor an address's first proof)."""
+def _profile_update(contact: Contact, points: dict, t: float, detail_type: str, detail: dict,
+                    counters: dict[str, tuple[str, int]], past: list[str]) -> dict | None:
+    """The profile ADD, conditioned on the reference epoch it was computed for and on each of the day's
+    ``counters`` (``_counters``) being below its limit, which it counts; it removes the ``past`` ones.
+    None when the event changes nothing on the profile (no points; not an order nor an address's first proof)."""
     proves = detail_type == "email.clicked" and detail.get("human") is True and contact.email_proven_at is None
     if not any(points.values()) and detail_type != "order.placed" and not proves:
         return None
@@ -386,13 +385,23 @@ def _profile_update(contact: Contact, points: dict, t: float, detail_type: str, 
         if spend:
             adds.append("spend :spend")
             values[":spend"] = _n(spend)
+    if counters:
+        values[":one"] = _n(1)
+    for i, (attribute, (_, limit)) in enumerate(counters.items()):
+        names[f"#c{i}"] = attribute
+        adds.append(f"#c{i} :one")
+        values[f":l{i}"] = _n(limit)
+        cond += f" AND (attribute_not_exists(#c{i}) OR #c{i} < :l{i})"
+    names |= {f"#x{i}": attribute for i, attribute in enumerate(past)}
     expr = []
     if sets:
         expr.append("SET " + ", ".join(sets))
     if adds:
         expr.append("ADD " + ", ".join(adds))
-    if not expr:  # only a rebase's zero points: still pin the reference so the update is valid
-        expr.append("SET #at = :ref")
+    if past:
+        expr.append("REMOVE " + ", ".join(f"#x{i}" for i in range(len(past))))
+    if not sets and not adds:  # only a rebase's zero points: still pin the reference so the update is valid
+        expr.insert(0, "SET #at = :ref")
     return {"Update": {"TableName": config().table, "Key": _key(contact.pk, PROFILE),
                        "UpdateExpression": " ".join(expr), "ConditionExpression": cond,
                        "ExpressionAttributeNames": names, "ExpressionAttributeValues": values}}
