@@ -1,5 +1,5 @@
 """Transactional outbox: lifecycle events commit with the change they announce (an OUTBOX#
-item in the same transaction) and reach the bus through the table's stream and
+item in the same transaction, or on a new item it writes anyway: ``entries``) and reach the bus through the table's stream and
 OutboxRelayFunction, run by the local runtime's event source mapping emulation (template
 FilterCriteria, batches, retries, bisection, on-failure destination)."""
 import copy
@@ -23,6 +23,11 @@ def items(rt, cid, prefix=None) -> list[dict]:
         condition, values[":p"] = condition + " AND begins_with(sk, :p)", {"S": prefix}
     return rt.client("dynamodb").query(TableName="ContactsTable", KeyConditionExpression=condition,
                                        ExpressionAttributeValues=values, ConsistentRead=True)["Items"]
+
+
+def carriers(rt, cid) -> list[dict]:
+    """The contact's items that hold events for the relay: outbox items and items carrying ``entries``."""
+    return [i for i in items(rt, cid) if "entry" in i or "S" in i.get("entries", {})]  # (FUNNEL#'s is a number)
 
 
 def welcomes(rt, cid) -> int:
@@ -75,15 +80,31 @@ def test_signup_writes_its_event_in_its_transaction_and_makes_no_put_events(rt, 
     # one call: the transaction counts the per-IP and per-address rate windows too
     assert aws_calls == ["dynamodb:TransactWriteItems"]
     cid = resp.json()["contact_id"]
-    [item] = items(rt, cid, "OUTBOX#")
-    entry = json.loads(item["entry"]["S"])
+    assert items(rt, cid, "OUTBOX#") == []  # the consent record carries the event: no outbox item
+    [item] = carriers(rt, cid)
+    [entry] = outbox.entries(item)
+    assert item["sk"]["S"].startswith("CONSENT#") and item["confirmation"] == {"S": "single_opt_in"}
     assert entry["DetailType"] == "contact.subscribed" and entry["EventBusName"] == "funnelpilot"
-    assert item["sk"]["S"] == "OUTBOX#" + json.loads(entry["Detail"])["event_id"] and "expires_at" in item
     assert rt.settle()
     [event] = tap.events("contact.subscribed")
     assert event["detail"] == json.loads(entry["Detail"]) and event["detail"]["utm_source"] == "ads"
-    assert items(rt, cid, "OUTBOX#") == [item]  # relayed and left to its TTL (DynamoDB's TTL deletes are free)
+    assert carriers(rt, cid) == [item]  # the record stays, the event published once
     assert welcomes(rt, cid) == 1
+
+
+def test_a_form_posted_twice_in_one_second_overwrites_its_consent_record_and_the_second_event_has_an_outbox_item(rt, tap):
+    body = {"email": "twice@example.com", "consent": True, "list": SINGLE}
+    first, second = (rt.http("POST", "/signup", json_body=body) for _ in range(2))  # one second, one list
+    assert first.status == second.status == 202
+    cid = first.json()["contact_id"]
+    [record] = items(rt, cid, "CONSENT#")  # one record of that second and list, the second signup's
+    [outboxed] = items(rt, cid, "OUTBOX#")
+    # the first's record, which carried its event (relayed from its INSERT), was overwritten
+    assert record["confirmation"] == {"S": "already_active"} and "entries" not in record
+    assert rt.settle()
+    events = tap.events("contact.subscribed")
+    assert len(events) == 2 and events[1]["detail"]["event_id"] == json.loads(json.loads(outboxed["entry"]["S"])["Detail"])["event_id"]
+    assert welcomes(rt, cid) == 1 and rt.errors == []
 
 
 def test_event_delivery_failing_after_the_commit_is_retried_and_welcomes_once(rt, tap, relayed, failing_put_events):
@@ -101,7 +122,7 @@ def test_event_delivery_failing_after_the_commit_is_retried_and_welcomes_once(rt
     assert json.loads(attempts[0][0]["Detail"])["contact_id"] == cid
     assert [len(b["Records"]) for b in relayed] == [1, 1]  # failed, then retried by the mapping
     assert welcomes(rt, cid) == 1 and len(tap.events("contact.subscribed")) == 1
-    assert len(items(rt, cid, "OUTBOX#")) == 1 and rt.dead_letters == [] and rt.errors == []
+    assert len(carriers(rt, cid)) == 1 and rt.dead_letters == [] and rt.errors == []
     # the re-signup a visitor makes after an error page changes nothing either
     assert rt.http("POST", "/signup", json_body={"email": "bo@example.com", "consent": True, "list": SINGLE}).status == 202
     assert rt.settle() and welcomes(rt, cid) == 1
@@ -126,12 +147,11 @@ def test_only_outbox_inserts_invoke_the_relay(rt, relayed):
     cid = signup(rt, "dee@example.com")
     assert rt.advance(3 * 86400)  # the welcome sequence writes messages, funnel entries, the profile
     records = [r for b in relayed for r in b["Records"]]
-    assert records and all(r["eventName"] == "INSERT" and r["dynamodb"]["Keys"]["sk"]["S"].startswith("OUTBOX#")
-                           for r in records)
+    assert records and all(r["eventName"] == "INSERT" and outbox.entries(r["dynamodb"]["NewImage"]) for r in records)
     assert {r["eventSource"] for r in records} == {"aws:dynamodb"}
     assert {r["eventSourceARN"] for r in records} == {rt.template.attributes[("ContactsTable", "StreamArn")]}
     assert isinstance(records[0]["dynamodb"]["ApproximateCreationDateTime"], int)
-    assert len(sent(rt, cid)) >= 2 and len(items(rt, cid, "OUTBOX#")) == len(records)
+    assert len(sent(rt, cid)) >= 2 and len(carriers(rt, cid)) == len(records)
 
 
 def test_a_poison_record_is_bisected_out_of_its_batch_and_dead_lettered(rt, relayed, failing_put_events):
@@ -151,9 +171,9 @@ def test_a_poison_record_is_bisected_out_of_its_batch_and_dead_lettered(rt, rela
     [message] = sqs.receive_message(QueueUrl=sqs.get_queue_url(QueueName="DeadLetterQueue")["QueueUrl"])["Messages"]
     assert json.loads(message["Body"])["DDBStreamBatchInfo"] == info
     # the event is not lost: its item stays (until its TTL) for a replay once the cause is fixed
-    [kept] = items(rt, bad, "OUTBOX#")
+    [kept] = carriers(rt, bad)
     assert info["startSequenceNumber"] == info["endSequenceNumber"]
-    assert json.loads(kept["entry"]["S"])["DetailType"] == "contact.subscribed"
+    assert [e["DetailType"] for e in outbox.entries(kept)] == ["contact.subscribed"]
 
 
 def test_after_an_erase_no_item_holds_the_contact_id(rt, tap):
@@ -171,7 +191,7 @@ def test_a_status_change_and_its_event_commit_together_or_not_at_all(rt, tap):
     cid = signup(rt, "gus@example.com")
     from funnelpilot import consent
 
-    signed_up = items(rt, cid, "OUTBOX#")  # the signup's event, relayed and left to its TTL
+    signed_up = items(rt, cid, "OUTBOX#")  # none: the signup's event rides on its consent record
     assert consent.unsubscribe(cid, None, "test") is True
     assert consent.unsubscribe(cid, None, "test") is False  # a repeat writes nothing, no second event
     assert consent.unsubscribe("nobody", None, "test") is False
@@ -185,7 +205,7 @@ def test_a_status_change_and_its_event_commit_together_or_not_at_all(rt, tap):
 def test_a_cancelled_transaction_leaves_no_event(rt, tap, relayed):
     cid = signup(rt, "hal@example.com")
     relayed.clear()
-    before = items(rt, cid, "OUTBOX#")  # the signup's
+    before = items(rt, cid, "OUTBOX#")  # none (the signup's event rides on its consent record)
     event = bus.event("contact.suppressed", cid, reason="test")
     with pytest.raises(ClientError, match="TransactionCanceled"):  # the second write fails after the first applied
         aws.transact_write([outbox.put(event), {"Update": {

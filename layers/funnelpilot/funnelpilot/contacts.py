@@ -164,8 +164,9 @@ _SUBSCRIBE_ATTEMPTS = 4  # a status changing under each attempt (concurrent sign
 
 def subscribe(signup: Signup, *, ip: str, user_agent: str | None, at: float, page: str | None = None) -> str:
     """Count the signup against its limits, create or update the contact, record consent and write
-    its event to the outbox, all in one TransactWriteItems (funnelpilot.outbox publishes the event;
-    low-level client, like every write of the signup path). Repeating it updates the same person,
+    its event on that consent record, all in one TransactWriteItems (``outbox.carry``: the relay
+    publishes the event; low-level client, like every write of the signup path). A record of the
+    same list and second (a form posted twice at once) is overwritten, its event then in an outbox item. Repeating it updates the same person,
     never duplicates. ``at``: the request's arrival time (real seconds, whatever the simulated clock
     does), which picks the limits' windows; a full window raises ``RateLimited`` (the source IP's
     first) and, the transaction being cancelled, stores nothing at all, not even a count.
@@ -200,6 +201,7 @@ def subscribe(signup: Signup, *, ip: str, user_agent: str | None, at: float, pag
     profile = len(limits)  # the profile's index in the transaction
     seen = None  # the profile's status as last read; None: no profile (or one without a status)
     old = {}  # that profile, as DynamoDB returned it (``ALL_OLD``)
+    carried = True  # the consent record carries the event: it is a new item (not one of this second and list)
     for _ in range(_SUBSCRIBE_ATTEMPTS):
         window = _window(at, old)
         status, kind, confirmation = _next_status(seen, double_opt_in)
@@ -207,16 +209,20 @@ def subscribe(signup: Signup, *, ip: str, user_agent: str | None, at: float, pag
                                   source=consent_source(page), ip=ip, user_agent=user_agent, given_at=now,
                                   confirmation=confirmation, wording_version=signup.consent_version,
                                   sms="given" if signup.sms_consent else None)
-        items = [*(update for *_, update in limits), _profile_update(signup, cid, now, seen, status, "properties" in old, window),
-                 {"Put": {"TableName": config().table, "Item": consent}}]
+        events = []
         if kind == "pending":
-            items.append(outbox.put(bus.event("contact.pending", cid, list=signup.list_name,
-                                              lead_magnet=signup.lead_magnet, resubscribe=seen in RESUBSCRIBABLE)))
+            events.append(bus.event("contact.pending", cid, list=signup.list_name,
+                                    lead_magnet=signup.lead_magnet, resubscribe=seen in RESUBSCRIBABLE))
         elif kind == "subscribed":  # lead_magnet only when there is one: funnels trigger on its existence (delivery)
             magnet = {"lead_magnet": signup.lead_magnet} if signup.lead_magnet else {}
-            items.append(outbox.put(bus.event("contact.subscribed", cid, list=signup.list_name,
-                                              resubscribed=seen == "sunset",
-                                              **magnet, **signup.utm)))
+            events.append(bus.event("contact.subscribed", cid, list=signup.list_name,
+                                    resubscribed=seen == "sunset",
+                                    **magnet, **signup.utm))
+        items = [*(update for *_, update in limits), _profile_update(signup, cid, now, seen, status, "properties" in old, window)]
+        if events and carried:  # the new record carries the event (no outbox item: 2 WRU less)
+            items.append(outbox.carry(consent, *events))
+        else:  # no event; or a record of this second and list exists, which a Put overwrites
+            items += [{"Put": {"TableName": config().table, "Item": consent}}, *map(outbox.put, events)]
         try:
             aws.transact_write(items)
             return cid
@@ -232,9 +238,12 @@ def subscribe(signup: Signup, *, ip: str, user_agent: str | None, at: float, pag
                 per = "source IP" if name == "ip" else "address"
                 raise RateLimited(name, f"more than {limit} signups in {seconds} s from this {per}",
                                   ratelimit.retry_after(seconds, at)) from None
-            if profile not in failed:
+            collided = bool(events) and carried and profile + 1 in failed  # a signup of this list this second
+            if profile not in failed and not collided:
                 raise
-            seen = old.get("status", {}).get("S")
+            carried = carried and not collided
+            if profile in failed:
+                seen = old.get("status", {}).get("S")
     raise RuntimeError(f"contact {cid}: its status kept changing during the signup")
 
 
