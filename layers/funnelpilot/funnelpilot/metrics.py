@@ -16,12 +16,15 @@ Entries, refused hand-offs and journey ends are counted where they happen, with 
 its refusal's item was new,
 the sequence step's completion and the router's exit when they moved the entry's status (see
 ``entered`` and ``completed``): the producer's own conditional write is the counted-once guard,
-and a process dying between it and the ``ADD`` loses that one count.
+and a process dying between it and the ``ADD`` loses that one count. A send (or a blocked send)
+that ends its journey counts the end as ``completed`` on its step's row, in the send's own ADD
+(``record(..., also=...)``): the report adds the step rows' ``completed`` to the funnel row's.
 
-Sends, deliveries, bounces and complaints are counted the same way, by their producers with no
-bus event to the metrics function (``record(..., guarded=True)``, ``counted``): the sequence step
-once its write marked the message sent, ses_feedback when its write set the message's first
-``delivered_at``, ``bounced_at`` or ``complained_at``.
+Sends, blocked sends, deliveries, bounces and complaints are counted the same way, by their producers
+with no bus event to the metrics function (``record(..., guarded=True)``, ``counted``): the sequence step
+once its write marked the message sent or blocked (a blocked event says ``counted``; only the block of
+an unknown or erased contact, which has no item, reaches the metrics function), ses_feedback when its
+write set the message's first ``delivered_at``, ``bounced_at`` or ``complained_at``.
 
 Idempotency of the events the metrics function counts: a marker item ``pk = SEEN#<key>``
 (conditional put, with TTL) first, then the ``ADD``: a duplicate delivery finds the marker and
@@ -147,11 +150,12 @@ def refused(funnel: str, reason: str) -> None:
     count(funnel, None, {"refused": 1, f"refused_{reason}": 1})
 
 
-def record(detail_type: str, detail: dict, *, guarded: bool = False) -> bool:
+def record(detail_type: str, detail: dict, *, guarded: bool = False, also: dict[str, int] | None = None) -> bool:
     """Turn one bus event into counters (idempotent); returns False for a duplicate or no-op. An
     event about a broadcast's message is the broadcast's (funnelpilot.broadcasts.counters).
     ``guarded``: the caller's own conditional write made this event happen once (a producer
-    counting its own event): no marker."""
+    counting its own event): no marker. ``also``: more counters of the same request for the event's
+    step row, in the same ADD (a send that ends its journey: ``completed``)."""
     if detail.get("broadcast"):
         from funnelpilot.broadcasts import counters
 
@@ -169,14 +173,14 @@ def record(detail_type: str, detail: dict, *, guarded: bool = False) -> bool:
     if found is None or not step:
         return counted
     amounts, once_key = found
-    return count(funnel, step, amounts, once_key=None if guarded else once_key, day=day,
+    return count(funnel, step, {**amounts, **(also or {})}, once_key=None if guarded else once_key, day=day,
                  template=detail.get("template"), variant=detail.get("variant")) or counted
 
 
-def counted(entry: dict) -> None:
+def counted(entry: dict, also: dict[str, int] | None = None) -> None:
     """A producer counts its own event (``entry``: a ``bus.event``; ``record(..., guarded=True)``: the
-    caller's conditional write made it happen once) and emits its EMF metric."""
-    if record(entry["DetailType"], json.loads(entry["Detail"]), guarded=True):
+    caller's conditional write made it happen once; ``also``: see ``record``) and emits its EMF metric."""
+    if record(entry["DetailType"], json.loads(entry["Detail"]), guarded=True, also=also):
         emit(entry["DetailType"], {})
 
 

@@ -157,6 +157,8 @@ def build(funnel: str, rows: list[dict], start: str, end: str, order: list[str] 
 
     total = sums.get(FUNNEL_ROW, {})
     funnel_row = {k: total.get(k, 0) for k in ("entered", "completed", "conversions", "failed", "refused")}
+    # a send that ended its journey counted the end on its step's row, in the send's ADD (funnelpilot.metrics)
+    funnel_row["completed"] += sum(got.get("completed", 0) for name, got in sums.items() if name.startswith("STEP#"))
     funnel_row["refused_by_reason"] = {k.removeprefix("refused_"): v for k, v in sorted(total.items())
                                        if k.startswith("refused_")}  # hand-offs, and entries while draining
     funnel_row["conversion_rate"] = _pct(funnel_row["conversions"], funnel_row["entered"])

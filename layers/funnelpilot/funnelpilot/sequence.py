@@ -94,25 +94,46 @@ def _email_fields(step: dict, message_id: str) -> dict:
     return fields
 
 
-def _blocked(step: dict, message_id: str, reason: str, detail: str | None = None, channel: str = "email") -> dict:
-    """Emit ``email.blocked`` (``sms.blocked``; same event id on a retry) and end the journey if the reason says so."""
+def _blocked(step: dict, message_id: str, reason: str, detail: str | None = None, channel: str = "email",
+             counted: bool | None = True) -> dict:
+    """Emit ``email.blocked`` (``sms.blocked``; same event id on a retry) and end the journey if the reason says so.
+    ``counted``: this attempt's write made the message blocked, so it is counted here (``_count``); False: a
+    retry found it so; None: no item may be written (an unknown or erased contact), the metrics function
+    counts it. An event whose message item holds it says ``counted``: the metrics function's rule leaves it out."""
     extra = {"detail": detail} if detail else {}
-    bus.publish(bus.event(f"{channel}.blocked", step["contact_id"], event_id=tokens.digest_id("eb", message_id),
-                          reason=reason, **extra, **_email_fields(step, message_id)))
+    entry = bus.event(f"{channel}.blocked", step["contact_id"], event_id=tokens.digest_id("eb", message_id),
+                      reason=reason, **extra, **_email_fields(step, message_id),
+                      **({} if counted is None else {"counted": True}))
+    ended = bool(counted) and _count(step, entry, ends=reason not in LEAVES)
+    bus.publish(entry)
     if reason in LEAVES:
         raise FunnelLeft(reason)
-    return {"message_id": message_id, "status": "blocked", "reason": reason, **extra}
+    return {"message_id": message_id, "status": "blocked", "reason": reason, **extra,
+            **({"completed": True} if ended else {})}
 
 
 def _sent(step: dict, message_id: str, channel: str = "email", counted: bool = True) -> dict:
-    """Count the send (funnelpilot.metrics: guarded by the write that marked the message sent; ``counted``
-    False for a retry that found it so) and emit ``email.sent`` (``sms.sent``; same event id on a retry)."""
+    """Count the send (``_count``: guarded by the write that marked the message sent; ``counted`` False for
+    a retry that found it so) and emit ``email.sent`` (``sms.sent``; same event id on a retry)."""
     entry = bus.event(f"{channel}.sent", step["contact_id"], event_id=tokens.digest_id("es", message_id),
                       **_email_fields(step, message_id))
-    if counted:
-        metrics.counted(entry)
+    ended = counted and _count(step, entry)
     bus.publish(entry)
-    return {"message_id": message_id, "status": "sent"}
+    return {"message_id": message_id, "status": "sent", **({"completed": True} if ended else {})}
+
+
+def _count(step: dict, entry: dict, ends: bool = True) -> bool:
+    """Count a send's event once (funnelpilot.metrics.counted). When the send is the last state of its path
+    (``complete``, no ``wait_for``), the journey ends first and its end rides on the same ADD (``completed``
+    on the step's row, not a second UpdateItem on the funnel's); True then, and ``_run`` completes nothing more
+    (a retry finding the entry completed already counts nothing). The count is made even when ending fails."""
+    ended = False
+    try:
+        ended = ends and bool(step.get("complete")) and not step.get("wait_for") and funnels.set_status(
+            step["contact_id"], step["funnel"], step["execution"], "completed", completed_at=clock.iso())
+    finally:
+        metrics.counted(entry, also={"completed": 1} if ended else None)
+    return ended
 
 
 def _free():
@@ -244,7 +265,7 @@ def send(step: dict) -> dict:
     list_name = spec.list_name or (current.get("list_name") if mine else None)
     reason = blocked_reason(contact, step, current.get("status") if mine else None, list_name)
     if reason in ("unknown_contact", "erased"):
-        return _blocked(step, message_id, reason)  # no item: nothing may be stored about them again
+        return _blocked(step, message_id, reason, counted=None)  # no item: nothing may be stored about them again
     if reason is None and not transactional:
         zone = sendtime.zone(contact.timezone, spec.timezone)
         if sendtime.quiet_until(spec.quiet_hours, zone, clock.now()) is not None:
@@ -272,7 +293,7 @@ def send(step: dict) -> dict:
     prior = _claim(message)
     if prior is not None:
         if prior.status == "blocked":
-            return _blocked(step, message_id, prior.reason, prior.detail) | {"duplicate": True}
+            return _blocked(step, message_id, prior.reason, prior.detail, counted=False) | {"duplicate": True}
         if prior.status == "sent":
             return _sent(step, message_id, counted=False) | {"duplicate": True}
         raise TransientError("another attempt of this send holds its claim")
@@ -649,6 +670,6 @@ def _run(step: dict) -> dict:
         wait_for({**step, **step["wait_for"]})
     if step.get("wait"):
         result = {**result, "wait_seconds": wait_seconds(step)}
-    if step.get("complete") and step["action"] != "complete":
+    if step.get("complete") and step["action"] != "complete" and not result.get("completed"):
         complete({**step, "outcome": "completed", "reason": None})
     return result

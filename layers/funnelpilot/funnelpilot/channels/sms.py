@@ -140,7 +140,7 @@ def send(step: dict) -> dict:
     list_name = spec.list_name or (current.get("list_name") if mine else None)
     reason = checks.blocked_reason(contact, step, current.get("status") if mine else None, list_name)
     if reason in ("unknown_contact", "erased"):
-        return sequence._blocked(step, message_id, reason, channel="sms")
+        return sequence._blocked(step, message_id, reason, channel="sms", counted=None)
     reason = reason or ineligible(contact)
     if reason is None:
         zone = sendtime.zone(contact.timezone, spec.timezone)
@@ -156,7 +156,8 @@ def send(step: dict) -> dict:
     prior = sequence._claim(message)
     if prior is not None:
         if prior.status == "blocked":
-            return sequence._blocked(step, message_id, prior.reason, prior.detail, channel="sms") | {"duplicate": True}
+            return sequence._blocked(step, message_id, prior.reason, prior.detail, channel="sms",
+                                     counted=False) | {"duplicate": True}
         if prior.status == "sent":
             return sequence._sent(step, message_id, channel="sms", counted=False) | {"duplicate": True}
         raise TransientError("another attempt of this SMS holds its claim")
