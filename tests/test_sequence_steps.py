@@ -7,6 +7,7 @@ import uuid
 from email import message_from_bytes, policy
 from types import SimpleNamespace
 
+import botocore.client
 import pytest
 from botocore.exceptions import ClientError, EndpointConnectionError
 
@@ -202,6 +203,69 @@ def test_a_capped_send_past_the_funnels_limit_is_skipped_with_its_reason(rt, tap
     [blocked] = distinct(tap, "email.blocked", cid)
     assert blocked["reason"] == "frequency_cap" and blocked["message_id"] == skipped["message_id"]
     assert item(rt, cid, f"MSG#{skipped['message_id']}")["status"] == "blocked"
+
+
+def seen_markers(rt) -> list[str]:
+    """The metrics function's counted-once markers (it writes one per event it counts)."""
+    items = rt.client("dynamodb").scan(TableName="MetricsTable")["Items"]
+    return [i["pk"]["S"] for i in items if i["pk"]["S"].startswith("SEEN#")]
+
+
+def metrics_counter_writes(monkeypatch) -> list[str]:
+    """The sk of every write to a funnel's counter rows in MetricsTable from now on."""
+    writes, original = [], botocore.client.BaseClient._make_api_call
+
+    def record(client, operation, params):
+        key = params.get("Key") or params.get("Item") or {}
+        if params.get("TableName") == "MetricsTable" and key.get("pk", {}).get("S", "").startswith("FUNNEL#"):
+            writes.append(key["sk"]["S"].split("#", 2)[2])
+        return original(client, operation, params)
+
+    monkeypatch.setattr(botocore.client.BaseClient, "_make_api_call", record)
+    return writes
+
+
+def test_a_blocked_send_is_counted_once_by_the_step_and_an_unknown_contacts_by_the_metrics_function(rt, tap,
+                                                                                                     monkeypatch):
+    settings(monkeypatch, frequency_cap=(1, 24.0), defer_up_to=0.0)  # 0: a capped email is skipped at once
+    cid = person(rt)
+    assert send(rt, cid, ex=execution())["status"] == "sent"
+    ex = execution()
+    for _ in range(2):  # a retried Task finds its message blocked and counts nothing more
+        assert send(rt, cid, ex=ex, state="Send later")["status"] == "blocked"
+    assert rt.settle()
+    [blocked] = distinct(tap, "email.blocked", cid)
+    assert blocked["reason"] == "frequency_cap" and blocked["counted"] is True
+    counts = funnel_step_counts(rt, "demo", "Send later")
+    assert (counts["blocked"], counts["blocked_frequency_cap"], counts["entered"]) == (1, 1, 1)
+    assert seen_markers(rt) == []  # the metrics function's rule left the event out: no marker, no second count
+    with pytest.raises(FunnelLeft):  # no item may be written about them: the metrics function counts this one
+        send(rt, "cnobody", ex=execution(), state="Send nobody")
+    assert rt.settle()
+    [unknown] = distinct(tap, "email.blocked", "cnobody")
+    assert "counted" not in unknown and len(seen_markers(rt)) == 1
+    assert funnel_step_counts(rt, "demo", "Send nobody")["blocked_unknown_contact"] == 1
+
+
+def test_a_last_send_ends_the_journey_in_the_same_add_as_its_count(rt, tap, monkeypatch):
+    from funnelpilot import report
+
+    sender, blocked = person(rt), person(rt, "bob", status="pending")  # pending: unconfirmed, the send is blocked
+    runs = {cid: execution() for cid in (sender, blocked)}
+    for cid, ex in runs.items():
+        entry(rt, cid, ex)
+    writes = metrics_counter_writes(monkeypatch)
+    for _ in range(2):  # the second is a retried Task: it finds the message sent (or blocked) and the entry completed
+        assert send(rt, sender, ex=runs[sender], state="Send last", complete=True)["status"] == "sent"
+        assert send(rt, blocked, ex=runs[blocked], state="Send last", complete=True)["status"] == "blocked"
+    assert writes == ["STEP#Send last", "STEP#Send last"]  # one ADD each: the send (or block) and the journey's end
+    for cid in runs:
+        assert item(rt, cid, "FUNNEL#demo")["status"] == "completed"
+    counts = funnel_step_counts(rt, "demo", "Send last")
+    assert (counts["sent"], counts["blocked"], counts["completed"], counts["entered"]) == (1, 1, 2, 2)
+    assert funnel_counts(rt, "demo") == {}  # nothing on the funnel row
+    start, end = report.day_range(None, None)
+    assert report.build("demo", report.query_rows("demo", start, end), start, end, order=[])["completed"] == 2
 
 
 def test_a_funnels_own_cap_is_used(rt, monkeypatch):
