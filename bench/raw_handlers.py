@@ -65,7 +65,7 @@ def _keyed(purpose: str, value: str, size: int) -> str:
 
 def signup(event: dict, context=None) -> dict:
     """A new person on a double opt-in list: one transaction (the IP's rate window; the profile, which
-    counts the address's window; the consent record; the outbox item of contact.pending)."""
+    counts the address's window; the consent record, new only, carrying contact.pending for the outbox relay)."""
     fields = _fields(event)
     email = str(fields.get("email", "")).strip().lower()
     if not _EMAIL.match(email):
@@ -114,10 +114,8 @@ def signup(event: dict, context=None) -> dict:
             {"Put": {"TableName": table, "Item": {
                 "pk": {"S": cid}, "sk": {"S": f"CONSENT#{now}#{list_name}"}, "list_name": {"S": list_name},
                 "source": {"S": "signup"}, "given_at": {"S": now}, "confirmation": {"S": "unconfirmed"},
-                "ip": {"S": http["sourceIp"]}, "user_agent": {"S": http["userAgent"]}}}},
-            {"Put": {"TableName": table, "Item": {"pk": {"S": cid}, "sk": {"S": f"OUTBOX#{event_id}"},
-                                                  "entry": {"S": json.dumps(entry)},
-                                                  "expires_at": {"N": str(int(ts) + 14 * 86400)}}}}])
+                "ip": {"S": http["sourceIp"]}, "user_agent": {"S": http["userAgent"]},
+                "entries": {"S": json.dumps([entry])}}, "ConditionExpression": "attribute_not_exists(pk)"}}])
     except ddb.exceptions.TransactionCanceledException as exc:
         if any(r.get("Code") == "ConditionalCheckFailed" for r in exc.response["CancellationReasons"][:2]):
             return _response(429, {"error": "too many signups"})
