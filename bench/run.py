@@ -158,16 +158,18 @@ def as_on_aws():
         aws_rules.install(rules)
 
 
-def warm_routes(rt: MeteredRuntime, samples: dict) -> dict:
-    """Route -> warm ratio to its raw boto3 handler; None (with the reason) where the baseline
-    would be a near-zero time (the request made no AWS call). Both run on the runtime's clock as it is
-    now, without strict mode (``as_on_aws``); a handler that no longer makes its recorded calls there, or a
-    hand-written baseline that does not make them (``BaselineDrift``: tests/test_bench_baselines.py checks
-    them on every benchmarked path), stops the bench rather than compare different work."""
-    raw_handlers.init()
-    raw_handlers.clock = clock.now
+def warm_route(rt: MeteredRuntime, key: str, inv: Invocation) -> dict:
+    """The route's warm ratio to its raw boto3 handler; None (with the reason) where the baseline would be a
+    near-zero time (the request made no AWS call). Timed at the instant of the sample (``exercise``: the
+    handler's caches and verdicts depend on the clock), without strict mode (``as_on_aws``); a handler that
+    does not make its recorded calls again, or a hand-written baseline that does not make them
+    (``BaselineDrift``: tests/test_bench_baselines.py checks them on every benchmarked path), stops the bench
+    rather than compare different work."""
+    if raw_handlers.clock is not clock.now:  # the first sample: the raw handlers' cold start
+        raw_handlers.init()
+        raw_handlers.clock = clock.now
     with as_on_aws():
-        return {key: _warm(rt, key, inv) for key, inv in samples.items()}
+        return _warm(rt, key, inv)
 
 
 def _warm(rt: MeteredRuntime, key: str, inv: Invocation) -> dict:
@@ -186,7 +188,9 @@ def _warm(rt: MeteredRuntime, key: str, inv: Invocation) -> dict:
 
 
 # ---------------------------------------------------------------- scenario
-def exercise(rt: MeteredRuntime, contacts: int) -> dict:
+def exercise(rt: MeteredRuntime, contacts: int, on_sample=None) -> dict:
+    """The bench's audience (``traffic.audience``), then two requests to every route, a minute after the
+    previous route's; ``on_sample(key, invocation)`` is called with each route's second at its instant."""
     ids = traffic.audience(rt, contacts)
     contact = next(iter(ids.values()))
     samples = {}
@@ -201,6 +205,8 @@ def exercise(rt: MeteredRuntime, contacts: int) -> dict:
         else:
             key = f"{route.method} {route.path}"
             samples[key] = next(i for i in reversed(rt.invocations) if i.payload.get("routeKey") == key)
+            if on_sample:
+                on_sample(key, samples[key])
         rt.settle()
     return {"contacts": ids, "routes": samples}
 
@@ -369,13 +375,14 @@ def counting(work: Path, contacts: int, funnel_contacts: int, timed: bool, round
     with open(os.devnull, "w") as devnull:
         with contextlib.redirect_stdout(devnull), MeteredRuntime(stepped=True, start=START, state_dir=work / "local",
                                                                  log_level="INFO") as rt:
-            log(f"scenario: {contacts} contacts through 60 days on the stepped runtime")
-            seen = exercise(rt, contacts)
+            log(f"scenario: {contacts} contacts through 60 days on the stepped runtime"
+                + (", then every route timed warm against its raw boto3 baseline" if timed else ""))
+            warm = times["routes"] = {}
+            seen = exercise(rt, contacts, (lambda key, inv: warm.__setitem__(key, warm_route(rt, key, inv))) if timed
+                            else None)  # warm requests: each route's handler vs raw boto3 (replayed AWS, interleaved)
             counts |= {"audience": contacts, "routes": route_rows(seen["routes"]), "per_request": per_request(rt),
                        "consumers": consumers(rt)}
             if timed:
-                log("warm requests: handler vs raw boto3 (replayed AWS, interleaved)")
-                times["routes"] = warm_routes(rt, seen["routes"])
                 log("cold start: init + first request")
                 times["cold_first"] = cold_first_request(rt, seen["routes"], work, rounds)
             functions = dict(rt.functions)
