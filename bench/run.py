@@ -9,7 +9,7 @@ EventBridge consumers and funnels are measured without changes here. Two kinds o
   ``--check-determinism`` runs the counting part again in a fresh interpreter and diffs;
 * times, as ratios to a baseline measured in the same interleaved run (medians), because
   the machine is shared and noisy; a ratio whose baseline is a near-zero time (a request
-  making no AWS call) is not printed.
+  making no AWS call) is not printed. ``TIMES`` lists them; RESULTS.md says so too.
 
     .venv/bin/python bench/run.py [--check-determinism] [--counts-only [--json FILE]]
 """
@@ -54,6 +54,10 @@ PER_EMAIL = [("Step Functions state transitions", "stepfunctions_transitions", 2
              ("DynamoDB write units (usage meter)", "dynamodb_wru", 8),
              ("Lambda invocations", "lambda_requests", 6),
              ("custom bus events (PutEvents entries)", "eventbridge_events", 3)]
+TIMES = ("the warm ratios (CPU time of the thread running the handler and its baseline, interleaved, AWS answered "
+         "from the recording, strict mode off)", "the cold starts (wall time of fresh interpreters, shuffled rounds)",
+         "the bulk runs' CPU seconds per 1,000 members", "the import's rows/s and its USD per 1,000 rows (Lambda GB-s are "
+         "measured durations)", "this run's minutes")
 PER_REQUEST_GOAL = {"POST /signup": 2, "GET /o/{token}": 2, "GET /c/{token}": 2}  # AWS calls on the request path
 BULK_MEMBERS = "1000,5000"  # segment sizes of the bulk runs (BENCH_BULK_MEMBERS); 150,000 would take half an hour
 IMPORT_ROWS = "100000"  # CSV sizes of the import runs (BENCH_IMPORT_ROWS, comma-separated: the per-row trend)
@@ -500,9 +504,10 @@ def render(c: dict, t: dict, check: list[str] | None, n_counts: int) -> str:
     out = ["# funnelpilot benchmarks", "",
            f"`make bench`, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, commit {_commit()}, Python "
            f"{sys.version.split()[0]}, {os.cpu_count()} CPUs. Counts come from runtimes on the stepped clock with "
-           "seeded audiences: they do not depend on the machine or its load. Times are ratios to a baseline "
-           "measured in the same interleaved run (medians), noisy on a loaded machine. What each figure means: "
-           "README.md, \"Performance and cost\".", "", same, ""]
+           "seeded audiences: they do not depend on the machine or its load. The figures that are times: "
+           + "; ".join(TIMES) + ". Every other figure is a count. Times are ratios to a baseline measured in the same "
+           "run (medians), noisy on a loaded machine. What each figure means: README.md, \"Performance and cost\".",
+           "", same, ""]
     out += ["## Issue 17: per email and per request (counts)", "",
             f"Per email: the usage meter (`funnelpilot_local.costs.Meter`) over the demo's seeded audience "
             f"(`demo.simulate(seed=7, contacts={d['contacts']}, days=60)`: {usage['ses_emails']} emails sent, "
@@ -524,7 +529,7 @@ def render(c: dict, t: dict, check: list[str] | None, n_counts: int) -> str:
                    f"{goal} | {_verdict(mean, goal)} |")
     for key, name in HOT_ROUTES.items():
         w = t["routes"].get(key, {})
-        out.append(f"| {name} warm ÷ raw boto3 handler (time, interleaved) | {_fmt(w.get('ratio'))}"
+        out.append(f"| {name} warm ÷ raw boto3 handler (CPU time, interleaved) | {_fmt(w.get('ratio'))}"
                    f"{'×' if w.get('ratio') else ''} {w.get('note', '')} | ≤ {WARM_GOAL}× | "
                    f"{_verdict(w.get('ratio'), WARM_GOAL)} |")
     first = t["cold_first"]
@@ -550,7 +555,7 @@ def render(c: dict, t: dict, check: list[str] | None, n_counts: int) -> str:
     if idle:
         out.append(f"\nNot invoked by the bench's scenario: {', '.join(idle)}.")
     out += ["", "## HTTP routes (second request of each route: counts; warm time ratio)", "",
-            "| route | AWS calls | DynamoDB capacity units (estimated per KB and index) | calls | handler ÷ raw boto3 (time) "
+            "| route | AWS calls | DynamoDB capacity units (estimated per KB and index) | calls | handler ÷ raw boto3 (CPU time) "
             "| baseline |", "|---|---|---|---|---|---|"]
     for row in c["routes"]:
         w = t["routes"].get(row["route"], {})
