@@ -84,3 +84,26 @@ def test_single_opt_in_lists_are_unchanged(rt, tap):
     cid = signup(rt, "eve@example.com", SINGLE)
     assert status(rt, cid) == "active"
     assert len(tap.events("contact.subscribed")) == 1 and tap.events("contact.pending") == []
+
+
+def test_a_confirmation_is_never_dormant_for_a_moment(rt, monkeypatch):
+    """The confirmation's engagement is recorded by the touch of the contact.subscribed it comes with
+    (the score function, which then evaluates the activity segments): the segment function's evaluation
+    of contact.confirmed, which may run first, does not judge them on an activity not recorded yet."""
+    import botocore.client
+
+    written, original = [], botocore.client.BaseClient._make_api_call
+
+    def record(client, operation, params):
+        if operation in ("PutItem", "DeleteItem"):
+            written.append((operation, (params.get("Item") or params.get("Key") or {}).get("sk", {}).get("S")))
+        return original(client, operation, params)
+
+    monkeypatch.setattr(botocore.client.BaseClient, "_make_api_call", record)
+    cid = signup(rt)
+    assert rt.http("GET", confirm_path(mails(rt)[-1])).status in (200, 303)
+    assert rt.settle()
+    assert status(rt, cid) == "active"
+    assert [w for w in written if w[1] == "SEG#dormant"] == []  # (it was entered, then left again at once)
+    item = rt.client("dynamodb").get_item(TableName="ContactsTable", Key={"pk": {"S": cid}, "sk": {"S": "PROFILE"}})["Item"]
+    assert {"engaged", "list:insiders"} <= set(item["segments"]["SS"]) and "dormant" not in item["segments"]["SS"]

@@ -13,9 +13,12 @@ from datetime import datetime, timedelta, timezone
 from funnelpilot import aws, bus, clock, scoring, tokens
 from funnelpilot.config import config
 
-# Human engagement (email.opened/clicked arrive here only with human: true: the rule's pattern).
+# Human engagement (email.opened/clicked arrive here only with human: true: the rule's pattern), touched
+# by the score function. A confirmation is recorded by the contact.subscribed it always comes with:
+# contact.confirmed reaches the segment function, which would judge the activity segments (dormant)
+# before that touch, so it is not one of these.
 ENGAGEMENT = {"email.opened", "email.clicked", "page.viewed", "order.placed", "contact.subscribed",
-              "contact.confirmed", "contact.reactivated"}
+              "contact.reactivated"}
 JOB_KEY = {"pk": {"S": "JOB#reengage_scan"}, "sk": {"S": "CURSOR"}}
 MAX_CATCH_UP_DAYS = 7
 PAGE_SIZE = 250  # contacts a Query page (25 PutEvents calls): a cut-off run re-publishes at most one
