@@ -204,6 +204,30 @@ def test_delivery_click_resumes_the_wait_in_the_same_tick_and_a_scanner_does_not
     assert "downloaded" in profile(rt, cid)["tags"]["SS"]
 
 
+def test_a_click_resumes_its_wait_once_from_the_executions_history_with_no_wait_item(rt, tap):
+    """The send and its wait_for are one Task and store nothing for the wait: the router reads the token from
+    the execution's history (funnels._waiting); Step Functions closes the task once, so one resumer wins."""
+    from funnelpilot import funnels
+
+    cid = signup(rt, "ida@example.com", lead_magnet="seo-ebook")
+    assert rt.advance(10 * MINUTE)
+    [arn] = [e["executionArn"] for e in executions(rt, "delivery") if json.loads(rt.client("stepfunctions")
+             .describe_execution(executionArn=e["executionArn"])["input"])["contact_id"] == cid]
+    waiting = funnels._waiting(arn)  # what a second resumer reads before the first one resumes
+    assert waiting["state"] == "Send delivery-1" and waiting["wait_for"]["condition"]["clicked"]["link"] == "/download/"
+    assert rt.client("dynamodb").query(TableName="ContactsTable", KeyConditionExpression="pk = :c AND begins_with("
+                                       "sk, :w)", ExpressionAttributeValues={":c": {"S": cid}, ":w": {"S": "WAIT#"}}
+                                       )["Items"] == []
+    assert click(rt, cid, "delivery-1", "/download/") == 302 and rt.settle()
+    status, states = journey(rt, "delivery", cid)
+    assert status == "SUCCEEDED" and states[-1] == "Tag downloaded"
+    assert funnels.succeed(waiting["token"], {"resumed_by": "email.clicked"}) is False  # closed: TaskTimedOut
+    [clicked] = [e for e in tap.events("email.clicked") if e["detail"]["contact_id"] == cid]
+    again = rt.invoke("FunnelRouterFunction", {"route": "resume", "event": {"detail-type": "email.clicked",
+                                                                            "detail": clicked["detail"]}})
+    assert again == {"resumed": 0}  # a duplicate delivery of the click finds the journey no longer waiting
+
+
 def test_delivery_resends_once_when_the_link_was_not_clicked(rt):
     cid = signup(rt, "max@example.com", lead_magnet="seo-ebook")
     assert rt.advance(2 * DAY + MINUTE)

@@ -436,19 +436,33 @@ def test_an_if_runs_the_steps_folded_into_its_answer_and_a_retry_keeps_the_answe
     assert [e["tag"] for e in distinct(tap, "contact.tagged", cid)] == ["guide"]
 
 
-def test_a_send_with_its_wait_for_stores_the_token_after_sending_and_a_retry_stores_its_own(rt):
-    """compiler._Machine._fuse: one waitForTaskToken Task sends, then waits for the click."""
+def contacts_writes(monkeypatch) -> list[str]:
+    """``Operation sk-prefix`` of every write to ContactsTable from now on."""
+    writes, original = [], botocore.client.BaseClient._make_api_call
+
+    def record(client, operation, params):
+        key = params.get("Key") or params.get("Item") or {}
+        if params.get("TableName") == "ContactsTable" and operation in ("PutItem", "UpdateItem", "DeleteItem"):
+            writes.append(f"{operation} {key['sk']['S'].split('#')[0]}")
+        return original(client, operation, params)
+
+    monkeypatch.setattr(botocore.client.BaseClient, "_make_api_call", record)
+    return writes
+
+
+def test_a_send_with_its_wait_for_writes_nothing_for_the_wait_and_a_retry_only_its_refused_claim(rt, monkeypatch):
+    """compiler._Machine._fuse: one waitForTaskToken Task sends, then waits for the click; its resumer reads
+    the token from the execution's history (funnels.resume), so the wait itself writes nothing."""
     cid, ex = person(rt), execution()
     clicked = {"clicked": {"email": "welcome-1", "link": None, "states": ["Send welcome-1"]}}
     wait = {"condition": clicked, "timeout_seconds": 2 * DAY}
+    writes = contacts_writes(monkeypatch)
     assert send(rt, cid, ex=ex, token="token-1", wait_for=wait)["status"] == "sent"
-    [waiting] = items(rt, cid, "WAIT#demo#")
-    assert waiting["token"] == "token-1" and waiting["detail_type"] == "email.clicked"
-    assert float(waiting["expires_at"]) == clock.now() + 2 * DAY + sequence.WAIT_GRACE
-    # a retry (its first attempt's answer was lost) sends nothing more and waits with its own token
+    assert writes == ["PutItem MSG", "UpdateItem PROFILE", "UpdateItem MSG"]  # claim, cap log, sent mark
+    # a retry (its first attempt's answer was lost) sends nothing more and writes nothing for its wait either
     mid = tokens.digest_id("m", ex, "Send welcome-1")
     assert send(rt, cid, ex=ex, token="token-2", wait_for=wait) == {"message_id": mid, "status": "sent", "duplicate": True}
-    assert [w["token"] for w in items(rt, cid, "WAIT#demo#")] == ["token-2"]
+    assert writes[3:] == ["PutItem MSG"] and items(rt, cid, "WAIT#") == []  # its claim, refused: the email is sent
     assert len(sent_emails(ACCOUNT, REGION)) == 1
 
 

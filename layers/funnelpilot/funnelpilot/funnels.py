@@ -372,6 +372,22 @@ def goal(*, funnel: str, kind: str, event: dict) -> str | None:
 
 
 # ---------------------------------------------------------------- resume (wait_for)
+ENGAGEMENT = {"clicked": "email.clicked", "opened": "email.opened"}  # wait_for kinds a person's hit resumes
+
+
+def wait_spec(condition: dict, execution: str) -> tuple[str, dict]:
+    """(detail-type, match) of a ``wait_for`` condition, which a resumer compares events with
+    (``wait_matches``): an ``event:`` and its ``where``, or a click (``link``: in its URL) or an open of
+    one of the emails the named send states of ``execution`` sent."""
+    if "event" in condition:
+        return condition["event"], {"where": condition.get("where") or {}}
+    (kind, arg), = condition.items()
+    if kind not in ENGAGEMENT:
+        raise ValueError(f"wait_for: unknown condition {kind!r}")
+    ids = [tokens.digest_id("m", execution, s) for s in arg["states"]]
+    return ENGAGEMENT[kind], {"message_ids": ids, "link": arg.get("link") if kind == "clicked" else None}
+
+
 def wait_matches(match: dict, detail: dict) -> bool:
     """Whether an event's detail satisfies a stored wait (see sequence.wait_for)."""
     if "message_ids" in match:
@@ -382,12 +398,14 @@ def wait_matches(match: dict, detail: dict) -> bool:
 
 
 def resume(event: dict) -> int:
-    """Resume every waiting step of the event's contact that this event satisfies; how many."""
+    """Resume every waiting step of the event's contact that this event satisfies; how many: the
+    ``wait_for`` of a click or an open its journey waits in (``_resume_engagement``), and the stored
+    waits for an event (``WAIT#`` items, sequence.wait_for)."""
     detail_type, detail = event.get("detail-type"), event["detail"]
     cid = detail["contact_id"]
+    resumed = _resume_engagement(detail_type, detail) if detail_type in ENGAGEMENT.values() else 0
     query = {"TableName": config().table, "KeyConditionExpression": "pk = :c AND begins_with(sk, :w)",
              "ExpressionAttributeValues": {":c": {"S": cid}, ":w": {"S": "WAIT#"}}, "ConsistentRead": True}
-    resumed = 0
     while True:
         page = aws.dynamodb().query(**query)
         for item in page["Items"]:
@@ -400,16 +418,62 @@ def resume(event: dict) -> int:
         query["ExclusiveStartKey"] = page["LastEvaluatedKey"]
 
 
+def _resume_engagement(detail_type: str, detail: dict) -> int:
+    """A person's click or open on an email of the contact's live journey in its funnel resumes the
+    ``wait_for`` that journey waits in, if it waits for this: the Task's token is read from the execution's
+    latest history events (its parameters, ``_waiting``), not stored, so the send writes nothing for it.
+    One resumer wins: Step Functions closes a task once (a second SendTaskSuccess gets ``TaskTimedOut``)."""
+    cid, funnel, state = detail["contact_id"], detail.get("funnel"), detail.get("step")
+    if detail.get("human") is not True or not funnel or not state:
+        return 0
+    current = entry(cid, funnel) or {}
+    arn = current.get("execution_arn")
+    if current.get("status") not in LIVE or not arn or tokens.digest_id("m", arn, state) != detail.get("message_id"):
+        return 0  # no live journey, or an email of an earlier one (its execution ended)
+    payload = _waiting(arn)
+    condition = payload and ((payload.get("wait_for") or {}).get("condition") or payload.get("condition"))
+    if not condition or "event" in condition:
+        return 0
+    kind, match = wait_spec(condition, arn)
+    if kind != detail_type or not wait_matches(match, detail):
+        return 0
+    return int(succeed(payload["token"], {"resumed_by": detail_type, "event_id": detail.get("event_id")}))
+
+
+def _waiting(arn: str) -> dict | None:
+    """The payload (with its ``token``) of the ``waitForTaskToken`` Task the execution is in, from its latest
+    history events (scheduled, started, submitted: still waiting); None when it is in no such Task."""
+    try:
+        events = _sfn().get_execution_history(executionArn=arn, reverseOrder=True, maxResults=5)["events"]
+    except _sfn().exceptions.ExecutionDoesNotExist:
+        return None
+    for e in events:
+        if e["type"] == "TaskScheduled":
+            payload = json.loads(e["taskScheduledEventDetails"]["parameters"]).get("Payload")
+            return payload if isinstance(payload, dict) and payload.get("token") else None
+        if e["type"] not in ("TaskStarted", "TaskSubmitted"):
+            return None
+    return None
+
+
+def succeed(token: str, output: dict) -> bool:
+    """SendTaskSuccess; False when the task closed already (timed out, resumed, stopped)."""
+    try:
+        _sfn().send_task_success(taskToken=token, output=json.dumps(output))
+    except Exception as exc:
+        if getattr(exc, "response", {}).get("Error", {}).get("Code") in _ENDED_TASK:
+            return False
+        raise
+    return True
+
+
 def release(item: dict, output: dict) -> bool:
     """Delete a wait item (conditionally: one resumer wins) and send its task token."""
     if not aws.conditional("delete_item", Key={"pk": item["pk"], "sk": item["sk"]}, ConditionExpression="#t = :t",
                            ExpressionAttributeNames={"#t": "token"}, ExpressionAttributeValues={":t": item["token"]}):
         return False
     try:
-        _sfn().send_task_success(taskToken=item["token"]["S"], output=json.dumps(output))
-    except Exception as exc:
-        if getattr(exc, "response", {}).get("Error", {}).get("Code") in _ENDED_TASK:
-            return False
+        return succeed(item["token"]["S"], output)
+    except Exception:
         aws.dynamodb().put_item(TableName=config().table, Item=item)  # keep the wait for the router's retry
         raise
-    return True

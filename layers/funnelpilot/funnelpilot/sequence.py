@@ -7,7 +7,7 @@ Task never sends twice, adds points twice or emits a second distinct event.
 ``"complete": true`` on any Task marks the last state of a path: after the action the
 contact's funnel entry is completed (``complete``); ``"wait": {...}`` on a Task (the compiler's,
 when a computed Wait follows it) adds ``wait_seconds`` to its result (``wait_seconds``);
-``"wait_for": {...}`` on a send stores its task token after the send (``wait_for``).
+``"wait_for": {...}`` on a send waits after the send (``wait_for``).
 """
 import hashlib
 import json
@@ -437,31 +437,22 @@ def split(step: dict) -> dict:
 
 
 # ---------------------------------------------------------------- waits
-def _wait_spec(step: dict) -> tuple[str, dict]:
-    """(detail-type, match) a resumer compares events with (funnels.wait_matches)."""
-    condition = step["condition"]
-    if "event" in condition:
-        return condition["event"], {"where": condition.get("where") or {}}
-    (kind, arg), = condition.items()
-    if kind not in ("clicked", "opened"):
-        raise ValueError(f"wait_for: unknown condition {kind!r}")
-    ids = [tokens.digest_id("m", step["execution"], s) for s in arg["states"]]
-    return f"email.{kind}", {"message_ids": ids, "link": arg.get("link") if kind == "clicked" else None}
-
-
 def wait_for(step: dict) -> dict:
-    """Store the task token where the router finds it (pk = contact, sk = WAIT#...); a retry
-    overwrites it with the retry's token. If the click/open already happened (before the wait
-    began), resume at once instead of waiting for the timeout."""
+    """Wait for a click or an open: nothing is stored, its resumer reads the Task's token from the
+    execution's history (funnels.resume); if it happened already (before the wait began), resume at once.
+    Wait for an event (``event:``): store the token where the router finds it (pk = contact,
+    sk = WAIT#...); a retry overwrites it with the retry's token."""
     cid, funnel = step["contact_id"], step["funnel"]
-    detail_type, match = _wait_spec(step)
+    detail_type, match = funnels.wait_spec(step["condition"], step["execution"])
+    if "event" not in step["condition"]:
+        if holds(step["condition"], step):
+            funnels.succeed(step["token"], {"resumed_by": detail_type, "event_id": None})
+        return {"status": "waiting"}
     item = {"pk": {"S": cid}, "sk": {"S": f"WAIT#{funnel}#{tokens.digest_id('w', step['execution'], step['state'])}"},
             "token": {"S": step["token"]}, "detail_type": {"S": detail_type}, "match": {"S": json.dumps(match)},
             "funnel": {"S": funnel}, "execution": {"S": step["execution"]},
             "expires_at": {"N": str(int(clock.now() + float(step.get("timeout_seconds") or 0) + WAIT_GRACE))}}
     aws.dynamodb().put_item(TableName=config().table, Item=item)
-    if "event" not in step["condition"] and holds(step["condition"], step):
-        funnels.release(item, {"resumed_by": detail_type, "event_id": None})
     return {"status": "waiting"}
 
 

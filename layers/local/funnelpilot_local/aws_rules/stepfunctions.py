@@ -12,6 +12,9 @@
 - StartExecution is throttled per account and region by a token bucket,
   ``Rules.start_execution_bucket`` = (size, refill per second) on the runtime clock (AWS
   Standard, us-east-1: 1,300 and 300/s): ``ThrottlingException`` "Rate exceeded".
+- A task closes once: SendTaskSuccess or SendTaskFailure with a token an earlier one closed is refused
+  with ``TaskTimedOut`` ("the task associated with the token has already been closed"; moto accepts it
+  again), so two resumers of one wait both believe they won only on a laptop.
 
 The in-execution limits live in moto's interpreter, so they are set through
 ``moto_adapter.limit_executions`` (the one module touching moto internals).
@@ -23,6 +26,7 @@ from funnelpilot_local import moto_adapter
 from funnelpilot_local.aws_rules import Call, Rule, Rules, error
 
 _PAYLOADS = {"StartExecution": "input", "SendTaskSuccess": "output"}
+_CLOSING = ("SendTaskSuccess", "SendTaskFailure")
 
 
 class StepFunctions(Rule):
@@ -30,6 +34,7 @@ class StepFunctions(Rule):
         self.size, self.refill = (float(x) for x in rules.start_execution_bucket)
         self.payload_limit = rules.payload_limit
         self._tokens, self._at = self.size, None
+        self._closed: set[str] = set()  # task tokens a SendTaskSuccess/Failure closed
         self._lock = threading.Lock()
         moto_adapter.limit_executions(history=rules.history_limit, payload=rules.payload_limit)
 
@@ -43,6 +48,13 @@ class StepFunctions(Rule):
                         f"Member must have length less than or equal to {self.payload_limit}")
         if call.operation == "StartExecution":
             self._take_token(call.operation)
+        if call.operation in _CLOSING and call.params.get("taskToken") in self._closed:
+            raise error(call.operation, "TaskTimedOut", "Task Timed Out: 'Provided task does not exist anymore'")
+
+    def after(self, call: Call, result: dict | None, error_: Exception | None) -> None:
+        if call.service == "stepfunctions" and call.operation in _CLOSING and error_ is None:
+            with self._lock:
+                self._closed.add(call.params["taskToken"])
 
     def _take_token(self, operation: str) -> None:
         with self._lock:
