@@ -1,6 +1,7 @@
 """What keeps the local runtime cheap, counted (never timed): boto3 clients are made once per
 process, not per runtime nor per Step Functions Task, and the pollers ask moto nothing while
 there is nothing to read."""
+import json
 from collections import Counter
 from datetime import datetime, timezone
 
@@ -173,3 +174,114 @@ def test_a_table_s_items_come_in_moto_s_own_order(rt):
         table = dynamodb_backends[ACCOUNT][REGION].get_table(name)
         assert [id(i) for i in moto_adapter._all_items(table)] == [id(i) for i in moto_adapter._moto_all_items(table)]
         assert len(table.all_items()) == (60 if range_type else 14)
+
+
+def test_a_condition_expression_used_again_is_parsed_with_this_request_s_names_and_values(rt, monkeypatch):
+    """moto_adapter 25: each condition or filter text is lexed once; every request still parses its own
+    names and values (the same text passes one write and fails the next), a bad text fails every time,
+    and the trees are moto's own."""
+    from botocore.exceptions import ClientError
+    from moto.dynamodb.comparisons import ConditionExpressionParser, get_filter_expression
+
+    from funnelpilot_local import moto_adapter
+
+    texts = ["attribute_not_exists(pk) OR (#s = :s AND (attribute_not_exists(lease) OR lease < :now))",
+             "NOT contains(tags, :t) AND size(#l) BETWEEN :lo AND :hi", "#m.deep[1] IN (:a, :b, :c)",
+             "begins_with(#s, :p) AND attribute_type(n, :ty) OR n <> :a AND n >= :lo"]
+    names = {"#s": "status", "#l": "list", "#m": "map"}
+    values = {":s": {"S": "sending"}, ":now": {"N": "5"}, ":t": {"S": "x"}, ":lo": {"N": "1"}, ":hi": {"N": "3"},
+              ":a": {"N": "1"}, ":b": {"S": "b"}, ":c": {"NULL": True}, ":p": {"S": "se"}, ":ty": {"S": "N"}}
+
+    def tree(node):
+        if isinstance(node, (list, tuple)):
+            return [tree(n) for n in node]
+        return (type(node).__name__, {k: tree(v) for k, v in vars(node).items()}) if hasattr(node, "__dict__") else node
+
+    def trees():
+        return [tree(get_filter_expression(text, names, values)) for text in texts]
+
+    def writes(table: str) -> list[str]:
+        ddb = rt.client("dynamodb")
+        ddb.create_table(TableName=table, BillingMode="PAY_PER_REQUEST",
+                         KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}],
+                         AttributeDefinitions=[{"AttributeName": "pk", "AttributeType": "S"}])
+        outcomes = []
+        for status, lease, now in (("sending", 9, 5), ("sent", 9, 5), ("sent", 9, 10), ("sending", 0, 10)):
+            try:
+                ddb.put_item(TableName=table, Item={"pk": {"S": "k"}, "status": {"S": status}, "lease": {"N": str(lease)}},
+                             ConditionExpression=texts[0], ExpressionAttributeNames={"#s": "status"},
+                             ExpressionAttributeValues={":s": {"S": "sending"}, ":now": {"N": str(now)}})
+                outcomes.append("written")
+            except ClientError as exc:
+                outcomes.append(exc.response["Error"]["Code"])
+        for text in ("((lease < :now))", "status < :now", "((lease < :now))"):
+            try:
+                ddb.put_item(TableName=table, Item={"pk": {"S": "k"}}, ConditionExpression=text,
+                             ExpressionAttributeValues={":now": {"N": "1"}})
+                outcomes.append("written")
+            except ClientError as exc:
+                outcomes.append(f'{exc.response["Error"]["Code"]}: {exc.response["Error"]["Message"]}')
+        return outcomes
+
+    cached = (trees(), writes("cond_cached"))
+    assert cached[1][:4] == ["written", "ConditionalCheckFailedException", "written", "ConditionalCheckFailedException"]
+    assert cached[1][4] == cached[1][6] and cached[1][4].startswith("ValidationException")
+    assert cached[1][5].startswith("ValidationException") and cached[1][5] != cached[1][4]
+    monkeypatch.setattr(ConditionExpressionParser, "_lex_condition_expression", moto_adapter._lex_condition_text)
+    assert (trees(), writes("cond_moto")) == cached
+
+
+def test_put_events_delivers_what_moto_s_own_put_events_delivers(rt, monkeypatch):
+    """moto_adapter 2: PutEvents builds and flattens each event once for all the bus's rules; every entry's
+    answer and every (target, input) handed to the runtime is what moto's own put_events gives, matched
+    rule by rule (exists, prefix, $or, nested detail, input transformers, the default bus, bad entries)."""
+    import pytest
+    from botocore.exceptions import ClientError
+    from moto.events.models import EventsBackend
+
+    from funnelpilot_local import moto_adapter
+
+    when = datetime(2026, 3, 2, 10, tzinfo=timezone.utc)
+
+    def entry(detail_type, detail, source="funnelpilot", bus="funnelpilot"):
+        return {"Source": source, "DetailType": detail_type, "Detail": detail if isinstance(detail, str) else
+                json.dumps({"event_id": detail_type, "contact_id": "c1", **detail}), "EventBusName": bus, "Time": when}
+
+    batches = [
+        [entry("contact.subscribed", {"list": "insiders", "lead_magnet": "guide"}), entry("contact.subscribed", {}),
+         entry("email.opened", {"human": True, "unique": True}), entry("email.opened", {"human": False}),
+         entry("order.placed", {"total": 12.5}), entry("custom.webinar", {}), entry("page.viewed", {"url": "/"}),
+         entry("funnel.handoff", {"to": "welcome"}), entry("email.sent", {}), entry("inactivity.scan_continued", {})],
+        [entry("Step Functions Execution Status Change", {"status": "FAILED", "stateMachineArn":
+               f"arn:aws:states:us-east-1:{ACCOUNT}:stateMachine:funnelpilot-welcome"}, "aws.states", "default"),
+         entry("email.clicked", {"human": True, "unique": False}), {**entry("x", {}), "DetailType": ""},
+         entry("email.opened", "{not json"), entry("contact.tagged", "[1, 2]")],
+    ]
+
+    def deliveries():
+        got, ids = [], {}
+        monkeypatch.setattr(moto_adapter, "_deliverer", lambda arn, payload, event_id=None: got.append(
+            (arn, payload, event_id)))
+        events = rt.client("events")
+        with pytest.warns(UserWarning, match="EventDetail should be of type dict"):
+            answers = [events.put_events(Entries=batch)["Entries"] for batch in batches]
+        with pytest.raises(ClientError, match="less than or equal to 10"):
+            events.put_events(Entries=batches[0] + batches[0][:1])
+        for e in (e for batch in answers for e in batch if "EventId" in e):
+            ids[e["EventId"]] = f"event-{len(ids)}"
+
+        def plain(x):
+            if isinstance(x, dict):
+                return {k: plain(v) for k, v in x.items() if k != "ingestion-time"}
+            if isinstance(x, (list, tuple)):
+                return [plain(i) for i in x]
+            return ids.get(x, x) if isinstance(x, str) else x
+        return plain(answers), plain(got)
+
+    ours = deliveries()
+    monkeypatch.setattr(EventsBackend, "put_events", moto_adapter._moto_put_events)
+    assert deliveries() == ours
+    targets = [arn.rsplit(":", 1)[-1] for arn, _payload, _id in ours[1]]
+    assert len(targets) >= 20 and {"ScoreFunction", "MetricsFunction", "FunnelRouterFunction", "SegmentFunction",
+                                   "NotifyFunction", "ReengageScanFunction"} <= set(targets), targets
+    assert [e.get("ErrorCode") for batch in ours[0] for e in batch].count("InvalidArgument") == 1
