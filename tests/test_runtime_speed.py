@@ -285,3 +285,72 @@ def test_put_events_delivers_what_moto_s_own_put_events_delivers(rt, monkeypatch
     assert len(targets) >= 20 and {"ScoreFunction", "MetricsFunction", "FunnelRouterFunction", "SegmentFunction",
                                    "NotifyFunction", "ReengageScanFunction"} <= set(targets), targets
     assert [e.get("ErrorCode") for batch in ours[0] for e in batch].count("InvalidArgument") == 1
+
+
+def test_an_item_is_kept_or_refused_as_the_check_at_each_attribute_decides(rt):
+    """moto_adapter 12: Item.__init__ checks DynamoDB's 400 KB on a running total; it keeps and refuses
+    exactly what the sum at each attribute (moto's LimitedSizeDict, at 400 KB) does, at the limit too."""
+    from moto.dynamodb import exceptions
+    from moto.dynamodb.models import dynamo_type
+
+    from funnelpilot_local import moto_adapter
+
+    key = dynamo_type.DynamoType({"S": "k"})
+    rest = {"pk": {"S": "k"}, "n": {"N": "-12.5"}, "m": {"M": {"a": {"L": [{"S": "é"}, {"BOOL": True}]}, "b": {"NS": ["1"]}}},
+            "ss": {"SS": ["x", "yy"]}, "b": {"B": b"\x00\xff"}, "null": {"NULL": True}}
+    room = 400 * 1024 - sum(len(k) + dynamo_type.DynamoType(v).size() for k, v in rest.items()) - len("pad")
+
+    def built(init, attrs):
+        item = dynamo_type.Item.__new__(dynamo_type.Item)
+        try:
+            init(item, key, None, attrs)
+        except exceptions.ItemSizeTooLarge:
+            return "too large"
+        return dict(item.attrs)
+
+    outcomes = []
+    for pad in (room - 1, room, room + 1):
+        for attrs in ({**rest, "pad": {"S": "x" * pad}}, {"pad": {"S": "x" * pad}, **rest}):
+            ours = built(moto_adapter._item_init, attrs)
+            assert ours == built(moto_adapter._moto_item_init, attrs)
+            outcomes.append(ours if ours == "too large" else sorted(ours) == sorted(attrs))
+    assert outcomes == [True, True, True, True, "too large", "too large"]
+
+
+def test_ses_takes_and_refuses_raw_emails_as_moto_s_own_send_raw_email_does(rt):
+    """moto_adapter 3: SendRawEmail reads the message's headers only; what it records (source, the
+    destinations from To/Cc/Bcc, folded or not) and what it refuses is moto's own answer."""
+    from funnelpilot.channels import mime
+    from funnelpilot_local import moto_adapter
+    from funnelpilot_local.template import REGION
+    from moto.ses.models import ses_backends
+
+    ses = ses_backends[ACCOUNT][REGION]
+    ses.verify_email_identity("news@sender.test")
+    built = mime.build(sender="news@sender.test", to="Ann Ö <ann@example.com>", subject="Hi", message_id="m1",
+                       headers={"Cc": "cc@example.com"}, text="text", html="<p>html</p>").decode()
+    many = ", ".join(f"r{i}@example.com" for i in range(51))
+    cases = [("news@sender.test", [], built), (None, [], built), ("news@sender.test", ["d@example.com"], built),
+             (None, [], "To: a@example.com\r\n\r\nno sender"), ("other@sender.test", [], built),
+             ("news@sender.test", [], f"To: {many}\r\n\r\nbody"), ("news@sender.test", [], "To: nobody\r\n\r\nbody"),
+             ("news@sender.test", [], "To: a@example.com,\r\n b@example.com\r\nBcc: \"B, C\" <bc@example.com>\r\n"
+                                      "Content-Type: multipart/mixed; boundary=x\r\n\r\n--x\r\nTo: inner@example.com\r\n\r\n--x--\r\n")]
+
+    def answers(send):
+        out = []
+        for source, destinations, raw in cases:
+            try:
+                m = send(ses, source, list(destinations), raw)
+                out.append((m.source, m.destinations, m.raw_data))
+            except Exception as exc:  # noqa: BLE001 - the refusal is the answer compared
+                out.append((type(exc).__name__, str(exc)))
+        return out
+
+    ours = answers(moto_adapter._send_raw_email)
+    assert ours == answers(moto_adapter._moto_send_raw_email)
+    ann = "Ann =?utf-8?q?=C3=96?= <ann@example.com>"
+    assert ours[1][0] == "news@sender.test"  # no Source: the From header's
+    assert [o[1] if len(o) == 3 else o[0] for o in ours] == [
+        [ann, "cc@example.com"], [ann, "cc@example.com"], ["d@example.com", ann, "cc@example.com"],
+        "MessageRejectedError", "MessageRejectedError", "MessageRejectedError", "InvalidParameterValue",
+        ["a@example.com", "b@example.com", '"B, C" <bc@example.com>']]
