@@ -107,3 +107,21 @@ def test_a_confirmation_is_never_dormant_for_a_moment(rt, monkeypatch):
     assert [w for w in written if w[1] == "SEG#dormant"] == []  # (it was entered, then left again at once)
     item = rt.client("dynamodb").get_item(TableName="ContactsTable", Key={"pk": {"S": cid}, "sk": {"S": "PROFILE"}})["Item"]
     assert {"engaged", "list:insiders"} <= set(item["segments"]["SS"]) and "dormant" not in item["segments"]["SS"]
+
+
+def test_a_link_clicked_twice_at_once_confirms_once_and_answers_both(rt, tap, monkeypatch):
+    """The second click read the profile while it was still pending: its transaction fails on the profile
+    and on the record of the same second (the record carries the events: new only); it is answered for
+    the status the profile has now, not with an error."""
+    from funnelpilot import consent
+    from funnelpilot.models import Contact
+
+    cid = signup(rt)
+    token = confirm_path(mails(rt)[-1]).rsplit("/", 1)[1]
+    stale = Contact.get(cid, "PROFILE", consistent_read=True)  # pending
+    assert consent.confirm(token) == cid  # the first click
+    reads, get = [], Contact.get
+    monkeypatch.setattr(Contact, "get", lambda *a, **k: stale if not reads and not reads.append(1) else get(*a, **k))
+    assert consent.confirm(token) == cid  # the second, as read before the first committed
+    assert rt.settle()
+    assert len(tap.events("contact.confirmed")) == len(tap.events("contact.subscribed")) == 1

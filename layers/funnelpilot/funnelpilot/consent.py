@@ -191,9 +191,10 @@ def confirm(token: str, *, ip: str | None = None, user_agent: str | None = None)
                          bus.event("contact.subscribed", cid, list=list_name, resubscribed=resubscribe, confirmed=True,
                                    **({"lead_magnet": lead_magnet} if lead_magnet else {}), **utm))])
     except Exception as exc:
-        if aws.failed_conditions(exc) != [0]:
+        if 0 not in aws.failed_conditions(exc):
             raise
-        # the status changed since it was read: answer for the one it has now
+        # the status changed since it was read (a click at once with this one also made the record of
+        # this second: its condition failed too): answer for the status it has now
         return confirm(token, ip=ip, user_agent=user_agent)
     return cid
 
