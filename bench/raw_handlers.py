@@ -213,15 +213,18 @@ def _hit(kind: str, event: dict) -> str | None:
         earlier.append((t, h["human"]["BOOL"] and _human(t, sent_at, honeypots, earlier)))
     honeypot_at = [_epoch(item["honeypot_at"]["S"])] if "honeypot_at" in item else []
     human = label and _human(ts, sent_at, honeypot_at, earlier)
-    funnel, step, template = (item.get(a, {}).get("S") for a in ("funnel", "step", "template"))
+    funnel, step, template, variant = (item.get(a, {}).get("S") for a in ("funnel", "step", "template", "variant"))
     if not human:
+        labels = {k: v for k, v in (("template", template), ("variant", variant)) if v}
         if funnel and step:
-            ddb.update_item(TableName=os.environ["METRICS_TABLE_NAME"], UpdateExpression="ADD #m0 :v0 SET #template = :template",
+            ddb.update_item(TableName=os.environ["METRICS_TABLE_NAME"],
                             Key={"pk": {"S": f"FUNNEL#{funnel}"}, "sk": {"S": f"DAY#{now[:10]}#STEP#{step}"}},
-                            ExpressionAttributeNames={"#m0": f"machine_{kind}s", "#template": "template"},
-                            ExpressionAttributeValues={":v0": {"N": "1"}, ":template": {"S": template}})
+                            UpdateExpression="ADD #m0 :v0" + (" SET " + ", ".join(f"#{k} = :{k}" for k in labels) if labels else ""),
+                            ExpressionAttributeNames={"#m0": f"machine_{kind}s", **{f"#{k}": k for k in labels}},
+                            ExpressionAttributeValues={":v0": {"N": "1"}, **{f":{k}": {"S": v} for k, v in labels.items()}})
         return url
-    common = {"message_id": fields[1], "funnel": funnel, "step": step, "template": template, "human": True}
+    common = {"message_id": fields[1], "funnel": funnel, "step": step, "template": template, "human": True,
+              **({"variant": variant} if variant else {})}
     first_open = not any(h for _, h in earlier)
     entries = []
     if kind == "open" or first_open:

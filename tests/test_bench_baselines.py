@@ -86,6 +86,9 @@ def test_raw_handlers_make_the_calls_the_handlers_make(rt, recorded):
     rt.advance(60)  # past the delivery window: a person's open
     assert checked(rt, recorded, "GET", pixel, headers=person) == published  # the first open: unique
     assert checked(rt, recorded, "GET", pixel, headers=person) == published
+    rt.client("dynamodb").update_item(  # from now on the message of an A/B step: its variant is counted and published
+        TableName="ContactsTable", Key={"pk": {"S": cid}, "sk": {"S": f"MSG#{welcome['message_id']}"}},
+        UpdateExpression="SET variant = :v", ExpressionAttributeValues={":v": {"S": "b"}})
     assert checked(rt, recorded, "HEAD", pixel, headers=person) == counted  # a machine's
     assert checked(rt, recorded, "GET", link, headers=person) == counted  # right after a machine's hit: a burst
     rt.advance(60)
