@@ -354,3 +354,54 @@ def test_ses_takes_and_refuses_raw_emails_as_moto_s_own_send_raw_email_does(rt):
         [ann, "cc@example.com"], [ann, "cc@example.com"], ["d@example.com", ann, "cc@example.com"],
         "MessageRejectedError", "MessageRejectedError", "MessageRejectedError", "InvalidParameterValue",
         ["a@example.com", "b@example.com", '"B, C" <bc@example.com>']]
+
+
+def test_the_outbox_and_the_demo_read_only_the_emails_sent_since_they_last_looked(rt):
+    """moto_adapter.sent_emails_since: each look starts where the last ended; together the looks are
+    every email once, in order, and the outbox names each file by its X-Funnelpilot-Message-Id."""
+    from email import message_from_string
+
+    from funnelpilot_local import moto_adapter
+    from funnelpilot_local.template import REGION
+
+    looks, position = [], 0
+    for i, email in enumerate(("ann@example.com", "bo@example.com", "cy@example.com")):
+        signup(rt, email)
+        assert rt.advance((i + 1) * DAY)
+        new, position = moto_adapter.sent_emails_since(ACCOUNT, REGION, position)
+        looks.append(new)
+    assert moto_adapter.sent_emails_since(ACCOUNT, REGION, position) == ([], position)
+    every = moto_adapter.sent_emails(ACCOUNT, REGION)
+    assert [m for look in looks for m in look] == every and all(looks) and len(every) >= 4
+    names = {message_from_string(raw)["X-Funnelpilot-Message-Id"] for _, raw in every}
+    assert None not in names and {p.stem for p in rt.outbox.glob("*.eml")} == names
+
+
+def test_stream_records_are_json_values_and_match_their_filters_as_moto_matches_them(rt, monkeypatch):
+    """moto_adapter.event_filter(plain=True): the runtime's stream records hold JSON values only (a JSON
+    round trip gives each back equal), so skipping moto's round trip decides every filter the same."""
+    import json
+
+    from funnelpilot_local import moto_adapter, runtime
+
+    records, converted = [], runtime.lambda_stream_record
+
+    def keep(record, stream_arn):
+        records.append(converted(record, stream_arn))
+        return records[-1]
+
+    monkeypatch.setattr(runtime, "lambda_stream_record", keep)
+    cid = signup(rt)
+    assert rt.advance(3 * DAY) and len(sent(rt, cid)) >= 2
+    patterns = [f["Pattern"] for lid in rt.template.of_type("AWS::Serverless::Function")
+                for e in rt.template.properties(lid).get("Events", {}).values() if e["Type"] == "DynamoDB"
+                for f in rt.template.resolve(e["Properties"]).get("FilterCriteria", {}).get("Filters", [])]
+    assert patterns and len(records) > 10
+    decided = set()
+    for pattern in patterns:
+        plain, moto = moto_adapter.event_filter(pattern, plain=True), moto_adapter.event_filter(pattern)
+        assert [plain(r) for r in records] == [moto(r) for r in records]
+        decided.update(plain(r) for r in records)
+    assert decided == {True, False}
+    for record in records:
+        assert json.loads(json.dumps(record)) == record

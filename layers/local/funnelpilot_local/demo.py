@@ -124,7 +124,7 @@ class Simulation:
         self.by_email = {p.email: p for p in people}
         self.queue: list[Action] = []
         self._seq = 0
-        self._sent_seen = 0
+        self._sent_seen = 0  # moto's SES messages read (moto_adapter.sent_emails_since)
         self.tally = {"signups": 0, "confirmations": 0, "emails": 0, "opens": 0, "mpp": 0, "clicks": 0,
                       "scanner": 0, "orders": 0, "unsubscribes": 0, "bounces": 0, "complaints": 0}
         self.events_key = rt.template.parameters.get("EventsApiKey", "")
@@ -280,12 +280,12 @@ class Simulation:
 
     def new_emails(self) -> None:
         """Emails SES accepted since the last look: each reader decides what to do with it."""
-        from funnelpilot_local.moto_adapter import sent_emails
+        from funnelpilot_local.moto_adapter import sent_emails_since
         from funnelpilot_local.template import ACCOUNT, REGION
 
-        sent = sent_emails(ACCOUNT, REGION)
+        sent, self._sent_seen = sent_emails_since(ACCOUNT, REGION, self._sent_seen)
         now = _now()
-        for ses_id, raw in sent[self._sent_seen:]:
+        for ses_id, raw in sent:
             mail = message_from_bytes(raw.encode() if isinstance(raw, str) else raw, policy=policy.default)
             p = self.by_email.get(mail["To"])
             if p is None:  # internal alerts to sales
@@ -307,7 +307,6 @@ class Simulation:
                            "links": [q for q, f in clicks if f and f[2] != "h"],
                            "honeypot": [q for q, f in clicks if f and f[2] == "h"],
                            "unsubscribe": unsubscribe.group(1) if unsubscribe else None}, now)
-        self._sent_seen = len(sent)
 
     # ---------------------------------------------------------------- the clock
     def run(self, days: int, progress) -> None:

@@ -682,9 +682,15 @@ def _put_events(self, events: list[dict]) -> list[dict]:
     return entries
 
 
-def event_filter(pattern: str) -> Callable[[dict], bool]:
-    """A predicate: does an event (or a stream record) match this EventBridge-syntax pattern."""
-    return events_models.EventPattern.load(pattern).matches_event
+def event_filter(pattern: str, plain: bool = False) -> Callable[[dict], bool]:
+    """A predicate: does an event (or a stream record) match this EventBridge-syntax pattern.
+    ``plain``: every event it sees holds JSON values only (as ``json.loads`` gives them, like the
+    runtime's stream records): moto's ``matches_event`` first copies an event through
+    ``json.loads(json.dumps(...))``, which gives such an event back equal (half of matching a record)."""
+    matcher = events_models.EventPattern.load(pattern)
+    if not plain or not matcher.get_pattern():
+        return matcher.matches_event
+    return lambda event: matcher._does_event_match(matcher._flatten_dict(event), matcher.get_pattern())
 
 
 def stream_records(account: str, region: str, iterator: str, limit: int) -> tuple[list[dict], str]:
@@ -756,7 +762,16 @@ _moto_send_raw_email = ses_models.SESBackend.send_raw_email
 
 def sent_emails(account: str, region: str) -> list[tuple[str, str]]:
     """(SES message id, raw MIME) of every email sent so far, oldest first."""
-    return [(m.id, m.raw_data) for m in ses_backends[account][region].sent_messages if hasattr(m, "raw_data")]
+    return sent_emails_since(account, region, 0)[0]
+
+
+def sent_emails_since(account: str, region: str, position: int) -> tuple[list[tuple[str, str]], int]:
+    """The emails sent from moto's ``position``-th SES message on (as :func:`sent_emails`), and the
+    position to ask from next time: a look at what is new, not at every email again (the runtime and
+    the demo look after every delivery; listing all of them each time grew with the run)."""
+    messages = ses_backends[account][region].sent_messages
+    end = len(messages)
+    return [(m.id, m.raw_data) for m in messages[position:end] if hasattr(m, "raw_data")], end
 
 
 # ---------------------------------------------------------------- 5. stepped (virtual) time

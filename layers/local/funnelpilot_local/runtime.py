@@ -28,7 +28,7 @@ import zipfile
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from email import message_from_bytes
+from email.parser import BytesHeaderParser
 from pathlib import Path
 from urllib.parse import parse_qsl, urlencode
 
@@ -39,6 +39,7 @@ from funnelpilot_local.aws_rules import sqs as sqs_rules
 from funnelpilot_local.template import ACCOUNT, REGION, Template
 
 ROOT = Path(__file__).resolve().parents[3]
+_HEADERS = BytesHeaderParser()  # flush_outbox reads one header of each email: its body is not parsed
 LOCAL_SECRET = "local-development-secret-do-not-use-in-aws"
 # Routes with ``Auth: {Authorizer: AWS_IAM}`` (SigV4 on AWS) take this key in ``x-api-key`` locally.
 LOCAL_ADMIN_KEY = "local-admin-key"
@@ -231,7 +232,7 @@ class Runtime:
         self.route_throttle = apigateway.RouteThrottle(self.template, enabled=self.rules.api_throttling)
         self._in_flight = 0
         self._lock = threading.Lock()
-        self._outbox_seen = 0
+        self._outbox_seen = 0  # moto's SES messages flushed (moto_adapter.sent_emails_since)
         self._mock = None
         self._env: dict[str, tuple[str, str]] = {}  # env var -> (value, first function setting it)
 
@@ -685,7 +686,7 @@ class Runtime:
                                               ShardIteratorType=props["StartingPosition"])["ShardIterator"]
         return StreamMapping(
             lid, props["Stream"], shard, iterator, int(props.get("BatchSize", 100)),
-            [moto_adapter.event_filter(f["Pattern"]) for f in props.get("FilterCriteria", {}).get("Filters", [])],
+            [moto_adapter.event_filter(f["Pattern"], plain=True) for f in props.get("FilterCriteria", {}).get("Filters", [])],
             int(props["MaximumRetryAttempts"]), bool(props.get("BisectBatchOnFunctionError", False)),
             props.get("DestinationConfig", {}).get("OnFailure", {}).get("Destination"))
 
@@ -1221,17 +1222,16 @@ class Runtime:
     # ------------------------------------------------------------------ outbox
     def flush_outbox(self) -> list[Path]:
         """Write every email SES accepted since the last call to .local/outbox/<message_id>.eml."""
-        from funnelpilot_local.moto_adapter import sent_emails
+        from funnelpilot_local.moto_adapter import sent_emails_since
 
         written = []
-        sent = sent_emails(ACCOUNT, REGION)
-        for ses_id, raw in sent[self._outbox_seen:]:
+        sent, self._outbox_seen = sent_emails_since(ACCOUNT, REGION, self._outbox_seen)
+        for ses_id, raw in sent:
             data = raw.encode() if isinstance(raw, str) else raw
-            name = message_from_bytes(data).get("X-Funnelpilot-Message-Id") or ses_id
+            name = _HEADERS.parsebytes(data).get("X-Funnelpilot-Message-Id") or ses_id
             path = self.outbox / f"{name}.eml"
             path.write_bytes(data)
             written.append(path)
-        self._outbox_seen = len(sent)
         return written
 
 
