@@ -405,3 +405,98 @@ def test_stream_records_are_json_values_and_match_their_filters_as_moto_matches_
     assert decided == {True, False}
     for record in records:
         assert json.loads(json.dumps(record)) == record
+
+
+def _dynamodb_conversation(ddb) -> list:
+    """Every kind of DynamoDB answer the handlers get: items, pages, write results, each error shape."""
+    from botocore.exceptions import ClientError, ParamValidationError
+
+    ddb.create_table(TableName="direct", BillingMode="PAY_PER_REQUEST",
+                     KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}, {"AttributeName": "sk", "KeyType": "RANGE"}],
+                     AttributeDefinitions=[{"AttributeName": a, "AttributeType": "S"} for a in ("pk", "sk", "g")],
+                     GlobalSecondaryIndexes=[{"IndexName": "by-g", "KeySchema": [{"AttributeName": "g", "KeyType": "HASH"}],
+                                              "Projection": {"ProjectionType": "ALL"}}])
+    key = {"pk": {"S": "p"}, "sk": {"S": "1"}}
+    item = {**key, "g": {"S": "x"}, "n": {"N": "1.50"}, "b": {"B": b"\x00\xff"}, "l": {"L": [{"S": "é"}, {"NULL": True}]},
+            "m": {"M": {"ss": {"SS": ["a", "b"]}, "bs": {"BS": [b"z"]}}}, "t": {"BOOL": True}}
+    calls = [
+        lambda: ddb.put_item(TableName="direct", Item=item, ReturnConsumedCapacity="TOTAL"),
+        lambda: ddb.put_item(TableName="direct", Item={**item, "n": {"N": "2"}}, ReturnValues="ALL_OLD"),
+        lambda: ddb.get_item(TableName="direct", Key=key, ConsistentRead=True),
+        lambda: ddb.get_item(TableName="direct", Key={**key, "sk": {"S": "none"}}),
+        lambda: ddb.update_item(TableName="direct", Key=key, UpdateExpression="ADD n :one SET #l = list_append(#l, :l)",
+                                ExpressionAttributeNames={"#l": "l"}, ReturnValues="UPDATED_NEW",
+                                ExpressionAttributeValues={":one": {"N": "1"}, ":l": {"L": [{"N": "3"}]}}),
+        lambda: ddb.update_item(TableName="direct", Key=key, UpdateExpression="SET n = :n", ConditionExpression="n = :old",
+                                ExpressionAttributeValues={":n": {"N": "9"}, ":old": {"N": "0"}},
+                                ReturnValuesOnConditionCheckFailure="ALL_OLD"),
+        lambda: ddb.update_item(TableName="direct", Key=key, UpdateExpression="SET = :v",
+                                ExpressionAttributeValues={":v": {"N": "1"}}),
+        lambda: ddb.batch_write_item(RequestItems={"direct": [{"PutRequest": {"Item": {**key, "sk": {"S": str(i)}, "g": {"S": "y"}}}}
+                                                              for i in range(2, 6)]}),
+        lambda: ddb.batch_get_item(RequestItems={"direct": {"Keys": [key, {**key, "sk": {"S": "3"}}]}}),
+        lambda: ddb.query(TableName="direct", KeyConditionExpression="pk = :p AND sk >= :s", Limit=2,
+                          ExpressionAttributeValues={":p": {"S": "p"}, ":s": {"S": "2"}}, ScanIndexForward=False),
+        lambda: ddb.query(TableName="direct", IndexName="by-g", KeyConditionExpression="g = :g",
+                          ExpressionAttributeValues={":g": {"S": "y"}}, Select="COUNT"),
+        lambda: ddb.scan(TableName="direct", FilterExpression="attribute_exists(b)"),
+        lambda: ddb.transact_write_items(TransactItems=[
+            {"Update": {"TableName": "direct", "Key": key, "UpdateExpression": "ADD n :one",
+                        "ExpressionAttributeValues": {":one": {"N": "1"}}}},
+            {"Put": {"TableName": "direct", "Item": {**key, "sk": {"S": "t"}}, "ConditionExpression": "attribute_not_exists(pk)"}}]),
+        lambda: ddb.transact_write_items(TransactItems=[
+            {"ConditionCheck": {"TableName": "direct", "Key": key, "ConditionExpression": "attribute_not_exists(pk)",
+                                "ReturnValuesOnConditionCheckFailure": "ALL_OLD"}},
+            {"Delete": {"TableName": "direct", "Key": {**key, "sk": {"S": "2"}}}}]),
+        lambda: ddb.delete_item(TableName="direct", Key={**key, "sk": {"S": "2"}}, ReturnValues="ALL_OLD"),
+        lambda: ddb.get_item(TableName="missing", Key=key),
+        lambda: ddb.get_item(TableName="direct", Key={"pk": {"N": "1"}}),
+        lambda: ddb.get_item(TableName="direct", Key="not a key"),
+        lambda: ddb.describe_table(TableName="direct")["Table"]["ItemCount"],
+    ]
+    answers = []
+    for call in calls:
+        try:
+            answer = call()
+        except ClientError as e:
+            answer = (type(e).__name__, {k: v for k, v in e.response.items() if k != "ResponseMetadata"},
+                      e.response["ResponseMetadata"]["HTTPStatusCode"])
+        except (ParamValidationError, AttributeError) as e:  # pynamodb's client does not validate: botocore fails
+            answer = (type(e).__name__, str(e))
+        if isinstance(answer, dict):
+            meta = answer["ResponseMetadata"]
+            answer = {**answer, "ResponseMetadata": {**meta, "RequestId": None, "HTTPHeaders": {
+                k: v for k, v in meta["HTTPHeaders"].items() if k not in ("x-amzn-requestid", "date")}}}
+        answers.append(answer)
+    ddb.delete_table(TableName="direct")
+    return answers
+
+
+def test_dynamodb_requests_without_http_get_the_answers_and_errors_of_the_http_path(rt, monkeypatch):
+    """moto_adapter 25: the same calls answered through moto's werkzeug request (botocore's AWSRequest)
+    and without it give the same items, pages, metadata, headers and errors, boto3's client and pynamodb's."""
+    from botocore.endpoint import Endpoint
+    from pynamodb.connection import Connection
+
+    from funnelpilot_local import moto_adapter
+
+    direct, original = Counter(), moto_adapter._MotoRequest.__init__
+
+    def count(self, request):
+        direct["requests"] += 1
+        original(self, request)
+
+    monkeypatch.setattr(moto_adapter._MotoRequest, "__init__", count)
+    boto3_client, pynamodb_client = rt.client("dynamodb"), Connection(region="us-east-1").client
+    without = [_dynamodb_conversation(c) for c in (boto3_client, pynamodb_client)]
+    assert direct["requests"] >= 2 * 20
+    monkeypatch.setattr(Endpoint, "create_request", moto_adapter._botocore_create_request)
+    direct.clear()
+    through_http = [_dynamodb_conversation(c) for c in (boto3_client, pynamodb_client)]
+    assert direct["requests"] == 0
+    assert without == through_http
+    for answers in without:
+        codes = [a[1]["Error"]["Code"] if len(a) == 3 else a[0] for a in answers if isinstance(a, tuple)]
+        assert codes[:-1] == ["ConditionalCheckFailedException", "ValidationException", "TransactionCanceledException",
+                              "ResourceNotFoundException", "ValidationException"], codes
+    assert (without[0][-2][0], without[1][-2][0]) == ("ParamValidationError", "AttributeError")
