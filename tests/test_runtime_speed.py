@@ -473,7 +473,7 @@ def _dynamodb_conversation(ddb) -> list:
 
 
 def test_dynamodb_requests_without_http_get_the_answers_and_errors_of_the_http_path(rt, monkeypatch):
-    """moto_adapter 25: the same calls answered through moto's werkzeug request (botocore's AWSRequest)
+    """moto_adapter 26: the same calls answered through moto's werkzeug request (botocore's AWSRequest)
     and without it give the same items, pages, metadata, headers and errors, boto3's client and pynamodb's."""
     from botocore.endpoint import Endpoint
     from pynamodb.connection import Connection

@@ -109,7 +109,7 @@
    timers (DelaySeconds), visibility timeouts and timestamps follow ``funnelpilot.clock``, the
    runtime's event source mappings look at a queue without receiving (:func:`sqs_queue_state`),
    and sends and batch deletes no longer scan the whole queue per message.
-25. DynamoDB requests without HTTP (:func:`_create_request`, :func:`_process_request`): botocore builds
+26. DynamoDB requests without HTTP (:func:`_create_request`, :func:`_process_request`): botocore builds
    an HTTP request (``Endpoint.create_request``: AWSRequest, the request-created handlers, prepare) and
    moto's stubber turns it into a werkzeug request, then looks for the URL in every service's URL table
    (``normalize_request``, ``backend_index``): about a tenth of the demo's CPU, for the DynamoDB calls
@@ -252,7 +252,7 @@ def _sign(self, operation_name, request, region_name=None, signing_type="standar
     return RequestSigner._fp_sign(self, operation_name, request, region_name, signing_type, *args, **kwargs)
 
 
-# ---------------------------------------------------------------- 25. DynamoDB requests without HTTP
+# ---------------------------------------------------------------- 26. DynamoDB requests without HTTP
 _botocore_create_request = Endpoint.create_request
 _moto_process_request = BotocoreStubber.process_request
 _DIRECT_URL = re.compile(r"https://dynamodb\.[a-z0-9-]+\.amazonaws\.com/")
