@@ -500,3 +500,49 @@ def test_dynamodb_requests_without_http_get_the_answers_and_errors_of_the_http_p
         assert codes[:-1] == ["ConditionalCheckFailedException", "ValidationException", "TransactionCanceledException",
                               "ResourceNotFoundException", "ValidationException"], codes
     assert (without[0][-2][0], without[1][-2][0]) == ("ParamValidationError", "AttributeError")
+
+
+def test_a_parsed_state_machine_is_kept_on_disk_for_the_next_process(rt, tmp_path, monkeypatch):
+    """moto_adapter 6: a definition parsed once is unpickled from disk by a later process (no ANTLR)
+    and runs the same; an unreadable file is parsed again and replaced; an invalid definition is
+    refused as before and leaves nothing."""
+    import json
+
+    import pytest
+    from botocore.exceptions import ClientError
+    from moto.stepfunctions.parser.asl.parse.asl_parser import AmazonStateLanguageParser
+
+    from funnelpilot_local import moto_adapter
+
+    parses, parse = Counter(), AmazonStateLanguageParser.parse
+
+    def counted(definition):
+        parses[definition] += 1
+        return parse(definition)
+
+    monkeypatch.setattr(AmazonStateLanguageParser, "parse", staticmethod(counted))
+    monkeypatch.setattr(moto_adapter, "_program_dir", tmp_path / "programs")
+    definition = json.dumps({"StartAt": "Add", "States": {
+        "Add": {"Type": "Pass", "Parameters": {"sum.$": "States.MathAdd($.a, $.b)"}, "Next": "Done"},
+        "Done": {"Type": "Succeed"}}})
+    moto_adapter._pickled_program.cache_clear()
+    first = moto_adapter._pickled_program(definition)
+    [kept] = (tmp_path / "programs").glob("*.pickle")
+    moto_adapter._pickled_program.cache_clear()  # a new process: memory empty, the file there
+    assert moto_adapter._pickled_program(definition) == first == kept.read_bytes() and parses[definition] == 1
+    kept.write_bytes(first[:40])
+    moto_adapter._pickled_program.cache_clear()
+    assert moto_adapter._pickled_program(definition) == first and parses[definition] == 2 and kept.read_bytes() == first
+    moto_adapter._pickled_program.cache_clear()
+    sfn = rt.client("stepfunctions")
+    arn = sfn.create_state_machine(name="adds", definition=definition,
+                                   roleArn=f"arn:aws:iam::{ACCOUNT}:role/adds")["stateMachineArn"]
+    run = sfn.start_execution(stateMachineArn=arn, name="one", input='{"a": 2, "b": 3}')["executionArn"]
+    assert rt.settle()
+    done = sfn.describe_execution(executionArn=run)
+    assert (done["status"], json.loads(done["output"])) == ("SUCCEEDED", {"sum": 5}) and parses[definition] == 2
+    with pytest.raises(ClientError) as bad:
+        sfn.create_state_machine(name="bad", definition='{"StartAt": "X", "States": {"X": {"Type": "Nope"}}}',
+                                 roleArn=f"arn:aws:iam::{ACCOUNT}:role/adds")
+    assert bad.value.response["Error"]["Message"].startswith("ASLParserException")  # moto's InvalidDefinition
+    assert list((tmp_path / "programs").iterdir()) == [kept]

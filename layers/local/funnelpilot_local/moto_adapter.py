@@ -33,7 +33,9 @@
    parsed program, and hand every execution its own copy unpickled (1-5 ms; a deep copy took
    3-300 ms: the engagement funnel's 313 ms; 3% of the demo). CreateStateMachine's
    validation (``models.AmazonStateLanguageParser``) reads the same cache: a new stack no
-   longer re-parses every funnel (~0.28 s a machine, most of a test's set-up).
+   longer re-parses every funnel (~0.28 s a machine, most of a test's set-up). The pickles are
+   kept on disk too (:func:`keep_programs_in`: the runtime's ``.local/programs/``), so a process
+   parses only a definition no earlier process parsed (ANTLR was 5% of a 40-contact demo).
 7. Stepped (virtual) time for the Step Functions interpreter, and a seeded Retry jitter (see
    the section at the end).
 8. ``Environment.set_stop``: moto's StopExecution does not interrupt a Task waiting for a
@@ -130,14 +132,18 @@ import contextlib
 import copy
 import email.parser
 import functools
+import hashlib
 import json
+import os
 import pickle
 import random
 import re
 import string
+import sys
 import threading
 import warnings
 from email.utils import formataddr, getaddresses, parseaddr
+from pathlib import Path
 from typing import Callable
 
 from botocore import useragent
@@ -175,6 +181,7 @@ from moto.core.models import botocore_stubber
 from moto.moto_api import recorder
 from moto.dynamodbstreams.models import dynamodbstreams_backends
 from moto.scheduler.models import scheduler_backends
+from moto import __version__ as moto_version
 from moto.settings import moto_server_port
 from moto.stepfunctions.parser.asl.component.state.exec.state_task import lambda_eval_utils
 from moto.stepfunctions.parser.asl.component.state.exec.state_task.service import (
@@ -622,14 +629,39 @@ def _attribute_value(serializer, value, shape):
     raise _Walk
 
 
-@functools.lru_cache(maxsize=64)
-def _parsed(definition: str):
-    return AmazonStateLanguageParser.parse(definition)[0]
+_program_dir: Path | None = None  # keep_programs_in
+
+
+def keep_programs_in(directory: Path | None) -> None:
+    """Keep each parsed program in ``directory`` too (None: in memory only), named by a hash of its
+    definition, moto's and Python's versions: a later process (another test worker, the next
+    ``make demo``) unpickles it instead of parsing it again (~0.2 s of ANTLR for each funnel)."""
+    global _program_dir
+    _program_dir = directory
 
 
 @functools.lru_cache(maxsize=64)
 def _pickled_program(definition: str) -> bytes:
-    return pickle.dumps(_parsed(definition), protocol=pickle.HIGHEST_PROTOCOL)
+    """The definition's parsed program, pickled: from :func:`keep_programs_in`'s directory when it holds
+    one that unpickles, else parsed (a definition that does not parse raises; nothing is kept of it)."""
+    directory, path = _program_dir, None
+    if directory is not None:
+        key = hashlib.sha256("\0".join((moto_version, sys.version, definition)).encode()).hexdigest()
+        path = directory / f"{key}.pickle"
+        try:
+            blob = path.read_bytes()
+            pickle.loads(blob)
+            return blob
+        except Exception:  # noqa: BLE001 - none kept yet, or unreadable: parsed again and written anew
+            pass
+    blob = pickle.dumps(AmazonStateLanguageParser.parse(definition)[0], protocol=pickle.HIGHEST_PROTOCOL)
+    if path is not None:
+        with contextlib.suppress(OSError):  # a read-only or full disk: the parse is kept in memory only
+            directory.mkdir(parents=True, exist_ok=True)
+            partial = path.with_suffix(f".{os.getpid()}.{threading.get_ident()}.tmp")
+            partial.write_bytes(blob)
+            os.replace(partial, path)  # whole or absent, whatever another process writes at once
+    return blob
 
 
 class _CachedParser:
@@ -638,7 +670,7 @@ class _CachedParser:
 
     @staticmethod
     def parse(definition: str):
-        return _parsed(definition), None
+        return pickle.loads(_pickled_program(definition)), None
 
 
 def _entrypoint(self):

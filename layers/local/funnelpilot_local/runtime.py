@@ -259,6 +259,7 @@ class Runtime:
         self._mock.start()
         aws_rules.install(self._rule_families())
         moto_adapter.install(self.invoke, self._deliver)
+        moto_adapter.keep_programs_in(self.root / ".local" / "programs")  # parsed state machines, for later processes
         self.scheduler = moto_adapter.Scheduler() if self.stepped else None
         moto_adapter.use_virtual_time(self.scheduler)
         clock.configure(speed=self.speed, start=self.start_time, stepped=self.stepped)
