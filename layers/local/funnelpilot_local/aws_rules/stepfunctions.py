@@ -13,8 +13,8 @@
   ``Rules.start_execution_bucket`` = (size, refill per second) on the runtime clock (AWS
   Standard, us-east-1: 1,300 and 300/s): ``ThrottlingException`` "Rate exceeded".
 - A task closes once: SendTaskSuccess or SendTaskFailure with a token an earlier one closed is refused
-  with ``TaskTimedOut`` ("the task associated with the token has already been closed"; moto accepts it
-  again), so two resumers of one wait both believe they won only on a laptop.
+  with ``TaskTimedOut`` ("the task associated with the token has already been closed"). moto accepts
+  it again, which would let two resumers of one wait both succeed on a laptop.
 
 The in-execution limits live in moto's interpreter, so they are set through
 ``moto_adapter.limit_executions`` (the one module touching moto internals).
