@@ -111,7 +111,7 @@ def replay(calls: list[Call], by_operation: bool = False, made: list[Call] | Non
     try:
         yield
     finally:
-        _local.replay = None
+        _local.replay = _local.made = None
 
 
 def _active() -> bool:
@@ -160,8 +160,6 @@ def _after_call(http_response, parsed, model, **_):
 
 # ---------------------------------------------------------------- what a call does
 _WORDS = re.compile(r"#?[A-Za-z_][A-Za-z0-9_]*")
-_FUNCTIONS = {"if_not_exists", "list_append", "attribute_exists", "attribute_not_exists", "size", "begins_with",
-              "contains", "attribute_type"}
 
 
 def _split(text: str) -> list[str]:
@@ -209,7 +207,7 @@ def _write(kind: str, spec: dict) -> tuple:
 
 def shape(call: Call) -> tuple:
     """What a call does, without the values that change from run to run: the operation; for DynamoDB each
-    item's table, key (digits zeroed), the attributes written and by which clause, whether it is
+    item's table, key (``_key``), the attributes written and by which clause, whether it is
     conditional and what it returns; for PutEvents each entry's source, bus, type and detail fields;
     for any other call its parameters' names."""
     p, op = call.params, call.operation

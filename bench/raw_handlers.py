@@ -1,9 +1,11 @@
 """Hand-written raw-boto3 handlers: the floor each funnelpilot HTTP handler is compared to.
 
-Each makes the same AWS calls as the real handler for the same request (the replay
-checks the sequence) with the least code that still validates its input: no powertools,
-no pynamodb, no jinja2. A route without a hand-written handler here is compared to
-``replay_only`` (decode the body, make the recorded calls, answer), a lower floor.
+Each makes the same AWS calls as the real handler for the same request, with the same items,
+attributes and events (``meter.shape``: bench/run.py stops when one does not, and
+tests/test_bench_baselines.py checks every benchmarked path), and gives the same answer, with the
+least code that still validates its input: no powertools, no pynamodb, no jinja2. A route without a
+hand-written handler here is compared to ``replay_only`` (decode the body, make the recorded calls,
+answer), a lower floor.
 """
 import base64
 import calendar

@@ -39,10 +39,10 @@ import coldstart  # noqa: E402
 import raw_handlers  # noqa: E402
 import spam_scores  # noqa: E402
 import traffic  # noqa: E402
+from funnelpilot import clock  # noqa: E402
 from funnelpilot_local import aws_rules  # noqa: E402
 from funnelpilot_local.runtime import LambdaContext, Runtime  # noqa: E402
 
-from funnelpilot import clock  # noqa: E402
 from funnelpilot_local.demo import START  # noqa: E402
 
 HOT = ("SignupFunction", "TrackOpenFunction", "TrackClickFunction")  # logical ids in template.yaml
@@ -76,7 +76,6 @@ class Invocation:
     trigger: str
     payload: dict
     calls: list
-    at: float  # the runtime's clock when it was made
 
 
 def trigger_of(payload: dict) -> str:
@@ -100,12 +99,11 @@ class MeteredRuntime(Runtime):
         self._ids = itertools.count()
 
     def invoke(self, function: str, payload: dict):
-        at = clock.now()
         with meter.label(f"{function}#{next(self._ids)}") as calls:
             try:
                 return super().invoke(function, payload)
             finally:
-                self.invocations.append(Invocation(function, trigger_of(payload), payload, calls, at))
+                self.invocations.append(Invocation(function, trigger_of(payload), payload, calls))
 
 
 # ---------------------------------------------------------------- warm requests
@@ -172,22 +170,18 @@ def warm_route(rt: MeteredRuntime, key: str, inv: Invocation) -> dict:
     if raw_handlers.clock is not clock.now:  # the first sample: the raw handlers' cold start
         raw_handlers.init()
         raw_handlers.clock = clock.now
-    with as_on_aws():
-        return _warm(rt, key, inv)
-
-
-def _warm(rt: MeteredRuntime, key: str, inv: Invocation) -> dict:
     raw = raw_handlers.raw_for(key)
     kind = "hand-written" if raw else "replay only"
     if not inv.calls:
         return {"ratio": None, "baseline": kind, "note": "no AWS call: the baseline is a near-zero time"}
     handler = rt.functions[inv.function].handler
-    if why := drift(handler, inv):
-        raise RuntimeError(f"{key}: the handler replayed does not make its recorded calls: {why}")
-    if raw and (why := drift(raw, inv)):
-        raise BaselineDrift(f"{key}: bench/raw_handlers.py does not make the handler's calls: {why}")
-    size = {} if key in HOT_ROUTES else {"rounds": 5, "n": 10}  # the goals are on the hot routes
-    ratio = warm_ratio(handler, raw or raw_handlers.replay_only(inv.calls), inv, **size)
+    with as_on_aws():
+        if why := drift(handler, inv):
+            raise RuntimeError(f"{key}: the handler replayed does not make its recorded calls: {why}")
+        if raw and (why := drift(raw, inv)):
+            raise BaselineDrift(f"{key}: bench/raw_handlers.py does not make the handler's calls: {why}")
+        size = {} if key in HOT_ROUTES else {"rounds": 5, "n": 10}  # the goals are on the hot routes
+        ratio = warm_ratio(handler, raw or raw_handlers.replay_only(inv.calls), inv, **size)
     return {"ratio": ratio, "baseline": kind, "note": ""}
 
 
