@@ -86,7 +86,7 @@ def test_single_opt_in_lists_are_unchanged(rt, tap):
     assert len(tap.events("contact.subscribed")) == 1 and tap.events("contact.pending") == []
 
 
-def test_a_confirmation_is_never_dormant_for_a_moment(rt, monkeypatch):
+def test_a_confirmation_is_never_dormant_for_a_moment_and_enters_its_segments_in_one_write(rt, monkeypatch):
     """The confirmation's engagement is recorded by the touch of the contact.subscribed it comes with
     (the score function, which then evaluates the activity segments): the segment function's evaluation
     of contact.confirmed, which may run first, does not judge them on an activity not recorded yet."""
@@ -97,14 +97,24 @@ def test_a_confirmation_is_never_dormant_for_a_moment(rt, monkeypatch):
     def record(client, operation, params):
         if operation in ("PutItem", "DeleteItem"):
             written.append((operation, (params.get("Item") or params.get("Key") or {}).get("sk", {}).get("S")))
+        elif operation == "UpdateItem" and "segments" in params.get("ExpressionAttributeNames", {}).values():
+            written.append((operation, params["UpdateExpression"]))
         return original(client, operation, params)
 
+    invoked, invoke = [], rt.invoke
+    rt.invoke = lambda function, payload: invoked.append((function, payload.get("detail-type"))) or invoke(function, payload)
     monkeypatch.setattr(botocore.client.BaseClient, "_make_api_call", record)
     cid = signup(rt)
+    written.clear()
     assert rt.http("GET", confirm_path(mails(rt)[-1])).status in (200, 303)
     assert rt.settle()
     assert status(rt, cid) == "active"
     assert [w for w in written if w[1] == "SEG#dormant"] == []  # (it was entered, then left again at once)
+    # the list's segment and engaged are entered by the score function's evaluation of contact.subscribed,
+    # in one profile write; contact.confirmed needs no segment function invocation
+    assert sorted(w for w in written if w[1].startswith("SEG#")) == [("PutItem", "SEG#engaged"), ("PutItem", "SEG#list:insiders")]
+    assert [w for w in written if w[0] == "UpdateItem"] == [("UpdateItem", "ADD #segs :s")]
+    assert ("SegmentFunction", "contact.confirmed") not in invoked and ("ScoreFunction", "contact.subscribed") in invoked
     item = rt.client("dynamodb").get_item(TableName="ContactsTable", Key={"pk": {"S": cid}, "sk": {"S": "PROFILE"}})["Item"]
     assert {"engaged", "list:insiders"} <= set(item["segments"]["SS"]) and "dormant" not in item["segments"]["SS"]
 

@@ -29,7 +29,9 @@ DAY = 86_400
 LIST_STATUSES = ("active", "pending")  # who a list's segment counts (opted out of it: not)
 ENGAGEMENT = sorted(inactivity.ENGAGEMENT)
 _PROFILE_EVENTS = ["contact.updated", "contact.tagged", "contact.untagged"]
-_STATUS_EVENTS = ["contact.subscribed", "contact.confirmed", "contact.unsubscribed", "contact.suppressed",
+# (contact.confirmed is not one: the contact.subscribed it always comes with changes the status segments too,
+# evaluated by the score function with the activity ones, one profile write for all)
+_STATUS_EVENTS = ["contact.subscribed", "contact.unsubscribed", "contact.suppressed",
                   "contact.sunset", "contact.reactivated", "contact.erased"]
 # Not a bus event: a change of score, evaluated where it happens (funnelpilot.scoring).
 SCORED = "score.changed"
