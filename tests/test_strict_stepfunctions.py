@@ -129,7 +129,7 @@ def test_a_lambda_result_over_the_limit_fails_the_state_with_data_limit_exceeded
 
 
 def test_start_execution_is_throttled_by_a_token_bucket_on_the_runtime_clock(tmp_path):
-    with runtime(tmp_path, start_execution_bucket=(3, 2)) as rt:
+    with runtime(tmp_path, sfn_api_buckets={"StartExecution": (3, 2)}) as rt:
         arn, sfn = machine(rt, SPIN), rt.client("stepfunctions")
         for i in range(3):
             sfn.start_execution(stateMachineArn=arn, name=f"burst{i}", input='{"stop": true}')
@@ -147,8 +147,29 @@ def test_start_execution_is_throttled_by_a_token_bucket_on_the_runtime_clock(tmp
             "burst0", "burst1", "burst2", "refill0", "refill1"}
 
 
+def test_each_read_api_has_its_own_token_bucket(tmp_path):
+    buckets = {"StartExecution": (5, 1), "DescribeExecution": (2, 1), "GetExecutionHistory": (1, 0.5)}
+    with runtime(tmp_path, sfn_api_buckets=buckets) as rt:
+        arn, sfn = machine(rt, SPIN), rt.client("stepfunctions")
+        run_arn = sfn.start_execution(stateMachineArn=arn, name="one", input='{"stop": true}')["executionArn"]
+        for _ in range(2):
+            sfn.describe_execution(executionArn=run_arn)
+        with pytest.raises(ClientError) as throttled:
+            sfn.describe_execution(executionArn=run_arn)
+        assert code(throttled) == ("ThrottlingException", 400)
+        sfn.get_execution_history(executionArn=run_arn)  # its own bucket, not DescribeExecution's
+        with pytest.raises(ClientError):
+            sfn.get_execution_history(executionArn=run_arn, reverseOrder=True)
+        assert rt.advance(1)  # DescribeExecution refills 1 a second, GetExecutionHistory half
+        sfn.describe_execution(executionArn=run_arn)
+        with pytest.raises(ClientError):
+            sfn.get_execution_history(executionArn=run_arn)
+        assert rt.advance(1)
+        sfn.get_execution_history(executionArn=run_arn)
+
+
 def test_a_throttled_start_leaves_no_entry_starting_and_the_retry_enters(tmp_path):
-    with runtime(tmp_path, start_execution_bucket=(1, 0.001)) as rt:
+    with runtime(tmp_path, sfn_api_buckets={"StartExecution": (1, 0.001)}) as rt:
         arn = create_machine(rt, "funnelpilot-demo", {"StartAt": "Done", "States": {"Done": {"Type": "Succeed"}}})
         sfn = rt.client("stepfunctions")
         sfn.start_execution(stateMachineArn=arn, name="takes-the-token", input='{"stop": true}')

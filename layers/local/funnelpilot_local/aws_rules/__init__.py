@@ -42,7 +42,10 @@ class Rules:
     # Step Functions
     history_limit: int = 25_000  # events per execution; the execution fails past it
     payload_limit: int = 256 * 1024  # bytes of a state's input/output, an execution's input
-    start_execution_bucket: tuple[float, float] = (1300, 300)  # token bucket: size, refill per second
+    # token buckets per API (size, refill per second), per account: Standard workflows, us-east-1
+    sfn_api_buckets: dict = field(default_factory=lambda: {
+        "StartExecution": (1300, 300), "DescribeExecution": (300, 15), "GetExecutionHistory": (400, 20),
+        "StopExecution": (1000, 200), "SendTaskSuccess": (3000, 500), "SendTaskFailure": (3000, 500)})
     # SES
     ses_sandbox: bool = False  # True: verified recipients only, 200 per 24 h, 1 per second
     ses_verified: tuple[str, ...] = ()  # verified addresses/domains besides the template's identities

@@ -9,9 +9,11 @@
   constraint); inside an execution a state's output or a task's result above it fails the
   state with ``States.DataLimitExceeded``, which ``States.ALL`` does not catch (neither does
   it catch ``States.Runtime``).
-- StartExecution is throttled per account and region by a token bucket,
-  ``Rules.start_execution_bucket`` = (size, refill per second) on the runtime clock (AWS
-  Standard, us-east-1: 1,300 and 300/s): ``ThrottlingException`` "Rate exceeded".
+- API actions are throttled per account and region, each by its own token bucket,
+  ``Rules.sfn_api_buckets`` = {action: (size, refill per second)} on the runtime clock (AWS
+  Standard, us-east-1: StartExecution 1,300 and 300/s, DescribeExecution 300 and 15/s,
+  GetExecutionHistory 400 and 20/s, StopExecution 1,000 and 200/s, SendTaskSuccess and
+  SendTaskFailure 3,000 and 500/s): ``ThrottlingException`` "Rate exceeded".
 - A task closes once: SendTaskSuccess or SendTaskFailure with a token an earlier one closed is refused
   with ``TaskTimedOut`` ("the task associated with the token has already been closed"). moto accepts
   it again, which would let two resumers of one wait both succeed on a laptop.
@@ -31,9 +33,9 @@ _CLOSING = ("SendTaskSuccess", "SendTaskFailure")
 
 class StepFunctions(Rule):
     def __init__(self, rules: Rules):
-        self.size, self.refill = (float(x) for x in rules.start_execution_bucket)
         self.payload_limit = rules.payload_limit
-        self._tokens, self._at = self.size, None
+        self._buckets = {op: [float(size), float(refill), float(size), None]  # size, refill, tokens, at
+                         for op, (size, refill) in rules.sfn_api_buckets.items()}
         self._closed: set[str] = set()  # task tokens a SendTaskSuccess/Failure closed
         self._lock = threading.Lock()
         moto_adapter.limit_executions(history=rules.history_limit, payload=rules.payload_limit)
@@ -46,7 +48,7 @@ class StepFunctions(Rule):
             raise error(call.operation, "ValidationException",
                         f"1 validation error detected: Value at '{field}' failed to satisfy constraint: "
                         f"Member must have length less than or equal to {self.payload_limit}")
-        if call.operation == "StartExecution":
+        if call.operation in self._buckets:
             self._take_token(call.operation)
         if call.operation in _CLOSING and call.params.get("taskToken") in self._closed:
             raise error(call.operation, "TaskTimedOut", "Task Timed Out: 'Provided task does not exist anymore'")
@@ -58,10 +60,10 @@ class StepFunctions(Rule):
 
     def _take_token(self, operation: str) -> None:
         with self._lock:
-            now = clock.now()
-            if self._at is not None:
-                self._tokens = min(self.size, self._tokens + (now - self._at) * self.refill)
-            self._at = now
-            if self._tokens < 1:
+            bucket, now = self._buckets[operation], clock.now()
+            size, refill, tokens, at = bucket
+            tokens = tokens if at is None else min(size, tokens + (now - at) * refill)
+            if tokens < 1:
+                bucket[2:] = tokens, now
                 raise error(operation, "ThrottlingException", "Rate exceeded")
-            self._tokens -= 1
+            bucket[2:] = tokens - 1, now
