@@ -8,6 +8,7 @@ is a ``infra/emails/NAME.html.j2:LINE: ...`` line: a syntax error, an undefined 
 an empty part, a link to nowhere (empty, ``#``, relative, a path of the API that is no public route,
 a path of the site that ``infra/site.yaml`` does not declare).
 """
+import itertools
 import os
 import re
 from contextlib import contextmanager
@@ -131,7 +132,8 @@ def traced(directory: Path, template: str, ctx: dict, stored: tuple | None = Non
     rendered = emails.render(template, ctx, directory=str(directory), sources=stored)
     spans = {}
     for part, tpl in zip(("text", "html"), emails.templates(template, str(directory), stored)):
-        env, out, at, sources = tpl.environment, [], 0, {}
+        env, out, at = tpl.environment, [], 0
+        names, lines, starts = {}, {}, {}  # per template file and line: the same answers, looked up once
         chunks = tpl.root_render_func(tpl.new_context(dict(ctx)))
         for chunk in chunks:
             inner = chunks
@@ -140,21 +142,27 @@ def traced(directory: Path, template: str, ctx: dict, stored: tuple | None = Non
             frame = getattr(inner, "gi_frame", None)
             text = _MARKS.sub("", chunk)
             if frame is not None and frame.f_code.co_filename.endswith(".j2"):
-                path = Path(frame.f_code.co_filename)  # a stored template's is its name
-                name = (path.relative_to(directory) if path.is_absolute() else path).as_posix()
-                line = env.get_template(name).get_corresponding_lineno(frame.f_lineno)
-                if name not in sources:
-                    sources[name] = env.loader.get_source(env, name)[0]
-                out.append((at, name, _written_at(sources[name], line, text)))
+                filename = frame.f_code.co_filename
+                name = names.get(filename)
+                if name is None:
+                    path = Path(filename)  # a stored template's is its name
+                    name = names[filename] = (path.relative_to(directory) if path.is_absolute() else path).as_posix()
+                    source = env.loader.get_source(env, name)[0]
+                    starts[name] = (source, [0, *itertools.accumulate(len(s) for s in source.splitlines(keepends=True))])
+                line = lines.get((name, frame.f_lineno))
+                if line is None:
+                    line = lines[name, frame.f_lineno] = env.get_template(name).get_corresponding_lineno(frame.f_lineno)
+                out.append((at, name, _written_at(*starts[name], line, text)))
             at += len(text)
         spans[part] = out if at == len(getattr(rendered, part)) else []  # unmapped: line 1
     return rendered, spans
 
 
-def _written_at(source: str, line: int, text: str) -> int:
+def _written_at(source: str, starts: list[int], line: int, text: str) -> int:
     """The line template text starts on: jinja2 maps an output to the line of the statement before
-    it (``{% block body %}``), and trim_blocks drops the line break in between."""
-    start = sum(len(s) for s in source.splitlines(keepends=True)[:line - 1])
+    it (``{% block body %}``), and trim_blocks drops the line break in between (``starts``: the
+    offset of each line of ``source``, and its length last)."""
+    start = starts[min(line - 1, len(starts) - 1)]
     found = source.find(text, start) if len(text) > 1 else -1
     if found >= 0 and source.count("\n", start, found) == 1:
         return line + 1
