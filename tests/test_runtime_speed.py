@@ -95,6 +95,27 @@ def test_an_update_expression_used_again_starts_from_a_fresh_tree(rt):
         assert bad.value.response["Error"]["Code"] == "ValidationException"
 
 
+def test_the_validator_copies_a_parsed_tree_from_its_pickle_and_any_other_tree_by_pickling_it(monkeypatch):
+    """moto_adapter 21: a tree the parse handed out (which moto only reads) is copied by loading its
+    pickle again, without pickling it; any other tree by pickling it; each copy is its own."""
+    import pickle
+
+    from funnelpilot_local import moto_adapter
+
+    dumped, dumps = Counter(), pickle.dumps
+    monkeypatch.setattr(pickle, "dumps", lambda value, *a, **k: (dumped.update([type(value).__name__]), dumps(value, *a, **k))[1])
+    expression = "SET a = :a, b = list_append(if_not_exists(b, :empty), :b) ADD c :one"
+    moto_adapter._update_expression(None, expression)  # the parse is pickled once
+    tree = moto_adapter._update_expression(None, expression)
+    dumped.clear()
+    first, second = moto_adapter._validator_copy(tree), moto_adapter._validator_copy(tree)
+    assert not dumped and first is not tree and second is not first
+    assert dumps(first) == dumps(second) == dumps(tree)
+    other = moto_adapter._parse_update_expression("SET a = :a")  # moto's own parse: not one handed out
+    copied = moto_adapter._validator_copy(other)
+    assert copied is not other and dumps(copied) == dumps(pickle.loads(dumps(other))) and dumped == {"UpdateExpression": 1}
+
+
 def test_dynamodb_answers_are_written_as_moto_s_own_walk_writes_them(rt, monkeypatch):
     """moto_adapter 23: attribute values are serialised directly; every type, nested, must read back
     exactly as moto's shape walk gives it (a query page and an update's ALL_NEW too)."""
