@@ -567,3 +567,26 @@ def test_a_parsed_state_machine_is_kept_on_disk_for_the_next_process(rt, tmp_pat
                                  roleArn=f"arn:aws:iam::{ACCOUNT}:role/adds")
     assert bad.value.response["Error"]["Message"].startswith("ASLParserException")  # moto's InvalidDefinition
     assert list((tmp_path / "programs").iterdir()) == [kept]
+
+
+def test_a_json_path_parsed_once_finds_and_updates_as_a_new_parse_does(rt):
+    """moto_adapter 27: the interpreter's JSONPath parses are cached by text; a cached path finds, and
+    writes a result into, each input as a fresh parse of it does, and leaves the next input alone."""
+    import copy
+
+    from jsonpath_ng import parse as fresh_result_path
+    from jsonpath_ng.ext import parse as fresh_path
+    from moto.stepfunctions.parser.asl.component.common.path import result_path
+    from moto.stepfunctions.parser.asl.utils import json_path
+
+    assert json_path.parse is not fresh_path and result_path.parse is not fresh_result_path
+    inputs = [{"a": {"b": [1, {"c": i}]}, "list": [{"k": i}, {"k": i + 1}]} for i in range(3)]
+    for path in ("$.a.b[1].c", "$.list[*].k", "$.a", "$..k", "$.list[?(@.k > 1)].k"):
+        for data in inputs:
+            assert [m.value for m in json_path.parse(path).find(data)] == [m.value for m in fresh_path(path).find(data)]
+    for data in inputs:
+        cached, new = copy.deepcopy(data), copy.deepcopy(data)
+        result_path.parse("$.result.x").update_or_create(cached, {"r": 1})
+        fresh_result_path("$.result.x").update_or_create(new, {"r": 1})
+        assert cached == new == {**data, "result": {"x": {"r": 1}}}
+    assert json_path.parse("$.a") is json_path.parse("$.a")

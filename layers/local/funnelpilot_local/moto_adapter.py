@@ -64,6 +64,9 @@
 15. ``boto_client_for`` (Step Functions' Task integrations): moto builds a new boto3 client
    for every Task (~6% of the demo); one client per (region, service) serves them all
    (boto3 clients are thread-safe, and moto's ignores the state's credentials anyway).
+27. JSONPath expressions of the Step Functions interpreter (``json_path.parse``, ``result_path.parse``):
+   moto parses each path again (jsonpath_ng's yacc parser) at every evaluation of every state; each
+   text is parsed once (a parsed path is only read: ``find``, ``update_or_create`` change the data).
 16. The runtime's pollers read moto directly: a DynamoDB stream's next records (moto's
    ``get_records``, without serialising every image for botocore to parse back; an empty
    shard is not asked), whether any EventBridge Scheduler schedule exists, and which schedules
@@ -188,7 +191,8 @@ from moto.settings import moto_server_port
 from moto.stepfunctions.parser.asl.component.state.exec.state_task import lambda_eval_utils
 from moto.stepfunctions.parser.asl.component.state.exec.state_task.service import (
     state_task_service_dynamodb, state_task_service_events, state_task_service_sfn, state_task_service_sqs)
-from moto.stepfunctions.parser.asl.utils import boto_client
+from moto.stepfunctions.parser.asl.component.common.path import result_path as sfn_result_path
+from moto.stepfunctions.parser.asl.utils import boto_client, json_path as sfn_json_path
 from werkzeug.datastructures import CombinedMultiDict, Headers, ImmutableMultiDict, MultiDict
 
 _TASK_CLIENT_MODULES = (lambda_eval_utils, state_task_service_dynamodb, state_task_service_events,
@@ -244,6 +248,8 @@ def install(invoker: Invoker, deliverer: Deliverer) -> None:
         ConditionExpressionParser._lex_condition_expression = _lex_condition_expression
         Endpoint.create_request = _create_request
         BotocoreStubber.process_request = _process_request
+        for module in (sfn_json_path, sfn_result_path):  # each imported jsonpath_ng's parse by name
+            module.parse = functools.lru_cache(maxsize=1024)(module.parse)
 
 
 def uninstall() -> None:
