@@ -105,3 +105,27 @@ def test_header_text_leaves_one_line_without_encoded_words():
         assert mime.header_text(f"Ann{brk}Bcc: x") == "Ann Bcc: x"
         assert ("a" + brk + "b").splitlines() != ["a" + brk + "b"]  # each one is a line break to Python
     assert mime.header_text("  José\t\t山田  ") == "José 山田"
+
+
+def test_headers_parsed_and_folded_once_give_the_bytes_the_policy_gives(monkeypatch):
+    """mime._Building remembers the header objects and folded lines it made: every message, the first
+    with a header and each later one, is byte for byte what ``POLICY`` itself writes (the boundary and
+    Message-ID fixed), for every hostile name, long and non-ASCII values, and any header class."""
+    import random
+
+    monkeypatch.setattr(mime, "make_msgid", lambda idstring, domain: f"<fixed.{idstring}@{domain}>")
+    long_url = "<https://x.test/u/" + "t" * 1200 + ">"
+
+    def message(name: str, building) -> bytes:
+        monkeypatch.setattr(mime, "_BUILDING", building)
+        random.seed(7)  # the multipart boundary
+        return mime.build(sender="news@example.com", to=f"{name} <ann@example.com>", subject=f"Welcome, {name}!",
+                          message_id="m1", headers={"List-Unsubscribe": long_url, "List-Id": f"{name} <news.example.com>",
+                                                    "Reply-To": "hi@example.com", "X-SES-MESSAGE-TAGS": "email=welcome-1"},
+                          text=f"hi {name}\n" * 3, html=f"<p>hi {name}</p>", from_name=name, date=1772445600)
+
+    cached = mime._BUILDING
+    for name in NAMES + ["Zoë " * 40, "x" * 990]:
+        plain = message(name, mime.POLICY)
+        assert message(name, cached) == message(name, cached) == plain, name
+    assert mime._stored.cache_info().hits and mime._folded.cache_info().hits
