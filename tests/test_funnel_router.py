@@ -158,6 +158,11 @@ def test_a_goal_stops_the_execution_and_converts_on_the_current_state(rt, tap, m
     assert len({c["event_id"] for c in converted}) == 1
     assert converted[0]["step"] == "Wait for the order" and converted[0]["goal"] == "order.placed"
     assert entry(rt, cid)["status"] == "converted" and entry(rt, cid)["step"] == "Wait for the order"
+    # counted by the router, once (its status change is the guard): the funnel's row and the step's, no marker
+    assert rt.settle() and funnel_counts(rt, "demo")["conversions"] == 1
+    rows = rt.client("dynamodb").scan(TableName="MetricsTable")["Items"]
+    assert [int(r["conversions"]["N"]) for r in rows if r["sk"]["S"].endswith("#STEP#Wait for the order")] == [1]
+    assert [r for r in rows if r["pk"]["S"].startswith("SEEN#")] == []  # the metrics function never saw it
 
 
 def test_an_exit_event_completes_with_outcome_exited(rt, tap, machine):

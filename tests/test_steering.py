@@ -203,6 +203,31 @@ def test_the_automatic_winner_is_declared_on_a_significant_lead_and_new_entrants
     assert not rt.errors
 
 
+def test_a_split_judged_on_conversions_gets_its_winner_when_the_router_counts_one(rt, monkeypatch):
+    """The router counts a conversion itself (no metrics function) and judges the splits whose rule is on
+    conversions, under its own role: the counters read, the winner stored."""
+    from funnelpilot import metrics
+
+    shipped = abtest.splits
+    monkeypatch.setattr(abtest, "splits", lambda funnel, *args: [
+        {**s, "winner": {**s["winner"], "metric": "conversions"}} for s in shipped(funnel, *args)])
+    for state, template, variant, conversions in (("Send engagement-2a", "engagement-2a", "a", 30),
+                                                  ("Send engagement-2b", "engagement-2b", "b", 8)):
+        metrics.count("engagement", state, {"sent": 120, "entered": 120, "conversions": conversions},
+                      template=template, variant=variant, day="2026-02-20")
+    cid = next(c for c in (f"{i:026d}" for i in range(100))
+               if sequence.pick_variant({"a": 50, "b": 50}, c, "engagement", "A/B split") == "b")
+    _cold_lead(rt, cid)
+    assert rt.advance(3 * DAY + HOUR) and sent(rt, cid)[-1] == "engagement-2b"
+    assert abtest.current_winner("engagement", "A/B split") is None
+    bus.publish(bus.event("order.placed", cid, order_id="o-1", amount=49, currency="EUR"))  # the funnel's goal
+    assert rt.settle()
+    assert abtest.current_winner("engagement", "A/B split") == "a"
+    rep = rt.http("GET", "/funnels/engagement/report?from=2026-02-01", headers={"x-api-key": rt.admin_key}).json()
+    assert {s["step"]: s["conversions"] for s in rep["steps"]}["Send engagement-2b"] == 9 and rep["conversions"] == 1
+    assert not rt.errors
+
+
 def test_no_winner_before_min_sends_even_when_significant(rt):
     from funnelpilot import metrics
 

@@ -24,6 +24,7 @@ from funnelpilot import aws, bus, clock, erasure, funnel_spec, metrics, outbox, 
 from funnelpilot.config import config
 from funnelpilot.errors import TransientError
 from funnelpilot.sending import sendtime
+from funnelpilot.steering import abtest
 
 ENTRY_RULES = ("once_per_contact", "once_per_trigger", "always")
 LIVE = ("starting", "running")  # (``starting``: a claim made before claims were ``running`` at once)
@@ -363,9 +364,12 @@ def goal(*, funnel: str, kind: str, event: dict) -> str | None:
     if not set_status(cid, funnel, arn, outcome, completed_at=clock.iso(), goal=event.get("detail-type"),
                        step=step):
         return None
-    if kind == "goal":
-        bus.publish(bus.event("funnel.converted", cid, event_id=tokens.digest_id("fg", funnel, arn, outcome),
-                              funnel=funnel, step=step, state=state, goal=event.get("detail-type")))
+    if kind == "goal":  # counted here, once (the status change above is the guard: no marker, no metrics invocation)
+        converted = bus.event("funnel.converted", cid, event_id=tokens.digest_id("fg", funnel, arn, outcome),
+                              funnel=funnel, step=step, state=state, goal=event.get("detail-type"))
+        metrics.counted(converted)
+        abtest.on_counted("funnel.converted", json.loads(converted["Detail"]))  # a split judged on conversions
+        bus.publish(converted)
     else:  # an exit ends the journey: counted here, once (the status change above is the guard)
         metrics.completed(funnel)
     return step

@@ -20,7 +20,8 @@ and a process dying between it and the ``ADD`` loses that one count. A send (or 
 that ends its journey counts the end as ``completed`` on its step's row, in the send's own ADD
 (``record(..., also=...)``): the report adds the step rows' ``completed`` to the funnel row's.
 
-Sends, blocked sends, deliveries, bounces and complaints are counted the same way, by their producers
+Sends, blocked sends, conversions (the router, once its write moved the entry to ``converted``),
+deliveries, bounces and complaints are counted the same way, by their producers
 with no bus event to the metrics function (``record(..., guarded=True)``, ``counted``): the sequence step
 once its write marked the message sent or blocked (a blocked event says ``counted``; only the block of
 an unknown or erased contact, which has no item, reaches the metrics function), ses_feedback when its
@@ -166,8 +167,8 @@ def record(detail_type: str, detail: dict, *, guarded: bool = False, also: dict[
         return False
     counted = False
     if detail_type in FUNNEL_EVENTS:
-        counted = count(funnel, None, {FUNNEL_EVENTS[detail_type]: 1}, once_key=f"{detail['event_id']}#funnel",
-                        day=day)
+        counted = count(funnel, None, {FUNNEL_EVENTS[detail_type]: 1},
+                        once_key=None if guarded else f"{detail['event_id']}#funnel", day=day)
     found = counters_for(detail_type, detail)
     step = detail.get("step")
     if found is None or not step:

@@ -678,8 +678,10 @@ def template_block(funnels: dict[str, Funnel]) -> str:
              "              Action: [dynamodb:GetItem, dynamodb:PutItem, dynamodb:UpdateItem, dynamodb:DeleteItem, "
              "dynamodb:ConditionCheckItem, dynamodb:Query]",
              "              Resource: !GetAtt ContactsTable.Arn",
-             "            - Effect: Allow  # entries and exits counted (one ADD); a draining funnel's refusals once per event",
-             "              Action: [dynamodb:PutItem, dynamodb:UpdateItem, dynamodb:DeleteItem]",
+             "            - Effect: Allow  # entries, exits and conversions counted (one ADD); a draining funnel's refusals",
+             "              # once per event; an A/B split judged on conversions (its counters read, its winner stored)",
+             "              Action: [dynamodb:PutItem, dynamodb:UpdateItem, dynamodb:DeleteItem, dynamodb:GetItem, "
+             "dynamodb:Query]",
              "              Resource: !GetAtt MetricsTable.Arn",
              "            - Effect: Allow",
              "              Action: [states:StartExecution, states:DescribeStateMachine]",
