@@ -428,10 +428,32 @@ def test_stream_records_are_json_values_and_match_their_filters_as_moto_matches_
         assert json.loads(json.dumps(record)) == record
 
 
-def _dynamodb_conversation(ddb) -> list:
-    """Every kind of DynamoDB answer the handlers get: items, pages, write results, each error shape."""
+def _answers(calls) -> list:
+    """Each call's answer or error, without what differs between two identical requests (request ids, dates)."""
+    from datetime import datetime
+
     from botocore.exceptions import ClientError, ParamValidationError
 
+    def plain(value):
+        if isinstance(value, dict):
+            return {k: plain(v) for k, v in value.items() if k not in ("RequestId", "x-amzn-requestid", "date")}
+        if isinstance(value, list):
+            return [plain(v) for v in value]
+        return "<time>" if isinstance(value, datetime) else value
+
+    answers = []
+    for call in calls:
+        try:
+            answers.append(plain(call()))
+        except ClientError as e:
+            answers.append((type(e).__name__, plain(e.response)))
+        except (ParamValidationError, AttributeError) as e:  # pynamodb's client does not validate: botocore fails
+            answers.append((type(e).__name__, str(e)))
+    return answers
+
+
+def _dynamodb_conversation(ddb) -> list:
+    """Every kind of DynamoDB answer the handlers get: items, pages, write results, each error shape."""
     ddb.create_table(TableName="direct", BillingMode="PAY_PER_REQUEST",
                      KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}, {"AttributeName": "sk", "KeyType": "RANGE"}],
                      AttributeDefinitions=[{"AttributeName": a, "AttributeType": "S"} for a in ("pk", "sk", "g")],
@@ -475,27 +497,46 @@ def _dynamodb_conversation(ddb) -> list:
         lambda: ddb.get_item(TableName="direct", Key="not a key"),
         lambda: ddb.describe_table(TableName="direct")["Table"]["ItemCount"],
     ]
-    answers = []
-    for call in calls:
-        try:
-            answer = call()
-        except ClientError as e:
-            answer = (type(e).__name__, {k: v for k, v in e.response.items() if k != "ResponseMetadata"},
-                      e.response["ResponseMetadata"]["HTTPStatusCode"])
-        except (ParamValidationError, AttributeError) as e:  # pynamodb's client does not validate: botocore fails
-            answer = (type(e).__name__, str(e))
-        if isinstance(answer, dict):
-            meta = answer["ResponseMetadata"]
-            answer = {**answer, "ResponseMetadata": {**meta, "RequestId": None, "HTTPHeaders": {
-                k: v for k, v in meta["HTTPHeaders"].items() if k not in ("x-amzn-requestid", "date")}}}
-        answers.append(answer)
+    answers = _answers(calls)
     ddb.delete_table(TableName="direct")
     return answers
 
 
-def test_dynamodb_requests_without_http_get_the_answers_and_errors_of_the_http_path(rt, monkeypatch):
+def _events_and_executions(rt, run: str) -> list:
+    """EventBridge and Step Functions answers and errors (a bus and a machine named for the run)."""
+    import json
+
+    events, sfn = rt.client("events"), rt.client("stepfunctions")
+    bus = f"direct-{run}"
+    machine = sfn.create_state_machine(name=bus, roleArn=f"arn:aws:iam::{ACCOUNT}:role/direct", definition=json.dumps(
+        {"StartAt": "P", "States": {"P": {"Type": "Pass", "Result": {"ok": True}, "ResultPath": "$.r", "End": True}}}))
+    arn, execution = machine["stateMachineArn"], f"{machine['stateMachineArn'].replace(':stateMachine:', ':execution:')}:one"
+    entry = {"Source": "probe", "DetailType": "probe", "Detail": '{"n": 1}', "EventBusName": bus}
+    answers = _answers([
+        lambda: events.create_event_bus(Name=bus),
+        lambda: events.put_rule(Name="r", EventBusName=bus, EventPattern='{"source": ["probe"]}'),
+        lambda: events.list_rules(EventBusName=bus),
+        lambda: len(events.put_events(Entries=[entry, {**entry, "Detail": "not json"}, {**entry, "DetailType": ""}])["Entries"]),
+        lambda: events.put_events(Entries=[entry, {**entry, "Detail": "not json"}])["FailedEntryCount"],
+        lambda: events.put_events(Entries=[entry] * 11),
+        lambda: events.describe_event_bus(Name=f"{bus}-missing"),
+        lambda: events.delete_rule(Name="r", EventBusName=bus),
+        lambda: sfn.start_execution(stateMachineArn=arn, name="one", input='{"a": 1}'),
+        lambda: rt.settle() and sfn.describe_execution(executionArn=execution),
+        lambda: sfn.start_execution(stateMachineArn=arn, name="one", input='{"a": 2}'),
+        lambda: sfn.list_executions(stateMachineArn=arn),
+        lambda: sfn.describe_execution(executionArn=execution + "-missing"),
+        lambda: sfn.start_execution(stateMachineArn=arn + "-missing", name="two"),
+        lambda: sfn.start_execution(stateMachineArn=arn, name="three", input="not json"),
+    ])
+    events.delete_event_bus(Name=bus)
+    return json.loads(json.dumps(answers, default=str).replace(run, "<run>"))
+
+
+def test_requests_without_http_get_the_answers_and_errors_of_the_http_path(rt, monkeypatch):
     """moto_adapter 26: the same calls answered through moto's werkzeug request (botocore's AWSRequest)
-    and without it give the same items, pages, metadata, headers and errors, boto3's client and pynamodb's."""
+    and without it give the same items, pages, metadata, headers and errors: DynamoDB (boto3's client and
+    pynamodb's), EventBridge and Step Functions."""
     from botocore.endpoint import Endpoint
     from pynamodb.connection import Connection
 
@@ -509,15 +550,19 @@ def test_dynamodb_requests_without_http_get_the_answers_and_errors_of_the_http_p
 
     monkeypatch.setattr(moto_adapter._MotoRequest, "__init__", count)
     boto3_client, pynamodb_client = rt.client("dynamodb"), Connection(region="us-east-1").client
-    without = [_dynamodb_conversation(c) for c in (boto3_client, pynamodb_client)]
-    assert direct["requests"] >= 2 * 20
+    without = [_dynamodb_conversation(c) for c in (boto3_client, pynamodb_client)] + [_events_and_executions(rt, "qx1")]
+    assert direct["requests"] >= 2 * 20 + 15
     monkeypatch.setattr(Endpoint, "create_request", moto_adapter._botocore_create_request)
     direct.clear()
-    through_http = [_dynamodb_conversation(c) for c in (boto3_client, pynamodb_client)]
+    through_http = [_dynamodb_conversation(c) for c in (boto3_client, pynamodb_client)] + [_events_and_executions(rt, "qx2")]
     assert direct["requests"] == 0
     assert without == through_http
-    for answers in without:
-        codes = [a[1]["Error"]["Code"] if len(a) == 3 else a[0] for a in answers if isinstance(a, tuple)]
+    errors = [a[1]["Error"]["Code"] for a in without[2] if isinstance(a, list)]
+    assert errors == ["ValidationException", "ResourceNotFoundException", "ExecutionAlreadyExists",
+                      "ExecutionDoesNotExist", "StateMachineDoesNotExist", ""], errors
+    assert without[2][3:5] == [3, 1] and without[2][9]["status"] == "SUCCEEDED"
+    for answers in without[:2]:
+        codes = [a[1]["Error"]["Code"] if isinstance(a[1], dict) else a[0] for a in answers if isinstance(a, tuple)]
         assert codes[:-1] == ["ConditionalCheckFailedException", "ValidationException", "TransactionCanceledException",
                               "ResourceNotFoundException", "ValidationException"], codes
     assert (without[0][-2][0], without[1][-2][0]) == ("ParamValidationError", "AttributeError")

@@ -119,14 +119,15 @@
    an HTTP request (``Endpoint.create_request``: AWSRequest, the request-created handlers, prepare) and
    moto's stubber turns it into a werkzeug request, then looks for the URL in every service's URL table
    (``normalize_request``, ``backend_index``): about a tenth of the demo's CPU, for the DynamoDB calls
-   (four in five of its calls). While a runtime runs, a DynamoDB request to moto in this process is a
+   (four in five of its calls). While a runtime runs, a DynamoDB, EventBridge or Step Functions request
+   (JSON protocols: a POST of a JSON body to "/") to moto in this process is a
    :class:`_DirectRequest` (the request dict's method, URL, headers and body), which moto's stubber
-   hands to DynamoDB's dispatch (the route its URL table gives, looked up once per URL) as a
+   hands to the service's dispatch (the route its URL table gives, looked up once per URL) as a
    :class:`_MotoRequest`: what ``BaseResponse.setup_class`` reads of a werkzeug request. Everything
    else is botocore's and moto's as before: parameters, serialising, the before-call, before-send,
    response-received, before-parse, needs-retry and after-call handlers, retries, parsing, errors.
    Not run for it: request-created's handlers (SigV4 signing, which a running runtime skips anyway,
-   and the retry-attempt header), which only add headers moto's DynamoDB does not read.
+   and the retry-attempt header), which only add headers these moto services do not read.
 20. Snapshots of moto's backends (:func:`snapshot_backends`, :func:`restore_backends`): the runtime
    builds a stack once per process and restores a deep copy at each later start of the same stack
    (~10 ms instead of ~0.35 s of API calls, most of a test's set-up).
@@ -270,7 +271,8 @@ def _sign(self, operation_name, request, region_name=None, signing_type="standar
 # ---------------------------------------------------------------- 26. DynamoDB requests without HTTP
 _botocore_create_request = Endpoint.create_request
 _moto_process_request = BotocoreStubber.process_request
-_DIRECT_URL = re.compile(r"https://dynamodb\.[a-z0-9-]+\.amazonaws\.com/")
+_DIRECT = ("dynamodb", "events", "states")  # endpoint prefixes of JSON-protocol services: a POST to "/"
+_DIRECT_URL = re.compile(r"https://(?:dynamodb|events|states)\.[a-z0-9-]+\.amazonaws\.com/")
 
 
 class _DirectRequest:
@@ -285,10 +287,10 @@ class _DirectRequest:
 
 
 def _create_request(self, params, operation_model=None):
-    """botocore's ``Endpoint.create_request``, or a :class:`_DirectRequest` for a DynamoDB request moto
-    answers in this process (a running runtime, moto's mock on, its recorder off)."""
+    """botocore's ``Endpoint.create_request``, or a :class:`_DirectRequest` for a DynamoDB, EventBridge or
+    Step Functions request moto answers in this process (a running runtime, moto's mock on, its recorder off)."""
     if (_unsigned and operation_model is not None and botocore_stubber.enabled and params["method"] == "POST"
-            and operation_model.service_model.endpoint_prefix == "dynamodb" and _DIRECT_URL.fullmatch(params["url"])
+            and operation_model.service_model.endpoint_prefix in _DIRECT and _DIRECT_URL.fullmatch(params["url"])
             and isinstance(params["body"], bytes) and not recorder._user_enabled):
         return _DirectRequest(params["method"], params["url"], dict(params["headers"]), params["body"])
     return _botocore_create_request(self, params, operation_model)
