@@ -67,15 +67,16 @@ def test_lists(monkeypatch) -> dict:
     return extra
 
 
-# Files holding a test of several CPU-seconds, the longest first (CPU per test, measured with
-# process_time on 2026-12-01): they run first, so that neither xdist worker is left alone with one at
-# the end (worksteal spreads the rest behind them). The 10,000-recipient broadcast alone is about a
-# third of the suite: it starts first, on a worker of its own, while the other takes everything else.
-LONG_FIRST = ("test_broadcast_scale.py", "test_demo.py", "test_import.py", "test_broadcast_flow.py", "test_ses_rules.py",
-              "test_reliability_input.py", "test_live_edits.py", "test_sending.py", "test_strict_lambda_events.py",
-              "test_abuse.py", "test_costs.py", "test_reliability_concurrency.py", "test_loyalty.py", "test_scoring.py",
-              "test_bulk.py", "test_erasure.py", "test_email_design.py", "test_browser_redirects.py",
-              "test_strict_dynamodb.py", "test_funnel_compiler.py", "test_broadcasts.py", "test_reliability_delivery.py")
+# Files holding a test of 2 CPU-seconds or more, the longest first (CPU per test, measured with process_time
+# on 2026-12-02, main 314136c): they run first, so that neither xdist worker is left alone with one at the
+# end (worksteal spreads the rest behind them). The 10,000-recipient broadcast alone is about a third of the
+# suite: it starts first, on a worker of its own, while the other takes everything else.
+LONG_FIRST = ("test_broadcast_scale.py", "test_demo.py", "test_reliability_input.py", "test_live_edits.py", "test_import.py",
+              "test_broadcast_flow.py", "test_funnel_compiler.py", "test_outbox.py", "test_sending.py",
+              "test_browser_redirects.py", "test_costs.py", "test_ses_rules.py", "test_stack_reuse.py", "test_scoring.py",
+              "test_browser_emails.py", "test_bulk.py", "test_abuse.py", "test_strict_lambda_events.py",
+              "test_email_design.py", "test_loyalty.py", "test_reliability_delivery.py", "test_browser.py", "test_cycle.py",
+              "test_diagrams.py", "test_sunset.py", "test_webhooks.py", "test_strict_dynamodb.py")
 
 
 def pytest_collection_modifyitems(items) -> None:
