@@ -127,7 +127,8 @@
    else is botocore's and moto's as before: parameters, serialising, the before-call, before-send,
    response-received, before-parse, needs-retry and after-call handlers, retries, parsing, errors.
    Not run for it: request-created's handlers (SigV4 signing, which a running runtime skips anyway,
-   and the retry-attempt header), which only add headers these moto services do not read.
+   the retry-attempt header, the User-Agent rebuilt with the request's features), which only set
+   headers these moto services do not read.
 20. Snapshots of moto's backends (:func:`snapshot_backends`, :func:`restore_backends`): the runtime
    builds a stack once per process and restores a deep copy at each later start of the same stack
    (~10 ms instead of ~0.35 s of API calls, most of a test's set-up).
