@@ -169,16 +169,25 @@ def _cold_lead(rt, cid):
     assert rt.settle()
 
 
-def test_the_automatic_winner_is_declared_on_a_significant_lead_and_new_entrants_get_it(rt, tap):
+def _arms_showed(metric: str) -> None:
+    """What 120 sends per arm of engagement's split already showed: 2a 30 of ``metric``, 2b 8 (p < 0.001)."""
     from funnelpilot import metrics
 
-    # what 120 sends per arm already showed: 2a clicked 30 times, 2b 8 times (p < 0.001)
-    for state, template, variant, clicks in (("Send engagement-2a", "engagement-2a", "a", 30),
-                                             ("Send engagement-2b", "engagement-2b", "b", 8)):
-        metrics.count("engagement", state, {"sent": 120, "entered": 120, "human_clicks": clicks},
+    for state, template, variant, n in (("Send engagement-2a", "engagement-2a", "a", 30),
+                                        ("Send engagement-2b", "engagement-2b", "b", 8)):
+        metrics.count("engagement", state, {"sent": 120, "entered": 120, metric: n},
                       template=template, variant=variant, day="2026-02-20")
-    first = next(c for c in (f"{i:026d}" for i in range(100))
-                 if sequence.pick_variant({"a": 50, "b": 50}, c, "engagement", "A/B split") == "b")
+
+
+def _drawn_b(numbers) -> list[str]:
+    """The contact ids (numbered ``numbers``) the split's weights send to arm b."""
+    return [c for c in (f"{i:026d}" for i in numbers)
+            if sequence.pick_variant({"a": 50, "b": 50}, c, "engagement", "A/B split") == "b"]
+
+
+def test_the_automatic_winner_is_declared_on_a_significant_lead_and_new_entrants_get_it(rt, tap):
+    _arms_showed("human_clicks")
+    first = _drawn_b(range(100))[0]
     _cold_lead(rt, first)
     assert rt.advance(3 * DAY + HOUR)  # a day, engagement-1, two days: the split
     assert sent(rt, first)[-1] == "engagement-2b"  # no winner yet: the weights
@@ -186,8 +195,7 @@ def test_the_automatic_winner_is_declared_on_a_significant_lead_and_new_entrants
     assert click(rt, first, "engagement-2b", "/case-study") == 302  # a human click: counted, then judged
     assert rt.settle()
     assert abtest.current_winner("engagement", "A/B split") == "a"
-    later = [c for c in (f"{i:026d}" for i in range(100, 200))
-             if sequence.pick_variant({"a": 50, "b": 50}, c, "engagement", "A/B split") == "b"][:2]
+    later = _drawn_b(range(100, 200))[:2]
     for cid in later:
         _cold_lead(rt, cid)
     assert rt.advance(3 * DAY + HOUR)
@@ -206,17 +214,11 @@ def test_the_automatic_winner_is_declared_on_a_significant_lead_and_new_entrants
 def test_a_split_judged_on_conversions_gets_its_winner_when_the_router_counts_one(rt, monkeypatch):
     """The router counts a conversion itself (no metrics function) and judges the splits whose rule is on
     conversions, under its own role: the counters read, the winner stored."""
-    from funnelpilot import metrics
-
     shipped = abtest.splits
     monkeypatch.setattr(abtest, "splits", lambda funnel, *args: [
         {**s, "winner": {**s["winner"], "metric": "conversions"}} for s in shipped(funnel, *args)])
-    for state, template, variant, conversions in (("Send engagement-2a", "engagement-2a", "a", 30),
-                                                  ("Send engagement-2b", "engagement-2b", "b", 8)):
-        metrics.count("engagement", state, {"sent": 120, "entered": 120, "conversions": conversions},
-                      template=template, variant=variant, day="2026-02-20")
-    cid = next(c for c in (f"{i:026d}" for i in range(100))
-               if sequence.pick_variant({"a": 50, "b": 50}, c, "engagement", "A/B split") == "b")
+    _arms_showed("conversions")
+    cid = _drawn_b(range(100))[0]
     _cold_lead(rt, cid)
     assert rt.advance(3 * DAY + HOUR) and sent(rt, cid)[-1] == "engagement-2b"
     assert abtest.current_winner("engagement", "A/B split") is None
