@@ -273,7 +273,7 @@ def _sign(self, operation_name, request, region_name=None, signing_type="standar
 _botocore_create_request = Endpoint.create_request
 _moto_process_request = BotocoreStubber.process_request
 _DIRECT = ("dynamodb", "events", "states")  # endpoint prefixes of JSON-protocol services: a POST to "/"
-_DIRECT_URL = re.compile(r"https://(?:dynamodb|events|states)\.[a-z0-9-]+\.amazonaws\.com/")
+_DIRECT_URL = re.compile(rf"https://(?:{'|'.join(_DIRECT)})\.[a-z0-9-]+\.amazonaws\.com/")
 
 
 class _DirectRequest:
