@@ -230,6 +230,29 @@ def test_a_split_judged_on_conversions_gets_its_winner_when_the_router_counts_on
     assert not rt.errors
 
 
+def test_a_conversion_whose_judging_fails_is_published_and_counted_once(rt, tap, monkeypatch):
+    """The router publishes funnel.converted before it judges the splits: a judging that fails (here a
+    throttled read) is retried by Lambda, which finds the entry converted and publishes nothing again."""
+    shipped, judged = abtest.splits, []
+    monkeypatch.setattr(abtest, "splits", lambda funnel, *args: [
+        {**s, "winner": {**s["winner"], "metric": "conversions"}} for s in shipped(funnel, *args)])
+
+    def throttled(funnel, split):
+        judged.append(funnel)
+        raise RuntimeError("ProvisionedThroughputExceededException")
+
+    monkeypatch.setattr(abtest, "judge", throttled)
+    cid = _drawn_b(range(100))[0]
+    _cold_lead(rt, cid)
+    assert rt.advance(3 * DAY + HOUR) and sent(rt, cid)[-1] == "engagement-2b"
+    bus.publish(bus.event("order.placed", cid, order_id="o-1", amount=49, currency="EUR"))
+    assert rt.settle()
+    assert judged == ["engagement"]  # the first attempt failed on the judging; its retry found the entry converted
+    assert [e["detail"]["funnel"] for e in tap.events("funnel.converted")] == ["engagement"]
+    rep = rt.http("GET", "/funnels/engagement/report?from=2026-02-01", headers={"x-api-key": rt.admin_key}).json()
+    assert rep["conversions"] == 1
+
+
 def test_no_winner_before_min_sends_even_when_significant(rt):
     from funnelpilot import metrics
 

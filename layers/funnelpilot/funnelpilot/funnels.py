@@ -368,8 +368,8 @@ def goal(*, funnel: str, kind: str, event: dict) -> str | None:
         converted = bus.event("funnel.converted", cid, event_id=tokens.digest_id("fg", funnel, arn, outcome),
                               funnel=funnel, step=step, state=state, goal=event.get("detail-type"))
         metrics.counted(converted)
+        bus.publish(converted)  # before the judging: a retry finds the status moved and publishes nothing
         abtest.on_counted("funnel.converted", json.loads(converted["Detail"]))  # a split judged on conversions
-        bus.publish(converted)
     else:  # an exit ends the journey: counted here, once (the status change above is the guard)
         metrics.completed(funnel)
     return step

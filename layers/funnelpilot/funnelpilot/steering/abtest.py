@@ -113,8 +113,9 @@ def judge(funnel: str, split: dict) -> str | None:
 
 
 def on_counted(detail_type: str, detail: dict) -> None:
-    """After the metrics function counted an event: judge the splits with a winner rule whose
-    metric it counts (a unique human click on an arm's email, a conversion on an arm's step)."""
+    """After an event was counted (a click by the metrics function, a conversion by the router): judge
+    the splits with a winner rule whose metric it counts (a unique human click on an arm's email, a
+    conversion on an arm's step)."""
     funnel, step = detail.get("funnel"), detail.get("step")
     clicked = detail_type == "email.clicked" and detail.get("human") is True and detail.get("unique")
     if not funnel or not step or not (clicked or detail_type == "funnel.converted"):
